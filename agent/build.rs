@@ -1,0 +1,34 @@
+use anyhow::{anyhow, Context as _};
+use aya_build::Toolchain;
+
+/// Builds the kernel programs (probe-ebpf) with the nightly toolchain for the BPF target and
+/// leaves the object in OUT_DIR for `include_bytes_aligned!`.
+fn main() -> anyhow::Result<()> {
+    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
+        .no_deps()
+        .exec()
+        .context("MetadataCommand::exec")?;
+    let ebpf_package = packages
+        .into_iter()
+        .find(|cargo_metadata::Package { name, .. }| name.as_str() == "probe-ebpf")
+        .ok_or_else(|| anyhow!("probe-ebpf package not found"))?;
+    let cargo_metadata::Package {
+        name,
+        manifest_path,
+        ..
+    } = ebpf_package;
+    let root_dir = manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("no parent for {manifest_path}"))?
+        .as_str();
+    let toolchain = std::env::var("OOMPROBE_BPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into());
+    println!("cargo:rerun-if-env-changed=OOMPROBE_BPF_TOOLCHAIN");
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: name.as_str(),
+            root_dir,
+            ..Default::default()
+        }],
+        Toolchain::Custom(&toolchain),
+    )
+}

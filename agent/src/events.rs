@@ -1,0 +1,320 @@
+//! Decoding ring-buffer records into owned, typed events. The header is checked first (kind and
+//! length); malformed records are errors the caller counts, never panics.
+use std::mem::size_of;
+
+use probe_common::{
+    victim_fields, CgroupPath, EventHeader, EventKind, ExitEvent, OomVictimEvent, ReclaimKind,
+    SignalEvent, CGROUP_MAX_DEPTH, CGROUP_PATH_TRUNCATED, CGROUP_PATH_UNAVAILABLE,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("record kind {kind:?} claims {claimed} bytes, expected {expected}, got {got}")]
+    Length {
+        kind: EventKind,
+        claimed: u32,
+        expected: usize,
+        got: usize,
+    },
+}
+
+impl DecodeError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Short(_) => "short",
+            DecodeError::UnknownKind(_) => "unknown_kind",
+            DecodeError::Length { .. } => "bad_length",
+        }
+    }
+}
+
+/// A memory cgroup as the kernel probe saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KernelCgroup {
+    /// kernfs id (inode of the cgroup directory).
+    pub id: u64,
+    /// Path from the hierarchy root, e.g. `/kubepods/pod1`; `None` when unreadable.
+    pub path: Option<String>,
+    /// Deeper than the probe keeps: `path` holds only the deepest components.
+    pub truncated: bool,
+}
+
+impl KernelCgroup {
+    fn from_raw(raw: &CgroupPath) -> KernelCgroup {
+        if raw.flags & CGROUP_PATH_UNAVAILABLE != 0 {
+            return KernelCgroup {
+                id: raw.id,
+                path: None,
+                truncated: false,
+            };
+        }
+        let depth = (raw.depth as usize).min(CGROUP_MAX_DEPTH);
+        let mut parts: Vec<String> = raw.names[..depth].iter().map(|n| cstr(n)).collect();
+        parts.reverse();
+        KernelCgroup {
+            id: raw.id,
+            path: Some(format!("/{}", parts.join("/"))),
+            truncated: raw.flags & CGROUP_PATH_TRUNCATED != 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalRecord {
+    pub ktime_ns: u64,
+    pub target_pid: u32,
+    pub target_comm: String,
+    pub code: i32,
+    pub group: i32,
+    pub result: i32,
+    pub sender_tid: u32,
+    pub sender_tgid: u32,
+    pub sender_comm: String,
+    pub sender_reclaim: ReclaimKind,
+    pub sender_reclaim_ktime_ns: u64,
+    pub sender_memcg: KernelCgroup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VictimRecord {
+    pub ktime_ns: u64,
+    pub pid: u32,
+    pub comm: Option<String>,
+    pub total_vm_kb: Option<u64>,
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
+    pub shmem_rss_kb: Option<u64>,
+    pub pgtables_kb: Option<u64>,
+    pub uid: Option<u32>,
+    pub oom_score_adj: Option<i32>,
+    pub trigger_tid: u32,
+    pub trigger_tgid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub ktime_ns: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub signaled_pid: u32,
+    pub signal_ktime_ns: u64,
+    pub exit_code: Option<i32>,
+    pub comm: String,
+    pub memcg: KernelCgroup,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Signal(SignalRecord),
+    OomVictim(VictimRecord),
+    Exit(ExitRecord),
+}
+
+/// NUL-terminated bytes to a String.
+pub fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> T {
+    debug_assert!(bytes.len() >= size_of::<T>());
+    // SAFETY: the caller checked the length; T is a repr(C) POD from probe-common.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+fn check<T>(kind: EventKind, hdr: &EventHeader, bytes: &[u8]) -> Result<(), DecodeError> {
+    let expected = size_of::<T>();
+    if hdr.len as usize != expected || bytes.len() < expected {
+        return Err(DecodeError::Length {
+            kind,
+            claimed: hdr.len,
+            expected,
+            got: bytes.len(),
+        });
+    }
+    Ok(())
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    if bytes.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    let hdr: EventHeader = read(bytes);
+    let kind = EventKind::try_from(hdr.kind).map_err(DecodeError::UnknownKind)?;
+    match kind {
+        EventKind::Signal => {
+            check::<SignalEvent>(kind, &hdr, bytes)?;
+            let e: SignalEvent = read(bytes);
+            Ok(Event::Signal(SignalRecord {
+                ktime_ns: e.hdr.ktime_ns,
+                target_pid: e.target_pid as u32,
+                target_comm: cstr(&e.target_comm),
+                code: e.code,
+                group: e.group,
+                result: e.result,
+                sender_tid: e.sender_tid,
+                sender_tgid: e.sender_tgid,
+                sender_comm: cstr(&e.sender_comm),
+                sender_reclaim: ReclaimKind::try_from(e.sender_reclaim_kind)
+                    .unwrap_or(ReclaimKind::None),
+                sender_reclaim_ktime_ns: e.sender_reclaim_ktime_ns,
+                sender_memcg: KernelCgroup::from_raw(&e.sender_memcg),
+            }))
+        }
+        EventKind::OomVictim => {
+            check::<OomVictimEvent>(kind, &hdr, bytes)?;
+            let e: OomVictimEvent = read(bytes);
+            let has = |bit: u32| e.fields & bit != 0;
+            Ok(Event::OomVictim(VictimRecord {
+                ktime_ns: e.hdr.ktime_ns,
+                pid: e.pid as u32,
+                comm: has(victim_fields::COMM).then(|| cstr(&e.comm)),
+                total_vm_kb: has(victim_fields::TOTAL_VM).then_some(e.total_vm_kb),
+                anon_rss_kb: has(victim_fields::ANON_RSS).then_some(e.anon_rss_kb),
+                file_rss_kb: has(victim_fields::FILE_RSS).then_some(e.file_rss_kb),
+                shmem_rss_kb: has(victim_fields::SHMEM_RSS).then_some(e.shmem_rss_kb),
+                pgtables_kb: has(victim_fields::PGTABLES).then_some(e.pgtables_kb),
+                uid: has(victim_fields::UID).then_some(e.uid),
+                oom_score_adj: has(victim_fields::OOM_SCORE_ADJ).then_some(e.oom_score_adj),
+                trigger_tid: e.trigger_tid,
+                trigger_tgid: e.trigger_tgid,
+            }))
+        }
+        EventKind::Exit => {
+            check::<ExitEvent>(kind, &hdr, bytes)?;
+            let e: ExitEvent = read(bytes);
+            Ok(Event::Exit(ExitRecord {
+                ktime_ns: e.hdr.ktime_ns,
+                tid: e.tid,
+                tgid: e.tgid,
+                signaled_pid: e.signaled_pid,
+                signal_ktime_ns: e.signal_ktime_ns,
+                exit_code: (e.exit_code >= 0).then_some(e.exit_code),
+                comm: cstr(&e.comm),
+                memcg: KernelCgroup::from_raw(&e.memcg),
+            }))
+        }
+    }
+}
+
+/// Raw bytes of a wire struct, for tests that feed the decoder exactly what the kernel writes.
+pub fn as_bytes<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: T is a repr(C) POD; reading its bytes is fine.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()).to_vec() }
+}
+
+#[cfg(test)]
+mod tests {
+    use probe_common::{CGROUP_NAME_LEN, TASK_COMM_LEN};
+
+    use super::*;
+
+    fn name(s: &str) -> [u8; CGROUP_NAME_LEN] {
+        let mut n = [0u8; CGROUP_NAME_LEN];
+        n[..s.len()].copy_from_slice(s.as_bytes());
+        n
+    }
+
+    fn comm(s: &str) -> [u8; TASK_COMM_LEN] {
+        let mut n = [0u8; TASK_COMM_LEN];
+        n[..s.len()].copy_from_slice(s.as_bytes());
+        n
+    }
+
+    #[test]
+    fn decodes_exit_with_cgroup_leaf_first() {
+        let mut names = [[0u8; CGROUP_NAME_LEN]; CGROUP_MAX_DEPTH];
+        names[0] = name("leaf");
+        names[1] = name("mid");
+        let ev = ExitEvent {
+            hdr: EventHeader {
+                kind: EventKind::Exit as u32,
+                len: size_of::<ExitEvent>() as u32,
+                ktime_ns: 42,
+            },
+            tid: 7,
+            tgid: 7,
+            signaled_pid: 7,
+            exit_code: 9,
+            signal_ktime_ns: 40,
+            comm: comm("kubelet"),
+            memcg: CgroupPath {
+                id: 99,
+                depth: 2,
+                flags: 0,
+                names,
+            },
+        };
+        let Event::Exit(rec) = decode(&as_bytes(&ev)).unwrap() else {
+            panic!("wrong kind")
+        };
+        assert_eq!(rec.memcg.path.as_deref(), Some("/mid/leaf"));
+        assert_eq!(rec.memcg.id, 99);
+        assert_eq!(rec.comm, "kubelet");
+        assert_eq!(rec.exit_code, Some(9));
+    }
+
+    #[test]
+    fn root_cgroup_is_slash() {
+        let raw = CgroupPath {
+            id: 1,
+            depth: 0,
+            flags: 0,
+            names: [[0; CGROUP_NAME_LEN]; CGROUP_MAX_DEPTH],
+        };
+        assert_eq!(KernelCgroup::from_raw(&raw).path.as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(decode(&[1, 2, 3]), Err(DecodeError::Short(3)));
+        let hdr = EventHeader {
+            kind: 77,
+            len: 16,
+            ktime_ns: 0,
+        };
+        assert_eq!(decode(&as_bytes(&hdr)), Err(DecodeError::UnknownKind(77)));
+        let hdr = EventHeader {
+            kind: EventKind::Signal as u32,
+            len: 16,
+            ktime_ns: 0,
+        };
+        assert!(matches!(
+            decode(&as_bytes(&hdr)),
+            Err(DecodeError::Length { .. })
+        ));
+    }
+
+    #[test]
+    fn victim_fields_absent_on_old_kernels() {
+        let ev = OomVictimEvent {
+            hdr: EventHeader {
+                kind: EventKind::OomVictim as u32,
+                len: size_of::<OomVictimEvent>() as u32,
+                ktime_ns: 5,
+            },
+            pid: 100,
+            uid: 0,
+            total_vm_kb: 0,
+            anon_rss_kb: 0,
+            file_rss_kb: 0,
+            shmem_rss_kb: 0,
+            pgtables_kb: 0,
+            oom_score_adj: 0,
+            fields: 0,
+            trigger_tid: 3,
+            trigger_tgid: 3,
+            comm: [0; TASK_COMM_LEN],
+        };
+        let Event::OomVictim(v) = decode(&as_bytes(&ev)).unwrap() else {
+            panic!("wrong kind")
+        };
+        assert_eq!(v.pid, 100);
+        assert_eq!(v.anon_rss_kb, None);
+        assert_eq!(v.comm, None);
+    }
+}

@@ -1,0 +1,685 @@
+//! Per-kill forensic records: the SIGKILL, the OOM killer's victim data and the death of the
+//! whole process, correlated into one record.
+//!
+//! Rule (seen on 6.18, mm/oom_kill.c): an OOM kill emits `signal_generate` (sig 9, SI_KERNEL) in
+//! the context of the task that triggered the OOM, then `mark_victim` for the same pid ~50 us
+//! later; the process's last thread then passes `sched_process_exit`.
+use std::collections::HashMap;
+
+use probe_common::ReclaimKind;
+use serde::Serialize;
+
+use crate::{
+    cgroup::{pod_identity, MemcgState, PodIdentity},
+    clock::Clock,
+    events::{Event, ExitRecord, KernelCgroup, SignalRecord, VictimRecord},
+};
+
+/// A kill with no process death seen after this long is reported without `exit_after_ns`.
+pub const EXIT_TIMEOUT_NS: u64 = 3_000_000_000;
+/// A reclaim mark older than this does not explain an OOM.
+const RECLAIM_RECENT_NS: u64 = 10_000_000_000;
+
+pub const SI_USER: i32 = 0;
+pub const SI_KERNEL: i32 = 0x80;
+
+pub fn si_code_name(code: i32) -> String {
+    match code {
+        SI_USER => "SI_USER".into(),
+        SI_KERNEL => "SI_KERNEL".into(),
+        -1 => "SI_QUEUE".into(),
+        -2 => "SI_TIMER".into(),
+        -3 => "SI_MESGQ".into(),
+        -4 => "SI_ASYNCIO".into(),
+        -5 => "SI_SIGIO".into(),
+        -6 => "SI_TKILL".into(),
+        -7 => "SI_DETHREAD".into(),
+        -60 => "SI_ASYNCNL".into(),
+        other => format!("CODE_{other}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KillKind {
+    OomMemcg,
+    OomGlobal,
+    Signal,
+}
+
+impl KillKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillKind::OomMemcg => "oom_memcg",
+            KillKind::OomGlobal => "oom_global",
+            KillKind::Signal => "signal",
+        }
+    }
+}
+
+/// What the node tells about a process, read when the SIGKILL is seen (it may be gone later).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcSnapshot {
+    pub tgid: Option<u32>,
+    pub cgroup: Option<String>,
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
+    pub shmem_rss_kb: Option<u64>,
+}
+
+/// The node's live state the correlator consults (real: procfs and cgroupfs; tests: recorded).
+pub trait Node {
+    fn snapshot(&self, pid: u32) -> Option<ProcSnapshot>;
+    fn oom_domain(&self, trigger: Option<&str>, victim: Option<&str>) -> Option<MemcgState>;
+    fn cgroup_by_id(&self, id: u64) -> Option<String>;
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Victim {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup: Option<String>,
+    pub pod: Option<PodIdentity>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Sender {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub code: String,
+    pub cgroup: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Memory {
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
+    pub shmem_rss_kb: Option<u64>,
+    pub total_vm_kb: Option<u64>,
+    pub pgtables_kb: Option<u64>,
+    /// `mark_victim` (kernel, exact at the kill) or `procfs` (read when the signal was seen).
+    pub source: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OomDetails {
+    /// `memcg` or `global`: what the OOM killer was constrained to.
+    pub constraint: &'static str,
+    /// The memory cgroup whose limit fired (null for a global OOM).
+    pub domain: Option<MemcgState>,
+    /// The task whose allocation invoked the OOM killer.
+    pub trigger_pid: u32,
+    pub trigger_tid: u32,
+    pub oom_score_adj: Option<i32>,
+    pub uid: Option<u32>,
+    /// How the constraint was decided: `reclaim_path` (kernel) or `cgroup_limits` (userspace).
+    pub evidence: &'static str,
+}
+
+/// One SIGKILL, end to end.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KillRecord {
+    pub event: &'static str,
+    pub time: String,
+    pub ktime_ns: u64,
+    pub kind: KillKind,
+    pub victim: Victim,
+    pub sender: Sender,
+    pub memory: Memory,
+    pub oom: Option<OomDetails>,
+    pub exit_after_ns: Option<u64>,
+    pub exit_code: Option<i32>,
+    /// Further SIGKILLs to the same process before it died.
+    pub extra_sigkills: u32,
+    /// `delivered`, `ignored`, `already_pending`, ... (`enum trace_signal_result`).
+    pub delivery: &'static str,
+}
+
+fn delivery_name(result: i32) -> &'static str {
+    match result {
+        0 => "delivered",
+        1 => "ignored",
+        2 => "already_pending",
+        3 => "overflow_fail",
+        4 => "lose_info",
+        _ => "unknown",
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    signal: Option<SignalRecord>,
+    victim: Option<VictimRecord>,
+    snapshot: Option<ProcSnapshot>,
+    domain: Option<MemcgState>,
+    first_ktime_ns: u64,
+    extra: u32,
+}
+
+/// Things the correlator noticed that are not records.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CorrelatorStats {
+    /// Exit or victim events whose SIGKILL was never seen (lost upstream).
+    pub orphans: u64,
+    pub timeouts: u64,
+}
+
+/// Joins signal, victim and exit events into [`KillRecord`]s.
+pub struct Correlator<N: Node> {
+    node: N,
+    clock: Clock,
+    pending: HashMap<u32, Pending>,
+    pub stats: CorrelatorStats,
+}
+
+impl<N: Node> Correlator<N> {
+    pub fn new(node: N, clock: Clock) -> Self {
+        Correlator {
+            node,
+            clock,
+            pending: HashMap::new(),
+            stats: CorrelatorStats::default(),
+        }
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Feeds one event; returns a record when a kill is complete.
+    pub fn on_event(&mut self, ev: Event) -> Option<KillRecord> {
+        match ev {
+            Event::Signal(s) => {
+                self.on_signal(s);
+                None
+            }
+            Event::OomVictim(v) => {
+                self.on_victim(v);
+                None
+            }
+            Event::Exit(e) => self.on_exit(e),
+        }
+    }
+
+    fn on_signal(&mut self, s: SignalRecord) {
+        if let Some(p) = self.pending.get_mut(&s.target_pid) {
+            if p.signal.is_none() {
+                p.signal = Some(s);
+            } else {
+                p.extra += 1;
+            }
+            return;
+        }
+        let snapshot = self.node.snapshot(s.target_pid);
+        self.pending.insert(
+            s.target_pid,
+            Pending {
+                first_ktime_ns: s.ktime_ns,
+                signal: Some(s),
+                victim: None,
+                snapshot,
+                domain: None,
+                extra: 0,
+            },
+        );
+    }
+
+    fn on_victim(&mut self, v: VictimRecord) {
+        let p = self.pending.entry(v.pid).or_insert_with(|| Pending {
+            signal: None,
+            victim: None,
+            snapshot: None,
+            domain: None,
+            first_ktime_ns: v.ktime_ns,
+            extra: 0,
+        });
+        if p.snapshot.is_none() {
+            p.snapshot = self.node.snapshot(v.pid);
+        }
+        // Read the OOM domain now, while the cgroups are there and still near their limit.
+        let trigger = p.signal.as_ref().and_then(|s| s.sender_memcg.path.clone());
+        let victim_cg = p.snapshot.as_ref().and_then(|s| s.cgroup.clone());
+        p.domain = self
+            .node
+            .oom_domain(trigger.as_deref(), victim_cg.as_deref());
+        p.victim = Some(v);
+    }
+
+    fn on_exit(&mut self, e: ExitRecord) -> Option<KillRecord> {
+        let Some(p) = self.pending.remove(&e.signaled_pid) else {
+            self.stats.orphans += 1;
+            return None;
+        };
+        Some(self.finish(p, Some(e)))
+    }
+
+    /// Reports kills whose process has not died within [`EXIT_TIMEOUT_NS`].
+    pub fn expire(&mut self, now_ktime_ns: u64) -> Vec<KillRecord> {
+        let stale: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_ktime_ns.saturating_sub(p.first_ktime_ns) > EXIT_TIMEOUT_NS)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for k in stale {
+            if let Some(p) = self.pending.remove(&k) {
+                self.stats.timeouts += 1;
+                out.push(self.finish(p, None));
+            }
+        }
+        out.sort_by_key(|r| r.ktime_ns);
+        out
+    }
+
+    fn cgroup_path(&self, cg: &KernelCgroup) -> Option<String> {
+        if cg.truncated {
+            if let Some(p) = self.node.cgroup_by_id(cg.id) {
+                return Some(p);
+            }
+        }
+        cg.path.clone()
+    }
+
+    fn finish(&self, p: Pending, exit: Option<ExitRecord>) -> KillRecord {
+        let sig = p.signal.as_ref();
+        let victim_rec = p.victim.as_ref();
+        let snap = p.snapshot.clone().unwrap_or_default();
+        let signaled_pid = sig
+            .map(|s| s.target_pid)
+            .or(victim_rec.map(|v| v.pid))
+            .or(exit.as_ref().map(|e| e.signaled_pid))
+            .unwrap_or(0);
+        let ktime_ns = p.first_ktime_ns;
+
+        let victim_cgroup = exit
+            .as_ref()
+            .and_then(|e| self.cgroup_path(&e.memcg))
+            .or(snap.cgroup.clone());
+        let comm = victim_rec
+            .and_then(|v| v.comm.clone())
+            .or(sig.map(|s| s.target_comm.clone()))
+            .or(exit.as_ref().map(|e| e.comm.clone()))
+            .unwrap_or_default();
+        let victim = Victim {
+            pid: exit
+                .as_ref()
+                .map(|e| e.tgid)
+                .or(snap.tgid)
+                .unwrap_or(signaled_pid),
+            tid: signaled_pid,
+            comm,
+            pod: victim_cgroup.as_deref().and_then(pod_identity),
+            cgroup: victim_cgroup,
+        };
+        let sender = match sig {
+            Some(s) => Sender {
+                pid: s.sender_tgid,
+                tid: s.sender_tid,
+                comm: s.sender_comm.clone(),
+                code: si_code_name(s.code),
+                cgroup: self.cgroup_path(&s.sender_memcg),
+            },
+            None => Sender {
+                pid: victim_rec.map(|v| v.trigger_tgid).unwrap_or(0),
+                tid: victim_rec.map(|v| v.trigger_tid).unwrap_or(0),
+                comm: String::new(),
+                code: "UNKNOWN".into(),
+                cgroup: None,
+            },
+        };
+
+        let (kind, oom) = match victim_rec {
+            Some(v) => {
+                let reclaim = sig.and_then(|s| {
+                    (s.sender_reclaim_ktime_ns != 0
+                        && s.ktime_ns.saturating_sub(s.sender_reclaim_ktime_ns) < RECLAIM_RECENT_NS)
+                        .then_some(s.sender_reclaim)
+                });
+                let (constraint, evidence) = match reclaim {
+                    Some(ReclaimKind::Memcg) => ("memcg", "reclaim_path"),
+                    Some(ReclaimKind::Direct) => ("global", "reclaim_path"),
+                    _ if p.domain.is_some() => ("memcg", "cgroup_limits"),
+                    _ => ("global", "cgroup_limits"),
+                };
+                let kind = if constraint == "memcg" {
+                    KillKind::OomMemcg
+                } else {
+                    KillKind::OomGlobal
+                };
+                let domain = if constraint == "memcg" {
+                    p.domain.clone()
+                } else {
+                    None
+                };
+                (
+                    kind,
+                    Some(OomDetails {
+                        constraint,
+                        domain,
+                        trigger_pid: v.trigger_tgid,
+                        trigger_tid: v.trigger_tid,
+                        oom_score_adj: v.oom_score_adj,
+                        uid: v.uid,
+                        evidence,
+                    }),
+                )
+            }
+            None => (KillKind::Signal, None),
+        };
+
+        let memory = match victim_rec {
+            Some(v) => Memory {
+                anon_rss_kb: v.anon_rss_kb,
+                file_rss_kb: v.file_rss_kb,
+                shmem_rss_kb: v.shmem_rss_kb,
+                total_vm_kb: v.total_vm_kb,
+                pgtables_kb: v.pgtables_kb,
+                source: Some("mark_victim"),
+            },
+            None => Memory {
+                anon_rss_kb: snap.anon_rss_kb,
+                file_rss_kb: snap.file_rss_kb,
+                shmem_rss_kb: snap.shmem_rss_kb,
+                total_vm_kb: None,
+                pgtables_kb: None,
+                source: snap.anon_rss_kb.map(|_| "procfs"),
+            },
+        };
+
+        KillRecord {
+            event: "kill",
+            time: self.clock.rfc3339(ktime_ns),
+            ktime_ns,
+            kind,
+            victim,
+            sender,
+            memory,
+            oom,
+            exit_after_ns: exit.as_ref().map(|e| e.ktime_ns.saturating_sub(ktime_ns)),
+            exit_code: exit.as_ref().and_then(|e| e.exit_code),
+            extra_sigkills: p.extra,
+            delivery: sig.map(|s| delivery_name(s.result)).unwrap_or("unknown"),
+        }
+    }
+}
+
+fn kib(kb: Option<u64>) -> String {
+    match kb {
+        Some(kb) if kb >= 10 * 1024 => format!("{:.1}MiB", kb as f64 / 1024.0),
+        Some(kb) => format!("{kb}KiB"),
+        None => "?".into(),
+    }
+}
+
+fn bytes(b: Option<u64>) -> String {
+    kib(b.map(|b| b / 1024))
+}
+
+impl KillRecord {
+    /// The readable one-line form.
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "{} KILL {} victim={}({}) cgroup={} sender={}({}) {}",
+            self.time,
+            self.kind.as_str(),
+            self.victim.pid,
+            self.victim.comm,
+            self.victim.cgroup.as_deref().unwrap_or("?"),
+            self.sender.pid,
+            self.sender.comm,
+            self.sender.code,
+        );
+        s.push_str(&format!(
+            " anon={} file={} shmem={}",
+            kib(self.memory.anon_rss_kb),
+            kib(self.memory.file_rss_kb),
+            kib(self.memory.shmem_rss_kb)
+        ));
+        if let Some(d) = self.oom.as_ref().and_then(|o| o.domain.as_ref()) {
+            s.push_str(&format!(
+                " domain={} limit={} usage={}",
+                d.path,
+                bytes(d.limit_bytes),
+                bytes(d.usage_bytes)
+            ));
+        }
+        if let Some(pod) = &self.victim.pod {
+            s.push_str(&format!(" pod={}", pod.pod_uid));
+        }
+        match self.exit_after_ns {
+            Some(ns) => s.push_str(&format!(" died_after={:.3}ms", ns as f64 / 1e6)),
+            None => s.push_str(" died_after=unseen"),
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recorded node: what procfs and cgroupfs answered.
+    #[derive(Default)]
+    struct Recorded {
+        procs: HashMap<u32, ProcSnapshot>,
+        domain: Option<MemcgState>,
+    }
+
+    impl Node for Recorded {
+        fn snapshot(&self, pid: u32) -> Option<ProcSnapshot> {
+            self.procs.get(&pid).cloned()
+        }
+        fn oom_domain(&self, _t: Option<&str>, _v: Option<&str>) -> Option<MemcgState> {
+            self.domain.clone()
+        }
+        fn cgroup_by_id(&self, _id: u64) -> Option<String> {
+            None
+        }
+    }
+
+    fn cg(path: &str) -> KernelCgroup {
+        KernelCgroup {
+            id: 1,
+            path: Some(path.into()),
+            truncated: false,
+        }
+    }
+
+    fn signal(pid: u32, code: i32, sender: u32, reclaim: ReclaimKind, t: u64) -> SignalRecord {
+        SignalRecord {
+            ktime_ns: t,
+            target_pid: pid,
+            target_comm: "victim".into(),
+            code,
+            group: 1,
+            result: 0,
+            sender_tid: sender,
+            sender_tgid: sender,
+            sender_comm: "sender".into(),
+            sender_reclaim: reclaim,
+            sender_reclaim_ktime_ns: if reclaim == ReclaimKind::None {
+                0
+            } else {
+                t - 1000
+            },
+            sender_memcg: cg("/t"),
+        }
+    }
+
+    fn victim(pid: u32, trigger: u32, t: u64) -> VictimRecord {
+        VictimRecord {
+            ktime_ns: t,
+            pid,
+            comm: Some("victim".into()),
+            total_vm_kb: Some(100_000),
+            anon_rss_kb: Some(60_000),
+            file_rss_kb: Some(1_000),
+            shmem_rss_kb: Some(0),
+            pgtables_kb: Some(200),
+            uid: Some(0),
+            oom_score_adj: Some(0),
+            trigger_tid: trigger,
+            trigger_tgid: trigger,
+        }
+    }
+
+    fn exit(pid: u32, signal_t: u64, t: u64, memcg: &str) -> ExitRecord {
+        ExitRecord {
+            ktime_ns: t,
+            tid: pid,
+            tgid: pid,
+            signaled_pid: pid,
+            signal_ktime_ns: signal_t,
+            exit_code: Some(9),
+            comm: "victim".into(),
+            memcg: cg(memcg),
+        }
+    }
+
+    #[test]
+    fn global_oom_from_recorded_events() {
+        // A global OOM: the trigger last entered direct reclaim; no memcg limit anywhere.
+        let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
+        let t = 1_000_000_000;
+        assert!(c
+            .on_event(Event::Signal(signal(
+                50,
+                SI_KERNEL,
+                60,
+                ReclaimKind::Direct,
+                t
+            )))
+            .is_none());
+        assert!(c
+            .on_event(Event::OomVictim(victim(50, 60, t + 45_000)))
+            .is_none());
+        let r = c
+            .on_event(Event::Exit(exit(50, t, t + 2_000_000, "/system.slice")))
+            .expect("record");
+        assert_eq!(r.kind, KillKind::OomGlobal);
+        assert_eq!(r.victim.pid, 50);
+        assert_eq!(r.sender.pid, 60);
+        assert_eq!(r.sender.code, "SI_KERNEL");
+        assert_eq!(r.exit_after_ns, Some(2_000_000));
+        assert_eq!(r.memory.anon_rss_kb, Some(60_000));
+        let oom = r.oom.unwrap();
+        assert_eq!(oom.constraint, "global");
+        assert_eq!(oom.domain, None);
+        assert_eq!(oom.evidence, "reclaim_path");
+        assert_eq!(c.pending_len(), 0);
+    }
+
+    #[test]
+    fn memcg_oom_without_reclaim_mark_uses_limits() {
+        let domain = MemcgState {
+            path: "/pods".into(),
+            limit_bytes: Some(64 << 20),
+            usage_bytes: Some(64 << 20),
+            peak_bytes: Some(64 << 20),
+            failcnt: Some(3),
+            oom_events: None,
+        };
+        let node = Recorded {
+            domain: Some(domain.clone()),
+            ..Default::default()
+        };
+        let mut c = Correlator::new(node, Clock::with_offset(0));
+        c.on_event(Event::Signal(signal(
+            7,
+            SI_KERNEL,
+            7,
+            ReclaimKind::None,
+            10,
+        )));
+        c.on_event(Event::OomVictim(victim(7, 7, 20)));
+        let r = c.on_event(Event::Exit(exit(7, 10, 30, "/pods/a"))).unwrap();
+        assert_eq!(r.kind, KillKind::OomMemcg);
+        assert_eq!(r.oom.as_ref().unwrap().domain.as_ref(), Some(&domain));
+        assert_eq!(r.oom.unwrap().evidence, "cgroup_limits");
+        assert_eq!(r.victim.cgroup.as_deref(), Some("/pods/a"));
+    }
+
+    #[test]
+    fn plain_kill_uses_procfs_snapshot_and_counts_repeats() {
+        let mut node = Recorded::default();
+        node.procs.insert(
+            9,
+            ProcSnapshot {
+                tgid: Some(9),
+                cgroup: Some("/x".into()),
+                anon_rss_kb: Some(1234),
+                file_rss_kb: Some(10),
+                shmem_rss_kb: Some(0),
+            },
+        );
+        let mut c = Correlator::new(node, Clock::with_offset(0));
+        c.on_event(Event::Signal(signal(
+            9,
+            SI_USER,
+            77,
+            ReclaimKind::None,
+            100,
+        )));
+        c.on_event(Event::Signal(signal(
+            9,
+            SI_USER,
+            78,
+            ReclaimKind::None,
+            150,
+        )));
+        let r = c.on_event(Event::Exit(exit(9, 100, 400, "/x"))).unwrap();
+        assert_eq!(r.kind, KillKind::Signal);
+        assert_eq!(r.sender.pid, 77);
+        assert_eq!(r.extra_sigkills, 1);
+        assert_eq!(r.memory.anon_rss_kb, Some(1234));
+        assert_eq!(r.memory.source, Some("procfs"));
+        assert_eq!(r.oom, None);
+        assert_eq!(r.exit_after_ns, Some(300));
+    }
+
+    #[test]
+    fn unseen_death_expires_with_null_exit() {
+        let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
+        c.on_event(Event::Signal(signal(5, SI_USER, 1, ReclaimKind::None, 10)));
+        assert!(c.expire(10 + EXIT_TIMEOUT_NS).is_empty());
+        let out = c.expire(11 + EXIT_TIMEOUT_NS);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].exit_after_ns, None);
+        assert_eq!(c.stats.timeouts, 1);
+    }
+
+    #[test]
+    fn exit_without_signal_is_an_orphan() {
+        let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
+        assert!(c.on_event(Event::Exit(exit(3, 1, 2, "/"))).is_none());
+        assert_eq!(c.stats.orphans, 1);
+    }
+
+    #[test]
+    fn text_line_names_everything() {
+        let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
+        c.on_event(Event::Signal(signal(
+            50,
+            SI_KERNEL,
+            60,
+            ReclaimKind::Memcg,
+            1000,
+        )));
+        c.on_event(Event::OomVictim(victim(50, 60, 2000)));
+        let r = c
+            .on_event(Event::Exit(exit(50, 1000, 3000, "/demo")))
+            .unwrap();
+        let line = r.text();
+        assert!(
+            line.contains("KILL oom_memcg victim=50(victim) cgroup=/demo"),
+            "{line}"
+        );
+        assert!(
+            line.contains("sender=60(sender) SI_KERNEL anon=58.6MiB"),
+            "{line}"
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! oomprobe: an eBPF agent that watches the kubelet's memory and every SIGKILL on a node.
+//!
+//! Data flow: `probes` (load/attach) -> `events` (decode) -> `forensics` (per-kill records)
+//! -> `metrics` / CLI output. `cgroup` and `node` read the live system.
+pub mod btf;
+pub mod cgroup;
+pub mod cli;
+pub mod clock;
+pub mod events;
+pub mod forensics;
+pub mod metrics;
+pub mod node;
+pub mod probes;
+pub mod tracefs;
+
+/// The kernel programs, built by build.rs from probe-ebpf.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));

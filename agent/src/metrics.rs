@@ -1,0 +1,156 @@
+//! Prometheus metrics and the loopback HTTP endpoint that serves them.
+use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
+
+use probe_common::Counter;
+use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+use crate::forensics::KillKind;
+
+pub struct Metrics {
+    registry: Registry,
+    pub kills: IntCounterVec,
+    pub dropped: IntCounterVec,
+    pub kernel_events: IntCounterVec,
+    pub hooks: IntGaugeVec,
+    pub pending_kills: IntGauge,
+    last_kernel: Mutex<HashMap<u32, u64>>,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let kills = counter_vec(
+            &registry,
+            "oomprobe_kills_total",
+            "SIGKILLs recorded, by kind (oom_memcg, oom_global, signal).",
+            &["kind"],
+        );
+        let dropped = counter_vec(
+            &registry,
+            "oomprobe_events_dropped_total",
+            "Events lost, by reason (ringbuf_full, read_failed, decode_*, orphan_exit...).",
+            &["reason"],
+        );
+        let kernel_events = counter_vec(
+            &registry,
+            "oomprobe_kernel_events_total",
+            "Probe hits counted in the kernel, by counter.",
+            &["counter"],
+        );
+        let hooks = IntGaugeVec::new(
+            Opts::new(
+                "oomprobe_hook_attached",
+                "1 when a kernel hook is attached, 0 when it is missing (degraded).",
+            ),
+            &["program"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(hooks.clone()))
+            .expect("metric registered once");
+        let pending_kills = IntGauge::new(
+            "oomprobe_pending_kills",
+            "SIGKILLed processes whose death has not been seen yet.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(pending_kills.clone()))
+            .expect("metric registered once");
+        for kind in [KillKind::OomMemcg, KillKind::OomGlobal, KillKind::Signal] {
+            kills.with_label_values(&[kind.as_str()]);
+        }
+        dropped.with_label_values(&["ringbuf_full"]);
+        Metrics {
+            registry,
+            kills,
+            dropped,
+            kernel_events,
+            hooks,
+            pending_kills,
+            last_kernel: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Folds the kernel's cumulative per-CPU counters in as deltas.
+    pub fn observe_kernel(&self, counters: &[(Counter, u64)]) {
+        let Ok(mut last) = self.last_kernel.lock() else {
+            return;
+        };
+        for &(c, value) in counters {
+            let prev = last.insert(c as u32, value).unwrap_or(0);
+            let delta = value.saturating_sub(prev);
+            if delta == 0 {
+                continue;
+            }
+            match c {
+                Counter::RingbufFull | Counter::ReadFailed | Counter::PendingInsertFailed => {
+                    self.dropped.with_label_values(&[c.name()]).inc_by(delta)
+                }
+                Counter::SigkillSeen | Counter::OomVictimSeen => self
+                    .kernel_events
+                    .with_label_values(&[c.name()])
+                    .inc_by(delta),
+            }
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n =
+                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
+                    .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let (status, ctype, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

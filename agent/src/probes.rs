@@ -1,0 +1,258 @@
+//! Loading and attaching the kernel programs. The hooks are a declarative table: each program
+//! with its tracepoint and whether the agent can run without it.
+use aya::{
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use probe_common::{maps, programs, Config, Counter, OFFSET_ABSENT};
+
+use crate::{
+    btf::{Btf, BtfError},
+    tracefs::{self, Format, TracefsError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("oomprobe must run as root to load eBPF programs (effective uid is {0})")]
+    NotRoot(u32),
+    #[error("kernel BTF is required to read memory cgroups in the kernel")]
+    Btf(#[from] BtfError),
+    #[error("cannot read tracepoint formats")]
+    Tracefs(#[from] TracefsError),
+    #[error("the kernel refused to load the eBPF object (no BPF permission? CAP_BPF and CAP_PERFMON are needed)")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF object has no program {0} (agent and probes built from different sources?)")]
+    MissingProgram(&'static str),
+    #[error("eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("the verifier rejected {program}")]
+    Verifier {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("required tracepoint {category}/{name} could not be attached")]
+    Attach {
+        category: &'static str,
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// One kernel hook.
+pub struct Hook {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+    /// Without a required hook the agent cannot keep its promise and refuses to start.
+    pub required: bool,
+    pub purpose: &'static str,
+}
+
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        program: programs::TP_SIGNAL_GENERATE,
+        category: "signal",
+        name: "signal_generate",
+        required: true,
+        purpose: "every SIGKILL, with its sender",
+    },
+    Hook {
+        program: programs::TP_OOM_MARK_VICTIM,
+        category: "oom",
+        name: "mark_victim",
+        required: true,
+        purpose: "OOM killer victims and what they held",
+    },
+    Hook {
+        program: programs::TP_SCHED_PROCESS_EXIT,
+        category: "sched",
+        name: "sched_process_exit",
+        required: true,
+        purpose: "death of SIGKILLed processes and their memory cgroup",
+    },
+    Hook {
+        program: programs::TP_MEMCG_RECLAIM_BEGIN,
+        category: "vmscan",
+        name: "mm_vmscan_memcg_reclaim_begin",
+        required: false,
+        purpose: "memcg vs global OOM (trigger's last reclaim path)",
+    },
+    Hook {
+        program: programs::TP_DIRECT_RECLAIM_BEGIN,
+        category: "vmscan",
+        name: "mm_vmscan_direct_reclaim_begin",
+        required: false,
+        purpose: "memcg vs global OOM (trigger's last reclaim path)",
+    },
+];
+
+/// The loaded and attached programs.
+pub struct Probes {
+    ebpf: Ebpf,
+    /// Hooks that attached, by program name.
+    pub attached: Vec<&'static str>,
+    /// Optional hooks that did not attach, with the reason.
+    pub degraded: Vec<(&'static str, String)>,
+}
+
+fn offset(format: &Format, field: &str) -> u32 {
+    format.offset(field).unwrap_or(OFFSET_ABSENT)
+}
+
+/// Builds the load-time configuration from the tracepoint formats and BTF of this kernel.
+pub fn build_config(agent_tgid: u32, btf: &Btf) -> Result<Config, ProbeError> {
+    let root = tracefs::tracefs_root()?;
+    let signal = tracefs::read_format(&root, "signal", "signal_generate")?;
+    let victim = tracefs::read_format(&root, "oom", "mark_victim")?;
+    let exit = tracefs::read_format(&root, "sched", "sched_process_exit")?;
+    for (format, cat, name, field) in [
+        (&signal, "signal", "signal_generate", "sig"),
+        (&signal, "signal", "signal_generate", "pid"),
+        (&victim, "oom", "mark_victim", "pid"),
+    ] {
+        if format.offset(field).is_none() {
+            return Err(TracefsError::MissingField {
+                category: cat.into(),
+                name: name.into(),
+                field: field.into(),
+            }
+            .into());
+        }
+    }
+    let memory_cgrp_id = btf.enum_value("memory_cgrp_id")?;
+    Ok(Config {
+        agent_tgid,
+        signal_sig: offset(&signal, "sig"),
+        signal_code: offset(&signal, "code"),
+        signal_comm: offset(&signal, "comm"),
+        signal_pid: offset(&signal, "pid"),
+        signal_group: offset(&signal, "group"),
+        signal_result: offset(&signal, "result"),
+        victim_pid: offset(&victim, "pid"),
+        victim_comm: offset(&victim, "comm"),
+        victim_total_vm: offset(&victim, "total_vm"),
+        victim_anon_rss: offset(&victim, "anon_rss"),
+        victim_file_rss: offset(&victim, "file_rss"),
+        victim_shmem_rss: offset(&victim, "shmem_rss"),
+        victim_uid: offset(&victim, "uid"),
+        victim_pgtables: offset(&victim, "pgtables"),
+        victim_oom_score_adj: offset(&victim, "oom_score_adj"),
+        exit_group_dead: offset(&exit, "group_dead"),
+        task_cgroups: btf.member_offset("task_struct", "cgroups")?,
+        task_exit_code: btf.member_offset("task_struct", "exit_code")?,
+        css_set_subsys: btf.member_offset("css_set", "subsys")?,
+        memory_cgrp_id: u32::try_from(memory_cgrp_id).unwrap_or(OFFSET_ABSENT),
+        css_cgroup: btf.member_offset("cgroup_subsys_state", "cgroup")?,
+        cgroup_kn: btf.member_offset("cgroup", "kn")?,
+        kn_name: btf.member_offset("kernfs_node", "name")?,
+        kn_parent: btf.member_offset_any("kernfs_node", &["__parent", "parent"])?,
+        kn_id: btf.member_offset("kernfs_node", "id")?,
+        _pad: 0,
+    })
+}
+
+impl Probes {
+    /// Loads the embedded object, writes the configuration and attaches every hook.
+    pub fn load(object: &[u8]) -> Result<Probes, ProbeError> {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if euid != 0 {
+            return Err(ProbeError::NotRoot(euid));
+        }
+        let btf = Btf::from_sys_fs()?;
+        let config = build_config(std::process::id(), &btf)?;
+        let mut ebpf = EbpfLoader::new().load(object).map_err(ProbeError::Load)?;
+        {
+            let map = ebpf
+                .map_mut(maps::CONFIG)
+                .ok_or(ProbeError::MissingMap(maps::CONFIG))?;
+            let mut arr: Array<_, Config> =
+                Array::try_from(map).map_err(|source| ProbeError::Map {
+                    name: maps::CONFIG,
+                    source,
+                })?;
+            arr.set(0, config, 0).map_err(|source| ProbeError::Map {
+                name: maps::CONFIG,
+                source,
+            })?;
+        }
+        let mut attached = Vec::new();
+        let mut degraded = Vec::new();
+        for hook in HOOKS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(hook.program)
+                .ok_or(ProbeError::MissingProgram(hook.program))?
+                .try_into()
+                .map_err(|source| ProbeError::Verifier {
+                    program: hook.program,
+                    source,
+                })?;
+            prog.load().map_err(|source| ProbeError::Verifier {
+                program: hook.program,
+                source,
+            })?;
+            match prog.attach(hook.category, hook.name) {
+                Ok(_) => attached.push(hook.program),
+                Err(source) if hook.required => {
+                    return Err(ProbeError::Attach {
+                        category: hook.category,
+                        name: hook.name,
+                        source,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        hook = format!("{}/{}", hook.category, hook.name),
+                        error = %e,
+                        "optional hook not attached; degraded: {}",
+                        hook.purpose
+                    );
+                    degraded.push((hook.program, e.to_string()));
+                }
+            }
+        }
+        Ok(Probes {
+            ebpf,
+            attached,
+            degraded,
+        })
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(ProbeError::MissingMap(maps::EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::EVENTS,
+            source,
+        })
+    }
+
+    /// Kernel-side counters summed over CPUs.
+    pub fn counters(&self) -> Vec<(Counter, u64)> {
+        let Some(map) = self.ebpf.map(maps::COUNTERS) else {
+            return Vec::new();
+        };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+            return Vec::new();
+        };
+        Counter::ALL
+            .iter()
+            .filter_map(|&c| {
+                arr.get(&(c as u32), 0)
+                    .ok()
+                    .map(|vals| (c, vals.iter().sum()))
+            })
+            .collect()
+    }
+}

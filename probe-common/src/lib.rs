@@ -1,0 +1,351 @@
+//! The kernel/userspace ABI of oomprobe, defined once.
+//!
+//! Every wire type is `#[repr(C)]`, `Copy`, made of integers and fixed arrays, with explicit
+//! padding. Enums cross the boundary as integers and are decoded in userspace with `TryFrom`.
+//! Every record starts with an [`EventHeader`] so the decoder can check kind and length first.
+#![cfg_attr(not(feature = "user"), no_std)]
+
+use core::mem::size_of;
+
+/// Map names, so userspace never types one by hand.
+pub mod maps {
+    /// Ring buffer carrying [`super::SignalEvent`], [`super::OomVictimEvent`], [`super::ExitEvent`].
+    pub const EVENTS: &str = "EVENTS";
+    /// `Array<Config>` with one entry, written by userspace before attaching.
+    pub const CONFIG: &str = "CONFIG";
+    /// Per-CPU `u64` counters indexed by [`super::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// LRU hash: pid (tid) of a SIGKILLed task -> [`super::PendingKill`], until its process dies.
+    pub const PENDING_KILLS: &str = "PENDING_KILLS";
+    /// LRU hash: tid -> [`super::ReclaimMark`], the last reclaim a task entered.
+    pub const RECLAIM: &str = "RECLAIM";
+}
+
+/// Program names: the hook they attach to is in the name.
+pub mod programs {
+    pub const TP_SIGNAL_GENERATE: &str = "tp_signal_generate";
+    pub const TP_OOM_MARK_VICTIM: &str = "tp_oom_mark_victim";
+    pub const TP_SCHED_PROCESS_EXIT: &str = "tp_sched_process_exit";
+    pub const TP_MEMCG_RECLAIM_BEGIN: &str = "tp_memcg_reclaim_begin";
+    pub const TP_DIRECT_RECLAIM_BEGIN: &str = "tp_direct_reclaim_begin";
+}
+
+pub const SIGKILL: i32 = 9;
+pub const TASK_COMM_LEN: usize = 16;
+/// Depth of the memory cgroup path captured in the kernel (leaf first).
+pub const CGROUP_MAX_DEPTH: usize = 8;
+/// Bytes kept of each cgroup path component (kubepods' scope names are ~80 bytes).
+pub const CGROUP_NAME_LEN: usize = 128;
+/// Marks a tracepoint field or struct member that this kernel does not have.
+pub const OFFSET_ABSENT: u32 = u32::MAX;
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+pub const PENDING_KILLS_MAX: u32 = 16384;
+pub const RECLAIM_MAX: u32 = 8192;
+
+/// Record kinds on the `EVENTS` ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Signal = 1,
+    OomVictim = 2,
+    Exit = 3,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            1 => Ok(Self::Signal),
+            2 => Ok(Self::OomVictim),
+            3 => Ok(Self::Exit),
+            other => Err(other),
+        }
+    }
+}
+
+/// Kernel-side counters (per CPU), exported by userspace as metrics.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// `bpf_ringbuf_reserve` failed: the ring was full, the record is lost.
+    RingbufFull = 0,
+    /// A `bpf_probe_read*` of a tracepoint field or kernel struct failed.
+    ReadFailed = 1,
+    /// The pending-kill map refused an insert.
+    PendingInsertFailed = 2,
+    /// SIGKILLs seen by the signal probe (before any userspace processing).
+    SigkillSeen = 3,
+    /// `mark_victim` hits.
+    OomVictimSeen = 4,
+}
+
+pub const COUNTERS_LEN: u32 = 8;
+
+impl Counter {
+    pub const ALL: [Counter; 5] = [
+        Counter::RingbufFull,
+        Counter::ReadFailed,
+        Counter::PendingInsertFailed,
+        Counter::SigkillSeen,
+        Counter::OomVictimSeen,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::RingbufFull => "ringbuf_full",
+            Counter::ReadFailed => "read_failed",
+            Counter::PendingInsertFailed => "pending_insert_failed",
+            Counter::SigkillSeen => "sigkill_seen",
+            Counter::OomVictimSeen => "oom_victim_seen",
+        }
+    }
+}
+
+/// Which reclaim path a task last entered (a memcg OOM is preceded by memcg reclaim, a global
+/// OOM by direct reclaim in the page allocator).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReclaimKind {
+    None = 0,
+    Memcg = 1,
+    Direct = 2,
+}
+
+impl TryFrom<u32> for ReclaimKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            0 => Ok(Self::None),
+            1 => Ok(Self::Memcg),
+            2 => Ok(Self::Direct),
+            other => Err(other),
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ReclaimMark {
+    pub ktime_ns: u64,
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingKill {
+    /// `bpf_ktime_get_ns` of the SIGKILL.
+    pub signal_ktime_ns: u64,
+    /// The pid the signal was sent to (may be a thread; the entry moves to its tgid).
+    pub signaled_pid: u32,
+    pub _pad: u32,
+}
+
+/// Common record header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// [`EventKind`] as an integer.
+    pub kind: u32,
+    /// `size_of` the whole record, for the decoder to check.
+    pub len: u32,
+    /// `bpf_ktime_get_ns()` when the probe ran (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+}
+
+/// A memory cgroup path read in the kernel from the task's css_set, leaf first.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupPath {
+    /// kernfs node id of the leaf (the cgroup directory's inode number); 0 if unread.
+    pub id: u64,
+    /// Number of components filled in `names` (the root is not a component).
+    pub depth: u32,
+    /// `CGROUP_PATH_*` flags.
+    pub flags: u32,
+    pub names: [[u8; CGROUP_NAME_LEN]; CGROUP_MAX_DEPTH],
+}
+
+pub const CGROUP_PATH_TRUNCATED: u32 = 1;
+pub const CGROUP_PATH_UNAVAILABLE: u32 = 2;
+
+impl core::fmt::Debug for CgroupPath {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CgroupPath")
+            .field("id", &self.id)
+            .field("depth", &self.depth)
+            .field("flags", &self.flags)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `signal/signal_generate` for SIGKILL (filtered in the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalEvent {
+    pub hdr: EventHeader,
+    /// Target task's pid (a tid in kernel terms).
+    pub target_pid: i32,
+    pub sig: i32,
+    /// `si_code`: 0 SI_USER, 0x80 SI_KERNEL, negative for SI_QUEUE, SI_TKILL...
+    pub code: i32,
+    pub group: i32,
+    /// `enum trace_signal_result`: 0 delivered, 1 ignored, 2 already pending, 3/4 overflow.
+    pub result: i32,
+    /// The task running when the signal was generated: the killer, or the OOM trigger.
+    pub sender_tid: u32,
+    pub sender_tgid: u32,
+    /// [`ReclaimKind`] the sender last entered, and when (0 if never seen).
+    pub sender_reclaim_kind: u32,
+    pub sender_reclaim_ktime_ns: u64,
+    pub target_comm: [u8; TASK_COMM_LEN],
+    pub sender_comm: [u8; TASK_COMM_LEN],
+    pub sender_memcg: CgroupPath,
+}
+
+/// Bits of [`OomVictimEvent::fields`]: which tracepoint fields this kernel has.
+pub mod victim_fields {
+    pub const COMM: u32 = 1 << 0;
+    pub const TOTAL_VM: u32 = 1 << 1;
+    pub const ANON_RSS: u32 = 1 << 2;
+    pub const FILE_RSS: u32 = 1 << 3;
+    pub const SHMEM_RSS: u32 = 1 << 4;
+    pub const UID: u32 = 1 << 5;
+    pub const PGTABLES: u32 = 1 << 6;
+    pub const OOM_SCORE_ADJ: u32 = 1 << 7;
+}
+
+/// `oom/mark_victim`: the kernel OOM killer chose this task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomVictimEvent {
+    pub hdr: EventHeader,
+    pub pid: i32,
+    pub uid: u32,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    pub pgtables_kb: u64,
+    pub oom_score_adj: i32,
+    /// `victim_fields` bits present on this kernel.
+    pub fields: u32,
+    /// The task that invoked the OOM killer.
+    pub trigger_tid: u32,
+    pub trigger_tgid: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// `sched/sched_process_exit` of a process that has a pending SIGKILL, on its last thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub hdr: EventHeader,
+    pub tid: u32,
+    pub tgid: u32,
+    /// The pid the SIGKILL was sent to, as recorded in the pending-kill map.
+    pub signaled_pid: u32,
+    /// `task_struct.exit_code` (signal number in the low 7 bits); -1 when unreadable.
+    pub exit_code: i32,
+    pub signal_ktime_ns: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+    /// The dying task's memory cgroup (still attached at this tracepoint).
+    pub memcg: CgroupPath,
+}
+
+/// Load-time configuration: tracepoint field offsets from the format files and kernel struct
+/// member offsets from BTF, so no kernel's layout is hard-coded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// The agent's own tgid: its events are not traced.
+    pub agent_tgid: u32,
+    pub signal_sig: u32,
+    pub signal_code: u32,
+    pub signal_comm: u32,
+    pub signal_pid: u32,
+    pub signal_group: u32,
+    pub signal_result: u32,
+    pub victim_pid: u32,
+    pub victim_comm: u32,
+    pub victim_total_vm: u32,
+    pub victim_anon_rss: u32,
+    pub victim_file_rss: u32,
+    pub victim_shmem_rss: u32,
+    pub victim_uid: u32,
+    pub victim_pgtables: u32,
+    pub victim_oom_score_adj: u32,
+    pub exit_group_dead: u32,
+    /// `task_struct.cgroups`
+    pub task_cgroups: u32,
+    /// `task_struct.exit_code`
+    pub task_exit_code: u32,
+    /// `css_set.subsys`
+    pub css_set_subsys: u32,
+    /// `enum cgroup_subsys_id` value of `memory_cgrp_id`
+    pub memory_cgrp_id: u32,
+    /// `cgroup_subsys_state.cgroup`
+    pub css_cgroup: u32,
+    /// `cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `kernfs_node.name`
+    pub kn_name: u32,
+    /// `kernfs_node.parent` (`__parent` since 6.15)
+    pub kn_parent: u32,
+    /// `kernfs_node.id`
+    pub kn_id: u32,
+    pub _pad: u32,
+}
+
+impl Config {
+    /// Everything absent: a kernel program reading it does nothing harmful.
+    pub const EMPTY: Config = Config {
+        agent_tgid: 0,
+        signal_sig: OFFSET_ABSENT,
+        signal_code: OFFSET_ABSENT,
+        signal_comm: OFFSET_ABSENT,
+        signal_pid: OFFSET_ABSENT,
+        signal_group: OFFSET_ABSENT,
+        signal_result: OFFSET_ABSENT,
+        victim_pid: OFFSET_ABSENT,
+        victim_comm: OFFSET_ABSENT,
+        victim_total_vm: OFFSET_ABSENT,
+        victim_anon_rss: OFFSET_ABSENT,
+        victim_file_rss: OFFSET_ABSENT,
+        victim_shmem_rss: OFFSET_ABSENT,
+        victim_uid: OFFSET_ABSENT,
+        victim_pgtables: OFFSET_ABSENT,
+        victim_oom_score_adj: OFFSET_ABSENT,
+        exit_group_dead: OFFSET_ABSENT,
+        task_cgroups: OFFSET_ABSENT,
+        task_exit_code: OFFSET_ABSENT,
+        css_set_subsys: OFFSET_ABSENT,
+        memory_cgrp_id: OFFSET_ABSENT,
+        css_cgroup: OFFSET_ABSENT,
+        cgroup_kn: OFFSET_ABSENT,
+        kn_name: OFFSET_ABSENT,
+        kn_parent: OFFSET_ABSENT,
+        kn_id: OFFSET_ABSENT,
+        _pad: 0,
+    };
+}
+
+// The layout is the ABI: a change here must be deliberate.
+const _: () = assert!(size_of::<EventHeader>() == 16);
+const _: () = assert!(size_of::<CgroupPath>() == 16 + CGROUP_NAME_LEN * CGROUP_MAX_DEPTH);
+const _: () = assert!(size_of::<SignalEvent>() == 16 + 32 + 8 + 32 + size_of::<CgroupPath>());
+const _: () = assert!(size_of::<OomVictimEvent>() == 16 + 8 + 40 + 16 + 16);
+const _: () = assert!(size_of::<ExitEvent>() == 16 + 16 + 8 + 16 + size_of::<CgroupPath>());
+const _: () = assert!(size_of::<Config>() == 27 * 4);
+const _: () = assert!(size_of::<PendingKill>() == 16);
+const _: () = assert!(size_of::<ReclaimMark>() == 16);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: plain old data, repr(C), no padding left implicit.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for PendingKill {}
+    unsafe impl aya::Pod for ReclaimMark {}
+}

@@ -1,0 +1,42 @@
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use probe_common::{
+    Config, Counter, PendingKill, ReclaimMark, COUNTERS_LEN, EVENTS_RING_BYTES, OFFSET_ABSENT,
+    PENDING_KILLS_MAX, RECLAIM_MAX,
+};
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+#[map]
+pub static PENDING_KILLS: LruHashMap<u32, PendingKill> =
+    LruHashMap::with_max_entries(PENDING_KILLS_MAX, 0);
+
+#[map]
+pub static RECLAIM: LruHashMap<u32, ReclaimMark> = LruHashMap::with_max_entries(RECLAIM_MAX, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other writer while this program runs on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn present(offset: u32) -> bool {
+    offset != OFFSET_ABSENT
+}

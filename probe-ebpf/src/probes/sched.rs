@@ -1,0 +1,69 @@
+//! `sched/sched_process_exit`, only for processes with a pending SIGKILL (kernel-side filter on
+//! the pending-kill map). Fires per thread; we report the last one (`group_dead`). It runs in the
+//! dying task, before `cgroup_exit()`, so its memory cgroup is still readable.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use probe_common::{Counter, EventKind, ExitEvent, TASK_COMM_LEN};
+
+use super::current_ids;
+use crate::{
+    maps::{config, count, present, EVENTS, PENDING_KILLS},
+    task::{current_exit_code, current_memcg},
+};
+
+#[tracepoint]
+pub fn tp_sched_process_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_tp_sched_process_exit(&ctx);
+    0
+}
+
+fn try_tp_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
+    let (tid, tgid) = current_ids();
+    let (key, pending) = match unsafe { PENDING_KILLS.get(tid) } {
+        Some(p) => (tid, *p),
+        None => match unsafe { PENDING_KILLS.get(tgid) } {
+            Some(p) => (tgid, *p),
+            None => return Ok(()),
+        },
+    };
+    let cfg = config().ok_or(-1)?;
+    let group_dead = if present(cfg.exit_group_dead) {
+        unsafe { ctx.read_at::<u8>(cfg.exit_group_dead as usize)? != 0 }
+    } else {
+        // Kernels without the field: the leader's exit stands for the process.
+        tid == tgid
+    };
+    if !group_dead {
+        if key == tid && tid != tgid {
+            // A signalled thread died first: wait for the process under its tgid.
+            let _ = PENDING_KILLS.insert(tgid, pending, 0);
+            let _ = PENDING_KILLS.remove(tid);
+        }
+        return Ok(());
+    }
+    let _ = PENDING_KILLS.remove(tid);
+    let _ = PENDING_KILLS.remove(tgid);
+
+    let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
+        count(Counter::RingbufFull);
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).hdr.kind = EventKind::Exit as u32;
+        (*ev).hdr.len = core::mem::size_of::<ExitEvent>() as u32;
+        (*ev).hdr.ktime_ns = bpf_ktime_get_ns();
+        (*ev).tid = tid;
+        (*ev).tgid = tgid;
+        (*ev).signaled_pid = pending.signaled_pid;
+        (*ev).signal_ktime_ns = pending.signal_ktime_ns;
+        (*ev).exit_code = current_exit_code(cfg);
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+        current_memcg(cfg, &raw mut (*ev).memcg);
+    }
+    entry.submit(0);
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! memhog: allocates and touches anonymous memory step by step, printing what it holds.
+//!
+//! usage: memhog TOTAL_MIB [--step-mib N] [--interval-ms N] [--hold] [--oom-score-adj N]
+//!
+//! After each step it prints `held <KiB>` (anonymous bytes it has written), so a test can compare
+//! what the kernel reports at the kill with what the process held. `--hold` keeps the memory and
+//! sleeps after reaching TOTAL_MIB; otherwise it exits.
+use std::io::Write as _;
+
+fn arg_value(args: &[String], name: &str) -> Option<u64> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1)?.parse().ok()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(total_mib) = args.get(1).and_then(|a| a.parse::<u64>().ok()) else {
+        eprintln!(
+            "usage: memhog TOTAL_MIB [--step-mib N] [--interval-ms N] [--hold] [--oom-score-adj N]"
+        );
+        std::process::exit(2);
+    };
+    let step_mib = arg_value(&args, "--step-mib").unwrap_or(1).max(1);
+    let interval_ms = arg_value(&args, "--interval-ms").unwrap_or(0);
+    let hold = args.iter().any(|a| a == "--hold");
+    if let Some(i) = args.iter().position(|a| a == "--oom-score-adj") {
+        if let Some(v) = args.get(i + 1) {
+            if let Err(e) = std::fs::write("/proc/self/oom_score_adj", v) {
+                eprintln!("memhog: cannot set oom_score_adj: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut held_kib = 0u64;
+    let mut out = std::io::stdout();
+    while held_kib < total_mib * 1024 {
+        // Non-zero bytes so every page is really backed (no zero-page sharing).
+        let block = vec![0x5au8; (step_mib * 1024 * 1024) as usize];
+        blocks.push(block);
+        held_kib += step_mib * 1024;
+        let _ = writeln!(out, "held {held_kib}");
+        let _ = out.flush();
+        if interval_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(interval_ms));
+        }
+    }
+    let _ = writeln!(out, "done {held_kib}");
+    let _ = out.flush();
+    if hold {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    std::hint::black_box(&blocks);
+}

@@ -1,0 +1,129 @@
+//! Build, set-up, demo and test orchestration: `cargo xtask <command>`.
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "oomprobe's build, set-up, demo and test tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install and check the toolchain (llvm-22-dev, nightly rust-src, bpf-linker on LLVM 22).
+    Setup,
+    /// Build the agent, its kernel programs and the stand-ins.
+    Build,
+    /// A stand-in kubelet leaks inside a memory cgroup until the kernel OOM-kills it; the agent
+    /// reports the kill.
+    Demo {
+        /// Memory limit of the demo cgroup, MiB.
+        #[arg(long, default_value_t = 96)]
+        limit_mib: u64,
+        /// The stand-in kubelet's leak rate, MiB/s.
+        #[arg(long, default_value_t = 24)]
+        leak_mib_per_sec: u64,
+    },
+    /// Everything: formatting, lints, unit tests, then the privileged tests on this kernel.
+    Test {
+        /// Only the privileged integration tests.
+        #[arg(long)]
+        integration_only: bool,
+        /// Extra arguments for the integration test binary (a test name filter...).
+        #[arg(last = true)]
+        filter: Vec<String>,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(workspace_root());
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub fn build() -> Result<()> {
+    setup::ensure()?;
+    run(cargo().args(["build", "--workspace", "--bins"]))
+}
+
+fn test(integration_only: bool, filter: &[String]) -> Result<()> {
+    setup::ensure()?;
+    if !integration_only {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))
+            .context("formatting: run `cargo fmt --all`")?;
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+        // Unprivileged tier: decoders, parsers, detectors.
+        run(cargo().args(["test", "--workspace", "--exclude", "oomprobe-tests"]))?;
+    }
+    build()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the integration tests load eBPF programs and create memory cgroups: run as root \
+             (they cannot be skipped without losing what they prove)"
+        );
+    }
+    // Privileged tier: one at a time, since they reconcile against node-wide kernel counters.
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "oomprobe-tests", "--", "--test-threads=1"]);
+    cmd.args(filter);
+    cmd.env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
+    run(&mut cmd)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::ensure(),
+        Cmd::Build => build(),
+        Cmd::Demo {
+            limit_mib,
+            leak_mib_per_sec,
+        } => demo::run(limit_mib, leak_mib_per_sec),
+        Cmd::Test {
+            integration_only,
+            filter,
+        } => test(integration_only, &filter),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}

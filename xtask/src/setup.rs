@@ -1,0 +1,175 @@
+//! `cargo xtask setup`: idempotent. Installs what building the kernel programs needs on a fresh
+//! machine of this kind, and checks that the nightly rustc and bpf-linker agree on LLVM.
+//! Facts behind each step: shared/TOOLCHAIN.md.
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::run;
+
+/// LLVM major of the nightly rustc that builds probe-ebpf; bpf-linker must match it.
+const LLVM_MAJOR: u32 = 22;
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const NIGHTLY: &str = "nightly";
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo_bin() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin")
+}
+
+/// Puts cargo's bin directory on PATH for every command run from here (bpf-linker lives there).
+fn path_with_cargo_bin() {
+    let bin = cargo_bin();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if !std::env::split_paths(&path).any(|p| p == bin) {
+        let mut parts = vec![bin];
+        parts.extend(std::env::split_paths(&path));
+        if let Ok(joined) = std::env::join_paths(parts) {
+            std::env::set_var("PATH", joined);
+        }
+    }
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))
+        .context("apt-get update failed (are you root, is the package registry reachable?)")?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| format!("cannot install {}", missing.join(" ")))
+}
+
+fn rustc_llvm_major(toolchain: &str) -> Option<u32> {
+    let vv = output(
+        Command::new("rustc")
+            .arg(format!("+{toolchain}"))
+            .arg("-vV"),
+    )?;
+    let line = vv.lines().find(|l| l.starts_with("LLVM version:"))?;
+    line.split(':')
+        .nth(1)?
+        .trim()
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// LLVM major that bpf-linker is linked against (dynamic builds: `ldd`; static: assume ours).
+fn bpf_linker_llvm_major() -> Option<u32> {
+    let path = cargo_bin().join("bpf-linker");
+    if !path.exists() {
+        return None;
+    }
+    output(Command::new(&path).arg("--version"))?;
+    let ldd = output(Command::new("ldd").arg(&path)).unwrap_or_default();
+    match ldd.lines().find(|l| l.contains("libLLVM")) {
+        Some(line) => {
+            // libLLVM.so.22.1 or libLLVM-22.so
+            let digits: String = line
+                .split("libLLVM")
+                .nth(1)?
+                .chars()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            digits.parse().ok()
+        }
+        None => Some(LLVM_MAJOR),
+    }
+}
+
+pub fn ensure() -> Result<()> {
+    path_with_cargo_bin();
+    if std::env::var_os("OOMPROBE_SKIP_SETUP").is_some() {
+        return Ok(());
+    }
+    // The nightly toolchain builds probe-ebpf with -Z build-std=core.
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        bail!(
+            "no nightly Rust toolchain: this machine kind ships one (see shared/TOOLCHAIN.md); \
+             install it with `rustup toolchain install nightly --component rust-src` only if its \
+             LLVM major is {LLVM_MAJOR}"
+        );
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        NIGHTLY,
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: adding rust-src to the nightly toolchain");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    let rustc_llvm = rustc_llvm_major(NIGHTLY)
+        .context("cannot read the nightly rustc's LLVM version (`rustc +nightly -vV`)")?;
+    if rustc_llvm != LLVM_MAJOR {
+        bail!(
+            "nightly rustc uses LLVM {rustc_llvm}, but this project's bpf-linker is built against \
+             LLVM {LLVM_MAJOR} (the newest LLVM Debian packages here): do not `rustup update` \
+             nightly, or pin OOMPROBE_BPF_TOOLCHAIN to a nightly on LLVM {LLVM_MAJOR}"
+        );
+    }
+    apt_install(&[&format!("llvm-{LLVM_MAJOR}-dev")])?;
+    match bpf_linker_llvm_major() {
+        Some(m) if m == LLVM_MAJOR => {}
+        found => {
+            match found {
+                Some(m) => {
+                    eprintln!("setup: bpf-linker is on LLVM {m}; rebuilding on LLVM {LLVM_MAJOR}")
+                }
+                None => eprintln!(
+                    "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR}"
+                ),
+            }
+            run(Command::new("cargo")
+                .args([
+                    "+stable",
+                    "install",
+                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                    "--locked",
+                    "--force",
+                    "--no-default-features",
+                    "--features",
+                    &format!("llvm-{LLVM_MAJOR}"),
+                ])
+                // /usr/bin/llvm-config is LLVM 14 here; without this the link fails (-lLLVM).
+                .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")))
+            .context("cannot build bpf-linker")?;
+            match bpf_linker_llvm_major() {
+                Some(m) if m == LLVM_MAJOR => {}
+                other => {
+                    bail!("bpf-linker still not on LLVM {LLVM_MAJOR} after install ({other:?})")
+                }
+            }
+        }
+    }
+    Ok(())
+}
