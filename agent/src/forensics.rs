@@ -666,11 +666,11 @@ mod tests {
             SI_KERNEL,
             60,
             ReclaimKind::Memcg,
-            1000,
+            1_000_000,
         )));
-        c.on_event(Event::OomVictim(victim(50, 60, 2000)));
+        c.on_event(Event::OomVictim(victim(50, 60, 1_001_000)));
         let r = c
-            .on_event(Event::Exit(exit(50, 1000, 3000, "/demo")))
+            .on_event(Event::Exit(exit(50, 1_000_000, 1_002_000, "/demo")))
             .unwrap();
         let line = r.text();
         assert!(
