@@ -59,8 +59,12 @@ pub struct Btf {
 }
 
 impl Btf {
+    /// The running kernel's BTF (`OOMPROBE_BTF` overrides the path).
     pub fn from_sys_fs() -> Result<Self, BtfError> {
-        Self::from_path(Path::new(VMLINUX))
+        match std::env::var_os("OOMPROBE_BTF") {
+            Some(p) => Self::from_path(Path::new(&p)),
+            None => Self::from_path(Path::new(VMLINUX)),
+        }
     }
 
     pub fn from_path(path: &Path) -> Result<Self, BtfError> {

@@ -17,6 +17,9 @@ use crate::{
 
 /// A kill with no process death seen after this long is reported without `exit_after_ns`.
 pub const EXIT_TIMEOUT_NS: u64 = 3_000_000_000;
+/// An idle OOM victim can die before `mark_victim` fires for it (seen: exit 41 us after the
+/// SIGKILL, `mark_victim` ~45 us): a kernel-sent SIGKILL's record waits this long for it.
+pub const VICTIM_GRACE_NS: u64 = 100_000_000;
 /// A reclaim mark older than this does not explain an OOM.
 const RECLAIM_RECENT_NS: u64 = 10_000_000_000;
 
@@ -137,7 +140,7 @@ pub struct KillRecord {
     pub delivery: &'static str,
 }
 
-fn delivery_name(result: i32) -> &'static str {
+pub fn delivery_name(result: i32) -> &'static str {
     match result {
         0 => "delivered",
         1 => "ignored",
@@ -152,6 +155,7 @@ fn delivery_name(result: i32) -> &'static str {
 struct Pending {
     signal: Option<SignalRecord>,
     victim: Option<VictimRecord>,
+    exit: Option<ExitRecord>,
     snapshot: Option<ProcSnapshot>,
     domain: Option<MemcgState>,
     first_ktime_ns: u64,
@@ -164,7 +168,12 @@ pub struct CorrelatorStats {
     /// Exit or victim events whose SIGKILL was never seen (lost upstream).
     pub orphans: u64,
     pub timeouts: u64,
+    /// SIGKILLs to processes already dying, not recorded as kills.
+    pub ignored: u64,
 }
+
+/// `enum trace_signal_result` (include/trace/events/signal.h).
+const TRACE_SIGNAL_IGNORED: i32 = 1;
 
 /// Joins signal, victim and exit events into [`KillRecord`]s.
 pub struct Correlator<N: Node> {
@@ -195,15 +204,18 @@ impl<N: Node> Correlator<N> {
                 self.on_signal(s);
                 None
             }
-            Event::OomVictim(v) => {
-                self.on_victim(v);
-                None
-            }
+            Event::OomVictim(v) => self.on_victim(v),
             Event::Exit(e) => self.on_exit(e),
         }
     }
 
     fn on_signal(&mut self, s: SignalRecord) {
+        if s.result == TRACE_SIGNAL_IGNORED && !self.pending.contains_key(&s.target_pid) {
+            // The target was already dying (or a zombie): not a kill of its own. Counted by
+            // the caller (oomprobe_sigkills_total{delivery="ignored"}).
+            self.stats.ignored += 1;
+            return;
+        }
         if let Some(p) = self.pending.get_mut(&s.target_pid) {
             if p.signal.is_none() {
                 p.signal = Some(s);
@@ -219,6 +231,7 @@ impl<N: Node> Correlator<N> {
                 first_ktime_ns: s.ktime_ns,
                 signal: Some(s),
                 victim: None,
+                exit: None,
                 snapshot,
                 domain: None,
                 extra: 0,
@@ -226,10 +239,12 @@ impl<N: Node> Correlator<N> {
         );
     }
 
-    fn on_victim(&mut self, v: VictimRecord) {
+    fn on_victim(&mut self, v: VictimRecord) -> Option<KillRecord> {
+        let pid = v.pid;
         let p = self.pending.entry(v.pid).or_insert_with(|| Pending {
             signal: None,
             victim: None,
+            exit: None,
             snapshot: None,
             domain: None,
             first_ktime_ns: v.ktime_ns,
@@ -245,29 +260,49 @@ impl<N: Node> Correlator<N> {
             .node
             .oom_domain(trigger.as_deref(), victim_cg.as_deref());
         p.victim = Some(v);
+        if p.exit.is_some() {
+            // The victim died before mark_victim fired; the record was waiting for it.
+            let p = self.pending.remove(&pid)?;
+            return Some(self.finish(p));
+        }
+        None
     }
 
     fn on_exit(&mut self, e: ExitRecord) -> Option<KillRecord> {
-        let Some(p) = self.pending.remove(&e.signaled_pid) else {
+        let key = e.signaled_pid;
+        let Some(p) = self.pending.get_mut(&key) else {
             self.stats.orphans += 1;
             return None;
         };
-        Some(self.finish(p, Some(e)))
+        let kernel_sent = p.signal.as_ref().is_some_and(|s| s.code == SI_KERNEL);
+        p.exit = Some(e);
+        if kernel_sent && p.victim.is_none() {
+            // Possibly an OOM kill whose mark_victim is still to come: wait a little.
+            return None;
+        }
+        let p = self.pending.remove(&key)?;
+        Some(self.finish(p))
     }
 
-    /// Reports kills whose process has not died within [`EXIT_TIMEOUT_NS`].
+    /// Reports kills whose process has not died within [`EXIT_TIMEOUT_NS`], and dead
+    /// processes whose kernel SIGKILL turned out not to be an OOM kill.
     pub fn expire(&mut self, now_ktime_ns: u64) -> Vec<KillRecord> {
         let stale: Vec<u32> = self
             .pending
             .iter()
-            .filter(|(_, p)| now_ktime_ns.saturating_sub(p.first_ktime_ns) > EXIT_TIMEOUT_NS)
+            .filter(|(_, p)| match &p.exit {
+                Some(e) => now_ktime_ns.saturating_sub(e.ktime_ns) > VICTIM_GRACE_NS,
+                None => now_ktime_ns.saturating_sub(p.first_ktime_ns) > EXIT_TIMEOUT_NS,
+            })
             .map(|(k, _)| *k)
             .collect();
         let mut out = Vec::new();
         for k in stale {
             if let Some(p) = self.pending.remove(&k) {
-                self.stats.timeouts += 1;
-                out.push(self.finish(p, None));
+                if p.exit.is_none() {
+                    self.stats.timeouts += 1;
+                }
+                out.push(self.finish(p));
             }
         }
         out.sort_by_key(|r| r.ktime_ns);
@@ -283,7 +318,8 @@ impl<N: Node> Correlator<N> {
         cg.path.clone()
     }
 
-    fn finish(&self, p: Pending, exit: Option<ExitRecord>) -> KillRecord {
+    fn finish(&self, p: Pending) -> KillRecord {
+        let exit = p.exit.clone();
         let sig = p.signal.as_ref();
         let victim_rec = p.victim.as_ref();
         let snap = p.snapshot.clone().unwrap_or_default();
@@ -570,6 +606,46 @@ mod tests {
         assert_eq!(oom.domain, None);
         assert_eq!(oom.evidence, "reclaim_path");
         assert_eq!(c.pending_len(), 0);
+    }
+
+    #[test]
+    fn victim_that_died_before_mark_victim_is_still_an_oom_kill() {
+        // Seen on 6.18: an idle victim exits 41 us after the SIGKILL, mark_victim follows.
+        let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
+        let t = 5_000_000_000;
+        c.on_event(Event::Signal(signal(
+            8,
+            SI_KERNEL,
+            9,
+            ReclaimKind::Memcg,
+            t,
+        )));
+        assert!(c
+            .on_event(Event::Exit(exit(8, t, t + 41_000, "/cg")))
+            .is_none());
+        let r = c
+            .on_event(Event::OomVictim(victim(8, 9, t + 45_000)))
+            .expect("record once the victim data is in");
+        assert_eq!(r.kind, KillKind::OomMemcg);
+        assert_eq!(r.exit_after_ns, Some(41_000));
+        assert_eq!(r.sender.pid, 9);
+        assert_eq!(c.pending_len(), 0);
+        // A kernel SIGKILL that is not an OOM kill is reported after the grace period.
+        c.on_event(Event::Signal(signal(
+            10,
+            SI_KERNEL,
+            10,
+            ReclaimKind::None,
+            t,
+        )));
+        assert!(c
+            .on_event(Event::Exit(exit(10, t, t + 1_000, "/cg")))
+            .is_none());
+        assert!(c.expire(t + 1_000 + VICTIM_GRACE_NS).is_empty());
+        let out = c.expire(t + 2_000 + VICTIM_GRACE_NS);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].kind, KillKind::Signal);
+        assert_eq!(out[0].exit_after_ns, Some(1_000));
     }
 
     #[test]

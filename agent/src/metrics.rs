@@ -15,6 +15,7 @@ pub struct Metrics {
     pub kills: IntCounterVec,
     pub dropped: IntCounterVec,
     pub kernel_events: IntCounterVec,
+    pub sigkills: IntCounterVec,
     pub hooks: IntGaugeVec,
     pub pending_kills: IntGauge,
     last_kernel: Mutex<HashMap<u32, u64>>,
@@ -40,8 +41,8 @@ impl Metrics {
         let dropped = counter_vec(
             &registry,
             "oomprobe_events_dropped_total",
-            "Events lost, by reason (ringbuf_full, read_failed, decode_*, orphan_exit...).",
-            &["reason"],
+            "Events lost, by reason (ringbuf_full, read_failed, decode_error, orphan_exit...) and record kind.",
+            &["reason", "kind"],
         );
         let kernel_events = counter_vec(
             &registry,
@@ -71,12 +72,21 @@ impl Metrics {
         for kind in [KillKind::OomMemcg, KillKind::OomGlobal, KillKind::Signal] {
             kills.with_label_values(&[kind.as_str()]);
         }
-        dropped.with_label_values(&["ringbuf_full"]);
+        for kind in ["signal", "oom_victim", "exit"] {
+            dropped.with_label_values(&["ringbuf_full", kind]);
+        }
+        let sigkills = counter_vec(
+            &registry,
+            "oomprobe_sigkills_total",
+            "SIGKILL records received from the kernel, by delivery result (delivered, ignored: the target was already dying, already_pending).",
+            &["delivery"],
+        );
         Metrics {
             registry,
             kills,
             dropped,
             kernel_events,
+            sigkills,
             hooks,
             pending_kills,
             last_kernel: Mutex::new(HashMap::new()),
@@ -94,15 +104,28 @@ impl Metrics {
             if delta == 0 {
                 continue;
             }
-            match c {
-                Counter::RingbufFull | Counter::ReadFailed | Counter::PendingInsertFailed => {
-                    self.dropped.with_label_values(&[c.name()]).inc_by(delta)
+            let (family, labels): (&IntCounterVec, [&str; 2]) = match c {
+                Counter::RingbufFullSignal => (&self.dropped, ["ringbuf_full", "signal"]),
+                Counter::RingbufFullVictim => (&self.dropped, ["ringbuf_full", "oom_victim"]),
+                Counter::RingbufFullExit => (&self.dropped, ["ringbuf_full", "exit"]),
+                Counter::ReadFailed => (&self.dropped, ["read_failed", "any"]),
+                Counter::PendingInsertFailed => {
+                    (&self.dropped, ["pending_insert_failed", "signal"])
                 }
-                Counter::SigkillSeen | Counter::OomVictimSeen => self
-                    .kernel_events
-                    .with_label_values(&[c.name()])
-                    .inc_by(delta),
-            }
+                Counter::SigkillSeen => {
+                    self.kernel_events
+                        .with_label_values(&["sigkill_seen"])
+                        .inc_by(delta);
+                    continue;
+                }
+                Counter::OomVictimSeen => {
+                    self.kernel_events
+                        .with_label_values(&["oom_victim_seen"])
+                        .inc_by(delta);
+                    continue;
+                }
+            };
+            family.with_label_values(&labels).inc_by(delta);
         }
     }
 

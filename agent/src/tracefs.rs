@@ -75,8 +75,11 @@ impl Format {
 }
 
 /// The tracefs mount point; mounts it at /sys/kernel/tracing when nothing is mounted (a
-/// DaemonSet usually has it, a bare VM may not).
+/// DaemonSet usually has it, a bare VM may not). `OOMPROBE_TRACEFS` overrides the path.
 pub fn tracefs_root() -> Result<PathBuf, TracefsError> {
+    if let Some(p) = std::env::var_os("OOMPROBE_TRACEFS") {
+        return Ok(PathBuf::from(p));
+    }
     for candidate in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         if Path::new(candidate).join("events").is_dir() {
             return Ok(PathBuf::from(candidate));

@@ -67,38 +67,32 @@ impl TryFrom<u32> for EventKind {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// `bpf_ringbuf_reserve` failed: the ring was full, the record is lost.
-    RingbufFull = 0,
+    /// `bpf_ringbuf_reserve` failed for a signal record: the ring was full, the record is lost.
+    RingbufFullSignal = 0,
+    RingbufFullVictim = 1,
+    RingbufFullExit = 2,
     /// A `bpf_probe_read*` of a tracepoint field or kernel struct failed.
-    ReadFailed = 1,
+    ReadFailed = 3,
     /// The pending-kill map refused an insert.
-    PendingInsertFailed = 2,
+    PendingInsertFailed = 4,
     /// SIGKILLs seen by the signal probe (before any userspace processing).
-    SigkillSeen = 3,
+    SigkillSeen = 5,
     /// `mark_victim` hits.
-    OomVictimSeen = 4,
+    OomVictimSeen = 6,
 }
 
 pub const COUNTERS_LEN: u32 = 8;
 
 impl Counter {
-    pub const ALL: [Counter; 5] = [
-        Counter::RingbufFull,
+    pub const ALL: [Counter; 7] = [
+        Counter::RingbufFullSignal,
+        Counter::RingbufFullVictim,
+        Counter::RingbufFullExit,
         Counter::ReadFailed,
         Counter::PendingInsertFailed,
         Counter::SigkillSeen,
         Counter::OomVictimSeen,
     ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::RingbufFull => "ringbuf_full",
-            Counter::ReadFailed => "read_failed",
-            Counter::PendingInsertFailed => "pending_insert_failed",
-            Counter::SigkillSeen => "sigkill_seen",
-            Counter::OomVictimSeen => "oom_victim_seen",
-        }
-    }
 }
 
 /// Which reclaim path a task last entered (a memcg OOM is preceded by memcg reclaim, a global

@@ -8,7 +8,7 @@ use super::OutputFormat;
 use crate::{
     clock::{monotonic_ns, Clock},
     events,
-    forensics::{Correlator, KillRecord},
+    forensics::{self, Correlator, KillRecord},
     metrics::{self, Metrics},
     node::LiveNode,
     probes::{Probes, HOOKS},
@@ -107,9 +107,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
                     match events::decode(&item) {
-                        Ok(ev) => records.extend(correlator.on_event(ev)),
+                        Ok(ev) => {
+                            if let events::Event::Signal(s) = &ev {
+                                metrics.sigkills.with_label_values(&[forensics::delivery_name(s.result)]).inc();
+                            }
+                            records.extend(correlator.on_event(ev));
+                        }
                         Err(e) => {
-                            metrics.dropped.with_label_values(&[&format!("decode_{}", e.reason())]).inc();
+                            metrics.dropped.with_label_values(&["decode_error", e.reason()]).inc();
                             tracing::debug!(error = %e, "malformed record");
                         }
                     }
@@ -121,7 +126,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 metrics.observe_kernel(&probes.counters());
                 metrics.pending_kills.set(correlator.pending_len() as i64);
                 let orphans = correlator.stats.orphans;
-                let seen = metrics.dropped.with_label_values(&["orphan_exit"]);
+                let seen = metrics.dropped.with_label_values(&["orphan", "exit"]);
                 if orphans > seen.get() {
                     seen.inc_by(orphans - seen.get());
                 }

@@ -24,7 +24,7 @@ fn try_tp_oom_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
     }
     count(Counter::OomVictimSeen);
     let Some(mut entry) = EVENTS.reserve::<OomVictimEvent>(0) else {
-        count(Counter::RingbufFull);
+        count(Counter::RingbufFullVictim);
         return Ok(());
     };
     let ev = entry.as_mut_ptr();

@@ -48,7 +48,7 @@ fn try_tp_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let _ = PENDING_KILLS.remove(tgid);
 
     let Some(mut entry) = EVENTS.reserve::<ExitEvent>(0) else {
-        count(Counter::RingbufFull);
+        count(Counter::RingbufFullExit);
         return Ok(());
     };
     let ev = entry.as_mut_ptr();

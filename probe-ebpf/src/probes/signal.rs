@@ -51,7 +51,7 @@ fn try_tp_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
     }
 
     let Some(mut entry) = EVENTS.reserve::<SignalEvent>(0) else {
-        count(Counter::RingbufFull);
+        count(Counter::RingbufFullSignal);
         return Ok(());
     };
     let ev = entry.as_mut_ptr();

@@ -1,0 +1,298 @@
+//! Every SIGKILL caught exactly, on this real kernel: real OOM kills in memory cgroups this test
+//! creates, a real `kill -9`, a burst reconciled against the kernel's own counters.
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use oomprobe_tests::{cgroup_name, metric, spawn_in, vmstat_oom_kills, Agent, ScratchCgroup, MIB};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn pid_of(v: &Value, who: &str) -> u64 {
+    v[who]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{who}.pid missing: {v}"))
+}
+
+/// Last `held <KiB>` line a memhog printed before it died.
+fn last_held(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("held ").or_else(|| l.strip_prefix("done ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("memhog printed nothing it held: {lines:?}"))
+}
+
+#[test]
+fn memcg_oom_kill_is_recorded_exactly() {
+    let agent = Agent::start();
+    let cg = ScratchCgroup::create(&cgroup_name("oom"), Some(32 * MIB)).expect("cgroup");
+    let mut hog = spawn_in(&cg, "memhog", &["64"]);
+    let pid = u64::from(hog.pid());
+    let lines = hog.read_until("done");
+    assert_eq!(
+        hog.wait_signal(),
+        Some(9),
+        "memhog was not SIGKILLed: {lines:?}"
+    );
+    let held_kib = last_held(&lines);
+
+    let rec = agent.wait_for_kill(WAIT, |v| pid_of(v, "victim") == pid);
+    assert_eq!(rec["kind"], "oom_memcg", "{rec}");
+    assert_eq!(rec["victim"]["comm"], "memhog");
+    assert_eq!(rec["victim"]["cgroup"], cg.path.as_str());
+    assert_eq!(rec["sender"]["code"], "SI_KERNEL");
+    // It triggered its own OOM: the allocating task is the victim.
+    assert_eq!(pid_of(&rec, "sender"), pid);
+    assert_eq!(rec["oom"]["trigger_pid"].as_u64(), Some(pid));
+    assert_eq!(rec["oom"]["domain"]["path"], cg.path.as_str());
+    assert_eq!(rec["oom"]["domain"]["limit_bytes"].as_u64(), Some(32 * MIB));
+    assert_eq!(rec["exit_code"].as_i64(), Some(9));
+    let anon = rec["memory"]["anon_rss_kb"].as_u64().expect("anon_rss_kb");
+    // It held `held_kib` and was touching the next 1 MiB step when the charge failed.
+    assert!(
+        anon >= held_kib && anon <= held_kib + 2048,
+        "anon_rss_kb {anon} vs held {held_kib} KiB"
+    );
+    let exit_after = rec["exit_after_ns"].as_u64().expect("exit_after_ns set");
+    assert!(exit_after > 0 && exit_after < 5_000_000_000, "{exit_after}");
+    let ktime = rec["ktime_ns"].as_u64().unwrap();
+    assert!(ktime > 0);
+    let time = rec["time"].as_str().unwrap();
+    assert!(
+        time.ends_with('Z') && time.len() == "2026-11-28T07:33:39.501197331Z".len(),
+        "{time}"
+    );
+}
+
+#[test]
+fn oom_triggered_by_another_process_names_victim_and_trigger() {
+    let agent = Agent::start();
+    let cg = ScratchCgroup::create(&cgroup_name("trigger"), Some(64 * MIB)).expect("cgroup");
+    // The victim is made the kernel's first choice (+1000; lowering a score needs
+    // CAP_SYS_RESOURCE, which this machine does not grant), so the trigger is spared.
+    let mut victim = spawn_in(
+        &cg,
+        "memhog",
+        &["40", "--step-mib", "4", "--hold", "--oom-score-adj", "1000"],
+    );
+    let victim_lines = victim.read_until("done");
+    let held_kib = last_held(&victim_lines);
+    let mut trigger = spawn_in(&cg, "memhog", &["48"]);
+    let trigger_lines = trigger.read_until("done");
+    assert_eq!(victim.wait_signal(), Some(9));
+    assert_eq!(
+        trigger.wait_signal(),
+        None,
+        "trigger should survive: {trigger_lines:?}"
+    );
+
+    let vpid = u64::from(victim.pid());
+    let tpid = u64::from(trigger.pid());
+    let rec = agent.wait_for_kill(WAIT, |v| pid_of(v, "victim") == vpid);
+    assert_eq!(rec["kind"], "oom_memcg", "{rec}");
+    assert_eq!(
+        pid_of(&rec, "sender"),
+        tpid,
+        "sender must be the trigger: {rec}"
+    );
+    assert_eq!(rec["sender"]["comm"], "memhog");
+    assert_eq!(rec["sender"]["code"], "SI_KERNEL");
+    assert_eq!(rec["sender"]["cgroup"], cg.path.as_str());
+    assert_eq!(rec["oom"]["trigger_pid"].as_u64(), Some(tpid));
+    assert_eq!(rec["victim"]["cgroup"], cg.path.as_str());
+    let anon = rec["memory"]["anon_rss_kb"].as_u64().unwrap();
+    assert!(
+        anon >= held_kib && anon <= held_kib + 1024,
+        "victim anon {anon} KiB vs held {held_kib} KiB"
+    );
+    assert!(
+        !agent
+            .records()
+            .iter()
+            .any(|v| v["event"] == "kill" && pid_of(v, "victim") == tpid),
+        "the trigger was not killed"
+    );
+}
+
+#[test]
+fn kill_dash_nine_names_the_sender_and_is_not_an_oom() {
+    let agent = Agent::start_with_metrics(19611);
+    let cg = ScratchCgroup::create(&cgroup_name("kill9"), None).expect("cgroup");
+    let mut target = spawn_in(&cg, "memhog", &["8", "--hold"]);
+    target.read_until("done");
+    let killer = Command::new("/bin/kill")
+        .args(["-9", &target.pid().to_string()])
+        .spawn()
+        .expect("spawn /bin/kill");
+    let killer_pid = u64::from(killer.id());
+    let status = killer.wait_with_output().expect("kill ran").status;
+    assert!(status.success());
+    assert_eq!(target.wait_signal(), Some(9));
+
+    let pid = u64::from(target.pid());
+    let rec = agent.wait_for_kill(WAIT, |v| pid_of(v, "victim") == pid);
+    assert_eq!(rec["kind"], "signal", "{rec}");
+    assert_eq!(pid_of(&rec, "sender"), killer_pid);
+    assert_eq!(rec["sender"]["comm"], "kill");
+    assert_eq!(rec["sender"]["code"], "SI_USER");
+    assert_eq!(rec["victim"]["comm"], "memhog");
+    assert_eq!(rec["victim"]["cgroup"], cg.path.as_str());
+    assert_eq!(rec["exit_code"].as_i64(), Some(9));
+    assert!(rec["oom"].is_null());
+    assert!(rec["exit_after_ns"].as_u64().is_some());
+
+    let body = agent.scrape();
+    assert!(
+        metric(&body, "oomprobe_kills_total{kind=\"signal\"}").unwrap() >= 1.0,
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "oomprobe_kills_total{kind=\"oom_memcg\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&body, "oomprobe_kills_total{kind=\"oom_global\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn burst_of_oom_kills_across_cgroups_reconciles_with_kernel_counters() {
+    const CGROUPS: usize = 4;
+    const PER: usize = 15;
+    let agent = Agent::start();
+    let cgs: Vec<ScratchCgroup> = (0..CGROUPS)
+        .map(|i| ScratchCgroup::create(&cgroup_name(&format!("burst{i}")), Some(16 * MIB)).unwrap())
+        .collect();
+    let vmstat_before = vmstat_oom_kills();
+    let mut procs = Vec::new();
+    for cg in &cgs {
+        for _ in 0..PER {
+            procs.push(spawn_in(cg, "memhog", &["64"]));
+        }
+    }
+    let pids: BTreeSet<u64> = procs.iter().map(|p| u64::from(p.pid())).collect();
+    for p in &mut procs {
+        assert_eq!(p.wait_signal(), Some(9), "every memhog must be OOM-killed");
+    }
+    let vmstat_delta = vmstat_oom_kills() - vmstat_before;
+
+    let ours = |v: &Value| pids.contains(&pid_of(v, "victim"));
+    let recs = agent.wait_for_kills(CGROUPS * PER, WAIT, ours);
+    // Give a duplicate, if there were one, the time to show up.
+    std::thread::sleep(Duration::from_millis(500));
+    let recs_after: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|v| v["event"] == "kill" && ours(v))
+        .collect();
+    assert_eq!(recs_after.len(), recs.len(), "late duplicate records");
+    assert_eq!(recs.len(), CGROUPS * PER);
+    let victims: BTreeSet<u64> = recs.iter().map(|v| pid_of(v, "victim")).collect();
+    assert_eq!(victims, pids, "each process recorded exactly once");
+    for r in &recs {
+        assert_eq!(r["kind"], "oom_memcg", "{r}");
+        assert!(r["exit_after_ns"].as_u64().is_some(), "{r}");
+    }
+    for cg in &cgs {
+        let n = recs
+            .iter()
+            .filter(|v| v["victim"]["cgroup"] == cg.path.as_str())
+            .count() as u64;
+        assert_eq!(
+            n,
+            cg.oom_kills(),
+            "records vs {}'s oom_kill counter",
+            cg.path
+        );
+        assert_eq!(n, PER as u64);
+        let domains = recs
+            .iter()
+            .filter(|v| v["victim"]["cgroup"] == cg.path.as_str())
+            .filter(|v| v["oom"]["domain"]["path"] == cg.path.as_str())
+            .count();
+        assert_eq!(domains, PER, "OOM domain of each kill in {}", cg.path);
+    }
+    assert_eq!(
+        vmstat_delta,
+        (CGROUPS * PER) as u64,
+        "/proc/vmstat oom_kill delta"
+    );
+}
+
+#[test]
+fn full_ring_buffer_is_counted_not_silent() {
+    let agent = Agent::start_with_metrics(19612);
+    let cg = ScratchCgroup::create(&cgroup_name("ring"), None).expect("cgroup");
+    let mut target = spawn_in(&cg, "memhog", &["1", "--hold"]);
+    target.read_until("done");
+    let pid = target.pid() as i32;
+    // Freeze the agent's reader, then send far more SIGKILLs than the 1 MiB ring holds: the
+    // first kills, the rest hit a zombie and are still traced (delivery "ignored").
+    const SIGNALS: u64 = 3000;
+    // SAFETY: plain syscalls on processes this test started.
+    unsafe {
+        libc::kill(agent_pid(&agent), libc::SIGSTOP);
+        for _ in 0..SIGNALS {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        libc::kill(agent_pid(&agent), libc::SIGCONT);
+    }
+    assert_eq!(target.wait_signal(), Some(9));
+    let rec = agent.wait_for_kill(WAIT, |v| {
+        v["victim"]["pid"].as_i64() == Some(i64::from(pid))
+    });
+    assert_eq!(rec["kind"], "signal");
+
+    // Reconcile: every SIGKILL the kernel probe saw was either received or counted as lost.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let body = agent.scrape();
+        let seen = metric(
+            &body,
+            "oomprobe_kernel_events_total{counter=\"sigkill_seen\"}",
+        )
+        .unwrap_or(0.0);
+        let lost = metric(
+            &body,
+            "oomprobe_events_dropped_total{kind=\"signal\",reason=\"ringbuf_full\"}",
+        )
+        .unwrap_or(0.0);
+        let received: f64 = [
+            "delivered",
+            "ignored",
+            "already_pending",
+            "overflow_fail",
+            "lose_info",
+        ]
+        .iter()
+        .filter_map(|d| {
+            metric(
+                &body,
+                &format!("oomprobe_sigkills_total{{delivery=\"{d}\"}}"),
+            )
+        })
+        .sum();
+        if seen >= SIGNALS as f64 && received + lost == seen {
+            assert!(lost > 0.0, "the ring should have overflowed: {body}");
+            assert!(received > 0.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seen {seen} != received {received} + lost {lost}\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ours: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|v| v["event"] == "kill" && v["victim"]["pid"].as_i64() == Some(i64::from(pid)))
+        .collect();
+    assert_eq!(ours.len(), 1, "one kill, however many signals: {ours:?}");
+}
+
+fn agent_pid(agent: &Agent) -> i32 {
+    agent.pid() as i32
+}
