@@ -20,6 +20,8 @@ pub const EXIT_TIMEOUT_NS: u64 = 3_000_000_000;
 /// An idle OOM victim can die before `mark_victim` fires for it (seen: exit 41 us after the
 /// SIGKILL, `mark_victim` ~45 us): a kernel-sent SIGKILL's record waits this long for it.
 pub const VICTIM_GRACE_NS: u64 = 100_000_000;
+/// How long one reading of an OOM domain's limit and usage serves kills in the same cgroup.
+const DOMAIN_CACHE_NS: u64 = 200_000_000;
 /// A reclaim mark older than this does not explain an OOM.
 const RECLAIM_RECENT_NS: u64 = 10_000_000_000;
 
@@ -138,6 +140,8 @@ pub struct KillRecord {
     pub extra_sigkills: u32,
     /// `delivered`, `ignored`, `already_pending`, ... (`enum trace_signal_result`).
     pub delivery: &'static str,
+    /// SIGKILL to the moment the agent's userspace first had the kill (ring buffer latency).
+    pub seen_after_ns: Option<u64>,
 }
 
 pub fn delivery_name(result: i32) -> &'static str {
@@ -159,6 +163,8 @@ struct Pending {
     snapshot: Option<ProcSnapshot>,
     domain: Option<MemcgState>,
     first_ktime_ns: u64,
+    /// CLOCK_MONOTONIC when userspace first saw this kill.
+    seen_mono_ns: Option<u64>,
     extra: u32,
 }
 
@@ -180,6 +186,9 @@ pub struct Correlator<N: Node> {
     node: N,
     clock: Clock,
     pending: HashMap<u32, Pending>,
+    /// OOM domain readings by trigger cgroup: (ktime of the reading, result).
+    domain_cache: HashMap<String, (u64, Option<MemcgState>)>,
+    now_mono_ns: Option<u64>,
     pub stats: CorrelatorStats,
 }
 
@@ -189,6 +198,8 @@ impl<N: Node> Correlator<N> {
             node,
             clock,
             pending: HashMap::new(),
+            domain_cache: HashMap::new(),
+            now_mono_ns: None,
             stats: CorrelatorStats::default(),
         }
     }
@@ -199,6 +210,13 @@ impl<N: Node> Correlator<N> {
 
     /// Feeds one event; returns a record when a kill is complete.
     pub fn on_event(&mut self, ev: Event) -> Option<KillRecord> {
+        self.on_event_at(ev, None)
+    }
+
+    /// Like [`Self::on_event`], with the agent's CLOCK_MONOTONIC time of receipt, so records
+    /// carry how long after the SIGKILL userspace first saw the kill.
+    pub fn on_event_at(&mut self, ev: Event, now_mono_ns: Option<u64>) -> Option<KillRecord> {
+        self.now_mono_ns = now_mono_ns;
         match ev {
             Event::Signal(s) => {
                 self.on_signal(s);
@@ -224,11 +242,18 @@ impl<N: Node> Correlator<N> {
             }
             return;
         }
-        let snapshot = self.node.snapshot(s.target_pid);
+        // A kernel-sent SIGKILL is followed by mark_victim (exact memory) and the exit (exact
+        // cgroup): reading procfs for it would only slow a burst down.
+        let snapshot = if s.code == SI_KERNEL {
+            None
+        } else {
+            self.node.snapshot(s.target_pid)
+        };
         self.pending.insert(
             s.target_pid,
             Pending {
                 first_ktime_ns: s.ktime_ns,
+                seen_mono_ns: self.now_mono_ns,
                 signal: Some(s),
                 victim: None,
                 exit: None,
@@ -248,17 +273,27 @@ impl<N: Node> Correlator<N> {
             snapshot: None,
             domain: None,
             first_ktime_ns: v.ktime_ns,
+            seen_mono_ns: self.now_mono_ns,
             extra: 0,
         });
-        if p.snapshot.is_none() {
-            p.snapshot = self.node.snapshot(v.pid);
-        }
-        // Read the OOM domain now, while the cgroups are there and still near their limit.
+        // Read the OOM domain now, while the cgroups are there and still near their limit. In a
+        // burst, kills in one cgroup share the reading for DOMAIN_CACHE_NS.
         let trigger = p.signal.as_ref().and_then(|s| s.sender_memcg.path.clone());
-        let victim_cg = p.snapshot.as_ref().and_then(|s| s.cgroup.clone());
-        p.domain = self
-            .node
-            .oom_domain(trigger.as_deref(), victim_cg.as_deref());
+        let victim_cg = match (&trigger, &p.snapshot) {
+            (None, None) => self.node.snapshot(v.pid).and_then(|s| s.cgroup),
+            (_, snap) => snap.as_ref().and_then(|s| s.cgroup.clone()),
+        };
+        let key = trigger.clone().or(victim_cg.clone()).unwrap_or_default();
+        p.domain = match self.domain_cache.get(&key) {
+            Some((at, d)) if v.ktime_ns.saturating_sub(*at) < DOMAIN_CACHE_NS => d.clone(),
+            _ => {
+                let d = self
+                    .node
+                    .oom_domain(trigger.as_deref(), victim_cg.as_deref());
+                self.domain_cache.insert(key, (v.ktime_ns, d.clone()));
+                d
+            }
+        };
         p.victim = Some(v);
         if p.exit.is_some() {
             // The victim died before mark_victim fired; the record was waiting for it.
@@ -296,6 +331,8 @@ impl<N: Node> Correlator<N> {
             })
             .map(|(k, _)| *k)
             .collect();
+        self.domain_cache
+            .retain(|_, (at, _)| now_ktime_ns.saturating_sub(*at) < DOMAIN_CACHE_NS);
         let mut out = Vec::new();
         for k in stale {
             if let Some(p) = self.pending.remove(&k) {
@@ -438,6 +475,7 @@ impl<N: Node> Correlator<N> {
             exit_code: exit.as_ref().and_then(|e| e.exit_code),
             extra_sigkills: p.extra,
             delivery: sig.map(|s| delivery_name(s.result)).unwrap_or("unknown"),
+            seen_after_ns: p.seen_mono_ns.map(|n| n.saturating_sub(ktime_ns)),
         }
     }
 }

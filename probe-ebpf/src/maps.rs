@@ -40,3 +40,6 @@ pub fn config() -> Option<&'static Config> {
 pub fn present(offset: u32) -> bool {
     offset != OFFSET_ABSENT
 }
+
+/// Kill records are rare and urgent: wake the reader on each one rather than adaptively.
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;

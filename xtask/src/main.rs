@@ -1,4 +1,5 @@
 //! Build, set-up, demo and test orchestration: `cargo xtask <command>`.
+mod bench;
 mod demo;
 mod setup;
 
@@ -35,6 +36,15 @@ enum Cmd {
         /// The stand-in kubelet's leak rate, MiB/s.
         #[arg(long, default_value_t = 24)]
         leak_mib_per_sec: u64,
+    },
+    /// Benchmarks: kill-to-record latency and coverage against bpftrace and a kmsg reader.
+    Bench {
+        /// OOM kills one at a time.
+        #[arg(long, default_value_t = 30)]
+        sequential: usize,
+        /// OOM kills started at once.
+        #[arg(long, default_value_t = 100)]
+        burst: usize,
     },
     /// Everything: formatting, lints, unit tests, then the privileged tests on this kernel.
     Test {
@@ -117,6 +127,7 @@ fn main() {
             limit_mib,
             leak_mib_per_sec,
         } => demo::run(limit_mib, leak_mib_per_sec),
+        Cmd::Bench { sequential, burst } => bench::run(sequential, burst),
         Cmd::Test {
             integration_only,
             filter,

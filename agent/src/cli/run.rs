@@ -60,6 +60,9 @@ fn emit(format: OutputFormat, rec: &KillRecord) {
 
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut probes = Probes::load(crate::EBPF_OBJECT)?;
+    // Loading parsed the kernel's BTF (megabytes, now freed): give those pages back.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let metrics = Arc::new(Metrics::new());
     for hook in HOOKS {
         let on = probes.attached.contains(&hook.program);
@@ -111,7 +114,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                             if let events::Event::Signal(s) = &ev {
                                 metrics.sigkills.with_label_values(&[forensics::delivery_name(s.result)]).inc();
                             }
-                            records.extend(correlator.on_event(ev));
+                            records.extend(correlator.on_event_at(ev, Some(monotonic_ns())));
                         }
                         Err(e) => {
                             metrics.dropped.with_label_values(&["decode_error", e.reason()]).inc();

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use probe_common::{victim_fields as vf, Counter, EventKind, OomVictimEvent, TASK_COMM_LEN};
 
 use super::current_ids;
-use crate::maps::{config, count, present, EVENTS};
+use crate::maps::{config, count, present, BPF_RB_FORCE_WAKEUP, EVENTS};
 
 #[tracepoint]
 pub fn tp_oom_mark_victim(ctx: TracePointContext) -> u32 {
@@ -69,7 +69,7 @@ fn try_tp_oom_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
         }
         (*ev).fields = fields;
     }
-    entry.submit(0);
+    entry.submit(BPF_RB_FORCE_WAKEUP);
     Ok(())
 }
 

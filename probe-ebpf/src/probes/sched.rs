@@ -10,7 +10,7 @@ use probe_common::{Counter, EventKind, ExitEvent, TASK_COMM_LEN};
 
 use super::current_ids;
 use crate::{
-    maps::{config, count, present, EVENTS, PENDING_KILLS},
+    maps::{config, count, present, BPF_RB_FORCE_WAKEUP, EVENTS, PENDING_KILLS},
     task::{current_exit_code, current_memcg},
 };
 
@@ -64,6 +64,6 @@ fn try_tp_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
         current_memcg(cfg, &raw mut (*ev).memcg);
     }
-    entry.submit(0);
+    entry.submit(BPF_RB_FORCE_WAKEUP);
     Ok(())
 }

@@ -11,7 +11,7 @@ use probe_common::{
 
 use super::current_ids;
 use crate::{
-    maps::{config, count, present, EVENTS, PENDING_KILLS, RECLAIM},
+    maps::{config, count, present, BPF_RB_FORCE_WAKEUP, EVENTS, PENDING_KILLS, RECLAIM},
     task::current_memcg,
 };
 
@@ -85,7 +85,7 @@ fn try_tp_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
         }
         current_memcg(cfg, &raw mut (*ev).sender_memcg);
     }
-    entry.submit(0);
+    entry.submit(BPF_RB_FORCE_WAKEUP);
     Ok(())
 }
 
