@@ -3,8 +3,8 @@
 use std::mem::size_of;
 
 use probe_common::{
-    victim_fields, CgroupPath, EventHeader, EventKind, ExitEvent, OomVictimEvent, ReclaimKind,
-    SignalEvent, CGROUP_MAX_DEPTH, CGROUP_PATH_TRUNCATED, CGROUP_PATH_UNAVAILABLE,
+    victim_fields, CgroupPath, EventHeader, EventKind, ExitEvent, KubeletExecEvent, OomVictimEvent,
+    ReclaimKind, SignalEvent, CGROUP_MAX_DEPTH, CGROUP_PATH_TRUNCATED, CGROUP_PATH_UNAVAILABLE,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -108,10 +108,18 @@ pub struct ExitRecord {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeletExecRecord {
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Signal(SignalRecord),
     OomVictim(VictimRecord),
     Exit(ExitRecord),
+    KubeletExec(KubeletExecRecord),
 }
 
 /// NUL-terminated bytes to a String.
@@ -196,6 +204,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 exit_code: (e.exit_code >= 0).then_some(e.exit_code),
                 comm: cstr(&e.comm),
                 memcg: KernelCgroup::from_raw(&e.memcg),
+            }))
+        }
+        EventKind::KubeletExec => {
+            check::<KubeletExecEvent>(kind, &hdr, bytes)?;
+            let e: KubeletExecEvent = read(bytes);
+            Ok(Event::KubeletExec(KubeletExecRecord {
+                ktime_ns: e.hdr.ktime_ns,
+                tgid: e.tgid,
+                comm: cstr(&e.comm),
             }))
         }
     }

@@ -224,6 +224,7 @@ impl<N: Node> Correlator<N> {
             }
             Event::OomVictim(v) => self.on_victim(v),
             Event::Exit(e) => self.on_exit(e),
+            Event::KubeletExec(_) => None,
         }
     }
 

@@ -8,9 +8,11 @@ pub mod cli;
 pub mod clock;
 pub mod events;
 pub mod forensics;
+pub mod kubelet;
 pub mod metrics;
 pub mod node;
 pub mod probes;
+pub mod symbols;
 pub mod tracefs;
 
 /// The kernel programs, built by build.rs from probe-ebpf.

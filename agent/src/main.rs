@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run the agent: stream kill records, serve metrics.
     Run(cli::run::RunArgs),
+    /// Print the uprobe points a kubelet binary offers (symbol, file offset, source).
+    ProbePoints(cli::probe_points::ProbePointsArgs),
 }
 
 fn main() {
@@ -40,6 +42,7 @@ fn main() {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => cli::run::run(args).await.map_err(anyhow::Error::from),
+            Command::ProbePoints(args) => cli::probe_points::run(args).map_err(anyhow::Error::from),
         }
     });
     if let Err(e) = result {

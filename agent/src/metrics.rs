@@ -18,6 +18,9 @@ pub struct Metrics {
     pub sigkills: IntCounterVec,
     pub hooks: IntGaugeVec,
     pub pending_kills: IntGauge,
+    pub kubelet_restarts: IntGauge,
+    kubelet_bytes: IntGaugeVec,
+    kubelet_call_site_bytes: IntGaugeVec,
     last_kernel: Mutex<HashMap<u32, u64>>,
 }
 
@@ -69,6 +72,36 @@ impl Metrics {
         registry
             .register(Box::new(pending_kills.clone()))
             .expect("metric registered once");
+        let kubelet_restarts = IntGauge::new(
+            "oomprobe_kubelet_restarts",
+            "Kubelet restarts seen since the agent started (a new kubelet process after one died).",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(kubelet_restarts.clone()))
+            .expect("metric registered once");
+        let kubelet_bytes = IntGaugeVec::new(
+            Opts::new(
+                "oomprobe_kubelet_allocator_bytes",
+                "Bytes through each kubelet allocator entry point since it was followed.",
+            ),
+            &["pid", "entry_point"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(kubelet_bytes.clone()))
+            .expect("metric registered once");
+        let kubelet_call_site_bytes = IntGaugeVec::new(
+            Opts::new(
+                "oomprobe_kubelet_call_site_bytes",
+                "Bytes the kubelet's runtime mapped, by call site (top 10 per report).",
+            ),
+            &["function"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(kubelet_call_site_bytes.clone()))
+            .expect("metric registered once");
         for kind in [KillKind::OomMemcg, KillKind::OomGlobal, KillKind::Signal] {
             kills.with_label_values(&[kind.as_str()]);
         }
@@ -89,6 +122,9 @@ impl Metrics {
             sigkills,
             hooks,
             pending_kills,
+            kubelet_restarts,
+            kubelet_bytes,
+            kubelet_call_site_bytes,
             last_kernel: Mutex::new(HashMap::new()),
         }
     }
@@ -112,6 +148,7 @@ impl Metrics {
                 Counter::PendingInsertFailed => {
                     (&self.dropped, ["pending_insert_failed", "signal"])
                 }
+                Counter::AllocStatsFull => (&self.dropped, ["alloc_stats_full", "alloc"]),
                 Counter::SigkillSeen => {
                     self.kernel_events
                         .with_label_values(&["sigkill_seen"])
@@ -126,6 +163,21 @@ impl Metrics {
                 }
             };
             family.with_label_values(&labels).inc_by(delta);
+        }
+    }
+
+    pub fn observe_kubelet(&self, rep: &crate::kubelet::KubeletReport) {
+        let pid = rep.pid.to_string();
+        for (point, bytes) in &rep.by_entry_point {
+            self.kubelet_bytes
+                .with_label_values(&[pid.as_str(), point.as_str()])
+                .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+        }
+        self.kubelet_call_site_bytes.reset();
+        for c in &rep.top_call_sites {
+            self.kubelet_call_site_bytes
+                .with_label_values(&[c.function.as_str()])
+                .set(i64::try_from(c.bytes).unwrap_or(i64::MAX));
         }
     }
 

@@ -1,11 +1,21 @@
 //! Loading and attaching the kernel programs. The hooks are a declarative table: each program
 //! with its tracepoint and whether the agent can run without it.
+use std::path::Path;
+
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    programs::{
+        uprobe::{UProbeAttachPoint, UProbeScope},
+        TracePoint, UProbe,
+    },
     Ebpf, EbpfLoader,
 };
-use probe_common::{maps, programs, Config, Counter, OFFSET_ABSENT};
+use probe_common::{
+    alloc_cookie, maps, programs, AllocKey, AllocVal, ArgReg, Config, Counter, OFFSET_ABSENT,
+    TASK_COMM_LEN,
+};
+
+use crate::symbols::{ProbePoint, Role};
 
 use crate::{
     btf::{Btf, BtfError},
@@ -38,6 +48,13 @@ pub enum ProbeError {
         name: &'static str,
         #[source]
         source: aya::programs::ProgramError,
+    },
+    #[error("cannot attach the allocator uprobe at {symbol} in {binary}")]
+    Uprobe {
+        symbol: String,
+        binary: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("map {name}")]
     Map {
@@ -87,6 +104,13 @@ pub const HOOKS: &[Hook] = &[
         purpose: "memcg vs global OOM (trigger's last reclaim path)",
     },
     Hook {
+        program: programs::TP_SCHED_PROCESS_EXEC,
+        category: "sched",
+        name: "sched_process_exec",
+        required: false,
+        purpose: "a restarted kubelet is followed from its first instruction",
+    },
+    Hook {
         program: programs::TP_DIRECT_RECLAIM_BEGIN,
         category: "vmscan",
         name: "mm_vmscan_direct_reclaim_begin",
@@ -104,12 +128,21 @@ pub struct Probes {
     pub degraded: Vec<(&'static str, String)>,
 }
 
+/// A process name as the kernel keeps it: at most 15 bytes and a NUL.
+pub fn comm_bytes(name: &str) -> [u8; TASK_COMM_LEN] {
+    let mut out = [0u8; TASK_COMM_LEN];
+    let b = name.as_bytes();
+    let n = b.len().min(TASK_COMM_LEN - 1);
+    out[..n].copy_from_slice(&b[..n]);
+    out
+}
+
 fn offset(format: &Format, field: &str) -> u32 {
     format.offset(field).unwrap_or(OFFSET_ABSENT)
 }
 
 /// Builds the load-time configuration from the tracepoint formats and BTF of this kernel.
-pub fn build_config(agent_tgid: u32, btf: &Btf) -> Result<Config, ProbeError> {
+pub fn build_config(agent_tgid: u32, kubelet_comm: &str, btf: &Btf) -> Result<Config, ProbeError> {
     let root = tracefs::tracefs_root()?;
     let signal = tracefs::read_format(&root, "signal", "signal_generate")?;
     let victim = tracefs::read_format(&root, "oom", "mark_victim")?;
@@ -157,19 +190,20 @@ pub fn build_config(agent_tgid: u32, btf: &Btf) -> Result<Config, ProbeError> {
         kn_parent: btf.member_offset_any("kernfs_node", &["__parent", "parent"])?,
         kn_id: btf.member_offset("kernfs_node", "id")?,
         _pad: 0,
+        kubelet_comm: comm_bytes(kubelet_comm),
     })
 }
 
 impl Probes {
     /// Loads the embedded object, writes the configuration and attaches every hook.
-    pub fn load(object: &[u8]) -> Result<Probes, ProbeError> {
+    pub fn load(object: &[u8], kubelet_comm: &str) -> Result<Probes, ProbeError> {
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
         if euid != 0 {
             return Err(ProbeError::NotRoot(euid));
         }
         let btf = Btf::from_sys_fs()?;
-        let config = build_config(std::process::id(), &btf)?;
+        let config = build_config(std::process::id(), kubelet_comm, &btf)?;
         let mut ebpf = EbpfLoader::new().load(object).map_err(ProbeError::Load)?;
         {
             let map = ebpf
@@ -220,11 +254,166 @@ impl Probes {
                 }
             }
         }
+        for program in [
+            programs::UPROBE_ALLOC,
+            programs::TP_SYS_ENTER_MMAP,
+            programs::TP_SYS_ENTER_MUNMAP,
+        ] {
+            let prog = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram(program))?;
+            let loaded = match prog {
+                aya::programs::Program::UProbe(p) => p.load(),
+                aya::programs::Program::TracePoint(p) => p.load(),
+                _ => Ok(()),
+            };
+            loaded.map_err(|source| ProbeError::Verifier { program, source })?;
+        }
         Ok(Probes {
             ebpf,
             attached,
             degraded,
         })
+    }
+
+    /// Attaches the allocator uprobe at each point of `binary`. `pid`: only that process (a
+    /// shared library such as libc); `None`: every process running the binary (the kubelet's
+    /// own executable, so a restart is covered without re-attaching).
+    pub fn attach_allocator(
+        &mut self,
+        binary: &Path,
+        points: &[ProbePoint],
+        pid: Option<u32>,
+    ) -> Result<usize, ProbeError> {
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(programs::UPROBE_ALLOC)
+            .ok_or(ProbeError::MissingProgram(programs::UPROBE_ALLOC))?
+            .try_into()
+            .map_err(|source| ProbeError::Verifier {
+                program: programs::UPROBE_ALLOC,
+                source,
+            })?;
+        let scope = match pid.and_then(std::num::NonZeroU32::new) {
+            Some(p) => UProbeScope::OneProcess(p),
+            None => UProbeScope::AllProcesses,
+        };
+        let mut n = 0;
+        for (i, p) in points.iter().enumerate() {
+            let Some(reg) = arg_register(p.role) else {
+                continue;
+            };
+            let point = UProbeAttachPoint {
+                location: p.offset.into(),
+                cookie: Some(alloc_cookie(i as u16, reg)),
+            };
+            prog.attach(point, binary, scope)
+                .map_err(|source| ProbeError::Uprobe {
+                    symbol: p.symbol.clone(),
+                    binary: binary.display().to_string(),
+                    source: Box::new(source),
+                })?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The fallback when a kubelet binary has no resolvable allocator: mmap/munmap syscalls,
+    /// filtered in the kernel by the kubelet's tgid.
+    pub fn attach_syscall_fallback(&mut self) -> Result<(), ProbeError> {
+        for (program, name) in [
+            (programs::TP_SYS_ENTER_MMAP, "sys_enter_mmap"),
+            (programs::TP_SYS_ENTER_MUNMAP, "sys_enter_munmap"),
+        ] {
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::MissingProgram(program))?
+                .try_into()
+                .map_err(|source| ProbeError::Verifier { program, source })?;
+            prog.attach("syscalls", name)
+                .map_err(|source| ProbeError::Attach {
+                    category: "syscalls",
+                    name: if program == programs::TP_SYS_ENTER_MMAP {
+                        "sys_enter_mmap"
+                    } else {
+                        "sys_enter_munmap"
+                    },
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn tgids(&mut self) -> Result<HashMap<&mut MapData, u32, u32>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::KUBELET_TGIDS)
+            .ok_or(ProbeError::MissingMap(maps::KUBELET_TGIDS))?;
+        HashMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::KUBELET_TGIDS,
+            source,
+        })
+    }
+
+    /// Counts this process's allocations from now on.
+    pub fn watch_tgid(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        self.tgids()?
+            .insert(tgid, 1, 0)
+            .map_err(|source| ProbeError::Map {
+                name: maps::KUBELET_TGIDS,
+                source,
+            })
+    }
+
+    pub fn unwatch_tgid(&mut self, tgid: u32) {
+        if let Ok(mut m) = self.tgids() {
+            let _ = m.remove(&tgid);
+        }
+        if let Some(map) = self.ebpf.map_mut(maps::ALLOC_STATS) {
+            if let Ok(mut stats) = PerCpuHashMap::<_, AllocKey, AllocVal>::try_from(map) {
+                let keys: Vec<AllocKey> =
+                    stats.keys().flatten().filter(|k| k.tgid == tgid).collect();
+                for k in keys {
+                    let _ = stats.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Allocator counters summed over CPUs.
+    pub fn alloc_stats(&self) -> Vec<(AllocKey, AllocVal)> {
+        let Some(map) = self.ebpf.map(maps::ALLOC_STATS) else {
+            return Vec::new();
+        };
+        let Ok(stats) = PerCpuHashMap::<_, AllocKey, AllocVal>::try_from(map) else {
+            return Vec::new();
+        };
+        stats
+            .iter()
+            .flatten()
+            .map(|(k, per_cpu)| {
+                let sum = per_cpu.iter().fold(AllocVal::default(), |a, v| AllocVal {
+                    bytes: a.bytes + v.bytes,
+                    calls: a.calls + v.calls,
+                });
+                (k, sum)
+            })
+            .collect()
+    }
+
+    /// Instruction pointers of a captured user stack, innermost first.
+    pub fn stack(&self, stack_id: i64) -> Vec<u64> {
+        let (Some(map), Ok(id)) = (self.ebpf.map(maps::STACKS), u32::try_from(stack_id)) else {
+            return Vec::new();
+        };
+        let Ok(stacks) = StackTraceMap::try_from(map) else {
+            return Vec::new();
+        };
+        stacks
+            .get(&id, 0)
+            .map(|st| st.frames().iter().map(|f| f.ip).collect())
+            .unwrap_or_default()
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
@@ -255,4 +444,15 @@ impl Probes {
             })
             .collect()
     }
+}
+
+/// Register holding the byte count at a probe point (Go register ABI or System V).
+pub fn arg_register(role: Role) -> Option<ArgReg> {
+    Some(match role {
+        Role::GoSysAlloc => ArgReg::Rax,
+        Role::GoHeapMap | Role::GoFree | Role::GoUnused => ArgReg::Rbx,
+        Role::LibcMmap | Role::LibcMunmap => ArgReg::Rsi,
+        Role::LibcSbrk => ArgReg::Rdi,
+        Role::LibcBrk => return None,
+    })
 }

@@ -19,6 +19,12 @@ pub mod maps {
     pub const PENDING_KILLS: &str = "PENDING_KILLS";
     /// LRU hash: tid -> [`super::ReclaimMark`], the last reclaim a task entered.
     pub const RECLAIM: &str = "RECLAIM";
+    /// Hash: tgid -> 1 for each kubelet process the allocator probes count for.
+    pub const KUBELET_TGIDS: &str = "KUBELET_TGIDS";
+    /// Hash: [`super::AllocKey`] -> [`super::AllocVal`], bytes per kubelet, entry point, stack.
+    pub const ALLOC_STATS: &str = "ALLOC_STATS";
+    /// Stack traces of allocation call sites (user stacks).
+    pub const STACKS: &str = "STACKS";
 }
 
 /// Program names: the hook they attach to is in the name.
@@ -28,6 +34,67 @@ pub mod programs {
     pub const TP_SCHED_PROCESS_EXIT: &str = "tp_sched_process_exit";
     pub const TP_MEMCG_RECLAIM_BEGIN: &str = "tp_memcg_reclaim_begin";
     pub const TP_DIRECT_RECLAIM_BEGIN: &str = "tp_direct_reclaim_begin";
+    pub const TP_SCHED_PROCESS_EXEC: &str = "tp_sched_process_exec";
+    /// One uprobe program for every allocator entry point; the attach cookie says which.
+    pub const UPROBE_ALLOC: &str = "uprobe_alloc";
+    /// Fallback when no allocator symbol resolves: syscalls, filtered by kubelet tgid.
+    pub const TP_SYS_ENTER_MMAP: &str = "tp_sys_enter_mmap";
+    pub const TP_SYS_ENTER_MUNMAP: &str = "tp_sys_enter_munmap";
+}
+
+pub const KUBELET_TGIDS_MAX: u32 = 64;
+pub const ALLOC_STATS_MAX: u32 = 16384;
+pub const STACKS_MAX: u32 = 4096;
+
+/// Which register holds the byte count at an allocator entry point (in the attach cookie).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgReg {
+    /// Go register ABI, 1st integer argument.
+    Rax = 0,
+    /// Go register ABI, 2nd integer argument.
+    Rbx = 1,
+    /// System V, 1st argument.
+    Rdi = 2,
+    /// System V, 2nd argument.
+    Rsi = 3,
+}
+
+/// Attach cookie: entry-point index (low 16 bits) and [`ArgReg`] (bits 16..24).
+pub const fn alloc_cookie(point: u16, reg: ArgReg) -> u64 {
+    (point as u64) | ((reg as u64) << 16)
+}
+
+/// Entry-point index reserved for the syscall fallback.
+pub const POINT_SYSCALL_MMAP: u16 = 0xfff0;
+pub const POINT_SYSCALL_MUNMAP: u16 = 0xfff1;
+
+/// Aggregation key of allocator hits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    pub tgid: u32,
+    /// Entry-point index from the cookie.
+    pub point: u32,
+    /// `bpf_get_stackid` of the user stack, negative when unavailable.
+    pub stack_id: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocVal {
+    pub bytes: u64,
+    pub calls: u64,
+}
+
+/// `sched/sched_process_exec` of a process whose comm is the configured kubelet name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KubeletExecEvent {
+    pub hdr: EventHeader,
+    pub tgid: u32,
+    pub _pad: u32,
+    pub comm: [u8; TASK_COMM_LEN],
 }
 
 pub const SIGKILL: i32 = 9;
@@ -49,6 +116,7 @@ pub enum EventKind {
     Signal = 1,
     OomVictim = 2,
     Exit = 3,
+    KubeletExec = 4,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -58,6 +126,7 @@ impl TryFrom<u32> for EventKind {
             1 => Ok(Self::Signal),
             2 => Ok(Self::OomVictim),
             3 => Ok(Self::Exit),
+            4 => Ok(Self::KubeletExec),
             other => Err(other),
         }
     }
@@ -79,12 +148,14 @@ pub enum Counter {
     SigkillSeen = 5,
     /// `mark_victim` hits.
     OomVictimSeen = 6,
+    /// The allocation stats map refused an insert (full): bytes not attributed.
+    AllocStatsFull = 7,
 }
 
-pub const COUNTERS_LEN: u32 = 8;
+pub const COUNTERS_LEN: u32 = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 8] = [
         Counter::RingbufFullSignal,
         Counter::RingbufFullVictim,
         Counter::RingbufFullExit,
@@ -92,6 +163,7 @@ impl Counter {
         Counter::PendingInsertFailed,
         Counter::SigkillSeen,
         Counter::OomVictimSeen,
+        Counter::AllocStatsFull,
     ];
 }
 
@@ -289,6 +361,8 @@ pub struct Config {
     /// `kernfs_node.id`
     pub kn_id: u32,
     pub _pad: u32,
+    /// The kubelet's comm (NUL-padded); a process exec'ing with it is watched at once.
+    pub kubelet_comm: [u8; TASK_COMM_LEN],
 }
 
 impl Config {
@@ -321,6 +395,7 @@ impl Config {
         kn_parent: OFFSET_ABSENT,
         kn_id: OFFSET_ABSENT,
         _pad: 0,
+        kubelet_comm: [0; TASK_COMM_LEN],
     };
 }
 
@@ -330,7 +405,10 @@ const _: () = assert!(size_of::<CgroupPath>() == 16 + CGROUP_NAME_LEN * CGROUP_M
 const _: () = assert!(size_of::<SignalEvent>() == 16 + 32 + 8 + 32 + size_of::<CgroupPath>());
 const _: () = assert!(size_of::<OomVictimEvent>() == 16 + 8 + 40 + 16 + 16);
 const _: () = assert!(size_of::<ExitEvent>() == 16 + 16 + 8 + 16 + size_of::<CgroupPath>());
-const _: () = assert!(size_of::<Config>() == 27 * 4);
+const _: () = assert!(size_of::<Config>() == 27 * 4 + TASK_COMM_LEN);
+const _: () = assert!(size_of::<AllocKey>() == 16);
+const _: () = assert!(size_of::<AllocVal>() == 16);
+const _: () = assert!(size_of::<KubeletExecEvent>() == 16 + 8 + TASK_COMM_LEN);
 const _: () = assert!(size_of::<PendingKill>() == 16);
 const _: () = assert!(size_of::<ReclaimMark>() == 16);
 
@@ -342,4 +420,6 @@ mod user {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PendingKill {}
     unsafe impl aya::Pod for ReclaimMark {}
+    unsafe impl aya::Pod for AllocKey {}
+    unsafe impl aya::Pod for AllocVal {}
 }

@@ -43,3 +43,17 @@ pub fn present(offset: u32) -> bool {
 
 /// Kill records are rare and urgent: wake the reader on each one rather than adaptively.
 pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+#[map]
+pub static KUBELET_TGIDS: aya_ebpf::maps::HashMap<u32, u32> =
+    aya_ebpf::maps::HashMap::with_max_entries(probe_common::KUBELET_TGIDS_MAX, 0);
+
+#[map]
+pub static ALLOC_STATS: aya_ebpf::maps::PerCpuHashMap<
+    probe_common::AllocKey,
+    probe_common::AllocVal,
+> = aya_ebpf::maps::PerCpuHashMap::with_max_entries(probe_common::ALLOC_STATS_MAX, 0);
+
+#[map]
+pub static STACKS: aya_ebpf::maps::StackTrace =
+    aya_ebpf::maps::StackTrace::with_max_entries(probe_common::STACKS_MAX, 0);

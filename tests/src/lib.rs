@@ -61,6 +61,13 @@ impl Agent {
         Self::start_with(&["--no-metrics"], None)
     }
 
+    /// With extra `oomprobe run` arguments (metrics off).
+    pub fn start_args(args: &[&str]) -> Agent {
+        let mut all = vec!["--no-metrics"];
+        all.extend_from_slice(args);
+        Self::start_with(&all, None)
+    }
+
     /// With metrics on a loopback port.
     pub fn start_with_metrics(port: u16) -> Agent {
         let addr = format!("127.0.0.1:{port}");
@@ -149,6 +156,28 @@ impl Agent {
             found.is_some()
         });
         found.expect("found")
+    }
+
+    /// Waits for any JSON event matching `pred`.
+    pub fn wait_for_event(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut found = None;
+        self.wait_until(timeout, what, |s| {
+            found = s.lines.iter().find(|v| pred(v)).cloned();
+            found.is_some()
+        });
+        found.expect("found")
+    }
+
+    /// True when a stderr line contains `needle` (waits up to `timeout`).
+    pub fn wait_for_log(&self, timeout: Duration, needle: &str) {
+        self.wait_until(timeout, needle, |s| {
+            s.stderr.iter().any(|l| l.contains(needle))
+        });
     }
 
     /// Waits until `n` kill records match `pred`, returns them.
@@ -261,6 +290,31 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A stand-in kubelet build: `go`, `go-stripped`, `c` or `static` (built by `cargo xtask build`).
+pub fn standin_kubelet(flavor: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/standin")
+        .join(flavor)
+        .join("kubelet");
+    let p = p.canonicalize().unwrap_or(p);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
+/// Starts any program in `cg` with piped stdout.
+pub fn spawn_path_in(cg: &ScratchCgroup, program: &std::path::Path, args: &[&str]) -> Proc {
+    Proc(
+        cg.command(program, args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display())),
+    )
 }
 
 /// Starts a stand-in in `cg` with piped stdout.

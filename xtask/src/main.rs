@@ -83,7 +83,57 @@ fn cargo() -> Command {
 
 pub fn build() -> Result<()> {
     setup::ensure()?;
-    run(cargo().args(["build", "--workspace", "--bins"]))
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    build_standins()
+}
+
+/// The Go stand-in kubelet (unstripped and stripped like release kubelets) and the C one, each
+/// in its own directory so the binary is named `kubelet`.
+fn build_standins() -> Result<()> {
+    let root = workspace_root();
+    let out = root.join("target/standin");
+    for dir in ["go", "go-stripped", "c", "static"] {
+        std::fs::create_dir_all(out.join(dir))?;
+    }
+    let go = |args: &[&str], dest: &str| -> Result<()> {
+        let mut cmd = Command::new("go");
+        cmd.arg("build")
+            .args(args)
+            .arg("-o")
+            .arg(out.join(dest))
+            .arg(".")
+            .current_dir(root.join("standin/go"))
+            .env("GOCACHE", root.join("target/gocache"))
+            .env("GOPATH", root.join("target/gopath"))
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOTOOLCHAIN", "local")
+            .env("CGO_ENABLED", "0");
+        let status = cmd
+            .status()
+            .context("cannot run `go` (cargo xtask setup installs golang-go)")?;
+        if !status.success() {
+            bail!("go build of the stand-in kubelet failed");
+        }
+        Ok(())
+    };
+    go(&[], "go/kubelet")?;
+    go(&["-ldflags=-s -w"], "go-stripped/kubelet")?;
+    run(Command::new("gcc").args([
+        "-O2",
+        "-fno-omit-frame-pointer",
+        "-o",
+        "target/standin/c/kubelet",
+        "standin/c/kubelet.c",
+    ]))?;
+    // Static and stripped: neither Go nor a libc to probe (the syscall fallback's case).
+    run(Command::new("gcc").args([
+        "-O2",
+        "-static",
+        "-s",
+        "-o",
+        "target/standin/static/kubelet",
+        "standin/c/kubelet.c",
+    ]))
 }
 
 fn test(integration_only: bool, filter: &[String]) -> Result<()> {

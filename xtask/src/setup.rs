@@ -137,7 +137,8 @@ pub fn ensure() -> Result<()> {
              nightly, or pin OOMPROBE_BPF_TOOLCHAIN to a nightly on LLVM {LLVM_MAJOR}"
         );
     }
-    apt_install(&[&format!("llvm-{LLVM_MAJOR}-dev")])?;
+    // golang-go builds the Go stand-in kubelet the tests probe; gcc the C one.
+    apt_install(&[&format!("llvm-{LLVM_MAJOR}-dev"), "golang-go", "gcc"])?;
     match bpf_linker_llvm_major() {
         Some(m) if m == LLVM_MAJOR => {}
         found => {

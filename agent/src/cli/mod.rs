@@ -1,4 +1,5 @@
 //! One file per CLI verb.
+pub mod probe_points;
 pub mod run;
 
 use clap::ValueEnum;

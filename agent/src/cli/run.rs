@@ -9,6 +9,7 @@ use crate::{
     clock::{monotonic_ns, Clock},
     events,
     forensics::{self, Correlator, KillRecord},
+    kubelet::{Target, Tracker},
     metrics::{self, Metrics},
     node::LiveNode,
     probes::{Probes, HOOKS},
@@ -31,6 +32,18 @@ pub struct RunArgs {
     /// Exit after this many seconds.
     #[arg(long)]
     pub duration: Option<u64>,
+    /// The kubelet's process name.
+    #[arg(long, default_value = "kubelet")]
+    pub kubelet_name: String,
+    /// Follow this pid as the kubelet (in addition to processes named --kubelet-name).
+    #[arg(long)]
+    pub kubelet_pid: Option<u32>,
+    /// Follow processes running this executable as the kubelet.
+    #[arg(long)]
+    pub kubelet_bin: Option<std::path::PathBuf>,
+    /// Seconds between kubelet memory attribution reports.
+    #[arg(long, default_value_t = 10)]
+    pub attribution_interval: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +60,21 @@ pub enum RunError {
     Ring(#[source] std::io::Error),
 }
 
+fn json_line<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn emit_lines(lines: &mut Vec<String>) {
+    if lines.is_empty() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    for l in lines.drain(..) {
+        let _ = writeln!(out, "{l}");
+    }
+    let _ = out.flush();
+}
+
 fn emit(format: OutputFormat, rec: &KillRecord) {
     let line = match format {
         OutputFormat::Json => serde_json::to_string(rec).unwrap_or_default(),
@@ -59,7 +87,7 @@ fn emit(format: OutputFormat, rec: &KillRecord) {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let mut probes = Probes::load(crate::EBPF_OBJECT)?;
+    let mut probes = Probes::load(crate::EBPF_OBJECT, &args.kubelet_name)?;
     // Loading parsed the kernel's BTF (megabytes, now freed): give those pages back.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
@@ -89,6 +117,19 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| RunError::Ring(e.into()))?;
     let mut correlator = Correlator::new(LiveNode::detect(), Clock::new());
+    let mut tracker = Tracker::new(Target {
+        name: args.kubelet_name.clone(),
+        pid: args.kubelet_pid,
+        binary: args.kubelet_bin.clone(),
+    });
+    let mut lines: Vec<String> = Vec::new();
+    tracker.probe_target_binary(&mut probes);
+    for start in tracker.scan(&mut probes) {
+        lines.push(json_line(&start));
+    }
+    if tracker.pids().is_empty() {
+        tracing::info!(name = %args.kubelet_name, "no kubelet running yet; it will be followed when it starts");
+    }
     tracing::info!(
         hooks = probes.attached.len(),
         degraded = probes.degraded.len(),
@@ -103,6 +144,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(RunError::Ring)?;
     let mut records = Vec::new();
+    let mut kubelet_execs = Vec::new();
+    let mut report_tick =
+        tokio::time::interval(Duration::from_secs(args.attribution_interval.max(1)));
+    report_tick.tick().await;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -110,6 +155,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
                     match events::decode(&item) {
+                        Ok(events::Event::KubeletExec(e)) => {
+                            kubelet_execs.push(e.tgid);
+                        }
                         Ok(ev) => {
                             if let events::Event::Signal(s) = &ev {
                                 metrics.sigkills.with_label_values(&[forensics::delivery_name(s.result)]).inc();
@@ -123,6 +171,20 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                     }
                 }
                 guard.clear_ready();
+            }
+            _ = report_tick.tick() => {
+                for rep in tracker.report(&mut probes) {
+                    metrics.observe_kubelet(&rep);
+                    if args.format == OutputFormat::Json {
+                        lines.push(json_line(&rep));
+                    } else {
+                        lines.push(rep.text());
+                    }
+                }
+                for start in tracker.scan(&mut probes) {
+                    lines.push(json_line(&start));
+                }
+                metrics.kubelet_restarts.set(tracker.restarts as i64);
             }
             _ = tick.tick() => {
                 records.extend(correlator.expire(monotonic_ns()));
@@ -138,10 +200,28 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
         }
+        for tgid in kubelet_execs.drain(..) {
+            if let Some(start) = tracker.on_exec(tgid, &mut probes) {
+                lines.push(json_line(&start));
+            }
+        }
         for rec in records.drain(..) {
             metrics.kills.with_label_values(&[rec.kind.as_str()]).inc();
+            tracker.on_kill(&rec);
             emit(args.format, &rec);
             kills += 1;
+        }
+        if args.format == OutputFormat::Json {
+            emit_lines(&mut lines);
+        } else {
+            // The text stream shows kills and attribution lines; JSON-only events are logged.
+            for l in lines.drain(..) {
+                if l.starts_with('{') {
+                    tracing::info!("{l}");
+                } else {
+                    emit_lines(&mut vec![l]);
+                }
+            }
         }
         if args.max_kills.is_some_and(|m| kills >= m) {
             break;

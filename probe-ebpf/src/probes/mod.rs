@@ -1,3 +1,4 @@
+mod kubelet;
 mod memcg;
 mod oom;
 mod sched;

@@ -1,0 +1,35 @@
+//! `oomprobe probe-points BINARY`: what would be attached in a kubelet build, so an operator can
+//! check a binary before rollout. Read-only; needs no privileges.
+use std::{io::Write as _, path::PathBuf};
+
+use super::OutputFormat;
+use crate::symbols::{Binary, SymbolError};
+
+#[derive(Debug, clap::Args)]
+pub struct ProbePointsArgs {
+    /// The kubelet (or any) binary to inspect.
+    pub binary: PathBuf,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+pub fn run(args: ProbePointsArgs) -> Result<(), SymbolError> {
+    let bin = Binary::open(&args.binary)?;
+    let points = bin.probe_points()?;
+    let mut out = std::io::stdout().lock();
+    for p in &points {
+        let line = match args.format {
+            OutputFormat::Json => serde_json::to_string(p).unwrap_or_default(),
+            OutputFormat::Text => format!(
+                "{:<20} offset=0x{:08x} addr=0x{:x} source={:?} role={}",
+                p.symbol,
+                p.offset,
+                p.address,
+                p.source,
+                p.role.as_str()
+            ),
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    Ok(())
+}

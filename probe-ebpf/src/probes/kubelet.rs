@@ -1,0 +1,129 @@
+//! The kubelet's allocator: uprobes on the Go runtime's (or libc's) memory entry points, counted
+//! in the kernel per kubelet process, entry point and user call stack. Only processes in
+//! `KUBELET_TGIDS` count; a process exec'ing under the kubelet's name joins that set here, in the
+//! kernel, so a restarted kubelet is followed from its first allocation.
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, generated::bpf_get_attach_cookie},
+    macros::{tracepoint, uprobe},
+    programs::{tracing::StackIdContext as _, ProbeContext, TracePointContext},
+    EbpfContext as _,
+};
+use probe_common::{
+    AllocKey, AllocVal, ArgReg, Counter, EventKind, KubeletExecEvent, POINT_SYSCALL_MMAP,
+    POINT_SYSCALL_MUNMAP, TASK_COMM_LEN,
+};
+
+use super::current_ids;
+use crate::maps::{config, count, ALLOC_STATS, BPF_RB_FORCE_WAKEUP, EVENTS, KUBELET_TGIDS, STACKS};
+
+#[tracepoint]
+pub fn tp_sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    if cfg.kubelet_comm[0] == 0 {
+        return 0;
+    }
+    let Ok(comm) = bpf_get_current_comm() else {
+        return 0;
+    };
+    if comm != cfg.kubelet_comm {
+        return 0;
+    }
+    let (_, tgid) = current_ids();
+    let _ = KUBELET_TGIDS.insert(tgid, 1, 0);
+    let Some(mut entry) = EVENTS.reserve::<KubeletExecEvent>(0) else {
+        count(Counter::RingbufFullExit);
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).hdr.kind = EventKind::KubeletExec as u32;
+        (*ev).hdr.len = core::mem::size_of::<KubeletExecEvent>() as u32;
+        (*ev).hdr.ktime_ns = bpf_ktime_get_ns();
+        (*ev).tgid = tgid;
+        (*ev)._pad = 0;
+        (*ev).comm = comm;
+    }
+    entry.submit(BPF_RB_FORCE_WAKEUP);
+    0
+}
+
+#[uprobe]
+pub fn uprobe_alloc(ctx: ProbeContext) -> u32 {
+    let (_, tgid) = current_ids();
+    if unsafe { KUBELET_TGIDS.get(tgid) }.is_none() {
+        return 0;
+    }
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let point = (cookie & 0xffff) as u32;
+    // Four fixed-offset loads: the verifier refuses a ctx load at a computed offset.
+    let (rax, rbx, rdi, rsi) = unsafe {
+        let regs = ctx.regs;
+        (
+            core::ptr::read_volatile(&raw const (*regs).rax),
+            core::ptr::read_volatile(&raw const (*regs).rbx),
+            core::ptr::read_volatile(&raw const (*regs).rdi),
+            core::ptr::read_volatile(&raw const (*regs).rsi),
+        )
+    };
+    let bytes = match ((cookie >> 16) & 0xff) as u32 {
+        r if r == ArgReg::Rax as u32 => rax,
+        r if r == ArgReg::Rbx as u32 => rbx,
+        r if r == ArgReg::Rdi as u32 => rdi,
+        _ => rsi,
+    };
+    let stack_id = ctx
+        .get_stackid(&STACKS, BPF_F_USER_STACK as u64)
+        .unwrap_or(-1);
+    add(tgid, point, stack_id, bytes);
+    0
+}
+
+/// Fallback for kubelets whose allocator cannot be resolved: the mmap/munmap syscalls.
+#[tracepoint]
+pub fn tp_sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    syscall(&ctx, POINT_SYSCALL_MMAP)
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_munmap(ctx: TracePointContext) -> u32 {
+    syscall(&ctx, POINT_SYSCALL_MUNMAP)
+}
+
+#[inline(always)]
+fn syscall(ctx: &TracePointContext, point: u16) -> u32 {
+    let (_, tgid) = current_ids();
+    if unsafe { KUBELET_TGIDS.get(tgid) }.is_none() {
+        return 0;
+    }
+    // sys_enter_mmap: addr at 16, len at 24; sys_enter_munmap: addr at 16, len at 24
+    // (syscall number at 8, then 8-byte args).
+    let Ok(len) = (unsafe { ctx.read_at::<u64>(24) }) else {
+        return 0;
+    };
+    add(tgid, u32::from(point), -1, len);
+    0
+}
+
+#[inline(always)]
+fn add(tgid: u32, point: u32, stack_id: i64, bytes: u64) {
+    let key = AllocKey {
+        tgid,
+        point,
+        stack_id,
+    };
+    // Per-CPU values: no other writer while this program runs on this CPU.
+    if let Some(v) = ALLOC_STATS.get_ptr_mut(&key) {
+        unsafe {
+            (*v).bytes += bytes;
+            (*v).calls += 1;
+        }
+        return;
+    }
+    let val = AllocVal { bytes, calls: 1 };
+    if ALLOC_STATS.insert(&key, &val, 0).is_err() {
+        count(Counter::AllocStatsFull);
+    }
+}
+
+const _: () = assert!(TASK_COMM_LEN == 16);

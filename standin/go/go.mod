@@ -1,0 +1,3 @@
+module oomprobe/standin
+
+go 1.19
