@@ -285,6 +285,73 @@ fn report(tools: &[Tool], pids: &[u32], kernel_kills: u64, label: &str) {
     }
 }
 
+fn ns_per_op(program: &std::path::Path, args: &[&str]) -> Result<f64> {
+    let out = Command::new(program).args(args).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    json_u64(&text, "ns_per_op")
+        .map(|v| v as f64)
+        .with_context(|| format!("no ns_per_op from {}: {text}", program.display()))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The kubelet allocator probes' cost: the Go stand-in's allocation loop and a libc mmap/munmap
+/// loop, each without and with the agent's uprobes attached, in the same run.
+pub fn run_alloc() -> Result<()> {
+    crate::build()?;
+    crate::run(Command::new("cargo").args(["build", "--release", "-p", "oomprobe"]))?;
+    let root = workspace_root();
+    let go = root.join("target/standin/go/kubelet");
+    let c = root.join("target/standin/c/kubelet");
+    let go_args = ["-loop", "300000"];
+    let c_args = ["-mmap-loop", "200000", "-delay-ms", "300"];
+    let runs = 5;
+    let measure = |p: &std::path::Path, a: &[&str]| -> Result<f64> {
+        Ok(median(
+            (0..runs)
+                .map(|_| ns_per_op(p, a))
+                .collect::<Result<Vec<_>>>()?,
+        ))
+    };
+    let go_base = measure(&go, &go_args)?;
+    let c_base = measure(&c, &c_args)?;
+    let mut agent = Command::new(root.join("target/release/oomprobe"))
+        .args(["run", "--format", "json", "--no-metrics", "--kubelet-bin"])
+        .arg(&go)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let err = agent.stderr.take().context("stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if l.contains("oomprobe ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .context("agent not ready")?;
+    let go_probed = measure(&go, &go_args)?;
+    let c_probed = measure(&c, &c_args)?;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    println!("\nkubelet allocator probes ({runs} runs each, median):");
+    println!(
+        "Go stand-in allocation loop (64 KiB make per op): {go_base:.0} ns/op bare, {go_probed:.0} ns/op probed: slowdown x{:.3}",
+        go_probed / go_base
+    );
+    println!(
+        "libc mmap+munmap loop (2 probe hits per op): {c_base:.0} ns/op bare, {c_probed:.0} ns/op probed: slowdown x{:.3}, {:.0} ns per hit",
+        c_probed / c_base,
+        (c_probed - c_base) / 2.0
+    );
+    Ok(())
+}
+
 pub fn run(sequential: usize, burst: usize) -> Result<()> {
     crate::build()?;
     crate::run(Command::new("cargo").args(["build", "--release", "-p", "oomprobe"]))?;

@@ -39,6 +39,9 @@ enum Cmd {
     },
     /// Benchmarks: kill-to-record latency and coverage against bpftrace and a kmsg reader.
     Bench {
+        /// Only one part: `kills` or `alloc`.
+        #[arg(long)]
+        only: Option<String>,
         /// OOM kills one at a time.
         #[arg(long, default_value_t = 30)]
         sequential: usize,
@@ -177,7 +180,18 @@ fn main() {
             limit_mib,
             leak_mib_per_sec,
         } => demo::run(limit_mib, leak_mib_per_sec),
-        Cmd::Bench { sequential, burst } => bench::run(sequential, burst),
+        Cmd::Bench {
+            only,
+            sequential,
+            burst,
+        } => match only.as_deref() {
+            Some("kills") => bench::run(sequential, burst),
+            Some("alloc") => bench::run_alloc(),
+            None => bench::run(sequential, burst).and_then(|()| bench::run_alloc()),
+            Some(other) => Err(anyhow::anyhow!(
+                "unknown bench part {other}: kills or alloc"
+            )),
+        },
         Cmd::Test {
             integration_only,
             filter,
