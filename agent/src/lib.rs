@@ -6,6 +6,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;
+pub mod detect;
 pub mod events;
 pub mod forensics;
 pub mod kubelet;

@@ -1,5 +1,6 @@
 //! One file per CLI verb.
 pub mod probe_points;
+pub mod replay;
 pub mod run;
 
 use clap::ValueEnum;

@@ -1,0 +1,216 @@
+//! The field guide's known causes, each with the evidence for and against it and what to check
+//! next, in the guide's terms.
+use serde::Serialize;
+
+use super::{column_slope, window, Finding, Sample, Subject, HOUR};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// No leak.
+    None,
+    /// kubernetes#131905: exited containers accumulate faster than they are collected.
+    ContainerGc,
+    /// kubernetes#133501: PodCertificateRequest gate, stale CSR entries.
+    PodCertsManager,
+    /// kubernetes#132266: goroutines climb with memory under node pressure.
+    EventedPleg,
+    /// kubernetes#131906: memory rises after heavy pod churn.
+    PodChurn,
+    /// runc on cgroup v1 with Linux 5.15.
+    CgroupV1Kernel515,
+    /// Evicted pods reschedule and pressure the node again.
+    Oversubscription,
+    /// A pod's working set grows: not the kubelet.
+    WorkloadLeak,
+    /// A kubelet leak none of the known causes explains.
+    Unknown,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::None => "none",
+            Cause::ContainerGc => "container_gc",
+            Cause::PodCertsManager => "pod_certs_manager",
+            Cause::EventedPleg => "evented_pleg",
+            Cause::PodChurn => "pod_churn",
+            Cause::CgroupV1Kernel515 => "cgroup_v1_kernel_5_15",
+            Cause::Oversubscription => "oversubscription",
+            Cause::WorkloadLeak => "workload_leak",
+            Cause::Unknown => "unknown",
+        }
+    }
+}
+
+pub struct Classification {
+    pub cause: Cause,
+    pub supports: Vec<String>,
+    pub contradicts: Vec<String>,
+    pub next_checks: Vec<String>,
+}
+
+fn last(series: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+    series.iter().rev().find_map(f)
+}
+
+fn mean(series: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+    let v: Vec<f64> = series.iter().filter_map(f).collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+struct Candidate {
+    cause: Cause,
+    score: f64,
+    supports: Vec<String>,
+    contradicts: Vec<String>,
+    next: &'static str,
+}
+
+pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Classification {
+    let firing = |n: &str| findings.iter().any(|f| f.detector == n && f.firing);
+    let w = window(series, 72 * HOUR);
+    match subject {
+        Subject::None => Classification {
+            cause: Cause::None,
+            supports: vec!["kubelet RSS baseline is flat once pod count is accounted for".into()],
+            contradicts: vec![],
+            next_checks: vec![],
+        },
+        Subject::Workload => {
+            let pressure = mean(window(series, 6 * HOUR), |s| s.memory_pressure).unwrap_or(0.0);
+            if firing("evictions") && (pressure > 0.1 || !firing("workload_trend")) {
+                Classification {
+                    cause: Cause::Oversubscription,
+                    supports: vec![
+                        "memory evictions keep happening (kubelet_evictions_total{eviction_signal=\"memory.available\"} rising)".into(),
+                        format!("MemoryPressure true {:.0}% of the last 6 h", pressure * 100.0),
+                    ],
+                    contradicts: vec!["kubelet RSS baseline is flat".into()],
+                    next_checks: vec![
+                        "compare node allocatable memory with the pods' actual working sets".into(),
+                        "lower pod density or raise node memory; set kube-reserved and system-reserved".into(),
+                    ],
+                }
+            } else {
+                Classification {
+                    cause: Cause::WorkloadLeak,
+                    supports: vec![
+                        "pod cgroups' working sets grow while the kubelet's baseline is flat"
+                            .into(),
+                    ],
+                    contradicts: vec![],
+                    next_checks: vec![
+                        "find the pod with the growing container_memory_working_set_bytes".into(),
+                    ],
+                }
+            }
+        }
+        Subject::Kubelet => {
+            let mut cands = Vec::new();
+            // Container GC: exited containers pile up against running ones.
+            let exited = column_slope(series, 72 * HOUR, |s| s.exited_containers, 0.5);
+            let exited_now = last(w, |s| s.exited_containers);
+            let running = last(w, |s| s.containers).unwrap_or(0.0);
+            if let (Some(sl), Some(now)) = (exited, exited_now) {
+                let piling = sl.low > 0.0 && sl.mid > 10.0;
+                let many = now > 100.0 || now > 2.0 * running.max(1.0);
+                cands.push(Candidate {
+                    cause: Cause::ContainerGc,
+                    score: f64::from(u8::from(piling)) * 2.0 + f64::from(u8::from(many)),
+                    supports: vec![format!(
+                        "{now:.0} exited containers vs {running:.0} running, {:+.0}/day",
+                        sl.mid
+                    )],
+                    contradicts: if piling { vec![] } else { vec!["exited containers are not accumulating".into()] },
+                    next: "crictl ps -a vs running pod count; compare across kubelet versions (kubernetes#131905)",
+                });
+            }
+            // PodCertsManager: the gate is on and CSRs back up.
+            if last(w, |s| s.gate_pod_certificate_request) == Some(1.0) {
+                let csr = column_slope(series, 72 * HOUR, |s| s.pending_csrs, 0.5);
+                let backing_up = csr.is_some_and(|s| s.low > 0.0 && s.mid > 1.0);
+                cands.push(Candidate {
+                    cause: Cause::PodCertsManager,
+                    score: 1.5 + f64::from(u8::from(backing_up)) * 2.0,
+                    supports: vec![
+                        "PodCertificateRequest feature gate enabled".into(),
+                        format!("pending CSRs {:+.0}/day", csr.map_or(0.0, |s| s.mid)),
+                    ],
+                    contradicts: if backing_up { vec![] } else { vec!["CSR queue is not backing up".into()] },
+                    next: "check pending CSRs; upgrade to v1.35.0+ or disable the PodCertificateRequest gate (kubernetes#133501)",
+                });
+            }
+            // EventedPLEG: goroutines climb with memory under pressure.
+            let g = column_slope(series, 72 * HOUR, |s| s.goroutines, 0.5);
+            let g_climbing = g.is_some_and(|s| s.low > 0.0 && s.mid > 20.0);
+            if g.is_some() {
+                let pleg = last(w, |s| s.pleg_relist_p99_seconds).unwrap_or(0.0);
+                let gate = last(w, |s| s.gate_evented_pleg) == Some(1.0);
+                cands.push(Candidate {
+                    cause: Cause::EventedPleg,
+                    score: f64::from(u8::from(g_climbing)) * 2.0
+                        + f64::from(u8::from(pleg > 1.0))
+                        + f64::from(u8::from(gate)),
+                    supports: vec![format!(
+                        "goroutines {:+.0}/day, PLEG relist p99 {pleg:.1} s, EventedPLEG gate {}",
+                        g.map_or(0.0, |s| s.mid),
+                        if gate { "on" } else { "off/unknown" }
+                    )],
+                    contradicts: if g_climbing { vec![] } else { vec!["goroutine count is flat".into()] },
+                    next: "check the EventedPLEG gate and the goroutine trend; --feature-gates=EventedPLEG=false (kubernetes#132266)",
+                });
+            }
+            // Pod churn: memory rises with pod creation/deletion.
+            if let Some(churn) = mean(w, |s| s.pod_churn_per_hour) {
+                let heavy = churn > 20.0;
+                cands.push(Candidate {
+                    cause: Cause::PodChurn,
+                    score: f64::from(u8::from(heavy)) * 2.5,
+                    supports: vec![format!("{churn:.0} pod creations+deletions per hour")],
+                    contradicts: if heavy { vec![] } else { vec!["pod churn is low".into()] },
+                    next: "compare the pod creation/deletion rate with the memory slope (kubernetes#131906)",
+                });
+            }
+            // cgroup v1 + 5.15: a risk factor, the answer only when nothing else explains it.
+            let v1 = last(w, |s| s.cgroup_version) == Some(1.0);
+            let k515 = last(w, |s| s.kernel).is_some_and(|k| (k - 5.15).abs() < 0.005);
+            if v1 && k515 {
+                cands.push(Candidate {
+                    cause: Cause::CgroupV1Kernel515,
+                    score: 1.0,
+                    supports: vec!["cgroup v1 on Linux 5.15 (kubelet_cgroup_version 1)".into()],
+                    contradicts: vec![],
+                    next: "migrate the node pool to cgroup v2 or upgrade the kernel",
+                });
+            }
+            cands.sort_by(|a, b| b.score.total_cmp(&a.score));
+            let contradicted: Vec<String> = cands
+                .iter()
+                .skip(1)
+                .flat_map(|c| {
+                    c.contradicts
+                        .iter()
+                        .map(move |x| format!("{}: {x}", c.cause.as_str()))
+                })
+                .collect();
+            match cands.into_iter().next().filter(|c| c.score >= 1.0) {
+                Some(c) => Classification {
+                    cause: c.cause,
+                    supports: c.supports,
+                    contradicts: c.contradicts.into_iter().chain(contradicted).collect(),
+                    next_checks: vec![c.next.to_string()],
+                },
+                None => Classification {
+                    cause: Cause::Unknown,
+                    supports: vec!["kubelet RSS grows with a stable pod count".into()],
+                    contradicts: contradicted,
+                    next_checks: vec![
+                        "take a heap profile (kubelet /debug/pprof/heap) or read oomprobe's top call sites".into(),
+                        "schedule a graceful kubelet restart in a quiet window".into(),
+                    ],
+                },
+            }
+        }
+    }
+}

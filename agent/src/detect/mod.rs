@@ -1,0 +1,553 @@
+//! Leak detection: small detectors behind one trait, a cause classifier in the field guide's
+//! terms, and a time-to-OOM forecast with an interval. The same code runs live (`oomprobe run`)
+//! and offline (`oomprobe replay`).
+pub mod classify;
+pub mod csv;
+pub mod score;
+pub mod series;
+pub mod store;
+pub mod tracegen;
+
+use serde::Serialize;
+
+pub use self::series::Sample;
+use self::series::{baseline, theil_sen, Slope};
+
+const DAY: f64 = 86_400.0;
+const HOUR: i64 = 3600;
+pub const MIB: f64 = 1_048_576.0;
+/// The EKS sizing rule's per-pod kubelet memory (255 MiB + 11 MiB per pod).
+pub const BYTES_PER_POD: f64 = 11.0 * MIB;
+
+/// What one detector concluded.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    pub detector: &'static str,
+    pub firing: bool,
+    /// The detector's main figure (bytes/day for trends, a count or seconds otherwise).
+    pub value: f64,
+    pub evidence: String,
+}
+
+/// One detector: reads the series, says what it sees and why.
+pub trait Detector {
+    fn name(&self) -> &'static str;
+    fn check(&self, series: &[Sample]) -> Option<Finding>;
+}
+
+/// The samples since the last kubelet restart (a step in `kubelet_restarts`, or RSS falling by
+/// more than half between two samples): a restarted kubelet starts a new baseline.
+pub fn since_restart(series: &[Sample]) -> &[Sample] {
+    let mut start = 0;
+    for i in 1..series.len() {
+        let (a, b) = (&series[i - 1], &series[i]);
+        let counter_step =
+            matches!((a.kubelet_restarts, b.kubelet_restarts), (Some(x), Some(y)) if y > x);
+        let rss_drop = b.kubelet_rss_bytes < a.kubelet_rss_bytes * 0.5;
+        if counter_step || rss_drop {
+            start = i;
+        }
+    }
+    &series[start..]
+}
+
+fn window(series: &[Sample], seconds: i64) -> &[Sample] {
+    let Some(last) = series.last() else {
+        return series;
+    };
+    let from = series.partition_point(|s| s.t < last.t - seconds);
+    &series[from..]
+}
+
+/// The kubelet's memory baseline trend, explained by pod count: growth that pods explain is
+/// not a leak. Fires when the residual slope is significantly positive.
+pub struct KubeletLeak {
+    /// Windows tried, shortest first, each with the slope lower bound (bytes/day) it needs: a
+    /// window shorter than a day sees the daily pattern as a trend, so it only calls fast leaks.
+    pub windows: Vec<(i64, f64)>,
+    /// Residual slope (bytes/day) above which the leak is called.
+    pub threshold_per_day: f64,
+}
+
+impl Default for KubeletLeak {
+    fn default() -> Self {
+        KubeletLeak {
+            // Lower bounds set above what healthy nodes show in each window (measured per window on
+            // 60 generated healthy node-weeks: p99.9 and max of the slope's lower bound), so only a leak clears them.
+            windows: vec![
+                (12 * HOUR, 350e6),
+                (24 * HOUR, 110e6),
+                (48 * HOUR, 20e6),
+                (72 * HOUR, 9e6),
+            ],
+            threshold_per_day: 20.0 * 1e6,
+        }
+    }
+}
+
+/// The pod-adjusted trend of the kubelet's baseline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Trend {
+    /// bytes/day, with a ~90% interval.
+    pub slope: Slope,
+    /// Per-pod bytes used to explain growth.
+    pub per_pod: f64,
+    pub span_s: i64,
+    /// Latest baseline (bytes) and the raw slope before the pod adjustment (bytes/day).
+    pub baseline: f64,
+    pub raw_per_day: f64,
+}
+
+impl KubeletLeak {
+    /// The trend of the window that calls a leak, else of the longest full window.
+    pub fn trend(&self, series: &[Sample]) -> Option<Trend> {
+        let mut longest = None;
+        for &(w, min_low) in &self.windows {
+            if let Some(t) = self.trend_in(series, w) {
+                if t.slope.low > min_low && t.slope.mid > self.threshold_per_day {
+                    return Some(t);
+                }
+                longest = Some(t);
+            }
+        }
+        longest
+    }
+
+    fn firing(&self, series: &[Sample]) -> bool {
+        self.windows.iter().any(|&(w, min_low)| {
+            self.trend_in(series, w)
+                .is_some_and(|t| t.slope.low > min_low && t.slope.mid > self.threshold_per_day)
+        })
+    }
+
+    pub fn trend_in(&self, series: &[Sample], window_s: i64) -> Option<Trend> {
+        let seg = since_restart(series);
+        let span_all = seg.last()?.t - seg.first()?.t;
+        // Only full windows: a partial one would be the shorter window again.
+        if span_all < window_s * 9 / 10 {
+            return None;
+        }
+        let seg = window(seg, window_s);
+        let span = seg.last()?.t - seg.first()?.t;
+        let rss: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.kubelet_rss_bytes)).collect();
+        let pods: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.pods)).collect();
+        let base = baseline(&rss, HOUR, 0.1);
+        let pods_b = baseline(&pods, HOUR, 0.5);
+        if base.len() < 4 || base.len() != pods_b.len() {
+            return None;
+        }
+        // Per-pod coefficient: from the data when pod count moved enough, else the sizing rule.
+        let (pmin, pmax) = pods_b
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let per_pod = if pmax - pmin >= 5.0 {
+            let xy: Vec<(f64, f64)> = pods_b.iter().zip(&base).map(|(p, b)| (p.1, b.1)).collect();
+            theil_sen(&xy).map_or(BYTES_PER_POD, |s| s.mid.clamp(0.0, 64.0 * MIB))
+        } else {
+            BYTES_PER_POD
+        };
+        let adjusted: Vec<(f64, f64)> = base
+            .iter()
+            .zip(&pods_b)
+            .map(|(b, p)| (b.0, b.1 - per_pod * p.1))
+            .collect();
+        let s = theil_sen(&adjusted)?;
+        let raw = theil_sen(&base)?;
+        Some(Trend {
+            slope: Slope {
+                mid: s.mid * DAY,
+                low: s.low * DAY,
+                high: s.high * DAY,
+            },
+            per_pod,
+            span_s: span,
+            baseline: base.last()?.1,
+            raw_per_day: raw.mid * DAY,
+        })
+    }
+}
+
+impl Detector for KubeletLeak {
+    fn name(&self) -> &'static str {
+        "kubelet_trend"
+    }
+
+    fn check(&self, series: &[Sample]) -> Option<Finding> {
+        let t = self.trend(series)?;
+        let firing = self.firing(series);
+        Some(Finding {
+            detector: self.name(),
+            firing,
+            value: t.slope.mid,
+            evidence: format!(
+                "kubelet RSS baseline grows {:.0} MB/day ({:.0}..{:.0}) over {:.0} h after explaining {:.1} MiB/pod; raw {:.0} MB/day",
+                t.slope.mid / 1e6,
+                t.slope.low / 1e6,
+                t.slope.high / 1e6,
+                t.span_s as f64 / 3600.0,
+                t.per_pod / MIB,
+                t.raw_per_day / 1e6
+            ),
+        })
+    }
+}
+
+/// A slope of an optional series over a window, per day.
+fn column_slope(
+    series: &[Sample],
+    window_s: i64,
+    f: impl Fn(&Sample) -> Option<f64>,
+    q: f64,
+) -> Option<Slope> {
+    let seg = window(series, window_s);
+    let pts: Vec<(i64, f64)> = seg.iter().filter_map(|s| Some((s.t, f(s)?))).collect();
+    if pts.len() < 6 || pts.last()?.0 - pts.first()?.0 < 6 * HOUR {
+        return None;
+    }
+    let b = baseline(&pts, HOUR, q);
+    let s = theil_sen(&b)?;
+    Some(Slope {
+        mid: s.mid * DAY,
+        low: s.low * DAY,
+        high: s.high * DAY,
+    })
+}
+
+/// Pod cgroups' working sets growing: a workload leak (or oversubscription), not the kubelet.
+pub struct WorkloadLeak {
+    pub threshold_per_day: f64,
+}
+
+impl Detector for WorkloadLeak {
+    fn name(&self) -> &'static str {
+        "workload_trend"
+    }
+
+    fn check(&self, series: &[Sample]) -> Option<Finding> {
+        let s = column_slope(series, 72 * HOUR, |s| s.workload_working_set_bytes, 0.5)?;
+        Some(Finding {
+            detector: self.name(),
+            firing: s.low > 0.25 * self.threshold_per_day && s.mid > self.threshold_per_day,
+            value: s.mid,
+            evidence: format!("pod working sets grow {:.0} MB/day", s.mid / 1e6),
+        })
+    }
+}
+
+/// Goroutine count above 500 or climbing over days (the field guide's leading indicator).
+pub struct Goroutines;
+
+impl Detector for Goroutines {
+    fn name(&self) -> &'static str {
+        "goroutines"
+    }
+
+    fn check(&self, series: &[Sample]) -> Option<Finding> {
+        let last = series.iter().rev().find_map(|s| s.goroutines)?;
+        let slope = column_slope(series, 72 * HOUR, |s| s.goroutines, 0.5);
+        let climbing = slope.is_some_and(|s| s.low > 0.0 && s.mid > 20.0);
+        Some(Finding {
+            detector: self.name(),
+            firing: last > 500.0 || climbing,
+            value: last,
+            evidence: format!(
+                "{last:.0} goroutines, {:+.0}/day",
+                slope.map_or(0.0, |s| s.mid)
+            ),
+        })
+    }
+}
+
+/// PLEG relist p99: normal under 1-2 s, stressed above 10 s, NotReady at 180 s.
+pub struct PlegRelist;
+
+impl Detector for PlegRelist {
+    fn name(&self) -> &'static str {
+        "pleg_relist"
+    }
+
+    fn check(&self, series: &[Sample]) -> Option<Finding> {
+        let recent: Vec<f64> = window(series, HOUR)
+            .iter()
+            .filter_map(|s| s.pleg_relist_p99_seconds)
+            .collect();
+        let p = series::quantile(&recent, 0.5);
+        if p.is_nan() {
+            return None;
+        }
+        Some(Finding {
+            detector: self.name(),
+            firing: p > 10.0,
+            value: p,
+            evidence: format!("PLEG relist p99 {p:.1} s over the last hour"),
+        })
+    }
+}
+
+/// Memory evictions: `kubelet_evictions_total{eviction_signal="memory.available"}` increasing
+/// over the last hour means the node is already in pressure.
+pub struct Evictions;
+
+impl Detector for Evictions {
+    fn name(&self) -> &'static str {
+        "evictions"
+    }
+
+    fn check(&self, series: &[Sample]) -> Option<Finding> {
+        let w = window(series, HOUR);
+        let first = w.iter().find_map(|s| s.evictions_memory_total)?;
+        let last = w.iter().rev().find_map(|s| s.evictions_memory_total)?;
+        let n = (last - first).max(0.0);
+        Some(Finding {
+            detector: self.name(),
+            firing: n > 0.0,
+            value: n,
+            evidence: format!("{n:.0} memory evictions in the last hour"),
+        })
+    }
+}
+
+/// Time until the kubelet reaches its limit (or the node runs out), with an interval.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Forecast {
+    /// What the memory runs into: `kubelet_limit` or `node_memory`.
+    pub against: &'static str,
+    pub limit_bytes: f64,
+    pub earliest_seconds: f64,
+    pub expected_seconds: f64,
+    /// Null when the slope's lower bound does not grow.
+    pub latest_seconds: Option<f64>,
+}
+
+pub fn forecast(series: &[Sample], trend: &Trend) -> Option<Forecast> {
+    let last = series.last()?;
+    let (against, limit) = match last.kubelet_limit_bytes {
+        Some(l) => ("kubelet_limit", l),
+        None => (
+            "node_memory",
+            last.kubelet_rss_bytes + last.node_mem_available_bytes?,
+        ),
+    };
+    let headroom = (limit - trend.baseline).max(0.0);
+    let secs = |per_day: f64| (per_day > 0.0).then(|| headroom / per_day * DAY);
+    Some(Forecast {
+        against,
+        limit_bytes: limit,
+        earliest_seconds: secs(trend.slope.high)?,
+        expected_seconds: secs(trend.slope.mid)?,
+        latest_seconds: secs(trend.slope.low),
+    })
+}
+
+/// Who is leaking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subject {
+    Kubelet,
+    Workload,
+    None,
+}
+
+/// The detectors' joint answer at one time.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Verdict {
+    pub time: String,
+    pub subject: Subject,
+    pub cause: classify::Cause,
+    pub slope_bytes_per_day: f64,
+    pub slope_interval_bytes_per_day: Option<(f64, f64)>,
+    pub forecast: Option<Forecast>,
+    pub supports: Vec<String>,
+    pub contradicts: Vec<String>,
+    pub next_checks: Vec<String>,
+    pub findings: Vec<Finding>,
+}
+
+/// Runs every detector and the classifier.
+pub struct Engine {
+    pub kubelet: KubeletLeak,
+    pub workload: WorkloadLeak,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine {
+            kubelet: KubeletLeak::default(),
+            workload: WorkloadLeak {
+                threshold_per_day: 100.0 * 1e6,
+            },
+        }
+    }
+}
+
+impl Engine {
+    pub fn evaluate(&self, series: &[Sample]) -> Verdict {
+        let time = series
+            .last()
+            .map(|s| {
+                crate::clock::rfc3339(
+                    time::OffsetDateTime::from_unix_timestamp(s.t)
+                        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                )
+            })
+            .unwrap_or_default();
+        let detectors: [&dyn Detector; 5] = [
+            &self.kubelet,
+            &self.workload,
+            &Goroutines,
+            &PlegRelist,
+            &Evictions,
+        ];
+        let findings: Vec<Finding> = detectors.iter().filter_map(|d| d.check(series)).collect();
+        let firing = |name: &str| findings.iter().any(|f| f.detector == name && f.firing);
+        let trend = self.kubelet.trend(series);
+        let (subject, slope) = if firing("kubelet_trend") {
+            (Subject::Kubelet, trend.map(|t| t.slope))
+        } else if firing("workload_trend") || (firing("evictions") && !firing("kubelet_trend")) {
+            (Subject::Workload, None)
+        } else {
+            (Subject::None, None)
+        };
+        let c = classify::classify(subject, series, &findings);
+        Verdict {
+            time,
+            subject,
+            cause: c.cause,
+            slope_bytes_per_day: slope
+                .map_or_else(|| trend.map_or(0.0, |t| t.slope.mid), |s| s.mid),
+            slope_interval_bytes_per_day: slope.map(|s| (s.low, s.high)),
+            forecast: match (subject, &trend) {
+                (Subject::Kubelet, Some(t)) => forecast(series, t),
+                _ => None,
+            },
+            supports: c.supports,
+            contradicts: c.contradicts,
+            next_checks: c.next_checks,
+            findings,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand-made series: `rss(t_hours)` sampled every 10 min for `hours`, pods constant.
+    fn series(hours: i64, pods: f64, rss: impl Fn(f64) -> f64) -> Vec<Sample> {
+        (0..hours * 6)
+            .map(|i| {
+                let t = i * 600;
+                Sample {
+                    t,
+                    kubelet_rss_bytes: rss(t as f64 / 3600.0),
+                    pods,
+                    node_mem_available_bytes: Some(4e9),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn flat_kubelet_with_sawtooth_is_not_a_leak() {
+        let s = series(48, 30.0, |h| 400e6 + ((h * 6.0) as i64 % 6) as f64 * 15e6);
+        let v = Engine::default().evaluate(&s);
+        assert_eq!(v.subject, Subject::None);
+        assert_eq!(v.cause, classify::Cause::None);
+        assert!(
+            v.slope_bytes_per_day.abs() < 5e6,
+            "{}",
+            v.slope_bytes_per_day
+        );
+    }
+
+    #[test]
+    fn steady_100mb_per_day_is_a_kubelet_leak_with_forecast() {
+        let s = series(24, 30.0, |h| 400e6 + 100e6 * h / 24.0);
+        let v = Engine::default().evaluate(&s);
+        assert_eq!(v.subject, Subject::Kubelet);
+        assert!(
+            (v.slope_bytes_per_day - 100e6).abs() < 5e6,
+            "{}",
+            v.slope_bytes_per_day
+        );
+        let f = v.forecast.expect("forecast");
+        assert_eq!(f.against, "node_memory");
+        // 4 GB of headroom at 100 MB/day: about 40 days.
+        assert!((f.expected_seconds / 86400.0 - 40.0).abs() < 3.0, "{f:?}");
+        assert!(f.earliest_seconds <= f.expected_seconds);
+        assert_eq!(v.cause, classify::Cause::Unknown);
+    }
+
+    #[test]
+    fn growth_that_pods_explain_is_not_a_leak() {
+        // 20 -> 60 pods over two days, 11 MiB per pod, nothing else.
+        let s: Vec<Sample> = (0..48 * 6)
+            .map(|i| {
+                let t = i * 600;
+                let pods = 20.0 + (40.0 * t as f64 / (48.0 * 3600.0)).floor();
+                Sample {
+                    t,
+                    kubelet_rss_bytes: 255.0 * MIB + pods * BYTES_PER_POD,
+                    pods,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let v = Engine::default().evaluate(&s);
+        assert_eq!(v.subject, Subject::None, "{v:?}");
+    }
+
+    #[test]
+    fn restart_starts_a_new_baseline() {
+        // Leaking for a day, restarted (RSS back to 300 MB), then flat for 12 h.
+        let mut s = series(24, 30.0, |h| 300e6 + 400e6 * h / 24.0);
+        let tail = series(12, 30.0, |_| 300e6);
+        let t0 = s.last().unwrap().t + 600;
+        s.extend(tail.into_iter().map(|mut x| {
+            x.t += t0;
+            x
+        }));
+        let v = Engine::default().evaluate(&s);
+        assert_eq!(v.subject, Subject::None, "{:?}", v.findings);
+    }
+
+    #[test]
+    fn workload_growth_is_not_blamed_on_the_kubelet() {
+        let mut s = series(24, 30.0, |_| 400e6);
+        for x in &mut s {
+            x.workload_working_set_bytes = Some(2e9 + 500e6 * x.t as f64 / 86400.0);
+        }
+        let v = Engine::default().evaluate(&s);
+        assert_eq!(v.subject, Subject::Workload);
+    }
+
+    #[test]
+    fn goroutines_and_pleg_thresholds() {
+        let mut s = series(8, 30.0, |_| 400e6);
+        for x in &mut s {
+            x.goroutines = Some(600.0);
+            x.pleg_relist_p99_seconds = Some(12.0);
+        }
+        let g = Goroutines.check(&s).unwrap();
+        assert!(g.firing);
+        assert!(PlegRelist.check(&s).unwrap().firing);
+        for x in &mut s {
+            x.pleg_relist_p99_seconds = Some(0.8);
+        }
+        assert!(!PlegRelist.check(&s).unwrap().firing);
+    }
+
+    #[test]
+    fn kubelet_limit_is_the_forecast_target_when_set() {
+        let mut s = series(24, 30.0, |h| 400e6 + 100e6 * h / 24.0);
+        for x in &mut s {
+            x.kubelet_limit_bytes = Some(1e9);
+        }
+        let v = Engine::default().evaluate(&s);
+        let f = v.forecast.unwrap();
+        assert_eq!(f.against, "kubelet_limit");
+        // ~500 MB to go at 100 MB/day.
+        assert!((f.expected_seconds / 86400.0 - 5.0).abs() < 0.5, "{f:?}");
+    }
+}
