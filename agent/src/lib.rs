@@ -13,6 +13,7 @@ pub mod kubelet;
 pub mod metrics;
 pub mod node;
 pub mod probes;
+pub mod sampler;
 pub mod symbols;
 pub mod tracefs;
 

@@ -21,6 +21,11 @@ pub struct Metrics {
     pub kubelet_restarts: IntGauge,
     kubelet_bytes: IntGaugeVec,
     kubelet_call_site_bytes: IntGaugeVec,
+    node: IntGaugeVec,
+    pods: IntGauge,
+    leak: IntGaugeVec,
+    slope: prometheus::Gauge,
+    time_to_oom: prometheus::GaugeVec,
     last_kernel: Mutex<HashMap<u32, u64>>,
 }
 
@@ -102,6 +107,52 @@ impl Metrics {
         registry
             .register(Box::new(kubelet_call_site_bytes.clone()))
             .expect("metric registered once");
+        let node = IntGaugeVec::new(
+            Opts::new(
+                "oomprobe_memory_bytes",
+                "Sampled memory: kubelet_rss/anon/file/shmem, kubelet_cgroup_usage, kubelet_working_set, kubelet_limit, node_mem_available, workload_working_set.",
+            ),
+            &["series"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(node.clone()))
+            .expect("metric registered once");
+        let pods = IntGauge::new("oomprobe_pods", "Pod cgroups under the kubepods tree.")
+            .expect("valid metric definition");
+        registry
+            .register(Box::new(pods.clone()))
+            .expect("metric registered once");
+        let leak = IntGaugeVec::new(
+            Opts::new(
+                "oomprobe_leak_verdict",
+                "1 for the current verdict: subject (kubelet, workload, none) and cause.",
+            ),
+            &["subject", "cause"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(leak.clone()))
+            .expect("metric registered once");
+        let slope = prometheus::Gauge::new(
+            "oomprobe_kubelet_leak_slope_bytes_per_day",
+            "The kubelet's pod-adjusted memory baseline slope.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(slope.clone()))
+            .expect("metric registered once");
+        let time_to_oom = prometheus::GaugeVec::new(
+            Opts::new(
+                "oomprobe_time_to_oom_seconds",
+                "Forecast time until the kubelet reaches its limit or the node's memory (earliest, expected, latest).",
+            ),
+            &["bound"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(time_to_oom.clone()))
+            .expect("metric registered once");
         for kind in [KillKind::OomMemcg, KillKind::OomGlobal, KillKind::Signal] {
             kills.with_label_values(&[kind.as_str()]);
         }
@@ -125,6 +176,11 @@ impl Metrics {
             kubelet_restarts,
             kubelet_bytes,
             kubelet_call_site_bytes,
+            node,
+            pods,
+            leak,
+            slope,
+            time_to_oom,
             last_kernel: Mutex::new(HashMap::new()),
         }
     }
@@ -178,6 +234,52 @@ impl Metrics {
             self.kubelet_call_site_bytes
                 .with_label_values(&[c.function.as_str()])
                 .set(i64::try_from(c.bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn observe_sample(&self, ev: &crate::sampler::SampleEvent) {
+        let set = |name: &str, v: Option<u64>| {
+            if let Some(v) = v {
+                self.node
+                    .with_label_values(&[name])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        };
+        if let Some(k) = &ev.kubelet {
+            set("kubelet_rss", Some(k.rss_bytes));
+            set("kubelet_anon", Some(k.anon_bytes));
+            set("kubelet_file", Some(k.file_bytes));
+            set("kubelet_shmem", Some(k.shmem_bytes));
+        }
+        set("kubelet_cgroup_usage", ev.kubelet_cgroup_bytes);
+        set("kubelet_working_set", ev.kubelet_working_set_bytes);
+        set("kubelet_limit", ev.kubelet_limit_bytes);
+        set("node_mem_available", ev.node_mem_available_bytes);
+        set("workload_working_set", Some(ev.workload_working_set_bytes));
+        self.pods.set(i64::try_from(ev.pods).unwrap_or(i64::MAX));
+    }
+
+    pub fn observe_verdict(&self, v: &crate::detect::Verdict) {
+        self.leak.reset();
+        let subject = serde_json::to_value(v.subject)
+            .ok()
+            .and_then(|s| s.as_str().map(str::to_string))
+            .unwrap_or_default();
+        self.leak
+            .with_label_values(&[subject.as_str(), v.cause.as_str()])
+            .set(1);
+        self.slope.set(v.slope_bytes_per_day);
+        self.time_to_oom.reset();
+        if let Some(f) = &v.forecast {
+            self.time_to_oom
+                .with_label_values(&["earliest"])
+                .set(f.earliest_seconds);
+            self.time_to_oom
+                .with_label_values(&["expected"])
+                .set(f.expected_seconds);
+            if let Some(l) = f.latest_seconds {
+                self.time_to_oom.with_label_values(&["latest"]).set(l);
+            }
         }
     }
 

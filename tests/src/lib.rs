@@ -54,6 +54,8 @@ pub struct Agent {
     child: Child,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     pub metrics_addr: Option<String>,
+    pub state_dir: PathBuf,
+    owns_state: bool,
 }
 
 impl Agent {
@@ -76,8 +78,19 @@ impl Agent {
 
     fn start_with(extra: &[&str], metrics_addr: Option<String>) -> Agent {
         require_root();
+        let state_dir = scratch_dir("state");
+        let mut agent = Self::start_in(extra, metrics_addr, state_dir);
+        agent.owns_state = true;
+        agent
+    }
+
+    /// With a given state directory (persistence tests), which the caller removes.
+    pub fn start_in(extra: &[&str], metrics_addr: Option<String>, state_dir: PathBuf) -> Agent {
+        require_root();
         let mut child = Command::new(bin("oomprobe"))
             .args(["run", "--format", "json"])
+            .arg("--state-dir")
+            .arg(&state_dir)
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -117,6 +130,8 @@ impl Agent {
             child,
             shared,
             metrics_addr,
+            state_dir,
+            owns_state: false,
         };
         agent.wait_until(Duration::from_secs(30), "agent ready", |s| {
             s.ready || s.exited
@@ -232,7 +247,23 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.owns_state {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
     }
+}
+
+/// A fresh directory under the temp dir, unique to this test process.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "oomprobe-test-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
 }
 
 /// Value of a metric sample line `name{labels} value` in a scrape.

@@ -102,7 +102,8 @@ fn json_u64(line: &str, key: &str) -> Option<u64> {
 /// oomprobe's complete records; `seen` gets its own ring-buffer latency (`seen_after_ns`).
 fn start_oomprobe(seen: Seen) -> Result<Reader> {
     let mut cmd = Command::new(workspace_root().join("target/release/oomprobe"));
-    cmd.args(["run", "--format", "json", "--no-metrics"]);
+    cmd.args(["run", "--format", "json", "--no-metrics", "--state-dir"]);
+    cmd.arg(workspace_root().join("target/bench-state"));
     spawn_lines(cmd, Some("oomprobe ready"), move |line, now| {
         if !line.contains("\"kind\":\"oom_") {
             return None;
@@ -321,6 +322,8 @@ pub fn run_alloc() -> Result<()> {
     let mut agent = Command::new(root.join("target/release/oomprobe"))
         .args(["run", "--format", "json", "--no-metrics", "--kubelet-bin"])
         .arg(&go)
+        .arg("--state-dir")
+        .arg(root.join("target/bench-state"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;

@@ -44,7 +44,8 @@ pub fn run(limit_mib: u64, leak_mib_per_sec: u64) -> Result<()> {
     let metrics_addr = "127.0.0.1:19464";
     let mut agent = KillOnDrop(
         Command::new(bin.join("oomprobe"))
-            .args(["run", "--duration", "120"])
+            .args(["run", "--duration", "120", "--state-dir"])
+            .arg(workspace_root().join("target/demo-state"))
             .args(["--metrics-addr", metrics_addr])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

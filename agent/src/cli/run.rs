@@ -44,6 +44,25 @@ pub struct RunArgs {
     /// Seconds between kubelet memory attribution reports.
     #[arg(long, default_value_t = 10)]
     pub attribution_interval: u64,
+    /// Seconds between samples of the kubelet's and the node's memory.
+    #[arg(long, default_value_t = 10)]
+    pub sample_interval: u64,
+    /// Seconds between leak detector evaluations.
+    #[arg(long, default_value_t = 60)]
+    pub detect_interval: u64,
+    /// Where the sampled series persists across agent restarts and upgrades.
+    #[arg(long, default_value = "/var/lib/oomprobe")]
+    pub state_dir: std::path::PathBuf,
+    /// Also write each sample to the JSON stream (`"event":"sample"`).
+    #[arg(long)]
+    pub emit_samples: bool,
+}
+
+#[derive(serde::Serialize)]
+struct VerdictEvent<'a> {
+    event: &'static str,
+    #[serde(flatten)]
+    verdict: &'a crate::detect::Verdict,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +164,24 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .map_err(RunError::Ring)?;
     let mut records = Vec::new();
     let mut kubelet_execs = Vec::new();
+    let hierarchy = crate::cgroup::Hierarchy::detect();
+    let store_path = args.state_dir.join("series.bin");
+    let mut store = match crate::detect::store::Store::open(&store_path) {
+        Ok(s) => {
+            tracing::info!(path = %store_path.display(), samples = s.samples().len(), "series store loaded");
+            Some(s)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "series store unavailable: leak detection starts from scratch and will not persist");
+            None
+        }
+    };
+    let mut memory_series: Vec<crate::detect::Sample> = Vec::new();
+    let engine = crate::detect::Engine::default();
+    let mut last_verdict: Option<(crate::detect::Subject, crate::detect::classify::Cause)> = None;
+    let mut sample_tick = tokio::time::interval(Duration::from_secs(args.sample_interval.max(1)));
+    let mut detect_tick = tokio::time::interval(Duration::from_secs(args.detect_interval.max(1)));
+    detect_tick.tick().await;
     let mut report_tick =
         tokio::time::interval(Duration::from_secs(args.attribution_interval.max(1)));
     report_tick.tick().await;
@@ -185,6 +222,47 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                     lines.push(json_line(&start));
                 }
                 metrics.kubelet_restarts.set(tracker.restarts as i64);
+            }
+            _ = sample_tick.tick() => {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let pid = tracker.pids().last().copied();
+                let (s, ev) = crate::sampler::sample(hierarchy.as_ref(), pid, tracker.restarts, now);
+                metrics.observe_sample(&ev);
+                if args.emit_samples && args.format == OutputFormat::Json {
+                    lines.push(json_line(&ev));
+                }
+                match store.as_mut() {
+                    Some(st) => {
+                        if let Err(e) = st.append(s) {
+                            metrics.dropped.with_label_values(&["store_write", "sample"]).inc();
+                            tracing::warn!(error = %e, "cannot persist a sample");
+                        }
+                    }
+                    None => {
+                        memory_series.push(s);
+                        crate::detect::store::bound(&mut memory_series);
+                    }
+                }
+            }
+            _ = detect_tick.tick() => {
+                let series = store.as_ref().map_or(&memory_series[..], |s| s.samples());
+                let v = engine.evaluate(series);
+                metrics.observe_verdict(&v);
+                let key = (v.subject, v.cause);
+                if last_verdict != Some(key) {
+                    last_verdict = Some(key);
+                    if args.format == OutputFormat::Json {
+                        lines.push(json_line(&VerdictEvent { event: "verdict", verdict: &v }));
+                    } else {
+                        lines.push(format!(
+                            "{} LEAK subject={:?} cause={} slope={:.0}MB/day",
+                            v.time,
+                            v.subject,
+                            v.cause.as_str(),
+                            v.slope_bytes_per_day / 1e6
+                        ));
+                    }
+                }
             }
             _ = tick.tick() => {
                 records.extend(correlator.expire(monotonic_ns()));

@@ -1,0 +1,216 @@
+//! Periodic sampling of the node for the leak detectors (one clock: unix seconds): the kubelet's
+//! RSS split, its cgroup's usage and limit, node memory, the pod count and the pods' working
+//! sets from the kubepods tree (systemd and cgroupfs drivers, v1 and v2 layouts).
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::{
+    cgroup::{pod_identity, Hierarchy},
+    detect::Sample,
+};
+
+/// The kubelet process's memory, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct KubeletMemory {
+    pub pid: u32,
+    pub rss_bytes: u64,
+    pub anon_bytes: u64,
+    pub file_bytes: u64,
+    pub shmem_bytes: u64,
+}
+
+/// A sample as it appears in the JSON stream (`"event":"sample"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleEvent {
+    pub event: &'static str,
+    pub time: String,
+    pub kubelet: Option<KubeletMemory>,
+    pub kubelet_cgroup: Option<String>,
+    pub kubelet_cgroup_bytes: Option<u64>,
+    pub kubelet_working_set_bytes: Option<u64>,
+    pub kubelet_limit_bytes: Option<u64>,
+    pub node_mem_available_bytes: Option<u64>,
+    pub node_mem_total_bytes: Option<u64>,
+    pub pods: u64,
+    pub workload_working_set_bytes: u64,
+}
+
+pub fn kubelet_memory(pid: u32) -> Option<KubeletMemory> {
+    let status = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .status()
+        .ok()?;
+    let kb = |v: Option<u64>| v.unwrap_or(0) * 1024;
+    Some(KubeletMemory {
+        pid,
+        rss_bytes: kb(status.vmrss),
+        anon_bytes: kb(status.rssanon),
+        file_bytes: kb(status.rssfile),
+        shmem_bytes: kb(status.rssshmem),
+    })
+}
+
+fn meminfo() -> (Option<u64>, Option<u64>) {
+    use procfs::Current as _;
+    match procfs::Meminfo::current() {
+        Ok(m) => (m.mem_available, Some(m.mem_total)),
+        Err(_) => (None, None),
+    }
+}
+
+/// `usage - inactive_file`, the kubelet's notion of a cgroup's working set.
+pub fn working_set(h: &Hierarchy, cgroup: &str) -> Option<u64> {
+    let state = h.memcg(cgroup)?;
+    let usage = state.usage_bytes?;
+    let stat = std::fs::read_to_string(h.dir(cgroup).join("memory.stat")).unwrap_or_default();
+    let key = match h {
+        Hierarchy::V1(_) => "total_inactive_file",
+        Hierarchy::V2(_) => "inactive_file",
+    };
+    let inactive = stat
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(usage.saturating_sub(inactive))
+}
+
+/// Pod cgroups under the kubepods tree: (path, working set).
+pub fn pod_cgroups(h: &Hierarchy) -> Vec<(String, u64)> {
+    let root = h.root();
+    let mut out = Vec::new();
+    for top in ["kubepods", "kubepods.slice"] {
+        let dir = root.join(top);
+        if dir.is_dir() {
+            walk_pods(h, root, &dir, 0, &mut out);
+        }
+    }
+    out
+}
+
+fn walk_pods(h: &Hierarchy, root: &Path, dir: &Path, depth: u32, out: &mut Vec<(String, u64)>) {
+    if depth > 3 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p: PathBuf = e.path();
+        if !p.is_dir() {
+            continue;
+        }
+        let rel = format!("/{}", p.strip_prefix(root).unwrap_or(&p).display());
+        match pod_identity(&rel) {
+            // A pod directory (no container part): count it once.
+            Some(id) if id.container_id.is_none() => {
+                out.push((rel.clone(), working_set(h, &rel).unwrap_or(0)));
+            }
+            Some(_) => {}
+            None => walk_pods(h, root, &p, depth + 1, out),
+        }
+    }
+}
+
+/// Kernel version as major.minor (e.g. 5.15).
+pub fn kernel_version() -> Option<f64> {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut it = r.trim().split(['.', '-']);
+    let major: f64 = it.next()?.parse().ok()?;
+    let minor: f64 = it.next()?.parse().ok()?;
+    Some(major + minor / if minor >= 10.0 { 100.0 } else { 10.0 })
+}
+
+/// Takes one sample. `pid`: the kubelet process followed now, if any.
+pub fn sample(
+    h: Option<&Hierarchy>,
+    pid: Option<u32>,
+    restarts: u64,
+    now: i64,
+) -> (Sample, SampleEvent) {
+    let mem = pid.and_then(kubelet_memory);
+    let cg = match (h, pid) {
+        (Some(h), Some(p)) => h.cgroup_of(p),
+        _ => None,
+    };
+    let state = match (h, &cg) {
+        (Some(h), Some(c)) => h.memcg(c),
+        _ => None,
+    };
+    let ws = match (h, &cg) {
+        (Some(h), Some(c)) => working_set(h, c),
+        _ => None,
+    };
+    let pods = h.map(pod_cgroups).unwrap_or_default();
+    let workload: u64 = pods.iter().map(|(_, w)| w).sum();
+    let (avail, total) = meminfo();
+    let s = Sample {
+        t: now,
+        kubelet_rss_bytes: mem.as_ref().map_or(0.0, |m| m.rss_bytes as f64),
+        pods: pods.len() as f64,
+        kubelet_cgroup_bytes: state.as_ref().and_then(|s| s.usage_bytes).map(|v| v as f64),
+        kubelet_limit_bytes: state.as_ref().and_then(|s| s.limit_bytes).map(|v| v as f64),
+        node_mem_available_bytes: avail.map(|v| v as f64),
+        node_mem_total_bytes: total.map(|v| v as f64),
+        workload_working_set_bytes: Some(workload as f64),
+        kubelet_restarts: Some(restarts as f64),
+        cgroup_version: h.map(|h| f64::from(h.version())),
+        kernel: kernel_version(),
+        ..Default::default()
+    };
+    let ev = SampleEvent {
+        event: "sample",
+        time: crate::clock::rfc3339(
+            time::OffsetDateTime::from_unix_timestamp(now)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        ),
+        kubelet: mem,
+        kubelet_cgroup: cg,
+        kubelet_cgroup_bytes: state.as_ref().and_then(|s| s.usage_bytes),
+        kubelet_working_set_bytes: ws,
+        kubelet_limit_bytes: state.as_ref().and_then(|s| s.limit_bytes),
+        node_mem_available_bytes: avail,
+        node_mem_total_bytes: total,
+        pods: pods.len() as u64,
+        workload_working_set_bytes: workload,
+    };
+    (s, ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_pods_in_a_cgroupfs_tree() {
+        let root = std::env::temp_dir().join(format!("oomprobe-kubepods-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in [
+            "kubepods/burstable/pod1111/c1",
+            "kubepods/burstable/pod2222",
+            "kubepods/besteffort/pod3333/c3",
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod44_44.slice/cri-containerd-x.scope",
+            "system.slice/kubelet.service",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let h = Hierarchy::V2(root.clone());
+        let mut pods: Vec<String> = pod_cgroups(&h).into_iter().map(|(p, _)| p).collect();
+        pods.sort();
+        assert_eq!(
+            pods,
+            vec![
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod44_44.slice",
+                "/kubepods/besteffort/pod3333",
+                "/kubepods/burstable/pod1111",
+                "/kubepods/burstable/pod2222",
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn kernel_version_parses() {
+        assert!(kernel_version().unwrap() >= 4.0);
+    }
+}
