@@ -87,6 +87,8 @@ pub struct Tracker {
     /// Kill kinds of kubelet processes, by pid.
     kills: HashMap<u32, String>,
     last_pid: Option<u32>,
+    /// Every pid followed as a kubelet (kill records arrive after the process is gone).
+    seen: std::collections::BTreeSet<u32>,
     pub restarts: u64,
     pub fallbacks: u64,
 }
@@ -146,6 +148,7 @@ impl Tracker {
             procs: BTreeMap::new(),
             kills: HashMap::new(),
             last_pid: None,
+            seen: Default::default(),
             restarts: 0,
             fallbacks: 0,
         }
@@ -208,8 +211,31 @@ impl Tracker {
         self.adopt(tgid, probes)
     }
 
+    /// Whether `pid` is or was a followed kubelet.
+    pub fn is_kubelet(&self, pid: u32) -> bool {
+        self.seen.contains(&pid)
+    }
+
+    /// Bytes the kubelet `pid`'s allocator mapped since it was followed.
+    pub fn mapped_bytes(&self, pid: u32, probes: &Probes) -> u64 {
+        let Some(p) = self.procs.get(&pid).and_then(|p| self.probed.get(&p.key)) else {
+            return 0;
+        };
+        probes
+            .alloc_stats()
+            .iter()
+            .filter(|(k, _)| k.tgid == pid)
+            .filter(|(k, _)| match k.point as u16 {
+                POINT_SYSCALL_MMAP => true,
+                POINT_SYSCALL_MUNMAP => false,
+                i => p.points.get(i as usize).is_some_and(|pp| pp.role.grows()),
+            })
+            .map(|(_, v)| v.bytes)
+            .sum()
+    }
+
     pub fn on_kill(&mut self, rec: &KillRecord) {
-        if self.procs.contains_key(&rec.victim.pid) {
+        if self.seen.contains(&rec.victim.pid) {
             self.kills
                 .insert(rec.victim.pid, rec.kind.as_str().to_string());
         }
@@ -266,6 +292,10 @@ impl Tracker {
             return None;
         }
         let bias = load_bias(pid, &exe);
+        if self.seen.len() > 4096 {
+            self.seen.clear();
+        }
+        self.seen.insert(pid);
         self.procs.insert(
             pid,
             Proc {

@@ -2,10 +2,12 @@
 //!
 //! Data flow: `probes` (load/attach) -> `events` (decode) -> `forensics` (per-kill records)
 //! -> `metrics` / CLI output. `cgroup` and `node` read the live system.
+pub mod act;
 pub mod btf;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;
+pub mod cycle;
 pub mod detect;
 pub mod events;
 pub mod forensics;

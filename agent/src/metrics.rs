@@ -26,6 +26,9 @@ pub struct Metrics {
     leak: IntGaugeVec,
     slope: prometheus::Gauge,
     time_to_oom: prometheus::GaugeVec,
+    stage: IntGaugeVec,
+    cycles: IntGauge,
+    flapping: IntGauge,
     last_kernel: Mutex<HashMap<u32, u64>>,
 }
 
@@ -153,6 +156,34 @@ impl Metrics {
         registry
             .register(Box::new(time_to_oom.clone()))
             .expect("metric registered once");
+        let stage = IntGaugeVec::new(
+            Opts::new(
+                "oomprobe_cycle_stage",
+                "1 for the node's current OOM cycle stage (steady, pre_oom, active_oom, reconciliation_storm, recovery, re_oom).",
+            ),
+            &["stage"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(stage.clone()))
+            .expect("metric registered once");
+        stage.with_label_values(&["steady"]).set(1);
+        let cycles = IntGauge::new(
+            "oomprobe_kubelet_oom_cycles",
+            "Kubelet OOM kills since the agent started.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(cycles.clone()))
+            .expect("metric registered once");
+        let flapping = IntGauge::new(
+            "oomprobe_kubelet_flapping",
+            "1 when the kubelet was OOM-killed again within the flap window.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(flapping.clone()))
+            .expect("metric registered once");
         for kind in [KillKind::OomMemcg, KillKind::OomGlobal, KillKind::Signal] {
             kills.with_label_values(&[kind.as_str()]);
         }
@@ -181,6 +212,9 @@ impl Metrics {
             leak,
             slope,
             time_to_oom,
+            stage,
+            cycles,
+            flapping,
             last_kernel: Mutex::new(HashMap::new()),
         }
     }
@@ -281,6 +315,17 @@ impl Metrics {
                 self.time_to_oom.with_label_values(&["latest"]).set(l);
             }
         }
+    }
+
+    pub fn observe_stage(&self, ev: &crate::cycle::StageEvent) {
+        self.stage.reset();
+        let name = serde_json::to_value(ev.stage)
+            .ok()
+            .and_then(|s| s.as_str().map(str::to_string))
+            .unwrap_or_default();
+        self.stage.with_label_values(&[name.as_str()]).set(1);
+        self.cycles.set(i64::from(ev.cycles));
+        self.flapping.set(i64::from(ev.flapping));
     }
 
     pub fn render(&self) -> String {

@@ -56,6 +56,27 @@ pub struct RunArgs {
     /// Also write each sample to the JSON stream (`"event":"sample"`).
     #[arg(long)]
     pub emit_samples: bool,
+    /// A kubelet OOM kill within this many seconds of the previous one is flapping.
+    #[arg(long, default_value_t = 600)]
+    pub flap_window: u64,
+    /// Seconds the restarted kubelet's RSS must stay flat for the storm to count as settled.
+    #[arg(long, default_value_t = 120)]
+    pub storm_settle: u64,
+    /// Opt-in action on a flap: `cordon` (dry run unless --act-confirm).
+    #[arg(long, value_parser = ["cordon"])]
+    pub act: Option<String>,
+    /// Really send the action (otherwise it is only logged).
+    #[arg(long)]
+    pub act_confirm: bool,
+    /// This node's name (default: the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Kubernetes API base URL (default: in-cluster, from KUBERNETES_SERVICE_HOST/PORT).
+    #[arg(long)]
+    pub kube_api: Option<String>,
+    /// Bearer token file for the API (default: the in-cluster service account token).
+    #[arg(long)]
+    pub kube_token_file: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -77,6 +98,28 @@ pub enum RunError {
     },
     #[error("cannot watch the event ring buffer")]
     Ring(#[source] std::io::Error),
+}
+
+/// What the cycle stage machine needs of the kubelet now.
+fn kubelet_now(
+    pid: u32,
+    sample: Option<&crate::sampler::SampleEvent>,
+    tracker: &Tracker,
+    probes: &Probes,
+) -> crate::cycle::KubeletNow {
+    let mem = crate::sampler::kubelet_memory(pid);
+    let cpu = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .map(|s| (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64)
+        .unwrap_or(0.0);
+    crate::cycle::KubeletNow {
+        pid,
+        rss_bytes: mem.map_or(0, |m| m.rss_bytes),
+        usage_bytes: sample.and_then(|s| s.kubelet_cgroup_bytes),
+        limit_bytes: sample.and_then(|s| s.kubelet_limit_bytes),
+        mapped_bytes: tracker.mapped_bytes(pid, probes),
+        cpu_seconds: cpu,
+    }
 }
 
 fn json_line<T: serde::Serialize>(v: &T) -> String {
@@ -179,6 +222,37 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut memory_series: Vec<crate::detect::Sample> = Vec::new();
     let engine = crate::detect::Engine::default();
     let mut last_verdict: Option<(crate::detect::Subject, crate::detect::classify::Cause)> = None;
+    let mut cycle = crate::cycle::Cycle::new(crate::cycle::CycleConfig {
+        flap_window_ns: args.flap_window.saturating_mul(1_000_000_000),
+        settle_ns: args.storm_settle.saturating_mul(1_000_000_000),
+        ..Default::default()
+    });
+    let mut cordon = args.act.as_ref().map(|_| {
+        let api = args.kube_api.clone().unwrap_or_else(|| {
+            format!(
+                "https://{}:{}",
+                std::env::var("KUBERNETES_SERVICE_HOST").unwrap_or_default(),
+                std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into())
+            )
+        });
+        let node = args.node_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default()
+        });
+        tracing::info!(%api, %node, confirm = args.act_confirm, "cordon action armed for flaps");
+        crate::act::Cordon::new(crate::act::CordonConfig {
+            api,
+            node,
+            token_file: Some(
+                args.kube_token_file
+                    .clone()
+                    .unwrap_or_else(|| crate::act::TOKEN_FILE.into()),
+            ),
+            confirm: args.act_confirm,
+        })
+    });
+    let mut stage_events: Vec<crate::cycle::StageEvent> = Vec::new();
     let mut sample_tick = tokio::time::interval(Duration::from_secs(args.sample_interval.max(1)));
     let mut detect_tick = tokio::time::interval(Duration::from_secs(args.detect_interval.max(1)));
     detect_tick.tick().await;
@@ -228,6 +302,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 let pid = tracker.pids().last().copied();
                 let (s, ev) = crate::sampler::sample(hierarchy.as_ref(), pid, tracker.restarts, now);
                 metrics.observe_sample(&ev);
+                if let Some(pid) = pid {
+                    let now = kubelet_now(pid, Some(&ev), &tracker, &probes);
+                    stage_events.extend(cycle.on_sample(monotonic_ns(), now));
+                }
                 if args.emit_samples && args.format == OutputFormat::Json {
                     lines.push(json_line(&ev));
                 }
@@ -247,6 +325,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             _ = detect_tick.tick() => {
                 let series = store.as_ref().map_or(&memory_series[..], |s| s.samples());
                 let v = engine.evaluate(series);
+                cycle.known_cause = matches!(v.subject, crate::detect::Subject::Kubelet | crate::detect::Subject::Workload)
+                    .then(|| v.cause.as_str().to_string());
                 metrics.observe_verdict(&v);
                 let key = (v.subject, v.cause);
                 if last_verdict != Some(key) {
@@ -278,16 +358,36 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
         }
-        for tgid in kubelet_execs.drain(..) {
-            if let Some(start) = tracker.on_exec(tgid, &mut probes) {
-                lines.push(json_line(&start));
-            }
-        }
         for rec in records.drain(..) {
             metrics.kills.with_label_values(&[rec.kind.as_str()]).inc();
             tracker.on_kill(&rec);
+            let is_kubelet = tracker.is_kubelet(rec.victim.pid);
+            stage_events.extend(cycle.on_kill(&rec, is_kubelet));
             emit(args.format, &rec);
             kills += 1;
+        }
+        for tgid in kubelet_execs.drain(..) {
+            if let Some(start) = tracker.on_exec(tgid, &mut probes) {
+                lines.push(json_line(&start));
+                let now = kubelet_now(start.pid, None, &tracker, &probes);
+                stage_events.extend(cycle.on_kubelet_start(monotonic_ns(), now));
+            }
+        }
+        for ev in stage_events.drain(..) {
+            metrics.observe_stage(&ev);
+            if let Some(c) = cordon.as_mut() {
+                if let Some(action) = c.on_stage(&ev).await {
+                    lines.push(json_line(&action));
+                }
+            }
+            if args.format == OutputFormat::Json {
+                lines.push(json_line(&ev));
+            } else {
+                lines.push(format!(
+                    "STAGE {:?} cycles={} flapping={} {}",
+                    ev.stage, ev.cycles, ev.flapping, ev.detail
+                ));
+            }
         }
         if args.format == OutputFormat::Json {
             emit_lines(&mut lines);

@@ -1,0 +1,184 @@
+//! The one action the agent may take, opt-in: cordon the node through the Kubernetes API when it
+//! flaps. Dry-run unless confirmed, logged, once per flap episode, never retried in a tight
+//! loop. The agent never kills or restarts the kubelet.
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use crate::cycle::{Stage, StageEvent};
+
+pub const TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+/// Strategic merge patch that marks the node unschedulable (what `kubectl cordon` sends).
+pub const CORDON_BODY: &str = r#"{"spec":{"unschedulable":true}}"#;
+
+#[derive(Debug, Clone)]
+pub struct CordonConfig {
+    /// API server base URL, e.g. `https://10.0.0.1:443` (in-cluster) or a loopback test server.
+    pub api: String,
+    pub node: String,
+    pub token_file: Option<String>,
+    /// Without it the action is logged as a dry run and nothing is sent.
+    pub confirm: bool,
+}
+
+/// `"event":"action"` in the JSON stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionEvent {
+    pub event: &'static str,
+    pub action: &'static str,
+    pub node: String,
+    pub dry_run: bool,
+    pub ok: bool,
+    pub detail: String,
+}
+
+pub struct Cordon {
+    cfg: CordonConfig,
+    /// Done (or dry-run logged) for the current flap episode.
+    done: bool,
+    attempts: u32,
+    next_try: Option<Instant>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    #[error("{0}: only http:// API URLs are supported by this build (no TLS client yet)")]
+    Scheme(String),
+    #[error("cannot reach the API server at {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API server answered {0}")]
+    Status(String),
+    #[error("timed out talking to the API server")]
+    Timeout,
+}
+
+/// Sends one PATCH; returns the status line on 2xx.
+pub async fn patch_node(api: &str, node: &str, token: Option<&str>) -> Result<String, ActError> {
+    let rest = api
+        .strip_prefix("http://")
+        .ok_or_else(|| ActError::Scheme(api.to_string()))?;
+    let host = rest.trim_end_matches('/');
+    let path = format!("/api/v1/nodes/{node}");
+    let auth = token.map_or(String::new(), |t| {
+        format!("Authorization: Bearer {}\r\n", t.trim())
+    });
+    let req = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/strategic-merge-patch+json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{CORDON_BODY}",
+        CORDON_BODY.len()
+    );
+    let io = async {
+        let mut s = TcpStream::connect(host)
+            .await
+            .map_err(|source| ActError::Connect {
+                addr: host.to_string(),
+                source,
+            })?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|source| ActError::Connect {
+                addr: host.to_string(),
+                source,
+            })?;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        Ok::<_, ActError>(
+            String::from_utf8_lossy(&buf)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        )
+    };
+    let status = tokio::time::timeout(Duration::from_secs(10), io)
+        .await
+        .map_err(|_| ActError::Timeout)??;
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if (200..300).contains(&code) {
+        Ok(status)
+    } else {
+        Err(ActError::Status(status))
+    }
+}
+
+impl Cordon {
+    pub fn new(cfg: CordonConfig) -> Cordon {
+        Cordon {
+            cfg,
+            done: false,
+            attempts: 0,
+            next_try: None,
+        }
+    }
+
+    /// Reacts to a stage change: cordons once per flap episode; Recovery ends the episode.
+    pub async fn on_stage(&mut self, ev: &StageEvent) -> Option<ActionEvent> {
+        if ev.stage == Stage::Recovery || ev.stage == Stage::Steady {
+            self.done = false;
+            self.attempts = 0;
+            self.next_try = None;
+            return None;
+        }
+        if !ev.flapping || self.done {
+            return None;
+        }
+        if self.next_try.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        if !self.cfg.confirm {
+            self.done = true;
+            tracing::warn!(node = %self.cfg.node, "flapping: would cordon the node (dry run; confirm with --act-confirm)");
+            return Some(ActionEvent {
+                event: "action",
+                action: "cordon",
+                node: self.cfg.node.clone(),
+                dry_run: true,
+                ok: true,
+                detail: format!("would PATCH /api/v1/nodes/{} {CORDON_BODY}", self.cfg.node),
+            });
+        }
+        let token = self
+            .cfg
+            .token_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok());
+        self.attempts += 1;
+        let result = patch_node(&self.cfg.api, &self.cfg.node, token.as_deref()).await;
+        let (ok, detail) = match result {
+            Ok(status) => {
+                self.done = true;
+                tracing::warn!(node = %self.cfg.node, %status, "flapping: cordoned the node");
+                (true, status)
+            }
+            Err(e) => {
+                // Back off: 5 minutes, then 10, ... and give up for this episode after 3.
+                let wait = Duration::from_secs(300 * u64::from(self.attempts));
+                self.next_try = Some(Instant::now() + wait);
+                if self.attempts >= 3 {
+                    self.done = true;
+                }
+                tracing::error!(node = %self.cfg.node, error = %e, retry_in_s = wait.as_secs(), "cordon failed");
+                (false, e.to_string())
+            }
+        };
+        Some(ActionEvent {
+            event: "action",
+            action: "cordon",
+            node: self.cfg.node.clone(),
+            dry_run: false,
+            ok,
+            detail,
+        })
+    }
+}
