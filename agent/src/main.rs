@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: stream kill records, serve metrics.
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// Print the uprobe points a kubelet binary offers (symbol, file offset, source).
     ProbePoints(cli::probe_points::ProbePointsArgs),
     /// Run the leak detectors over a recorded series (CSV), printing verdict changes.
@@ -60,7 +60,7 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => cli::run::run(args).await.map_err(anyhow::Error::from),
+            Command::Run(args) => cli::run::run(*args).await.map_err(anyhow::Error::from),
             Command::ProbePoints(args) => cli::probe_points::run(args).map_err(anyhow::Error::from),
             Command::Replay(args) => cli::replay::run(args).map_err(anyhow::Error::from),
             Command::GenTrace {
