@@ -85,6 +85,9 @@ impl Default for KubeletLeak {
     }
 }
 
+/// Day-over-day growth of the kubelet's pod-adjusted baseline that calls a leak.
+const SEASONAL_THRESHOLD: f64 = 45e6;
+
 /// The pod-adjusted trend of the kubelet's baseline.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Trend {
@@ -114,10 +117,45 @@ impl KubeletLeak {
     }
 
     fn firing(&self, series: &[Sample]) -> bool {
-        self.windows.iter().any(|&(w, min_low)| {
-            self.trend_in(series, w)
-                .is_some_and(|t| t.slope.low > min_low && t.slope.mid > self.threshold_per_day)
-        })
+        self.seasonal(series)
+            .is_some_and(|(mean, min)| mean > SEASONAL_THRESHOLD && min > SEASONAL_THRESHOLD / 2.0)
+            || self.windows.iter().any(|&(w, min_low)| {
+                self.trend_in(series, w)
+                    .is_some_and(|t| t.slope.low > min_low && t.slope.mid > self.threshold_per_day)
+            })
+    }
+
+    /// Day-over-day growth of the pod-adjusted baseline: each of the last 6 hours against the
+    /// same hour yesterday, which cancels the daily pattern. Returns (mean, minimum) in bytes.
+    pub fn seasonal(&self, series: &[Sample]) -> Option<(f64, f64)> {
+        let seg = since_restart(series);
+        if seg.last()?.t - seg.first()?.t < 31 * HOUR {
+            return None;
+        }
+        let seg = window(seg, 31 * HOUR);
+        let rss: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.kubelet_rss_bytes)).collect();
+        let pods: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.pods)).collect();
+        let base = baseline(&rss, HOUR, 0.1);
+        let pods_b = baseline(&pods, HOUR, 0.5);
+        if base.len() != pods_b.len() || base.len() < 30 {
+            return None;
+        }
+        let adj: Vec<(f64, f64)> = base
+            .iter()
+            .zip(&pods_b)
+            .map(|(b, p)| (b.0, b.1 - BYTES_PER_POD * p.1))
+            .collect();
+        let mut diffs = Vec::new();
+        for &(t, v) in adj.iter().rev().take(6) {
+            let day_before = adj
+                .iter()
+                .find(|(u, _)| (t - u - DAY).abs() < 1.0)
+                .map(|(_, v)| *v)?;
+            diffs.push(v - day_before);
+        }
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        let min = diffs.iter().copied().fold(f64::INFINITY, f64::min);
+        Some((mean, min))
     }
 
     pub fn trend_in(&self, series: &[Sample], window_s: i64) -> Option<Trend> {
