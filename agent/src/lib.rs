@@ -12,6 +12,7 @@ pub mod detect;
 pub mod events;
 pub mod forensics;
 pub mod kubelet;
+pub mod kubelet_metrics;
 pub mod metrics;
 pub mod node;
 pub mod probes;

@@ -19,6 +19,8 @@ enum Command {
     Run(Box<cli::run::RunArgs>),
     /// Print the uprobe points a kubelet binary offers (symbol, file offset, source).
     ProbePoints(cli::probe_points::ProbePointsArgs),
+    /// One-shot, read-only: the field guide's quick checks and the cycle stage the node shows.
+    Diagnose(cli::diagnose::DiagnoseArgs),
     /// Run the leak detectors over a recorded series (CSV), printing verdict changes.
     Replay(cli::replay::ReplayArgs),
     /// Write a generated, labelled kubelet series as CSV (scenarios: healthy, growing-pods,
@@ -63,6 +65,7 @@ fn main() {
             Command::Run(args) => cli::run::run(*args).await.map_err(anyhow::Error::from),
             Command::ProbePoints(args) => cli::probe_points::run(args).map_err(anyhow::Error::from),
             Command::Replay(args) => cli::replay::run(args).map_err(anyhow::Error::from),
+            Command::Diagnose(args) => cli::diagnose::run(args).await.map_err(anyhow::Error::from),
             Command::GenTrace {
                 scenario,
                 days,

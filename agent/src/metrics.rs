@@ -19,6 +19,7 @@ pub struct Metrics {
     pub hooks: IntGaugeVec,
     pub pending_kills: IntGauge,
     pub kubelet_restarts: IntGauge,
+    pub kubelet_metrics_errors: IntCounterVec,
     kubelet_bytes: IntGaugeVec,
     kubelet_call_site_bytes: IntGaugeVec,
     node: IntGaugeVec,
@@ -80,6 +81,12 @@ impl Metrics {
         registry
             .register(Box::new(pending_kills.clone()))
             .expect("metric registered once");
+        let kubelet_metrics_errors = counter_vec(
+            &registry,
+            "oomprobe_kubelet_metrics_errors_total",
+            "Failed scrapes of the kubelet's /metrics, by reason (connect, timeout, status, garbage, scheme).",
+            &["reason"],
+        );
         let kubelet_restarts = IntGauge::new(
             "oomprobe_kubelet_restarts",
             "Kubelet restarts seen since the agent started (a new kubelet process after one died).",
@@ -205,6 +212,7 @@ impl Metrics {
             hooks,
             pending_kills,
             kubelet_restarts,
+            kubelet_metrics_errors,
             kubelet_bytes,
             kubelet_call_site_bytes,
             node,

@@ -34,6 +34,8 @@ pub struct SampleEvent {
     pub node_mem_total_bytes: Option<u64>,
     pub pods: u64,
     pub workload_working_set_bytes: u64,
+    /// From the kubelet's /metrics, when configured and reachable.
+    pub kubelet_metrics: Option<crate::kubelet_metrics::KubeletMetrics>,
 }
 
 pub fn kubelet_memory(pid: u32) -> Option<KubeletMemory> {
@@ -173,6 +175,7 @@ pub fn sample(
         node_mem_total_bytes: total,
         pods: pods.len() as u64,
         workload_working_set_bytes: workload,
+        kubelet_metrics: None,
     };
     (s, ev)
 }

@@ -63,6 +63,14 @@ impl Agent {
         Self::start_with(&["--no-metrics"], None)
     }
 
+    /// With metrics on a loopback port and extra arguments.
+    pub fn start_with_metrics_args(port: u16, args: &[&str]) -> Agent {
+        let addr = format!("127.0.0.1:{port}");
+        let mut all = vec!["--metrics-addr", addr.as_str()];
+        all.extend_from_slice(args);
+        Self::start_with(&all, Some(addr.clone()))
+    }
+
     /// With extra `oomprobe run` arguments (metrics off).
     pub fn start_args(args: &[&str]) -> Agent {
         let mut all = vec!["--no-metrics"];

@@ -1,4 +1,5 @@
 //! One file per CLI verb.
+pub mod diagnose;
 pub mod probe_points;
 pub mod replay;
 pub mod run;

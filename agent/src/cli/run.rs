@@ -77,6 +77,13 @@ pub struct RunArgs {
     /// Bearer token file for the API (default: the in-cluster service account token).
     #[arg(long)]
     pub kube_token_file: Option<String>,
+    /// The kubelet's metrics endpoint (goroutines, PLEG relist, evictions), e.g.
+    /// http://127.0.0.1:10255/metrics. Scraped every sample interval; failures are reported.
+    #[arg(long)]
+    pub kubelet_metrics: Option<String>,
+    /// Bearer token file for --kubelet-metrics.
+    #[arg(long)]
+    pub kubelet_metrics_token_file: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -253,6 +260,49 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         })
     });
     let mut stage_events: Vec<crate::cycle::StageEvent> = Vec::new();
+    let kubelet_metrics: std::sync::Arc<
+        std::sync::Mutex<Option<crate::kubelet_metrics::KubeletMetrics>>,
+    > = Default::default();
+    if let Some(url) = args.kubelet_metrics.clone() {
+        let latest = kubelet_metrics.clone();
+        let metrics = metrics.clone();
+        let every = Duration::from_secs(args.sample_interval.max(1));
+        let token_file = args.kubelet_metrics_token_file.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let mut failures = 0u64;
+            loop {
+                tick.tick().await;
+                let token = token_file
+                    .as_ref()
+                    .and_then(|f| std::fs::read_to_string(f).ok());
+                let got =
+                    crate::kubelet_metrics::fetch(&url, token.as_deref(), Duration::from_secs(2))
+                        .await;
+                match got {
+                    Ok(m) => {
+                        if let Ok(mut l) = latest.lock() {
+                            *l = Some(m);
+                        }
+                    }
+                    Err(e) => {
+                        metrics
+                            .kubelet_metrics_errors
+                            .with_label_values(&[e.reason()])
+                            .inc();
+                        if let Ok(mut l) = latest.lock() {
+                            *l = None;
+                        }
+                        // Log the first failure and then every 60th, not every scrape.
+                        if failures % 60 == 0 {
+                            tracing::warn!(error = %e, "kubelet metrics unavailable");
+                        }
+                        failures += 1;
+                    }
+                }
+            }
+        });
+    }
     let mut sample_tick = tokio::time::interval(Duration::from_secs(args.sample_interval.max(1)));
     let mut detect_tick = tokio::time::interval(Duration::from_secs(args.detect_interval.max(1)));
     detect_tick.tick().await;
@@ -300,7 +350,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             _ = sample_tick.tick() => {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
                 let pid = tracker.pids().last().copied();
-                let (s, ev) = crate::sampler::sample(hierarchy.as_ref(), pid, tracker.restarts, now);
+                let (mut s, mut ev) = crate::sampler::sample(hierarchy.as_ref(), pid, tracker.restarts, now);
+                if let Some(m) = kubelet_metrics.lock().ok().and_then(|l| l.clone()) {
+                    s.goroutines = m.goroutines;
+                    s.pleg_relist_p99_seconds = m.pleg_relist_p99_seconds;
+                    s.evictions_memory_total = m.evictions_memory_total;
+                    s.cgroup_version = m.cgroup_version.or(s.cgroup_version);
+                    ev.kubelet_metrics = Some(m);
+                }
                 metrics.observe_sample(&ev);
                 if let Some(pid) = pid {
                     let now = kubelet_now(pid, Some(&ev), &tracker, &probes);

@@ -1,0 +1,321 @@
+//! `oomprobe diagnose`: one-shot and read-only, the field guide's quick checks done natively,
+//! each with a verdict in the guide's good/bad terms, and the OOM cycle stage the node shows now.
+use std::{io::Write as _, path::PathBuf, time::Duration};
+
+use serde::Serialize;
+
+use super::OutputFormat;
+use crate::{
+    cgroup::Hierarchy,
+    detect::{store::Store, Engine, Subject},
+    kubelet_metrics,
+    sampler::{kernel_version, kubelet_memory, pod_cgroups, working_set},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct DiagnoseArgs {
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+    /// The kubelet's process name.
+    #[arg(long, default_value = "kubelet")]
+    pub kubelet_name: String,
+    /// The kubelet's metrics endpoint (http), for goroutines, PLEG relist and evictions.
+    #[arg(long)]
+    pub kubelet_metrics: Option<String>,
+    #[arg(long)]
+    pub kubelet_metrics_token_file: Option<String>,
+    /// The agent's state directory: the persisted series gives the leak verdict.
+    #[arg(long, default_value = "/var/lib/oomprobe")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Good,
+    Bad,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub check: &'static str,
+    pub value: String,
+    pub verdict: Health,
+    pub detail: String,
+}
+
+fn check(
+    check: &'static str,
+    value: impl Into<String>,
+    verdict: Health,
+    detail: impl Into<String>,
+) -> Check {
+    Check {
+        check,
+        value: value.into(),
+        verdict,
+        detail: detail.into(),
+    }
+}
+
+fn find_pid(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim_end() == name).then_some(pid)
+    })
+}
+
+fn oom_kills(h: &Hierarchy, cgroup: &str) -> Option<u64> {
+    let (file, key) = match h {
+        Hierarchy::V1(_) => ("memory.oom_control", "oom_kill"),
+        Hierarchy::V2(_) => ("memory.events", "oom_kill"),
+    };
+    std::fs::read_to_string(h.dir(cgroup).join(file))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+}
+
+fn uptime_of(pid: u32) -> Option<f64> {
+    let stat = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .stat()
+        .ok()?;
+    let boot = procfs::Uptime::current().ok()?.uptime;
+    Some(boot - stat.starttime as f64 / procfs::ticks_per_second() as f64)
+}
+
+use procfs::Current as _;
+
+pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
+    let mut checks = Vec::new();
+    let h = Hierarchy::detect();
+    let pid = find_pid(&args.kubelet_name);
+    let mut stage = "steady";
+    match pid.and_then(|p| kubelet_memory(p).map(|m| (p, m))) {
+        Some((p, m)) => {
+            checks.push(check(
+                "kubelet_rss",
+                format!("{} MiB", m.rss_bytes >> 20),
+                Health::Good,
+                format!(
+                    "pid {p}: anon {} MiB, file {} MiB, shmem {} MiB (a single reading; the trend decides, see leak_verdict)",
+                    m.anon_bytes >> 20,
+                    m.file_bytes >> 20,
+                    m.shmem_bytes >> 20
+                ),
+            ));
+            if let (Some(h), Some(cg)) = (h.as_ref(), h.as_ref().and_then(|h| h.cgroup_of(p))) {
+                let state = h.memcg(&cg);
+                let ws = working_set(h, &cg);
+                match state.as_ref().and_then(|s| s.limit_bytes.zip(s.usage_bytes)) {
+                    Some((limit, usage)) => {
+                        let near = usage as f64 >= 0.8 * limit as f64;
+                        if near {
+                            stage = "pre_oom";
+                        }
+                        checks.push(check(
+                            "kubelet_cgroup",
+                            format!("{} of {} MiB", usage >> 20, limit >> 20),
+                            if near { Health::Bad } else { Health::Good },
+                            format!("{cg}: working set {} MiB", ws.unwrap_or(0) >> 20),
+                        ));
+                    }
+                    None => checks.push(check(
+                        "kubelet_cgroup",
+                        cg.clone(),
+                        Health::Unknown,
+                        "no memory limit: the kubelet is bounded only by the node (size kube-reserved)",
+                    )),
+                }
+                if let Some(n) = oom_kills(h, &cg) {
+                    if n > 0 && uptime_of(p).is_some_and(|u| u < 300.0) {
+                        stage = "reconciliation_storm";
+                    }
+                    checks.push(check(
+                        "kubelet_oom_kills",
+                        n.to_string(),
+                        if n == 0 { Health::Good } else { Health::Bad },
+                        format!("OOM kills counted by the kubelet's memory cgroup {cg}"),
+                    ));
+                }
+            }
+            if let Some(up) = uptime_of(p) {
+                checks.push(check(
+                    "kubelet_uptime",
+                    format!("{up:.0} s"),
+                    if up < 300.0 {
+                        Health::Bad
+                    } else {
+                        Health::Good
+                    },
+                    "a kubelet restarted in the last 5 minutes is still reconciling",
+                ));
+            }
+        }
+        None => {
+            stage = "active_oom_or_down";
+            checks.push(check(
+                "kubelet_rss",
+                "-",
+                Health::Bad,
+                format!("no process named {} is running", args.kubelet_name),
+            ));
+        }
+    }
+    let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
+    let node_ooms: u64 = vmstat
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .unwrap_or(0);
+    checks.push(check(
+        "node_oom_kills",
+        node_ooms.to_string(),
+        if node_ooms == 0 {
+            Health::Good
+        } else {
+            Health::Bad
+        },
+        "kernel OOM kills since boot (/proc/vmstat oom_kill)",
+    ));
+    match &args.kubelet_metrics {
+        Some(url) => {
+            let token = args
+                .kubelet_metrics_token_file
+                .as_ref()
+                .and_then(|f| std::fs::read_to_string(f).ok());
+            match kubelet_metrics::fetch(url, token.as_deref(), Duration::from_secs(5)).await {
+                Ok(m) => {
+                    if let Some(g) = m.goroutines {
+                        checks.push(check(
+                            "kubelet_goroutines",
+                            format!("{g:.0}"),
+                            if g > 500.0 { Health::Bad } else { Health::Good },
+                            "above 500, or climbing over days, precedes memory exhaustion",
+                        ));
+                    }
+                    if let Some(p) = m.pleg_relist_p99_seconds {
+                        checks.push(check(
+                            "pleg_relist_p99",
+                            format!("{p:.2} s"),
+                            if p > 10.0 { Health::Bad } else { Health::Good },
+                            match p {
+                                p if p > 180.0 => "above 180 s: the node goes NotReady",
+                                p if p > 10.0 => {
+                                    "sustained above 10 s: the runtime or kubelet is stressed"
+                                }
+                                p if p > 2.0 => "above the normal 1-2 s",
+                                _ => "normal (under 1-2 s)",
+                            },
+                        ));
+                    }
+                    if let Some(e) = m.evictions_memory_total {
+                        checks.push(check(
+                            "memory_evictions",
+                            format!("{e:.0}"),
+                            if e > 0.0 { Health::Bad } else { Health::Good },
+                            "kubelet_evictions_total{eviction_signal=\"memory.available\"} should be zero under normal load",
+                        ));
+                    }
+                }
+                Err(e) => {
+                    let mut why = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        why.push_str(&format!(": {s}"));
+                        src = s.source();
+                    }
+                    checks.push(check("kubelet_metrics", url.clone(), Health::Unknown, why))
+                }
+            }
+        }
+        None => checks.push(check(
+            "kubelet_metrics",
+            "-",
+            Health::Unknown,
+            "not checked: pass --kubelet-metrics URL",
+        )),
+    }
+    if let Some(h) = h.as_ref() {
+        let pods = pod_cgroups(h);
+        checks.push(check(
+            "pods",
+            pods.len().to_string(),
+            Health::Good,
+            "pod cgroups under the kubepods tree; exited containers need the runtime socket (not read)",
+        ));
+    }
+    let kernel = kernel_version();
+    let v = h.as_ref().map(Hierarchy::version);
+    let risky = v == Some(1) && kernel.is_some_and(|k| (k - 5.15).abs() < 0.005);
+    checks.push(check(
+        "cgroup_and_kernel",
+        format!(
+            "cgroup v{} kernel {}",
+            v.map_or("?".into(), |v| v.to_string()),
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+        ),
+        if risky { Health::Bad } else { Health::Good },
+        if risky {
+            "cgroup v1 on Linux 5.15: a known runc leak; plan the move to cgroup v2"
+        } else {
+            "not the cgroup v1 + 5.15 combination"
+        },
+    ));
+    let store_path = args.state_dir.join("series.bin");
+    if store_path.exists() {
+        match Store::open(&store_path) {
+            Ok(st) if !st.samples().is_empty() => {
+                let verdict = Engine::default().evaluate(st.samples());
+                checks.push(check(
+                    "leak_verdict",
+                    format!("{:?} / {}", verdict.subject, verdict.cause.as_str()),
+                    if verdict.subject == Subject::None {
+                        Health::Good
+                    } else {
+                        Health::Bad
+                    },
+                    format!(
+                        "{:.0} MB/day over {} samples; {}",
+                        verdict.slope_bytes_per_day / 1e6,
+                        st.samples().len(),
+                        verdict.supports.join("; ")
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    checks.push(check(
+        "stage",
+        stage,
+        if stage == "steady" {
+            Health::Good
+        } else {
+            Health::Bad
+        },
+        "the OOM cycle stage the node shows now",
+    ));
+    let mut out = std::io::stdout().lock();
+    for c in &checks {
+        let line = match args.format {
+            OutputFormat::Json => serde_json::to_string(c).unwrap_or_default(),
+            OutputFormat::Text => format!(
+                "{:<20} {:<8} {:<28} {}",
+                c.check,
+                format!("{:?}", c.verdict).to_uppercase(),
+                c.value,
+                c.detail
+            ),
+        };
+        // A reader that went away (`| head`) is not an error of ours.
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! The kubelet's own `/metrics`: goroutines, PLEG relist duration, memory evictions, cgroup
+//! version. Garbage, errors and timeouts are reported, never fatal.
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct KubeletMetrics {
+    pub goroutines: Option<f64>,
+    /// p99 estimated from the histogram buckets.
+    pub pleg_relist_p99_seconds: Option<f64>,
+    pub evictions_memory_total: Option<f64>,
+    pub cgroup_version: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("{0}: only http:// endpoints are supported by this build (no TLS client yet)")]
+    Scheme(String),
+    #[error("cannot reach {0}")]
+    Connect(String, #[source] std::io::Error),
+    #[error("no answer from {0} within {1:?}")]
+    Timeout(String, Duration),
+    #[error("{0} answered {1}")]
+    Status(String, String),
+    #[error("{0} served no kubelet metrics (garbage or another exporter)")]
+    Garbage(String),
+}
+
+impl MetricsError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MetricsError::Scheme(_) => "scheme",
+            MetricsError::Connect(..) => "connect",
+            MetricsError::Timeout(..) => "timeout",
+            MetricsError::Status(..) => "status",
+            MetricsError::Garbage(_) => "garbage",
+        }
+    }
+}
+
+/// `name{labels} value` -> (name, labels, value).
+fn sample_line(line: &str) -> Option<(&str, &str, f64)> {
+    if line.starts_with('#') || line.trim().is_empty() {
+        return None;
+    }
+    let (head, value) = match line.find('}') {
+        Some(i) => (&line[..=i], line[i + 1..].split_whitespace().next()?),
+        None => {
+            let mut it = line.split_whitespace();
+            (it.next()?, it.next()?)
+        }
+    };
+    let (name, labels) = match head.find('{') {
+        Some(i) => (&head[..i], &head[i..]),
+        None => (head, ""),
+    };
+    Some((name, labels, value.parse().ok()?))
+}
+
+fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    let i = labels.find(&format!("{key}=\""))? + key.len() + 2;
+    let rest = &labels[i..];
+    Some(&rest[..rest.find('"')?])
+}
+
+/// Parses Prometheus text exposition of the kubelet.
+pub fn parse(text: &str) -> Option<KubeletMetrics> {
+    let mut m = KubeletMetrics::default();
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    let mut any = false;
+    for line in text.lines() {
+        let Some((name, labels, v)) = sample_line(line) else {
+            continue;
+        };
+        match name {
+            "kubelet_goroutines" => {
+                any = true;
+                *m.goroutines.get_or_insert(0.0) += v;
+            }
+            "go_goroutines" if m.goroutines.is_none() => m.goroutines = Some(v),
+            "kubelet_pleg_relist_duration_seconds_bucket" => {
+                any = true;
+                let le = label(labels, "le").unwrap_or("+Inf");
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::INFINITY)
+                };
+                buckets.push((le, v));
+            }
+            "kubelet_evictions_total" | "kubelet_evictions" => {
+                any = true;
+                if label(labels, "eviction_signal") == Some("memory.available") {
+                    *m.evictions_memory_total.get_or_insert(0.0) += v;
+                } else {
+                    m.evictions_memory_total.get_or_insert(0.0);
+                }
+            }
+            "kubelet_cgroup_version" => {
+                any = true;
+                m.cgroup_version = Some(v);
+            }
+            n if n.starts_with("kubelet_") => any = true,
+            _ => {}
+        }
+    }
+    if !buckets.is_empty() {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        m.pleg_relist_p99_seconds = histogram_quantile(&buckets, 0.99);
+    }
+    any.then_some(m)
+}
+
+/// Like PromQL's histogram_quantile on cumulative buckets.
+pub fn histogram_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let span = count - prev.1;
+            let frac = if span > 0.0 {
+                (rank - prev.1) / span
+            } else {
+                1.0
+            };
+            return Some(prev.0 + (le - prev.0) * frac);
+        }
+        prev = (le, count);
+    }
+    Some(prev.0)
+}
+
+/// GETs `url` (http) with an optional bearer token.
+pub async fn fetch(
+    url: &str,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<KubeletMetrics, MetricsError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| MetricsError::Scheme(url.to_string()))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/metrics"),
+    };
+    let auth = token.map_or(String::new(), |t| {
+        format!("Authorization: Bearer {}\r\n", t.trim())
+    });
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n");
+    let io = async {
+        let mut s = TcpStream::connect(host)
+            .await
+            .map_err(|e| MetricsError::Connect(url.to_string(), e))?;
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| MetricsError::Connect(url.to_string(), e))?;
+        let mut buf = Vec::new();
+        // Bounded: a kubelet's metrics are a few MB at most.
+        let _ = (&mut s).take(64 << 20).read_to_end(&mut buf).await;
+        Ok::<_, MetricsError>(buf)
+    };
+    let buf = tokio::time::timeout(timeout, io)
+        .await
+        .map_err(|_| MetricsError::Timeout(url.to_string(), timeout))??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or("");
+    if !status
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|c| c.starts_with('2'))
+    {
+        return Err(MetricsError::Status(url.to_string(), status.to_string()));
+    }
+    parse(body).ok_or_else(|| MetricsError::Garbage(url.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const RECORDED: &str = r#"# HELP kubelet_goroutines [ALPHA] Number of running goroutines split by the work they do such as gc.
+# TYPE kubelet_goroutines gauge
+kubelet_goroutines{operation="pod_worker"} 410
+kubelet_goroutines{operation="volume"} 200
+# TYPE kubelet_pleg_relist_duration_seconds histogram
+kubelet_pleg_relist_duration_seconds_bucket{le="0.005"} 0
+kubelet_pleg_relist_duration_seconds_bucket{le="0.5"} 50
+kubelet_pleg_relist_duration_seconds_bucket{le="10"} 90
+kubelet_pleg_relist_duration_seconds_bucket{le="30"} 100
+kubelet_pleg_relist_duration_seconds_bucket{le="+Inf"} 100
+kubelet_pleg_relist_duration_seconds_sum 512
+kubelet_pleg_relist_duration_seconds_count 100
+kubelet_evictions_total{eviction_signal="memory.available"} 3
+kubelet_evictions_total{eviction_signal="nodefs.available"} 1
+kubelet_cgroup_version 1
+go_goroutines 900
+"#;
+
+    #[test]
+    fn parses_recorded_kubelet_metrics() {
+        let m = parse(RECORDED).unwrap();
+        assert_eq!(m.goroutines, Some(610.0));
+        assert_eq!(m.evictions_memory_total, Some(3.0));
+        assert_eq!(m.cgroup_version, Some(1.0));
+        // rank 99 of 100 falls in (10, 30]: 10 + 20 * 9/10.
+        assert!((m.pleg_relist_p99_seconds.unwrap() - 28.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn garbage_is_not_metrics() {
+        assert_eq!(parse("<html>hello</html>"), None);
+        assert_eq!(parse("node_load1 0.5\n"), None);
+        assert_eq!(parse(""), None);
+    }
+}

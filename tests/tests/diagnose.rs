@@ -1,0 +1,188 @@
+//! `oomprobe diagnose` and the kubelet /metrics scrape, against loopback servers serving
+//! recorded kubelet metrics, garbage, or nothing at all.
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpListener,
+    process::Command,
+    time::Duration,
+};
+
+use oomprobe_tests::{
+    bin, cgroup_name, metric, scratch_dir, spawn_path_in, standin_kubelet, Agent, ScratchCgroup,
+    MIB,
+};
+use serde_json::Value;
+
+/// Recorded from a kubelet under stress (trimmed).
+const RECORDED: &str = "# TYPE kubelet_goroutines gauge\n\
+kubelet_goroutines{operation=\"pod_worker\"} 410\n\
+kubelet_goroutines{operation=\"volume\"} 200\n\
+# TYPE kubelet_pleg_relist_duration_seconds histogram\n\
+kubelet_pleg_relist_duration_seconds_bucket{le=\"0.5\"} 50\n\
+kubelet_pleg_relist_duration_seconds_bucket{le=\"10\"} 90\n\
+kubelet_pleg_relist_duration_seconds_bucket{le=\"30\"} 100\n\
+kubelet_pleg_relist_duration_seconds_bucket{le=\"+Inf\"} 100\n\
+kubelet_evictions_total{eviction_signal=\"memory.available\"} 3\n\
+kubelet_cgroup_version 1\n";
+
+/// Serves `body` (or nothing, when `None`: the connection is held open, unanswered).
+fn server(body: Option<&'static str>) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/metrics", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let _ = c.read(&mut buf);
+            match body {
+                Some(b) => {
+                    let _ = c.write_all(
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len())
+                            .as_bytes(),
+                    );
+                }
+                None => held.push(c),
+            }
+        }
+    });
+    url
+}
+
+fn diagnose(extra: &[&str]) -> Vec<Value> {
+    let state = scratch_dir("diag");
+    let out = Command::new(bin("oomprobe"))
+        .args(["diagnose", "--format", "json", "--state-dir"])
+        .arg(&state)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn find<'a>(checks: &'a [Value], name: &str) -> &'a Value {
+    checks
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {checks:?}"))
+}
+
+#[test]
+fn diagnose_reports_each_check_in_the_guides_terms() {
+    let url = server(Some(RECORDED));
+    let cg = ScratchCgroup::create(&cgroup_name("diag"), Some(64 * MIB)).unwrap();
+    let mut k = spawn_path_in(
+        &cg,
+        &standin_kubelet("go"),
+        &[
+            "-total-mib",
+            "48",
+            "-interval-ms",
+            "1",
+            "-stats-ms",
+            "100000",
+        ],
+    );
+    loop {
+        let lines = k.read_until("{");
+        if lines.last().is_some_and(|l| l.contains("\"done\":true")) {
+            break;
+        }
+        assert!(!lines.is_empty(), "stand-in ended early");
+    }
+    let checks = diagnose(&["--kubelet-metrics", &url]);
+    let rss = find(&checks, "kubelet_rss");
+    assert_eq!(rss["verdict"], "good");
+    assert!(rss["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("pid {}", k.pid())));
+    // 48 MiB and more of a 64 MiB limit: near the limit, Pre-OOM.
+    assert_eq!(find(&checks, "kubelet_cgroup")["verdict"], "bad");
+    assert_eq!(find(&checks, "kubelet_goroutines")["value"], "610");
+    assert_eq!(find(&checks, "kubelet_goroutines")["verdict"], "bad");
+    assert_eq!(find(&checks, "pleg_relist_p99")["value"], "28.00 s");
+    assert_eq!(find(&checks, "pleg_relist_p99")["verdict"], "bad");
+    assert_eq!(find(&checks, "memory_evictions")["verdict"], "bad");
+    assert_eq!(find(&checks, "kubelet_oom_kills")["value"], "0");
+    assert_eq!(find(&checks, "stage")["value"], "pre_oom");
+    assert_eq!(find(&checks, "cgroup_and_kernel")["verdict"], "good");
+}
+
+#[test]
+fn unreachable_metrics_are_unknown_not_fatal() {
+    let checks = diagnose(&[
+        "--kubelet-metrics",
+        "http://127.0.0.1:1/metrics",
+        "--kubelet-name",
+        "no-such-kubelet",
+    ]);
+    let m = find(&checks, "kubelet_metrics");
+    assert_eq!(m["verdict"], "unknown");
+    assert!(
+        m["detail"].as_str().unwrap().contains("cannot reach"),
+        "{m}"
+    );
+    assert_eq!(find(&checks, "kubelet_rss")["verdict"], "bad");
+}
+
+#[test]
+fn run_scrapes_kubelet_metrics_and_counts_garbage_and_timeouts() {
+    let good = server(Some(RECORDED));
+    let agent = Agent::start_args(&[
+        "--sample-interval",
+        "1",
+        "--emit-samples",
+        "--kubelet-metrics",
+        &good,
+    ]);
+    let s = agent.wait_for_event(
+        Duration::from_secs(20),
+        "a sample with kubelet metrics",
+        |v| v["event"] == "sample" && !v["kubelet_metrics"].is_null(),
+    );
+    assert_eq!(s["kubelet_metrics"]["goroutines"].as_f64(), Some(610.0));
+    assert_eq!(
+        s["kubelet_metrics"]["evictions_memory_total"].as_f64(),
+        Some(3.0)
+    );
+    drop(agent);
+
+    for (body, reason) in [
+        (Some("<html>not metrics</html>"), "garbage"),
+        (None, "timeout"),
+    ] {
+        let url = server(body);
+        let agent = Agent::start_with_metrics_args(
+            19640,
+            &["--sample-interval", "1", "--kubelet-metrics", &url],
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let body = agent.scrape();
+            let n = metric(
+                &body,
+                &format!("oomprobe_kubelet_metrics_errors_total{{reason=\"{reason}\"}}"),
+            );
+            if n.is_some_and(|n| n >= 1.0) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {reason} counted:\n{body}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(agent
+            .stderr()
+            .iter()
+            .any(|l| l.contains("kubelet metrics unavailable")));
+    }
+}
