@@ -294,7 +294,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                             *l = None;
                         }
                         // Log the first failure and then every 60th, not every scrape.
-                        if failures % 60 == 0 {
+                        if failures.is_multiple_of(60) {
                             tracing::warn!(error = %e, "kubelet metrics unavailable");
                         }
                         failures += 1;
