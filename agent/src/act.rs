@@ -4,14 +4,11 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
 
 use crate::cycle::{Stage, StageEvent};
 
 pub const TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub const CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
 /// Strategic merge patch that marks the node unschedulable (what `kubectl cordon` sends).
 pub const CORDON_BODY: &str = r#"{"spec":{"unschedulable":true}}"#;
 
@@ -21,6 +18,8 @@ pub struct CordonConfig {
     pub api: String,
     pub node: String,
     pub token_file: Option<String>,
+    /// CA of the API server (in-cluster: the service account's ca.crt).
+    pub tls: crate::http::TlsOptions,
     /// Without it the action is logged as a dry run and nothing is sent.
     pub confirm: bool,
 }
@@ -46,69 +45,41 @@ pub struct Cordon {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActError {
-    #[error("{0}: only http:// API URLs are supported by this build (no TLS client yet)")]
-    Scheme(String),
-    #[error("cannot reach the API server at {addr}")]
-    Connect {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot reach the API server")]
+    Http(#[source] crate::http::HttpError),
     #[error("API server answered {0}")]
     Status(String),
-    #[error("timed out talking to the API server")]
-    Timeout,
 }
 
 /// Sends one PATCH; returns the status line on 2xx.
-pub async fn patch_node(api: &str, node: &str, token: Option<&str>) -> Result<String, ActError> {
-    let rest = api
-        .strip_prefix("http://")
-        .ok_or_else(|| ActError::Scheme(api.to_string()))?;
-    let host = rest.trim_end_matches('/');
-    let path = format!("/api/v1/nodes/{node}");
-    let auth = token.map_or(String::new(), |t| {
-        format!("Authorization: Bearer {}\r\n", t.trim())
-    });
-    let req = format!(
-        "PATCH {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/strategic-merge-patch+json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{CORDON_BODY}",
-        CORDON_BODY.len()
-    );
-    let io = async {
-        let mut s = TcpStream::connect(host)
-            .await
-            .map_err(|source| ActError::Connect {
-                addr: host.to_string(),
-                source,
-            })?;
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|source| ActError::Connect {
-                addr: host.to_string(),
-                source,
-            })?;
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf).await;
-        Ok::<_, ActError>(
-            String::from_utf8_lossy(&buf)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string(),
-        )
-    };
-    let status = tokio::time::timeout(Duration::from_secs(10), io)
-        .await
-        .map_err(|_| ActError::Timeout)??;
-    let code: u16 = status
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    if (200..300).contains(&code) {
-        Ok(status)
+pub async fn patch_node(
+    api: &str,
+    node: &str,
+    token: Option<&str>,
+    tls: &crate::http::TlsOptions,
+) -> Result<String, ActError> {
+    let url = format!("{}/api/v1/nodes/{node}", api.trim_end_matches('/'));
+    let mut headers = vec![(
+        "Content-Type",
+        "application/strategic-merge-patch+json".to_string(),
+    )];
+    if let Some(t) = token {
+        headers.push(("Authorization", format!("Bearer {}", t.trim())));
+    }
+    let r = crate::http::request(
+        "PATCH",
+        &url,
+        &headers,
+        CORDON_BODY.as_bytes(),
+        tls,
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(ActError::Http)?;
+    if (200..300).contains(&r.status) {
+        Ok(r.status_line)
     } else {
-        Err(ActError::Status(status))
+        Err(ActError::Status(r.status_line))
     }
 }
 
@@ -154,7 +125,13 @@ impl Cordon {
             .as_ref()
             .and_then(|f| std::fs::read_to_string(f).ok());
         self.attempts += 1;
-        let result = patch_node(&self.cfg.api, &self.cfg.node, token.as_deref()).await;
+        let result = patch_node(
+            &self.cfg.api,
+            &self.cfg.node,
+            token.as_deref(),
+            &self.cfg.tls,
+        )
+        .await;
         let (ok, detail) = match result {
             Ok(status) => {
                 self.done = true;
@@ -168,8 +145,14 @@ impl Cordon {
                 if self.attempts >= 3 {
                     self.done = true;
                 }
-                tracing::error!(node = %self.cfg.node, error = %e, retry_in_s = wait.as_secs(), "cordon failed");
-                (false, e.to_string())
+                let mut why = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    why.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                tracing::error!(node = %self.cfg.node, error = %why, retry_in_s = wait.as_secs(), "cordon failed");
+                (false, why)
             }
         };
         Some(ActionEvent {

@@ -3,10 +3,6 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct KubeletMetrics {
@@ -19,10 +15,8 @@ pub struct KubeletMetrics {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("{0}: only http:// endpoints are supported by this build (no TLS client yet)")]
-    Scheme(String),
     #[error("cannot reach {0}")]
-    Connect(String, #[source] std::io::Error),
+    Http(String, #[source] crate::http::HttpError),
     #[error("no answer from {0} within {1:?}")]
     Timeout(String, Duration),
     #[error("{0} answered {1}")]
@@ -34,8 +28,7 @@ pub enum MetricsError {
 impl MetricsError {
     pub fn reason(&self) -> &'static str {
         match self {
-            MetricsError::Scheme(_) => "scheme",
-            MetricsError::Connect(..) => "connect",
+            MetricsError::Http(..) => "connect",
             MetricsError::Timeout(..) => "timeout",
             MetricsError::Status(..) => "status",
             MetricsError::Garbage(_) => "garbage",
@@ -142,49 +135,26 @@ pub fn histogram_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     Some(prev.0)
 }
 
-/// GETs `url` (http) with an optional bearer token.
+/// GETs the kubelet's metrics (http or https) with an optional bearer token.
 pub async fn fetch(
     url: &str,
     token: Option<&str>,
+    tls: &crate::http::TlsOptions,
     timeout: Duration,
 ) -> Result<KubeletMetrics, MetricsError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| MetricsError::Scheme(url.to_string()))?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/metrics"),
-    };
-    let auth = token.map_or(String::new(), |t| {
-        format!("Authorization: Bearer {}\r\n", t.trim())
-    });
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n");
-    let io = async {
-        let mut s = TcpStream::connect(host)
-            .await
-            .map_err(|e| MetricsError::Connect(url.to_string(), e))?;
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| MetricsError::Connect(url.to_string(), e))?;
-        let mut buf = Vec::new();
-        // Bounded: a kubelet's metrics are a few MB at most.
-        let _ = (&mut s).take(64 << 20).read_to_end(&mut buf).await;
-        Ok::<_, MetricsError>(buf)
-    };
-    let buf = tokio::time::timeout(timeout, io)
+    let headers: Vec<(&str, String)> = token
+        .map(|t| vec![("Authorization", format!("Bearer {}", t.trim()))])
+        .unwrap_or_default();
+    let r = crate::http::request("GET", url, &headers, b"", tls, timeout)
         .await
-        .map_err(|_| MetricsError::Timeout(url.to_string(), timeout))??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.lines().next().unwrap_or("");
-    if !status
-        .split_whitespace()
-        .nth(1)
-        .is_some_and(|c| c.starts_with('2'))
-    {
-        return Err(MetricsError::Status(url.to_string(), status.to_string()));
+        .map_err(|e| match e {
+            crate::http::HttpError::Timeout(u, t) => MetricsError::Timeout(u, t),
+            other => MetricsError::Http(url.to_string(), other),
+        })?;
+    if !(200..300).contains(&r.status) {
+        return Err(MetricsError::Status(url.to_string(), r.status_line));
     }
-    parse(body).ok_or_else(|| MetricsError::Garbage(url.to_string()))
+    parse(&String::from_utf8_lossy(&r.body)).ok_or_else(|| MetricsError::Garbage(url.to_string()))
 }
 
 #[cfg(test)]

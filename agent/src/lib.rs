@@ -11,6 +11,7 @@ pub mod cycle;
 pub mod detect;
 pub mod events;
 pub mod forensics;
+pub mod http;
 pub mod kubelet;
 pub mod kubelet_metrics;
 pub mod metrics;

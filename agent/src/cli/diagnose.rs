@@ -24,6 +24,12 @@ pub struct DiagnoseArgs {
     pub kubelet_metrics: Option<String>,
     #[arg(long)]
     pub kubelet_metrics_token_file: Option<String>,
+    /// CA (PEM) of the kubelet's serving certificate.
+    #[arg(long)]
+    pub kubelet_metrics_ca_file: Option<PathBuf>,
+    /// Accept any kubelet serving certificate (`curl -k`).
+    #[arg(long)]
+    pub kubelet_metrics_insecure: bool,
     /// The agent's state directory: the persisted series gives the leak verdict.
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: PathBuf,
@@ -186,7 +192,12 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
                 .kubelet_metrics_token_file
                 .as_ref()
                 .and_then(|f| std::fs::read_to_string(f).ok());
-            match kubelet_metrics::fetch(url, token.as_deref(), Duration::from_secs(5)).await {
+            let tls = crate::http::TlsOptions {
+                ca_file: args.kubelet_metrics_ca_file.clone(),
+                insecure: args.kubelet_metrics_insecure,
+            };
+            match kubelet_metrics::fetch(url, token.as_deref(), &tls, Duration::from_secs(5)).await
+            {
                 Ok(m) => {
                     if let Some(g) = m.goroutines {
                         checks.push(check(

@@ -84,6 +84,15 @@ pub struct RunArgs {
     /// Bearer token file for --kubelet-metrics.
     #[arg(long)]
     pub kubelet_metrics_token_file: Option<String>,
+    /// CA (PEM) of the kubelet's serving certificate, for an https --kubelet-metrics.
+    #[arg(long)]
+    pub kubelet_metrics_ca_file: Option<std::path::PathBuf>,
+    /// Accept any kubelet serving certificate (as `curl -k` in the field guide).
+    #[arg(long)]
+    pub kubelet_metrics_insecure: bool,
+    /// CA (PEM) of the API server (default: the in-cluster service account's ca.crt).
+    #[arg(long)]
+    pub kube_ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(serde::Serialize)]
@@ -256,6 +265,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                     .clone()
                     .unwrap_or_else(|| crate::act::TOKEN_FILE.into()),
             ),
+            tls: crate::http::TlsOptions {
+                ca_file: Some(
+                    args.kube_ca_file
+                        .clone()
+                        .unwrap_or_else(|| crate::act::CA_FILE.into()),
+                ),
+                insecure: false,
+            },
             confirm: args.act_confirm,
         })
     });
@@ -268,6 +285,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let metrics = metrics.clone();
         let every = Duration::from_secs(args.sample_interval.max(1));
         let token_file = args.kubelet_metrics_token_file.clone();
+        let tls = crate::http::TlsOptions {
+            ca_file: args.kubelet_metrics_ca_file.clone(),
+            insecure: args.kubelet_metrics_insecure,
+        };
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             let mut failures = 0u64;
@@ -276,9 +297,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 let token = token_file
                     .as_ref()
                     .and_then(|f| std::fs::read_to_string(f).ok());
-                let got =
-                    crate::kubelet_metrics::fetch(&url, token.as_deref(), Duration::from_secs(2))
-                        .await;
+                let got = crate::kubelet_metrics::fetch(
+                    &url,
+                    token.as_deref(),
+                    &tls,
+                    Duration::from_secs(2),
+                )
+                .await;
                 match got {
                     Ok(m) => {
                         if let Ok(mut l) = latest.lock() {
