@@ -77,12 +77,15 @@ pub fn working_set(h: &Hierarchy, cgroup: &str) -> Option<u64> {
     Some(usage.saturating_sub(inactive))
 }
 
-/// Pod cgroups under the kubepods tree: (path, working set).
-pub fn pod_cgroups(h: &Hierarchy) -> Vec<(String, u64)> {
+/// Where kubelets put pods: cgroupfs and systemd drivers.
+pub const KUBEPODS_ROOTS: &[&str] = &["/kubepods", "/kubepods.slice"];
+
+/// Pod cgroups under the kubepods tree(s): (path, working set).
+pub fn pod_cgroups(h: &Hierarchy, roots: &[String]) -> Vec<(String, u64)> {
     let root = h.root();
     let mut out = Vec::new();
-    for top in ["kubepods", "kubepods.slice"] {
-        let dir = root.join(top);
+    for top in roots {
+        let dir = root.join(top.trim_start_matches('/'));
         if dir.is_dir() {
             walk_pods(h, root, &dir, 0, &mut out);
         }
@@ -126,6 +129,7 @@ pub fn kernel_version() -> Option<f64> {
 /// Takes one sample. `pid`: the kubelet process followed now, if any.
 pub fn sample(
     h: Option<&Hierarchy>,
+    kubepods: &[String],
     pid: Option<u32>,
     restarts: u64,
     now: i64,
@@ -143,7 +147,7 @@ pub fn sample(
         (Some(h), Some(c)) => working_set(h, c),
         _ => None,
     };
-    let pods = h.map(pod_cgroups).unwrap_or_default();
+    let pods = h.map(|h| pod_cgroups(h, kubepods)).unwrap_or_default();
     let workload: u64 = pods.iter().map(|(_, w)| w).sum();
     let (avail, total) = meminfo();
     let s = Sample {
@@ -198,7 +202,11 @@ mod tests {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         let h = Hierarchy::V2(root.clone());
-        let mut pods: Vec<String> = pod_cgroups(&h).into_iter().map(|(p, _)| p).collect();
+        let roots: Vec<String> = KUBEPODS_ROOTS.iter().map(|s| s.to_string()).collect();
+        let mut pods: Vec<String> = pod_cgroups(&h, &roots)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         pods.sort();
         assert_eq!(
             pods,

@@ -355,6 +355,59 @@ pub fn run_alloc() -> Result<()> {
     Ok(())
 }
 
+/// The agent's CPU while sampling a node with 100 pod cgroups (a kubepods tree of our own).
+pub fn run_sampling() -> Result<()> {
+    crate::build()?;
+    crate::run(Command::new("cargo").args(["build", "--release", "-p", "oomprobe"]))?;
+    let root = workspace_root();
+    let tree = ScratchCgroup::create(
+        &format!("oomprobe-bench-{}-kubepods", std::process::id()),
+        None,
+    )?;
+    let qos = tree.child("burstable", None)?;
+    let mut pods = Vec::new();
+    for i in 0..100 {
+        let pod = qos.child(&format!("pod{i:04}-bench"), None)?;
+        pods.push(pod.child("ctr", None)?);
+        pods.push(pod);
+    }
+    let mut results = Vec::new();
+    for interval in ["10", "1"] {
+        let mut agent = Command::new(root.join("target/release/oomprobe"))
+            .args([
+                "run",
+                "--format",
+                "json",
+                "--no-metrics",
+                "--sample-interval",
+                interval,
+            ])
+            .args(["--kubepods-root", &tree.path, "--state-dir"])
+            .arg(root.join("target/bench-state"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_secs(3));
+        let (_, _, t0) = proc_stat(agent.id());
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_secs(30));
+        let (rss, _, t1) = proc_stat(agent.id());
+        let cpu = (t1 - t0) as f64 / 100.0 / start.elapsed().as_secs_f64() * 100.0;
+        let _ = agent.kill();
+        let _ = agent.wait();
+        results.push((interval, cpu, rss));
+    }
+    drop(pods);
+    println!("\nsampling a node with 100 pod cgroups (30 s each):");
+    for (interval, cpu, rss) in results {
+        println!(
+            "  --sample-interval {interval:>2}s: agent CPU {cpu:.2}% of a core, RSS {:.1} MiB",
+            rss as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
 pub fn run(sequential: usize, burst: usize) -> Result<()> {
     crate::build()?;
     crate::run(Command::new("cargo").args(["build", "--release", "-p", "oomprobe"]))?;

@@ -39,7 +39,7 @@ enum Cmd {
     },
     /// Benchmarks: kill-to-record latency and coverage against bpftrace and a kmsg reader.
     Bench {
-        /// Only one part: `kills` or `alloc`.
+        /// Only one part: `kills`, `alloc` or `sampling`.
         #[arg(long)]
         only: Option<String>,
         /// OOM kills one at a time.
@@ -187,7 +187,10 @@ fn main() {
         } => match only.as_deref() {
             Some("kills") => bench::run(sequential, burst),
             Some("alloc") => bench::run_alloc(),
-            None => bench::run(sequential, burst).and_then(|()| bench::run_alloc()),
+            Some("sampling") => bench::run_sampling(),
+            None => bench::run(sequential, burst)
+                .and_then(|()| bench::run_alloc())
+                .and_then(|()| bench::run_sampling()),
             Some(other) => Err(anyhow::anyhow!(
                 "unknown bench part {other}: kills or alloc"
             )),

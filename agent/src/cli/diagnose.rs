@@ -250,7 +250,11 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
         )),
     }
     if let Some(h) = h.as_ref() {
-        let pods = pod_cgroups(h);
+        let roots: Vec<String> = crate::sampler::KUBEPODS_ROOTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let pods = pod_cgroups(h, &roots);
         checks.push(check(
             "pods",
             pods.len().to_string(),

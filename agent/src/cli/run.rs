@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Where the sampled series persists across agent restarts and upgrades.
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: std::path::PathBuf,
+    /// Cgroup paths (in the memory hierarchy) under which pods live; repeatable.
+    #[arg(long, default_values_t = crate::sampler::KUBEPODS_ROOTS.iter().map(|s| s.to_string()))]
+    pub kubepods_root: Vec<String>,
     /// Also write each sample to the JSON stream (`"event":"sample"`).
     #[arg(long)]
     pub emit_samples: bool,
@@ -375,7 +378,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             _ = sample_tick.tick() => {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
                 let pid = tracker.pids().last().copied();
-                let (mut s, mut ev) = crate::sampler::sample(hierarchy.as_ref(), pid, tracker.restarts, now);
+                let (mut s, mut ev) = crate::sampler::sample(hierarchy.as_ref(), &args.kubepods_root, pid, tracker.restarts, now);
                 if let Some(m) = kubelet_metrics.lock().ok().and_then(|l| l.clone()) {
                     s.goroutines = m.goroutines;
                     s.pleg_relist_p99_seconds = m.pleg_relist_p99_seconds;
