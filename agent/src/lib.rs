@@ -14,6 +14,7 @@ pub mod forensics;
 pub mod http;
 pub mod kubelet;
 pub mod kubelet_metrics;
+pub mod memcg_events;
 pub mod metrics;
 pub mod node;
 pub mod probes;

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub pending_kills: IntGauge,
     pub kubelet_restarts: IntGauge,
     pub kubelet_metrics_errors: IntCounterVec,
+    pub memcg_events: IntCounterVec,
     kubelet_bytes: IntGaugeVec,
     kubelet_call_site_bytes: IntGaugeVec,
     node: IntGaugeVec,
@@ -86,6 +87,12 @@ impl Metrics {
             "oomprobe_kubelet_metrics_errors_total",
             "Failed scrapes of the kubelet's /metrics, by reason (connect, timeout, status, garbage, scheme).",
             &["reason"],
+        );
+        let memcg_events = counter_vec(
+            &registry,
+            "oomprobe_memcg_events_total",
+            "Memory cgroup events for the kubelet's cgroup and the kubepods tree (oom, oom_kill, max, high, pressure_*, psi, reclaim).",
+            &["kind"],
         );
         let kubelet_restarts = IntGauge::new(
             "oomprobe_kubelet_restarts",
@@ -213,6 +220,7 @@ impl Metrics {
             pending_kills,
             kubelet_restarts,
             kubelet_metrics_errors,
+            memcg_events,
             kubelet_bytes,
             kubelet_call_site_bytes,
             node,

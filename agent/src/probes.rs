@@ -111,6 +111,13 @@ pub const HOOKS: &[Hook] = &[
         purpose: "a restarted kubelet is followed from its first instruction",
     },
     Hook {
+        program: programs::TP_MEMCG_RECLAIM_END,
+        category: "vmscan",
+        name: "mm_vmscan_memcg_reclaim_end",
+        required: false,
+        purpose: "memcg reclaim counted for the kubelet's and the pods' cgroups",
+    },
+    Hook {
         program: programs::TP_DIRECT_RECLAIM_BEGIN,
         category: "vmscan",
         name: "mm_vmscan_direct_reclaim_begin",
@@ -189,7 +196,9 @@ pub fn build_config(agent_tgid: u32, kubelet_comm: &str, btf: &Btf) -> Result<Co
         kn_name: btf.member_offset("kernfs_node", "name")?,
         kn_parent: btf.member_offset_any("kernfs_node", &["__parent", "parent"])?,
         kn_id: btf.member_offset("kernfs_node", "id")?,
-        _pad: 0,
+        reclaim_end_nr: tracefs::read_format(&root, "vmscan", "mm_vmscan_memcg_reclaim_end")
+            .map(|f| offset(&f, "nr_reclaimed"))
+            .unwrap_or(OFFSET_ABSENT),
         kubelet_comm: comm_bytes(kubelet_comm),
     })
 }
@@ -379,6 +388,40 @@ impl Probes {
                 }
             }
         }
+    }
+
+    /// Counts memcg reclaim in the cgroup with this kernfs id (its directory's inode).
+    pub fn watch_memcg(&mut self, id: u64) {
+        if let Some(map) = self.ebpf.map_mut(maps::WATCHED_MEMCGS) {
+            if let Ok(mut m) = HashMap::<_, u64, u32>::try_from(map) {
+                let _ = m.insert(id, 1, 0);
+            }
+        }
+    }
+
+    /// Reclaim counted per watched memcg id, summed over CPUs.
+    pub fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)> {
+        let Some(map) = self.ebpf.map(maps::RECLAIM_STATS) else {
+            return Vec::new();
+        };
+        let Ok(m) = PerCpuHashMap::<_, u64, probe_common::ReclaimStats>::try_from(map) else {
+            return Vec::new();
+        };
+        m.iter()
+            .flatten()
+            .map(|(k, per_cpu)| {
+                let sum = per_cpu
+                    .iter()
+                    .fold(probe_common::ReclaimStats::default(), |a, v| {
+                        probe_common::ReclaimStats {
+                            count: a.count + v.count,
+                            ns: a.ns + v.ns,
+                            pages: a.pages + v.pages,
+                        }
+                    });
+                (k, sum)
+            })
+            .collect()
     }
 
     /// Allocator counters summed over CPUs.

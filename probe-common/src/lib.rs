@@ -25,6 +25,30 @@ pub mod maps {
     pub const ALLOC_STATS: &str = "ALLOC_STATS";
     /// Stack traces of allocation call sites (user stacks).
     pub const STACKS: &str = "STACKS";
+    /// Hash: memcg kernfs id -> 1 for the cgroups whose reclaim is counted (kubelet, pods).
+    pub const WATCHED_MEMCGS: &str = "WATCHED_MEMCGS";
+    /// Per-CPU hash: memcg kernfs id -> [`super::ReclaimStats`].
+    pub const RECLAIM_STATS: &str = "RECLAIM_STATS";
+    /// LRU hash: tid -> (memcg id, begin ktime) of a reclaim in progress.
+    pub const RECLAIM_IN_FLIGHT: &str = "RECLAIM_IN_FLIGHT";
+}
+
+pub const WATCHED_MEMCGS_MAX: u32 = 4096;
+
+/// Memory cgroup reclaim, counted in the kernel for watched cgroups.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimStats {
+    pub count: u64,
+    pub ns: u64,
+    pub pages: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReclaimFlight {
+    pub memcg: u64,
+    pub begin_ns: u64,
 }
 
 /// Program names: the hook they attach to is in the name.
@@ -33,6 +57,7 @@ pub mod programs {
     pub const TP_OOM_MARK_VICTIM: &str = "tp_oom_mark_victim";
     pub const TP_SCHED_PROCESS_EXIT: &str = "tp_sched_process_exit";
     pub const TP_MEMCG_RECLAIM_BEGIN: &str = "tp_memcg_reclaim_begin";
+    pub const TP_MEMCG_RECLAIM_END: &str = "tp_memcg_reclaim_end";
     pub const TP_DIRECT_RECLAIM_BEGIN: &str = "tp_direct_reclaim_begin";
     pub const TP_SCHED_PROCESS_EXEC: &str = "tp_sched_process_exec";
     /// One uprobe program for every allocator entry point; the attach cookie says which.
@@ -360,7 +385,8 @@ pub struct Config {
     pub kn_parent: u32,
     /// `kernfs_node.id`
     pub kn_id: u32,
-    pub _pad: u32,
+    /// `mm_vmscan_memcg_reclaim_end.nr_reclaimed`
+    pub reclaim_end_nr: u32,
     /// The kubelet's comm (NUL-padded); a process exec'ing with it is watched at once.
     pub kubelet_comm: [u8; TASK_COMM_LEN],
 }
@@ -394,7 +420,7 @@ impl Config {
         kn_name: OFFSET_ABSENT,
         kn_parent: OFFSET_ABSENT,
         kn_id: OFFSET_ABSENT,
-        _pad: 0,
+        reclaim_end_nr: OFFSET_ABSENT,
         kubelet_comm: [0; TASK_COMM_LEN],
     };
 }
@@ -408,6 +434,8 @@ const _: () = assert!(size_of::<ExitEvent>() == 16 + 16 + 8 + 16 + size_of::<Cgr
 const _: () = assert!(size_of::<Config>() == 27 * 4 + TASK_COMM_LEN);
 const _: () = assert!(size_of::<AllocKey>() == 16);
 const _: () = assert!(size_of::<AllocVal>() == 16);
+const _: () = assert!(size_of::<ReclaimStats>() == 24);
+const _: () = assert!(size_of::<ReclaimFlight>() == 16);
 const _: () = assert!(size_of::<KubeletExecEvent>() == 16 + 8 + TASK_COMM_LEN);
 const _: () = assert!(size_of::<PendingKill>() == 16);
 const _: () = assert!(size_of::<ReclaimMark>() == 16);
@@ -422,4 +450,5 @@ mod user {
     unsafe impl aya::Pod for ReclaimMark {}
     unsafe impl aya::Pod for AllocKey {}
     unsafe impl aya::Pod for AllocVal {}
+    unsafe impl aya::Pod for ReclaimStats {}
 }

@@ -57,3 +57,15 @@ pub static ALLOC_STATS: aya_ebpf::maps::PerCpuHashMap<
 #[map]
 pub static STACKS: aya_ebpf::maps::StackTrace =
     aya_ebpf::maps::StackTrace::with_max_entries(probe_common::STACKS_MAX, 0);
+
+#[map]
+pub static WATCHED_MEMCGS: aya_ebpf::maps::HashMap<u64, u32> =
+    aya_ebpf::maps::HashMap::with_max_entries(probe_common::WATCHED_MEMCGS_MAX, 0);
+
+#[map]
+pub static RECLAIM_STATS: aya_ebpf::maps::PerCpuHashMap<u64, probe_common::ReclaimStats> =
+    aya_ebpf::maps::PerCpuHashMap::with_max_entries(probe_common::WATCHED_MEMCGS_MAX, 0);
+
+#[map]
+pub static RECLAIM_IN_FLIGHT: LruHashMap<u32, probe_common::ReclaimFlight> =
+    LruHashMap::with_max_entries(probe_common::RECLAIM_MAX, 0);

@@ -15,6 +15,29 @@ unsafe fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i32> {
     unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const *const u8) }
 }
 
+/// kernfs id of the current task's memory cgroup.
+#[inline(always)]
+pub fn current_memcg_id(cfg: &Config) -> Option<u64> {
+    if !present(cfg.task_cgroups) || !present(cfg.kn_id) || !present(cfg.memory_cgrp_id) {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let css_set = unsafe { read_ptr(task, cfg.task_cgroups).ok()? };
+    let css = unsafe {
+        read_ptr(
+            css_set,
+            cfg.css_set_subsys + (cfg.memory_cgrp_id & 0x3f) * 8,
+        )
+        .ok()?
+    };
+    if css.is_null() {
+        return None;
+    }
+    let cgroup = unsafe { read_ptr(css, cfg.css_cgroup).ok()? };
+    let kn = unsafe { read_ptr(cgroup, cfg.cgroup_kn).ok()? };
+    unsafe { bpf_probe_read_kernel(kn.add(cfg.kn_id as usize) as *const u64).ok() }
+}
+
 /// The current task's `exit_code`, or -1.
 #[inline(always)]
 pub fn current_exit_code(cfg: &Config) -> i32 {

@@ -280,6 +280,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         })
     });
     let mut stage_events: Vec<crate::cycle::StageEvent> = Vec::new();
+    let mut memcg = hierarchy.clone().map(crate::memcg_events::Watcher::new);
+    let mut memcg_events: Vec<crate::memcg_events::MemcgEvent> = Vec::new();
     let kubelet_metrics: std::sync::Arc<
         std::sync::Mutex<Option<crate::kubelet_metrics::KubeletMetrics>>,
     > = Default::default();
@@ -387,6 +389,25 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                     ev.kubelet_metrics = Some(m);
                 }
                 metrics.observe_sample(&ev);
+                if let Some(w) = memcg.as_mut() {
+                    let mut trees: Vec<(String, bool)> = args
+                        .kubepods_root
+                        .iter()
+                        .filter(|r| hierarchy.as_ref().is_some_and(|h| h.dir(r).is_dir()))
+                        .map(|r| (r.clone(), true))
+                        .collect();
+                    if let Some(cg) = &ev.kubelet_cgroup {
+                        trees.push((cg.clone(), true));
+                    }
+                    for (tree, notify) in trees {
+                        for id in w.watch_tree(&tree, notify) {
+                            probes.watch_memcg(id);
+                        }
+                    }
+                    memcg_events.extend(w.reclaim(&probes.reclaim_stats()));
+                    memcg_events.extend(w.poll_v2());
+                    memcg_events.extend(w.poll_psi());
+                }
                 if let Some(pid) = pid {
                     let now = kubelet_now(pid, Some(&ev), &tracker, &probes);
                     stage_events.extend(cycle.on_sample(monotonic_ns(), now));
@@ -439,6 +460,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                     seen.inc_by(orphans - seen.get());
                 }
             }
+            Some((cg, kind)) = async {
+                match memcg.as_mut() {
+                    Some(w) => w.rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(w) = memcg.as_mut() {
+                    memcg_events.extend(w.describe(&cg, &kind));
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
@@ -456,6 +487,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 lines.push(json_line(&start));
                 let now = kubelet_now(start.pid, None, &tracker, &probes);
                 stage_events.extend(cycle.on_kubelet_start(monotonic_ns(), now));
+            }
+        }
+        for ev in memcg_events.drain(..) {
+            metrics
+                .memcg_events
+                .with_label_values(&[ev.kind.as_str()])
+                .inc_by(ev.count.max(1));
+            if args.format == OutputFormat::Json {
+                lines.push(json_line(&ev));
+            } else {
+                tracing::info!(cgroup = %ev.cgroup, kind = %ev.kind, count = ev.count, "{}", ev.detail);
             }
         }
         for ev in stage_events.drain(..) {

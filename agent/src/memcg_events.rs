@@ -1,0 +1,423 @@
+//! Memory cgroup events for the kubelet's cgroup and the kubepods tree, the early warning
+//! before any kill: OOM and limit notifications (v1 `memory.oom_control` and
+//! `memory.pressure_level` eventfds, v2 `memory.events` changes), memory pressure (PSI triggers
+//! on `/proc/pressure/memory`), and memcg reclaim counted in the kernel for watched cgroups.
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+};
+
+use serde::Serialize;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::cgroup::Hierarchy;
+
+/// `"event":"memcg"` in the JSON stream.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MemcgEvent {
+    pub event: &'static str,
+    /// Cgroup path, or `/` with `scope` node for node-wide PSI.
+    pub cgroup: String,
+    /// `oom`, `oom_kill`, `max`, `high`, `pressure_low|medium|critical`, `psi`, `reclaim`.
+    pub kind: String,
+    /// How many since the last event of this kind (or the kernel's counter where it has one).
+    pub count: u64,
+    pub detail: String,
+}
+
+fn event(cgroup: &str, kind: &str, count: u64, detail: String) -> MemcgEvent {
+    MemcgEvent {
+        event: "memcg",
+        cgroup: cgroup.to_string(),
+        kind: kind.to_string(),
+        count,
+        detail,
+    }
+}
+
+fn keyed(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is owned below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Registers a v1 eventfd notification: `cgroup.event_control` gets "<efd> <fd> [args]".
+fn v1_register(
+    dir: &std::path::Path,
+    file: &str,
+    args: &str,
+) -> std::io::Result<(OwnedFd, std::fs::File)> {
+    let efd = eventfd()?;
+    let target = std::fs::File::open(dir.join(file))?;
+    let line = format!("{} {} {args}", efd.as_raw_fd(), target.as_raw_fd());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.event_control"))?
+        .write_all(line.trim_end().as_bytes())?;
+    Ok((efd, target))
+}
+
+/// Waits on an eventfd and sends an event each time it fires.
+fn spawn_eventfd(
+    efd: OwnedFd,
+    keep: std::fs::File,
+    tx: mpsc::UnboundedSender<(String, String)>,
+    dir: std::path::PathBuf,
+    cgroup: String,
+    kind: String,
+) {
+    tokio::spawn(async move {
+        let _keep = keep;
+        // SAFETY: the eventfd is owned by the AsyncFd until it drops.
+        let Ok(afd) =
+            (unsafe { AsyncFd::register_with_interest(efd, tokio::io::Interest::READABLE) })
+        else {
+            return;
+        };
+        loop {
+            let Ok(mut g) = afd.readable().await else {
+                return;
+            };
+            let mut buf = [0u8; 8];
+            // SAFETY: reading 8 bytes into a valid buffer from our eventfd.
+            let n = unsafe { libc::read(afd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+            g.clear_ready();
+            // The kernel also signals the eventfd when the cgroup is removed: then stop.
+            if !dir.exists() {
+                return;
+            }
+            if n == 8 && tx.send((cgroup.clone(), kind.clone())).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// A PSI trigger: POLLPRI when memory stalls exceed `stall_us` within `window_us`.
+fn spawn_psi(
+    path: std::path::PathBuf,
+    cgroup: String,
+    tx: mpsc::UnboundedSender<(String, String)>,
+) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    f.write_all(b"some 150000 1000000\0")?;
+    let fd: OwnedFd = f.into();
+    tokio::spawn(async move {
+        // SAFETY: the trigger fd stays open while the AsyncFd owns it.
+        let Ok(afd) =
+            (unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::PRIORITY) })
+        else {
+            return;
+        };
+        loop {
+            let Ok(mut g) = afd.ready(tokio::io::Interest::PRIORITY).await else {
+                return;
+            };
+            g.clear_ready();
+            if tx.send((cgroup.clone(), "psi".into())).is_err() {
+                return;
+            }
+            // At most one event per window.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+    Ok(())
+}
+
+pub struct Watcher {
+    h: Hierarchy,
+    /// Cgroups with notifications registered (path -> last counters).
+    notified: HashMap<String, HashMap<String, u64>>,
+    /// kernfs id -> path, for the kernel's reclaim counters.
+    ids: HashMap<u64, String>,
+    last_reclaim: HashMap<u64, u64>,
+    tx: mpsc::UnboundedSender<(String, String)>,
+    pub rx: mpsc::UnboundedReceiver<(String, String)>,
+    pub psi_armed: bool,
+    psi_high: bool,
+    /// Last time each (cgroup, kind) was reported, to coalesce bursts of notifications.
+    last_emit: HashMap<(String, String), (std::time::Instant, u64)>,
+}
+
+/// `some avg10` at or above this (percent) is memory pressure when polling PSI.
+const PSI_POLL_THRESHOLD: f64 = 10.0;
+
+impl Watcher {
+    pub fn new(h: Hierarchy) -> Watcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let psi_armed = match spawn_psi("/proc/pressure/memory".into(), "/".into(), tx.clone()) {
+            Ok(()) => {
+                tracing::info!("PSI trigger armed on /proc/pressure/memory (some 150 ms per 1 s)");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "PSI trigger refused on /proc/pressure/memory; polling its avg10 every sample instead"
+                );
+                false
+            }
+        };
+        Watcher {
+            h,
+            notified: HashMap::new(),
+            ids: HashMap::new(),
+            last_reclaim: HashMap::new(),
+            tx,
+            rx,
+            psi_armed,
+            psi_high: false,
+            last_emit: HashMap::new(),
+        }
+    }
+
+    /// Watches `cgroup` (notifications) and every cgroup below it (reclaim); returns the
+    /// kernfs ids to count reclaim for.
+    pub fn watch_tree(&mut self, cgroup: &str, notify: bool) -> Vec<u64> {
+        let mut new_ids = Vec::new();
+        let dir = self.h.dir(cgroup);
+        let mut stack = vec![(dir, cgroup.to_string(), 0u32)];
+        while let Some((d, path, depth)) = stack.pop() {
+            let Ok(meta) = std::fs::metadata(&d) else {
+                continue;
+            };
+            if self.ids.insert(meta.ino(), path.clone()).is_none() {
+                new_ids.push(meta.ino());
+            }
+            if notify && depth <= 3 && !self.notified.contains_key(&path) {
+                self.register(&path);
+            }
+            if depth < 6 {
+                if let Ok(rd) = std::fs::read_dir(&d) {
+                    for e in rd.flatten() {
+                        if e.path().is_dir()
+                            && self.ids.len() < probe_common::WATCHED_MEMCGS_MAX as usize
+                        {
+                            let child = format!(
+                                "{}/{}",
+                                path.trim_end_matches('/'),
+                                e.file_name().to_string_lossy()
+                            );
+                            stack.push((e.path(), child, depth + 1));
+                        }
+                    }
+                }
+            }
+        }
+        new_ids
+    }
+
+    fn register(&mut self, path: &str) {
+        let dir = self.h.dir(path);
+        let counters = match &self.h {
+            Hierarchy::V1(_) => {
+                match v1_register(&dir, "memory.oom_control", "") {
+                    Ok((efd, keep)) => spawn_eventfd(
+                        efd,
+                        keep,
+                        self.tx.clone(),
+                        dir.clone(),
+                        path.into(),
+                        "oom".into(),
+                    ),
+                    Err(e) => {
+                        tracing::debug!(cgroup = path, error = %e, "no oom_control notification")
+                    }
+                }
+                for level in ["medium", "critical"] {
+                    if let Ok((efd, keep)) = v1_register(&dir, "memory.pressure_level", level) {
+                        spawn_eventfd(
+                            efd,
+                            keep,
+                            self.tx.clone(),
+                            dir.clone(),
+                            path.into(),
+                            format!("pressure_{level}"),
+                        );
+                    }
+                }
+                HashMap::new()
+            }
+            Hierarchy::V2(_) => {
+                let _ = spawn_psi(
+                    dir.join("memory.pressure"),
+                    path.to_string(),
+                    self.tx.clone(),
+                );
+                keyed(&std::fs::read_to_string(dir.join("memory.events")).unwrap_or_default())
+            }
+        };
+        self.notified.insert(path.to_string(), counters);
+    }
+
+    /// Without a PSI trigger: an event when `some avg10` crosses the threshold upwards.
+    pub fn poll_psi(&mut self) -> Vec<MemcgEvent> {
+        if self.psi_armed {
+            return Vec::new();
+        }
+        let text = std::fs::read_to_string("/proc/pressure/memory").unwrap_or_default();
+        let avg10 = text
+            .lines()
+            .find(|l| l.starts_with("some"))
+            .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("avg10=")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let high = avg10 >= PSI_POLL_THRESHOLD;
+        let rising = high && !self.psi_high;
+        self.psi_high = high;
+        if rising {
+            vec![event(
+                "/",
+                "psi",
+                1,
+                text.lines().next().unwrap_or("").to_string(),
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Turns a raw notification into an event, reading the cgroup's counters. Notifications of
+    /// one kind for one cgroup are coalesced to one event per second (vmpressure fires in bursts).
+    pub fn describe(&mut self, cgroup: &str, kind: &str) -> Vec<MemcgEvent> {
+        let now = std::time::Instant::now();
+        let key = (cgroup.to_string(), kind.to_string());
+        let suppressed = match self.last_emit.get_mut(&key) {
+            Some((at, n))
+                if now.duration_since(*at) < std::time::Duration::from_secs(1) && kind != "oom" =>
+            {
+                *n += 1;
+                return Vec::new();
+            }
+            Some((_, n)) => std::mem::take(n),
+            None => 0,
+        };
+        self.last_emit.insert(key, (now, 0));
+        let dir = self.h.dir(cgroup);
+        match kind {
+            "oom" => {
+                let c = keyed(
+                    &std::fs::read_to_string(dir.join("memory.oom_control")).unwrap_or_default(),
+                );
+                vec![event(
+                    cgroup,
+                    "oom",
+                    c.get("oom_kill").copied().unwrap_or(0),
+                    format!(
+                        "under_oom={} oom_kill={}",
+                        c.get("under_oom").unwrap_or(&0),
+                        c.get("oom_kill").unwrap_or(&0)
+                    ),
+                )]
+            }
+            "psi" => {
+                let file = if cgroup == "/" {
+                    "/proc/pressure/memory".into()
+                } else {
+                    dir.join("memory.pressure")
+                };
+                let text = std::fs::read_to_string(file).unwrap_or_default();
+                vec![event(
+                    cgroup,
+                    "psi",
+                    1,
+                    text.lines().next().unwrap_or("").to_string(),
+                )]
+            }
+            other => vec![event(
+                cgroup,
+                other,
+                1 + suppressed,
+                if suppressed > 0 {
+                    format!("{suppressed} more coalesced")
+                } else {
+                    String::new()
+                },
+            )],
+        }
+    }
+
+    /// v2: `memory.events` deltas since the last poll (oom, oom_kill, max, high).
+    pub fn poll_v2(&mut self) -> Vec<MemcgEvent> {
+        let mut out = Vec::new();
+        if !matches!(self.h, Hierarchy::V2(_)) {
+            return out;
+        }
+        let paths: Vec<String> = self.notified.keys().cloned().collect();
+        for path in paths {
+            let now = keyed(
+                &std::fs::read_to_string(self.h.dir(&path).join("memory.events"))
+                    .unwrap_or_default(),
+            );
+            let last = self.notified.entry(path.clone()).or_default();
+            for key in ["oom", "oom_kill", "max", "high", "oom_group_kill"] {
+                let (n, l) = (
+                    now.get(key).copied().unwrap_or(0),
+                    last.get(key).copied().unwrap_or(0),
+                );
+                if n > l {
+                    out.push(event(&path, key, n - l, format!("memory.events {key} {n}")));
+                }
+            }
+            *last = now;
+        }
+        out
+    }
+
+    /// Reclaim deltas from the kernel's counters, by cgroup path.
+    pub fn reclaim(&mut self, stats: &[(u64, probe_common::ReclaimStats)]) -> Vec<MemcgEvent> {
+        let mut by_path: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+        for (id, s) in stats {
+            let last = self.last_reclaim.insert(*id, s.count).unwrap_or(0);
+            if s.count > last {
+                let path = self
+                    .ids
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("id:{id}"));
+                let e = by_path.entry(path).or_default();
+                e.0 += s.count - last;
+                e.1 += s.pages;
+                e.2 += s.ns;
+            }
+        }
+        by_path
+            .into_iter()
+            .map(|(path, (n, pages, ns))| {
+                event(
+                    &path,
+                    "reclaim",
+                    n,
+                    format!(
+                        "{pages} pages reclaimed in {:.1} ms in total",
+                        ns as f64 / 1e6
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    pub fn path_of(&self, id: u64) -> Option<&str> {
+        self.ids.get(&id).map(String::as_str)
+    }
+}

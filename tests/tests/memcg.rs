@@ -1,0 +1,45 @@
+//! Memory cgroup early warnings for the kubelet's cgroup: limit/pressure notifications, the OOM
+//! notification, and memcg reclaim counted in the kernel, before and at the kill.
+use std::time::Duration;
+
+use oomprobe_tests::{cgroup_name, spawn_path_in, standin_kubelet, Agent, ScratchCgroup, MIB};
+
+#[test]
+fn kubelet_cgroup_reclaim_pressure_and_oom_are_events() {
+    let agent = Agent::start_args(&["--sample-interval", "1"]);
+    let cg = ScratchCgroup::create(&cgroup_name("memcg"), Some(48 * MIB)).unwrap();
+    // Leaks slowly enough for the sampler to find its cgroup first (8 MiB/s).
+    let mut k = spawn_path_in(
+        &cg,
+        &standin_kubelet("go"),
+        &["-chunk-kib", "256", "-interval-ms", "30"],
+    );
+    assert_eq!(k.wait_signal(), Some(9));
+    let wait = Duration::from_secs(20);
+    let path = cg.path.clone();
+    let oom = agent.wait_for_event(wait, "oom notification", |v| {
+        v["event"] == "memcg" && v["cgroup"] == path.as_str() && v["kind"] == "oom"
+    });
+    assert!(
+        oom["detail"].as_str().unwrap().contains("oom_kill=1"),
+        "{oom}"
+    );
+    let reclaim = agent.wait_for_event(wait, "reclaim counted in the kernel", |v| {
+        v["event"] == "memcg" && v["cgroup"] == path.as_str() && v["kind"] == "reclaim"
+    });
+    assert!(reclaim["count"].as_u64().unwrap() > 0);
+    // The pressure notification (v1 memory.pressure_level) precedes the kill.
+    let records = agent.records();
+    let pressure = records.iter().position(|v| {
+        v["event"] == "memcg"
+            && v["cgroup"] == path.as_str()
+            && v["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("pressure_"))
+    });
+    let kill = records
+        .iter()
+        .position(|v| v["event"] == "kill" && v["victim"]["cgroup"] == path.as_str());
+    assert!(pressure.is_some(), "no pressure notification");
+    assert!(pressure < kill, "pressure warned before the kill");
+}
