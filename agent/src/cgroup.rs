@@ -110,6 +110,7 @@ impl Hierarchy {
                 peak_bytes: read_u64("memory.max_usage_in_bytes"),
                 failcnt: read_u64("memory.failcnt"),
                 oom_events: None,
+                oom_group: None,
             },
             Hierarchy::V2(_) => MemcgState {
                 path: cgroup.to_string(),
@@ -121,6 +122,7 @@ impl Hierarchy {
                 oom_events: std::fs::read_to_string(dir.join("memory.events.local"))
                     .ok()
                     .and_then(|t| keyed_value(&t, "oom")),
+                oom_group: read_u64("memory.oom.group").map(|v| v == 1),
             },
         };
         Some(state)
@@ -209,6 +211,8 @@ pub struct MemcgState {
     pub failcnt: Option<u64>,
     #[serde(skip)]
     pub oom_events: Option<u64>,
+    /// v2 `memory.oom.group`: the kernel kills the whole cgroup together (Kubernetes 1.28+).
+    pub oom_group: Option<bool>,
 }
 
 /// Pod identity from a kubepods cgroup path (systemd or cgroupfs driver; containerd, CRI-O,

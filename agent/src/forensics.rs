@@ -696,6 +696,7 @@ mod tests {
             peak_bytes: Some(64 << 20),
             failcnt: Some(3),
             oom_events: None,
+            oom_group: None,
         };
         let node = Recorded {
             domain: Some(domain.clone()),

@@ -2,6 +2,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -49,11 +50,20 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         burst: usize,
     },
+    /// The Foundation scenarios on other kernels in QEMU (default: Debian's 6.1 and 6.12 cloud
+    /// kernels, cgroup v2).
+    VmTest {
+        /// Kernel series, e.g. 6.1 6.12.
+        kernels: Vec<String>,
+    },
     /// Everything: formatting, lints, unit tests, then the privileged tests on this kernel.
     Test {
         /// Only the privileged integration tests.
         #[arg(long)]
         integration_only: bool,
+        /// Also run the Foundation scenarios on the VM kernel matrix.
+        #[arg(long)]
+        kernels: bool,
         /// Extra arguments for the integration test binary (a test name filter...).
         #[arg(last = true)]
         filter: Vec<String>,
@@ -195,10 +205,26 @@ fn main() {
                 "unknown bench part {other}: kills or alloc"
             )),
         },
+        Cmd::VmTest { kernels } => {
+            let k: Vec<String> = if kernels.is_empty() {
+                vm::DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect()
+            } else {
+                kernels
+            };
+            vm::vm_test(&k)
+        }
         Cmd::Test {
             integration_only,
+            kernels,
             filter,
-        } => test(integration_only, &filter),
+        } => test(integration_only, &filter).and_then(|()| {
+            if kernels {
+                let k: Vec<String> = vm::DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect();
+                vm::vm_test(&k)
+            } else {
+                Ok(())
+            }
+        }),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -1,0 +1,132 @@
+#!/bin/sh
+# The Foundation scenarios, run inside a VM kernel (cgroup v2) by `cargo xtask vm-test`.
+# Each prints "RESULT <name> PASS|FAIL <detail>" on stdout (the host reads them from ttyS1).
+# busybox sh; the agent and memhog are static binaries at /.
+
+CG=/sys/fs/cgroup
+result() { echo "RESULT $1 $2 $3"; }
+
+# Waits up to $2 seconds for a line of $1 matching the extended regex $3.
+wait_line() {
+    i=0
+    while [ $i -lt $(($2 * 10)) ]; do
+        l=$(grep -E "$3" "$1" | head -n 1)
+        if [ -n "$l" ]; then echo "$l"; return 0; fi
+        sleep 0.1; i=$((i + 1))
+    done
+    return 1
+}
+
+mkcg() { mkdir -p "$CG/$1" && echo "$2" > "$CG/$1/memory.max"; }
+# Starts "$2..." in cgroup $1 in the background; the pid is the program's (sh execs it).
+spawn() { cg=$1; shift; sh -c "echo \$\$ > $CG/$cg/cgroup.procs && exec $*" & }
+
+uname -r
+echo "+memory" > $CG/cgroup.subtree_control
+/oomprobe run --format json --no-metrics --state-dir /tmp/state $AGENT_ARGS > /tmp/agent.out 2> /tmp/agent.err &
+if ! wait_line /tmp/agent.err 120 "oomprobe ready" > /dev/null; then
+    result agent_ready FAIL "$(tail -n 3 /tmp/agent.err | tr '\n' ' ')"
+    exit 0
+fi
+result agent_ready PASS "$(grep -o 'hooks=[0-9]*' /tmp/agent.err | head -n 1)"
+
+# 1. A memcg OOM kill, exact pid, kind, cgroup, sender, domain, death.
+mkcg t1 32M
+spawn t1 /memhog 64 > /tmp/t1.out
+pid=$!
+wait $pid
+l=$(wait_line /tmp/agent.out 60 "\"kind\":\"oom_memcg\",\"victim\":\\{\"pid\":$pid,")
+if echo "$l" | grep -q "\"cgroup\":\"/t1\"" && echo "$l" | grep -q "\"code\":\"SI_KERNEL\"" \
+   && echo "$l" | grep -q "\"sender\":{\"pid\":$pid," && echo "$l" | grep -q "\"path\":\"/t1\"" \
+   && ! echo "$l" | grep -q "\"exit_after_ns\":null"; then
+    result memcg_oom PASS "pid $pid $(echo "$l" | grep -o '"anon_rss_kb":[0-9]*')"
+else
+    result memcg_oom FAIL "pid $pid: $l"
+fi
+
+# 2. The OOM triggered by another process than the victim.
+mkcg t2 64M
+spawn t2 /memhog 40 --step-mib 4 --hold --oom-score-adj 1000 > /tmp/t2v.out
+vpid=$!
+wait_line /tmp/t2v.out 60 "^done" > /dev/null
+spawn t2 /memhog 48 > /tmp/t2t.out
+tpid=$!
+wait $tpid
+l=$(wait_line /tmp/agent.out 60 "\"victim\":\\{\"pid\":$vpid,")
+if echo "$l" | grep -q "\"kind\":\"oom_memcg\"" && echo "$l" | grep -q "\"sender\":{\"pid\":$tpid,"; then
+    result trigger_not_victim PASS "victim $vpid trigger $tpid"
+else
+    result trigger_not_victim FAIL "victim $vpid trigger $tpid: $l"
+fi
+
+# 3. kill -9 from another process: kind signal, exact sender.
+mkcg t3 max
+spawn t3 /memhog 4 --hold > /tmp/t3.out
+pid=$!
+wait_line /tmp/t3.out 60 "^done" > /dev/null
+/bin/kill -9 $pid &
+kpid=$!
+wait $kpid
+l=$(wait_line /tmp/agent.out 60 "\"victim\":\\{\"pid\":$pid,")
+if echo "$l" | grep -q "\"kind\":\"signal\"" && echo "$l" | grep -q "\"sender\":{\"pid\":$kpid,\"tid\":$kpid,\"comm\":\"kill\",\"code\":\"SI_USER\""; then
+    result kill_9 PASS "victim $pid sender $kpid"
+else
+    result kill_9 FAIL "victim $pid sender $kpid: $l"
+fi
+
+# 4. A burst of 60 OOM kills across 4 cgroups, reconciled with memory.events and /proc/vmstat.
+before=$(grep '^oom_kill ' /proc/vmstat | cut -d' ' -f2)
+pids=""
+for c in 0 1 2 3; do
+    mkcg b$c 16M
+    for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do
+        spawn b$c /memhog 64 > /dev/null
+        pids="$pids $!"
+    done
+done
+for p in $pids; do wait $p; done
+after=$(grep '^oom_kill ' /proc/vmstat | cut -d' ' -f2)
+sleep 2
+recorded=0; missing=""
+for p in $pids; do
+    if grep -q "\"kind\":\"oom_memcg\",\"victim\":{\"pid\":$p," /tmp/agent.out; then
+        recorded=$((recorded + 1))
+    else
+        missing="$missing $p"
+    fi
+done
+dups=$(grep -o '"victim":{"pid":[0-9]*' /tmp/agent.out | sort | uniq -d | wc -l)
+events=0
+for c in 0 1 2 3; do
+    n=$(grep '^oom_kill ' $CG/b$c/memory.events | cut -d' ' -f2)
+    events=$((events + n))
+done
+if [ $recorded -eq 60 ] && [ $((after - before)) -eq 60 ] && [ $events -eq 60 ] && [ $dups -eq 0 ]; then
+    result burst_60 PASS "60 recorded, vmstat +$((after - before)), memory.events $events"
+else
+    result burst_60 FAIL "recorded $recorded vmstat +$((after - before)) memory.events $events dups $dups missing$missing"
+fi
+
+# 5. A group OOM kill (memory.oom.group): one record per killed process, the group marked.
+mkcg g 48M
+echo 1 > $CG/g/memory.oom.group
+spawn g /memhog 8 --hold > /tmp/g1.out
+g1=$!
+spawn g /memhog 8 --hold > /tmp/g2.out
+g2=$!
+wait_line /tmp/g1.out 60 "^done" > /dev/null
+wait_line /tmp/g2.out 60 "^done" > /dev/null
+spawn g /memhog 64 > /dev/null
+g3=$!
+wait $g3
+ok=0
+for p in $g1 $g2 $g3; do
+    l=$(wait_line /tmp/agent.out 30 "\"victim\":\\{\"pid\":$p,")
+    if echo "$l" | grep -q "\"kind\":\"oom_memcg\"" && echo "$l" | grep -q "\"oom_group\":true"; then ok=$((ok + 1)); fi
+done
+if [ $ok -eq 3 ]; then
+    result group_oom PASS "3 records, oom_group marked"
+else
+    result group_oom FAIL "$ok of 3 group-marked records"
+fi
+echo "RESULT done PASS -"
