@@ -3,8 +3,9 @@
 use std::mem::size_of;
 
 use probe_common::{
-    victim_fields, CgroupPath, EventHeader, EventKind, ExitEvent, KubeletExecEvent, OomVictimEvent,
-    ReclaimKind, SignalEvent, CGROUP_MAX_DEPTH, CGROUP_PATH_TRUNCATED, CGROUP_PATH_UNAVAILABLE,
+    victim_fields, CgroupPath, EventHeader, EventKind, ExitEvent, KubeletExecEvent,
+    OomControlEvent, OomVictimEvent, ReclaimKind, SignalEvent, CGROUP_MAX_DEPTH,
+    CGROUP_PATH_TRUNCATED, CGROUP_PATH_UNAVAILABLE,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,8 +115,21 @@ pub struct KubeletExecRecord {
     pub comm: String,
 }
 
+/// The kernel's OOM control at `oom_kill_process` (kprobe tier).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OomControlRecord {
+    pub ktime_ns: u64,
+    pub chosen_pid: u32,
+    pub chosen_tgid: u32,
+    pub constraint: u32,
+    pub totalpages: u64,
+    pub chosen_points: i64,
+    pub domain: KernelCgroup,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    OomControl(OomControlRecord),
     Signal(SignalRecord),
     OomVictim(VictimRecord),
     Exit(ExitRecord),
@@ -204,6 +218,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 exit_code: (e.exit_code >= 0).then_some(e.exit_code),
                 comm: cstr(&e.comm),
                 memcg: KernelCgroup::from_raw(&e.memcg),
+            }))
+        }
+        EventKind::OomControl => {
+            check::<OomControlEvent>(kind, &hdr, bytes)?;
+            let e: OomControlEvent = read(bytes);
+            Ok(Event::OomControl(OomControlRecord {
+                ktime_ns: e.hdr.ktime_ns,
+                chosen_pid: e.chosen_pid,
+                chosen_tgid: e.chosen_tgid,
+                constraint: e.constraint,
+                totalpages: e.totalpages,
+                chosen_points: e.chosen_points,
+                domain: KernelCgroup::from_raw(&e.domain),
             }))
         }
         EventKind::KubeletExec => {

@@ -25,6 +25,18 @@ const DOMAIN_CACHE_NS: u64 = 200_000_000;
 /// A reclaim mark older than this does not explain an OOM.
 const RECLAIM_RECENT_NS: u64 = 10_000_000_000;
 
+/// `enum oom_constraint` (mm/oom_kill.c).
+const CONSTRAINT_MEMCG: u32 = 3;
+
+fn constraint_name(c: u32) -> &'static str {
+    match c {
+        1 => "cpuset",
+        2 => "memory_policy",
+        CONSTRAINT_MEMCG => "memcg",
+        _ => "global",
+    }
+}
+
 pub const SI_USER: i32 = 0;
 pub const SI_KERNEL: i32 = 0x80;
 
@@ -76,6 +88,8 @@ pub struct ProcSnapshot {
 pub trait Node {
     fn snapshot(&self, pid: u32) -> Option<ProcSnapshot>;
     fn oom_domain(&self, trigger: Option<&str>, victim: Option<&str>) -> Option<MemcgState>;
+    /// Limit and usage of one memory cgroup now.
+    fn memcg_state(&self, path: &str) -> Option<MemcgState>;
     fn cgroup_by_id(&self, id: u64) -> Option<String>;
 }
 
@@ -162,6 +176,7 @@ struct Pending {
     exit: Option<ExitRecord>,
     snapshot: Option<ProcSnapshot>,
     domain: Option<MemcgState>,
+    oc: Option<crate::events::OomControlRecord>,
     first_ktime_ns: u64,
     /// CLOCK_MONOTONIC when userspace first saw this kill.
     seen_mono_ns: Option<u64>,
@@ -188,6 +203,8 @@ pub struct Correlator<N: Node> {
     pending: HashMap<u32, Pending>,
     /// OOM domain readings by trigger cgroup: (ktime of the reading, result).
     domain_cache: HashMap<String, (u64, Option<MemcgState>)>,
+    /// The kernel's OOM control by chosen pid (kprobe tier).
+    oc_by_pid: HashMap<u32, crate::events::OomControlRecord>,
     now_mono_ns: Option<u64>,
     pub stats: CorrelatorStats,
 }
@@ -199,6 +216,7 @@ impl<N: Node> Correlator<N> {
             clock,
             pending: HashMap::new(),
             domain_cache: HashMap::new(),
+            oc_by_pid: HashMap::new(),
             now_mono_ns: None,
             stats: CorrelatorStats::default(),
         }
@@ -225,6 +243,14 @@ impl<N: Node> Correlator<N> {
             Event::OomVictim(v) => self.on_victim(v),
             Event::Exit(e) => self.on_exit(e),
             Event::KubeletExec(_) => None,
+            Event::OomControl(oc) => {
+                // Arrives before the SIGKILL it explains; kept until mark_victim names the pid.
+                if self.oc_by_pid.len() > 4096 {
+                    self.oc_by_pid.clear();
+                }
+                self.oc_by_pid.insert(oc.chosen_pid, oc);
+                None
+            }
         }
     }
 
@@ -260,6 +286,7 @@ impl<N: Node> Correlator<N> {
                 exit: None,
                 snapshot,
                 domain: None,
+                oc: None,
                 extra: 0,
             },
         );
@@ -273,6 +300,7 @@ impl<N: Node> Correlator<N> {
             exit: None,
             snapshot: None,
             domain: None,
+            oc: None,
             first_ktime_ns: v.ktime_ns,
             seen_mono_ns: self.now_mono_ns,
             extra: 0,
@@ -284,17 +312,28 @@ impl<N: Node> Correlator<N> {
             (None, None) => self.node.snapshot(v.pid).and_then(|s| s.cgroup),
             (_, snap) => snap.as_ref().and_then(|s| s.cgroup.clone()),
         };
+        let oc = self.oc_by_pid.remove(&v.pid);
         let key = trigger.clone().or(victim_cg.clone()).unwrap_or_default();
-        p.domain = match self.domain_cache.get(&key) {
-            Some((at, d)) if v.ktime_ns.saturating_sub(*at) < DOMAIN_CACHE_NS => d.clone(),
-            _ => {
-                let d = self
-                    .node
-                    .oom_domain(trigger.as_deref(), victim_cg.as_deref());
-                self.domain_cache.insert(key, (v.ktime_ns, d.clone()));
-                d
-            }
+        p.domain = match &oc {
+            // The kernel said which cgroup's limit fired: read that one.
+            Some(oc) => oc
+                .domain
+                .path
+                .as_deref()
+                .filter(|_| oc.constraint == CONSTRAINT_MEMCG)
+                .and_then(|path| self.node.memcg_state(path)),
+            None => match self.domain_cache.get(&key) {
+                Some((at, d)) if v.ktime_ns.saturating_sub(*at) < DOMAIN_CACHE_NS => d.clone(),
+                _ => {
+                    let d = self
+                        .node
+                        .oom_domain(trigger.as_deref(), victim_cg.as_deref());
+                    self.domain_cache.insert(key, (v.ktime_ns, d.clone()));
+                    d
+                }
+            },
         };
+        p.oc = oc;
         p.victim = Some(v);
         if p.exit.is_some() {
             // The victim died before mark_victim fired; the record was waiting for it.
@@ -412,11 +451,14 @@ impl<N: Node> Correlator<N> {
                         && s.ktime_ns.saturating_sub(s.sender_reclaim_ktime_ns) < RECLAIM_RECENT_NS)
                         .then_some(s.sender_reclaim)
                 });
-                let (constraint, evidence) = match reclaim {
-                    Some(ReclaimKind::Memcg) => ("memcg", "reclaim_path"),
-                    Some(ReclaimKind::Direct) => ("global", "reclaim_path"),
-                    _ if p.domain.is_some() => ("memcg", "cgroup_limits"),
-                    _ => ("global", "cgroup_limits"),
+                let (constraint, evidence) = match (&p.oc, reclaim) {
+                    (Some(oc), _) => (constraint_name(oc.constraint), "oom_control"),
+                    (None, reclaim) => match reclaim {
+                        Some(ReclaimKind::Memcg) => ("memcg", "reclaim_path"),
+                        Some(ReclaimKind::Direct) => ("global", "reclaim_path"),
+                        _ if p.domain.is_some() => ("memcg", "cgroup_limits"),
+                        _ => ("global", "cgroup_limits"),
+                    },
                 };
                 let kind = if constraint == "memcg" {
                     KillKind::OomMemcg
@@ -552,6 +594,9 @@ mod tests {
         }
         fn cgroup_by_id(&self, _id: u64) -> Option<String> {
             None
+        }
+        fn memcg_state(&self, path: &str) -> Option<MemcgState> {
+            self.domain.clone().filter(|d| d.path == path)
         }
     }
 

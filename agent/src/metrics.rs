@@ -17,6 +17,7 @@ pub struct Metrics {
     pub kernel_events: IntCounterVec,
     pub sigkills: IntCounterVec,
     pub hooks: IntGaugeVec,
+    pub hook_tier: IntGaugeVec,
     pub pending_kills: IntGauge,
     pub kubelet_restarts: IntGauge,
     pub kubelet_metrics_errors: IntCounterVec,
@@ -73,6 +74,17 @@ impl Metrics {
         .expect("valid metric definition");
         registry
             .register(Box::new(hooks.clone()))
+            .expect("metric registered once");
+        let hook_tier = IntGaugeVec::new(
+            Opts::new(
+                "oomprobe_hook_tier",
+                "1 for the hook tier in use: kprobe (oom_kill_process) or tracepoint.",
+            ),
+            &["tier"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(hook_tier.clone()))
             .expect("metric registered once");
         let pending_kills = IntGauge::new(
             "oomprobe_pending_kills",
@@ -217,6 +229,7 @@ impl Metrics {
             kernel_events,
             sigkills,
             hooks,
+            hook_tier,
             pending_kills,
             kubelet_restarts,
             kubelet_metrics_errors,

@@ -40,6 +40,10 @@ impl Node for LiveNode {
         self.hierarchy.as_ref()?.oom_domain(trigger, victim)
     }
 
+    fn memcg_state(&self, path: &str) -> Option<MemcgState> {
+        self.hierarchy.as_ref()?.memcg(path)
+    }
+
     fn cgroup_by_id(&self, id: u64) -> Option<String> {
         self.hierarchy.as_ref()?.find_by_id(id)
     }

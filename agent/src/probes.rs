@@ -56,6 +56,12 @@ pub enum ProbeError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("the {tier} hook tier is unavailable on this kernel")]
+    Tier {
+        tier: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -126,8 +132,29 @@ pub const HOOKS: &[Hook] = &[
     },
 ];
 
+/// How OOM kills are seen: the kprobe on `oom_kill_process` (the kernel's OOM control: domain
+/// and constraint directly) where kprobes exist, else tracepoints alone (always works).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookTier {
+    Auto,
+    Kprobe,
+    Tracepoint,
+}
+
+impl HookTier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookTier::Auto => "auto",
+            HookTier::Kprobe => "kprobe",
+            HookTier::Tracepoint => "tracepoint",
+        }
+    }
+}
+
 /// The loaded and attached programs.
 pub struct Probes {
+    /// The tier in use (never `Auto`).
+    pub tier: HookTier,
     ebpf: Ebpf,
     /// Hooks that attached, by program name.
     pub attached: Vec<&'static str>,
@@ -200,12 +227,37 @@ pub fn build_config(agent_tgid: u32, kubelet_comm: &str, btf: &Btf) -> Result<Co
             .map(|f| offset(&f, "nr_reclaimed"))
             .unwrap_or(OFFSET_ABSENT),
         kubelet_comm: comm_bytes(kubelet_comm),
+        // kprobe tier: optional, absent members leave the tier's fields empty.
+        oc_memcg: btf
+            .member_offset("oom_control", "memcg")
+            .unwrap_or(OFFSET_ABSENT),
+        oc_chosen: btf
+            .member_offset("oom_control", "chosen")
+            .unwrap_or(OFFSET_ABSENT),
+        oc_constraint: btf
+            .member_offset("oom_control", "constraint")
+            .unwrap_or(OFFSET_ABSENT),
+        oc_totalpages: btf
+            .member_offset("oom_control", "totalpages")
+            .unwrap_or(OFFSET_ABSENT),
+        oc_chosen_points: btf
+            .member_offset("oom_control", "chosen_points")
+            .unwrap_or(OFFSET_ABSENT),
+        memcg_css: btf
+            .member_offset("mem_cgroup", "css")
+            .unwrap_or(OFFSET_ABSENT),
+        task_pid: btf
+            .member_offset("task_struct", "pid")
+            .unwrap_or(OFFSET_ABSENT),
+        task_tgid: btf
+            .member_offset("task_struct", "tgid")
+            .unwrap_or(OFFSET_ABSENT),
     })
 }
 
 impl Probes {
     /// Loads the embedded object, writes the configuration and attaches every hook.
-    pub fn load(object: &[u8], kubelet_comm: &str) -> Result<Probes, ProbeError> {
+    pub fn load(object: &[u8], kubelet_comm: &str, tier: HookTier) -> Result<Probes, ProbeError> {
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
         if euid != 0 {
@@ -278,7 +330,28 @@ impl Probes {
             };
             loaded.map_err(|source| ProbeError::Verifier { program, source })?;
         }
+        let tier = match tier {
+            HookTier::Tracepoint => HookTier::Tracepoint,
+            wanted => match attach_kprobe_tier(&mut ebpf) {
+                Ok(()) => {
+                    attached.push(programs::KPROBE_OOM_KILL_PROCESS);
+                    HookTier::Kprobe
+                }
+                Err(source) if wanted == HookTier::Kprobe => {
+                    return Err(ProbeError::Tier {
+                        tier: "kprobe",
+                        source,
+                    })
+                }
+                Err(e) => {
+                    tracing::info!(reason = %e, "kprobes unavailable: OOM kills seen through tracepoints alone");
+                    HookTier::Tracepoint
+                }
+            },
+        };
+        tracing::info!(tier = tier.as_str(), "hook tier");
         Ok(Probes {
+            tier,
             ebpf,
             attached,
             degraded,
@@ -498,4 +571,15 @@ pub fn arg_register(role: Role) -> Option<ArgReg> {
         Role::LibcSbrk => ArgReg::Rdi,
         Role::LibcBrk => return None,
     })
+}
+
+fn attach_kprobe_tier(ebpf: &mut Ebpf) -> Result<(), Box<aya::programs::ProgramError>> {
+    let prog: &mut aya::programs::KProbe = ebpf
+        .program_mut(programs::KPROBE_OOM_KILL_PROCESS)
+        .ok_or_else(|| Box::new(aya::programs::ProgramError::UnexpectedProgramType))?
+        .try_into()
+        .map_err(Box::new)?;
+    prog.load().map_err(Box::new)?;
+    prog.attach("oom_kill_process", 0).map_err(Box::new)?;
+    Ok(())
 }

@@ -58,6 +58,8 @@ pub mod programs {
     pub const TP_SCHED_PROCESS_EXIT: &str = "tp_sched_process_exit";
     pub const TP_MEMCG_RECLAIM_BEGIN: &str = "tp_memcg_reclaim_begin";
     pub const TP_MEMCG_RECLAIM_END: &str = "tp_memcg_reclaim_end";
+    /// Faster tier where kprobes exist: the OOM control structure, domain and constraint.
+    pub const KPROBE_OOM_KILL_PROCESS: &str = "kprobe_oom_kill_process";
     pub const TP_DIRECT_RECLAIM_BEGIN: &str = "tp_direct_reclaim_begin";
     pub const TP_SCHED_PROCESS_EXEC: &str = "tp_sched_process_exec";
     /// One uprobe program for every allocator entry point; the attach cookie says which.
@@ -142,6 +144,7 @@ pub enum EventKind {
     OomVictim = 2,
     Exit = 3,
     KubeletExec = 4,
+    OomControl = 5,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -152,6 +155,7 @@ impl TryFrom<u32> for EventKind {
             2 => Ok(Self::OomVictim),
             3 => Ok(Self::Exit),
             4 => Ok(Self::KubeletExec),
+            5 => Ok(Self::OomControl),
             other => Err(other),
         }
     }
@@ -344,6 +348,23 @@ pub struct ExitEvent {
     pub memcg: CgroupPath,
 }
 
+/// `oom_kill_process(struct oom_control *oc, ...)` (kprobe tier): the kernel's own answer to
+/// which limit fired and why.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomControlEvent {
+    pub hdr: EventHeader,
+    pub chosen_pid: u32,
+    pub chosen_tgid: u32,
+    /// `enum oom_constraint`: 0 none, 1 cpuset, 2 memory policy, 3 memcg.
+    pub constraint: u32,
+    pub _pad: u32,
+    pub totalpages: u64,
+    pub chosen_points: i64,
+    /// `oc->memcg`'s cgroup (the OOM domain); unavailable for a global OOM.
+    pub domain: CgroupPath,
+}
+
 /// Load-time configuration: tracepoint field offsets from the format files and kernel struct
 /// member offsets from BTF, so no kernel's layout is hard-coded.
 #[repr(C)]
@@ -389,6 +410,17 @@ pub struct Config {
     pub reclaim_end_nr: u32,
     /// The kubelet's comm (NUL-padded); a process exec'ing with it is watched at once.
     pub kubelet_comm: [u8; TASK_COMM_LEN],
+    /// `oom_control.{memcg,chosen,constraint,totalpages,chosen_points}`
+    pub oc_memcg: u32,
+    pub oc_chosen: u32,
+    pub oc_constraint: u32,
+    pub oc_totalpages: u32,
+    pub oc_chosen_points: u32,
+    /// `mem_cgroup.css`
+    pub memcg_css: u32,
+    /// `task_struct.{pid,tgid}`
+    pub task_pid: u32,
+    pub task_tgid: u32,
 }
 
 impl Config {
@@ -422,6 +454,14 @@ impl Config {
         kn_id: OFFSET_ABSENT,
         reclaim_end_nr: OFFSET_ABSENT,
         kubelet_comm: [0; TASK_COMM_LEN],
+        oc_memcg: OFFSET_ABSENT,
+        oc_chosen: OFFSET_ABSENT,
+        oc_constraint: OFFSET_ABSENT,
+        oc_totalpages: OFFSET_ABSENT,
+        oc_chosen_points: OFFSET_ABSENT,
+        memcg_css: OFFSET_ABSENT,
+        task_pid: OFFSET_ABSENT,
+        task_tgid: OFFSET_ABSENT,
     };
 }
 
@@ -431,7 +471,8 @@ const _: () = assert!(size_of::<CgroupPath>() == 16 + CGROUP_NAME_LEN * CGROUP_M
 const _: () = assert!(size_of::<SignalEvent>() == 16 + 32 + 8 + 32 + size_of::<CgroupPath>());
 const _: () = assert!(size_of::<OomVictimEvent>() == 16 + 8 + 40 + 16 + 16);
 const _: () = assert!(size_of::<ExitEvent>() == 16 + 16 + 8 + 16 + size_of::<CgroupPath>());
-const _: () = assert!(size_of::<Config>() == 27 * 4 + TASK_COMM_LEN);
+const _: () = assert!(size_of::<Config>() == 35 * 4 + TASK_COMM_LEN);
+const _: () = assert!(size_of::<OomControlEvent>() == 16 + 16 + 16 + size_of::<CgroupPath>());
 const _: () = assert!(size_of::<AllocKey>() == 16);
 const _: () = assert!(size_of::<AllocVal>() == 16);
 const _: () = assert!(size_of::<ReclaimStats>() == 24);

@@ -11,7 +11,7 @@ use probe_common::{
 use crate::maps::{count, present};
 
 #[inline(always)]
-unsafe fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i32> {
+pub unsafe fn read_ptr(base: *const u8, offset: u32) -> Result<*const u8, i32> {
     unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const *const u8) }
 }
 
@@ -78,6 +78,12 @@ fn read_memcg(cfg: &Config, out: *mut CgroupPath) -> Result<(), i32> {
     let css_set = unsafe { read_ptr(task, cfg.task_cgroups)? };
     let memory_id = cfg.memory_cgrp_id & 0x3f;
     let css = unsafe { read_ptr(css_set, cfg.css_set_subsys + memory_id * 8)? };
+    css_path(cfg, css, out)
+}
+
+/// Fills `out` with the path of the cgroup a `cgroup_subsys_state` belongs to.
+#[inline(always)]
+pub fn css_path(cfg: &Config, css: *const u8, out: *mut CgroupPath) -> Result<(), i32> {
     if css.is_null() {
         return Err(-1);
     }

@@ -99,3 +99,31 @@ fn metrics_port_in_use_is_one_clear_line() {
     assert_one_clear_line(code, &stderr, &format!("cannot serve metrics on {addr}"));
     drop(listener);
 }
+
+#[test]
+fn forced_kprobe_tier_works_or_is_one_clear_line() {
+    require_root();
+    let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    let (code, stderr) = run_agent(|c| {
+        c.args(["--hook-tier", "kprobe"]);
+    });
+    if has_kprobes {
+        assert_eq!(code, Some(0), "{stderr:?}");
+        assert!(
+            stderr.iter().any(|l| l.contains("tier=\"kprobe\"")),
+            "{stderr:?}"
+        );
+    } else {
+        // This machine's kernel is built without kprobes (CONFIG_KPROBES off).
+        assert_one_clear_line(
+            code,
+            &stderr,
+            "the kprobe hook tier is unavailable on this kernel",
+        );
+    }
+    // `auto` falls back to tracepoints and runs.
+    let (code, stderr) = run_agent(|c| {
+        c.args(["--hook-tier", "auto", "--duration", "1"]);
+    });
+    assert_eq!(code, Some(0), "{stderr:?}");
+}

@@ -250,7 +250,12 @@ pub fn vm_test(kernels: &[String]) -> Result<()> {
                 continue;
             }
             println!(
-                "{name:<28} cgroup v2  tracepoints  {test:<20} {}  {detail}",
+                "{name:<28} cgroup v2  {:<10}  {test:<20} {}  {detail}",
+                if test == "kprobe_tier" || test == "tiers_agree" {
+                    "kprobe+tp"
+                } else {
+                    "tracepoint"
+                },
                 if *ok { "PASS" } else { "FAIL" }
             );
             if *ok {
@@ -262,8 +267,8 @@ pub fn vm_test(kernels: &[String]) -> Result<()> {
         }
         if !results.iter().any(|(t, _, _)| t == "done") {
             println!(
-                "{name:<28} cgroup v2  tracepoints  {:<20} FAIL  scenarios did not finish",
-                "complete"
+                "{name:<28} cgroup v2  {:<10}  {:<20} FAIL  scenarios did not finish",
+                "-", "complete"
             );
             failed += 1;
         }

@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// Exit after this many seconds.
     #[arg(long)]
     pub duration: Option<u64>,
+    /// How OOM kills are hooked: `kprobe` (oom_kill_process: the kernel's OOM domain and
+    /// constraint), `tracepoint` (always works), or `auto` (kprobe where the kernel allows).
+    #[arg(long, value_enum, default_value_t = crate::probes::HookTier::Auto)]
+    pub hook_tier: crate::probes::HookTier,
     /// The kubelet's process name.
     #[arg(long, default_value = "kubelet")]
     pub kubelet_name: String,
@@ -168,11 +172,15 @@ fn emit(format: OutputFormat, rec: &KillRecord) {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let mut probes = Probes::load(crate::EBPF_OBJECT, &args.kubelet_name)?;
+    let mut probes = Probes::load(crate::EBPF_OBJECT, &args.kubelet_name, args.hook_tier)?;
     // Loading parsed the kernel's BTF (megabytes, now freed): give those pages back.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     let metrics = Arc::new(Metrics::new());
+    metrics
+        .hook_tier
+        .with_label_values(&[probes.tier.as_str()])
+        .set(1);
     for hook in HOOKS {
         let on = probes.attached.contains(&hook.program);
         metrics

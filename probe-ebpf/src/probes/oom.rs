@@ -89,3 +89,83 @@ unsafe fn read_u64(ctx: &TracePointContext, offset: u32, bit: u32, fields: &mut 
         }
     }
 }
+
+/// kprobe tier: `oom_kill_process(struct oom_control *oc, const char *message)` runs before the
+/// SIGKILL, in the OOM-invoking task, with the kernel's own OOM domain and constraint.
+#[aya_ebpf::macros::kprobe]
+pub fn kprobe_oom_kill_process(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
+    let _ = try_kprobe_oom_kill_process(&ctx);
+    0
+}
+
+fn try_kprobe_oom_kill_process(ctx: &aya_ebpf::programs::ProbeContext) -> Result<(), i32> {
+    use probe_common::{OomControlEvent, CGROUP_PATH_UNAVAILABLE};
+
+    use crate::task::{css_path, read_ptr};
+    let cfg = config().ok_or(-1)?;
+    if !present(cfg.oc_memcg) || !present(cfg.oc_chosen) || !present(cfg.task_pid) {
+        return Ok(());
+    }
+    let oc: *const u8 = ctx.arg(0).ok_or(-1)?;
+    let Some(mut entry) = EVENTS.reserve::<OomControlEvent>(0) else {
+        count(Counter::RingbufFullVictim);
+        return Ok(());
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).hdr.kind = EventKind::OomControl as u32;
+        (*ev).hdr.len = core::mem::size_of::<OomControlEvent>() as u32;
+        (*ev).hdr.ktime_ns = bpf_ktime_get_ns();
+        let chosen = read_ptr(oc, cfg.oc_chosen).unwrap_or(core::ptr::null());
+        (*ev).chosen_pid = if chosen.is_null() {
+            0
+        } else {
+            aya_ebpf::helpers::bpf_probe_read_kernel(chosen.add(cfg.task_pid as usize) as *const u32).unwrap_or(0)
+        };
+        (*ev).chosen_tgid = if chosen.is_null() || !present(cfg.task_tgid) {
+            0
+        } else {
+            aya_ebpf::helpers::bpf_probe_read_kernel(
+                chosen.add(cfg.task_tgid as usize) as *const u32
+            )
+            .unwrap_or(0)
+        };
+        (*ev).constraint = if present(cfg.oc_constraint) {
+            aya_ebpf::helpers::bpf_probe_read_kernel(
+                oc.add(cfg.oc_constraint as usize) as *const u32
+            )
+            .unwrap_or(0)
+        } else {
+            0
+        };
+        (*ev)._pad = 0;
+        (*ev).totalpages = if present(cfg.oc_totalpages) {
+            aya_ebpf::helpers::bpf_probe_read_kernel(
+                oc.add(cfg.oc_totalpages as usize) as *const u64
+            )
+            .unwrap_or(0)
+        } else {
+            0
+        };
+        (*ev).chosen_points = if present(cfg.oc_chosen_points) {
+            aya_ebpf::helpers::bpf_probe_read_kernel(
+                oc.add(cfg.oc_chosen_points as usize) as *const i64
+            )
+            .unwrap_or(0)
+        } else {
+            0
+        };
+        let domain = &raw mut (*ev).domain;
+        (*domain).id = 0;
+        (*domain).depth = 0;
+        (*domain).flags = CGROUP_PATH_UNAVAILABLE;
+        let memcg = read_ptr(oc, cfg.oc_memcg).unwrap_or(core::ptr::null());
+        if !memcg.is_null() && present(cfg.memcg_css) {
+            if css_path(cfg, memcg.add(cfg.memcg_css as usize), domain).is_err() {
+                count(Counter::ReadFailed);
+            }
+        }
+    }
+    entry.submit(BPF_RB_FORCE_WAKEUP);
+    Ok(())
+}
