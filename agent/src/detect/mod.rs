@@ -85,6 +85,12 @@ impl Default for KubeletLeak {
     }
 }
 
+/// Baseline buckets: long enough for a low quantile to sit on the GC sawtooth's troughs.
+const BUCKET_S: i64 = HOUR;
+const BASELINE_Q: f64 = 0.1;
+/// Hours compared day over day.
+const SEASONAL_SPAN_S: i64 = 6 * HOUR;
+
 /// Day-over-day growth of the kubelet's pod-adjusted baseline that calls a leak.
 const SEASONAL_THRESHOLD: f64 = 45e6;
 
@@ -135,18 +141,24 @@ impl KubeletLeak {
         let seg = window(seg, 31 * HOUR);
         let rss: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.kubelet_rss_bytes)).collect();
         let pods: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.pods)).collect();
-        let base = baseline(&rss, HOUR, 0.1);
-        let pods_b = baseline(&pods, HOUR, 0.5);
-        if base.len() != pods_b.len() || base.len() < 30 {
+        let base = baseline(&rss, BUCKET_S, BASELINE_Q);
+        let pods_b = baseline(&pods, BUCKET_S, 0.5);
+        if base.len() != pods_b.len() || (base.len() as i64) < 30 * HOUR / BUCKET_S {
             return None;
         }
+        // The per-pod cost measured on this node (over up to 72 h) explains pod changes better
+        // than the sizing rule's 11 MiB, which is off by a third on some nodes.
+        let per_pod = [72 * HOUR, 48 * HOUR, 24 * HOUR]
+            .iter()
+            .find_map(|&w| self.trend_in(series, w))
+            .map_or(BYTES_PER_POD, |t| t.per_pod);
         let adj: Vec<(f64, f64)> = base
             .iter()
             .zip(&pods_b)
-            .map(|(b, p)| (b.0, b.1 - BYTES_PER_POD * p.1))
+            .map(|(b, p)| (b.0, b.1 - per_pod * p.1))
             .collect();
         let mut diffs = Vec::new();
-        for &(t, v) in adj.iter().rev().take(6) {
+        for &(t, v) in adj.iter().rev().take((SEASONAL_SPAN_S / BUCKET_S) as usize) {
             let day_before = adj
                 .iter()
                 .find(|(u, _)| (t - u - DAY).abs() < 1.0)
@@ -169,8 +181,8 @@ impl KubeletLeak {
         let span = seg.last()?.t - seg.first()?.t;
         let rss: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.kubelet_rss_bytes)).collect();
         let pods: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.pods)).collect();
-        let base = baseline(&rss, HOUR, 0.1);
-        let pods_b = baseline(&pods, HOUR, 0.5);
+        let base = baseline(&rss, BUCKET_S, BASELINE_Q);
+        let pods_b = baseline(&pods, BUCKET_S, 0.5);
         if base.len() < 4 || base.len() != pods_b.len() {
             return None;
         }

@@ -69,7 +69,7 @@ pub struct Label {
     pub leak_bytes_per_day: f64,
 }
 
-pub const STEP_S: i64 = 600;
+pub const STEP_S: i64 = 60;
 const T0: i64 = 1_790_000_000;
 
 pub fn generate(scenario: Scenario, days: f64, seed: u64) -> (Vec<Sample>, Label) {
@@ -121,16 +121,18 @@ pub fn generate(scenario: Scenario, days: f64, seed: u64) -> (Vec<Sample>, Label
     let mut csrs = 0.0;
     let mut goroutines_leak = 0.0;
     let mut workload_extra = 0.0;
+    // Per-step probabilities below are per 10 minutes, scaled to the step.
+    let per10 = STEP_S as f64 / 600.0;
     for i in 0..n {
         let t = T0 + i * STEP_S;
         let day_frac = (t % 86_400) as f64 / 86_400.0;
         let leaking = leak_start.is_some_and(|s| t >= s);
         // Pods: slow drift, deployments, optional growth over the trace.
-        if r.chance(0.02) {
+        if r.chance(0.02 * per10) {
             pods += (r.range(-4.0, 4.0)).round();
         }
         let target = base_pods + growth_pods * (i as f64 / n as f64);
-        pods += (target - pods) * 0.01;
+        pods += (target - pods) * 0.01 * per10;
         pods = pods.clamp(3.0, 250.0);
         let pods_now = pods.round();
         // Restarts reset the kubelet's memory (and its leak) and bump the counter.
@@ -152,11 +154,11 @@ pub fn generate(scenario: Scenario, days: f64, seed: u64) -> (Vec<Sample>, Label
         if cause_on && cause == Cause::ContainerGc {
             exited += r.range(150.0, 300.0) * STEP_S as f64 / 86_400.0;
         } else {
-            exited += (pods_now * 0.2 - exited) * 0.05 + r.normal();
+            exited += (pods_now * 0.2 - exited) * 0.05 * per10 + r.normal() * per10.sqrt();
         }
         if cause_on && cause == Cause::PodCertsManager {
             csrs += r.range(30.0, 80.0) * STEP_S as f64 / 86_400.0;
-        } else if r.chance(0.05) {
+        } else if r.chance(0.05 * per10) {
             csrs = r.range(0.0, 3.0).round();
         }
         if cause_on && cause == Cause::EventedPleg {
@@ -170,7 +172,7 @@ pub fn generate(scenario: Scenario, days: f64, seed: u64) -> (Vec<Sample>, Label
         let churn = churn_base * r.range(0.5, 1.5);
         let oversub = leaking && cause == Cause::Oversubscription;
         if oversub {
-            if r.chance(0.5) {
+            if r.chance(0.5 * per10) {
                 evictions += r.range(1.0, 4.0).round();
             }
             pressure = if r.chance(0.4) {
@@ -237,7 +239,7 @@ mod tests {
         let (a, la) = generate(Scenario::Leak(100.0), 3.0, 7);
         let (b, _) = generate(Scenario::Leak(100.0), 3.0, 7);
         assert_eq!(a, b);
-        assert_eq!(a.len(), 3 * 144);
+        assert_eq!(a.len() as i64, 3 * 86_400 / STEP_S);
         assert_eq!(la.subject, Subject::Kubelet);
         assert!(la.leak_start.is_some());
         let (h, lh) = generate(Scenario::Healthy, 2.0, 7);
