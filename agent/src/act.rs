@@ -145,12 +145,7 @@ impl Cordon {
                 if self.attempts >= 3 {
                     self.done = true;
                 }
-                let mut why = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    why.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
+                let why = crate::error_chain(&e);
                 tracing::error!(node = %self.cfg.node, error = %why, retry_in_s = wait.as_secs(), "cordon failed");
                 (false, why)
             }

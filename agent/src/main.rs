@@ -114,12 +114,6 @@ fn gen_trace(scenario: &str, days: f64, seed: u64) -> anyhow::Result<()> {
 
 /// One line naming the problem and its causes, then a non-zero exit.
 fn fail(e: &(dyn std::error::Error + 'static)) -> ! {
-    let mut line = format!("oomprobe: error: {e}");
-    let mut source = e.source();
-    while let Some(s) = source {
-        line.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    eprintln!("{}", line.replace('\n', " "));
+    eprintln!("oomprobe: error: {}", oomprobe::error_chain(e));
     std::process::exit(1);
 }

@@ -35,12 +35,32 @@ pub struct Metrics {
     last_kernel: Mutex<HashMap<u32, u64>>,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
     registry
         .register(Box::new(c.clone()))
         .expect("metric registered once");
     c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+    )
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(
+        registry,
+        IntGauge::new(name, help).expect("valid metric definition"),
+    )
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+    )
 }
 
 impl Metrics {
@@ -64,36 +84,23 @@ impl Metrics {
             "Probe hits counted in the kernel, by counter.",
             &["counter"],
         );
-        let hooks = IntGaugeVec::new(
-            Opts::new(
-                "oomprobe_hook_attached",
-                "1 when a kernel hook is attached, 0 when it is missing (degraded).",
-            ),
+        let hooks = gauge_vec(
+            &registry,
+            "oomprobe_hook_attached",
+            "1 when a kernel hook is attached, 0 when it is missing (degraded).",
             &["program"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(hooks.clone()))
-            .expect("metric registered once");
-        let hook_tier = IntGaugeVec::new(
-            Opts::new(
-                "oomprobe_hook_tier",
-                "1 for the hook tier in use: kprobe (oom_kill_process) or tracepoint.",
-            ),
+        );
+        let hook_tier = gauge_vec(
+            &registry,
+            "oomprobe_hook_tier",
+            "1 for the hook tier in use: kprobe (oom_kill_process) or tracepoint.",
             &["tier"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(hook_tier.clone()))
-            .expect("metric registered once");
-        let pending_kills = IntGauge::new(
+        );
+        let pending_kills = gauge(
+            &registry,
             "oomprobe_pending_kills",
             "SIGKILLed processes whose death has not been seen yet.",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(pending_kills.clone()))
-            .expect("metric registered once");
+        );
         let kubelet_metrics_errors = counter_vec(
             &registry,
             "oomprobe_kubelet_metrics_errors_total",
@@ -106,110 +113,76 @@ impl Metrics {
             "Memory cgroup events for the kubelet's cgroup and the kubepods tree (oom, oom_kill, max, high, pressure_*, psi, reclaim).",
             &["kind"],
         );
-        let kubelet_restarts = IntGauge::new(
+        let kubelet_restarts = gauge(
+            &registry,
             "oomprobe_kubelet_restarts",
             "Kubelet restarts seen since the agent started (a new kubelet process after one died).",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(kubelet_restarts.clone()))
-            .expect("metric registered once");
-        let kubelet_bytes = IntGaugeVec::new(
-            Opts::new(
-                "oomprobe_kubelet_allocator_bytes",
-                "Bytes through each kubelet allocator entry point since it was followed.",
-            ),
+        );
+        let kubelet_bytes = gauge_vec(
+            &registry,
+            "oomprobe_kubelet_allocator_bytes",
+            "Bytes through each kubelet allocator entry point since it was followed.",
             &["pid", "entry_point"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(kubelet_bytes.clone()))
-            .expect("metric registered once");
-        let kubelet_call_site_bytes = IntGaugeVec::new(
-            Opts::new(
-                "oomprobe_kubelet_call_site_bytes",
-                "Bytes the kubelet's runtime mapped, by call site (top 10 per report).",
-            ),
+        );
+        let kubelet_call_site_bytes = gauge_vec(
+            &registry,
+            "oomprobe_kubelet_call_site_bytes",
+            "Bytes the kubelet's runtime mapped, by call site (top 10 per report).",
             &["function"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(kubelet_call_site_bytes.clone()))
-            .expect("metric registered once");
-        let node = IntGaugeVec::new(
-            Opts::new(
-                "oomprobe_memory_bytes",
-                "Sampled memory: kubelet_rss/anon/file/shmem, kubelet_cgroup_usage, kubelet_working_set, kubelet_limit, node_mem_available, workload_working_set.",
-            ),
+        );
+        let node = gauge_vec(
+            &registry,
+            "oomprobe_memory_bytes",
+            "Sampled memory: kubelet_rss/anon/file/shmem, kubelet_cgroup_usage, kubelet_working_set, kubelet_limit, node_mem_available, workload_working_set.",
             &["series"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(node.clone()))
-            .expect("metric registered once");
-        let pods = IntGauge::new("oomprobe_pods", "Pod cgroups under the kubepods tree.")
-            .expect("valid metric definition");
-        registry
-            .register(Box::new(pods.clone()))
-            .expect("metric registered once");
-        let leak = IntGaugeVec::new(
-            Opts::new(
-                "oomprobe_leak_verdict",
-                "1 for the current verdict: subject (kubelet, workload, none) and cause.",
-            ),
+        );
+        let pods = gauge(
+            &registry,
+            "oomprobe_pods",
+            "Pod cgroups under the kubepods tree.",
+        );
+        let leak = gauge_vec(
+            &registry,
+            "oomprobe_leak_verdict",
+            "1 for the current verdict: subject (kubelet, workload, none) and cause.",
             &["subject", "cause"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(leak.clone()))
-            .expect("metric registered once");
-        let slope = prometheus::Gauge::new(
-            "oomprobe_kubelet_leak_slope_bytes_per_day",
-            "The kubelet's pod-adjusted memory baseline slope.",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(slope.clone()))
-            .expect("metric registered once");
-        let time_to_oom = prometheus::GaugeVec::new(
-            Opts::new(
-                "oomprobe_time_to_oom_seconds",
-                "Forecast time until the kubelet reaches its limit or the node's memory (earliest, expected, latest).",
-            ),
-            &["bound"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(time_to_oom.clone()))
-            .expect("metric registered once");
-        let stage = IntGaugeVec::new(
-            Opts::new(
-                "oomprobe_cycle_stage",
-                "1 for the node's current OOM cycle stage (steady, pre_oom, active_oom, reconciliation_storm, recovery, re_oom).",
-            ),
+        );
+        let slope = register(
+            &registry,
+            prometheus::Gauge::new(
+                "oomprobe_kubelet_leak_slope_bytes_per_day",
+                "The kubelet's pod-adjusted memory baseline slope.",
+            )
+            .expect("valid metric definition"),
+        );
+        let time_to_oom = register(
+            &registry,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "oomprobe_time_to_oom_seconds",
+                    "Forecast time until the kubelet reaches its limit or the node's memory (earliest, expected, latest).",
+                ),
+                &["bound"],
+            )
+            .expect("valid metric definition"),
+        );
+        let stage = gauge_vec(
+            &registry,
+            "oomprobe_cycle_stage",
+            "1 for the node's current OOM cycle stage (steady, pre_oom, active_oom, reconciliation_storm, recovery, re_oom).",
             &["stage"],
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(stage.clone()))
-            .expect("metric registered once");
+        );
         stage.with_label_values(&["steady"]).set(1);
-        let cycles = IntGauge::new(
+        let cycles = gauge(
+            &registry,
             "oomprobe_kubelet_oom_cycles",
             "Kubelet OOM kills since the agent started.",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(cycles.clone()))
-            .expect("metric registered once");
-        let flapping = IntGauge::new(
+        );
+        let flapping = gauge(
+            &registry,
             "oomprobe_kubelet_flapping",
             "1 when the kubelet was OOM-killed again within the flap window.",
-        )
-        .expect("valid metric definition");
-        registry
-            .register(Box::new(flapping.clone()))
-            .expect("metric registered once");
+        );
         for kind in [KillKind::OomMemcg, KillKind::OomGlobal, KillKind::Signal] {
             kills.with_label_values(&[kind.as_str()]);
         }

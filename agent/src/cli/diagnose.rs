@@ -232,12 +232,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
                     }
                 }
                 Err(e) => {
-                    let mut why = e.to_string();
-                    let mut src = std::error::Error::source(&e);
-                    while let Some(s) = src {
-                        why.push_str(&format!(": {s}"));
-                        src = s.source();
-                    }
+                    let why = crate::error_chain(&e);
                     checks.push(check("kubelet_metrics", url.clone(), Health::Unknown, why))
                 }
             }
