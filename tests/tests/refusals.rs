@@ -1,14 +1,17 @@
 //! Bad input and refusals: one clear line naming the problem, a non-zero exit, no panic.
 use std::{os::unix::process::CommandExt as _, process::Command};
 
-use oomprobe_tests::{bin, require_root};
+use oomprobe_tests::{bin, require_root, scratch_dir};
 
 /// Runs `oomprobe run` and returns (exit code, stderr lines).
 fn run_agent(configure: impl FnOnce(&mut Command)) -> (Option<i32>, Vec<String>) {
+    let state = scratch_dir("refusal");
     let mut cmd = Command::new(bin("oomprobe"));
-    cmd.args(["run", "--no-metrics", "--duration", "5"]);
+    cmd.args(["run", "--no-metrics", "--duration", "5", "--state-dir"]);
+    cmd.arg(&state);
     configure(&mut cmd);
     let out = cmd.output().expect("run oomprobe");
+    let _ = std::fs::remove_dir_all(&state);
     let stderr = String::from_utf8_lossy(&out.stderr)
         .lines()
         .map(str::to_string)
@@ -86,7 +89,15 @@ fn metrics_port_in_use_is_one_clear_line() {
     let addr = listener.local_addr().unwrap().to_string();
     let (code, stderr) = {
         let mut cmd = Command::new(bin("oomprobe"));
-        cmd.args(["run", "--duration", "5", "--metrics-addr", &addr]);
+        cmd.args([
+            "run",
+            "--duration",
+            "5",
+            "--metrics-addr",
+            &addr,
+            "--state-dir",
+        ]);
+        cmd.arg(scratch_dir("port"));
         let out = cmd.output().unwrap();
         (
             out.status.code(),
