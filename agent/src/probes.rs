@@ -265,7 +265,12 @@ impl Probes {
         }
         let btf = Btf::from_sys_fs()?;
         let config = build_config(std::process::id(), kubelet_comm, &btf)?;
-        let mut ebpf = EbpfLoader::new().load(object).map_err(ProbeError::Load)?;
+        // No CO-RE relocations here (offsets come from our own BTF reading): skip aya's second
+        // parse of the kernel BTF, which only raised the agent's peak memory.
+        let mut ebpf = EbpfLoader::new()
+            .btf(None)
+            .load(object)
+            .map_err(ProbeError::Load)?;
         {
             let map = ebpf
                 .map_mut(maps::CONFIG)
