@@ -251,7 +251,10 @@ pub fn vm_test(kernels: &[String]) -> Result<()> {
             }
             println!(
                 "{name:<28} cgroup v2  {:<10}  {test:<20} {}  {detail}",
-                if test == "kprobe_tier" || test == "tiers_agree" {
+                if test == "kprobe_tier"
+                    || test == "tiers_agree"
+                    || test == "all_scenarios_both_tiers"
+                {
                     "kprobe+tp"
                 } else {
                     "tracepoint"
