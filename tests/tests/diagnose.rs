@@ -97,7 +97,20 @@ fn diagnose_reports_each_check_in_the_guides_terms() {
         }
         assert!(!lines.is_empty(), "stand-in ended early");
     }
-    let checks = diagnose(&["--kubelet-metrics", &url]);
+    let api = server(Some(
+        r#"{"kind":"Node","status":{"conditions":[{"type":"Ready","status":"True"},{"type":"MemoryPressure","status":"True"}]}}"#,
+    ));
+    let api = api.trim_end_matches("/metrics").to_string();
+    let checks = diagnose(&[
+        "--kubelet-metrics",
+        &url,
+        "--kube-api",
+        &api,
+        "--node-name",
+        "n1",
+    ]);
+    assert_eq!(find(&checks, "memory_pressure")["value"], "True");
+    assert_eq!(find(&checks, "memory_pressure")["verdict"], "bad");
     let rss = find(&checks, "kubelet_rss");
     assert_eq!(rss["verdict"], "good");
     assert!(rss["detail"]

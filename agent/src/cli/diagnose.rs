@@ -30,6 +30,16 @@ pub struct DiagnoseArgs {
     /// Accept any kubelet serving certificate (`curl -k`).
     #[arg(long)]
     pub kubelet_metrics_insecure: bool,
+    /// Kubernetes API base URL for the node's MemoryPressure condition (default: in-cluster).
+    #[arg(long)]
+    pub kube_api: Option<String>,
+    #[arg(long)]
+    pub kube_token_file: Option<String>,
+    #[arg(long)]
+    pub kube_ca_file: Option<PathBuf>,
+    /// This node's name (default: the hostname).
+    #[arg(long)]
+    pub node_name: Option<String>,
     /// The agent's state directory: the persisted series gives the leak verdict.
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: PathBuf,
@@ -94,6 +104,96 @@ fn uptime_of(pid: u32) -> Option<f64> {
 }
 
 use procfs::Current as _;
+
+/// The node's MemoryPressure condition from the API server, if reachable.
+async fn memory_pressure(args: &DiagnoseArgs) -> Check {
+    let api = args.kube_api.clone().or_else(|| {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        Some(format!("https://{host}:{port}"))
+    });
+    let Some(api) = api else {
+        return check(
+            "memory_pressure",
+            "-",
+            Health::Unknown,
+            "not checked: no API server (not in a cluster; pass --kube-api)",
+        );
+    };
+    let node = args.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    });
+    let token = std::fs::read_to_string(
+        args.kube_token_file
+            .clone()
+            .unwrap_or_else(|| crate::act::TOKEN_FILE.into()),
+    )
+    .ok();
+    let tls = crate::http::TlsOptions {
+        ca_file: Some(
+            args.kube_ca_file
+                .clone()
+                .unwrap_or_else(|| crate::act::CA_FILE.into()),
+        ),
+        insecure: false,
+    };
+    let headers: Vec<(&str, String)> = token
+        .map(|t| vec![("Authorization", format!("Bearer {}", t.trim()))])
+        .unwrap_or_default();
+    let url = format!("{}/api/v1/nodes/{node}", api.trim_end_matches('/'));
+    let r = match crate::http::request("GET", &url, &headers, b"", &tls, Duration::from_secs(5))
+        .await
+    {
+        Ok(r) if (200..300).contains(&r.status) => r,
+        Ok(r) => {
+            return check(
+                "memory_pressure",
+                "-",
+                Health::Unknown,
+                format!("{url}: {}", r.status_line),
+            )
+        }
+        Err(e) => {
+            return check(
+                "memory_pressure",
+                "-",
+                Health::Unknown,
+                crate::error_chain(&e),
+            )
+        }
+    };
+    let status = serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| {
+            v["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "MemoryPressure")
+                .and_then(|c| c["status"].as_str().map(str::to_string))
+        });
+    match status.as_deref() {
+        Some("False") => check(
+            "memory_pressure",
+            "False",
+            Health::Good,
+            format!("node {node}"),
+        ),
+        Some(s) => check(
+            "memory_pressure",
+            s,
+            Health::Bad,
+            format!("node {node}: MemoryPressure precedes OOM and kubelet instability"),
+        ),
+        None => check(
+            "memory_pressure",
+            "-",
+            Health::Unknown,
+            format!("{url}: no MemoryPressure condition"),
+        ),
+    }
+}
 
 pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
     let mut checks = Vec::new();
@@ -250,13 +350,22 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
             .map(|s| s.to_string())
             .collect();
         let pods = pod_cgroups(h, &roots);
+        let containers: usize = pods
+            .iter()
+            .map(|(p, _)| {
+                std::fs::read_dir(h.dir(p))
+                    .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).count())
+                    .unwrap_or(0)
+            })
+            .sum();
         checks.push(check(
-            "pods",
-            pods.len().to_string(),
-            Health::Good,
-            "pod cgroups under the kubepods tree; exited containers need the runtime socket (not read)",
+            "containers",
+            format!("{} pods, {containers} running containers", pods.len()),
+            Health::Unknown,
+            "from the kubepods cgroup tree; exited containers (the container GC leak's sign) need the runtime socket, not read",
         ));
     }
+    checks.push(memory_pressure(&args).await);
     let kernel = kernel_version();
     let v = h.as_ref().map(Hierarchy::version);
     let risky = v == Some(1) && kernel.is_some_and(|k| (k - 5.15).abs() < 0.005);
