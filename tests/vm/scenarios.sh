@@ -24,7 +24,7 @@ spawn() { cg=$1; shift; sh -c "echo \$\$ > $CG/$cg/cgroup.procs && exec $*" & }
 uname -r
 echo "+memory" > $CG/cgroup.subtree_control
 # Two agents on the same kernel: A forced to the tracepoint tier, B to the kprobe tier.
-/oomprobe run --format json --no-metrics --state-dir /tmp/state --hook-tier tracepoint > /tmp/agent.out 2> /tmp/agent.err &
+/oomprobe run --format json --no-metrics --state-dir /tmp/state --hook-tier tracepoint --sample-interval 1 --emit-samples > /tmp/agent.out 2> /tmp/agent.err &
 /oomprobe run --format json --no-metrics --state-dir /tmp/statek --metrics-addr 127.0.0.1:9465 --hook-tier kprobe > /tmp/agentk.out 2> /tmp/agentk.err &
 if ! wait_line /tmp/agent.err 120 "oomprobe ready" > /dev/null; then
     result agent_ready FAIL "$(tail -n 3 /tmp/agent.err | tr '\n' ' ')"
@@ -147,6 +147,35 @@ if [ $ok -eq 3 ]; then
 else
     result group_oom FAIL "$ok of 3 group-marked records"
 fi
+# 6. cgroup v2 sampling and memory.events: a process named kubelet in a limited cgroup is
+#    sampled from memory.current/memory.max; an OOM kill in a kubepods-layout pod cgroup shows up
+#    as memory.events deltas.
+mkcg k 64M
+spawn k /kubelet 8 --hold > /tmp/k.out
+kpid=$!
+wait_line /tmp/k.out 60 "^done" > /dev/null
+l=$(wait_line /tmp/agent.out 30 "\"event\":\"sample\".*\"pid\":$kpid,.*\"kubelet_cgroup\":\"/k\"")
+if echo "$l" | grep -q '"kubelet_limit_bytes":67108864' && echo "$l" | grep -qE '"kubelet_cgroup_bytes":[1-9]'; then
+    result v2_sampling PASS "kubelet $kpid in /k: memory.max and memory.current read"
+else
+    result v2_sampling FAIL "kubelet $kpid: $l"
+fi
+mkdir -p $CG/kubepods
+echo "+memory" > $CG/kubepods/cgroup.subtree_control
+mkdir -p $CG/kubepods/pod1234-abcd
+echo 16M > $CG/kubepods/pod1234-abcd/memory.max
+sleep 2
+spawn kubepods/pod1234-abcd /memhog 64 > /dev/null
+ppid=$!
+wait $ppid
+l=$(wait_line /tmp/agent.out 30 "\"event\":\"memcg\",\"cgroup\":\"/kubepods/pod1234-abcd\",\"kind\":\"oom_kill\"")
+r=$(grep "\"victim\":{\"pid\":$ppid," /tmp/agent.out | head -n 1)
+if [ -n "$l" ] && echo "$r" | grep -q '"pod_uid":"1234-abcd"'; then
+    result v2_memory_events PASS "oom_kill delta for the pod cgroup, kill record names the pod"
+else
+    result v2_memory_events FAIL "event: $l record: $r"
+fi
+
 # Every scenario above, seen by both tiers: the same set of kill records, field for field (but
 # for each agent's own measurements, as in tiers_agree).
 sleep 1
@@ -156,7 +185,7 @@ norm_all() {
 norm_all /tmp/agent.out > /tmp/tp.norm
 norm_all /tmp/agentk.out > /tmp/kp.norm
 n=$(wc -l < /tmp/tp.norm)
-if cmp -s /tmp/tp.norm /tmp/kp.norm && [ "$n" -ge 65 ]; then
+if cmp -s /tmp/tp.norm /tmp/kp.norm && [ "$n" -ge 66 ]; then
     result all_scenarios_both_tiers PASS "$n kill records identical across tiers"
 else
     result all_scenarios_both_tiers FAIL "tracepoint $n vs kprobe $(wc -l < /tmp/kp.norm) records; first difference: $(diff /tmp/tp.norm /tmp/kp.norm | head -n 3 | tr '\n' ' ' | cut -c1-600)"

@@ -128,6 +128,8 @@ fn initramfs(bins: &Path, out: &Path) -> Result<()> {
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
     std::fs::copy(bins.join("oomprobe"), root.join("oomprobe"))?;
     std::fs::copy(bins.join("memhog"), root.join("memhog"))?;
+    // memhog again under the kubelet's name, for the sampling scenario.
+    std::fs::copy(bins.join("memhog"), root.join("kubelet"))?;
     std::fs::copy(
         workspace_root().join("tests/vm/scenarios.sh"),
         root.join("scenarios.sh"),
