@@ -355,7 +355,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 while let Some(item) = rb.next() {
                     match events::decode(&item) {
                         Ok(events::Event::KubeletExec(e)) => {
-                            kubelet_execs.push(e.tgid);
+                            kubelet_execs.push((e.tgid, e.ktime_ns));
                         }
                         Ok(ev) => {
                             if let events::Event::Signal(s) = &ev {
@@ -490,11 +490,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             emit(args.format, &rec);
             kills += 1;
         }
-        for tgid in kubelet_execs.drain(..) {
+        for (tgid, exec_ktime) in kubelet_execs.drain(..) {
             if let Some(start) = tracker.on_exec(tgid, &mut probes) {
                 lines.push(json_line(&start));
                 let now = kubelet_now(start.pid, None, &tracker, &probes);
-                stage_events.extend(cycle.on_kubelet_start(monotonic_ns(), now));
+                stage_events.extend(cycle.on_kubelet_start(exec_ktime, now));
             }
         }
         for ev in memcg_events.drain(..) {
