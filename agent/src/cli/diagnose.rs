@@ -19,27 +19,10 @@ pub struct DiagnoseArgs {
     /// The kubelet's process name.
     #[arg(long, default_value = "kubelet")]
     pub kubelet_name: String,
-    /// The kubelet's metrics endpoint (http), for goroutines, PLEG relist and evictions.
-    #[arg(long)]
-    pub kubelet_metrics: Option<String>,
-    #[arg(long)]
-    pub kubelet_metrics_token_file: Option<String>,
-    /// CA (PEM) of the kubelet's serving certificate.
-    #[arg(long)]
-    pub kubelet_metrics_ca_file: Option<PathBuf>,
-    /// Accept any kubelet serving certificate (`curl -k`).
-    #[arg(long)]
-    pub kubelet_metrics_insecure: bool,
-    /// Kubernetes API base URL for the node's MemoryPressure condition (default: in-cluster).
-    #[arg(long)]
-    pub kube_api: Option<String>,
-    #[arg(long)]
-    pub kube_token_file: Option<String>,
-    #[arg(long)]
-    pub kube_ca_file: Option<PathBuf>,
-    /// This node's name (default: the hostname).
-    #[arg(long)]
-    pub node_name: Option<String>,
+    #[command(flatten)]
+    pub kubelet_metrics: super::endpoints::KubeletMetricsArgs,
+    #[command(flatten)]
+    pub api: super::endpoints::KubeApiArgs,
     /// The agent's state directory: the persisted series gives the leak verdict.
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: PathBuf,
@@ -107,12 +90,7 @@ use procfs::Current as _;
 
 /// The node's MemoryPressure condition from the API server, if reachable.
 async fn memory_pressure(args: &DiagnoseArgs) -> Check {
-    let api = args.kube_api.clone().or_else(|| {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
-        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-        Some(format!("https://{host}:{port}"))
-    });
-    let Some(api) = api else {
+    let Some(api) = args.api.api() else {
         return check(
             "memory_pressure",
             "-",
@@ -120,25 +98,9 @@ async fn memory_pressure(args: &DiagnoseArgs) -> Check {
             "not checked: no API server (not in a cluster; pass --kube-api)",
         );
     };
-    let node = args.node_name.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default()
-    });
-    let token = std::fs::read_to_string(
-        args.kube_token_file
-            .clone()
-            .unwrap_or_else(|| crate::act::TOKEN_FILE.into()),
-    )
-    .ok();
-    let tls = crate::http::TlsOptions {
-        ca_file: Some(
-            args.kube_ca_file
-                .clone()
-                .unwrap_or_else(|| crate::act::CA_FILE.into()),
-        ),
-        insecure: false,
-    };
+    let node = args.api.node();
+    let token = std::fs::read_to_string(args.api.token_file()).ok();
+    let tls = args.api.tls();
     let headers: Vec<(&str, String)> = token
         .map(|t| vec![("Authorization", format!("Bearer {}", t.trim()))])
         .unwrap_or_default();
@@ -286,16 +248,10 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
         },
         "kernel OOM kills since boot (/proc/vmstat oom_kill)",
     ));
-    match &args.kubelet_metrics {
+    match &args.kubelet_metrics.kubelet_metrics {
         Some(url) => {
-            let token = args
-                .kubelet_metrics_token_file
-                .as_ref()
-                .and_then(|f| std::fs::read_to_string(f).ok());
-            let tls = crate::http::TlsOptions {
-                ca_file: args.kubelet_metrics_ca_file.clone(),
-                insecure: args.kubelet_metrics_insecure,
-            };
+            let token = args.kubelet_metrics.token();
+            let tls = args.kubelet_metrics.tls();
             match kubelet_metrics::fetch(url, token.as_deref(), &tls, Duration::from_secs(5)).await
             {
                 Ok(m) => {

@@ -1,5 +1,6 @@
 //! One file per CLI verb.
 pub mod diagnose;
+pub mod endpoints;
 pub mod probe_points;
 pub mod replay;
 pub mod run;

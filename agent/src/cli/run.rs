@@ -75,31 +75,10 @@ pub struct RunArgs {
     /// Really send the action (otherwise it is only logged).
     #[arg(long)]
     pub act_confirm: bool,
-    /// This node's name (default: the hostname).
-    #[arg(long)]
-    pub node_name: Option<String>,
-    /// Kubernetes API base URL (default: in-cluster, from KUBERNETES_SERVICE_HOST/PORT).
-    #[arg(long)]
-    pub kube_api: Option<String>,
-    /// Bearer token file for the API (default: the in-cluster service account token).
-    #[arg(long)]
-    pub kube_token_file: Option<String>,
-    /// The kubelet's metrics endpoint (goroutines, PLEG relist, evictions), e.g.
-    /// http://127.0.0.1:10255/metrics. Scraped every sample interval; failures are reported.
-    #[arg(long)]
-    pub kubelet_metrics: Option<String>,
-    /// Bearer token file for --kubelet-metrics.
-    #[arg(long)]
-    pub kubelet_metrics_token_file: Option<String>,
-    /// CA (PEM) of the kubelet's serving certificate, for an https --kubelet-metrics.
-    #[arg(long)]
-    pub kubelet_metrics_ca_file: Option<std::path::PathBuf>,
-    /// Accept any kubelet serving certificate (as `curl -k` in the field guide).
-    #[arg(long)]
-    pub kubelet_metrics_insecure: bool,
-    /// CA (PEM) of the API server (default: the in-cluster service account's ca.crt).
-    #[arg(long)]
-    pub kube_ca_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub api: super::endpoints::KubeApiArgs,
+    #[command(flatten)]
+    pub kubelet_metrics: super::endpoints::KubeletMetricsArgs,
 }
 
 #[derive(serde::Serialize)]
@@ -254,62 +233,42 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         settle_ns: args.storm_settle.saturating_mul(1_000_000_000),
         ..Default::default()
     });
-    let mut cordon = args.act.as_ref().map(|_| {
-        let api = args.kube_api.clone().unwrap_or_else(|| {
-            format!(
-                "https://{}:{}",
-                std::env::var("KUBERNETES_SERVICE_HOST").unwrap_or_default(),
-                std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into())
-            )
-        });
-        let node = args.node_name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default()
-        });
-        tracing::info!(%api, %node, confirm = args.act_confirm, "cordon action armed for flaps");
-        crate::act::Cordon::new(crate::act::CordonConfig {
-            api,
-            node,
-            token_file: Some(
-                args.kube_token_file
-                    .clone()
-                    .unwrap_or_else(|| crate::act::TOKEN_FILE.into()),
-            ),
-            tls: crate::http::TlsOptions {
-                ca_file: Some(
-                    args.kube_ca_file
-                        .clone()
-                        .unwrap_or_else(|| crate::act::CA_FILE.into()),
-                ),
-                insecure: false,
-            },
-            confirm: args.act_confirm,
-        })
-    });
+    let mut cordon = match (args.act.as_ref(), args.api.api()) {
+        (None, _) => None,
+        (Some(_), None) => {
+            tracing::error!("--act cordon needs the API server: not in a cluster and no --kube-api; action disabled");
+            None
+        }
+        (Some(_), Some(api)) => {
+            let node = args.api.node();
+            tracing::info!(%api, %node, confirm = args.act_confirm, "cordon action armed for flaps");
+            Some(crate::act::Cordon::new(crate::act::CordonConfig {
+                api,
+                node,
+                token_file: Some(args.api.token_file()),
+                tls: args.api.tls(),
+                confirm: args.act_confirm,
+            }))
+        }
+    };
     let mut stage_events: Vec<crate::cycle::StageEvent> = Vec::new();
     let mut memcg = hierarchy.clone().map(crate::memcg_events::Watcher::new);
     let mut memcg_events: Vec<crate::memcg_events::MemcgEvent> = Vec::new();
     let kubelet_metrics: std::sync::Arc<
         std::sync::Mutex<Option<crate::kubelet_metrics::KubeletMetrics>>,
     > = Default::default();
-    if let Some(url) = args.kubelet_metrics.clone() {
+    if let Some(url) = args.kubelet_metrics.kubelet_metrics.clone() {
         let latest = kubelet_metrics.clone();
         let metrics = metrics.clone();
         let every = Duration::from_secs(args.sample_interval.max(1));
-        let token_file = args.kubelet_metrics_token_file.clone();
-        let tls = crate::http::TlsOptions {
-            ca_file: args.kubelet_metrics_ca_file.clone(),
-            insecure: args.kubelet_metrics_insecure,
-        };
+        let source = args.kubelet_metrics.clone();
+        let tls = source.tls();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             let mut failures = 0u64;
             loop {
                 tick.tick().await;
-                let token = token_file
-                    .as_ref()
-                    .and_then(|f| std::fs::read_to_string(f).ok());
+                let token = source.token();
                 let got = crate::kubelet_metrics::fetch(
                     &url,
                     token.as_deref(),
