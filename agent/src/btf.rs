@@ -3,7 +3,7 @@
 //! on whatever kernel runs, without hard-coded layouts.
 //!
 //! Format: Documentation/bpf/btf.rst (type section of `struct btf_type` records).
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
@@ -36,26 +36,35 @@ const KIND_DATASEC: u32 = 15;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_ENUM64: u32 = 19;
 
-#[derive(Debug, Clone)]
-struct Member {
-    name: u32,
-    type_id: u32,
-    bit_offset: u32,
-}
-
-#[derive(Debug, Clone)]
-enum Type {
-    Composite { name: u32, members: Vec<Member> },
-    Enum { values: Vec<(u32, i64)> },
-    Other,
-}
-
-/// Parsed type section.
+/// Parsed lazily: the raw type section and where each type's record starts. Members and
+/// enumerators are read from the bytes when asked for, so loading keeps no per-type structures
+/// (the kernel's BTF has ~100k types; materializing them tripled the agent's start-up peak).
 pub struct Btf {
-    strings: Vec<u8>,
-    /// Index 0 is the void type; ids start at 1 as in the kernel.
-    types: Vec<Type>,
-    structs_by_name: HashMap<String, u32>,
+    data: Vec<u8>,
+    /// Byte range of the string section in `data`.
+    strings: std::ops::Range<usize>,
+    /// Record offset in `data` per type id; index 0 is the void type.
+    offsets: Vec<u32>,
+}
+
+fn le32(data: &[u8], o: usize) -> Option<u32> {
+    data.get(o..o + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Bytes that follow a type record's 12-byte header.
+fn trailing(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION => 12 * vlen,
+        KIND_ENUM => 8 * vlen,
+        KIND_ENUM64 => 12 * vlen,
+        KIND_FUNC_PROTO => 8 * vlen,
+        KIND_DATASEC => 12 * vlen,
+        0 | 2 | 7..=12 | 16 | 18 => 0,
+        _ => return None,
+    })
 }
 
 impl Btf {
@@ -72,134 +81,104 @@ impl Btf {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&data)
+        Self::parse_owned(data)
     }
 
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-        let u32_at = |o: usize| {
-            data.get(o..o + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        };
-        if u16_at(0) != Some(0xeb9f) {
+        Self::parse_owned(data.to_vec())
+    }
+
+    fn parse_owned(data: Vec<u8>) -> Result<Self, BtfError> {
+        let short = BtfError::Malformed("short header");
+        if data.get(0..2) != Some(&[0x9f, 0xeb][..]) {
             return Err(BtfError::Malformed("bad magic (not little-endian BTF)"));
         }
-        let hdr_len = u32_at(4).ok_or(BtfError::Malformed("short header"))? as usize;
-        let type_off = u32_at(8).ok_or(BtfError::Malformed("short header"))? as usize;
-        let type_len = u32_at(12).ok_or(BtfError::Malformed("short header"))? as usize;
-        let str_off = u32_at(16).ok_or(BtfError::Malformed("short header"))? as usize;
-        let str_len = u32_at(20).ok_or(BtfError::Malformed("short header"))? as usize;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or(BtfError::Malformed("string section out of bounds"))?
-            .to_vec();
+        let word = |o: usize| le32(&data, o).map(|v| v as usize);
+        let (Some(hdr_len), Some(type_off), Some(type_len), Some(str_off), Some(str_len)) =
+            (word(4), word(8), word(12), word(16), word(20))
+        else {
+            return Err(short);
+        };
+        let strings = hdr_len + str_off..hdr_len + str_off + str_len;
+        if strings.end > data.len() {
+            return Err(BtfError::Malformed("string section out of bounds"));
+        }
         let start = hdr_len + type_off;
         let end = start + type_len;
         if end > data.len() {
             return Err(BtfError::Malformed("type section out of bounds"));
         }
-        let mut types = vec![Type::Other];
+        let mut offsets = vec![0u32];
         let mut pos = start;
-        let trunc = BtfError::Malformed("truncated type record");
         while pos < end {
-            let name = u32_at(pos).ok_or(BtfError::Malformed("truncated type record"))?;
-            let info = u32_at(pos + 4).ok_or(BtfError::Malformed("truncated type record"))?;
-            pos += 12;
+            let info = le32(&data, pos + 4).ok_or(BtfError::Malformed("truncated type record"))?;
             let vlen = (info & 0xffff) as usize;
             let kind = (info >> 24) & 0x1f;
-            let kind_flag = info >> 31 == 1;
-            let ty = match kind {
-                KIND_INT | KIND_VAR | KIND_DECL_TAG => {
-                    pos += 4;
-                    Type::Other
-                }
-                KIND_ARRAY => {
-                    pos += 12;
-                    Type::Other
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let m_name = u32_at(pos).ok_or(BtfError::Malformed("member"))?;
-                        let m_type = u32_at(pos + 4).ok_or(BtfError::Malformed("member"))?;
-                        let m_off = u32_at(pos + 8).ok_or(BtfError::Malformed("member"))?;
-                        let bit_offset = if kind_flag { m_off & 0xff_ffff } else { m_off };
-                        members.push(Member {
-                            name: m_name,
-                            type_id: m_type,
-                            bit_offset,
-                        });
-                        pos += 12;
-                    }
-                    Type::Composite { name, members }
-                }
-                KIND_ENUM => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let n = u32_at(pos).ok_or(BtfError::Malformed("enum"))?;
-                        let v = u32_at(pos + 4).ok_or(BtfError::Malformed("enum"))? as i32;
-                        values.push((n, i64::from(v)));
-                        pos += 8;
-                    }
-                    Type::Enum { values }
-                }
-                KIND_ENUM64 => {
-                    let mut values = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let n = u32_at(pos).ok_or(BtfError::Malformed("enum64"))?;
-                        let lo = u32_at(pos + 4).ok_or(BtfError::Malformed("enum64"))?;
-                        let hi = u32_at(pos + 8).ok_or(BtfError::Malformed("enum64"))?;
-                        values.push((n, ((u64::from(hi) << 32) | u64::from(lo)) as i64));
-                        pos += 12;
-                    }
-                    Type::Enum { values }
-                }
-                KIND_FUNC_PROTO => {
-                    pos += 8 * vlen;
-                    Type::Other
-                }
-                KIND_DATASEC => {
-                    pos += 12 * vlen;
-                    Type::Other
-                }
-                0 | 2 | 7..=12 | 16 | 18 => Type::Other,
-                _ => return Err(BtfError::Malformed("unknown type kind")),
-            };
-            types.push(ty);
+            offsets.push(pos as u32);
+            pos += 12 + trailing(kind, vlen).ok_or(BtfError::Malformed("unknown type kind"))?;
         }
         if pos != end {
-            return Err(trunc);
+            return Err(BtfError::Malformed("truncated type record"));
         }
-        let mut btf = Btf {
+        Ok(Btf {
+            data,
             strings,
-            types,
-            structs_by_name: HashMap::new(),
-        };
-        let mut by_name = HashMap::new();
-        for (id, ty) in btf.types.iter().enumerate() {
-            if let Type::Composite { name, members } = ty {
-                if *name != 0 && !members.is_empty() {
-                    by_name
-                        .entry(btf.str_at(*name).to_string())
-                        .or_insert(id as u32);
-                }
-            }
-        }
-        btf.structs_by_name = by_name;
-        Ok(btf)
+            offsets,
+        })
     }
 
     fn str_at(&self, off: u32) -> &str {
-        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let strings = &self.data[self.strings.clone()];
+        let rest = strings.get(off as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
 
+    /// (name offset, kind, vlen, kind_flag, body offset) of type `id`.
+    fn header(&self, id: u32) -> Option<(u32, u32, usize, bool, usize)> {
+        let pos = *self.offsets.get(id as usize)? as usize;
+        if id == 0 {
+            return None;
+        }
+        let name = le32(&self.data, pos)?;
+        let info = le32(&self.data, pos + 4)?;
+        Some((
+            name,
+            (info >> 24) & 0x1f,
+            (info & 0xffff) as usize,
+            info >> 31 == 1,
+            pos + 12,
+        ))
+    }
+
+    /// Members of a struct or union: (name offset, type id, bit offset).
+    fn members(&self, id: u32) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+        let h = self
+            .header(id)
+            .filter(|h| h.1 == KIND_STRUCT || h.1 == KIND_UNION);
+        let (vlen, flag, body) = h.map_or((0, false, 0), |h| (h.2, h.3, h.4));
+        (0..vlen).filter_map(move |i| {
+            let o = body + 12 * i;
+            let off = le32(&self.data, o + 8)?;
+            Some((
+                le32(&self.data, o)?,
+                le32(&self.data, o + 4)?,
+                if flag { off & 0xff_ffff } else { off },
+            ))
+        })
+    }
+
     /// Byte offset of `member` in `struct strukt`, looking through anonymous structs and unions.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self
-            .structs_by_name
-            .get(strukt)
+        let id = (1..self.offsets.len() as u32)
+            .find(|&id| {
+                self.header(id).is_some_and(|(name, kind, vlen, _, _)| {
+                    (kind == KIND_STRUCT || kind == KIND_UNION)
+                        && vlen > 0
+                        && name != 0
+                        && self.str_at(name) == strukt
+                })
+            })
             .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
         self.find_member(id, member, 0)
             .map(|bits| bits / 8)
@@ -225,32 +204,39 @@ impl Btf {
         if depth > 8 {
             return None;
         }
-        let Type::Composite { members, .. } = self.types.get(id as usize)? else {
-            return None;
-        };
-        for m in members {
-            if m.name != 0 && self.str_at(m.name) == member {
-                return Some(m.bit_offset);
-            }
+        if let Some((_, _, bits)) = self
+            .members(id)
+            .find(|(name, _, _)| *name != 0 && self.str_at(*name) == member)
+        {
+            return Some(bits);
         }
-        for m in members.iter().filter(|m| m.name == 0) {
-            if let Some(inner) = self.find_member(m.type_id, member, depth + 1) {
-                return Some(m.bit_offset + inner);
-            }
-        }
-        None
+        self.members(id)
+            .filter(|(name, _, _)| *name == 0)
+            .find_map(|(_, ty, bits)| Some(bits + self.find_member(ty, member, depth + 1)?))
     }
 
     /// Value of an enumerator (e.g. `memory_cgrp_id`) in any enum.
     pub fn enum_value(&self, enumerator: &str) -> Result<i64, BtfError> {
-        self.types
-            .iter()
-            .find_map(|t| match t {
-                Type::Enum { values } => values
-                    .iter()
-                    .find(|(n, _)| self.str_at(*n) == enumerator)
-                    .map(|(_, v)| *v),
-                _ => None,
+        (1..self.offsets.len() as u32)
+            .find_map(|id| {
+                let (_, kind, vlen, _, body) = self.header(id)?;
+                let (stride, wide) = match kind {
+                    KIND_ENUM => (8, false),
+                    KIND_ENUM64 => (12, true),
+                    _ => return None,
+                };
+                (0..vlen).find_map(|i| {
+                    let o = body + stride * i;
+                    if self.str_at(le32(&self.data, o)?) != enumerator {
+                        return None;
+                    }
+                    let lo = le32(&self.data, o + 4)?;
+                    Some(if wide {
+                        ((u64::from(le32(&self.data, o + 8)?) << 32) | u64::from(lo)) as i64
+                    } else {
+                        i64::from(lo as i32)
+                    })
+                })
             })
             .ok_or_else(|| BtfError::NoEnumerator(enumerator.to_string()))
     }
