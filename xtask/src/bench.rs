@@ -484,3 +484,15 @@ pub fn run(sequential: usize, burst: usize) -> Result<()> {
     );
     Ok(())
 }
+
+/// The leak detectors on the generated corpus (`oomprobe bench-detect`), on two independent
+/// corpora: the default seed and one whose traces share none with it.
+pub fn run_detect() -> Result<()> {
+    crate::run(Command::new("cargo").args(["build", "--release", "-p", "oomprobe"]))?;
+    let bin = workspace_root().join("target/release/oomprobe");
+    for seed in ["1", "100000"] {
+        println!("\nleak detection, corpus seed {seed}:");
+        crate::run(Command::new(&bin).args(["bench-detect", "--scale", "40", "--seed", seed]))?;
+    }
+    Ok(())
+}

@@ -40,7 +40,7 @@ enum Cmd {
     },
     /// Benchmarks: kill-to-record latency and coverage against bpftrace and a kmsg reader.
     Bench {
-        /// Only one part: `kills`, `alloc` or `sampling`.
+        /// Only one part: `kills`, `alloc`, `sampling` or `detect`.
         #[arg(long)]
         only: Option<String>,
         /// OOM kills one at a time.
@@ -198,11 +198,13 @@ fn main() {
             Some("kills") => bench::run(sequential, burst),
             Some("alloc") => bench::run_alloc(),
             Some("sampling") => bench::run_sampling(),
+            Some("detect") => bench::run_detect(),
             None => bench::run(sequential, burst)
                 .and_then(|()| bench::run_alloc())
-                .and_then(|()| bench::run_sampling()),
+                .and_then(|()| bench::run_sampling())
+                .and_then(|()| bench::run_detect()),
             Some(other) => Err(anyhow::anyhow!(
-                "unknown bench part {other}: kills or alloc"
+                "unknown bench part {other}: kills, alloc, sampling or detect"
             )),
         },
         Cmd::VmTest { kernels } => {

@@ -132,7 +132,7 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
                 let backing_up = csr.is_some_and(|s| s.low > 0.0 && s.mid > 1.0);
                 cands.push(Candidate {
                     cause: Cause::PodCertsManager,
-                    score: 1.5 + f64::from(u8::from(backing_up)) * 2.0,
+                    score: 0.9 + f64::from(u8::from(backing_up)) * 2.0,
                     supports: vec![
                         "PodCertificateRequest feature gate enabled".into(),
                         format!("pending CSRs {:+.0}/day", csr.map_or(0.0, |s| s.mid)),
@@ -150,8 +150,8 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
                 cands.push(Candidate {
                     cause: Cause::EventedPleg,
                     score: f64::from(u8::from(g_climbing)) * 2.0
-                        + f64::from(u8::from(pleg > 1.0))
-                        + f64::from(u8::from(gate)),
+                        + f64::from(u8::from(pleg > 2.0))
+                        + f64::from(u8::from(gate)) * 0.9,
                     supports: vec![format!(
                         "goroutines {:+.0}/day, PLEG relist p99 {pleg:.1} s, EventedPLEG gate {}",
                         g.map_or(0.0, |s| s.mid),
@@ -185,16 +185,19 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
                 });
             }
             cands.sort_by(|a, b| b.score.total_cmp(&a.score));
+            // The best candidate is the answer only with real evidence (a risk factor or a
+            // symptom, score >= 1); every other candidate's contradictions are listed.
+            let chosen = usize::from(cands.first().is_some_and(|c| c.score >= 1.0));
             let contradicted: Vec<String> = cands
                 .iter()
-                .skip(1)
+                .skip(chosen)
                 .flat_map(|c| {
                     c.contradicts
                         .iter()
                         .map(move |x| format!("{}: {x}", c.cause.as_str()))
                 })
                 .collect();
-            match cands.into_iter().next().filter(|c| c.score >= 1.0) {
+            match cands.into_iter().next().filter(|_| chosen == 1) {
                 Some(c) => Classification {
                     cause: c.cause,
                     supports: c.supports,
@@ -212,5 +215,67 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: i64) -> Sample {
+        Sample {
+            t,
+            kubelet_rss_bytes: 500e6,
+            pods: 30.0,
+            containers: Some(45.0),
+            exited_containers: Some(6.0),
+            goroutines: Some(240.0),
+            pleg_relist_p99_seconds: Some(0.8),
+            pod_churn_per_hour: Some(3.0),
+            pending_csrs: Some(1.0),
+            ..Default::default()
+        }
+    }
+
+    fn day(f: impl Fn(&mut Sample)) -> Vec<Sample> {
+        (0..144)
+            .map(|i| {
+                let mut s = sample(i * 600);
+                f(&mut s);
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_feature_gate_alone_is_not_the_cause() {
+        // PodCertificateRequest on but no CSR backlog, on cgroup v1 with 5.15: the risk factor
+        // that is present decides, not the gate.
+        let s = day(|s| {
+            s.gate_pod_certificate_request = Some(1.0);
+            s.cgroup_version = Some(1.0);
+            s.kernel = Some(5.15);
+        });
+        let c = classify(Subject::Kubelet, &s, &[]);
+        assert_eq!(c.cause, Cause::CgroupV1Kernel515, "{:?}", c.supports);
+        // Nothing but the gate: unknown, with the gate's absence of symptoms in the evidence.
+        let s = day(|s| s.gate_pod_certificate_request = Some(1.0));
+        let c = classify(Subject::Kubelet, &s, &[]);
+        assert_eq!(c.cause, Cause::Unknown);
+        assert!(
+            c.contradicts.iter().any(|x| x.contains("CSR queue")),
+            "{:?}",
+            c.contradicts
+        );
+    }
+
+    #[test]
+    fn a_csr_backlog_with_the_gate_is_pod_certs_manager() {
+        let s = day(|s| {
+            s.gate_pod_certificate_request = Some(1.0);
+            s.pending_csrs = Some((s.t / 600) as f64);
+        });
+        let c = classify(Subject::Kubelet, &s, &[]);
+        assert_eq!(c.cause, Cause::PodCertsManager, "{:?}", c.contradicts);
     }
 }

@@ -1,6 +1,7 @@
 //! Leak detection: small detectors behind one trait, a cause classifier in the field guide's
 //! terms, and a time-to-OOM forecast with an interval. The same code runs live (`oomprobe run`)
 //! and offline (`oomprobe replay`).
+pub mod changepoint;
 pub mod classify;
 pub mod csv;
 pub mod score;
@@ -10,6 +11,7 @@ pub mod tracegen;
 
 use serde::Serialize;
 
+use self::changepoint::ChangePoint;
 pub use self::series::Sample;
 use self::series::{baseline, theil_sen, Slope};
 
@@ -38,17 +40,30 @@ pub trait Detector {
 /// The samples since the last kubelet restart (a step in `kubelet_restarts`, or RSS falling by
 /// more than half between two samples): a restarted kubelet starts a new baseline.
 pub fn since_restart(series: &[Sample]) -> &[Sample] {
-    let mut start = 0;
-    for i in 1..series.len() {
-        let (a, b) = (&series[i - 1], &series[i]);
-        let counter_step =
-            matches!((a.kubelet_restarts, b.kubelet_restarts), (Some(x), Some(y)) if y > x);
-        let rss_drop = b.kubelet_rss_bytes < a.kubelet_rss_bytes * 0.5;
-        if counter_step || rss_drop {
-            start = i;
-        }
-    }
-    &series[start..]
+    &series[restart_index(series)..]
+}
+
+/// Index of the first sample after the last kubelet restart (0 when none).
+pub fn restart_index(series: &[Sample]) -> usize {
+    (1..series.len())
+        .rev()
+        .find(|&i| restarted(&series[i - 1], &series[i]))
+        .unwrap_or(0)
+}
+
+/// Times of the first sample after each kubelet restart.
+pub fn restart_times(series: &[Sample]) -> Vec<i64> {
+    series
+        .windows(2)
+        .filter(|w| restarted(&w[0], &w[1]))
+        .map(|w| w[1].t)
+        .collect()
+}
+
+fn restarted(a: &Sample, b: &Sample) -> bool {
+    let counter_step =
+        matches!((a.kubelet_restarts, b.kubelet_restarts), (Some(x), Some(y)) if y > x);
+    counter_step || b.kubelet_rss_bytes < a.kubelet_rss_bytes * 0.5
 }
 
 fn window(series: &[Sample], seconds: i64) -> &[Sample] {
@@ -60,27 +75,20 @@ fn window(series: &[Sample], seconds: i64) -> &[Sample] {
 }
 
 /// The kubelet's memory baseline trend, explained by pod count: growth that pods explain is
-/// not a leak. Fires when the residual slope is significantly positive.
+/// not a leak. A change-point test calls the leak (see `changepoint`); windowed Theil-Sen trends
+/// describe the baseline when nothing is called.
 pub struct KubeletLeak {
-    /// Windows tried, shortest first, each with the slope lower bound (bytes/day) it needs: a
-    /// window shorter than a day sees the daily pattern as a trend, so it only calls fast leaks.
-    pub windows: Vec<(i64, f64)>,
-    /// Residual slope (bytes/day) above which the leak is called.
-    pub threshold_per_day: f64,
+    /// The test that calls a leak.
+    pub change: ChangePoint,
+    /// Windows tried for the reported trend when no leak is called, longest first.
+    pub report_windows: Vec<i64>,
 }
 
 impl Default for KubeletLeak {
     fn default() -> Self {
         KubeletLeak {
-            // Lower bounds set above what healthy nodes show in each window (measured per window on
-            // 60 generated healthy node-weeks: p99.9 and max of the slope's lower bound), so only a leak clears them.
-            windows: vec![
-                (12 * HOUR, 350e6),
-                (24 * HOUR, 110e6),
-                (48 * HOUR, 20e6),
-                (72 * HOUR, 9e6),
-            ],
-            threshold_per_day: 20.0 * 1e6,
+            change: ChangePoint::default(),
+            report_windows: vec![72 * HOUR, 48 * HOUR, 24 * HOUR, 12 * HOUR],
         }
     }
 }
@@ -88,11 +96,6 @@ impl Default for KubeletLeak {
 /// Baseline buckets: long enough for a low quantile to sit on the GC sawtooth's troughs.
 const BUCKET_S: i64 = HOUR;
 const BASELINE_Q: f64 = 0.1;
-/// Hours compared day over day.
-const SEASONAL_SPAN_S: i64 = 6 * HOUR;
-
-/// Day-over-day growth of the kubelet's pod-adjusted baseline that calls a leak.
-const SEASONAL_THRESHOLD: f64 = 45e6;
 
 /// The pod-adjusted trend of the kubelet's baseline.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,69 +108,40 @@ pub struct Trend {
     /// Latest baseline (bytes) and the raw slope before the pod adjustment (bytes/day).
     pub baseline: f64,
     pub raw_per_day: f64,
+    /// The change point's significance (slope over its standard error) when a leak is called.
+    pub t_stat: Option<f64>,
+    /// Kubelet restarts the called leak spans.
+    pub restarts: usize,
 }
 
 impl KubeletLeak {
-    /// The trend of the window that calls a leak, else of the longest full window.
+    /// The leak's trend since its change point when one is called, else the trend of the
+    /// longest full window.
     pub fn trend(&self, series: &[Sample]) -> Option<Trend> {
-        let mut longest = None;
-        for &(w, min_low) in &self.windows {
-            if let Some(t) = self.trend_in(series, w) {
-                if t.slope.low > min_low && t.slope.mid > self.threshold_per_day {
-                    return Some(t);
-                }
-                longest = Some(t);
-            }
+        if let Some(f) = self.called(series) {
+            let last = series.last()?.t;
+            let span = last - f.start;
+            let raw = self
+                .trend_in(series, span)
+                .map_or(f.slope.mid, |t| t.raw_per_day);
+            return Some(Trend {
+                slope: f.slope,
+                per_pod: f.per_pod,
+                span_s: span,
+                baseline: f.baseline,
+                raw_per_day: raw,
+                t_stat: Some(f.t_stat),
+                restarts: f.restarts,
+            });
         }
-        longest
-    }
-
-    fn firing(&self, series: &[Sample]) -> bool {
-        self.seasonal(series)
-            .is_some_and(|(mean, min)| mean > SEASONAL_THRESHOLD && min > SEASONAL_THRESHOLD / 2.0)
-            || self.windows.iter().any(|&(w, min_low)| {
-                self.trend_in(series, w)
-                    .is_some_and(|t| t.slope.low > min_low && t.slope.mid > self.threshold_per_day)
-            })
-    }
-
-    /// Day-over-day growth of the pod-adjusted baseline: each of the last 6 hours against the
-    /// same hour yesterday, which cancels the daily pattern. Returns (mean, minimum) in bytes.
-    pub fn seasonal(&self, series: &[Sample]) -> Option<(f64, f64)> {
-        let seg = since_restart(series);
-        if seg.last()?.t - seg.first()?.t < 31 * HOUR {
-            return None;
-        }
-        let seg = window(seg, 31 * HOUR);
-        let rss: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.kubelet_rss_bytes)).collect();
-        let pods: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.pods)).collect();
-        let base = baseline(&rss, BUCKET_S, BASELINE_Q);
-        let pods_b = baseline(&pods, BUCKET_S, 0.5);
-        if base.len() != pods_b.len() || (base.len() as i64) < 30 * HOUR / BUCKET_S {
-            return None;
-        }
-        // The per-pod cost measured on this node (over up to 72 h) explains pod changes better
-        // than the sizing rule's 11 MiB, which is off by a third on some nodes.
-        let per_pod = [72 * HOUR, 48 * HOUR, 24 * HOUR]
+        self.report_windows
             .iter()
             .find_map(|&w| self.trend_in(series, w))
-            .map_or(BYTES_PER_POD, |t| t.per_pod);
-        let adj: Vec<(f64, f64)> = base
-            .iter()
-            .zip(&pods_b)
-            .map(|(b, p)| (b.0, b.1 - per_pod * p.1))
-            .collect();
-        let mut diffs = Vec::new();
-        for &(t, v) in adj.iter().rev().take((SEASONAL_SPAN_S / BUCKET_S) as usize) {
-            let day_before = adj
-                .iter()
-                .find(|(u, _)| (t - u - DAY).abs() < 1.0)
-                .map(|(_, v)| *v)?;
-            diffs.push(v - day_before);
-        }
-        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-        let min = diffs.iter().copied().fold(f64::INFINITY, f64::min);
-        Some((mean, min))
+    }
+
+    /// The change point when it calls a leak.
+    pub fn called(&self, series: &[Sample]) -> Option<changepoint::Fit> {
+        self.change.fit(series).filter(|f| self.change.calls(f))
     }
 
     pub fn trend_in(&self, series: &[Sample], window_s: i64) -> Option<Trend> {
@@ -213,6 +187,8 @@ impl KubeletLeak {
             span_s: span,
             baseline: base.last()?.1,
             raw_per_day: raw.mid * DAY,
+            t_stat: None,
+            restarts: 0,
         })
     }
 }
@@ -224,13 +200,27 @@ impl Detector for KubeletLeak {
 
     fn check(&self, series: &[Sample]) -> Option<Finding> {
         let t = self.trend(series)?;
-        let firing = self.firing(series);
+        let significance =
+            t.t_stat
+                .map(|z| {
+                    format!(
+                        ", growth started {:.0} h ago, {z:.1} standard errors above flat{}",
+                        t.span_s as f64 / 3600.0,
+                        match t.restarts {
+                            0 => String::new(),
+                            n => format!(
+                                " (across {n} kubelet restart(s), each starting the leak anew)"
+                            ),
+                        }
+                    )
+                })
+                .unwrap_or_default();
         Some(Finding {
             detector: self.name(),
-            firing,
+            firing: t.t_stat.is_some(),
             value: t.slope.mid,
             evidence: format!(
-                "kubelet RSS baseline grows {:.0} MB/day ({:.0}..{:.0}) over {:.0} h after explaining {:.1} MiB/pod; raw {:.0} MB/day",
+                "kubelet RSS baseline grows {:.0} MB/day ({:.0}..{:.0}) over {:.0} h after explaining {:.1} MiB/pod and the daily pattern; raw {:.0} MB/day{significance}",
                 t.slope.mid / 1e6,
                 t.slope.low / 1e6,
                 t.slope.high / 1e6,
