@@ -1,9 +1,6 @@
 //! `oomprobe run`: the daemon. Streams kill records and serves metrics.
 use std::{io::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
-use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
-
 use super::OutputFormat;
 use crate::{
     clock::{monotonic_ns, Clock},
@@ -51,6 +48,11 @@ pub struct RunArgs {
     /// Seconds between samples of the kubelet's and the node's memory.
     #[arg(long, default_value_t = 10)]
     pub sample_interval: u64,
+    /// Ring-buffer reader threads, one pinned per CPU up to this many (see agent/src/ring.rs:
+    /// a reader on a CPU other than the OOM-killing task's sees the kill without waiting for
+    /// that task to leave the kernel).
+    #[arg(long, default_value_t = 8)]
+    pub ring_readers: usize,
     /// Seconds between leak detector evaluations.
     #[arg(long, default_value_t = 60)]
     pub detect_interval: u64,
@@ -180,10 +182,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tracing::info!(addr = %args.metrics_addr, "serving /metrics");
         Some(tokio::spawn(metrics::serve(listener, metrics.clone())))
     };
-    let ring: RingBuf<MapData> = probes.take_events()?;
-    // SAFETY: the ring buffer owns its fd and keeps it open until it is dropped with the AsyncFd.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| RunError::Ring(e.into()))?;
+    let ring = probes.take_events()?;
+    let (readers, mut ring) =
+        crate::ring::spawn(ring, args.ring_readers, 4096).map_err(RunError::Ring)?;
+    tracing::debug!(cpus = ?readers.cpus, "ring-buffer readers started");
     let mut correlator = Correlator::new(LiveNode::detect(), Clock::new());
     let mut tracker = Tracker::new(Target {
         name: args.kubelet_name.clone(),
@@ -308,11 +310,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     report_tick.tick().await;
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.map_err(RunError::Ring)?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    match events::decode(&item) {
+            Some((decoded, seen)) = ring.recv() => {
+                for (decoded, seen) in std::iter::once((decoded, seen)).chain(std::iter::from_fn(|| ring.try_recv().ok())) {
+                    match decoded {
                         Ok(events::Event::KubeletExec(e)) => {
                             kubelet_execs.push((e.tgid, e.ktime_ns));
                         }
@@ -320,7 +320,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                             if let events::Event::Signal(s) = &ev {
                                 metrics.sigkills.with_label_values(&[forensics::delivery_name(s.result)]).inc();
                             }
-                            records.extend(correlator.on_event_at(ev, Some(monotonic_ns())));
+                            records.extend(correlator.on_event_at(ev, Some(seen)));
                         }
                         Err(e) => {
                             metrics.dropped.with_label_values(&["decode_error", e.reason()]).inc();
@@ -328,7 +328,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                         }
                     }
                 }
-                guard.clear_ready();
             }
             _ = report_tick.tick() => {
                 for rep in tracker.report(&mut probes) {
