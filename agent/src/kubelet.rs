@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use probe_common::{AllocKey, AllocVal, POINT_SYSCALL_MMAP, POINT_SYSCALL_MUNMAP};
+use probe_common::{AllocKey, AllocVal, KubeletText, POINT_SYSCALL_MMAP, POINT_SYSCALL_MUNMAP};
 use serde::Serialize;
 
 use crate::{
@@ -125,6 +125,30 @@ fn load_bias(pid: u32, exe: &Path) -> u64 {
         }
     }
     0
+}
+
+/// The executable mappings of `exe` in `pid` (runtime addresses), as one range.
+fn text_range(pid: u32, exe: &Path) -> KubeletText {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let exe = exe.to_string_lossy();
+    let mut range: Option<(u64, u64)> = None;
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[5] != exe || f[1].as_bytes().get(2) != Some(&b'x') {
+            continue;
+        }
+        let Some((a, b)) = f[0].split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        range = Some(range.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
+    }
+    range.map_or_else(KubeletText::default, |(start, end)| KubeletText {
+        start,
+        end,
+    })
 }
 
 /// libc as mapped by `pid`, for kubelets that are not Go binaries.
@@ -287,7 +311,7 @@ impl Tracker {
                 }
             },
         };
-        if let Err(e) = probes.watch_tgid(pid) {
+        if let Err(e) = probes.watch_tgid(pid, text_range(pid, &exe)) {
             tracing::warn!(pid, error = %e, "cannot watch kubelet pid");
             return None;
         }
@@ -416,7 +440,12 @@ fn attribute(
         *by_point.entry(name).or_default() += v.bytes;
         if grows {
             mapped += v.bytes;
-            let site = call_site(&stack(k.stack_id), probed.funcs.as_deref(), proc_.bias);
+            let site = call_site(
+                &stack(k.stack_id),
+                k.site,
+                probed.funcs.as_deref(),
+                proc_.bias,
+            );
             let e = sites.entry(site).or_default();
             e.0 += v.bytes;
             e.1 += v.calls;
@@ -447,11 +476,18 @@ fn attribute(
 }
 
 /// The first frame outside the runtime (the code that wanted the memory), or the innermost
-/// frame's function, or `unknown`.
-pub fn call_site(frames: &[u64], funcs: Option<&FuncTable>, bias: u64) -> String {
+/// frame's function, or `unknown`. `site` is the scanned return address into the kubelet's
+/// code (library entry points, whose frame-pointer walk loses the caller): it wins when set.
+pub fn call_site(frames: &[u64], site: u64, funcs: Option<&FuncTable>, bias: u64) -> String {
     let Some(funcs) = funcs else {
         return "unknown".into();
     };
+    if site != 0 {
+        // A return address: the call instruction is just before it.
+        if let Some(name) = funcs.symbolize(site.saturating_sub(bias).saturating_sub(1)) {
+            return name.to_string();
+        }
+    }
     let names: Vec<&str> = frames
         .iter()
         .enumerate()

@@ -11,8 +11,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use probe_common::{
-    alloc_cookie, maps, programs, AllocKey, AllocVal, ArgReg, Config, Counter, OFFSET_ABSENT,
-    TASK_COMM_LEN,
+    alloc_cookie, maps, programs, AllocKey, AllocVal, ArgReg, Config, Counter, KubeletText,
+    OFFSET_ABSENT, TASK_COMM_LEN,
 };
 
 use crate::symbols::{ProbePoint, Role};
@@ -392,7 +392,15 @@ impl Probes {
             };
             let point = UProbeAttachPoint {
                 location: p.offset.into(),
-                cookie: Some(alloc_cookie(i as u16, reg)),
+                // Libraries are built without frame pointers: scan for the caller instead.
+                cookie: Some(alloc_cookie(
+                    i as u16,
+                    reg,
+                    matches!(
+                        p.role,
+                        Role::LibcMmap | Role::LibcMunmap | Role::LibcSbrk | Role::LibcBrk
+                    ),
+                )),
             };
             prog.attach(point, binary, scope)
                 .map_err(|source| ProbeError::Uprobe {
@@ -432,7 +440,7 @@ impl Probes {
         Ok(())
     }
 
-    fn tgids(&mut self) -> Result<HashMap<&mut MapData, u32, u32>, ProbeError> {
+    fn tgids(&mut self) -> Result<HashMap<&mut MapData, u32, KubeletText>, ProbeError> {
         let map = self
             .ebpf
             .map_mut(maps::KUBELET_TGIDS)
@@ -444,9 +452,11 @@ impl Probes {
     }
 
     /// Counts this process's allocations from now on.
-    pub fn watch_tgid(&mut self, tgid: u32) -> Result<(), ProbeError> {
+    /// Watches a kubelet process; `text` is its executable code's address range (for the
+    /// call-site scan of library entry points), zero when unknown.
+    pub fn watch_tgid(&mut self, tgid: u32, text: KubeletText) -> Result<(), ProbeError> {
         self.tgids()?
-            .insert(tgid, 1, 0)
+            .insert(tgid, text, 0)
             .map_err(|source| ProbeError::Map {
                 name: maps::KUBELET_TGIDS,
                 source,

@@ -87,9 +87,26 @@ pub enum ArgReg {
     Rsi = 3,
 }
 
-/// Attach cookie: entry-point index (low 16 bits) and [`ArgReg`] (bits 16..24).
-pub const fn alloc_cookie(point: u16, reg: ArgReg) -> u64 {
-    (point as u64) | ((reg as u64) << 16)
+/// Attach cookie: entry-point index (low 16 bits), [`ArgReg`] (bits 16..24) and
+/// [`COOKIE_SCAN_STACK`].
+pub const fn alloc_cookie(point: u16, reg: ArgReg, scan_stack: bool) -> u64 {
+    (point as u64) | ((reg as u64) << 16) | if scan_stack { COOKIE_SCAN_STACK } else { 0 }
+}
+
+/// Cookie flag: find the call site by scanning the user stack for the first return address
+/// into the kubelet's own code (for entry points in a library built without frame pointers,
+/// libc, where the frame-pointer walk loses the caller).
+pub const COOKIE_SCAN_STACK: u64 = 1 << 24;
+/// Stack words scanned from the stack pointer at the entry point.
+pub const SCAN_STACK_WORDS: usize = 128;
+
+/// Value of `KUBELET_TGIDS`: the kubelet's executable code, as mapped in that process
+/// (runtime addresses), for the stack scan. Zero when unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KubeletText {
+    pub start: u64,
+    pub end: u64,
 }
 
 /// Entry-point index reserved for the syscall fallback.
@@ -105,6 +122,9 @@ pub struct AllocKey {
     pub point: u32,
     /// `bpf_get_stackid` of the user stack, negative when unavailable.
     pub stack_id: i64,
+    /// First return address into the kubelet's code found on the stack (scan entry points
+    /// only), else 0.
+    pub site: u64,
 }
 
 #[repr(C)]
@@ -473,7 +493,8 @@ const _: () = assert!(size_of::<OomVictimEvent>() == 16 + 8 + 40 + 16 + 16);
 const _: () = assert!(size_of::<ExitEvent>() == 16 + 16 + 8 + 16 + size_of::<CgroupPath>());
 const _: () = assert!(size_of::<Config>() == 35 * 4 + TASK_COMM_LEN);
 const _: () = assert!(size_of::<OomControlEvent>() == 16 + 16 + 16 + size_of::<CgroupPath>());
-const _: () = assert!(size_of::<AllocKey>() == 16);
+const _: () = assert!(size_of::<AllocKey>() == 24);
+const _: () = assert!(size_of::<KubeletText>() == 16);
 const _: () = assert!(size_of::<AllocVal>() == 16);
 const _: () = assert!(size_of::<ReclaimStats>() == 24);
 const _: () = assert!(size_of::<ReclaimFlight>() == 16);
@@ -490,6 +511,7 @@ mod user {
     unsafe impl aya::Pod for PendingKill {}
     unsafe impl aya::Pod for ReclaimMark {}
     unsafe impl aya::Pod for AllocKey {}
+    unsafe impl aya::Pod for KubeletText {}
     unsafe impl aya::Pod for AllocVal {}
     unsafe impl aya::Pod for ReclaimStats {}
 }

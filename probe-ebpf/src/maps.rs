@@ -45,7 +45,7 @@ pub fn present(offset: u32) -> bool {
 pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 #[map]
-pub static KUBELET_TGIDS: aya_ebpf::maps::HashMap<u32, u32> =
+pub static KUBELET_TGIDS: aya_ebpf::maps::HashMap<u32, probe_common::KubeletText> =
     aya_ebpf::maps::HashMap::with_max_entries(probe_common::KUBELET_TGIDS_MAX, 0);
 
 #[map]

@@ -4,14 +4,17 @@
 //! kernel, so a restarted kubelet is followed from its first allocation.
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, generated::bpf_get_attach_cookie},
+    helpers::{
+        bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_get_attach_cookie,
+    },
     macros::{tracepoint, uprobe},
     programs::{tracing::StackIdContext as _, ProbeContext, TracePointContext},
     EbpfContext as _,
 };
 use probe_common::{
-    AllocKey, AllocVal, ArgReg, Counter, EventKind, KubeletExecEvent, POINT_SYSCALL_MMAP,
-    POINT_SYSCALL_MUNMAP, TASK_COMM_LEN,
+    AllocKey, AllocVal, ArgReg, Counter, EventKind, KubeletExecEvent, KubeletText,
+    COOKIE_SCAN_STACK, POINT_SYSCALL_MMAP, POINT_SYSCALL_MUNMAP, SCAN_STACK_WORDS, TASK_COMM_LEN,
 };
 
 use super::current_ids;
@@ -30,7 +33,8 @@ pub fn tp_sched_process_exec(_ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (_, tgid) = current_ids();
-    let _ = KUBELET_TGIDS.insert(tgid, 1, 0);
+    // The code range comes from userspace once it has read the process's maps.
+    let _ = KUBELET_TGIDS.insert(tgid, KubeletText::default(), 0);
     let Some(mut entry) = EVENTS.reserve::<KubeletExecEvent>(0) else {
         count(Counter::RingbufFullExit);
         return 0;
@@ -51,19 +55,20 @@ pub fn tp_sched_process_exec(_ctx: TracePointContext) -> u32 {
 #[uprobe]
 pub fn uprobe_alloc(ctx: ProbeContext) -> u32 {
     let (_, tgid) = current_ids();
-    if unsafe { KUBELET_TGIDS.get(tgid) }.is_none() {
+    let Some(text) = (unsafe { KUBELET_TGIDS.get(tgid) }).copied() else {
         return 0;
-    }
+    };
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let point = (cookie & 0xffff) as u32;
     // Four fixed-offset loads: the verifier refuses a ctx load at a computed offset.
-    let (rax, rbx, rdi, rsi) = unsafe {
+    let (rax, rbx, rdi, rsi, rsp) = unsafe {
         let regs = ctx.regs;
         (
             core::ptr::read_volatile(&raw const (*regs).rax),
             core::ptr::read_volatile(&raw const (*regs).rbx),
             core::ptr::read_volatile(&raw const (*regs).rdi),
             core::ptr::read_volatile(&raw const (*regs).rsi),
+            core::ptr::read_volatile(&raw const (*regs).rsp),
         )
     };
     let bytes = match ((cookie >> 16) & 0xff) as u32 {
@@ -75,7 +80,35 @@ pub fn uprobe_alloc(ctx: ProbeContext) -> u32 {
     let stack_id = ctx
         .get_stackid(&STACKS, BPF_F_USER_STACK as u64)
         .unwrap_or(-1);
-    add(tgid, point, stack_id, bytes);
+    let site = if cookie & COOKIE_SCAN_STACK != 0 {
+        scan_for_site(rsp, &text)
+    } else {
+        0
+    };
+    add(tgid, point, stack_id, site, bytes);
+    0
+}
+
+/// The first word on the user stack (from the entry point's stack pointer) that points into
+/// the kubelet's code: the return address of the innermost kubelet frame below the library.
+/// A stale code pointer left on the stack can be mistaken for it; the scan is bounded.
+#[inline(always)]
+fn scan_for_site(rsp: u64, text: &KubeletText) -> u64 {
+    if text.start == 0 {
+        return 0;
+    }
+    // Eight words per read keeps the BPF stack small.
+    for chunk in 0..SCAN_STACK_WORDS / 8 {
+        let at = rsp + (chunk * 64) as u64;
+        let Ok(words) = (unsafe { bpf_probe_read_user::<[u64; 8]>(at as *const _) }) else {
+            return 0;
+        };
+        for w in words {
+            if w >= text.start && w < text.end {
+                return w;
+            }
+        }
+    }
     0
 }
 
@@ -101,16 +134,17 @@ fn syscall(ctx: &TracePointContext, point: u16) -> u32 {
     let Ok(len) = (unsafe { ctx.read_at::<u64>(24) }) else {
         return 0;
     };
-    add(tgid, u32::from(point), -1, len);
+    add(tgid, u32::from(point), -1, 0, len);
     0
 }
 
 #[inline(always)]
-fn add(tgid: u32, point: u32, stack_id: i64, bytes: u64) {
+fn add(tgid: u32, point: u32, stack_id: i64, site: u64, bytes: u64) {
     let key = AllocKey {
         tgid,
         point,
         stack_id,
+        site,
     };
     // Per-CPU values: no other writer while this program runs on this CPU.
     if let Some(v) = ALLOC_STATS.get_ptr_mut(&key) {
