@@ -286,11 +286,17 @@ fn report(tools: &[Tool], pids: &[u32], kernel_kills: u64, label: &str) {
     }
 }
 
-fn ns_per_op(program: &std::path::Path, args: &[&str]) -> Result<f64> {
-    let out = Command::new(program).args(args).output()?;
+/// Runs a stand-in's benchmark loop: its ns per op and its pid.
+fn ns_per_op(program: &std::path::Path, args: &[&str]) -> Result<(f64, u32)> {
+    let child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     json_u64(&text, "ns_per_op")
-        .map(|v| v as f64)
+        .map(|v| (v as f64, pid))
         .with_context(|| format!("no ns_per_op from {}: {text}", program.display()))
 }
 
@@ -300,34 +306,33 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The kubelet allocator probes' cost: the Go stand-in's allocation loop and a libc mmap/munmap
-/// loop, each without and with the agent's uprobes attached, in the same run.
+/// loop, each without and with the agent's uprobes attached, in the same run. Runs alternate
+/// (bare, probed, bare, ...) with the agent up throughout, so drift on the machine hits both
+/// sides alike: the bare runs use a copy of each binary named `kubelet-bare`, which the agent
+/// neither follows (another name) nor traps (uprobes are per inode).
 pub fn run_alloc() -> Result<()> {
     crate::build()?;
     crate::run(Command::new("cargo").args(["build", "--release", "-p", "oomprobe"]))?;
     let root = workspace_root();
     let go = root.join("target/standin/go/kubelet");
     let c = root.join("target/standin/c/kubelet");
+    let go_bare = root.join("target/standin/go/kubelet-bare");
+    let c_bare = root.join("target/standin/c/kubelet-bare");
+    std::fs::copy(&go, &go_bare)?;
+    std::fs::copy(&c, &c_bare)?;
     let go_args = ["-loop", "300000"];
     let c_args = ["-mmap-loop", "200000", "-delay-ms", "300"];
-    let runs = 5;
-    let measure = |p: &std::path::Path, a: &[&str]| -> Result<f64> {
-        Ok(median(
-            (0..runs)
-                .map(|_| ns_per_op(p, a))
-                .collect::<Result<Vec<_>>>()?,
-        ))
-    };
-    let go_base = measure(&go, &go_args)?;
-    let c_base = measure(&c, &c_args)?;
+    let pairs = 9;
     let mut agent = Command::new(root.join("target/release/oomprobe"))
         .args(["run", "--format", "json", "--no-metrics", "--kubelet-bin"])
         .arg(&go)
-        .arg("--state-dir")
+        .args(["--attribution-interval", "1", "--state-dir"])
         .arg(root.join("target/bench-state"))
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
     let err = agent.stderr.take().context("stderr")?;
+    let out = agent.stdout.take().context("stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for l in BufReader::new(err).lines().map_while(Result::ok) {
@@ -336,23 +341,84 @@ pub fn run_alloc() -> Result<()> {
             }
         }
     });
+    // Probe hits per kubelet pid, from the agent's latest kubelet_memory report.
+    let hits: Arc<Mutex<HashMap<u32, u64>>> = Arc::default();
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if !l.contains("\"kubelet_memory\"") {
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) else {
+                continue;
+            };
+            let calls: u64 = v["top_call_sites"]
+                .as_array()
+                .map_or(0, |a| a.iter().filter_map(|s| s["calls"].as_u64()).sum());
+            if let Some(pid) = v["pid"].as_u64() {
+                h.lock().unwrap().insert(pid as u32, calls);
+            }
+        }
+    });
     rx.recv_timeout(Duration::from_secs(60))
         .context("agent not ready")?;
-    let go_probed = measure(&go, &go_args)?;
-    let c_probed = measure(&c, &c_args)?;
+    let result = (|| -> Result<()> {
+        let mut go_r = Vec::new();
+        let mut c_r = Vec::new();
+        let (mut go_b, mut go_p, mut c_b, mut c_p) = (vec![], vec![], vec![], vec![]);
+        let mut go_hits = Vec::new();
+        for _ in 0..pairs {
+            let b = ns_per_op(&go_bare, &go_args)?.0;
+            let (p, pid) = ns_per_op(&go, &go_args)?;
+            go_r.push(p / b);
+            go_b.push(b);
+            go_p.push(p);
+            go_hits.push(pid);
+            let b = ns_per_op(&c_bare, &c_args)?.0;
+            let p = ns_per_op(&c, &c_args)?.0;
+            c_r.push(p / b);
+            c_b.push(b);
+            c_p.push(p);
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let counted = hits.lock().unwrap();
+        let go_hits: Vec<f64> = go_hits
+            .iter()
+            .filter_map(|p| counted.get(p).map(|&c| c as f64))
+            .collect();
+        let (c_base, c_probed) = (median(c_b), median(c_p));
+        let per_hit = (c_probed - c_base) / 2.0;
+        let spread = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            (v[0], v[v.len() / 2], v[v.len() - 1])
+        };
+        let (lo, mid, hi) = spread(go_r);
+        println!("\nkubelet allocator probes ({pairs} alternating bare/probed pairs):");
+        println!(
+            "Go stand-in allocation loop (64 KiB make per op, {} ops): {:.0} ns/op bare, {:.0} ns/op probed; slowdown per pair: median x{mid:.3} (min x{lo:.3}, max x{hi:.3})",
+            go_args[1],
+            median(go_b.clone()),
+            median(go_p)
+        );
+        if !go_hits.is_empty() {
+            let run_ns = median(go_b) * go_args[1].parse::<f64>()?;
+            let hits = median(go_hits);
+            println!(
+                "  probe hits per Go run (agent's count): {hits:.0}; at {per_hit:.0} ns per hit that is {:.4}% of the run: the loop allocates from the heap the runtime already mapped",
+                hits * per_hit / run_ns * 100.0
+            );
+        }
+        let (lo, mid, hi) = spread(c_r);
+        println!(
+            "libc mmap+munmap loop (2 probe hits per op): {c_base:.0} ns/op bare, {c_probed:.0} ns/op probed; slowdown median x{mid:.3} (min x{lo:.3}, max x{hi:.3}), {per_hit:.0} ns per hit"
+        );
+        Ok(())
+    })();
     let _ = agent.kill();
     let _ = agent.wait();
-    println!("\nkubelet allocator probes ({runs} runs each, median):");
-    println!(
-        "Go stand-in allocation loop (64 KiB make per op): {go_base:.0} ns/op bare, {go_probed:.0} ns/op probed: slowdown x{:.3}",
-        go_probed / go_base
-    );
-    println!(
-        "libc mmap+munmap loop (2 probe hits per op): {c_base:.0} ns/op bare, {c_probed:.0} ns/op probed: slowdown x{:.3}, {:.0} ns per hit",
-        c_probed / c_base,
-        (c_probed - c_base) / 2.0
-    );
-    Ok(())
+    let _ = std::fs::remove_file(&go_bare);
+    let _ = std::fs::remove_file(&c_bare);
+    result
 }
 
 /// The agent's CPU while sampling a node with 100 pod cgroups (a kubepods tree of our own).
