@@ -1,5 +1,5 @@
 //! The kubelet's own `/metrics`: goroutines, PLEG relist duration, memory evictions, cgroup
-//! version. Garbage, errors and timeouts are reported, never fatal.
+//! version, running and exited containers. Garbage, errors and timeouts are reported, never fatal.
 use std::time::Duration;
 
 use serde::Serialize;
@@ -11,6 +11,11 @@ pub struct KubeletMetrics {
     pub pleg_relist_p99_seconds: Option<f64>,
     pub evictions_memory_total: Option<f64>,
     pub cgroup_version: Option<f64>,
+    /// `kubelet_running_containers{container_state="running"}`.
+    pub running_containers: Option<f64>,
+    /// `kubelet_running_containers{container_state="exited"}`: exited containers the kubelet
+    /// still holds (the container GC leak's signature).
+    pub exited_containers: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +103,14 @@ pub fn parse(text: &str) -> Option<KubeletMetrics> {
                 any = true;
                 m.cgroup_version = Some(v);
             }
+            "kubelet_running_containers" => {
+                any = true;
+                match label(labels, "container_state") {
+                    Some("running") => *m.running_containers.get_or_insert(0.0) += v,
+                    Some("exited") => *m.exited_containers.get_or_insert(0.0) += v,
+                    _ => {}
+                }
+            }
             n if n.starts_with("kubelet_") => any = true,
             _ => {}
         }
@@ -176,6 +189,9 @@ kubelet_pleg_relist_duration_seconds_count 100
 kubelet_evictions_total{eviction_signal="memory.available"} 3
 kubelet_evictions_total{eviction_signal="nodefs.available"} 1
 kubelet_cgroup_version 1
+kubelet_running_containers{container_state="created"} 1
+kubelet_running_containers{container_state="exited"} 212
+kubelet_running_containers{container_state="running"} 45
 go_goroutines 900
 "#;
 
@@ -185,6 +201,8 @@ go_goroutines 900
         assert_eq!(m.goroutines, Some(610.0));
         assert_eq!(m.evictions_memory_total, Some(3.0));
         assert_eq!(m.cgroup_version, Some(1.0));
+        assert_eq!(m.exited_containers, Some(212.0));
+        assert_eq!(m.running_containers, Some(45.0));
         // rank 99 of 100 falls in (10, 30]: 10 + 20 * 9/10.
         assert!((m.pleg_relist_p99_seconds.unwrap() - 28.0).abs() < 1e-9);
     }

@@ -34,6 +34,9 @@ pub struct SampleEvent {
     pub node_mem_total_bytes: Option<u64>,
     pub pods: u64,
     pub workload_working_set_bytes: u64,
+    /// Running and exited containers the kubelet holds (from its /metrics).
+    pub containers: Option<f64>,
+    pub exited_containers: Option<f64>,
     /// From the kubelet's /metrics, when configured and reachable.
     pub kubelet_metrics: Option<crate::kubelet_metrics::KubeletMetrics>,
 }
@@ -179,6 +182,8 @@ pub fn sample(
         node_mem_total_bytes: total,
         pods: pods.len() as u64,
         workload_working_set_bytes: workload,
+        containers: None,
+        exited_containers: None,
         kubelet_metrics: None,
     };
     (s, ev)

@@ -23,6 +23,8 @@ kubelet_pleg_relist_duration_seconds_bucket{le=\"10\"} 90\n\
 kubelet_pleg_relist_duration_seconds_bucket{le=\"30\"} 100\n\
 kubelet_pleg_relist_duration_seconds_bucket{le=\"+Inf\"} 100\n\
 kubelet_evictions_total{eviction_signal=\"memory.available\"} 3\n\
+kubelet_running_containers{container_state=\"exited\"} 212\n\
+kubelet_running_containers{container_state=\"running\"} 45\n\
 kubelet_cgroup_version 1\n";
 
 /// Serves `body` (or nothing, when `None`: the connection is held open, unanswered).
@@ -121,6 +123,9 @@ fn diagnose_reports_each_check_in_the_guides_terms() {
     assert_eq!(find(&checks, "kubelet_cgroup")["verdict"], "bad");
     assert_eq!(find(&checks, "kubelet_goroutines")["value"], "610");
     assert_eq!(find(&checks, "kubelet_goroutines")["verdict"], "bad");
+    let exited = find(&checks, "exited_containers");
+    assert_eq!(exited["value"], "212 exited, 45 running");
+    assert_eq!(exited["verdict"], "bad");
     assert_eq!(find(&checks, "pleg_relist_p99")["value"], "28.00 s");
     assert_eq!(find(&checks, "pleg_relist_p99")["verdict"], "bad");
     assert_eq!(find(&checks, "memory_evictions")["verdict"], "bad");
@@ -166,6 +171,13 @@ fn run_scrapes_kubelet_metrics_and_counts_garbage_and_timeouts() {
         s["kubelet_metrics"]["evictions_memory_total"].as_f64(),
         Some(3.0)
     );
+    // Exited containers feed the container GC cause; they come only from the kubelet.
+    assert_eq!(
+        s["kubelet_metrics"]["exited_containers"].as_f64(),
+        Some(212.0)
+    );
+    assert_eq!(s["exited_containers"].as_f64(), Some(212.0), "{s}");
+    assert_eq!(s["containers"].as_f64(), Some(45.0), "{s}");
     drop(agent);
 
     for (body, reason) in [

@@ -278,6 +278,16 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
                             },
                         ));
                     }
+                    if let Some(x) = m.exited_containers {
+                        let running = m.running_containers.unwrap_or(0.0);
+                        let piling = x > 100.0 || x > 2.0 * running.max(1.0);
+                        checks.push(check(
+                            "exited_containers",
+                            format!("{x:.0} exited, {running:.0} running"),
+                            if piling { Health::Bad } else { Health::Good },
+                            "exited containers piling up against running ones is the container GC leak's sign (kubernetes#131905): compare crictl ps -a with the running pods",
+                        ));
+                    }
                     if let Some(e) = m.evictions_memory_total {
                         checks.push(check(
                             "memory_evictions",
@@ -318,7 +328,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
             "containers",
             format!("{} pods, {containers} running containers", pods.len()),
             Health::Unknown,
-            "from the kubepods cgroup tree; exited containers (the container GC leak's sign) need the runtime socket, not read",
+            "from the kubepods cgroup tree; exited containers come from the kubelet's metrics (exited_containers)",
         ));
     }
     checks.push(memory_pressure(&args).await);

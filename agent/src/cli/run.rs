@@ -352,6 +352,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                     s.pleg_relist_p99_seconds = m.pleg_relist_p99_seconds;
                     s.evictions_memory_total = m.evictions_memory_total;
                     s.cgroup_version = m.cgroup_version.or(s.cgroup_version);
+                    s.exited_containers = m.exited_containers.or(s.exited_containers);
+                    s.containers = m.running_containers.or(s.containers);
+                    ev.exited_containers = s.exited_containers;
+                    ev.containers = s.containers;
                     ev.kubelet_metrics = Some(m);
                 }
                 metrics.observe_sample(&ev);
