@@ -265,8 +265,13 @@ impl Probes {
         }
         let btf = Btf::from_sys_fs()?;
         let config = build_config(std::process::id(), kubelet_comm, &btf)?;
-        // No CO-RE relocations here (offsets come from our own BTF reading): skip aya's second
-        // parse of the kernel BTF, which only raised the agent's peak memory.
+        // aya 0.14's EbpfLoader::new() parses the kernel's BTF whatever follows (it is the
+        // start-up peak of the agent's memory): free ours first so the two never coexist, and
+        // return aya's to the system once it is dropped (the caller trims). No CO-RE
+        // relocations are needed: the offsets come from our own reading.
+        drop(btf);
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
         let mut ebpf = EbpfLoader::new()
             .btf(None)
             .load(object)
