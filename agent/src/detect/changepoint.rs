@@ -45,6 +45,35 @@ pub struct Fit {
     pub restarts: usize,
 }
 
+/// Which series a change point is looked for in.
+pub struct Column {
+    pub value: fn(&Sample) -> Option<f64>,
+    /// Hourly quantile: low for a sawtooth's troughs, the median otherwise.
+    pub quantile: f64,
+    /// Per-pod bytes the fit is pulled towards when pods barely move (`None`: the window's
+    /// mean bytes per pod).
+    pub per_pod_prior: Option<f64>,
+    /// Whether kubelet restarts start the growth anew.
+    pub restarts: bool,
+}
+
+impl Column {
+    pub const KUBELET: Column = Column {
+        value: |s| Some(s.kubelet_rss_bytes),
+        quantile: super::BASELINE_Q,
+        per_pod_prior: Some(BYTES_PER_POD),
+        restarts: true,
+    };
+    /// Pod cgroups' working sets together: pods come and go with their memory, so only growth
+    /// the pod count does not explain is a workload leak.
+    pub const WORKLOAD: Column = Column {
+        value: |s| s.workload_working_set_bytes,
+        quantile: 0.5,
+        per_pod_prior: None,
+        restarts: false,
+    };
+}
+
 /// The change-point leak test's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ChangePoint {
@@ -84,8 +113,13 @@ impl ChangePoint {
         fit.t_stat > self.t_threshold && fit.slope.mid > self.min_slope
     }
 
-    /// The most significant change point in the series since the last restart.
+    /// The most significant change point of the kubelet's RSS baseline.
     pub fn fit(&self, series: &[Sample]) -> Option<Fit> {
+        self.fit_column(series, &Column::KUBELET)
+    }
+
+    /// The most significant change point of one column.
+    pub fn fit_column(&self, series: &[Sample], col: &Column) -> Option<Fit> {
         let (first, last) = (series.first()?.t, series.last()?.t);
         if last - first < self.min_history_s {
             return None;
@@ -94,19 +128,30 @@ impl ChangePoint {
         let seg = &series[from..];
         // A leak's bytes go with the process: after a restart the kubelet starts from its
         // baseline and leaks anew, at the same rate while the cause remains.
-        let restarts = restart_times(seg);
-        let rss: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.kubelet_rss_bytes)).collect();
-        let pods: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.pods)).collect();
-        let base = baseline(&rss, HOUR, super::BASELINE_Q);
-        // The same low quantile as the RSS: within an hour where pods changed, both sit on the
-        // lower of the two levels.
-        let pods_b = baseline(&pods, HOUR, super::BASELINE_Q);
+        let restarts = if col.restarts {
+            restart_times(seg)
+        } else {
+            Vec::new()
+        };
+        let (vals, pods): (Vec<(i64, f64)>, Vec<(i64, f64)>) = seg
+            .iter()
+            .filter_map(|s| Some(((s.t, (col.value)(s)?), (s.t, s.pods))))
+            .unzip();
+        let base = baseline(&vals, HOUR, col.quantile);
+        // The same quantile as the value: within an hour where pods changed, both sit on the
+        // same side of the change.
+        let pods_b = baseline(&pods, HOUR, col.quantile);
         let n = base.len();
         if n != pods_b.len() || n < self.min_before_h + self.min_after_h + K {
             return None;
         }
         let t_end = base[n - 1].0;
         let pods_mean = pods_b.iter().map(|p| p.1).sum::<f64>() / n as f64;
+        // The per-pod prior: fixed (the sizing rule for the kubelet), else this window's mean
+        // bytes per pod.
+        let prior_per_pod = col.per_pod_prior.unwrap_or_else(|| {
+            base.iter().map(|b| b.1).sum::<f64>() / n as f64 / pods_mean.max(1.0)
+        });
         // Rows: regressors without the hinge column, hours before the end, MB.
         let rows: Vec<Row> = base
             .iter()
@@ -143,7 +188,7 @@ impl ChangePoint {
                 }
             }
             xtx[P][P] += PRIOR_PODS2;
-            xty[P] += PRIOR_PODS2 * BYTES_PER_POD / MB;
+            xty[P] += PRIOR_PODS2 * prior_per_pod / MB;
             let Some(beta) = solve(xtx, xty) else {
                 continue;
             };

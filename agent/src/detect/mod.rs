@@ -253,9 +253,11 @@ fn column_slope(
     })
 }
 
-/// Pod cgroups' working sets growing: a workload leak (or oversubscription), not the kubelet.
+/// Pod cgroups' working sets growing beyond what the pod count explains: a workload leak (or
+/// oversubscription), not the kubelet. The same change-point test as the kubelet's, on the
+/// hourly median of the pods' total working set.
 pub struct WorkloadLeak {
-    pub threshold_per_day: f64,
+    pub change: ChangePoint,
 }
 
 impl Detector for WorkloadLeak {
@@ -264,12 +266,22 @@ impl Detector for WorkloadLeak {
     }
 
     fn check(&self, series: &[Sample]) -> Option<Finding> {
-        let s = column_slope(series, 72 * HOUR, |s| s.workload_working_set_bytes, 0.5)?;
+        let f = self
+            .change
+            .fit_column(series, &changepoint::Column::WORKLOAD)?;
         Some(Finding {
             detector: self.name(),
-            firing: s.low > 0.25 * self.threshold_per_day && s.mid > self.threshold_per_day,
-            value: s.mid,
-            evidence: format!("pod working sets grow {:.0} MB/day", s.mid / 1e6),
+            firing: self.change.calls(&f),
+            value: f.slope.mid,
+            evidence: format!(
+                "pod working sets grow {:.0} MB/day ({:.0}..{:.0}) beyond {:.0} MiB per pod, since {:.0} h ago ({:.1} standard errors)",
+                f.slope.mid / 1e6,
+                f.slope.low / 1e6,
+                f.slope.high / 1e6,
+                f.per_pod / MIB,
+                (series.last().map_or(f.start, |s| s.t) - f.start) as f64 / 3600.0,
+                f.t_stat
+            ),
         })
     }
 }
@@ -414,7 +426,10 @@ impl Default for Engine {
         Engine {
             kubelet: KubeletLeak::default(),
             workload: WorkloadLeak {
-                threshold_per_day: 100.0 * 1e6,
+                change: ChangePoint {
+                    min_slope: 100e6,
+                    ..ChangePoint::default()
+                },
             },
         }
     }
@@ -557,12 +572,28 @@ mod tests {
 
     #[test]
     fn workload_growth_is_not_blamed_on_the_kubelet() {
-        let mut s = series(24, 30.0, |_| 400e6);
+        // Pods' working sets flat for 24 h, then growing 500 MB/day for 12 h, pods constant.
+        let mut s = series(36, 30.0, |_| 400e6);
         for x in &mut s {
-            x.workload_working_set_bytes = Some(2e9 + 500e6 * x.t as f64 / 86400.0);
+            let h = x.t as f64 / 3600.0;
+            x.workload_working_set_bytes = Some(2e9 + 500e6 / 24.0 * (h - 24.0).max(0.0));
         }
         let v = Engine::default().evaluate(&s);
-        assert_eq!(v.subject, Subject::Workload);
+        assert_eq!(v.subject, Subject::Workload, "{:?}", v.findings);
+    }
+
+    #[test]
+    fn workload_growth_that_pods_explain_is_not_a_leak() {
+        // 30 -> 50 pods at 150 MB each over a day and a half: more pods, not a leak.
+        let mut s = series(36, 30.0, |_| 400e6);
+        for x in &mut s {
+            let h = x.t as f64 / 3600.0;
+            x.pods = (30.0 + 20.0 * h / 36.0).floor();
+            x.workload_working_set_bytes = Some(x.pods * 150e6);
+            x.kubelet_rss_bytes = 255.0 * MIB + x.pods * BYTES_PER_POD;
+        }
+        let v = Engine::default().evaluate(&s);
+        assert_eq!(v.subject, Subject::None, "{:?}", v.findings);
     }
 
     #[test]
