@@ -133,10 +133,12 @@ impl ChangePoint {
         } else {
             Vec::new()
         };
-        let (vals, pods): (Vec<(i64, f64)>, Vec<(i64, f64)>) = seg
+        let have: Vec<&Sample> = seg.iter().filter(|s| (col.value)(s).is_some()).collect();
+        let vals: Vec<(i64, f64)> = have
             .iter()
-            .filter_map(|s| Some(((s.t, (col.value)(s)?), (s.t, s.pods))))
-            .unzip();
+            .filter_map(|s| Some((s.t, (col.value)(s)?)))
+            .collect();
+        let pods: Vec<(i64, f64)> = have.iter().map(|s| (s.t, s.pods)).collect();
         let base = baseline(&vals, HOUR, col.quantile);
         // The same quantile as the value: within an hour where pods changed, both sit on the
         // same side of the change.
