@@ -61,6 +61,7 @@ pub fn spawn(
     let mut cpus = allowed_cpus()?;
     cpus.truncate(max.max(1));
     let mut threads = Vec::new();
+    let first = cpus[0];
     for &cpu in &cpus {
         let (ring, tx, stop) = (ring.clone(), tx.clone(), stop.clone());
         let epoll = Epoll::watching(
@@ -74,7 +75,8 @@ pub fn spawn(
                 .spawn(move || {
                     pin_to(cpu);
                     if rt_priority > 0 {
-                        realtime(cpu, rt_priority);
+                        // One warning for all readers when it is refused.
+                        realtime(rt_priority, cpu == first);
                     }
                     read_loop(&epoll, &ring, &tx, &stop);
                 })?,
@@ -214,22 +216,15 @@ fn allowed_cpus() -> io::Result<Vec<usize>> {
 /// burst p99 4 ms -> 0.2 ms). A reader cannot hog the CPU: it blocks in epoll when the ring is
 /// empty and in the channel when the agent's loop lags. Refused without CAP_SYS_NICE: the
 /// reader stays at normal priority and says so.
-fn realtime(cpu: usize, priority: u8) {
+fn realtime(priority: u8, warn: bool) {
     let param = libc::sched_param {
         sched_priority: i32::from(priority),
     };
     // SAFETY: valid param pointer; 0 is the calling thread.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } < 0 {
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } < 0 && warn {
         let e = io::Error::last_os_error();
-        if cpu_is_first(cpu) {
-            tracing::warn!(error = %e, "ring readers run at normal priority (SCHED_FIFO refused)");
-        }
+        tracing::warn!(error = %e, "ring readers run at normal priority (SCHED_FIFO refused)");
     }
-}
-
-/// Logs a per-reader problem once, from the reader of the lowest allowed CPU.
-fn cpu_is_first(cpu: usize) -> bool {
-    allowed_cpus().is_ok_and(|c| c.first() == Some(&cpu))
 }
 
 /// Pins the calling thread to `cpu`; a refusal (a cpuset that changed) leaves it unpinned,

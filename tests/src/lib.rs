@@ -94,8 +94,35 @@ impl Agent {
 
     /// With a given state directory (persistence tests), which the caller removes.
     pub fn start_in(extra: &[&str], metrics_addr: Option<String>, state_dir: PathBuf) -> Agent {
+        Self::start_via(&[], extra, metrics_addr, state_dir)
+    }
+
+    /// Run through `wrapper` (e.g. `setpriv ... --`), metrics off.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Agent {
         require_root();
-        let mut child = Command::new(bin("oomprobe"))
+        let mut all = vec!["--no-metrics"];
+        all.extend_from_slice(args);
+        let mut agent = Self::start_via(wrapper, &all, None, scratch_dir("state"));
+        agent.owns_state = true;
+        agent
+    }
+
+    fn start_via(
+        wrapper: &[&str],
+        extra: &[&str],
+        metrics_addr: Option<String>,
+        state_dir: PathBuf,
+    ) -> Agent {
+        require_root();
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin("oomprobe"));
+                c
+            }
+            None => Command::new(bin("oomprobe")),
+        };
+        let mut child = cmd
             .args(["run", "--format", "json"])
             .arg("--state-dir")
             .arg(&state_dir)

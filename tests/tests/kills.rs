@@ -115,10 +115,9 @@ fn oom_triggered_by_another_process_names_victim_and_trigger() {
     );
 }
 
-#[test]
-fn kill_dash_nine_names_the_sender_and_is_not_an_oom() {
-    let agent = Agent::start_with_metrics(19611);
-    let cg = ScratchCgroup::create(&cgroup_name("kill9"), None).expect("cgroup");
+/// `kill -9` of a memhog in a scratch cgroup; checks the record names it exactly. Returns it.
+fn kill_nine_is_recorded(agent: &Agent, name: &str) -> (Value, ScratchCgroup) {
+    let cg = ScratchCgroup::create(&cgroup_name(name), None).expect("cgroup");
     let mut target = spawn_in(&cg, "memhog", &["8", "--hold"]);
     target.read_until("done");
     let killer = Command::new("/bin/kill")
@@ -141,7 +140,14 @@ fn kill_dash_nine_names_the_sender_and_is_not_an_oom() {
     assert_eq!(rec["exit_code"].as_i64(), Some(9));
     assert!(rec["oom"].is_null());
     assert!(rec["exit_after_ns"].as_u64().is_some());
+    assert!(rec["seen_after_ns"].as_u64().is_some(), "{rec}");
+    (rec, cg)
+}
 
+#[test]
+fn kill_dash_nine_names_the_sender_and_is_not_an_oom() {
+    let agent = Agent::start_with_metrics(19611);
+    let _ = kill_nine_is_recorded(&agent, "kill9");
     let body = agent.scrape();
     assert!(
         metric(&body, "oomprobe_kills_total{kind=\"signal\"}").unwrap() >= 1.0,
@@ -155,6 +161,34 @@ fn kill_dash_nine_names_the_sender_and_is_not_an_oom() {
         metric(&body, "oomprobe_kills_total{kind=\"oom_global\"}"),
         Some(0.0)
     );
+}
+
+#[test]
+fn ring_readers_work_at_normal_priority_and_when_realtime_is_refused() {
+    // One reader at normal scheduling.
+    let agent = Agent::start_args(&["--ring-readers", "1", "--ring-reader-priority", "0"]);
+    let _ = kill_nine_is_recorded(&agent, "reader1");
+    assert!(agent.stderr().iter().all(|l| !l.contains("SCHED_FIFO")));
+    drop(agent);
+    // Without CAP_SYS_NICE (and RLIMIT_RTPRIO 0) SCHED_FIFO is refused: one warning, and the
+    // readers still read every kill.
+    let agent = Agent::start_wrapped(
+        &[
+            "setpriv",
+            "--inh-caps=-sys_nice",
+            "--bounding-set=-sys_nice",
+            "--",
+        ],
+        &[],
+    );
+    agent.wait_for_log(WAIT, "ring readers run at normal priority");
+    let _ = kill_nine_is_recorded(&agent, "norealtime");
+    let warnings = agent
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("SCHED_FIFO refused"))
+        .count();
+    assert_eq!(warnings, 1, "one warning for all readers");
 }
 
 #[test]
