@@ -160,6 +160,8 @@ pub struct Probes {
     pub attached: Vec<&'static str>,
     /// Optional hooks that did not attach, with the reason.
     pub degraded: Vec<(&'static str, String)>,
+    /// The mmap/munmap syscall tracepoints are attached.
+    syscalls_attached: bool,
 }
 
 /// A process name as the kernel keeps it: at most 15 bytes and a NUL.
@@ -365,7 +367,18 @@ impl Probes {
             ebpf,
             attached,
             degraded,
+            syscalls_attached: false,
         })
+    }
+
+    /// Attaches the syscall tracepoints from the start, so that a kubelet's allocations between
+    /// its exec and its first uprobe hit count; a refusal is logged and listed as degraded.
+    pub fn count_exec_gap(&mut self) {
+        if let Err(e) = self.attach_syscall_fallback() {
+            tracing::warn!(error = %e, "mmap/munmap syscall tracepoints unavailable: a kubelet's first allocations after exec are not attributed");
+            self.degraded
+                .push((programs::TP_SYS_ENTER_MMAP, crate::error_chain(&e)));
+        }
     }
 
     /// Attaches the allocator uprobe at each point of `binary`. `pid`: only that process (a
@@ -418,9 +431,14 @@ impl Probes {
         Ok(n)
     }
 
-    /// The fallback when a kubelet binary has no resolvable allocator: mmap/munmap syscalls,
-    /// filtered in the kernel by the kubelet's tgid.
+    /// mmap/munmap syscall tracepoints, filtered in the kernel by the kubelet's tgid: the whole
+    /// story for a kubelet whose allocator cannot be resolved, and for every kubelet the gap
+    /// between its exec and the first hit of its allocator uprobes (after which the kernel side
+    /// stops counting its syscalls). Attached once; later calls do nothing.
     pub fn attach_syscall_fallback(&mut self) -> Result<(), ProbeError> {
+        if self.syscalls_attached {
+            return Ok(());
+        }
         for (program, name) in [
             (programs::TP_SYS_ENTER_MMAP, "sys_enter_mmap"),
             (programs::TP_SYS_ENTER_MUNMAP, "sys_enter_munmap"),
@@ -442,6 +460,7 @@ impl Probes {
                     source,
                 })?;
         }
+        self.syscalls_attached = true;
         Ok(())
     }
 
@@ -471,6 +490,11 @@ impl Probes {
     pub fn unwatch_tgid(&mut self, tgid: u32) {
         if let Ok(mut m) = self.tgids() {
             let _ = m.remove(&tgid);
+        }
+        if let Some(map) = self.ebpf.map_mut(maps::KUBELET_UPROBED) {
+            if let Ok(mut m) = HashMap::<_, u32, u32>::try_from(map) {
+                let _ = m.remove(&tgid);
+            }
         }
         if let Some(map) = self.ebpf.map_mut(maps::ALLOC_STATS) {
             if let Ok(mut stats) = PerCpuHashMap::<_, AllocKey, AllocVal>::try_from(map) {

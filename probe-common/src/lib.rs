@@ -21,6 +21,9 @@ pub mod maps {
     pub const RECLAIM: &str = "RECLAIM";
     /// Hash: tgid -> 1 for each kubelet process the allocator probes count for.
     pub const KUBELET_TGIDS: &str = "KUBELET_TGIDS";
+    /// Hash: kubelet tgid -> 1 once one of its allocator uprobes has fired; until then its
+    /// mmap/munmap syscalls are counted instead (the gap between exec and the uprobes).
+    pub const KUBELET_UPROBED: &str = "KUBELET_UPROBED";
     /// Hash: [`super::AllocKey`] -> [`super::AllocVal`], bytes per kubelet, entry point, stack.
     pub const ALLOC_STATS: &str = "ALLOC_STATS";
     /// Stack traces of allocation call sites (user stacks).

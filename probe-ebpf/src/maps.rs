@@ -49,6 +49,10 @@ pub static KUBELET_TGIDS: aya_ebpf::maps::HashMap<u32, probe_common::KubeletText
     aya_ebpf::maps::HashMap::with_max_entries(probe_common::KUBELET_TGIDS_MAX, 0);
 
 #[map]
+pub static KUBELET_UPROBED: aya_ebpf::maps::HashMap<u32, u32> =
+    aya_ebpf::maps::HashMap::with_max_entries(probe_common::KUBELET_TGIDS_MAX, 0);
+
+#[map]
 pub static ALLOC_STATS: aya_ebpf::maps::PerCpuHashMap<
     probe_common::AllocKey,
     probe_common::AllocVal,

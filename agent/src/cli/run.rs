@@ -12,6 +12,13 @@ use crate::{
     probes::{Probes, HOOKS},
 };
 
+/// When the mmap/munmap syscall tracepoints run (see `RunArgs::syscall_tracepoints`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyscallTracepoints {
+    Always,
+    Fallback,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Output format for the event stream on stdout.
@@ -58,6 +65,12 @@ pub struct RunArgs {
     /// a millisecond even when every CPU is busy.
     #[arg(long, default_value_t = 1)]
     pub ring_reader_priority: u8,
+    /// When the mmap/munmap syscall tracepoints are attached: `always` (a kubelet's allocations
+    /// between its exec and its uprobes count; every mmap/munmap on the node pays ~140 ns for
+    /// the in-kernel filter), or `fallback` (only for a kubelet whose allocator cannot be
+    /// resolved).
+    #[arg(long, value_enum, default_value_t = SyscallTracepoints::Always)]
+    pub syscall_tracepoints: SyscallTracepoints,
     /// Seconds between leak detector evaluations.
     #[arg(long, default_value_t = 60)]
     pub detect_interval: u64,
@@ -187,6 +200,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tracing::info!(addr = %args.metrics_addr, "serving /metrics");
         Some(tokio::spawn(metrics::serve(listener, metrics.clone())))
     };
+    if args.syscall_tracepoints == SyscallTracepoints::Always {
+        probes.count_exec_gap();
+    }
     let ring = probes.take_events()?;
     let (readers, mut ring) =
         crate::ring::spawn(ring, args.ring_readers, args.ring_reader_priority, 4096)

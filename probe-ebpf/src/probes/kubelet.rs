@@ -18,7 +18,9 @@ use probe_common::{
 };
 
 use super::current_ids;
-use crate::maps::{config, count, ALLOC_STATS, BPF_RB_FORCE_WAKEUP, EVENTS, KUBELET_TGIDS, STACKS};
+use crate::maps::{
+    config, count, ALLOC_STATS, BPF_RB_FORCE_WAKEUP, EVENTS, KUBELET_TGIDS, KUBELET_UPROBED, STACKS,
+};
 
 #[tracepoint]
 pub fn tp_sched_process_exec(_ctx: TracePointContext) -> u32 {
@@ -35,6 +37,8 @@ pub fn tp_sched_process_exec(_ctx: TracePointContext) -> u32 {
     let (_, tgid) = current_ids();
     // The code range comes from userspace once it has read the process's maps.
     let _ = KUBELET_TGIDS.insert(tgid, KubeletText::default(), 0);
+    // A new image: its syscalls count until its own uprobes fire.
+    let _ = KUBELET_UPROBED.remove(&tgid);
     let Some(mut entry) = EVENTS.reserve::<KubeletExecEvent>(0) else {
         count(Counter::RingbufFullExit);
         return 0;
@@ -58,6 +62,11 @@ pub fn uprobe_alloc(ctx: ProbeContext) -> u32 {
     let Some(text) = (unsafe { KUBELET_TGIDS.get(tgid) }).copied() else {
         return 0;
     };
+    // From now on this process's allocator is seen here, not through its syscalls. A probed
+    // entry point runs before the syscall it makes, so nothing is counted twice.
+    if unsafe { KUBELET_UPROBED.get(tgid) }.is_none() {
+        let _ = KUBELET_UPROBED.insert(tgid, 1, 0);
+    }
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let point = (cookie & 0xffff) as u32;
     // Four fixed-offset loads: the verifier refuses a ctx load at a computed offset.
@@ -129,14 +138,40 @@ fn syscall(ctx: &TracePointContext, point: u16) -> u32 {
     if unsafe { KUBELET_TGIDS.get(tgid) }.is_none() {
         return 0;
     }
-    // sys_enter_mmap: addr at 16, len at 24; sys_enter_munmap: addr at 16, len at 24
-    // (syscall number at 8, then 8-byte args).
+    // Counted by its allocator uprobes already.
+    if unsafe { KUBELET_UPROBED.get(tgid) }.is_some() {
+        return 0;
+    }
+    // sys_enter_mmap: addr at 16, len at 24, prot at 32, flags at 40; sys_enter_munmap: addr
+    // at 16, len at 24 (syscall number at 8, then 8-byte args).
     let Ok(len) = (unsafe { ctx.read_at::<u64>(24) }) else {
         return 0;
     };
-    add(tgid, u32::from(point), -1, 0, len);
+    if point == POINT_SYSCALL_MMAP {
+        // Memory, not files or address-space reservations: anonymous and accessible.
+        let (Ok(prot), Ok(flags)) = (unsafe { ctx.read_at::<u64>(32) }, unsafe {
+            ctx.read_at::<u64>(40)
+        }) else {
+            return 0;
+        };
+        if flags & MAP_ANONYMOUS == 0 || prot == PROT_NONE {
+            return 0;
+        }
+    }
+    // The user stack as the syscall left it (whole for Go's frame pointers; libc's wrappers
+    // keep none, so a C caller stays unknown on this path).
+    let stack_id = if point == POINT_SYSCALL_MMAP {
+        ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64)
+            .unwrap_or(-1)
+    } else {
+        -1
+    };
+    add(tgid, u32::from(point), stack_id, 0, len);
     0
 }
+
+const MAP_ANONYMOUS: u64 = 0x20;
+const PROT_NONE: u64 = 0;
 
 #[inline(always)]
 fn add(tgid: u32, point: u32, stack_id: i64, site: u64, bytes: u64) {
