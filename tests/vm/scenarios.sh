@@ -182,7 +182,7 @@ fi
 sleep 1
 norm_all() {
     grep '"event":"kill"' "$1" | sed -E 's/"time":"[^"]*"//; s/"ktime_ns":[0-9]+//; s/"exit_after_ns":[0-9]+//; s/"seen_after_ns":[0-9]+//; s/"evidence":"[a-z_]+"//; s/"usage_bytes":[0-9]+//' \
-        | sed -E '/"kind":"signal"/ s/"(anon|file|shmem)_rss_kb":([0-9]+|null)//g' | sort
+        | sed -E '/"kind":"signal"/ s/"memory":\{[^}]*\}//' | sort
 }
 norm_all /tmp/agent.out > /tmp/tp.norm
 norm_all /tmp/agentk.out > /tmp/kp.norm
