@@ -55,9 +55,9 @@ pub struct RunArgs {
     /// Seconds between samples of the kubelet's and the node's memory.
     #[arg(long, default_value_t = 10)]
     pub sample_interval: u64,
-    /// Ring-buffer reader threads, one pinned per CPU up to this many (see agent/src/ring.rs:
-    /// a reader on a CPU other than the OOM-killing task's sees the kill without waiting for
-    /// that task to leave the kernel).
+    /// Ring-buffer reader threads, one pinned per CPU up to this many: a reader on a CPU
+    /// other than the OOM-killing task's sees the kill without waiting for that task to leave
+    /// the kernel.
     #[arg(long, default_value_t = 8)]
     pub ring_readers: usize,
     /// SCHED_FIFO priority of the ring-buffer readers (0: normal scheduling). They only drain
