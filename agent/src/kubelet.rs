@@ -107,48 +107,45 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The mappings of `exe` in `pid`: (start, end, executable, file offset), runtime addresses.
+fn exe_mappings(pid: u32, exe: &Path) -> Vec<(u64, u64, bool, u64)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let exe = exe.to_string_lossy();
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    maps.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 6 || f[5] != exe {
+                return None;
+            }
+            let (a, b) = f[0].split_once('-')?;
+            let exec = f[1].as_bytes().get(2) == Some(&b'x');
+            Some((hex(a)?, hex(b)?, exec, hex(f[2])?))
+        })
+        .collect()
+}
+
 /// Load bias of `exe` in `pid`: start of its offset-0 mapping minus the first PT_LOAD address
 /// (0 for a non-PIE executable, whose mapping starts at its link address).
 fn load_bias(pid: u32, exe: &Path) -> u64 {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    let exe = exe.to_string_lossy();
-    for line in maps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() >= 6 && f[5] == exe && f[2] == "00000000" {
-            let start = f[0]
-                .split('-')
-                .next()
-                .and_then(|s| u64::from_str_radix(s, 16).ok())
-                .unwrap_or(0);
-            // Non-PIE Go binaries link at 0x400000; PIE ones at 0.
-            return if start == 0x400000 { 0 } else { start };
-        }
+    match exe_mappings(pid, exe).iter().find(|m| m.3 == 0) {
+        // Non-PIE Go binaries link at 0x400000; PIE ones at 0.
+        Some(&(0x400000, ..)) | None => 0,
+        Some(&(start, ..)) => start,
     }
-    0
 }
 
 /// The executable mappings of `exe` in `pid` (runtime addresses), as one range.
 fn text_range(pid: u32, exe: &Path) -> KubeletText {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    let exe = exe.to_string_lossy();
-    let mut range: Option<(u64, u64)> = None;
-    for line in maps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 6 || f[5] != exe || f[1].as_bytes().get(2) != Some(&b'x') {
-            continue;
-        }
-        let Some((a, b)) = f[0].split_once('-') else {
-            continue;
-        };
-        let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
-            continue;
-        };
-        range = Some(range.map_or((a, b), |(x, y)| (x.min(a), y.max(b))));
-    }
-    range.map_or_else(KubeletText::default, |(start, end)| KubeletText {
-        start,
-        end,
-    })
+    exe_mappings(pid, exe)
+        .iter()
+        .filter(|m| m.2)
+        .map(|m| (m.0, m.1))
+        .reduce(|(x, y), (a, b)| (x.min(a), y.max(b)))
+        .map_or_else(KubeletText::default, |(start, end)| KubeletText {
+            start,
+            end,
+        })
 }
 
 /// libc as mapped by `pid`, for kubelets that are not Go binaries.
@@ -381,7 +378,7 @@ impl Tracker {
                     "falling back to mmap/munmap syscall tracepoints filtered by the kubelet's tgid"
                 );
                 self.fallbacks += 1;
-                if let Err(e) = probes.attach_syscall_fallback() {
+                if let Err(e) = probes.attach_syscalls() {
                     tracing::warn!(error = %e, "syscall fallback unavailable too");
                 }
                 Mode::Syscalls

@@ -374,7 +374,7 @@ impl Probes {
     /// Attaches the syscall tracepoints from the start, so that a kubelet's allocations between
     /// its exec and its first uprobe hit count; a refusal is logged and listed as degraded.
     pub fn count_exec_gap(&mut self) {
-        if let Err(e) = self.attach_syscall_fallback() {
+        if let Err(e) = self.attach_syscalls() {
             tracing::warn!(error = %e, "mmap/munmap syscall tracepoints unavailable: a kubelet's first allocations after exec are not attributed");
             self.degraded
                 .push((programs::TP_SYS_ENTER_MMAP, crate::error_chain(&e)));
@@ -411,14 +411,7 @@ impl Probes {
             let point = UProbeAttachPoint {
                 location: p.offset.into(),
                 // Libraries are built without frame pointers: scan for the caller instead.
-                cookie: Some(alloc_cookie(
-                    i as u16,
-                    reg,
-                    matches!(
-                        p.role,
-                        Role::LibcMmap | Role::LibcMunmap | Role::LibcSbrk | Role::LibcBrk
-                    ),
-                )),
+                cookie: Some(alloc_cookie(i as u16, reg, p.role.in_libc())),
             };
             prog.attach(point, binary, scope)
                 .map_err(|source| ProbeError::Uprobe {
@@ -435,7 +428,7 @@ impl Probes {
     /// story for a kubelet whose allocator cannot be resolved, and for every kubelet the gap
     /// between its exec and the first hit of its allocator uprobes (after which the kernel side
     /// stops counting its syscalls). Attached once; later calls do nothing.
-    pub fn attach_syscall_fallback(&mut self) -> Result<(), ProbeError> {
+    pub fn attach_syscalls(&mut self) -> Result<(), ProbeError> {
         if self.syscalls_attached {
             return Ok(());
         }

@@ -16,10 +16,7 @@
 use std::{
     io,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     thread::JoinHandle,
 };
 
@@ -36,7 +33,6 @@ pub type Item = (Result<Event, DecodeError>, u64);
 
 /// Blocked readers; stop them with `stop` (or drop).
 pub struct Readers {
-    stop: Arc<AtomicBool>,
     stop_fd: Arc<OwnedFd>,
     threads: Vec<JoinHandle<()>>,
     /// CPUs with a reader.
@@ -54,7 +50,6 @@ pub fn spawn(
 ) -> io::Result<(Readers, mpsc::Receiver<Item>)> {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let ring = Arc::new(Mutex::new(ring));
-    let stop = Arc::new(AtomicBool::new(false));
     // Written once by `stop`: wakes every reader (they block in epoll without a timeout, so
     // an idle agent's readers never run).
     let stop_fd = Arc::new(event_fd()?);
@@ -63,7 +58,7 @@ pub fn spawn(
     let mut threads = Vec::new();
     let first = cpus[0];
     for &cpu in &cpus {
-        let (ring, tx, stop) = (ring.clone(), tx.clone(), stop.clone());
+        let (ring, tx) = (ring.clone(), tx.clone());
         let epoll = Epoll::watching(
             ring.lock().map_err(poisoned)?.as_fd().as_raw_fd(),
             stop_fd.as_raw_fd(),
@@ -78,13 +73,12 @@ pub fn spawn(
                         // One warning for all readers when it is refused.
                         realtime(rt_priority, cpu == first);
                     }
-                    read_loop(&epoll, &ring, &tx, &stop);
+                    read_loop(&epoll, &ring, &tx);
                 })?,
         );
     }
     Ok((
         Readers {
-            stop,
             stop_fd,
             threads,
             cpus,
@@ -97,13 +91,8 @@ fn poisoned<T>(_: T) -> io::Error {
     io::Error::other("ring buffer lock poisoned")
 }
 
-fn read_loop(
-    epoll: &Epoll,
-    ring: &Mutex<RingBuf<MapData>>,
-    tx: &mpsc::Sender<Item>,
-    stop: &AtomicBool,
-) {
-    while !stop.load(Ordering::Relaxed) {
+fn read_loop(epoll: &Epoll, ring: &Mutex<RingBuf<MapData>>, tx: &mpsc::Sender<Item>) {
+    loop {
         match epoll.wait() {
             Ok(STOP_TOKEN) => return,
             Ok(_) => {}
@@ -129,7 +118,6 @@ fn read_loop(
 
 impl Readers {
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd.
         unsafe { libc::write(self.stop_fd.as_raw_fd(), (&one as *const u64).cast(), 8) };

@@ -62,6 +62,14 @@ impl Role {
         }
     }
 
+    /// A libc entry point (built without frame pointers: the caller is found by a stack scan).
+    pub fn in_libc(self) -> bool {
+        matches!(
+            self,
+            Role::LibcMmap | Role::LibcMunmap | Role::LibcBrk | Role::LibcSbrk
+        )
+    }
+
     /// Whether the bytes count as growth (true) or release (false).
     pub fn grows(self) -> bool {
         matches!(
