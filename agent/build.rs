@@ -1,6 +1,9 @@
 use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;
 
+/// The pinned nightly (`cargo xtask setup` installs it; keep in step with xtask/src/setup.rs).
+const NIGHTLY: &str = "nightly-2026-05-20";
+
 /// Builds the kernel programs (probe-ebpf) with the nightly toolchain for the BPF target and
 /// leaves the object in OUT_DIR for `include_bytes_aligned!`.
 fn main() -> anyhow::Result<()> {
@@ -21,7 +24,7 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("no parent for {manifest_path}"))?
         .as_str();
-    let toolchain = std::env::var("OOMPROBE_BPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".into());
+    let toolchain = std::env::var("OOMPROBE_BPF_TOOLCHAIN").unwrap_or_else(|_| NIGHTLY.into());
     println!("cargo:rerun-if-env-changed=OOMPROBE_BPF_TOOLCHAIN");
     aya_build::build_ebpf(
         [aya_build::Package {

@@ -123,7 +123,7 @@ fn build_standins() -> Result<()> {
             .env("CGO_ENABLED", "0");
         let status = cmd
             .status()
-            .context("cannot run `go` (cargo xtask setup installs golang-go)")?;
+            .context("cannot run `go` (the machine's Go, checked by cargo xtask setup)")?;
         if !status.success() {
             bail!("go build of the stand-in kubelet failed");
         }

@@ -10,7 +10,11 @@ use crate::run;
 /// LLVM major of the nightly rustc that builds probe-ebpf; bpf-linker must match it.
 const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const NIGHTLY: &str = "nightly";
+/// The pinned nightly that builds probe-ebpf (rustc 1.97.0-nightly e50aa6fba 2026-05-19, LLVM 22).
+/// Pinned because bpf-linker must be on the same LLVM major; `agent/build.rs` uses the same name.
+pub const NIGHTLY: &str = "nightly-2026-05-20";
+/// Oldest Go that builds the Go stand-ins and the lab's Kubernetes (k8s.io/kubernetes 1.34 needs 1.24).
+const GO_MIN_MINOR: u32 = 24;
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
@@ -102,19 +106,47 @@ fn bpf_linker_llvm_major() -> Option<u32> {
     }
 }
 
+/// The machine's Go toolchain (`go` on PATH): at least 1.{GO_MIN_MINOR}.
+fn check_go() -> Result<()> {
+    let version = output(Command::new("go").arg("version")).context(
+        "no `go` on PATH: this machine kind ships Go (/usr/local/go/bin); put it on PATH",
+    )?;
+    // "go version go1.26.8 linux/amd64"
+    let minor = version
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.strip_prefix("go1."))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    match minor {
+        Some(m) if m >= GO_MIN_MINOR => Ok(()),
+        _ => bail!(
+            "`go version` says {:?}: need go1.{GO_MIN_MINOR} or newer first on PATH \
+             (Debian's golang-go is go1.19; the machine's Go is in /usr/local/go/bin)",
+            version.trim()
+        ),
+    }
+}
+
 pub fn ensure() -> Result<()> {
     path_with_cargo_bin();
     if std::env::var_os("OOMPROBE_SKIP_SETUP").is_some() {
         return Ok(());
     }
-    // The nightly toolchain builds probe-ebpf with -Z build-std=core.
+    // The pinned nightly builds probe-ebpf with -Z build-std=core (hence rust-src).
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
     if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
-        bail!(
-            "no nightly Rust toolchain: this machine kind ships one (see shared/TOOLCHAIN.md); \
-             install it with `rustup toolchain install nightly --component rust-src` only if its \
-             LLVM major is {LLVM_MAJOR}"
-        );
+        eprintln!("setup: installing the pinned {NIGHTLY} toolchain with rust-src");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .with_context(|| format!("cannot install {NIGHTLY} through rustup"))?;
     }
     let components = output(Command::new("rustup").args([
         "component",
@@ -125,7 +157,7 @@ pub fn ensure() -> Result<()> {
     ]))
     .unwrap_or_default();
     if !components.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("setup: adding rust-src to the nightly toolchain");
+        eprintln!("setup: adding rust-src to {NIGHTLY}");
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
     }
     let rustc_llvm = rustc_llvm_major(NIGHTLY)
@@ -133,12 +165,14 @@ pub fn ensure() -> Result<()> {
     if rustc_llvm != LLVM_MAJOR {
         bail!(
             "nightly rustc uses LLVM {rustc_llvm}, but this project's bpf-linker is built against \
-             LLVM {LLVM_MAJOR} (the newest LLVM Debian packages here): do not `rustup update` \
-             nightly, or pin OOMPROBE_BPF_TOOLCHAIN to a nightly on LLVM {LLVM_MAJOR}"
+             LLVM {LLVM_MAJOR} (the newest LLVM Debian packages here): reinstall {NIGHTLY} \
+             (`rustup toolchain uninstall {NIGHTLY}`, then `cargo xtask setup`)"
         );
     }
-    // golang-go builds the Go stand-in kubelet the tests probe; gcc the C one.
-    apt_install(&[&format!("llvm-{LLVM_MAJOR}-dev"), "golang-go", "gcc"])?;
+    // The machine's Go builds the Go stand-in kubelet (never Debian's golang-go, go1.19, which
+    // would shadow it); gcc the C one.
+    check_go()?;
+    apt_install(&[&format!("llvm-{LLVM_MAJOR}-dev"), "gcc"])?;
     match bpf_linker_llvm_major() {
         Some(m) if m == LLVM_MAJOR => {}
         found => {
