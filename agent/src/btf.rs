@@ -188,6 +188,26 @@ impl Btf {
             })
     }
 
+    /// `sizeof(struct strukt)` in bytes.
+    pub fn struct_size(&self, strukt: &str) -> Result<u32, BtfError> {
+        let id = self.struct_id(strukt)?;
+        let pos = self.offsets[id as usize] as usize;
+        le32(&self.data, pos + 8).ok_or(BtfError::Malformed("truncated type record"))
+    }
+
+    fn struct_id(&self, strukt: &str) -> Result<u32, BtfError> {
+        (1..self.offsets.len() as u32)
+            .find(|&id| {
+                self.header(id).is_some_and(|(name, kind, vlen, _, _)| {
+                    (kind == KIND_STRUCT || kind == KIND_UNION)
+                        && vlen > 0
+                        && name != 0
+                        && self.str_at(name) == strukt
+                })
+            })
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))
+    }
+
     /// The first of `members` that `strukt` has (fields renamed across kernel versions).
     pub fn member_offset_any(&self, strukt: &str, members: &[&str]) -> Result<u32, BtfError> {
         let mut last = None;
@@ -309,6 +329,11 @@ mod tests {
             Err(BtfError::NoStruct(_))
         ));
         assert_eq!(btf.enum_value("second_id").unwrap(), 7);
+        assert_eq!(btf.struct_size("outer").unwrap(), 16);
+        assert!(matches!(
+            btf.struct_size("nope"),
+            Err(BtfError::NoStruct(_))
+        ));
     }
 
     #[test]

@@ -184,6 +184,38 @@ impl Hierarchy {
     }
 }
 
+impl Hierarchy {
+    /// The cgroup a group OOM kill takes down, from the files: the highest cgroup with
+    /// `memory.oom.group` 1 from `victim` up to `domain` (the whole chain when `None`), as the
+    /// kernel's `mem_cgroup_get_oom_group` walks it. v2 only (v1 has no `memory.oom.group`).
+    pub fn oom_group_of(&self, victim: &str, domain: Option<&str>) -> Option<String> {
+        if self.version() != 2 {
+            return None;
+        }
+        let mut group = None;
+        for path in ancestors(victim) {
+            if path == "/" {
+                break;
+            }
+            let set = std::fs::read_to_string(self.dir(&path).join("memory.oom.group"))
+                .is_ok_and(|t| t.trim() == "1");
+            if set {
+                group = Some(path.clone());
+            }
+            if Some(path.as_str()) == domain {
+                break;
+            }
+        }
+        group
+    }
+
+    /// `memory.events.local` `oom_group_kill` of one cgroup (v2): group kills it took.
+    pub fn group_kills(&self, path: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(self.dir(path).join("memory.events.local")).ok()?;
+        keyed_value(&text, "oom_group_kill")
+    }
+}
+
 fn keyed_value(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;

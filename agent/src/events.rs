@@ -3,9 +3,9 @@
 use std::mem::size_of;
 
 use probe_common::{
-    victim_fields, CgroupPath, EventHeader, EventKind, ExitEvent, KubeletExecEvent,
-    OomControlEvent, OomVictimEvent, ReclaimKind, SignalEvent, CGROUP_MAX_DEPTH,
-    CGROUP_PATH_TRUNCATED, CGROUP_PATH_UNAVAILABLE,
+    exact::mm_flags, victim_fields, CgroupPath, EventHeader, EventKind, ExitEvent,
+    KubeletExecEvent, OomControlEvent, OomVictimEvent, ReclaimKind, SignalEvent, VictimMmEvent,
+    CGROUP_MAX_DEPTH, CGROUP_PATH_TRUNCATED, CGROUP_PATH_UNAVAILABLE,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -78,6 +78,61 @@ pub struct SignalRecord {
     pub sender_reclaim: ReclaimKind,
     pub sender_reclaim_ktime_ns: u64,
     pub sender_memcg: KernelCgroup,
+    /// For a kernel-sent SIGKILL: the sender's memcg chain counters since its reclaim began
+    /// (`None` when the kernel kept no baseline for it).
+    pub domain_counters: Option<DomainDeltas>,
+}
+
+/// Per level of the OOM trigger's memory cgroup chain (leaf first, as the path's components
+/// reversed): how much `memory.failcnt` and the memcg's own OOM count
+/// (`memory_events_local[MEMCG_OOM]`, v2's `memory.events.local` `oom`) rose since the
+/// trigger's memcg reclaim began, read in the kernel at the SIGKILL.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DomainDeltas {
+    pub failcnt: Vec<u32>,
+    pub oom: Vec<u32>,
+}
+
+impl DomainDeltas {
+    fn from_raw(raw: &probe_common::DomainCounters) -> Option<DomainDeltas> {
+        if raw.flags & probe_common::exact::DOMAIN_BASELINE == 0 {
+            return None;
+        }
+        let depth = (raw.depth as usize).min(probe_common::exact::MEMCG_LEVELS);
+        Some(DomainDeltas {
+            failcnt: raw.failcnt_delta[..depth].to_vec(),
+            oom: raw.oom_delta[..depth].to_vec(),
+        })
+    }
+}
+
+/// A SIGKILL target as the kernel had it at `signal_generate` (raw tracepoint): RSS counters
+/// in pages, and its memory cgroup chain with the levels that have `memory.oom.group` set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VictimMmRecord {
+    pub ktime_ns: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    /// `None` when the target had no mm (already exiting) or the layout is unknown.
+    pub rss: Option<RssPages>,
+    pub total_vm_pages: Option<u64>,
+    pub pgtables_bytes: Option<u64>,
+    /// The victim's memcg and, per level (leaf = 0), whether `memory.oom.group` is set.
+    pub memcg: Option<KernelCgroup>,
+    pub oom_group_levels: u32,
+}
+
+/// `mm_struct.rss_stat` counters in pages, and how they were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RssPages {
+    pub file: i64,
+    pub anon: i64,
+    pub shmem: i64,
+    pub swap: i64,
+    /// `percpu_counter` (6.2+): `count` plus every CPU's delta (`percpu_counter_sum`).
+    pub percpu_summed: bool,
+    /// CPUs summed (0 for the atomic layout before 6.2).
+    pub cpus: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +189,7 @@ pub enum Event {
     OomVictim(VictimRecord),
     Exit(ExitRecord),
     KubeletExec(KubeletExecRecord),
+    VictimMm(VictimMmRecord),
 }
 
 /// NUL-terminated bytes to a String.
@@ -185,6 +241,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     .unwrap_or(ReclaimKind::None),
                 sender_reclaim_ktime_ns: e.sender_reclaim_ktime_ns,
                 sender_memcg: KernelCgroup::from_raw(&e.sender_memcg),
+                domain_counters: DomainDeltas::from_raw(&e.domain),
             }))
         }
         EventKind::OomVictim => {
@@ -231,6 +288,37 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 totalpages: e.totalpages,
                 chosen_points: e.chosen_points,
                 domain: KernelCgroup::from_raw(&e.domain),
+            }))
+        }
+        EventKind::VictimMm => {
+            check::<VictimMmEvent>(kind, &hdr, bytes)?;
+            let e: VictimMmEvent = read(bytes);
+            let has = |bit: u32| e.flags & bit != 0;
+            let read_rss = has(mm_flags::MM)
+                && (has(mm_flags::ATOMIC)
+                    || has(mm_flags::PERCPU_SUMMED)
+                    || has(mm_flags::PERCPU_PARTIAL));
+            Ok(Event::VictimMm(VictimMmRecord {
+                ktime_ns: e.hdr.ktime_ns,
+                tid: e.tid,
+                tgid: e.tgid,
+                rss: read_rss.then_some(RssPages {
+                    file: e.file_pages,
+                    anon: e.anon_pages,
+                    shmem: e.shmem_pages,
+                    swap: e.swap_pages,
+                    percpu_summed: has(mm_flags::PERCPU_SUMMED),
+                    // Marks the percpu layout even when no CPU could be read.
+                    cpus: if has(mm_flags::PERCPU_PARTIAL) {
+                        e.cpus.max(1)
+                    } else {
+                        e.cpus
+                    },
+                }),
+                total_vm_pages: has(mm_flags::TOTAL_VM).then_some(e.total_vm_pages),
+                pgtables_bytes: has(mm_flags::PGTABLES).then_some(e.pgtables_bytes),
+                memcg: has(mm_flags::MEMCG).then(|| KernelCgroup::from_raw(&e.memcg)),
+                oom_group_levels: e.oom_group_levels,
             }))
         }
         EventKind::KubeletExec => {
@@ -331,6 +419,54 @@ mod tests {
             decode(&as_bytes(&hdr)),
             Err(DecodeError::Length { .. })
         ));
+    }
+
+    #[test]
+    fn decodes_victim_mm_and_its_absences() {
+        let mut names = [[0u8; CGROUP_NAME_LEN]; CGROUP_MAX_DEPTH];
+        names[0] = name("ctr");
+        names[1] = name("pod");
+        let mut ev = VictimMmEvent {
+            hdr: EventHeader {
+                kind: EventKind::VictimMm as u32,
+                len: size_of::<VictimMmEvent>() as u32,
+                ktime_ns: 8,
+            },
+            tid: 12,
+            tgid: 11,
+            flags: mm_flags::MM | mm_flags::PERCPU_SUMMED | mm_flags::MEMCG | mm_flags::TOTAL_VM,
+            cpus: 2,
+            file_pages: 10,
+            anon_pages: 8192,
+            shmem_pages: 1,
+            swap_pages: 0,
+            total_vm_pages: 9000,
+            pgtables_bytes: 4096,
+            oom_group_levels: 0b01,
+            _pad: 0,
+            memcg: CgroupPath {
+                id: 5,
+                depth: 2,
+                flags: 0,
+                names,
+            },
+        };
+        let Event::VictimMm(m) = decode(&as_bytes(&ev)).unwrap() else {
+            panic!("wrong kind")
+        };
+        let rss = m.rss.expect("rss read");
+        assert_eq!((rss.anon, rss.file, rss.shmem), (8192, 10, 1));
+        assert!(rss.percpu_summed);
+        assert_eq!(m.total_vm_pages, Some(9000));
+        assert_eq!(m.pgtables_bytes, None);
+        assert_eq!(m.memcg.unwrap().path.as_deref(), Some("/pod/ctr"));
+        assert_eq!(m.oom_group_levels, 1);
+        // No mm (an exiting task): no RSS, not zeros.
+        ev.flags = mm_flags::MEMCG;
+        let Event::VictimMm(m) = decode(&as_bytes(&ev)).unwrap() else {
+            panic!("wrong kind")
+        };
+        assert_eq!(m.rss, None);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::{
     cgroup::{pod_identity, MemcgState, PodIdentity},
     clock::Clock,
-    events::{Event, ExitRecord, KernelCgroup, SignalRecord, VictimRecord},
+    events::{Event, ExitRecord, KernelCgroup, SignalRecord, VictimMmRecord, VictimRecord},
+    kill_group::{group_from_levels, GroupBuffer, GroupKill},
 };
 
 /// A kill with no process death seen after this long is reported without `exit_after_ns`.
@@ -91,6 +92,19 @@ pub trait Node {
     /// Limit and usage of one memory cgroup now.
     fn memcg_state(&self, path: &str) -> Option<MemcgState>;
     fn cgroup_by_id(&self, id: u64) -> Option<String>;
+    /// The memory cgroup hierarchy's version (1 or 2), when known.
+    fn hierarchy_version(&self) -> Option<u8> {
+        None
+    }
+    /// The group cgroup of a group OOM kill from the cgroup files: the highest cgroup with
+    /// `memory.oom.group` 1 from `victim` up to `domain` (v2).
+    fn oom_group_of(&self, _victim: &str, _domain: Option<&str>) -> Option<String> {
+        None
+    }
+    /// `memory.events.local` `oom_group_kill` of a cgroup (v2).
+    fn group_kills(&self, _path: &str) -> Option<u64> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -118,7 +132,9 @@ pub struct Memory {
     pub shmem_rss_kb: Option<u64>,
     pub total_vm_kb: Option<u64>,
     pub pgtables_kb: Option<u64>,
-    /// `mark_victim` (kernel, exact at the kill) or `procfs` (read when the signal was seen).
+    /// `mark_victim` (kernel, exact at the kill), `rss_stat` (the kernel's `mm->rss_stat`
+    /// counters read at `signal_generate`, summed over CPUs) or `procfs` (read when the signal
+    /// was seen, only where the kernel's layout is unknown).
     pub source: Option<&'static str>,
 }
 
@@ -133,8 +149,15 @@ pub struct OomDetails {
     pub trigger_tid: u32,
     pub oom_score_adj: Option<i32>,
     pub uid: Option<u32>,
-    /// How the constraint was decided: `reclaim_path` (kernel) or `cgroup_limits` (userspace).
+    /// How the constraint and domain were decided: `oom_control` (kprobe tier: the kernel's
+    /// OOM control), `memory.failcnt` (v1) or `memory.events.local` (v2) (the counter that rose
+    /// on the domain, read in the kernel), `memcg_oom_events` (v1, the kernel's per-memcg OOM
+    /// count alone), `reclaim_path` (the trigger's last reclaim), `cgroup_limits` (usage near
+    /// a limit, read after: the fallback).
     pub evidence: &'static str,
+    /// Set for a group OOM kill (`memory.oom.group`): the group, how many processes it lost,
+    /// and whether this record is the kernel's chosen victim or a member.
+    pub group: Option<GroupKill>,
 }
 
 /// One SIGKILL, end to end.
@@ -177,6 +200,10 @@ struct Pending {
     snapshot: Option<ProcSnapshot>,
     domain: Option<MemcgState>,
     oc: Option<crate::events::OomControlRecord>,
+    /// The target's RSS counters and memcg chain at the SIGKILL (raw tracepoint).
+    mm: Option<VictimMmRecord>,
+    /// The counter that decided `domain`, when the kernel's counters did.
+    domain_evidence: Option<&'static str>,
     first_ktime_ns: u64,
     /// CLOCK_MONOTONIC when userspace first saw this kill.
     seen_mono_ns: Option<u64>,
@@ -207,7 +234,19 @@ pub struct Correlator<N: Node> {
     oc_by_pid: HashMap<u32, crate::events::OomControlRecord>,
     now_mono_ns: Option<u64>,
     pub stats: CorrelatorStats,
+    /// Victim readings that arrived before their SIGKILL record, by tid.
+    early_mm: HashMap<u32, VictimMmRecord>,
+    /// The kernel's OOM control of the latest kill by each trigger tid (kprobe tier), for the
+    /// members of a group kill, which get no OOM control of their own.
+    oc_by_trigger: HashMap<u32, crate::events::OomControlRecord>,
+    /// Records of group kills, until the group is complete.
+    groups: GroupBuffer<KillRecord>,
+    /// Newest kernel timestamp seen on an event.
+    last_event_ns: u64,
 }
+
+/// An OOM control serves a later group member of the same trigger for this long.
+const OC_MEMBER_NS: u64 = 1_000_000_000;
 
 impl<N: Node> Correlator<N> {
     pub fn new(node: N, clock: Clock) -> Self {
@@ -219,11 +258,15 @@ impl<N: Node> Correlator<N> {
             oc_by_pid: HashMap::new(),
             now_mono_ns: None,
             stats: CorrelatorStats::default(),
+            early_mm: HashMap::new(),
+            oc_by_trigger: HashMap::new(),
+            groups: GroupBuffer::default(),
+            last_event_ns: 0,
         }
     }
 
     pub fn pending_len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.groups.len()
     }
 
     /// Feeds one event; returns a record when a kill is complete.
@@ -235,6 +278,7 @@ impl<N: Node> Correlator<N> {
     /// carry how long after the SIGKILL userspace first saw the kill.
     pub fn on_event_at(&mut self, ev: Event, now_mono_ns: Option<u64>) -> Option<KillRecord> {
         self.now_mono_ns = now_mono_ns;
+        self.last_event_ns = self.last_event_ns.max(event_ktime(&ev));
         match ev {
             Event::Signal(s) => {
                 self.on_signal(s);
@@ -243,6 +287,21 @@ impl<N: Node> Correlator<N> {
             Event::OomVictim(v) => self.on_victim(v),
             Event::Exit(e) => self.on_exit(e),
             Event::KubeletExec(_) => None,
+            Event::VictimMm(m) => {
+                match self.pending.get_mut(&m.tid) {
+                    Some(p) if p.mm.is_none() => p.mm = Some(m),
+                    Some(_) => {}
+                    None => {
+                        // Both programs run in the same signal_generate call; this one's record
+                        // may come first.
+                        if self.early_mm.len() > 4096 {
+                            self.early_mm.clear();
+                        }
+                        self.early_mm.insert(m.tid, m);
+                    }
+                }
+                None
+            }
             Event::OomControl(oc) => {
                 // Arrives before the SIGKILL it explains; kept until mark_victim names the pid.
                 if self.oc_by_pid.len() > 4096 {
@@ -261,7 +320,11 @@ impl<N: Node> Correlator<N> {
             self.stats.ignored += 1;
             return;
         }
+        let early_mm = self.early_mm.remove(&s.target_pid);
         if let Some(p) = self.pending.get_mut(&s.target_pid) {
+            if p.mm.is_none() {
+                p.mm = early_mm;
+            }
             if p.signal.is_none() {
                 p.signal = Some(s);
             } else {
@@ -270,8 +333,10 @@ impl<N: Node> Correlator<N> {
             return;
         }
         // A kernel-sent SIGKILL is followed by mark_victim (exact memory) and the exit (exact
-        // cgroup): reading procfs for it would only slow a burst down.
-        let snapshot = if s.code == SI_KERNEL {
+        // cgroup): reading procfs for it would only slow a burst down. Neither is procfs needed
+        // when the kernel gave the target's RSS counters at the signal.
+        let kernel_rss = early_mm.as_ref().is_some_and(|m| m.rss.is_some());
+        let snapshot = if s.code == SI_KERNEL || kernel_rss {
             None
         } else {
             self.node.snapshot(s.target_pid)
@@ -287,6 +352,8 @@ impl<N: Node> Correlator<N> {
                 snapshot,
                 domain: None,
                 oc: None,
+                mm: early_mm,
+                domain_evidence: None,
                 extra: 0,
             },
         );
@@ -301,6 +368,8 @@ impl<N: Node> Correlator<N> {
             snapshot: None,
             domain: None,
             oc: None,
+            mm: None,
+            domain_evidence: None,
             first_ktime_ns: v.ktime_ns,
             seen_mono_ns: self.now_mono_ns,
             extra: 0,
@@ -312,8 +381,34 @@ impl<N: Node> Correlator<N> {
             (None, None) => self.node.snapshot(v.pid).and_then(|s| s.cgroup),
             (_, snap) => snap.as_ref().and_then(|s| s.cgroup.clone()),
         };
-        let oc = self.oc_by_pid.remove(&v.pid);
+        let oc = match self.oc_by_pid.remove(&v.pid) {
+            Some(oc) => {
+                self.oc_by_trigger.insert(v.trigger_tid, oc.clone());
+                Some(oc)
+            }
+            // A group member: killed in the same oom_kill_process call as the chosen victim.
+            None => self
+                .oc_by_trigger
+                .get(&v.trigger_tid)
+                .filter(|oc| v.ktime_ns.saturating_sub(oc.ktime_ns) < OC_MEMBER_NS)
+                .cloned(),
+        };
+        if self.oc_by_trigger.len() > 4096 {
+            self.oc_by_trigger.clear();
+        }
         let key = trigger.clone().or(victim_cg.clone()).unwrap_or_default();
+        // The kernel's counters (tracepoint tier): the level of the trigger's chain whose
+        // failcnt / OOM count rose is the domain.
+        let counted = match (&oc, p.signal.as_ref(), self.node.hierarchy_version()) {
+            (None, Some(s), Some(version)) if !s.sender_memcg.truncated => {
+                match (s.sender_memcg.path.as_deref(), s.domain_counters.as_ref()) {
+                    (Some(path), Some(d)) => crate::domain::from_counters(path, d, version),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        p.domain_evidence = None;
         p.domain = match &oc {
             // The kernel said which cgroup's limit fired: read that one.
             Some(oc) => oc
@@ -322,6 +417,11 @@ impl<N: Node> Correlator<N> {
                 .as_deref()
                 .filter(|_| oc.constraint == CONSTRAINT_MEMCG)
                 .and_then(|path| self.node.memcg_state(path)),
+            None if counted.is_some() => {
+                let (path, evidence) = counted.clone().unwrap_or_default();
+                p.domain_evidence = Some(evidence);
+                self.node.memcg_state(&path)
+            }
             None => match self.domain_cache.get(&key) {
                 Some((at, d)) if v.ktime_ns.saturating_sub(*at) < DOMAIN_CACHE_NS => d.clone(),
                 _ => {
@@ -338,7 +438,7 @@ impl<N: Node> Correlator<N> {
         if p.exit.is_some() {
             // The victim died before mark_victim fired; the record was waiting for it.
             let p = self.pending.remove(&pid)?;
-            return Some(self.finish(p));
+            return self.complete(p);
         }
         None
     }
@@ -356,7 +456,57 @@ impl<N: Node> Correlator<N> {
             return None;
         }
         let p = self.pending.remove(&key)?;
-        Some(self.finish(p))
+        self.complete(p)
+    }
+
+    /// The record of a finished kill, or `None` while it waits for the rest of its group.
+    fn complete(&mut self, p: Pending) -> Option<KillRecord> {
+        let rec = self.finish(p);
+        let held = rec.oom.as_ref().and_then(|o| {
+            let g = o.group.as_ref()?;
+            Some((o.trigger_tid, g.path.clone()))
+        });
+        match held {
+            Some((trigger, path)) => {
+                self.groups.hold(trigger, &path, rec, self.last_event_ns);
+                None
+            }
+            None => Some(rec),
+        }
+    }
+
+    /// Group kills whose group is complete, the chosen victim first.
+    fn release_groups(&mut self, now_ktime_ns: u64) -> Vec<KillRecord> {
+        // A trigger with a kill still open may have more members coming.
+        let open: Vec<u32> = self
+            .pending
+            .values()
+            .filter_map(|p| {
+                p.victim.as_ref().map(|v| v.trigger_tid).or(p
+                    .signal
+                    .as_ref()
+                    .filter(|s| s.code == SI_KERNEL)
+                    .map(|s| s.sender_tid))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (path, mut recs) in self.groups.release(now_ktime_ns, |t| open.contains(&t)) {
+            // The kernel signals its chosen victim first, then the group's members.
+            recs.sort_by_key(|r| r.ktime_ns);
+            let chosen = recs.first().map(|r| r.victim.pid).unwrap_or(0);
+            let killed = u32::try_from(recs.len()).unwrap_or(u32::MAX);
+            let kills = self.node.group_kills(&path);
+            for (i, r) in recs.iter_mut().enumerate() {
+                if let Some(g) = r.oom.as_mut().and_then(|o| o.group.as_mut()) {
+                    g.killed = killed;
+                    g.role = if i == 0 { "chosen" } else { "member" };
+                    g.chosen_pid = chosen;
+                    g.oom_group_kill = kills;
+                }
+            }
+            out.extend(recs);
+        }
+        out
     }
 
     /// Reports kills whose process has not died within [`EXIT_TIMEOUT_NS`], and dead
@@ -379,11 +529,40 @@ impl<N: Node> Correlator<N> {
                 if p.exit.is_none() {
                     self.stats.timeouts += 1;
                 }
-                out.push(self.finish(p));
+                out.extend(self.complete(p));
             }
         }
         out.sort_by_key(|r| r.ktime_ns);
+        out.extend(self.release_groups(now_ktime_ns));
         out
+    }
+
+    /// The group of a group OOM kill: from the victim's memcg chain as the kernel had it at the
+    /// SIGKILL (`mem_cgroup.oom_group` per level), else from the cgroup files.
+    fn group_of(
+        &self,
+        p: &Pending,
+        kernel_cgroup: Option<&str>,
+        victim_cgroup: Option<&str>,
+        domain: Option<&str>,
+    ) -> Option<GroupKill> {
+        let (path, source) = match (kernel_cgroup, p.mm.as_ref()) {
+            (Some(cg), Some(m)) if !m.memcg.as_ref().is_some_and(|c| c.truncated) => {
+                (group_from_levels(cg, m.oom_group_levels, domain)?, "kernel")
+            }
+            _ => (
+                self.node.oom_group_of(victim_cgroup?, domain)?,
+                "cgroup_files",
+            ),
+        };
+        Some(GroupKill {
+            path,
+            killed: 1,
+            role: "chosen",
+            chosen_pid: 0,
+            oom_group_kill: None,
+            source,
+        })
     }
 
     fn cgroup_path(&self, cg: &KernelCgroup) -> Option<String> {
@@ -407,10 +586,15 @@ impl<N: Node> Correlator<N> {
             .unwrap_or(0);
         let ktime_ns = p.first_ktime_ns;
 
+        let mm_cgroup =
+            p.mm.as_ref()
+                .and_then(|m| m.memcg.as_ref())
+                .and_then(|cg| self.cgroup_path(cg));
         let victim_cgroup = exit
             .as_ref()
             .and_then(|e| self.cgroup_path(&e.memcg))
-            .or(snap.cgroup.clone());
+            .or(snap.cgroup.clone())
+            .or(mm_cgroup.clone());
         let comm = victim_rec
             .and_then(|v| v.comm.clone())
             .or(sig.map(|s| s.target_comm.clone()))
@@ -425,7 +609,7 @@ impl<N: Node> Correlator<N> {
             tid: signaled_pid,
             comm,
             pod: victim_cgroup.as_deref().and_then(pod_identity),
-            cgroup: victim_cgroup,
+            cgroup: victim_cgroup.clone(),
         };
         let sender = match sig {
             Some(s) => Sender {
@@ -453,6 +637,10 @@ impl<N: Node> Correlator<N> {
                 });
                 let (constraint, evidence) = match (&p.oc, reclaim) {
                     (Some(oc), _) => (constraint_name(oc.constraint), "oom_control"),
+                    // The kernel's counters rose on a memcg: mem_cgroup_oom ran there.
+                    (None, _) if p.domain.is_some() && p.domain_evidence.is_some() => {
+                        ("memcg", p.domain_evidence.unwrap_or("cgroup_limits"))
+                    }
                     (None, reclaim) => match reclaim {
                         Some(ReclaimKind::Memcg) => ("memcg", "reclaim_path"),
                         Some(ReclaimKind::Direct) => ("global", "reclaim_path"),
@@ -470,6 +658,12 @@ impl<N: Node> Correlator<N> {
                 } else {
                     None
                 };
+                let group = self.group_of(
+                    &p,
+                    mm_cgroup.as_deref(),
+                    victim_cgroup.as_deref(),
+                    domain.as_ref().map(|d| d.path.as_str()),
+                );
                 (
                     kind,
                     Some(OomDetails {
@@ -480,6 +674,7 @@ impl<N: Node> Correlator<N> {
                         oom_score_adj: v.oom_score_adj,
                         uid: v.uid,
                         evidence,
+                        group,
                     }),
                 )
             }
@@ -495,6 +690,25 @@ impl<N: Node> Correlator<N> {
                 pgtables_kb: v.pgtables_kb,
                 source: Some("mark_victim"),
             },
+            None if p.mm.as_ref().is_some_and(|m| m.rss.is_some()) => {
+                let m = p.mm.as_ref();
+                let rss = m.and_then(|m| m.rss);
+                let kb = |pages: Option<i64>| pages.map(pages_kb);
+                Memory {
+                    anon_rss_kb: kb(rss.map(|r| r.anon)),
+                    file_rss_kb: kb(rss.map(|r| r.file)),
+                    shmem_rss_kb: kb(rss.map(|r| r.shmem)),
+                    total_vm_kb: m
+                        .and_then(|m| m.total_vm_pages)
+                        .map(|p| pages_kb(i64::try_from(p).unwrap_or(i64::MAX))),
+                    pgtables_kb: m.and_then(|m| m.pgtables_bytes).map(|b| b / 1024),
+                    // A per-CPU sum that missed CPUs is the kernel's approximation.
+                    source: Some(match rss {
+                        Some(r) if r.cpus > 0 && !r.percpu_summed => "rss_stat_approx",
+                        _ => "rss_stat",
+                    }),
+                }
+            }
             None => Memory {
                 anon_rss_kb: snap.anon_rss_kb,
                 file_rss_kb: snap.file_rss_kb,
@@ -523,6 +737,29 @@ impl<N: Node> Correlator<N> {
     }
 }
 
+/// Kernel timestamp of an event.
+fn event_ktime(ev: &Event) -> u64 {
+    match ev {
+        Event::Signal(s) => s.ktime_ns,
+        Event::OomVictim(v) => v.ktime_ns,
+        Event::Exit(e) => e.ktime_ns,
+        Event::KubeletExec(k) => k.ktime_ns,
+        Event::OomControl(o) => o.ktime_ns,
+        Event::VictimMm(m) => m.ktime_ns,
+    }
+}
+
+/// Pages (a kernel RSS counter, which a per-CPU sum can leave briefly negative) to KiB.
+fn pages_kb(pages: i64) -> u64 {
+    static PAGE_KB: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let page_kb = *PAGE_KB.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(size).map_or(4, |b| (b / 1024).max(1))
+    });
+    u64::try_from(pages).unwrap_or(0).saturating_mul(page_kb)
+}
+
 fn kib(kb: Option<u64>) -> String {
     match kb {
         Some(kb) if kb >= 10 * 1024 => format!("{:.1}MiB", kb as f64 / 1024.0),
@@ -536,8 +773,33 @@ fn bytes(b: Option<u64>) -> String {
 }
 
 impl KillRecord {
-    /// The readable one-line form.
+    /// The readable form: one line per kill; a group OOM kill's chosen victim comes with a
+    /// line for the group before it, and its members' lines are indented under it.
     pub fn text(&self) -> String {
+        let Some((g, domain)) = self
+            .oom
+            .as_ref()
+            .and_then(|o| Some((o.group.as_ref()?, o.domain.as_ref())))
+        else {
+            return self.line();
+        };
+        if g.role == "chosen" {
+            format!(
+                "{} GROUP_KILL group={} killed={} chosen={} domain={} oom_group_kill={}\n  {} role=chosen",
+                self.time,
+                g.path,
+                g.killed,
+                g.chosen_pid,
+                domain.map_or("?", |d| d.path.as_str()),
+                g.oom_group_kill.map_or("?".to_string(), |n| n.to_string()),
+                self.line()
+            )
+        } else {
+            format!("  {} role=member", self.line())
+        }
+    }
+
+    fn line(&self) -> String {
         let mut s = format!(
             "{} KILL {} victim={}({}) cgroup={} sender={}({}) {}",
             self.time,
@@ -577,12 +839,17 @@ impl KillRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kill_group::GROUP_SETTLE_NS;
 
     /// A recorded node: what procfs and cgroupfs answered.
     #[derive(Default)]
     struct Recorded {
         procs: HashMap<u32, ProcSnapshot>,
         domain: Option<MemcgState>,
+        /// Cgroups other than `domain` that exist, by path.
+        cgroups: Vec<MemcgState>,
+        version: Option<u8>,
+        group_kills: Option<u64>,
     }
 
     impl Node for Recorded {
@@ -596,8 +863,150 @@ mod tests {
             None
         }
         fn memcg_state(&self, path: &str) -> Option<MemcgState> {
-            self.domain.clone().filter(|d| d.path == path)
+            self.domain
+                .iter()
+                .chain(&self.cgroups)
+                .find(|d| d.path == path)
+                .cloned()
         }
+        fn hierarchy_version(&self) -> Option<u8> {
+            self.version
+        }
+        fn group_kills(&self, _path: &str) -> Option<u64> {
+            self.group_kills
+        }
+    }
+
+    fn state(path: &str, limit_mib: u64) -> MemcgState {
+        MemcgState {
+            path: path.into(),
+            limit_bytes: Some(limit_mib << 20),
+            usage_bytes: Some(limit_mib << 20),
+            peak_bytes: Some(limit_mib << 20),
+            failcnt: None,
+            oom_events: None,
+            oom_group: Some(false),
+        }
+    }
+
+    fn mm(tid: u32, t: u64, memcg: &str, oom_group_levels: u32) -> VictimMmRecord {
+        VictimMmRecord {
+            ktime_ns: t,
+            tid,
+            tgid: tid,
+            rss: Some(crate::events::RssPages {
+                file: 500,
+                anon: 8192,
+                shmem: 0,
+                swap: 0,
+                percpu_summed: true,
+                cpus: 2,
+            }),
+            total_vm_pages: Some(10_000),
+            pgtables_bytes: Some(65536),
+            memcg: Some(cg(memcg)),
+            oom_group_levels,
+        }
+    }
+
+    #[test]
+    fn signal_kill_memory_comes_from_the_kernels_rss_counters() {
+        let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
+        // The raw tracepoint's record may come before or after the classic one.
+        c.on_event(Event::VictimMm(mm(9, 100, "/x", 0)));
+        c.on_event(Event::Signal(signal(9, SI_USER, 77, ReclaimKind::None, 100)));
+        let r = c.on_event(Event::Exit(exit(9, 100, 400, "/x"))).unwrap();
+        assert_eq!(r.memory.source, Some("rss_stat"));
+        assert_eq!(r.memory.anon_rss_kb, Some(8192 * pages_kb(1)));
+        assert_eq!(r.memory.file_rss_kb, Some(500 * pages_kb(1)));
+        assert_eq!(r.memory.total_vm_kb, Some(10_000 * pages_kb(1)));
+        assert_eq!(r.memory.pgtables_kb, Some(64));
+        c.on_event(Event::Signal(signal(10, SI_USER, 77, ReclaimKind::None, 500)));
+        c.on_event(Event::VictimMm(mm(10, 500, "/x", 0)));
+        let r = c.on_event(Event::Exit(exit(10, 500, 900, "/x"))).unwrap();
+        assert_eq!(r.memory.source, Some("rss_stat"));
+    }
+
+    #[test]
+    fn domain_decided_by_the_kernels_counters_not_usage() {
+        // v1 one-container pod: both at their limits by usage, the pod's failcnt rose.
+        let node = Recorded {
+            domain: Some(state("/pod", 64)),
+            cgroups: vec![state("/pod/ctr", 64)],
+            version: Some(1),
+            ..Default::default()
+        };
+        let mut c = Correlator::new(node, Clock::with_offset(0));
+        let mut s = signal(7, SI_KERNEL, 7, ReclaimKind::Memcg, 10_000);
+        s.sender_memcg = cg("/pod/ctr");
+        s.domain_counters = Some(crate::events::DomainDeltas {
+            failcnt: vec![0, 56],
+            oom: vec![0, 1],
+        });
+        c.on_event(Event::Signal(s));
+        c.on_event(Event::OomVictim(victim(7, 7, 20_000)));
+        let r = c
+            .on_event(Event::Exit(exit(7, 10_000, 30_000, "/pod/ctr")))
+            .unwrap();
+        let oom = r.oom.unwrap();
+        assert_eq!(oom.domain.map(|d| d.path), Some("/pod".to_string()));
+        assert_eq!(oom.evidence, "memory.failcnt");
+        assert_eq!(oom.group, None);
+    }
+
+    #[test]
+    fn group_kill_records_name_the_group_and_the_chosen_victim() {
+        // v2: pod /pod (the domain), container /pod/ctr with memory.oom.group; the allocating
+        // process 20 is chosen, the idle 21 is killed with it.
+        let node = Recorded {
+            domain: Some(state("/pod", 192)),
+            version: Some(2),
+            group_kills: Some(1),
+            ..Default::default()
+        };
+        let mut c = Correlator::new(node, Clock::with_offset(0));
+        let t = 1_000_000_000;
+        for (pid, dt) in [(20u32, 0u64), (21, 30_000)] {
+            let mut s = signal(pid, SI_KERNEL, 20, ReclaimKind::Memcg, t + dt);
+            s.sender_memcg = cg("/pod/ctr");
+            s.domain_counters = Some(crate::events::DomainDeltas {
+                failcnt: vec![0, 40],
+                oom: vec![0, 1],
+            });
+            c.on_event(Event::Signal(s));
+            c.on_event(Event::VictimMm(mm(pid, t + dt, "/pod/ctr", 0b01)));
+            c.on_event(Event::OomVictim(victim(pid, 20, t + dt + 10_000)));
+        }
+        // Deaths complete the kills, but the group is held until it is complete.
+        assert!(c
+            .on_event(Event::Exit(exit(21, t + 30_000, t + 200_000, "/pod/ctr")))
+            .is_none());
+        assert!(c
+            .on_event(Event::Exit(exit(20, t, t + 300_000, "/pod/ctr")))
+            .is_none());
+        assert!(c.expire(t + 300_000 + GROUP_SETTLE_NS).is_empty());
+        let out = c.expire(t + 300_001 + GROUP_SETTLE_NS);
+        assert_eq!(out.len(), 2);
+        assert_eq!(c.pending_len(), 0);
+        for (r, role) in out.iter().zip(["chosen", "member"]) {
+            let oom = r.oom.as_ref().unwrap();
+            assert_eq!(oom.domain.as_ref().map(|d| d.path.as_str()), Some("/pod"));
+            assert_eq!(oom.evidence, "memory.events.local");
+            let g = oom.group.as_ref().expect("group kill");
+            assert_eq!(g.path, "/pod/ctr");
+            assert_eq!(g.killed, 2);
+            assert_eq!(g.role, role);
+            assert_eq!(g.chosen_pid, 20);
+            assert_eq!(g.oom_group_kill, Some(1));
+            assert_eq!(g.source, "kernel");
+        }
+        assert_eq!(out[0].victim.pid, 20);
+        let text = out[0].text();
+        assert!(
+            text.contains("GROUP_KILL group=/pod/ctr killed=2 chosen=20 domain=/pod oom_group_kill=1\n  "),
+            "{text}"
+        );
+        assert!(out[1].text().starts_with("  ") && out[1].text().ends_with("role=member"));
     }
 
     fn cg(path: &str) -> KernelCgroup {
@@ -626,6 +1035,7 @@ mod tests {
                 t - 1000
             },
             sender_memcg: cg("/t"),
+            domain_counters: None,
         }
     }
 

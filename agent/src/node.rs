@@ -47,4 +47,16 @@ impl Node for LiveNode {
     fn cgroup_by_id(&self, id: u64) -> Option<String> {
         self.hierarchy.as_ref()?.find_by_id(id)
     }
+
+    fn hierarchy_version(&self) -> Option<u8> {
+        self.hierarchy.as_ref().map(Hierarchy::version)
+    }
+
+    fn oom_group_of(&self, victim: &str, domain: Option<&str>) -> Option<String> {
+        self.hierarchy.as_ref()?.oom_group_of(victim, domain)
+    }
+
+    fn group_kills(&self, path: &str) -> Option<u64> {
+        self.hierarchy.as_ref()?.group_kills(path)
+    }
 }

@@ -267,6 +267,11 @@ impl Probes {
         }
         let btf = Btf::from_sys_fs()?;
         let config = build_config(std::process::id(), kubelet_comm, &btf)?;
+        let nr_cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+            .ok()
+            .and_then(|t| crate::mem_layout::possible_cpus(&t))
+            .unwrap_or(0);
+        let layout = crate::mem_layout::mem_layout(&btf, nr_cpus);
         // aya 0.14's EbpfLoader::new() parses the kernel's BTF whatever follows (it is the
         // start-up peak of the agent's memory): free ours first so the two never coexist, and
         // return aya's to the system once it is dropped (the caller trims). No CO-RE
@@ -292,8 +297,30 @@ impl Probes {
                 source,
             })?;
         }
+        {
+            let name = probe_common::exact::maps::MEM_LAYOUT;
+            let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+            let mut arr: Array<_, probe_common::MemLayout> =
+                Array::try_from(map).map_err(|source| ProbeError::Map { name, source })?;
+            arr.set(0, layout, 0)
+                .map_err(|source| ProbeError::Map { name, source })?;
+        }
         let mut attached = Vec::new();
         let mut degraded = Vec::new();
+        match attach_victim_mm(&mut ebpf) {
+            Ok(()) => attached.push(probe_common::exact::programs::RAW_TP_SIGNAL_GENERATE),
+            Err(e) => {
+                tracing::warn!(
+                    hook = "raw_tracepoint/signal_generate",
+                    error = %e,
+                    "optional hook not attached; degraded: a SIGKILL victim's memory is read from /proc (often gone) and group OOM kills are found from the cgroup files"
+                );
+                degraded.push((
+                    probe_common::exact::programs::RAW_TP_SIGNAL_GENERATE,
+                    e.to_string(),
+                ));
+            }
+        }
         for hook in HOOKS {
             let prog: &mut TracePoint = ebpf
                 .program_mut(hook.program)
@@ -608,6 +635,19 @@ pub fn arg_register(role: Role) -> Option<ArgReg> {
         Role::LibcSbrk => ArgReg::Rdi,
         Role::LibcBrk => return None,
     })
+}
+
+/// The raw tracepoint on `signal_generate` that reads a SIGKILL target's RSS counters and
+/// memory cgroup chain (the target `task_struct` is its third argument).
+fn attach_victim_mm(ebpf: &mut Ebpf) -> Result<(), aya::programs::ProgramError> {
+    let program = probe_common::exact::programs::RAW_TP_SIGNAL_GENERATE;
+    let prog: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
+        .try_into()?;
+    prog.load()?;
+    prog.attach("signal_generate")?;
+    Ok(())
 }
 
 fn attach_kprobe_tier(ebpf: &mut Ebpf) -> Result<(), Box<aya::programs::ProgramError>> {

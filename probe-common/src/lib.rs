@@ -7,6 +7,9 @@
 
 use core::mem::size_of;
 
+pub mod exact;
+pub use exact::{DomainCounters, MemLayout, VictimMmEvent};
+
 /// Map names, so userspace never types one by hand.
 pub mod maps {
     /// Ring buffer carrying [`super::SignalEvent`], [`super::OomVictimEvent`], [`super::ExitEvent`].
@@ -168,6 +171,8 @@ pub enum EventKind {
     Exit = 3,
     KubeletExec = 4,
     OomControl = 5,
+    /// [`VictimMmEvent`]: a SIGKILL target's RSS counters and memcg chain.
+    VictimMm = 6,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -179,6 +184,7 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(Self::Exit),
             4 => Ok(Self::KubeletExec),
             5 => Ok(Self::OomControl),
+            6 => Ok(Self::VictimMm),
             other => Err(other),
         }
     }
@@ -319,6 +325,8 @@ pub struct SignalEvent {
     pub target_comm: [u8; TASK_COMM_LEN],
     pub sender_comm: [u8; TASK_COMM_LEN],
     pub sender_memcg: CgroupPath,
+    /// For a kernel-sent SIGKILL: the sender's memcg chain counters since its reclaim began.
+    pub domain: DomainCounters,
 }
 
 /// Bits of [`OomVictimEvent::fields`]: which tracepoint fields this kernel has.
@@ -491,7 +499,10 @@ impl Config {
 // The layout is the ABI: a change here must be deliberate.
 const _: () = assert!(size_of::<EventHeader>() == 16);
 const _: () = assert!(size_of::<CgroupPath>() == 16 + CGROUP_NAME_LEN * CGROUP_MAX_DEPTH);
-const _: () = assert!(size_of::<SignalEvent>() == 16 + 32 + 8 + 32 + size_of::<CgroupPath>());
+const _: () = assert!(
+    size_of::<SignalEvent>()
+        == 16 + 32 + 8 + 32 + size_of::<CgroupPath>() + size_of::<DomainCounters>()
+);
 const _: () = assert!(size_of::<OomVictimEvent>() == 16 + 8 + 40 + 16 + 16);
 const _: () = assert!(size_of::<ExitEvent>() == 16 + 16 + 8 + 16 + size_of::<CgroupPath>());
 const _: () = assert!(size_of::<Config>() == 35 * 4 + TASK_COMM_LEN);

@@ -73,3 +73,14 @@ pub static RECLAIM_STATS: aya_ebpf::maps::PerCpuHashMap<u64, probe_common::Recla
 #[map]
 pub static RECLAIM_IN_FLIGHT: LruHashMap<u32, probe_common::ReclaimFlight> =
     LruHashMap::with_max_entries(probe_common::RECLAIM_MAX, 0);
+
+#[map]
+pub static MEM_LAYOUT: Array<probe_common::MemLayout> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static OOM_BASELINE: LruHashMap<u32, probe_common::exact::MemcgBaseline> =
+    LruHashMap::with_max_entries(probe_common::exact::OOM_BASELINE_MAX, 0);
+
+/// Never written: the addresses of its per-CPU slots give the kernel's per-CPU offsets.
+#[map]
+pub static PCPU_PROBE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -18,6 +18,8 @@ use crate::{
 pub fn tp_memcg_reclaim_begin(_ctx: TracePointContext) -> u32 {
     mark(ReclaimKind::Memcg);
     let Some(cfg) = config() else { return 0 };
+    // The counters the OOM domain is decided by, as they were when this charge began to fail.
+    crate::exact::take_baseline(cfg, current_ids().0);
     let Some(memcg) = current_memcg_id(cfg) else {
         return 0;
     };

@@ -1,5 +1,6 @@
 mod kubelet;
 mod memcg;
+mod mm;
 mod oom;
 mod sched;
 mod signal;

@@ -11,6 +11,7 @@ use probe_common::{
 
 use super::current_ids;
 use crate::{
+    exact::{domain_counters, domain_counters_none},
     maps::{config, count, present, BPF_RB_FORCE_WAKEUP, EVENTS, PENDING_KILLS, RECLAIM},
     task::current_memcg,
 };
@@ -84,10 +85,18 @@ fn try_tp_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
             }
         }
         current_memcg(cfg, &raw mut (*ev).sender_memcg);
+        if (*ev).code == SI_KERNEL {
+            domain_counters(cfg, tid, &raw mut (*ev).domain);
+        } else {
+            domain_counters_none(&raw mut (*ev).domain);
+        }
     }
     entry.submit(BPF_RB_FORCE_WAKEUP);
     Ok(())
 }
+
+/// `si_code` of a signal the kernel sent (the OOM killer's SEND_SIG_PRIV).
+const SI_KERNEL: i32 = 0x80;
 
 #[inline(always)]
 unsafe fn read_or(ctx: &TracePointContext, offset: u32, default: i32) -> i32 {
