@@ -914,14 +914,26 @@ mod tests {
         let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
         // The raw tracepoint's record may come before or after the classic one.
         c.on_event(Event::VictimMm(mm(9, 100, "/x", 0)));
-        c.on_event(Event::Signal(signal(9, SI_USER, 77, ReclaimKind::None, 100)));
+        c.on_event(Event::Signal(signal(
+            9,
+            SI_USER,
+            77,
+            ReclaimKind::None,
+            100,
+        )));
         let r = c.on_event(Event::Exit(exit(9, 100, 400, "/x"))).unwrap();
         assert_eq!(r.memory.source, Some("rss_stat"));
         assert_eq!(r.memory.anon_rss_kb, Some(8192 * pages_kb(1)));
         assert_eq!(r.memory.file_rss_kb, Some(500 * pages_kb(1)));
         assert_eq!(r.memory.total_vm_kb, Some(10_000 * pages_kb(1)));
         assert_eq!(r.memory.pgtables_kb, Some(64));
-        c.on_event(Event::Signal(signal(10, SI_USER, 77, ReclaimKind::None, 500)));
+        c.on_event(Event::Signal(signal(
+            10,
+            SI_USER,
+            77,
+            ReclaimKind::None,
+            500,
+        )));
         c.on_event(Event::VictimMm(mm(10, 500, "/x", 0)));
         let r = c.on_event(Event::Exit(exit(10, 500, 900, "/x"))).unwrap();
         assert_eq!(r.memory.source, Some("rss_stat"));
@@ -1003,7 +1015,9 @@ mod tests {
         assert_eq!(out[0].victim.pid, 20);
         let text = out[0].text();
         assert!(
-            text.contains("GROUP_KILL group=/pod/ctr killed=2 chosen=20 domain=/pod oom_group_kill=1\n  "),
+            text.contains(
+                "GROUP_KILL group=/pod/ctr killed=2 chosen=20 domain=/pod oom_group_kill=1\n  "
+            ),
             "{text}"
         );
         assert!(out[1].text().starts_with("  ") && out[1].text().ends_with("role=member"));

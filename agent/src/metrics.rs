@@ -186,7 +186,7 @@ impl Metrics {
         for kind in [KillKind::OomMemcg, KillKind::OomGlobal, KillKind::Signal] {
             kills.with_label_values(&[kind.as_str()]);
         }
-        for kind in ["signal", "oom_victim", "exit"] {
+        for kind in ["signal", "oom_victim", "exit", "victim_mm"] {
             dropped.with_label_values(&["ringbuf_full", kind]);
         }
         let sigkills = counter_vec(
@@ -236,6 +236,7 @@ impl Metrics {
                 Counter::RingbufFullSignal => (&self.dropped, ["ringbuf_full", "signal"]),
                 Counter::RingbufFullVictim => (&self.dropped, ["ringbuf_full", "oom_victim"]),
                 Counter::RingbufFullExit => (&self.dropped, ["ringbuf_full", "exit"]),
+                Counter::RingbufFullVictimMm => (&self.dropped, ["ringbuf_full", "victim_mm"]),
                 Counter::ReadFailed => (&self.dropped, ["read_failed", "any"]),
                 Counter::PendingInsertFailed => {
                     (&self.dropped, ["pending_insert_failed", "signal"])

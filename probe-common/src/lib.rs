@@ -208,12 +208,14 @@ pub enum Counter {
     OomVictimSeen = 6,
     /// The allocation stats map refused an insert (full): bytes not attributed.
     AllocStatsFull = 7,
+    /// `bpf_ringbuf_reserve` failed for a SIGKILL target's RSS record (raw tracepoint).
+    RingbufFullVictimMm = 8,
 }
 
 pub const COUNTERS_LEN: u32 = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 9] = [
         Counter::RingbufFullSignal,
         Counter::RingbufFullVictim,
         Counter::RingbufFullExit,
@@ -222,6 +224,7 @@ impl Counter {
         Counter::SigkillSeen,
         Counter::OomVictimSeen,
         Counter::AllocStatsFull,
+        Counter::RingbufFullVictimMm,
     ];
 }
 

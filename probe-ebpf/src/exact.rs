@@ -66,7 +66,13 @@ pub fn take_baseline(cfg: &Config, tid: u32) {
             return;
         }
     }
-    let mut b = MemcgBaseline {
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Ok(mut css) = (unsafe { task_memory_css(cfg, task) }) else {
+        return;
+    };
+    // Filled in place in the map value: levels written at a variable index into a stack copy
+    // cost the 6.1 verifier over a million instructions.
+    let zero = MemcgBaseline {
         ktime_ns: now,
         depth: 0,
         _pad: 0,
@@ -74,8 +80,10 @@ pub fn take_baseline(cfg: &Config, tid: u32) {
         failcnt: [0; MEMCG_LEVELS],
         oom: [0; MEMCG_LEVELS],
     };
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let Ok(mut css) = (unsafe { task_memory_css(cfg, task) }) else {
+    if OOM_BASELINE.insert(tid, &zero, 0).is_err() {
+        return;
+    }
+    let Some(b) = OOM_BASELINE.get_ptr_mut(tid) else {
         return;
     };
     for i in 0..MEMCG_LEVELS {
@@ -88,13 +96,14 @@ pub fn take_baseline(cfg: &Config, tid: u32) {
             break;
         }
         let memcg = unsafe { css.sub(cfg.memcg_css as usize) };
-        b.css[i] = css as u64;
-        b.failcnt[i] = unsafe { read_u64(memcg, lay.memcg_failcnt) }.unwrap_or(0);
-        b.oom[i] = unsafe { read_u64(memcg, lay.memcg_oom_local) }.unwrap_or(0);
-        b.depth = i as u32 + 1;
+        unsafe {
+            (*b).css[i] = css as u64;
+            (*b).failcnt[i] = read_u64(memcg, lay.memcg_failcnt).unwrap_or(0);
+            (*b).oom[i] = read_u64(memcg, lay.memcg_oom_local).unwrap_or(0);
+            (*b).depth = i as u32 + 1;
+        }
         css = parent;
     }
-    let _ = OOM_BASELINE.insert(tid, &b, 0);
 }
 
 /// At a kernel-sent SIGKILL, in the OOM trigger's context: how much each level of its chain
@@ -307,6 +316,7 @@ fn sum_percpu(lay: &MemLayout, counters: &[u64; 4], vals: &mut [i64; 4]) -> (u32
     let key = 0u32;
     let mut summed = 0u32;
     let mut complete = lay.nr_cpus <= MAX_CPUS;
+    let mut failed = 0i64;
     for cpu in 0..MAX_CPUS {
         if cpu >= lay.nr_cpus {
             break;
@@ -319,15 +329,22 @@ fn sum_percpu(lay: &MemLayout, counters: &[u64; 4], vals: &mut [i64; 4]) -> (u32
         }
         let offset = unsafe { as_number(slot as u64) }.wrapping_sub(base);
         for k in 0..4 {
-            let at = counters[k].wrapping_add(offset) as *const i32;
-            match unsafe { bpf_probe_read_kernel(at) } {
-                Ok(d) => vals[k] += d as i64,
-                Err(_) => complete = false,
-            }
+            // Branch-free: a failed read leaves 0 and a negative return; a branch per read
+            // doubles the verifier's states per CPU (6.1 then refuses the program).
+            let mut d = 0i32;
+            let ret = unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                    &mut d as *mut i32 as *mut c_void,
+                    4,
+                    counters[k].wrapping_add(offset) as *const c_void,
+                )
+            };
+            failed |= ret;
+            vals[k] += d as i64;
         }
         summed += 1;
     }
-    (summed, complete)
+    (summed, complete && failed == 0)
 }
 
 /// Zeroes the counters of a signal the kernel did not send.

@@ -41,7 +41,7 @@ fn try_raw_tp_signal_generate(ctx: &RawTracePointContext) -> Result<(), i32> {
     }
     let tid: u32 = unsafe { bpf_probe_read_kernel(task.add(cfg.task_pid as usize) as *const u32)? };
     let Some(mut entry) = EVENTS.reserve::<VictimMmEvent>(0) else {
-        count(Counter::RingbufFullSignal);
+        count(Counter::RingbufFullVictimMm);
         return Ok(());
     };
     let ev = entry.as_mut_ptr();
