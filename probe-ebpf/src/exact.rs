@@ -182,6 +182,15 @@ pub fn read_victim_mm(cfg: &Config, lay: &MemLayout, task: *const u8, ev: *mut V
         (*ev).oom_group_levels = 0;
         (*ev)._pad = 0;
     }
+    // The memory cgroup chain first: the verifier walks whatever follows the per-CPU loop once
+    // per way out of it (6.1's refused the program when the chain walks came after).
+    if let Ok(css) = unsafe { task_memory_css(cfg, task) } {
+        let memcg_path = unsafe { &raw mut (*ev).memcg };
+        if crate::task::css_path(cfg, css, memcg_path).is_ok() {
+            flags |= mm_flags::MEMCG;
+            unsafe { (*ev).oom_group_levels = oom_group_levels(cfg, lay, css) };
+        }
+    }
     if present(lay.task_mm) && present(lay.mm_rss_stat) {
         let mm = unsafe { read_ptr(task, lay.task_mm) }.unwrap_or(core::ptr::null());
         if !mm.is_null() {
@@ -199,13 +208,6 @@ pub fn read_victim_mm(cfg: &Config, lay: &MemLayout, task: *const u8, ev: *mut V
                     flags |= mm_flags::PGTABLES;
                 }
             }
-        }
-    }
-    if let Ok(css) = unsafe { task_memory_css(cfg, task) } {
-        let memcg_path = unsafe { &raw mut (*ev).memcg };
-        if crate::task::css_path(cfg, css, memcg_path).is_ok() {
-            flags |= mm_flags::MEMCG;
-            unsafe { (*ev).oom_group_levels = oom_group_levels(cfg, lay, css) };
         }
     }
     unsafe { (*ev).flags = flags };
