@@ -1,6 +1,8 @@
 //! Recorded series as CSV: a header with at least `time,kubelet_rss_bytes,pods` (time as RFC 3339
 //! or unix seconds), any of [`super::series::OPTIONAL_COLUMNS`] after them, empty cells for
-//! missing values.
+//! missing values. Every value must be a finite number, not negative (byte counts, counts,
+//! seconds, versions and 0/1 flags all are), byte counts within a u64; a row breaking that is
+//! an error naming its line.
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use super::{series::OPTIONAL_COLUMNS, Sample};
@@ -13,9 +15,13 @@ pub enum CsvError {
     Row { line: usize, reason: String },
 }
 
+/// The latest time accepted (9999-12-31T23:59:59Z).
+const MAX_T: f64 = 253_402_300_799.0;
+
 fn parse_time(s: &str) -> Option<i64> {
     if let Ok(n) = s.parse::<f64>() {
-        return Some(n as i64);
+        // `as` would turn NaN into 0 and saturate infinities: refuse them instead.
+        return (n.is_finite() && (0.0..=MAX_T).contains(&n)).then_some(n as i64);
     }
     OffsetDateTime::parse(s, &Rfc3339)
         .ok()
@@ -52,10 +58,24 @@ pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
         };
         let get = |c: usize| cells.get(c).copied().unwrap_or("");
         let time = parse_time(get(t)).ok_or_else(|| row_err(format!("bad time {:?}", get(t))))?;
-        let num = |c: usize, what: &str| {
-            get(c)
+        let num = |c: usize, what: &str| -> Result<f64, CsvError> {
+            let cell = get(c);
+            let v = cell
                 .parse::<f64>()
-                .map_err(|_| row_err(format!("bad {what} {:?}", get(c))))
+                .map_err(|_| row_err(format!("bad {what} {cell:?}")))?;
+            if !v.is_finite() {
+                return Err(row_err(format!("{what} is not a finite number ({cell})")));
+            }
+            if v < 0.0 {
+                return Err(row_err(format!("{what} is negative ({cell})")));
+            }
+            // Kernel byte counters are u64: anything beyond is not a measurement.
+            if what.ends_with("_bytes") && v > u64::MAX as f64 {
+                return Err(row_err(format!(
+                    "{what} is beyond a 64-bit byte count ({cell})"
+                )));
+            }
+            Ok(v)
         };
         let mut s = Sample {
             t: time,
@@ -64,13 +84,10 @@ pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
             ..Default::default()
         };
         for (c, name) in header.iter().enumerate() {
-            if let Some(slot) = s.optional_mut(name) {
-                let v = get(c);
-                if !v.is_empty() {
-                    *slot = Some(
-                        v.parse()
-                            .map_err(|_| row_err(format!("bad {name} {v:?}")))?,
-                    );
+            if s.optional_mut(name).is_some() && !get(c).is_empty() {
+                let v = num(c, name)?;
+                if let Some(slot) = s.optional_mut(name) {
+                    *slot = Some(v);
                 }
             }
         }
@@ -130,6 +147,54 @@ mod tests {
         assert_eq!(e.to_string(), "line 2: bad time \"nope\"");
         let e = parse("time,kubelet_rss_bytes,pods\n5,1,2\n4,1,2\n").unwrap_err();
         assert!(e.to_string().contains("backwards"));
+    }
+
+    #[test]
+    fn refuses_nan_infinities_and_negative_counts_with_the_line() {
+        let h = "time,kubelet_rss_bytes,pods,goroutines,kubelet_limit_bytes\n5,1,2,,\n";
+        for (row, want) in [
+            (
+                "6,NaN,2,,",
+                "line 3: kubelet_rss_bytes is not a finite number (NaN)",
+            ),
+            (
+                "6,1e308,2,,",
+                "line 3: kubelet_rss_bytes is beyond a 64-bit byte count (1e308)",
+            ),
+            ("6,1.5e19,2,,", ""),
+            (
+                "6,1e309,2,,",
+                "line 3: kubelet_rss_bytes is not a finite number (1e309)",
+            ),
+            (
+                "6,inf,2,,",
+                "line 3: kubelet_rss_bytes is not a finite number (inf)",
+            ),
+            (
+                "6,-4096,2,,",
+                "line 3: kubelet_rss_bytes is negative (-4096)",
+            ),
+            ("6,1,-1,,", "line 3: pods is negative (-1)"),
+            (
+                "6,1,2,nan,",
+                "line 3: goroutines is not a finite number (nan)",
+            ),
+            (
+                "6,1,2,,-1e9",
+                "line 3: kubelet_limit_bytes is negative (-1e9)",
+            ),
+            ("NaN,1,2,,", "line 3: bad time \"NaN\""),
+            ("-inf,1,2,,", "line 3: bad time \"-inf\""),
+            ("1e300,1,2,,", "line 3: bad time \"1e300\""),
+        ] {
+            let r = parse(&format!("{h}{row}\n"));
+            if want.is_empty() {
+                // Within a u64 byte counter: accepted as given.
+                assert_eq!(r.unwrap().0[1].kubelet_rss_bytes, 1.5e19, "{row}");
+            } else {
+                assert_eq!(r.unwrap_err().to_string(), want, "{row}");
+            }
+        }
     }
 
     #[test]

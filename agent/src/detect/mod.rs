@@ -70,7 +70,7 @@ fn window(series: &[Sample], seconds: i64) -> &[Sample] {
     let Some(last) = series.last() else {
         return series;
     };
-    let from = series.partition_point(|s| s.t < last.t - seconds);
+    let from = series.partition_point(|s| s.t < last.t.saturating_sub(seconds));
     &series[from..]
 }
 
@@ -95,7 +95,8 @@ impl Default for KubeletLeak {
 
 /// Baseline buckets: long enough for a low quantile to sit on the GC sawtooth's troughs.
 const BUCKET_S: i64 = HOUR;
-const BASELINE_Q: f64 = 0.1;
+/// The hourly quantile the kubelet's baseline is (the detector's and the benchmark baselines').
+pub const BASELINE_Q: f64 = 0.1;
 
 /// The pod-adjusted trend of the kubelet's baseline.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,6 +113,8 @@ pub struct Trend {
     pub t_stat: Option<f64>,
     /// Kubelet restarts the called leak spans.
     pub restarts: usize,
+    /// The called leak's late slope (bytes/day): the growth persists.
+    pub late_per_day: Option<f64>,
 }
 
 impl KubeletLeak {
@@ -132,6 +135,7 @@ impl KubeletLeak {
                 raw_per_day: raw,
                 t_stat: Some(f.t_stat),
                 restarts: f.restarts,
+                late_per_day: Some(f.late_slope),
             });
         }
         self.report_windows
@@ -189,6 +193,7 @@ impl KubeletLeak {
             raw_per_day: raw.mid * DAY,
             t_stat: None,
             restarts: 0,
+            late_per_day: None,
         })
     }
 }
@@ -204,8 +209,9 @@ impl Detector for KubeletLeak {
             t.t_stat
                 .map(|z| {
                     format!(
-                        ", growth started {:.0} h ago, {z:.1} standard errors above flat{}",
+                        ", growth started {:.0} h ago, {z:.1} autocorrelation-robust standard errors above flat, still {:.0} MB/day over its late part{}",
                         t.span_s as f64 / 3600.0,
+                        t.late_per_day.unwrap_or(f64::NAN) / 1e6,
                         match t.restarts {
                             0 => String::new(),
                             n => format!(
@@ -426,8 +432,11 @@ impl Default for Engine {
         Engine {
             kubelet: KubeletLeak::default(),
             workload: WorkloadLeak {
+                // Pods' working sets: no warm-up or GC shapes, a leak called after 6 h of it.
                 change: ChangePoint {
                     min_slope: 100e6,
+                    min_after_h: 6,
+                    late_min_h: 6,
                     ..ChangePoint::default()
                 },
             },

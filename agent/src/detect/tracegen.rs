@@ -2,6 +2,25 @@
 //! sawtooth, scavenger releases, pod churn (kubelet ~ 255 MiB + 11 MiB per pod), daily patterns,
 //! kubelet restarts, workload growth, leaks starting at a random time, and one scenario per
 //! known cause.
+//!
+//! Two corpora: [`generate`] is the issue-14 generator (independent per-sample noise, the
+//! detector's own 11 MiB per-pod prior, bursts returned within the hour); [`generate_shaped`]
+//! adds, on the same base trace, the healthy shapes that generator lacks (issue 17), at these
+//! sizes:
+//! - per-pod cost uniform in 4-25 MiB (issue 17's range; the EKS rule's 11 MiB is a fleet
+//!   average);
+//! - a warm-up after every start (half the traces start with the kubelet): caches fill by
+//!   30-250 MB with a 1-6 h time constant (the example `warm-up-after-start` rises ~150 MB over
+//!   its first 6 h);
+//! - list/watch bursts 0.3-2 per day of 50-300 MB (the example `slow-scavenger-return` jumps
+//!   ~290 MB in an hour), returned by the scavenger with a 1-8 h time constant, 10-40% of the
+//!   largest burst so far staying resident until the next restart (the heap's high-water mark);
+//! - hour-scale wander: an AR(1) of 10-40 MiB stationary deviation and 1-6 h correlation time;
+//! - weekly and business-hours pod patterns: 0-35% fewer pods at weekends, 0-25% more in the
+//!   working day, pods following their target within ~3 h.
+//!
+//! The ranges are assumptions drawn from the issue and the two example series, not measurements
+//! of a real kubelet (issue 14 part 3 is the real-data corpus).
 use serde::Serialize;
 
 use super::{classify::Cause, Sample, Subject, MIB};
@@ -72,10 +91,59 @@ pub struct Label {
 pub const STEP_S: i64 = 60;
 const T0: i64 = 1_790_000_000;
 
+/// A trace from the issue-14 generator.
 pub fn generate(scenario: Scenario, days: f64, seed: u64) -> (Vec<Sample>, Label) {
+    generate_with(scenario, days, seed, false)
+}
+
+/// A trace with the healthy shapes of issue 17 on top of the same base trace (module docs).
+pub fn generate_shaped(scenario: Scenario, days: f64, seed: u64) -> (Vec<Sample>, Label) {
+    generate_with(scenario, days, seed, true)
+}
+
+/// The healthy shapes' per-node parameters (module docs give the ranges).
+struct Shapes {
+    per_pod: f64,
+    starts_with_kubelet: bool,
+    warm_bytes: f64,
+    warm_tau_s: f64,
+    bursts_per_day: f64,
+    burst_bytes: (f64, f64),
+    return_tau_s: f64,
+    retain: f64,
+    wander_sd: f64,
+    wander_phi: f64,
+    weekend_drop: f64,
+    workday_rise: f64,
+}
+
+impl Shapes {
+    fn draw(r: &mut Rng) -> Shapes {
+        Shapes {
+            per_pod: r.range(4.0, 25.0) * MIB,
+            starts_with_kubelet: r.chance(0.5),
+            warm_bytes: r.range(30e6, 250e6),
+            warm_tau_s: r.range(1.0, 6.0) * 3600.0,
+            bursts_per_day: r.range(0.3, 2.0),
+            burst_bytes: (50e6, r.range(100e6, 300e6)),
+            return_tau_s: r.range(1.0, 8.0) * 3600.0,
+            retain: r.range(0.1, 0.4),
+            wander_sd: r.range(10.0, 40.0) * MIB,
+            wander_phi: (-(STEP_S as f64) / (r.range(1.0, 6.0) * 3600.0)).exp(),
+            weekend_drop: r.range(0.0, 0.35),
+            workday_rise: r.range(0.0, 0.25),
+        }
+    }
+}
+
+fn generate_with(scenario: Scenario, days: f64, seed: u64, shaped: bool) -> (Vec<Sample>, Label) {
     let mut r = Rng::new(seed);
+    // The shapes draw from their own stream: the base trace is the issue-14 one.
+    let mut rs = Rng::new(seed ^ 0x5EED_0017);
+    let shapes = shaped.then(|| Shapes::draw(&mut rs));
     let n = (days * 86_400.0 / STEP_S as f64) as i64;
     let per_pod = BYTES_PER_POD_VAR(&mut r);
+    let per_pod = shapes.as_ref().map_or(per_pod, |sh| sh.per_pod);
     let base_pods = r.range(10.0, 90.0).round();
     let fixed = 255.0 * MIB * r.range(0.85, 1.15);
     let saw = r.range(0.08, 0.25);
@@ -121,6 +189,15 @@ pub fn generate(scenario: Scenario, days: f64, seed: u64) -> (Vec<Sample>, Label
     let mut csrs = 0.0;
     let mut goroutines_leak = 0.0;
     let mut workload_extra = 0.0;
+    // Shapes' state: when the running kubelet started, burst memory being returned, burst
+    // memory retained until a restart, the wander.
+    let mut born = if shapes.as_ref().is_some_and(|sh| sh.starts_with_kubelet) {
+        T0
+    } else {
+        i64::MIN / 2
+    };
+    let mut warm_amp = shapes.as_ref().map_or(0.0, |sh| sh.warm_bytes);
+    let (mut transient, mut retained, mut wander) = (0.0, 0.0f64, 0.0);
     // Per-step probabilities below are per 10 minutes, scaled to the step.
     let per10 = STEP_S as f64 / 600.0;
     for i in 0..n {
@@ -131,21 +208,53 @@ pub fn generate(scenario: Scenario, days: f64, seed: u64) -> (Vec<Sample>, Label
         if r.chance(0.02 * per10) {
             pods += (r.range(-4.0, 4.0)).round();
         }
-        let target = base_pods + growth_pods * (i as f64 / n as f64);
-        pods += (target - pods) * 0.01 * per10;
+        let mut target = base_pods + growth_pods * (i as f64 / n as f64);
+        let mut relax = 0.01;
+        if let Some(sh) = &shapes {
+            if weekday(t) >= 5 {
+                target *= 1.0 - sh.weekend_drop;
+            }
+            let workday = (2.0 * std::f64::consts::PI * (day_frac - 0.25))
+                .sin()
+                .max(0.0);
+            target *= 1.0 + sh.workday_rise * workday;
+            relax = 0.05;
+        }
+        pods += (target - pods) * relax * per10;
         pods = pods.clamp(3.0, 250.0);
         let pods_now = pods.round();
         // Restarts reset the kubelet's memory (and its leak) and bump the counter.
         if r.chance(restart_per_day * STEP_S as f64 / 86_400.0) {
             restarts += 1.0;
             leaked = 0.0;
+            born = t;
+            (transient, retained) = (0.0, 0.0);
+            warm_amp = shapes
+                .as_ref()
+                .map_or(0.0, |sh| sh.warm_bytes * rs.range(0.7, 1.3));
+        }
+        let mut shaped_bytes = 0.0;
+        if let Some(sh) = &shapes {
+            let age = (t - born) as f64;
+            let warm = -warm_amp * (-age / sh.warm_tau_s).exp();
+            if rs.chance(sh.bursts_per_day * STEP_S as f64 / 86_400.0) {
+                let size = rs.range(sh.burst_bytes.0, sh.burst_bytes.1);
+                let kept = sh.retain * size;
+                transient += size - (kept - retained).max(0.0);
+                retained = retained.max(kept);
+            }
+            transient *= (-(STEP_S as f64) / sh.return_tau_s).exp();
+            wander = sh.wander_phi * wander
+                + sh.wander_sd * (1.0 - sh.wander_phi * sh.wander_phi).sqrt() * rs.normal();
+            shaped_bytes = warm + transient + retained + wander;
         }
         if leaking && subject == Subject::Kubelet {
             leaked += rate * STEP_S as f64 / 86_400.0;
         }
         let steady = fixed + per_pod * pods_now;
         let daily = 1.0 + 0.03 * (2.0 * std::f64::consts::PI * day_frac).sin();
-        let mut rss = (steady + leaked) * daily * (1.0 + saw * r.f()) + r.normal() * 3.0 * MIB;
+        let mut rss =
+            (steady + leaked + shaped_bytes) * daily * (1.0 + saw * r.f()) + r.normal() * 3.0 * MIB;
         if r.chance(0.04) {
             rss *= r.range(0.85, 0.95); // scavenger returned pages
         }
@@ -222,6 +331,11 @@ pub fn generate(scenario: Scenario, days: f64, seed: u64) -> (Vec<Sample>, Label
     (out, label)
 }
 
+/// Day of the week of a unix time, Monday = 0 (1970-01-01 was a Thursday).
+fn weekday(t: i64) -> i64 {
+    (t.div_euclid(86_400) + 3).rem_euclid(7)
+}
+
 #[expect(
     non_snake_case,
     reason = "reads as the sizing rule's constant, varied per node"
@@ -250,6 +364,46 @@ mod tests {
         assert!(
             rss > 0.5 * expected && rss < 2.0 * expected,
             "{rss} vs {expected}"
+        );
+    }
+
+    #[test]
+    fn shaped_traces_keep_the_base_trace_and_add_the_shapes() {
+        let (a, la) = generate(Scenario::Leak(100.0), 7.0, 11);
+        let (b, lb) = generate_shaped(Scenario::Leak(100.0), 7.0, 11);
+        assert_eq!(a.len(), b.len());
+        assert_eq!(la.leak_start, lb.leak_start);
+        assert_eq!(a[0].kubelet_restarts, b[0].kubelet_restarts);
+        assert_ne!(a[100].kubelet_rss_bytes, b[100].kubelet_rss_bytes);
+        // The shapes are per node: across nodes, per-pod costs span 4-25 MiB.
+        let costs: Vec<f64> = (0..200)
+            .map(|seed| Shapes::draw(&mut Rng::new(seed)).per_pod / MIB)
+            .collect();
+        let (lo, hi) = costs
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &c| (a.min(c), b.max(c)));
+        assert!(
+            (4.0..4.5).contains(&lo) && (24.5..25.0).contains(&hi),
+            "{lo} {hi}"
+        );
+        // Weekends have fewer pods when the node's weekly pattern says so.
+        let (h, _) = generate_shaped(Scenario::Healthy, 7.0, 5);
+        let sh = Shapes::draw(&mut Rng::new(5 ^ 0x5EED_0017));
+        // The trace starts on a Monday afternoon: it holds a whole Wednesday and Saturday.
+        assert_eq!(weekday(T0), 0);
+        let day_mean = |d: i64| {
+            let v: Vec<f64> = h
+                .iter()
+                .filter(|s| weekday(s.t) == d && s.t > T0 + 86_400)
+                .map(|s| s.pods)
+                .collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        let drop = 1.0 - day_mean(5) / day_mean(2);
+        assert!(
+            (drop - sh.weekend_drop).abs() < 0.15,
+            "{drop} vs {}",
+            sh.weekend_drop
         );
     }
 }
