@@ -32,6 +32,10 @@ enum Command {
         days: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Add the healthy shapes of issue 17 (warm-up, slow scavenger returns, wander, per-pod
+        /// costs of 4-25 MiB, weekly pod patterns) to the trace.
+        #[arg(long)]
+        shapes: bool,
     },
     /// Score the detectors on a generated corpus against the baselines (development).
     BenchDetect {
@@ -70,7 +74,8 @@ fn main() {
                 scenario,
                 days,
                 seed,
-            } => gen_trace(&scenario, days, seed),
+                shapes,
+            } => gen_trace(&scenario, days, seed, shapes),
             Command::BenchDetect { scale, seed } => {
                 let r = oomprobe::detect::score::score(seed, scale);
                 use std::io::Write as _;
@@ -84,7 +89,7 @@ fn main() {
     }
 }
 
-fn gen_trace(scenario: &str, days: f64, seed: u64) -> anyhow::Result<()> {
+fn gen_trace(scenario: &str, days: f64, seed: u64, shapes: bool) -> anyhow::Result<()> {
     use oomprobe::detect::{classify::Cause, tracegen::Scenario};
     let sc = match scenario {
         "healthy" => Scenario::Healthy,
@@ -101,7 +106,11 @@ fn gen_trace(scenario: &str, days: f64, seed: u64) -> anyhow::Result<()> {
             None => anyhow::bail!("unknown scenario {other}"),
         },
     };
-    let (samples, label) = oomprobe::detect::tracegen::generate(sc, days, seed);
+    let (samples, label) = if shapes {
+        oomprobe::detect::tracegen::generate_shaped(sc, days, seed)
+    } else {
+        oomprobe::detect::tracegen::generate(sc, days, seed)
+    };
     eprintln!("label: {}", serde_json::to_string(&label)?);
     use std::io::Write as _;
     let _ = write!(

@@ -21,16 +21,20 @@
 //!   and the smaller part's slope must be at least `late_ratio` of the larger one, the late one
 //!   significant too: a bounded rise has a flat late part, a rise that began after the fit's
 //!   start a flat early part. And the curvature test: when a rise saturating with a time
-//!   constant of 3, 6 or 12 h (from any start) fits better than the best line, the growth
+//!   constant of 3, 6 or 12 h (from any start) leaves less than 85% of the best line's
+//!   residual sum of squares, the growth
 //!   decelerates to a plateau and is not called;
 //! - list/watch bursts that raise the heap within an hour and are returned over hours, part
 //!   retained: a level step at each abrupt rise (far beyond the hour-to-hour noise), so the
 //!   burst's retained part is a step and its return a decline, not a leak's ramp;
 //! - hour-scale correlated wander: the standard errors are Newey-West (Bartlett kernel, HAC),
 //!   not the independent-residual formula, so tens of MiB wandering over hours do not inflate t;
-//! - per-pod costs of 4-25 MiB: the per-pod cost is fitted from the node's own data, with the
-//!   sizing rule's 11 MiB as a Gaussian prior of standard deviation `per_pod_prior_sd` (8 MiB),
-//!   which decides only when the pod count barely moves.
+//! - per-pod costs of 4-25 MiB: the per-pod cost is fitted from the node's own data jointly
+//!   with the rest, with the sizing rule's 11 MiB as a Gaussian prior of standard deviation
+//!   8 MiB (a pseudo-observation weighing (noise / 8 MiB)^2 squared pods), which decides only
+//!   when the pod count barely moves. When pods moved with the growth, the slope must
+//!   also stand with the per-pod cost 30% (at least 3 MiB) further in the direction that
+//!   explains the growth by pods.
 use super::{
     restart_times,
     series::{baseline, Slope},
@@ -44,6 +48,10 @@ pub const WARMUP_TAUS_H: [f64; 3] = [2.0, 4.0, 8.0];
 /// Time constants (hours) of the saturating rises the line is compared with: a rise that
 /// plateaus within the 18 h a call needs is curved enough to tell.
 pub const SATURATION_TAUS_H: [f64; 3] = [3.0, 6.0, 12.0];
+/// A saturating rise must leave less than this share of the line's residual sum of squares
+/// to count as deceleration: hour-scale wander alone lets some saturating curve edge out
+/// the line now and then.
+pub const SATURATION_RSS_SHARE: f64 = 0.85;
 /// Fewest hours after a candidate start when the start is chosen by fit.
 const MIN_ONSET_AFTER_H: usize = 6;
 /// Most burst steps fitted in one window.
@@ -70,7 +78,8 @@ pub struct Fit {
     pub warmup_tau_h: f64,
     /// The fitted warm-up size (bytes below the plateau at a process start; 0 when none).
     pub warmup_bytes: f64,
-    /// `min(t_stat, late_weight * late_t)`: the figure the threshold is compared with.
+    /// `min(t_stat, late_weight * late_t, t with the per-pod cost at its margin)`: the figure
+    /// the threshold is compared with.
     pub score: f64,
     /// Hours from the start to the last bucket.
     pub span_h: f64,
@@ -158,6 +167,10 @@ pub struct ChangePoint {
     pub late_weight: f64,
     /// Fit a warm-up after each process start.
     pub warmup: bool,
+    /// Relative uncertainty of the per-pod cost the slope must survive (at least 3 MiB): the
+    /// score is also the t statistic with the per-pod cost moved by this much in the
+    /// direction that explains the growth by pods (0 = not checked).
+    pub pod_margin: f64,
     /// Refuse growth that a saturating rise fits better than a line.
     pub curvature: bool,
     /// Fit a level step at each abrupt rise of the hourly baseline (a burst: more than
@@ -179,7 +192,7 @@ impl Default for ChangePoint {
         ChangePoint {
             history_s: 72 * HOUR,
             min_history_s: 24 * HOUR,
-            min_after_h: 18,
+            min_after_h: 12,
             min_before_h: 6,
             t_threshold: 5.5,
             min_slope: 20e6,
@@ -189,6 +202,7 @@ impl Default for ChangePoint {
             late_ratio: 0.6,
             late_weight: 2.0,
             onset_by_fit: true,
+            pod_margin: 0.3,
             warmup: true,
             curvature: true,
             steps: true,
@@ -211,6 +225,7 @@ impl ChangePoint {
             late_ratio: 0.0,
             late_weight: f64::INFINITY,
             onset_by_fit: false,
+            pod_margin: 0.0,
             warmup: false,
             curvature: false,
             steps: false,
@@ -303,11 +318,6 @@ impl ChangePoint {
         });
         let prior_sd = col.per_pod_prior_sd.unwrap_or(prior_per_pod * 0.5).max(1.0);
         let y: Vec<f64> = base.iter().map(|b| b.1 / MB).collect();
-        // The prior as a pseudo-observation weighing (noise / prior sd)^2 squared pods.
-        let prior_w = self
-            .prior_pods2
-            .unwrap_or_else(|| (diff_sigma(&y).max(self.min_sigma / MB) / (prior_sd / MB)).powi(2));
-        let prior = Some((1, prior_w, prior_per_pod / MB));
         // The process alive at the data's start started there only if the window reaches the
         // start of everything recorded.
         let data_start = (from == 0).then(|| (first as f64 - t_end) / HOUR as f64);
@@ -348,6 +358,13 @@ impl ChangePoint {
             Vec::new()
         };
         let warm = Warmup { steps, ..warm };
+        // The per-pod prior as a pseudo-observation weighing (noise / prior sd)^2 squared pods.
+        let sigma_y = diff_sigma(&y).max(self.min_sigma / MB);
+        let (pp_mean, pp_sd) = (prior_per_pod / MB, prior_sd / MB);
+        let prior_w = self
+            .prior_pods2
+            .unwrap_or_else(|| (sigma_y / pp_sd).powi(2));
+        let prior = Some((1, prior_w, pp_mean));
         let taus: Vec<Option<f64>> = if self.warmup && col.restarts && warm.any() {
             WARMUP_TAUS_H.iter().map(|&t| Some(t)).collect()
         } else {
@@ -422,11 +439,26 @@ impl ChangePoint {
                         &y,
                         prior,
                     )
-                    .is_some_and(|sat| sat.rss < o.rss)
+                    .is_some_and(|sat| sat.rss < SATURATION_RSS_SHARE * o.rss)
                 })
             });
+        // Pod margin: when pods moved with the growth, the slope must hold with the per-pod
+        // cost at the end of its plausible range that explains the most of it.
+        let pod_margin_t = if self.pod_margin > 0.0 {
+            let (mp, mh) = x.iter().fold((0.0, 0.0), |a, r| (a.0 + r[1], a.1 + r[j]));
+            let (mp, mh) = (mp / n as f64, mh / n as f64);
+            let cov: f64 = x.iter().map(|r| (r[1] - mp) * (r[j] - mh)).sum();
+            let worst =
+                pp_mean + cov.signum() * (self.pod_margin * pp_mean.abs()).max(3.0 * MIB / MB);
+            match ols(&x, &y, Some((1, 1e7, worst))) {
+                Some(oc) => oc.beta[j] / self.se(&x, &oc, j),
+                None => t_stat,
+            }
+        } else {
+            t_stat
+        };
         let score = if self.late_weight.is_finite() {
-            t_stat.min(self.late_weight * late_t)
+            t_stat.min(self.late_weight * late_t).min(pod_margin_t)
         } else {
             t_stat
         };

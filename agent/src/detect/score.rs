@@ -390,23 +390,23 @@ pub fn score(seed: u64, scale: usize) -> Report {
             report.median_100 = figs[0].delay(100.0, 0.5);
             report.p95_100 = figs[0].delay(100.0, 0.95);
             report.fp_per_1000 = figs[0].fp_per_1000();
-            table.push_str(&format!(
-                "\noomprobe threshold curve on these report seeds (* = the default {}):\n{}",
-                ChangePoint::default().t_threshold,
-                curve_table(&tls[0], ChangePoint::default().t_threshold)
-            ));
-            let cal = corpus(c, CALIBRATION_SEED, scale);
-            let cal_tls: Vec<Timeline> = cal
-                .iter()
-                .map(|(tr, l)| timeline(rules[0].as_ref(), tr, l))
-                .collect();
-            table.push_str(&format!(
-                "\noomprobe threshold curve on the calibration seeds {}..{} (the default was chosen here):\n{}",
-                CALIBRATION_SEED + 1,
-                CALIBRATION_SEED + cal.len() as u64,
-                curve_table(&cal_tls, ChangePoint::default().t_threshold)
-            ));
         }
+        table.push_str(&format!(
+            "\noomprobe threshold curve on these report seeds (* = the default {}):\n{}",
+            ChangePoint::default().t_threshold,
+            curve_table(&tls[0], ChangePoint::default().t_threshold)
+        ));
+        let cal = corpus(c, CALIBRATION_SEED, scale);
+        let cal_tls: Vec<Timeline> = cal
+            .iter()
+            .map(|(tr, l)| timeline(rules[0].as_ref(), tr, l))
+            .collect();
+        table.push_str(&format!(
+            "\noomprobe threshold curve on the calibration seeds {}..{} (the default was chosen on these):\n{}",
+            CALIBRATION_SEED + 1,
+            CALIBRATION_SEED + cal.len() as u64,
+            curve_table(&cal_tls, ChangePoint::default().t_threshold)
+        ));
         let (subj, cause, confusion) = accuracy(c, seed + 10_000_000, scale);
         table.push_str(&format!(
             "\nkubelet-vs-workload accuracy (oomprobe): {}/{} = {:.1}%\ncause accuracy (oomprobe): {}/{} = {:.1}%\n{confusion}\n",
