@@ -242,6 +242,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut store = match crate::detect::store::Store::open(&store_path) {
         Ok(s) => {
             tracing::info!(path = %store_path.display(), samples = s.samples().len(), "series store loaded");
+            metrics
+                .dropped
+                .with_label_values(&["store_invalid_record", "sample"])
+                .inc_by(s.invalid_records());
             Some(s)
         }
         Err(e) => {

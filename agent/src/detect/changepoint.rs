@@ -25,13 +25,14 @@
 //!   residual sum of squares, the growth
 //!   decelerates to a plateau and is not called;
 //! - list/watch bursts that raise the heap within an hour and are returned over hours, part
-//!   retained: a level step at each abrupt rise (far beyond the hour-to-hour noise), so the
-//!   burst's retained part is a step and its return a decline, not a leak's ramp;
+//!   retained: at each abrupt rise (far beyond the hour-to-hour noise) a level step (the part
+//!   retained) and a part returned with a 4 h time constant, so neither the retained part nor
+//!   the return reads as a leak's ramp;
 //! - hour-scale correlated wander: the standard errors are Newey-West (Bartlett kernel, HAC),
 //!   not the independent-residual formula, so tens of MiB wandering over hours do not inflate t;
 //! - per-pod costs of 4-25 MiB: the per-pod cost is fitted from the node's own data jointly
 //!   with the rest, with the sizing rule's 11 MiB as a Gaussian prior of standard deviation
-//!   8 MiB (a pseudo-observation weighing (noise / 8 MiB)^2 squared pods), which decides only
+//!   6 MiB (a pseudo-observation weighing (noise / 6 MiB)^2 squared pods), which decides only
 //!   when the pod count barely moves. When pods moved with the growth, the slope must
 //!   also stand with the per-pod cost 30% (at least 3 MiB) further in the direction that
 //!   explains the growth by pods.
@@ -54,6 +55,9 @@ pub const SATURATION_TAUS_H: [f64; 3] = [3.0, 6.0, 12.0];
 pub const SATURATION_RSS_SHARE: f64 = 0.85;
 /// Fewest hours after a candidate start when the start is chosen by fit.
 const MIN_ONSET_AFTER_H: usize = 6;
+/// The time constant (hours) of a burst's return by the scavenger: each burst is a level step
+/// (the part retained) plus a part decaying with this time constant.
+pub const BURST_RETURN_TAU_H: f64 = 4.0;
 /// Most burst steps fitted in one window.
 pub const MAX_STEPS: usize = 4;
 
@@ -117,8 +121,9 @@ impl Column {
         value: |s| Some(s.kubelet_rss_bytes),
         quantile: super::BASELINE_Q,
         per_pod_prior: Some(BYTES_PER_POD),
-        // 11 +- 8 MiB: per-pod costs of 4-25 MiB are within two standard deviations.
-        per_pod_prior_sd: Some(8.0 * MIB),
+        // 11 +- 6 MiB: per-pod costs of 4-25 MiB are within 2.3 standard deviations, and a
+        // negative cost is nearly 2 away.
+        per_pod_prior_sd: Some(6.0 * MIB),
         restarts: true,
     };
     /// Pod cgroups' working sets together: pods come and go with their memory, so only growth
@@ -392,8 +397,12 @@ impl ChangePoint {
             if se <= 0.0 || !se.is_finite() {
                 continue;
             }
-            // Onset by fit: the least residual; else the largest t.
+            // Onset by fit: the least residual among growing fits (a decline, such as burst
+            // memory being returned, is not a leak's onset); else the largest t.
             let key = if self.onset_by_fit {
+                if o.beta[j] <= 0.0 {
+                    continue;
+                }
                 -o.rss
             } else {
                 o.beta[j] / se
@@ -573,7 +582,15 @@ fn design_shaped(
                     x.push(if first_process { 0.0 } else { (-w / tau).exp() });
                 }
             }
-            x.extend(warm.steps.iter().map(|&st| f64::from(u8::from(r.h >= st))));
+            for &st in &warm.steps {
+                let after = r.h >= st;
+                x.push(f64::from(u8::from(after)));
+                x.push(if after {
+                    (-(r.h - st) / BURST_RETURN_TAU_H).exp()
+                } else {
+                    0.0
+                });
+            }
             let from = start_h.max(r.born);
             match growth {
                 Growth::Hinge(None) => x.push((r.h - from).max(0.0)),

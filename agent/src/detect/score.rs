@@ -279,7 +279,9 @@ fn rules() -> Vec<Box<dyn Rule>> {
 }
 
 /// Thresholds the delay-vs-false-alarm curve is drawn at.
-pub const CURVE: [f64; 11] = [3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 10.0, 12.0];
+pub const CURVE: [f64; 14] = [
+    3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 14.0,
+];
 
 fn curve_table(timelines: &[Timeline], chosen: f64) -> String {
     let mut s = String::from(
