@@ -10,10 +10,11 @@ use std::{fmt::Write as _, path::PathBuf};
 use oomprobe::{
     cgroup::MemcgState,
     clock::Clock,
-    cycle::{Cycle, CycleConfig, KubeletNow},
-    detect::{offline::csv, Engine},
+    cycle::{Cycle, CycleConfig, KubeletNow, StageEvent},
+    detect::{offline::csv, Engine, Verdict},
     forensics::{Correlator, KillRecord, Node, ProcSnapshot},
     kernel::events::{self, Event},
+    output::{Output, Text},
 };
 
 fn data(name: &str) -> PathBuf {
@@ -94,48 +95,40 @@ fn kubelet_now(pid: u32, rss_mib: u64) -> KubeletNow {
     }
 }
 
+// The renderings go through the agent's one output type, as `oomprobe run` writes its stream.
+fn json(out: Output) -> String {
+    out.json()
+}
+
+fn text(out: Output) -> String {
+    match out.text() {
+        Text::Line(line) => line,
+        _ => panic!("not a line of the text stream"),
+    }
+}
+
 fn render_kill_json(rec: &KillRecord) -> String {
-    serde_json::to_string(rec).unwrap()
+    json(Output::Kill(rec.clone()))
 }
 
 fn render_kill_text(rec: &KillRecord) -> String {
-    rec.text()
+    text(Output::Kill(rec.clone()))
 }
 
-fn render_stage_json(ev: &oomprobe::cycle::StageEvent) -> String {
-    serde_json::to_string(ev).unwrap()
+fn render_stage_json(ev: &StageEvent) -> String {
+    json(Output::Stage(ev.clone()))
 }
 
-fn render_stage_text(ev: &oomprobe::cycle::StageEvent) -> String {
-    format!(
-        "STAGE {:?} cycles={} flapping={} {}",
-        ev.stage, ev.cycles, ev.flapping, ev.detail
-    )
+fn render_stage_text(ev: &StageEvent) -> String {
+    text(Output::Stage(ev.clone()))
 }
 
-/// What `run` wrote for a verdict (`cli/run.rs` at 63173ac).
-fn render_verdict_json(v: &oomprobe::detect::Verdict) -> String {
-    #[derive(serde::Serialize)]
-    struct VerdictEvent<'a> {
-        event: &'static str,
-        #[serde(flatten)]
-        verdict: &'a oomprobe::detect::Verdict,
-    }
-    serde_json::to_string(&VerdictEvent {
-        event: "verdict",
-        verdict: v,
-    })
-    .unwrap()
+fn render_verdict_json(v: &Verdict) -> String {
+    json(Output::Verdict(v.clone()))
 }
 
-fn render_verdict_text(v: &oomprobe::detect::Verdict) -> String {
-    format!(
-        "{} LEAK subject={:?} cause={} slope={:.0}MB/day",
-        v.time,
-        v.subject,
-        v.cause.as_str(),
-        v.slope_bytes_per_day / 1e6
-    )
+fn render_verdict_text(v: &Verdict) -> String {
+    text(Output::Verdict(v.clone()))
 }
 
 fn unhex(s: &str) -> Vec<u8> {
