@@ -157,6 +157,11 @@ impl Pipeline {
             match decoded {
                 Ok(Event::KubeletExec(e)) => self.kubelet_execs.push((e.tgid, e.ktime_ns)),
                 Ok(ev) => {
+                    for e in ev.field_errors() {
+                        let labels = [e.field, &e.value.to_string()];
+                        self.metrics.decode_errors.with_label_values(&labels).inc();
+                        tracing::debug!(error = %e, "kernel enum value out of range");
+                    }
                     if let Event::Signal(s) = &ev {
                         let delivery = crate::forensics::delivery_name(s.result);
                         self.metrics.sigkills.with_label_values(&[delivery]).inc();

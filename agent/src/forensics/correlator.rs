@@ -6,13 +6,12 @@
 //! later; the process's last thread then passes `sched_process_exit`.
 use std::collections::HashMap;
 
-use probe_common::ReclaimKind;
+use probe_common::{OomConstraint, ReclaimKind, SiCode, SignalDelivery};
 
 use super::{
     node::{Node, ProcSnapshot},
     record::{
-        constraint_name, delivery_name, si_code_name, KillKind, KillRecord, Memory, OomDetails,
-        Sender, Victim, CONSTRAINT_MEMCG, SI_KERNEL,
+        delivery_name, si_code_name, KillKind, KillRecord, Memory, OomDetails, Sender, Victim,
     },
 };
 use crate::{
@@ -54,9 +53,6 @@ pub struct CorrelatorStats {
     /// SIGKILLs to processes already dying, not recorded as kills.
     pub ignored: u64,
 }
-
-/// `enum trace_signal_result` (include/trace/events/signal.h).
-const TRACE_SIGNAL_IGNORED: i32 = 1;
 
 /// Joins signal, victim and exit events into [`KillRecord`]s.
 pub struct Correlator<N: Node> {
@@ -117,7 +113,7 @@ impl<N: Node> Correlator<N> {
     }
 
     fn on_signal(&mut self, s: SignalRecord) {
-        if s.result == TRACE_SIGNAL_IGNORED && !self.pending.contains_key(&s.target_pid) {
+        if s.result == Ok(SignalDelivery::Ignored) && !self.pending.contains_key(&s.target_pid) {
             // The target was already dying (or a zombie): not a kill of its own. Counted by
             // the caller (oomprobe_sigkills_total{delivery="ignored"}).
             self.stats.ignored += 1;
@@ -133,7 +129,7 @@ impl<N: Node> Correlator<N> {
         }
         // A kernel-sent SIGKILL is followed by mark_victim (exact memory) and the exit (exact
         // cgroup): reading procfs for it would only slow a burst down.
-        let snapshot = if s.code == SI_KERNEL {
+        let snapshot = if s.code == SiCode::KERNEL {
             None
         } else {
             self.node.snapshot(s.target_pid)
@@ -182,7 +178,7 @@ impl<N: Node> Correlator<N> {
                 .domain
                 .path
                 .as_deref()
-                .filter(|_| oc.constraint == CONSTRAINT_MEMCG)
+                .filter(|_| oc.constraint == Ok(OomConstraint::Memcg))
                 .and_then(|path| self.node.memcg_state(path)),
             None => match self.domain_cache.get(&key) {
                 Some((at, d)) if v.ktime_ns.saturating_sub(*at) < DOMAIN_CACHE_NS => d.clone(),
@@ -211,7 +207,7 @@ impl<N: Node> Correlator<N> {
             self.stats.orphans += 1;
             return None;
         };
-        let kernel_sent = p.signal.as_ref().is_some_and(|s| s.code == SI_KERNEL);
+        let kernel_sent = p.signal.as_ref().is_some_and(|s| s.code == SiCode::KERNEL);
         p.exit = Some(e);
         if kernel_sent && p.victim.is_none() {
             // Possibly an OOM kill whose mark_victim is still to come: wait a little.
@@ -311,31 +307,30 @@ impl<N: Node> Correlator<N> {
                 let reclaim = sig.and_then(|s| {
                     (s.sender_reclaim_ktime_ns != 0
                         && s.ktime_ns.saturating_sub(s.sender_reclaim_ktime_ns) < RECLAIM_RECENT_NS)
-                        .then_some(s.sender_reclaim)
+                        .then_some(s.sender_reclaim.ok())
+                        .flatten()
                 });
+                // An out-of-range constraint was counted at decode; it reads as unconstrained.
                 let (constraint, evidence) = match (&p.oc, reclaim) {
-                    (Some(oc), _) => (constraint_name(oc.constraint), "oom_control"),
+                    (Some(oc), _) => (oc.constraint.unwrap_or(OomConstraint::None), "oom_control"),
                     (None, reclaim) => match reclaim {
-                        Some(ReclaimKind::Memcg) => ("memcg", "reclaim_path"),
-                        Some(ReclaimKind::Direct) => ("global", "reclaim_path"),
-                        _ if p.domain.is_some() => ("memcg", "cgroup_limits"),
-                        _ => ("global", "cgroup_limits"),
+                        Some(ReclaimKind::Memcg) => (OomConstraint::Memcg, "reclaim_path"),
+                        Some(ReclaimKind::Direct) => (OomConstraint::None, "reclaim_path"),
+                        _ if p.domain.is_some() => (OomConstraint::Memcg, "cgroup_limits"),
+                        _ => (OomConstraint::None, "cgroup_limits"),
                     },
                 };
-                let kind = if constraint == "memcg" {
+                let memcg = constraint == OomConstraint::Memcg;
+                let kind = if memcg {
                     KillKind::OomMemcg
                 } else {
                     KillKind::OomGlobal
                 };
-                let domain = if constraint == "memcg" {
-                    p.domain.clone()
-                } else {
-                    None
-                };
+                let domain = if memcg { p.domain.clone() } else { None };
                 (
                     kind,
                     Some(OomDetails {
-                        constraint,
+                        constraint: constraint.as_str(),
                         domain,
                         trigger_pid: v.trigger_tgid,
                         trigger_tid: v.trigger_tid,
@@ -378,7 +373,7 @@ impl<N: Node> Correlator<N> {
             exit_after_ns: exit.as_ref().map(|e| e.ktime_ns.saturating_sub(ktime_ns)),
             exit_code: exit.as_ref().and_then(|e| e.exit_code),
             extra_sigkills: p.extra,
-            delivery: sig.map(|s| delivery_name(s.result)).unwrap_or("unknown"),
+            delivery: sig.map_or("unknown", |s| delivery_name(s.result)),
             seen_after_ns: p.seen_mono_ns.map(|n| n.saturating_sub(ktime_ns)),
         }
     }

@@ -1,6 +1,5 @@
 //! The correlator fed recorded events: each kill shape, ordering and timeout.
 use super::*;
-use crate::forensics::record::SI_USER;
 
 /// A recorded node: what procfs and cgroupfs answered.
 #[derive(Default)]
@@ -32,18 +31,18 @@ fn cg(path: &str) -> KernelCgroup {
     }
 }
 
-fn signal(pid: u32, code: i32, sender: u32, reclaim: ReclaimKind, t: u64) -> SignalRecord {
+fn signal(pid: u32, code: SiCode, sender: u32, reclaim: ReclaimKind, t: u64) -> SignalRecord {
     SignalRecord {
         ktime_ns: t,
         target_pid: pid,
         target_comm: "victim".into(),
         code,
         group: 1,
-        result: 0,
+        result: Ok(SignalDelivery::Delivered),
         sender_tid: sender,
         sender_tgid: sender,
         sender_comm: "sender".into(),
-        sender_reclaim: reclaim,
+        sender_reclaim: Ok(reclaim),
         sender_reclaim_ktime_ns: if reclaim == ReclaimKind::None {
             0
         } else {
@@ -91,7 +90,7 @@ fn global_oom_from_recorded_events() {
     assert!(c
         .on_event(Event::Signal(signal(
             50,
-            SI_KERNEL,
+            SiCode::KERNEL,
             60,
             ReclaimKind::Direct,
             t
@@ -123,7 +122,7 @@ fn victim_that_died_before_mark_victim_is_still_an_oom_kill() {
     let t = 5_000_000_000;
     c.on_event(Event::Signal(signal(
         8,
-        SI_KERNEL,
+        SiCode::KERNEL,
         9,
         ReclaimKind::Memcg,
         t,
@@ -141,7 +140,7 @@ fn victim_that_died_before_mark_victim_is_still_an_oom_kill() {
     // A kernel SIGKILL that is not an OOM kill is reported after the grace period.
     c.on_event(Event::Signal(signal(
         10,
-        SI_KERNEL,
+        SiCode::KERNEL,
         10,
         ReclaimKind::None,
         t,
@@ -174,7 +173,7 @@ fn memcg_oom_without_reclaim_mark_uses_limits() {
     let mut c = Correlator::new(node, Clock::with_offset(0));
     c.on_event(Event::Signal(signal(
         7,
-        SI_KERNEL,
+        SiCode::KERNEL,
         7,
         ReclaimKind::None,
         10,
@@ -203,14 +202,14 @@ fn plain_kill_uses_procfs_snapshot_and_counts_repeats() {
     let mut c = Correlator::new(node, Clock::with_offset(0));
     c.on_event(Event::Signal(signal(
         9,
-        SI_USER,
+        SiCode::USER,
         77,
         ReclaimKind::None,
         100,
     )));
     c.on_event(Event::Signal(signal(
         9,
-        SI_USER,
+        SiCode::USER,
         78,
         ReclaimKind::None,
         150,
@@ -228,7 +227,13 @@ fn plain_kill_uses_procfs_snapshot_and_counts_repeats() {
 #[test]
 fn unseen_death_expires_with_null_exit() {
     let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
-    c.on_event(Event::Signal(signal(5, SI_USER, 1, ReclaimKind::None, 10)));
+    c.on_event(Event::Signal(signal(
+        5,
+        SiCode::USER,
+        1,
+        ReclaimKind::None,
+        10,
+    )));
     assert!(c.expire(10 + EXIT_TIMEOUT_NS).is_empty());
     let out = c.expire(11 + EXIT_TIMEOUT_NS);
     assert_eq!(out.len(), 1);
@@ -248,7 +253,7 @@ fn text_line_names_everything() {
     let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
     c.on_event(Event::Signal(signal(
         50,
-        SI_KERNEL,
+        SiCode::KERNEL,
         60,
         ReclaimKind::Memcg,
         1_000_000,
