@@ -154,13 +154,15 @@ fn unreachable_metrics_are_unknown_not_fatal() {
 #[test]
 fn run_scrapes_kubelet_metrics_and_counts_garbage_and_timeouts() {
     let good = server(Some(RECORDED));
-    let agent = Agent::start_args(&[
-        "--sample-interval",
-        "1",
-        "--emit-samples",
-        "--kubelet-metrics",
-        &good,
-    ]);
+    let agent = Agent::builder()
+        .args(&[
+            "--sample-interval",
+            "1",
+            "--emit-samples",
+            "--kubelet-metrics",
+            &good,
+        ])
+        .start();
     let s = agent.wait_for_event(
         Duration::from_secs(20),
         "a sample with kubelet metrics",
@@ -185,10 +187,10 @@ fn run_scrapes_kubelet_metrics_and_counts_garbage_and_timeouts() {
         (None, "timeout"),
     ] {
         let url = server(body);
-        let agent = Agent::start_with_metrics_args(
-            19640,
-            &["--sample-interval", "1", "--kubelet-metrics", &url],
-        );
+        let agent = Agent::builder()
+            .metrics(19640)
+            .args(&["--sample-interval", "1", "--kubelet-metrics", &url])
+            .start();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let body = agent.scrape();
