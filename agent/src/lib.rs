@@ -1,27 +1,21 @@
 //! oomprobe: an eBPF agent that watches the kubelet's memory and every SIGKILL on a node.
 //!
-//! Data flow: `probes` (load/attach) -> `events` (decode) -> `forensics` (per-kill records)
-//! -> `metrics` / CLI output. `cgroup` and `node` read the live system.
-pub mod act;
-pub mod btf;
-pub mod cgroup;
+//! The modules in data-flow order: the kernel programs and their events, the kubelet they
+//! watch, the memory cgroups, per-kill forensics, sampling, leak detection, the OOM cycle and
+//! its one action, then export (metrics over HTTP) and the CLI verbs.
+pub mod act; // the opt-in cordon
+pub mod cgroup; // memory cgroups: limits, usage, OOM domain, pod identity
 pub mod cli;
-pub mod clock;
-pub mod cycle;
-pub mod detect;
-pub mod events;
-pub mod forensics;
-pub mod http;
-pub mod kubelet;
-pub mod kubelet_metrics;
-pub mod memcg_events;
-pub mod metrics;
-pub mod node;
-pub mod probes;
-pub mod ring;
-pub mod sampler;
-pub mod symbols;
-pub mod tracefs;
+pub mod clock; // kernel timestamps to wall-clock time
+pub mod cycle; // the OOM -> restart -> storm -> re-OOM stage machine
+pub mod detect; // leak detectors (live) and offline tools
+pub mod forensics; // the kill record, the correlator, the live node view
+pub mod http; // the small HTTP client (kubelet /metrics, API server)
+pub mod kernel; // BTF, tracefs, config, load/attach, maps, ring readers, decode
+pub mod kubelet; // symbols, tracker (attribution), its /metrics scrape
+pub mod memcg_events; // memcg notifications, PSI and reclaim: the early warning
+pub mod metrics; // Prometheus metrics and their endpoint
+pub mod sampler; // periodic samples of the kubelet and the node // one file per verb
 
 /// The kernel programs, built by build.rs from probe-ebpf.
 pub static EBPF_OBJECT: &[u8] =

@@ -72,7 +72,7 @@ fn main() {
                 seed,
             } => gen_trace(&scenario, days, seed),
             Command::BenchDetect { scale, seed } => {
-                let r = oomprobe::detect::score::score(seed, scale);
+                let r = oomprobe::detect::offline::score::score(seed, scale);
                 use std::io::Write as _;
                 let _ = writeln!(std::io::stdout(), "{}", r.table);
                 Ok(())
@@ -85,7 +85,7 @@ fn main() {
 }
 
 fn gen_trace(scenario: &str, days: f64, seed: u64) -> anyhow::Result<()> {
-    use oomprobe::detect::{classify::Cause, tracegen::Scenario};
+    use oomprobe::detect::{classify::Cause, offline::tracegen::Scenario};
     let sc = match scenario {
         "healthy" => Scenario::Healthy,
         "growing-pods" => Scenario::HealthyGrowingPods,
@@ -101,13 +101,13 @@ fn gen_trace(scenario: &str, days: f64, seed: u64) -> anyhow::Result<()> {
             None => anyhow::bail!("unknown scenario {other}"),
         },
     };
-    let (samples, label) = oomprobe::detect::tracegen::generate(sc, days, seed);
+    let (samples, label) = oomprobe::detect::offline::tracegen::generate(sc, days, seed);
     eprintln!("label: {}", serde_json::to_string(&label)?);
     use std::io::Write as _;
     let _ = write!(
         std::io::stdout(),
         "{}",
-        oomprobe::detect::csv::write(&samples)
+        oomprobe::detect::offline::csv::write(&samples)
     );
     Ok(())
 }

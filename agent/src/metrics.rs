@@ -258,7 +258,7 @@ impl Metrics {
         }
     }
 
-    pub fn observe_kubelet(&self, rep: &crate::kubelet::KubeletReport) {
+    pub fn observe_kubelet(&self, rep: &crate::kubelet::tracker::KubeletReport) {
         let pid = rep.pid.to_string();
         for (point, bytes) in &rep.by_entry_point {
             self.kubelet_bytes

@@ -38,7 +38,7 @@ pub struct SampleEvent {
     pub containers: Option<f64>,
     pub exited_containers: Option<f64>,
     /// From the kubelet's /metrics, when configured and reachable.
-    pub kubelet_metrics: Option<crate::kubelet_metrics::KubeletMetrics>,
+    pub kubelet_metrics: Option<crate::kubelet::metrics::KubeletMetrics>,
 }
 
 pub fn kubelet_memory(pid: u32) -> Option<KubeletMemory> {

@@ -8,7 +8,7 @@ use super::OutputFormat;
 use crate::{
     cgroup::Hierarchy,
     detect::{store::Store, Engine, Subject},
-    kubelet_metrics,
+    kubelet::metrics as kubelet_metrics,
     sampler::{kernel_version, kubelet_memory, pod_cgroups, working_set},
 };
 

@@ -3,7 +3,7 @@
 use std::{io::Write as _, path::PathBuf};
 
 use super::OutputFormat;
-use crate::detect::{csv, Engine, Verdict};
+use crate::detect::{offline::csv, Engine, Verdict};
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {

@@ -4,12 +4,13 @@ use std::{io::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 use super::OutputFormat;
 use crate::{
     clock::{monotonic_ns, Clock},
-    events,
-    forensics::{self, Correlator, KillRecord},
-    kubelet::{Target, Tracker},
+    forensics::{self, Correlator, KillRecord, LiveNode},
+    kernel::{
+        events,
+        probes::{Probes, HOOKS},
+    },
+    kubelet::tracker::{Target, Tracker},
     metrics::{self, Metrics},
-    node::LiveNode,
-    probes::{Probes, HOOKS},
 };
 
 /// When the mmap/munmap syscall tracepoints run (see `RunArgs::syscall_tracepoints`).
@@ -38,8 +39,8 @@ pub struct RunArgs {
     pub duration: Option<u64>,
     /// How OOM kills are hooked: `kprobe` (oom_kill_process: the kernel's OOM domain and
     /// constraint), `tracepoint` (always works), or `auto` (kprobe where the kernel allows).
-    #[arg(long, value_enum, default_value_t = crate::probes::HookTier::Auto)]
-    pub hook_tier: crate::probes::HookTier,
+    #[arg(long, value_enum, default_value_t = crate::kernel::probes::HookTier::Auto)]
+    pub hook_tier: crate::kernel::probes::HookTier,
     /// The kubelet's process name.
     #[arg(long, default_value = "kubelet")]
     pub kubelet_name: String,
@@ -111,7 +112,7 @@ struct VerdictEvent<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Probes(#[from] crate::probes::ProbeError),
+    Probes(#[from] crate::kernel::probes::ProbeError),
     #[error("cannot serve metrics on {addr}")]
     Metrics {
         addr: SocketAddr,
@@ -205,7 +206,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
     let ring = probes.take_events()?;
     let (readers, mut ring) =
-        crate::ring::spawn(ring, args.ring_readers, args.ring_reader_priority, 4096)
+        crate::kernel::ring::spawn(ring, args.ring_readers, args.ring_reader_priority, 4096)
             .map_err(RunError::Ring)?;
     tracing::debug!(cpus = ?readers.cpus, "ring-buffer readers started");
     let mut correlator = Correlator::new(LiveNode::detect(), Clock::new());
@@ -279,7 +280,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut memcg = hierarchy.clone().map(crate::memcg_events::Watcher::new);
     let mut memcg_events: Vec<crate::memcg_events::MemcgEvent> = Vec::new();
     let kubelet_metrics: std::sync::Arc<
-        std::sync::Mutex<Option<crate::kubelet_metrics::KubeletMetrics>>,
+        std::sync::Mutex<Option<crate::kubelet::metrics::KubeletMetrics>>,
     > = Default::default();
     if let Some(url) = args.kubelet_metrics.kubelet_metrics.clone() {
         let latest = kubelet_metrics.clone();
@@ -293,7 +294,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             loop {
                 tick.tick().await;
                 let token = source.token();
-                let got = crate::kubelet_metrics::fetch(
+                let got = crate::kubelet::metrics::fetch(
                     &url,
                     token.as_deref(),
                     &tls,

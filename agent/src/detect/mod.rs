@@ -3,11 +3,9 @@
 //! and offline (`oomprobe replay`).
 pub mod changepoint;
 pub mod classify;
-pub mod csv;
-pub mod score;
+pub mod offline;
 pub mod series;
 pub mod store;
-pub mod tracegen;
 
 use serde::Serialize;
 

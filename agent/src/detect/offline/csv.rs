@@ -1,9 +1,9 @@
 //! Recorded series as CSV: a header with at least `time,kubelet_rss_bytes,pods` (time as RFC 3339
-//! or unix seconds), any of [`super::series::OPTIONAL_COLUMNS`] after them, empty cells for
+//! or unix seconds), any of [`crate::detect::series::OPTIONAL_COLUMNS`] after them, empty cells for
 //! missing values.
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use super::{series::OPTIONAL_COLUMNS, Sample};
+use crate::detect::{series::OPTIONAL_COLUMNS, Sample};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CsvError {

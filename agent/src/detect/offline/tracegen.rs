@@ -4,7 +4,7 @@
 //! known cause.
 use serde::Serialize;
 
-use super::{classify::Cause, Sample, Subject, MIB};
+use crate::detect::{classify::Cause, Sample, Subject, MIB};
 
 /// Deterministic SplitMix64: the corpus is the same for a given seed.
 pub struct Rng(u64);
@@ -227,7 +227,7 @@ pub fn generate(scenario: Scenario, days: f64, seed: u64) -> (Vec<Sample>, Label
     reason = "reads as the sizing rule's constant, varied per node"
 )]
 fn BYTES_PER_POD_VAR(r: &mut Rng) -> f64 {
-    super::BYTES_PER_POD * r.range(0.7, 1.3)
+    crate::detect::BYTES_PER_POD * r.range(0.7, 1.3)
 }
 
 #[cfg(test)]

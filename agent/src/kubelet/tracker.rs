@@ -9,11 +9,8 @@ use std::{
 use probe_common::{AllocKey, AllocVal, KubeletText, POINT_SYSCALL_MMAP, POINT_SYSCALL_MUNMAP};
 use serde::Serialize;
 
-use crate::{
-    forensics::KillRecord,
-    probes::Probes,
-    symbols::{Binary, FuncTable, ProbePoint},
-};
+use super::symbols::{Binary, FuncTable, ProbePoint};
+use crate::{forensics::KillRecord, kernel::probes::Probes};
 
 /// How the kubelet is identified.
 #[derive(Debug, Clone)]

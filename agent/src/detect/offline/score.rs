@@ -1,10 +1,7 @@
 //! Scoring the detectors on the generated corpus, against the field guide's fixed 100 MB/day
 //! rule and a `predict_linear`-style least-squares alert over 6 h, in the same run.
-use super::{
-    classify::Cause,
-    tracegen::{generate, Label, Scenario, STEP_S},
-    Engine, Sample, Subject,
-};
+use super::tracegen::{generate, Label, Scenario, STEP_S};
+use crate::detect::{classify::Cause, Engine, Sample, Subject};
 
 const HOUR: i64 = 3600;
 
