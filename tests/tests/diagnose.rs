@@ -85,7 +85,7 @@ fn diagnose_reports_each_check_in_the_guides_terms() {
         &standin_kubelet("go"),
         &[
             "-total-mib",
-            "48",
+            "54",
             "-interval-ms",
             "1",
             "-stats-ms",
@@ -119,7 +119,8 @@ fn diagnose_reports_each_check_in_the_guides_terms() {
         .as_str()
         .unwrap()
         .contains(&format!("pid {}", k.pid())));
-    // 48 MiB and more of a 64 MiB limit: near the limit, Pre-OOM.
+    // 54 MiB leaked (84% of the 64 MiB limit before the runtime's own pages): near the limit, Pre-OOM.
+    // (48 MiB was enough under go1.19, whose runtime held more; go1.26 stays below 80%.)
     assert_eq!(find(&checks, "kubelet_cgroup")["verdict"], "bad");
     assert_eq!(find(&checks, "kubelet_goroutines")["value"], "610");
     assert_eq!(find(&checks, "kubelet_goroutines")["verdict"], "bad");
