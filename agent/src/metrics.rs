@@ -230,6 +230,19 @@ impl Metrics {
         }
     }
 
+    /// Which hook tier runs and which hooks attached (`oomprobe_hook_tier`, `oomprobe_hook`).
+    pub fn observe_hooks(&self, probes: &crate::kernel::probes::Probes) {
+        self.hook_tier
+            .with_label_values(&[probes.tier.as_str()])
+            .set(1);
+        for hook in crate::kernel::probes::HOOKS {
+            let on = probes.attached.contains(&hook.program);
+            self.hooks
+                .with_label_values(&[hook.program])
+                .set(i64::from(on));
+        }
+    }
+
     /// Folds the kernel's cumulative per-CPU counters in as deltas.
     pub fn observe_kernel(&self, counters: &[(Counter, u64)]) {
         let Ok(mut last) = self.last_kernel.lock() else {

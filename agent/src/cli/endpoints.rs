@@ -29,6 +29,21 @@ impl KubeletMetricsArgs {
         }
     }
 
+    /// Scrapes `--kubelet-metrics` every `every` in a task of its own; without it the latest
+    /// scrape stays None.
+    pub fn spawn_scraper(
+        &self,
+        every: std::time::Duration,
+        errors: prometheus::IntCounterVec,
+    ) -> crate::kubelet::metrics::Latest {
+        let Some(url) = self.kubelet_metrics.clone() else {
+            return Default::default();
+        };
+        let source = self.clone();
+        let token = move || source.token();
+        crate::kubelet::metrics::spawn_scraper(url, token, self.tls(), every, errors)
+    }
+
     /// The token, read now (it may be rotated on disk).
     pub fn token(&self) -> Option<String> {
         self.kubelet_metrics_token_file

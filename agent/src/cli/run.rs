@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use super::OutputFormat;
 use crate::{
     cycle::CycleConfig,
-    kernel::probes::{Probes, HOOKS},
+    kernel::probes::Probes,
     kubelet::tracker::Target,
     metrics::{self, Metrics},
     pipeline::{Pipeline, PipelineConfig},
@@ -143,13 +143,7 @@ fn load(args: &RunArgs, metrics: &Metrics) -> Result<Probes, RunError> {
     // Loading parsed the kernel's BTF (megabytes, now freed): give those pages back.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
-    let tier = probes.tier.as_str();
-    metrics.hook_tier.with_label_values(&[tier]).set(1);
-    for hook in HOOKS {
-        let on = probes.attached.contains(&hook.program);
-        let gauge = metrics.hooks.with_label_values(&[hook.program]);
-        gauge.set(i64::from(on));
-    }
+    metrics.observe_hooks(&probes);
     if args.syscall_tracepoints == SyscallTracepoints::Always {
         probes.count_exec_gap();
     }
@@ -178,17 +172,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         crate::kernel::ring::spawn(ring, args.ring_readers, args.ring_reader_priority, 4096)
             .map_err(RunError::Ring)?;
     tracing::debug!(cpus = ?readers.cpus, "ring-buffer readers started");
-    let source = args.kubelet_metrics.clone();
-    let kubelet_metrics = match source.kubelet_metrics.clone() {
-        Some(url) => crate::kubelet::metrics::spawn_scraper(
-            url,
-            move || source.token(),
-            args.kubelet_metrics.tls(),
-            Duration::from_secs(args.sample_interval.max(1)),
-            metrics.kubelet_metrics_errors.clone(),
-        ),
-        None => Default::default(),
-    };
+    let scrape_every = Duration::from_secs(args.sample_interval.max(1));
+    let errors = metrics.kubelet_metrics_errors.clone();
+    let kubelet_metrics = args.kubelet_metrics.spawn_scraper(scrape_every, errors);
     let mut p = Pipeline::new(pipeline_config(&args), probes, metrics, kubelet_metrics);
     tracing::info!(
         hooks = p.probes().attached.len(),
