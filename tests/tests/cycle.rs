@@ -141,7 +141,7 @@ fn flap_cycle_stages_storm_collateral_and_one_cordon() {
     std::fs::write(&token, "s3cret\n").unwrap();
     let args = agent_args(&api, token.to_str().unwrap(), true);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start_args(&args);
+    let agent = Agent::builder().args(&args).start();
     let cg = ScratchCgroup::create(&cgroup_name("flap"), Some(48 * MIB)).unwrap();
     let pods = ScratchCgroup::create(&cgroup_name("kubepods"), None).unwrap();
     let pod = pods.child("burstable", None).unwrap();
@@ -248,7 +248,7 @@ fn cordon_is_a_dry_run_unless_confirmed() {
     let (api, requests) = api_server("200 OK");
     let args = agent_args(&api, "/nonexistent", false);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start_args(&args);
+    let agent = Agent::builder().args(&args).start();
     let cg = ScratchCgroup::create(&cgroup_name("dryrun"), Some(48 * MIB)).unwrap();
     let (_pids, _last) = flap(&cg, 2, || {});
     let action = agent.wait_for_event(WAIT, "dry-run action", |v| v["event"] == "action");
@@ -264,7 +264,7 @@ fn cordon_errors_are_reported_and_not_retried_in_a_loop() {
     let (api, requests) = api_server("500 Internal Server Error");
     let args = agent_args(&api, "/nonexistent", true);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start_args(&args);
+    let agent = Agent::builder().args(&args).start();
     let cg = ScratchCgroup::create(&cgroup_name("apierr"), Some(48 * MIB)).unwrap();
     let (_pids, _last) = flap(&cg, 3, || {});
     let action = agent.wait_for_event(WAIT, "failed action", |v| v["event"] == "action");

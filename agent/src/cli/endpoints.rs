@@ -29,6 +29,21 @@ impl KubeletMetricsArgs {
         }
     }
 
+    /// Scrapes `--kubelet-metrics` every `every` in a task of its own; without it the latest
+    /// scrape stays None.
+    pub fn spawn_scraper(
+        &self,
+        every: std::time::Duration,
+        errors: prometheus::IntCounterVec,
+    ) -> crate::kubelet::metrics::Latest {
+        let Some(url) = self.kubelet_metrics.clone() else {
+            return Default::default();
+        };
+        let source = self.clone();
+        let token = move || source.token();
+        crate::kubelet::metrics::spawn_scraper(url, token, self.tls(), every, errors)
+    }
+
     /// The token, read now (it may be rotated on disk).
     pub fn token(&self) -> Option<String> {
         self.kubelet_metrics_token_file
@@ -75,6 +90,23 @@ impl KubeApiArgs {
         self.kube_token_file
             .clone()
             .unwrap_or_else(|| crate::act::TOKEN_FILE.into())
+    }
+
+    /// The cordon's configuration (`--act cordon`), or None (logged) without an API server.
+    pub fn cordon(&self, confirm: bool) -> Option<crate::act::CordonConfig> {
+        let Some(api) = self.api() else {
+            tracing::error!("--act cordon needs the API server: not in a cluster and no --kube-api; action disabled");
+            return None;
+        };
+        let node = self.node();
+        tracing::info!(%api, %node, confirm, "cordon action armed for flaps");
+        Some(crate::act::CordonConfig {
+            api,
+            node,
+            token_file: Some(self.token_file()),
+            tls: self.tls(),
+            confirm,
+        })
     }
 
     pub fn tls(&self) -> TlsOptions {

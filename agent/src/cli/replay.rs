@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::OutputFormat;
-use crate::detect::{csv, Engine, Verdict};
+use crate::detect::{offline::csv, Engine, Verdict};
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {

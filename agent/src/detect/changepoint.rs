@@ -190,16 +190,18 @@ pub struct ChangePoint {
 }
 
 impl Default for ChangePoint {
-    /// The threshold 5.5 was chosen on `bench-detect`'s calibration seeds (the shapes corpus,
-    /// seeds below 1,000,000) as the lowest that keeps false alarms under 5 per 1,000 healthy
-    /// node-days there; the figures are reported on seeds the choice never saw.
+    /// The threshold 9 was chosen on `bench-detect`'s calibration seeds (from 2^40, 15 traces
+    /// per leak rate and 60 healthy weeks per corpus) by a rule fixed beforehand: the lowest
+    /// threshold of the curve whose false alarms stay at or under 5 per 1,000 healthy
+    /// node-days on both corpora (the issue-14 generator: 0 from 5 on; the issue-17 shapes:
+    /// 4.1 at 9, 12.2 at 8). The figures are reported on seeds the choice never saw.
     fn default() -> Self {
         ChangePoint {
             history_s: 72 * HOUR,
             min_history_s: 24 * HOUR,
             min_after_h: 12,
             min_before_h: 6,
-            t_threshold: 5.5,
+            t_threshold: 9.0,
             min_slope: 20e6,
             min_sigma: 2e6,
             hac_lag_h: 8,
@@ -732,7 +734,7 @@ pub fn invert(mut a: Vec<Vec<f64>>) -> Option<Vec<Vec<f64>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::tracegen::Rng;
+    use crate::detect::offline::tracegen::Rng;
 
     fn series(hours: i64, rss: impl Fn(f64) -> f64, pods: impl Fn(f64) -> f64) -> Vec<Sample> {
         (0..hours * 6)

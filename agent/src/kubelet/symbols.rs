@@ -179,9 +179,13 @@ fn cstr_at(data: &[u8], off: usize) -> Option<String> {
     std::str::from_utf8(&rest[..end]).ok().map(str::to_string)
 }
 
-/// Parses a `.gopclntab` (Go 1.16 and later layouts). `text_start` is used only by 1.16/1.17
-/// tables, which store absolute entry addresses anyway.
-pub fn parse_pclntab(tab: &[u8]) -> Result<FuncTable, &'static str> {
+/// Parses a `.gopclntab` (Go 1.16 and later layouts) into function entry addresses and names.
+///
+/// `text_section` is the address of the ELF `.text` section (`runtime.text`): go1.18+ tables
+/// store entries as offsets from it. Newer linkers no longer store it in the header (the word is
+/// 0 in go1.26 binaries: runtime/symtab.go `pcHeader`), so, as Go's own `objfile` does, the
+/// section address is used and the header word only where the section is unknown.
+pub fn parse_pclntab(tab: &[u8], text_section: Option<u64>) -> Result<FuncTable, &'static str> {
     let magic = uint(tab, 0, 4).ok_or("short header")? as u32;
     let ptr = *tab.get(7).ok_or("short header")? as usize;
     if ptr != 8 && ptr != 4 {
@@ -193,7 +197,13 @@ pub fn parse_pclntab(tab: &[u8]) -> Result<FuncTable, &'static str> {
         // go1.18-1.19 (0xfffffff0), go1.20+ (0xfffffff1)
         0xffff_fff0 | 0xffff_fff1 => {
             let nfunc = word(0)? as usize;
-            let text_start = word(2)?;
+            let text_start = match text_section {
+                Some(addr) => addr,
+                None => match word(2)? {
+                    0 => return Err("no text start (header word is 0 and no .text section)"),
+                    addr => addr,
+                },
+            };
             let funcname = word(3)? as usize;
             let functab = word(7)? as usize;
             for i in 0..nfunc {
@@ -260,7 +270,8 @@ impl Binary {
             path: self.path.clone(),
             source,
         })?;
-        parse_pclntab(tab)
+        let text = elf.section_by_name(".text").map(|s| s.address());
+        parse_pclntab(tab, text)
             .map(Some)
             .map_err(|reason| SymbolError::Pclntab {
                 path: self.path.clone(),
@@ -427,23 +438,36 @@ mod tests {
 
     #[test]
     fn parses_go120_table() {
-        let ft = parse_pclntab(&table()).unwrap();
+        let ft = parse_pclntab(&table(), None).unwrap();
         assert_eq!(ft.len(), 2);
         assert_eq!(ft.lookup_name("runtime.sysMap"), Some(0x401200));
         assert_eq!(ft.lookup_name("main.leak"), Some(0x401100));
         assert_eq!(ft.symbolize(0x401150), Some("main.leak"));
         assert_eq!(ft.symbolize(0x401250), Some("runtime.sysMap"));
         assert_eq!(ft.symbolize(0x400000), None);
+        // The .text section's address wins over the header word.
+        let ft = parse_pclntab(&table(), Some(0x500000)).unwrap();
+        assert_eq!(ft.lookup_name("main.leak"), Some(0x500100));
+    }
+
+    #[test]
+    fn go126_tables_take_text_start_from_the_section() {
+        // go1.26 linkers write 0 where the header's textStart was.
+        let mut t = table();
+        t[8 + 2 * 8..8 + 3 * 8].copy_from_slice(&0u64.to_le_bytes());
+        assert!(parse_pclntab(&t, None).is_err());
+        let ft = parse_pclntab(&t, Some(0x401000)).unwrap();
+        assert_eq!(ft.lookup_name("runtime.sysMap"), Some(0x401200));
     }
 
     #[test]
     fn rejects_garbage_tables() {
-        assert!(parse_pclntab(b"nope").is_err());
+        assert!(parse_pclntab(b"nope", None).is_err());
         let mut t = table();
         t[0] = 0x12;
-        assert!(parse_pclntab(&t).is_err());
+        assert!(parse_pclntab(&t, None).is_err());
         let mut t = table();
         t.truncate(60);
-        assert!(parse_pclntab(&t).is_err());
+        assert!(parse_pclntab(&t, None).is_err());
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     clock::monotonic_ns,
-    events::{self, DecodeError, Event},
+    kernel::events::{self, DecodeError, Event},
 };
 
 /// One decoded record and when userspace read it (CLOCK_MONOTONIC ns).

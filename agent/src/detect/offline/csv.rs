@@ -1,11 +1,11 @@
 //! Recorded series as CSV: a header with at least `time,kubelet_rss_bytes,pods` (time as RFC 3339
-//! or unix seconds), any of [`super::series::OPTIONAL_COLUMNS`] after them, empty cells for
+//! or unix seconds), any of [`crate::detect::series::OPTIONAL_COLUMNS`] after them, empty cells for
 //! missing values. Every value must be a finite number, not negative (byte counts, counts,
 //! seconds, versions and 0/1 flags all are), byte counts within a u64; a row breaking that is
 //! an error naming its line.
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use super::{series::OPTIONAL_COLUMNS, Sample};
+use crate::detect::{series::OPTIONAL_COLUMNS, Sample};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CsvError {

@@ -3,24 +3,21 @@
 use std::path::Path;
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::Array,
     programs::{
         uprobe::{UProbeAttachPoint, UProbeScope},
         TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
-use probe_common::{
-    alloc_cookie, maps, programs, AllocKey, AllocVal, ArgReg, Config, Counter, KubeletText,
-    OFFSET_ABSENT, TASK_COMM_LEN,
-};
+use probe_common::{alloc_cookie, maps, programs, ArgReg, Config};
 
-use crate::symbols::{ProbePoint, Role};
-
-use crate::{
+use super::{
     btf::{Btf, BtfError},
-    tracefs::{self, Format, TracefsError},
+    config::build_config,
+    tracefs::TracefsError,
 };
+use crate::kubelet::symbols::{ProbePoint, Role};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -155,106 +152,13 @@ impl HookTier {
 pub struct Probes {
     /// The tier in use (never `Auto`).
     pub tier: HookTier,
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     /// Hooks that attached, by program name.
     pub attached: Vec<&'static str>,
     /// Optional hooks that did not attach, with the reason.
     pub degraded: Vec<(&'static str, String)>,
     /// The mmap/munmap syscall tracepoints are attached.
     syscalls_attached: bool,
-}
-
-/// A process name as the kernel keeps it: at most 15 bytes and a NUL.
-pub fn comm_bytes(name: &str) -> [u8; TASK_COMM_LEN] {
-    let mut out = [0u8; TASK_COMM_LEN];
-    let b = name.as_bytes();
-    let n = b.len().min(TASK_COMM_LEN - 1);
-    out[..n].copy_from_slice(&b[..n]);
-    out
-}
-
-fn offset(format: &Format, field: &str) -> u32 {
-    format.offset(field).unwrap_or(OFFSET_ABSENT)
-}
-
-/// Builds the load-time configuration from the tracepoint formats and BTF of this kernel.
-pub fn build_config(agent_tgid: u32, kubelet_comm: &str, btf: &Btf) -> Result<Config, ProbeError> {
-    let root = tracefs::tracefs_root()?;
-    let signal = tracefs::read_format(&root, "signal", "signal_generate")?;
-    let victim = tracefs::read_format(&root, "oom", "mark_victim")?;
-    let exit = tracefs::read_format(&root, "sched", "sched_process_exit")?;
-    for (format, cat, name, field) in [
-        (&signal, "signal", "signal_generate", "sig"),
-        (&signal, "signal", "signal_generate", "pid"),
-        (&victim, "oom", "mark_victim", "pid"),
-    ] {
-        if format.offset(field).is_none() {
-            return Err(TracefsError::MissingField {
-                category: cat.into(),
-                name: name.into(),
-                field: field.into(),
-            }
-            .into());
-        }
-    }
-    let memory_cgrp_id = btf.enum_value("memory_cgrp_id")?;
-    Ok(Config {
-        agent_tgid,
-        signal_sig: offset(&signal, "sig"),
-        signal_code: offset(&signal, "code"),
-        signal_comm: offset(&signal, "comm"),
-        signal_pid: offset(&signal, "pid"),
-        signal_group: offset(&signal, "group"),
-        signal_result: offset(&signal, "result"),
-        victim_pid: offset(&victim, "pid"),
-        victim_comm: offset(&victim, "comm"),
-        victim_total_vm: offset(&victim, "total_vm"),
-        victim_anon_rss: offset(&victim, "anon_rss"),
-        victim_file_rss: offset(&victim, "file_rss"),
-        victim_shmem_rss: offset(&victim, "shmem_rss"),
-        victim_uid: offset(&victim, "uid"),
-        victim_pgtables: offset(&victim, "pgtables"),
-        victim_oom_score_adj: offset(&victim, "oom_score_adj"),
-        exit_group_dead: offset(&exit, "group_dead"),
-        task_cgroups: btf.member_offset("task_struct", "cgroups")?,
-        task_exit_code: btf.member_offset("task_struct", "exit_code")?,
-        css_set_subsys: btf.member_offset("css_set", "subsys")?,
-        memory_cgrp_id: u32::try_from(memory_cgrp_id).unwrap_or(OFFSET_ABSENT),
-        css_cgroup: btf.member_offset("cgroup_subsys_state", "cgroup")?,
-        cgroup_kn: btf.member_offset("cgroup", "kn")?,
-        kn_name: btf.member_offset("kernfs_node", "name")?,
-        kn_parent: btf.member_offset_any("kernfs_node", &["__parent", "parent"])?,
-        kn_id: btf.member_offset("kernfs_node", "id")?,
-        reclaim_end_nr: tracefs::read_format(&root, "vmscan", "mm_vmscan_memcg_reclaim_end")
-            .map(|f| offset(&f, "nr_reclaimed"))
-            .unwrap_or(OFFSET_ABSENT),
-        kubelet_comm: comm_bytes(kubelet_comm),
-        // kprobe tier: optional, absent members leave the tier's fields empty.
-        oc_memcg: btf
-            .member_offset("oom_control", "memcg")
-            .unwrap_or(OFFSET_ABSENT),
-        oc_chosen: btf
-            .member_offset("oom_control", "chosen")
-            .unwrap_or(OFFSET_ABSENT),
-        oc_constraint: btf
-            .member_offset("oom_control", "constraint")
-            .unwrap_or(OFFSET_ABSENT),
-        oc_totalpages: btf
-            .member_offset("oom_control", "totalpages")
-            .unwrap_or(OFFSET_ABSENT),
-        oc_chosen_points: btf
-            .member_offset("oom_control", "chosen_points")
-            .unwrap_or(OFFSET_ABSENT),
-        memcg_css: btf
-            .member_offset("mem_cgroup", "css")
-            .unwrap_or(OFFSET_ABSENT),
-        task_pid: btf
-            .member_offset("task_struct", "pid")
-            .unwrap_or(OFFSET_ABSENT),
-        task_tgid: btf
-            .member_offset("task_struct", "tgid")
-            .unwrap_or(OFFSET_ABSENT),
-    })
 }
 
 impl Probes {
@@ -455,147 +359,6 @@ impl Probes {
         }
         self.syscalls_attached = true;
         Ok(())
-    }
-
-    fn tgids(&mut self) -> Result<HashMap<&mut MapData, u32, KubeletText>, ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut(maps::KUBELET_TGIDS)
-            .ok_or(ProbeError::MissingMap(maps::KUBELET_TGIDS))?;
-        HashMap::try_from(map).map_err(|source| ProbeError::Map {
-            name: maps::KUBELET_TGIDS,
-            source,
-        })
-    }
-
-    /// Counts this process's allocations from now on.
-    /// Watches a kubelet process; `text` is its executable code's address range (for the
-    /// call-site scan of library entry points), zero when unknown.
-    pub fn watch_tgid(&mut self, tgid: u32, text: KubeletText) -> Result<(), ProbeError> {
-        self.tgids()?
-            .insert(tgid, text, 0)
-            .map_err(|source| ProbeError::Map {
-                name: maps::KUBELET_TGIDS,
-                source,
-            })
-    }
-
-    pub fn unwatch_tgid(&mut self, tgid: u32) {
-        if let Ok(mut m) = self.tgids() {
-            let _ = m.remove(&tgid);
-        }
-        if let Some(map) = self.ebpf.map_mut(maps::KUBELET_UPROBED) {
-            if let Ok(mut m) = HashMap::<_, u32, u32>::try_from(map) {
-                let _ = m.remove(&tgid);
-            }
-        }
-        if let Some(map) = self.ebpf.map_mut(maps::ALLOC_STATS) {
-            if let Ok(mut stats) = PerCpuHashMap::<_, AllocKey, AllocVal>::try_from(map) {
-                let keys: Vec<AllocKey> =
-                    stats.keys().flatten().filter(|k| k.tgid == tgid).collect();
-                for k in keys {
-                    let _ = stats.remove(&k);
-                }
-            }
-        }
-    }
-
-    /// Counts memcg reclaim in the cgroup with this kernfs id (its directory's inode).
-    pub fn watch_memcg(&mut self, id: u64) {
-        if let Some(map) = self.ebpf.map_mut(maps::WATCHED_MEMCGS) {
-            if let Ok(mut m) = HashMap::<_, u64, u32>::try_from(map) {
-                let _ = m.insert(id, 1, 0);
-            }
-        }
-    }
-
-    /// Reclaim counted per watched memcg id, summed over CPUs.
-    pub fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)> {
-        let Some(map) = self.ebpf.map(maps::RECLAIM_STATS) else {
-            return Vec::new();
-        };
-        let Ok(m) = PerCpuHashMap::<_, u64, probe_common::ReclaimStats>::try_from(map) else {
-            return Vec::new();
-        };
-        m.iter()
-            .flatten()
-            .map(|(k, per_cpu)| {
-                let sum = per_cpu
-                    .iter()
-                    .fold(probe_common::ReclaimStats::default(), |a, v| {
-                        probe_common::ReclaimStats {
-                            count: a.count + v.count,
-                            ns: a.ns + v.ns,
-                            pages: a.pages + v.pages,
-                        }
-                    });
-                (k, sum)
-            })
-            .collect()
-    }
-
-    /// Allocator counters summed over CPUs.
-    pub fn alloc_stats(&self) -> Vec<(AllocKey, AllocVal)> {
-        let Some(map) = self.ebpf.map(maps::ALLOC_STATS) else {
-            return Vec::new();
-        };
-        let Ok(stats) = PerCpuHashMap::<_, AllocKey, AllocVal>::try_from(map) else {
-            return Vec::new();
-        };
-        stats
-            .iter()
-            .flatten()
-            .map(|(k, per_cpu)| {
-                let sum = per_cpu.iter().fold(AllocVal::default(), |a, v| AllocVal {
-                    bytes: a.bytes + v.bytes,
-                    calls: a.calls + v.calls,
-                });
-                (k, sum)
-            })
-            .collect()
-    }
-
-    /// Instruction pointers of a captured user stack, innermost first.
-    pub fn stack(&self, stack_id: i64) -> Vec<u64> {
-        let (Some(map), Ok(id)) = (self.ebpf.map(maps::STACKS), u32::try_from(stack_id)) else {
-            return Vec::new();
-        };
-        let Ok(stacks) = StackTraceMap::try_from(map) else {
-            return Vec::new();
-        };
-        stacks
-            .get(&id, 0)
-            .map(|st| st.frames().iter().map(|f| f.ip).collect())
-            .unwrap_or_default()
-    }
-
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self
-            .ebpf
-            .take_map(maps::EVENTS)
-            .ok_or(ProbeError::MissingMap(maps::EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
-            name: maps::EVENTS,
-            source,
-        })
-    }
-
-    /// Kernel-side counters summed over CPUs.
-    pub fn counters(&self) -> Vec<(Counter, u64)> {
-        let Some(map) = self.ebpf.map(maps::COUNTERS) else {
-            return Vec::new();
-        };
-        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
-            return Vec::new();
-        };
-        Counter::ALL
-            .iter()
-            .filter_map(|&c| {
-                arr.get(&(c as u32), 0)
-                    .ok()
-                    .map(|vals| (c, vals.iter().sum()))
-            })
-            .collect()
     }
 }
 

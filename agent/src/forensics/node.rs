@@ -1,8 +1,25 @@
-//! The live node behind the correlator: procfs and the memory cgroup hierarchy.
-use crate::{
-    cgroup::{Hierarchy, MemcgState},
-    forensics::{Node, ProcSnapshot},
-};
+//! The live node view behind the correlator: what procfs and the memory cgroup hierarchy say
+//! about a process or a cgroup, behind a trait so tests can feed a recorded node.
+use crate::cgroup::{Hierarchy, MemcgState};
+
+/// What the node tells about a process, read when the SIGKILL is seen (it may be gone later).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcSnapshot {
+    pub tgid: Option<u32>,
+    pub cgroup: Option<String>,
+    pub anon_rss_kb: Option<u64>,
+    pub file_rss_kb: Option<u64>,
+    pub shmem_rss_kb: Option<u64>,
+}
+
+/// The node's live state the correlator consults (real: procfs and cgroupfs; tests: recorded).
+pub trait Node {
+    fn snapshot(&self, pid: u32) -> Option<ProcSnapshot>;
+    fn oom_domain(&self, trigger: Option<&str>, victim: Option<&str>) -> Option<MemcgState>;
+    /// Limit and usage of one memory cgroup now.
+    fn memcg_state(&self, path: &str) -> Option<MemcgState>;
+    fn cgroup_by_id(&self, id: u64) -> Option<String>;
+}
 
 pub struct LiveNode {
     pub hierarchy: Option<Hierarchy>,

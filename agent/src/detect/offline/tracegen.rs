@@ -23,7 +23,7 @@
 //! of a real kubelet (issue 14 part 3 is the real-data corpus).
 use serde::Serialize;
 
-use super::{classify::Cause, Sample, Subject, MIB};
+use crate::detect::{classify::Cause, Sample, Subject, MIB};
 
 /// Deterministic SplitMix64: the corpus is the same for a given seed.
 pub struct Rng(u64);
@@ -341,7 +341,7 @@ fn weekday(t: i64) -> i64 {
     reason = "reads as the sizing rule's constant, varied per node"
 )]
 fn BYTES_PER_POD_VAR(r: &mut Rng) -> f64 {
-    super::BYTES_PER_POD * r.range(0.7, 1.3)
+    crate::detect::BYTES_PER_POD * r.range(0.7, 1.3)
 }
 
 #[cfg(test)]

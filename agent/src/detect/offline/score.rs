@@ -4,12 +4,9 @@
 //! raw sawtooth samples. Two corpora: the issue-14 generator and the same traces with the
 //! healthy shapes of issue 17 ([`super::tracegen`]). The detector's threshold is chosen on a
 //! calibration corpus (seeds from [`CALIBRATION_SEED`]) and reported on another (`--seed`).
-use super::{
-    changepoint::ChangePoint,
-    classify::Cause,
-    series::baseline,
-    tracegen::{generate, generate_shaped, Label, Scenario, STEP_S},
-    Engine, Sample, BASELINE_Q,
+use super::tracegen::{generate, generate_shaped, Label, Scenario, STEP_S};
+use crate::detect::{
+    changepoint::ChangePoint, classify::Cause, series::baseline, Engine, Sample, BASELINE_Q,
 };
 
 const HOUR: i64 = 3600;
