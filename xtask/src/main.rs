@@ -56,6 +56,21 @@ enum Cmd {
         /// Kernel series, e.g. 6.1 6.12.
         kernels: Vec<String>,
     },
+    /// The golden test's data (agent/tests/data/golden/README.md): record the real ring stream
+    /// on this kernel (root, take the privileged lock), write the synthesised one, or re-write
+    /// the expected outputs from what the current code produces.
+    Golden {
+        /// Record `ring-recorded.hex` (+ `.kernel`): real OOM kills and a kill -9 in scratch
+        /// memory cgroups, read by `oomprobe run --record-ring`.
+        #[arg(long)]
+        record: bool,
+        /// Write `ring-synth.hex` from probe-common's wire structs (the corner cases).
+        #[arg(long)]
+        synth: bool,
+        /// Re-write every `*.expected.*` file from the current code's outputs.
+        #[arg(long)]
+        bless: bool,
+    },
     /// Everything: formatting, lints, unit tests, then the privileged tests on this kernel.
     Test {
         /// Only the privileged integration tests.
@@ -181,11 +196,53 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
+fn golden(record: bool, synth: bool, bless: bool) -> Result<()> {
+    if !(record || synth || bless) {
+        bail!("nothing to do: give --record, --synth and/or --bless");
+    }
+    let dir = workspace_root().join("agent/tests/data/golden");
+    if record {
+        build()?;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("recording loads eBPF programs and creates memory cgroups: run as root");
+        }
+        let mut cmd = cargo();
+        cmd.args([
+            "run",
+            "-p",
+            "oomprobe-tests",
+            "--example",
+            "record_golden",
+            "--",
+        ])
+        .arg(dir.join("ring-recorded.hex"))
+        .env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
+        run(&mut cmd)?;
+    }
+    if synth {
+        run(cargo()
+            .args(["run", "-p", "oomprobe", "--example", "golden_synth", "--"])
+            .arg(dir.join("ring-synth.hex")))?;
+    }
+    if bless {
+        run(cargo()
+            .args(["test", "-p", "oomprobe", "--test", "golden"])
+            .env("OOMPROBE_GOLDEN_WRITE", "1"))?;
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Setup => setup::ensure(),
         Cmd::Build => build(),
+        Cmd::Golden {
+            record,
+            synth,
+            bless,
+        } => golden(record, synth, bless),
         Cmd::Demo {
             limit_mib,
             leak_mib_per_sec,

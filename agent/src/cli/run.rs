@@ -72,6 +72,9 @@ pub struct RunArgs {
     /// Seconds between leak detector evaluations.
     #[arg(long, default_value_t = 60)]
     pub detect_interval: u64,
+    /// Also write every raw ring record, as read, to this file (the golden test's framing).
+    #[arg(long)]
+    pub record_ring: Option<std::path::PathBuf>,
     /// Where the sampled series persists across agent restarts and upgrades.
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: std::path::PathBuf,
@@ -106,6 +109,12 @@ pub enum RunError {
     #[error("cannot serve metrics on {addr}")]
     Metrics {
         addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the ring recording {path}")]
+    RecordRing {
+        path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -168,9 +177,23 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         Some(tokio::spawn(metrics::serve(listener, metrics.clone())))
     };
     let ring = probes.take_events()?;
-    let (readers, mut ring) =
-        crate::kernel::ring::spawn(ring, args.ring_readers, args.ring_reader_priority, 4096)
-            .map_err(RunError::Ring)?;
+    let recorder = match &args.record_ring {
+        Some(path) => Some(
+            crate::kernel::ring::Recorder::create(path).map_err(|source| RunError::RecordRing {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let (readers, mut ring) = crate::kernel::ring::spawn(
+        ring,
+        args.ring_readers,
+        args.ring_reader_priority,
+        4096,
+        recorder,
+    )
+    .map_err(RunError::Ring)?;
     tracing::debug!(cpus = ?readers.cpus, "ring-buffer readers started");
     let scrape_every = Duration::from_secs(args.sample_interval.max(1));
     let errors = metrics.kubelet_metrics_errors.clone();

@@ -13,8 +13,15 @@
 //! the agent's loop through a bounded channel; when the channel is full the draining reader
 //! blocks, so the ring buffer stays the one place records wait (its overflow is counted by the
 //! kernel probes) and nothing read is ever dropped.
+//!
+//! With a [`Recorder`] (`oomprobe run --record-ring FILE`) the draining reader also writes each
+//! record's raw bytes, exactly as read from the ring, to a file: one line per record,
+//! `<CLOCK_MONOTONIC ns when read> <bytes as lowercase hex>\n`, flushed after each drain. This
+//! is the framing of the golden test's `ring-recorded.hex` (`agent/tests/data/golden/README.md`).
+//! Off, it costs one `Option` check per record.
 use std::{
-    io,
+    fs::File,
+    io::{self, BufWriter, Write as _},
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     sync::{Arc, Mutex},
     thread::JoinHandle,
@@ -31,6 +38,33 @@ use crate::{
 /// One decoded record and when userspace read it (CLOCK_MONOTONIC ns).
 pub type Item = (Result<Event, DecodeError>, u64);
 
+/// Where the raw records go with `--record-ring`: shared by the readers (only the one holding
+/// the ring lock writes).
+#[derive(Clone)]
+pub struct Recorder(Arc<Mutex<BufWriter<File>>>);
+
+impl Recorder {
+    /// Creates (truncates) `path`.
+    pub fn create(path: &std::path::Path) -> io::Result<Recorder> {
+        let f = File::create(path)?;
+        Ok(Recorder(Arc::new(Mutex::new(BufWriter::new(f)))))
+    }
+
+    /// Appends one record line; see the module docs for the framing.
+    fn record(&self, seen_ns: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut w = self.0.lock().map_err(poisoned)?;
+        write!(w, "{seen_ns} ")?;
+        for b in bytes {
+            write!(w, "{b:02x}")?;
+        }
+        w.write_all(b"\n")
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.0.lock().map_err(poisoned)?.flush()
+    }
+}
+
 /// Blocked readers; stop them with `stop` (or drop).
 pub struct Readers {
     stop_fd: Arc<OwnedFd>,
@@ -41,12 +75,13 @@ pub struct Readers {
 
 /// Starts readers on up to `max` of the CPUs this process may run on, at `SCHED_FIFO`
 /// priority `rt_priority` (0: normal scheduling). Returns the channel the records arrive on
-/// (`capacity` records deep).
+/// (`capacity` records deep). With `recorder`, every record read is also written there.
 pub fn spawn(
     ring: RingBuf<MapData>,
     max: usize,
     rt_priority: u8,
     capacity: usize,
+    recorder: Option<Recorder>,
 ) -> io::Result<(Readers, mpsc::Receiver<Item>)> {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let ring = Arc::new(Mutex::new(ring));
@@ -58,7 +93,7 @@ pub fn spawn(
     let mut threads = Vec::new();
     let first = cpus[0];
     for &cpu in &cpus {
-        let (ring, tx) = (ring.clone(), tx.clone());
+        let (ring, tx, recorder) = (ring.clone(), tx.clone(), recorder.clone());
         let epoll = Epoll::watching(
             ring.lock().map_err(poisoned)?.as_fd().as_raw_fd(),
             stop_fd.as_raw_fd(),
@@ -73,7 +108,7 @@ pub fn spawn(
                         // One warning for all readers when it is refused.
                         realtime(rt_priority, cpu == first);
                     }
-                    read_loop(&epoll, &ring, &tx);
+                    read_loop(&epoll, &ring, &tx, recorder.as_ref());
                 })?,
         );
     }
@@ -91,7 +126,12 @@ fn poisoned<T>(_: T) -> io::Error {
     io::Error::other("ring buffer lock poisoned")
 }
 
-fn read_loop(epoll: &Epoll, ring: &Mutex<RingBuf<MapData>>, tx: &mpsc::Sender<Item>) {
+fn read_loop(
+    epoll: &Epoll,
+    ring: &Mutex<RingBuf<MapData>>,
+    tx: &mpsc::Sender<Item>,
+    recorder: Option<&Recorder>,
+) {
     loop {
         match epoll.wait() {
             Ok(STOP_TOKEN) => return,
@@ -105,12 +145,23 @@ fn read_loop(epoll: &Epoll, ring: &Mutex<RingBuf<MapData>>, tx: &mpsc::Sender<It
             return;
         };
         while let Some(item) = rb.next() {
-            let msg = (events::decode(&item), monotonic_ns());
+            let seen = monotonic_ns();
+            if let Some(r) = recorder {
+                if let Err(e) = r.record(seen, &item) {
+                    tracing::warn!(error = %e, "cannot record a ring record");
+                }
+            }
+            let msg = (events::decode(&item), seen);
             drop(item);
             // A full channel blocks this reader (the others wait on the lock), so records
             // wait in the ring, not in memory, and none is dropped here.
             if tx.blocking_send(msg).is_err() {
                 return;
+            }
+        }
+        if let Some(r) = recorder {
+            if let Err(e) = r.flush() {
+                tracing::warn!(error = %e, "cannot flush the ring recording");
             }
         }
     }
