@@ -105,6 +105,8 @@ impl Output {
 pub struct Sink {
     format: OutputFormat,
     lines: Vec<String>,
+    /// Where flushed lines go instead of stdout ([`Sink::capturing`]).
+    captured: Option<Vec<String>>,
 }
 
 impl Sink {
@@ -112,7 +114,25 @@ impl Sink {
         Sink {
             format,
             lines: Vec::new(),
+            captured: None,
         }
+    }
+
+    /// A sink whose flushed lines are kept (see [`Sink::take_captured`]) instead of written to
+    /// stdout: the golden test reads the stream the pipeline would print.
+    pub fn capturing(format: OutputFormat) -> Sink {
+        Sink {
+            captured: Some(Vec::new()),
+            ..Sink::new(format)
+        }
+    }
+
+    /// The lines flushed so far by a capturing sink (none for a stdout one).
+    pub fn take_captured(&mut self) -> Vec<String> {
+        self.captured
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn format(&self) -> OutputFormat {
@@ -134,6 +154,10 @@ impl Sink {
     /// the agent: write errors are ignored.
     pub fn flush(&mut self) {
         if self.lines.is_empty() {
+            return;
+        }
+        if let Some(c) = self.captured.as_mut() {
+            c.append(&mut self.lines);
             return;
         }
         let mut out = std::io::stdout().lock();

@@ -15,8 +15,12 @@ use crate::{
     clock::{monotonic_ns, Clock},
     cycle::{Cycle, CycleConfig, KubeletNow, StageEvent},
     detect::{classify::Cause, store::Store, Engine, Sample, Subject},
-    forensics::{Correlator, KillRecord, LiveNode},
-    kernel::{events::Event, probes::Probes, ring},
+    forensics::{Correlator, KillRecord, LiveNode, Node},
+    kernel::{
+        events::Event,
+        probes::{Kernel, Probes},
+        ring,
+    },
     kubelet::{
         metrics::{KubeletMetrics, Latest},
         tracker::{Target, Tracker},
@@ -78,12 +82,14 @@ impl Series {
     }
 }
 
-/// Everything the agent runs, between the ring buffer and stdout.
-pub struct Pipeline {
+/// Everything the agent runs, between the ring buffer and stdout. On a node `K` is the loaded
+/// [`Probes`] and `N` the [`LiveNode`]; the golden test runs it without a kernel (its own
+/// [`Kernel`] and [`Node`], a capturing [`Sink`]).
+pub struct Pipeline<K: Kernel = Probes, N: Node = LiveNode> {
     kubepods_roots: Vec<String>,
     emit_samples: bool,
-    probes: Probes,
-    correlator: Correlator<LiveNode>,
+    probes: K,
+    correlator: Correlator<N>,
     tracker: Tracker,
     hierarchy: Option<Hierarchy>,
     memcg: Option<Watcher>,
@@ -108,13 +114,30 @@ impl Pipeline {
     /// Builds the stages around loaded probes; finds the kubelet if it runs already.
     pub fn new(
         cfg: PipelineConfig,
-        mut probes: Probes,
+        probes: Probes,
         metrics: Arc<Metrics>,
         kubelet_metrics: Latest,
     ) -> Pipeline {
+        let out = Sink::new(cfg.format);
+        let node = (LiveNode::detect(), Clock::new());
+        Pipeline::with_parts(cfg, probes, node, out, metrics, kubelet_metrics)
+    }
+}
+
+impl<K: Kernel, N: Node> Pipeline<K, N> {
+    /// Builds the stages around any kernel access, node view (with the clock that dates kill
+    /// records) and sink: what [`Pipeline::new`] does on a node, and what a replay without a
+    /// kernel uses.
+    pub fn with_parts(
+        cfg: PipelineConfig,
+        mut probes: K,
+        (node, clock): (N, Clock),
+        mut out: Sink,
+        metrics: Arc<Metrics>,
+        kubelet_metrics: Latest,
+    ) -> Pipeline<K, N> {
         let hierarchy = Hierarchy::detect();
         let mut tracker = Tracker::new(cfg.target.clone());
-        let mut out = Sink::new(cfg.format);
         tracker.probe_target_binary(&mut probes);
         for start in tracker.scan(&mut probes) {
             out.push(Output::KubeletStart(start));
@@ -126,7 +149,7 @@ impl Pipeline {
         Pipeline {
             kubepods_roots: cfg.kubepods_roots,
             emit_samples: cfg.emit_samples,
-            correlator: Correlator::new(LiveNode::detect(), Clock::new()),
+            correlator: Correlator::new(node, clock),
             tracker,
             memcg: hierarchy.clone().map(Watcher::new),
             hierarchy,
@@ -147,8 +170,13 @@ impl Pipeline {
         }
     }
 
-    pub fn probes(&self) -> &Probes {
+    pub fn probes(&self) -> &K {
         &self.probes
+    }
+
+    /// The lines written so far, with a capturing sink ([`Sink::capturing`]).
+    pub fn take_output(&mut self) -> Vec<String> {
+        self.out.take_captured()
     }
 
     /// Kill records written so far.
@@ -297,7 +325,12 @@ impl Pipeline {
     /// The fast tick: kills whose death never came (or came without `mark_victim`), the
     /// kernel's counters, the correlator's backlog and orphans.
     pub async fn on_expire(&mut self) {
-        self.records.extend(self.correlator.expire(monotonic_ns()));
+        self.on_expire_at(monotonic_ns()).await;
+    }
+
+    /// [`Pipeline::on_expire`] at CLOCK_MONOTONIC `now_ns` (a replay's own clock).
+    pub async fn on_expire_at(&mut self, now_ns: u64) {
+        self.records.extend(self.correlator.expire(now_ns));
         self.metrics.observe_kernel(&self.probes.counters());
         self.metrics
             .pending_kills
@@ -381,7 +414,7 @@ fn kubelet_now(
     pid: u32,
     sample: Option<&SampleEvent>,
     tracker: &Tracker,
-    probes: &Probes,
+    probes: &impl Kernel,
 ) -> KubeletNow {
     let mem = crate::sampler::kubelet_memory(pid);
     let cpu = procfs::process::Process::new(pid as i32)

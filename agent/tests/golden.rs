@@ -16,8 +16,14 @@ use oomprobe::{
     cycle::{Cycle, CycleConfig, KubeletNow, StageEvent},
     detect::{offline::csv, Engine, Verdict},
     forensics::{Correlator, KillRecord, Node, ProcSnapshot},
-    kernel::events::{self, Event},
-    output::{Output, Text},
+    kernel::{
+        events::{self, Event},
+        probes::{Kernel, ProbeError},
+    },
+    kubelet::{metrics::Latest, tracker::Target},
+    metrics::Metrics,
+    output::{Output, OutputFormat, Sink, Text},
+    pipeline::{Pipeline, PipelineConfig},
 };
 
 fn data(name: &str) -> PathBuf {
@@ -285,6 +291,103 @@ fn recorded_ring_stream_through_the_correlator_is_byte_identical() {
     assert_same("ring-recorded.expected.jsonl", &out.json);
     assert_same("ring-recorded.expected.txt", &out.text);
     assert_same("ring-recorded.expected.summary", &out.summary);
+}
+
+/// The kernel side of a replay: no programs, no maps. Attaching is refused, maps read empty.
+struct NoKernel;
+
+impl Kernel for NoKernel {
+    fn attach_allocator(
+        &mut self,
+        _: &std::path::Path,
+        _: &[oomprobe::kubelet::symbols::ProbePoint],
+        _: Option<u32>,
+    ) -> Result<usize, ProbeError> {
+        Err(ProbeError::MissingProgram("(no kernel in a replay)"))
+    }
+    fn attach_syscalls(&mut self) -> Result<(), ProbeError> {
+        Err(ProbeError::MissingProgram("(no kernel in a replay)"))
+    }
+    fn watch_tgid(&mut self, _: u32, _: probe_common::KubeletText) -> Result<(), ProbeError> {
+        Err(ProbeError::MissingMap("(no kernel in a replay)"))
+    }
+    fn unwatch_tgid(&mut self, _: u32) {}
+    fn watch_memcg(&mut self, _: u64) {}
+    fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)> {
+        Vec::new()
+    }
+    fn alloc_stats(&self) -> Vec<(probe_common::AllocKey, probe_common::AllocVal)> {
+        Vec::new()
+    }
+    fn stack(&self, _: i64) -> Vec<u64> {
+        Vec::new()
+    }
+    fn counters(&self) -> Vec<(probe_common::Counter, u64)> {
+        Vec::new()
+    }
+}
+
+/// The recorded stream through the agent's own `Pipeline` (`on_ring_batch`, `on_expire_at`):
+/// each record a batch, the run loop's 250 ms expire tick on the grid of the read times and
+/// one 10 s after the last record; what the pipeline writes to stdout, in `format`.
+fn pipeline_lines(name: &str, format: OutputFormat) -> String {
+    let cfg = PipelineConfig {
+        format,
+        // No process has this name: the tracker follows no kubelet.
+        target: Target {
+            name: "oomprobe-golden-no-kubelet".into(),
+            pid: None,
+            binary: None,
+        },
+        kubepods_roots: Vec::new(),
+        emit_samples: false,
+        state_dir: PathBuf::from("/nonexistent/oomprobe-golden"),
+        cycle: CycleConfig::default(),
+        cordon: None,
+    };
+    let clock = Clock::with_offset(1_780_000_000_000_000_000);
+    let mut p = Pipeline::with_parts(
+        cfg,
+        NoKernel,
+        (GoneNode, clock),
+        Sink::capturing(format),
+        std::sync::Arc::new(Metrics::new()),
+        Latest::default(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut next_tick: Option<u64> = None;
+    let mut last_seen = 0u64;
+    rt.block_on(async {
+        for line in read(name)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (seen, hex) = line.split_once(' ').unwrap();
+            let seen: u64 = seen.parse().unwrap();
+            last_seen = seen;
+            let tick = next_tick.get_or_insert(seen + TICK_NS);
+            while *tick <= seen {
+                p.on_expire_at(*tick).await;
+                *tick += TICK_NS;
+            }
+            let item = (events::decode(&unhex(hex)), seen);
+            p.on_ring_batch(std::iter::once(item)).await;
+        }
+        p.on_expire_at(last_seen + 10_000_000_000).await;
+    });
+    let mut out = p.take_output().join("\n");
+    out.push('\n');
+    out
+}
+
+#[test]
+fn recorded_ring_stream_through_the_pipeline_is_byte_identical() {
+    let json = pipeline_lines("ring-recorded.hex", OutputFormat::Json);
+    assert_same("ring-recorded.pipeline.expected.jsonl", &json);
+    let text = pipeline_lines("ring-recorded.hex", OutputFormat::Text);
+    assert_same("ring-recorded.pipeline.expected.txt", &text);
 }
 
 #[test]

@@ -363,6 +363,71 @@ impl Probes {
 }
 
 /// Register holding the byte count at a probe point (Go register ABI or System V).
+/// What the run loop ([`crate::pipeline::Pipeline`]) and the kubelet tracker use of the loaded
+/// kernel programs and their maps: [`Probes`] on a node; the golden test implements it without a
+/// kernel to feed recorded ring records through the real pipeline. Each method is the `Probes`
+/// method of the same name (shapes, units and errors there).
+pub trait Kernel {
+    /// Allocator uprobes on `binary` (all processes, or `pid`); the number attached.
+    fn attach_allocator(
+        &mut self,
+        binary: &Path,
+        points: &[ProbePoint],
+        pid: Option<u32>,
+    ) -> Result<usize, ProbeError>;
+    /// The mmap/munmap syscall tracepoints (the allocator fallback).
+    fn attach_syscalls(&mut self) -> Result<(), ProbeError>;
+    /// Follows kubelet `tgid` in the kernel (its text range for stack filtering).
+    fn watch_tgid(&mut self, tgid: u32, text: probe_common::KubeletText) -> Result<(), ProbeError>;
+    /// Stops following `tgid`.
+    fn unwatch_tgid(&mut self, tgid: u32);
+    /// Counts reclaim in memory cgroup `id` (cgroup inode number).
+    fn watch_memcg(&mut self, id: u64);
+    /// Per watched memory cgroup id, the reclaim counters.
+    fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)>;
+    /// Allocator counters per (tgid, point, stack).
+    fn alloc_stats(&self) -> Vec<(probe_common::AllocKey, probe_common::AllocVal)>;
+    /// Return addresses of stack `stack_id`, innermost first.
+    fn stack(&self, stack_id: i64) -> Vec<u64>;
+    /// The probes' own counters (drops, ring overflow...).
+    fn counters(&self) -> Vec<(probe_common::Counter, u64)>;
+}
+
+impl Kernel for Probes {
+    fn attach_allocator(
+        &mut self,
+        binary: &Path,
+        points: &[ProbePoint],
+        pid: Option<u32>,
+    ) -> Result<usize, ProbeError> {
+        Probes::attach_allocator(self, binary, points, pid)
+    }
+    fn attach_syscalls(&mut self) -> Result<(), ProbeError> {
+        Probes::attach_syscalls(self)
+    }
+    fn watch_tgid(&mut self, tgid: u32, text: probe_common::KubeletText) -> Result<(), ProbeError> {
+        Probes::watch_tgid(self, tgid, text)
+    }
+    fn unwatch_tgid(&mut self, tgid: u32) {
+        Probes::unwatch_tgid(self, tgid)
+    }
+    fn watch_memcg(&mut self, id: u64) {
+        Probes::watch_memcg(self, id)
+    }
+    fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)> {
+        Probes::reclaim_stats(self)
+    }
+    fn alloc_stats(&self) -> Vec<(probe_common::AllocKey, probe_common::AllocVal)> {
+        Probes::alloc_stats(self)
+    }
+    fn stack(&self, stack_id: i64) -> Vec<u64> {
+        Probes::stack(self, stack_id)
+    }
+    fn counters(&self) -> Vec<(probe_common::Counter, u64)> {
+        Probes::counters(self)
+    }
+}
+
 pub fn arg_register(role: Role) -> Option<ArgReg> {
     Some(match role {
         Role::GoSysAlloc => ArgReg::Rax,

@@ -10,7 +10,7 @@ use probe_common::{AllocKey, AllocVal, KubeletText, POINT_SYSCALL_MMAP, POINT_SY
 use serde::Serialize;
 
 use super::symbols::{Binary, FuncTable, ProbePoint};
-use crate::{forensics::KillRecord, kernel::probes::Probes};
+use crate::{forensics::KillRecord, kernel::probes::Kernel};
 
 /// How the kubelet is identified.
 #[derive(Debug, Clone)]
@@ -172,7 +172,7 @@ impl Tracker {
 
     /// Probes the configured kubelet binary before any process runs it, so a kubelet that
     /// starts later is measured from its first allocation.
-    pub fn probe_target_binary(&mut self, probes: &mut Probes) {
+    pub fn probe_target_binary(&mut self, probes: &mut impl Kernel) {
         let Some(bin) = self.target.binary.clone() else {
             return;
         };
@@ -202,7 +202,7 @@ impl Tracker {
 
     /// Looks for kubelet processes not yet followed (start-up, and periodically: a kubelet that
     /// was not running is picked up when it appears).
-    pub fn scan(&mut self, probes: &mut Probes) -> Vec<KubeletStart> {
+    pub fn scan(&mut self, probes: &mut impl Kernel) -> Vec<KubeletStart> {
         let mut found = Vec::new();
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return found;
@@ -220,7 +220,7 @@ impl Tracker {
     }
 
     /// A kubelet exec'd (seen in the kernel, which already counts its allocations).
-    pub fn on_exec(&mut self, tgid: u32, probes: &mut Probes) -> Option<KubeletStart> {
+    pub fn on_exec(&mut self, tgid: u32, probes: &mut impl Kernel) -> Option<KubeletStart> {
         if self.procs.contains_key(&tgid) {
             return None;
         }
@@ -233,7 +233,7 @@ impl Tracker {
     }
 
     /// Bytes the kubelet `pid`'s allocator mapped since it was followed.
-    pub fn mapped_bytes(&self, pid: u32, probes: &Probes) -> u64 {
+    pub fn mapped_bytes(&self, pid: u32, probes: &impl Kernel) -> u64 {
         let Some(p) = self.procs.get(&pid).and_then(|p| self.probed.get(&p.key)) else {
             return 0;
         };
@@ -258,7 +258,7 @@ impl Tracker {
     }
 
     /// Follows one kubelet process: probes its binary if new, counts it in the kernel.
-    fn adopt(&mut self, pid: u32, probes: &mut Probes) -> Option<KubeletStart> {
+    fn adopt(&mut self, pid: u32, probes: &mut impl Kernel) -> Option<KubeletStart> {
         let Some(exe) = exe_of(pid) else {
             tracing::warn!(pid, "kubelet candidate vanished before it could be probed");
             return None;
@@ -348,7 +348,7 @@ impl Tracker {
         points: Vec<ProbePoint>,
         funcs: Option<Arc<FuncTable>>,
         pid: Option<u32>,
-        probes: &mut Probes,
+        probes: &mut impl Kernel,
     ) {
         if self.probed.contains_key(key) {
             return;
@@ -389,7 +389,7 @@ impl Tracker {
     }
 
     /// Attribution reports for every followed kubelet; forgets processes that are gone.
-    pub fn report(&mut self, probes: &mut Probes) -> Vec<KubeletReport> {
+    pub fn report(&mut self, probes: &mut impl Kernel) -> Vec<KubeletReport> {
         let stats = probes.alloc_stats();
         let mut out = Vec::new();
         for (&pid, proc_) in &self.procs {
