@@ -16,6 +16,8 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     pub kernel_events: IntCounterVec,
     pub sigkills: IntCounterVec,
+    /// Kernel enum values out of the range this build knows, by field and value.
+    pub decode_errors: IntCounterVec,
     pub hooks: IntGaugeVec,
     pub hook_tier: IntGaugeVec,
     pub pending_kills: IntGauge,
@@ -195,8 +197,15 @@ impl Metrics {
             "SIGKILL records received from the kernel, by delivery result (delivered, ignored: the target was already dying, already_pending).",
             &["delivery"],
         );
+        let decode_errors = counter_vec(
+            &registry,
+            "oomprobe_decode_errors_total",
+            "Kernel enum values the decoder does not know (a newer kernel, or a bad record), by field (signal.result, signal.sender_reclaim_kind, oom_control.constraint) and value; the record is kept, the field reported as unknown.",
+            &["field", "value"],
+        );
         Metrics {
             registry,
+            decode_errors,
             kills,
             dropped,
             kernel_events,

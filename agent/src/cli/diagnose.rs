@@ -9,7 +9,7 @@ use crate::{
     cgroup::Hierarchy,
     detect::{store::Store, Engine, Subject},
     kubelet::metrics as kubelet_metrics,
-    sampler::{kernel_version, kubelet_memory, pod_cgroups, working_set},
+    sampler::{kubelet_memory, pod_cgroups, working_set, KernelVersion},
 };
 
 #[derive(Debug, clap::Args)]
@@ -332,9 +332,9 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
         ));
     }
     checks.push(memory_pressure(&args).await);
-    let kernel = kernel_version();
+    let kernel = KernelVersion::running();
     let v = h.as_ref().map(Hierarchy::version);
-    let risky = v == Some(1) && kernel.is_some_and(|k| (k - 5.15).abs() < 0.005);
+    let risky = v == Some(1) && kernel.is_some_and(|k| k.is_line(5, 15));
     checks.push(check(
         "cgroup_and_kernel",
         format!(

@@ -7,5 +7,5 @@ pub mod record;
 pub use self::{
     correlator::{Correlator, CorrelatorStats, EXIT_TIMEOUT_NS, VICTIM_GRACE_NS},
     node::{LiveNode, Node, ProcSnapshot},
-    record::{delivery_name, si_code_name, KillKind, KillRecord, SI_KERNEL, SI_USER},
+    record::{delivery_name, si_code_name, KillKind, KillRecord},
 };

@@ -1,37 +1,15 @@
 //! The per-kill record: one SIGKILL end to end (victim, sender, memory, OOM details, death),
 //! its field names for the kernel's enums, and its one-line text rendering.
+use probe_common::{SiCode, SignalDelivery};
 use serde::Serialize;
 
 use crate::cgroup::{MemcgState, PodIdentity};
 
-/// `enum oom_constraint` (mm/oom_kill.c).
-pub(crate) const CONSTRAINT_MEMCG: u32 = 3;
-
-pub(crate) fn constraint_name(c: u32) -> &'static str {
-    match c {
-        1 => "cpuset",
-        2 => "memory_policy",
-        CONSTRAINT_MEMCG => "memcg",
-        _ => "global",
-    }
-}
-
-pub const SI_USER: i32 = 0;
-pub const SI_KERNEL: i32 = 0x80;
-
-pub fn si_code_name(code: i32) -> String {
-    match code {
-        SI_USER => "SI_USER".into(),
-        SI_KERNEL => "SI_KERNEL".into(),
-        -1 => "SI_QUEUE".into(),
-        -2 => "SI_TIMER".into(),
-        -3 => "SI_MESGQ".into(),
-        -4 => "SI_ASYNCIO".into(),
-        -5 => "SI_SIGIO".into(),
-        -6 => "SI_TKILL".into(),
-        -7 => "SI_DETHREAD".into(),
-        -60 => "SI_ASYNCNL".into(),
-        other => format!("CODE_{other}"),
+/// The record's name of an `si_code`: the kernel's (`SI_USER`, `SI_KERNEL`, ...) or `CODE_<n>`.
+pub fn si_code_name(code: SiCode) -> String {
+    match code.name() {
+        Some(name) => name.into(),
+        None => format!("CODE_{}", code.0),
     }
 }
 
@@ -100,7 +78,6 @@ pub struct OomDetails {
 /// One SIGKILL, end to end.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct KillRecord {
-    pub event: &'static str,
     pub time: String,
     pub ktime_ns: u64,
     pub kind: KillKind,
@@ -118,15 +95,10 @@ pub struct KillRecord {
     pub seen_after_ns: Option<u64>,
 }
 
-pub fn delivery_name(result: i32) -> &'static str {
-    match result {
-        0 => "delivered",
-        1 => "ignored",
-        2 => "already_pending",
-        3 => "overflow_fail",
-        4 => "lose_info",
-        _ => "unknown",
-    }
+/// The record's name of a signal's delivery result; `unknown` for a value out of range (counted
+/// at decode as `oomprobe_decode_errors_total{field="signal.result"}`).
+pub fn delivery_name(result: Result<SignalDelivery, i32>) -> &'static str {
+    result.map_or("unknown", SignalDelivery::as_str)
 }
 
 fn kib(kb: Option<u64>) -> String {

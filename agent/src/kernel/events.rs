@@ -3,9 +3,9 @@
 use std::mem::size_of;
 
 use probe_common::{
-    victim_fields, CgroupPath, EventHeader, EventKind, ExitEvent, KubeletExecEvent,
-    OomControlEvent, OomVictimEvent, ReclaimKind, SignalEvent, CGROUP_MAX_DEPTH,
-    CGROUP_PATH_TRUNCATED, CGROUP_PATH_UNAVAILABLE,
+    victim_fields, CgroupPath, EventHeader, EventKind, ExitEvent, KubeletExecEvent, OomConstraint,
+    OomControlEvent, OomVictimEvent, ReclaimKind, SiCode, SignalDelivery, SignalEvent, WireEvent,
+    CGROUP_MAX_DEPTH, CGROUP_PATH_TRUNCATED, CGROUP_PATH_UNAVAILABLE,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub enum DecodeError {
         expected: usize,
         got: usize,
     },
+    #[error("record kind {kind:?} read as {read_as:?}")]
+    KindMismatch { kind: EventKind, read_as: EventKind },
 }
 
 impl DecodeError {
@@ -29,7 +31,24 @@ impl DecodeError {
             DecodeError::Short(_) => "short",
             DecodeError::UnknownKind(_) => "unknown_kind",
             DecodeError::Length { .. } => "bad_length",
+            DecodeError::KindMismatch { .. } => "kind_mismatch",
         }
+    }
+}
+
+/// A kernel enum value out of the range this build knows (a newer kernel, or a bad record).
+/// The record is kept with the field as `Err(value)`; the caller counts it
+/// (`oomprobe_decode_errors_total{field,value}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldError {
+    /// `record.field`, e.g. `signal.result`.
+    pub field: &'static str,
+    pub value: i64,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} has the unknown value {}", self.field, self.value)
     }
 }
 
@@ -69,13 +88,15 @@ pub struct SignalRecord {
     pub ktime_ns: u64,
     pub target_pid: u32,
     pub target_comm: String,
-    pub code: i32,
+    pub code: SiCode,
     pub group: i32,
-    pub result: i32,
+    /// `enum trace_signal_result`; `Err(value)` when out of range (see [`FieldError`]).
+    pub result: Result<SignalDelivery, i32>,
     pub sender_tid: u32,
     pub sender_tgid: u32,
     pub sender_comm: String,
-    pub sender_reclaim: ReclaimKind,
+    /// `Err(value)` when out of range (see [`FieldError`]).
+    pub sender_reclaim: Result<ReclaimKind, u32>,
     pub sender_reclaim_ktime_ns: u64,
     pub sender_memcg: KernelCgroup,
 }
@@ -121,7 +142,8 @@ pub struct OomControlRecord {
     pub ktime_ns: u64,
     pub chosen_pid: u32,
     pub chosen_tgid: u32,
-    pub constraint: u32,
+    /// `enum oom_constraint`; `Err(value)` when out of range (see [`FieldError`]).
+    pub constraint: Result<OomConstraint, u32>,
     pub totalpages: u64,
     pub chosen_points: i64,
     pub domain: KernelCgroup,
@@ -136,6 +158,39 @@ pub enum Event {
     KubeletExec(KubeletExecRecord),
 }
 
+impl Event {
+    /// The kernel enum fields of this record that were out of range.
+    pub fn field_errors(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        match self {
+            Event::Signal(s) => {
+                if let Err(v) = s.result {
+                    out.push(FieldError {
+                        field: "signal.result",
+                        value: i64::from(v),
+                    });
+                }
+                if let Err(v) = s.sender_reclaim {
+                    out.push(FieldError {
+                        field: "signal.sender_reclaim_kind",
+                        value: i64::from(v),
+                    });
+                }
+            }
+            Event::OomControl(oc) => {
+                if let Err(v) = oc.constraint {
+                    out.push(FieldError {
+                        field: "oom_control.constraint",
+                        value: i64::from(v),
+                    });
+                }
+            }
+            Event::OomVictim(_) | Event::Exit(_) | Event::KubeletExec(_) => {}
+        }
+        out
+    }
+}
+
 /// NUL-terminated bytes to a String.
 pub fn cstr(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -148,7 +203,19 @@ fn read<T: Copy>(bytes: &[u8]) -> T {
     unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
 }
 
-fn check<T>(kind: EventKind, hdr: &EventHeader, bytes: &[u8]) -> Result<(), DecodeError> {
+/// The payload of a `kind` record as `T`, the struct bound to that kind: the header's length
+/// must be `T`'s size and the bytes must hold it.
+fn payload<T: WireEvent>(
+    kind: EventKind,
+    hdr: &EventHeader,
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    if T::KIND != kind {
+        return Err(DecodeError::KindMismatch {
+            kind,
+            read_as: T::KIND,
+        });
+    }
     let expected = size_of::<T>();
     if hdr.len as usize != expected || bytes.len() < expected {
         return Err(DecodeError::Length {
@@ -158,7 +225,7 @@ fn check<T>(kind: EventKind, hdr: &EventHeader, bytes: &[u8]) -> Result<(), Deco
             got: bytes.len(),
         });
     }
-    Ok(())
+    Ok(read(bytes))
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
@@ -169,27 +236,24 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let kind = EventKind::try_from(hdr.kind).map_err(DecodeError::UnknownKind)?;
     match kind {
         EventKind::Signal => {
-            check::<SignalEvent>(kind, &hdr, bytes)?;
-            let e: SignalEvent = read(bytes);
+            let e: SignalEvent = payload(kind, &hdr, bytes)?;
             Ok(Event::Signal(SignalRecord {
                 ktime_ns: e.hdr.ktime_ns,
                 target_pid: e.target_pid as u32,
                 target_comm: cstr(&e.target_comm),
-                code: e.code,
+                code: SiCode(e.code),
                 group: e.group,
-                result: e.result,
+                result: SignalDelivery::try_from(e.result),
                 sender_tid: e.sender_tid,
                 sender_tgid: e.sender_tgid,
                 sender_comm: cstr(&e.sender_comm),
-                sender_reclaim: ReclaimKind::try_from(e.sender_reclaim_kind)
-                    .unwrap_or(ReclaimKind::None),
+                sender_reclaim: ReclaimKind::try_from(e.sender_reclaim_kind),
                 sender_reclaim_ktime_ns: e.sender_reclaim_ktime_ns,
                 sender_memcg: KernelCgroup::from_raw(&e.sender_memcg),
             }))
         }
         EventKind::OomVictim => {
-            check::<OomVictimEvent>(kind, &hdr, bytes)?;
-            let e: OomVictimEvent = read(bytes);
+            let e: OomVictimEvent = payload(kind, &hdr, bytes)?;
             let has = |bit: u32| e.fields & bit != 0;
             Ok(Event::OomVictim(VictimRecord {
                 ktime_ns: e.hdr.ktime_ns,
@@ -207,8 +271,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }))
         }
         EventKind::Exit => {
-            check::<ExitEvent>(kind, &hdr, bytes)?;
-            let e: ExitEvent = read(bytes);
+            let e: ExitEvent = payload(kind, &hdr, bytes)?;
             Ok(Event::Exit(ExitRecord {
                 ktime_ns: e.hdr.ktime_ns,
                 tid: e.tid,
@@ -221,21 +284,19 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             }))
         }
         EventKind::OomControl => {
-            check::<OomControlEvent>(kind, &hdr, bytes)?;
-            let e: OomControlEvent = read(bytes);
+            let e: OomControlEvent = payload(kind, &hdr, bytes)?;
             Ok(Event::OomControl(OomControlRecord {
                 ktime_ns: e.hdr.ktime_ns,
                 chosen_pid: e.chosen_pid,
                 chosen_tgid: e.chosen_tgid,
-                constraint: e.constraint,
+                constraint: OomConstraint::try_from(e.constraint),
                 totalpages: e.totalpages,
                 chosen_points: e.chosen_points,
                 domain: KernelCgroup::from_raw(&e.domain),
             }))
         }
         EventKind::KubeletExec => {
-            check::<KubeletExecEvent>(kind, &hdr, bytes)?;
-            let e: KubeletExecEvent = read(bytes);
+            let e: KubeletExecEvent = payload(kind, &hdr, bytes)?;
             Ok(Event::KubeletExec(KubeletExecRecord {
                 ktime_ns: e.hdr.ktime_ns,
                 tgid: e.tgid,
@@ -360,5 +421,83 @@ mod tests {
         assert_eq!(v.pid, 100);
         assert_eq!(v.anon_rss_kb, None);
         assert_eq!(v.comm, None);
+    }
+
+    fn signal(code: i32, result: i32, reclaim: u32) -> SignalEvent {
+        SignalEvent {
+            hdr: EventHeader::of::<SignalEvent>(10),
+            target_pid: 5,
+            sig: 9,
+            code,
+            group: 1,
+            result,
+            sender_tid: 6,
+            sender_tgid: 6,
+            sender_reclaim_kind: reclaim,
+            sender_reclaim_ktime_ns: 0,
+            target_comm: comm("victim"),
+            sender_comm: comm("sender"),
+            sender_memcg: CgroupPath {
+                id: 1,
+                depth: 0,
+                flags: 0,
+                names: [[0; CGROUP_NAME_LEN]; CGROUP_MAX_DEPTH],
+            },
+        }
+    }
+
+    #[test]
+    fn kernel_enums_are_typed_at_the_decoder() {
+        let ev = decode(&as_bytes(&signal(0x80, 2, 1))).unwrap();
+        let Event::Signal(s) = &ev else {
+            panic!("not a signal")
+        };
+        assert_eq!(s.code, SiCode::KERNEL);
+        assert_eq!(s.code.name(), Some("SI_KERNEL"));
+        assert_eq!(s.result, Ok(SignalDelivery::AlreadyPending));
+        assert_eq!(s.sender_reclaim, Ok(ReclaimKind::Memcg));
+        assert_eq!(ev.field_errors(), vec![]);
+    }
+
+    #[test]
+    fn out_of_range_values_are_field_errors_and_the_record_is_kept() {
+        let ev = decode(&as_bytes(&signal(77, 9, 5))).unwrap();
+        let Event::Signal(s) = &ev else {
+            panic!("not a signal")
+        };
+        assert_eq!(s.code, SiCode(77));
+        assert_eq!(s.code.name(), None);
+        assert_eq!(s.result, Err(9));
+        assert_eq!(s.sender_reclaim, Err(5));
+        assert_eq!(
+            ev.field_errors(),
+            vec![
+                FieldError {
+                    field: "signal.result",
+                    value: 9
+                },
+                FieldError {
+                    field: "signal.sender_reclaim_kind",
+                    value: 5
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_header_names_the_kind_bound_to_its_struct() {
+        let hdr = EventHeader::of::<OomControlEvent>(3);
+        assert_eq!(hdr.kind, EventKind::OomControl as u32);
+        assert_eq!(hdr.len as usize, size_of::<OomControlEvent>());
+        // Read as another kind's struct, a record is refused.
+        let bytes = as_bytes(&signal(0, 0, 0));
+        let hdr: EventHeader = read(&bytes);
+        assert_eq!(
+            payload::<ExitEvent>(EventKind::Signal, &hdr, &bytes).err(),
+            Some(DecodeError::KindMismatch {
+                kind: EventKind::Signal,
+                read_as: EventKind::Exit
+            })
+        );
     }
 }
