@@ -131,10 +131,12 @@ fn initramfs(bins: &Path, out: &Path) -> Result<()> {
     std::fs::copy(bins.join("memhog"), root.join("memhog"))?;
     // memhog again under the kubelet's name, for the sampling scenario.
     std::fs::copy(bins.join("memhog"), root.join("kubelet"))?;
-    std::fs::copy(
-        workspace_root().join("tests/vm/scenarios.sh"),
-        root.join("scenarios.sh"),
-    )?;
+    for script in ["scenarios.sh", "node_oom.sh"] {
+        std::fs::copy(
+            workspace_root().join("tests/vm").join(script),
+            root.join(script),
+        )?;
+    }
     std::fs::write(root.join("init"), INIT)?;
     for f in ["init", "scenarios.sh"] {
         run(Command::new("chmod").arg("+x").arg(root.join(f)))?;
@@ -271,9 +273,12 @@ pub fn vm_test(kernels: &[String]) -> Result<()> {
             }
             println!(
                 "{name:<28} cgroup v2  {:<10}  {test:<20} {}  {detail}",
-                if test == "kprobe_tier"
+                if test.ends_with("_kprobe") {
+                    "kprobe"
+                } else if test == "kprobe_tier"
                     || test == "tiers_agree"
                     || test == "all_scenarios_both_tiers"
+                    || test.starts_with("node_oom_") && !test.ends_with("_tp")
                 {
                     "kprobe+tp"
                 } else {
