@@ -88,6 +88,10 @@ pub struct Collateral {
     pub reason: &'static str,
     pub cgroup: Option<String>,
     pub pod: Option<PodIdentity>,
+    /// The kill record's `sender`: for an OOM kill the task whose allocation invoked the OOM
+    /// killer (the kubelet, or whichever task allocated last on a node the kubelet exhausted).
+    pub sender_pid: u32,
+    pub sender_comm: String,
 }
 
 /// A stage change (`Output::Stage` in the JSON stream).
@@ -105,9 +109,11 @@ pub struct StageEvent {
     pub storm: Option<Storm>,
     /// Collateral kills since the kubelet went down, by pod UID (`-` for non-pod processes).
     pub collateral: BTreeMap<String, Vec<Collateral>>,
-    /// Processes the kernel OOM-killed for the kubelet's allocations (the kubelet triggered a
-    /// global OOM, or a memcg OOM of a cgroup that contains the kubelet), since the last
-    /// recovery, by pod UID (`-` for non-pod processes); at most [`MAX_CAUSED`] kept.
+    /// Processes the kernel OOM-killed for the kubelet's allocations since the last recovery,
+    /// by pod UID (`-` for non-pod processes); at most [`MAX_CAUSED`] kept. Counted: an OOM kill
+    /// the kubelet triggered ([`caused_by_kubelet`]), and a global OOM kill while the node is in
+    /// Pre-OOM heading to `node_memory` with the kubelet growing (the node the kubelet is
+    /// exhausting; the trigger is whichever task allocated last, `sender_pid`).
     pub collateral_caused: BTreeMap<String, Vec<Collateral>>,
     /// Such kills beyond [`MAX_CAUSED`], counted, not kept.
     pub collateral_caused_omitted: u64,
@@ -394,7 +400,10 @@ impl Cycle {
             );
             return Some(self.event(rec.ktime_ns, stage, detail));
         }
-        let caused = party == Party::CausedByKubelet;
+        let caused = party == Party::CausedByKubelet
+            || party == Party::Other
+                && rec.kind == KillKind::OomGlobal
+                && self.kubelet_exhausting_node();
         if caused {
             let total: usize = self.collateral_caused.values().map(Vec::len).sum();
             if total >= MAX_CAUSED {
@@ -472,6 +481,17 @@ impl Cycle {
             self.window.make_contiguous(),
             self.cfg.node.eviction_hard_bytes,
         );
+    }
+
+    /// Pre-OOM on node memory with the kubelet still driving it over the rate window: the
+    /// node's global OOM kills are the kubelet's doing, whoever allocated last.
+    fn kubelet_exhausting_node(&self) -> bool {
+        self.stage == Stage::PreOom
+            && self.ending == Some(Ending::NodeMemory)
+            && self
+                .headroom
+                .as_ref()
+                .is_some_and(|h| h.kubelet_driving(&self.cfg.node))
     }
 
     /// The kubelet's usage at or above `fraction` of its limit.
@@ -615,6 +635,8 @@ fn collateral(rec: &KillRecord) -> Collateral {
         reason,
         cgroup: rec.victim.cgroup.clone(),
         pod: rec.victim.pod.clone(),
+        sender_pid: rec.sender.pid,
+        sender_comm: rec.sender.comm.clone(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! `cargo xtask vm-test KERNEL...` / `cargo xtask test --kernels`: the Foundation scenarios on
 //! other kernels (Debian's cloud kernels, cgroup v2), each booted in QEMU (software emulation;
 //! KVM is not usable here) with a minimal initramfs: busybox, the static agent, a static memhog
-//! and `tests/vm/scenarios.sh`, whose RESULT lines come back on the second serial port.
+//! and `tests/vm/scenarios.sh` (which sources `tests/vm/node_oom.sh`: a real global OOM of the
+//! guest), whose RESULT lines come back on the second serial port.
 use std::{
     path::{Path, PathBuf},
     process::Command,

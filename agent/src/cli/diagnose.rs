@@ -52,7 +52,7 @@ fn ending_check(
                 "ending",
                 "-",
                 Health::Unknown,
-                "neither the kubelet's limit nor MemAvailable could be read",
+                "no kubelet process to assess",
             ),
             false,
         );

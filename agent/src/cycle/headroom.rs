@@ -82,6 +82,9 @@ pub struct NodeRule {
     pub margin_fraction: f64,
     /// The kubelet counts as growing when its RSS rose by at least this much over the window.
     pub min_growth_bytes: u64,
+    /// ... and, while MemAvailable falls, its growth is at least this share of the fall (a
+    /// node that workloads exhaust is not the kubelet's ending, however its RSS wiggles).
+    pub min_kubelet_share: f64,
 }
 
 impl Default for NodeRule {
@@ -91,6 +94,7 @@ impl Default for NodeRule {
             horizon_seconds: 600.0,
             margin_fraction: 0.05,
             min_growth_bytes: 1 << 20,
+            min_kubelet_share: 0.25,
         }
     }
 }
@@ -178,11 +182,22 @@ impl Headroom {
             .is_some_and(|g| g > 0.0 && g * self.window_seconds >= min_bytes as f64)
     }
 
-    /// The node-memory Pre-OOM rule: the ending is the node's memory, the kubelet grows, and
-    /// MemAvailable reaches the eviction threshold within the horizon at the current rate or is
-    /// already within the margin above it.
+    /// The kubelet grows and, while MemAvailable falls, accounts for at least
+    /// `min_kubelet_share` of the fall: the node's memory goes to the kubelet.
+    pub fn kubelet_driving(&self, rule: &NodeRule) -> bool {
+        let growth = self.kubelet_growth_bytes_per_second.unwrap_or(0.0);
+        let share_ok = match self.node_decline_bytes_per_second {
+            Some(d) if d > 0.0 => growth >= rule.min_kubelet_share * d,
+            _ => true,
+        };
+        self.kubelet_growing(rule.min_growth_bytes) && share_ok
+    }
+
+    /// The node-memory Pre-OOM rule: the ending is the node's memory, the kubelet drives it
+    /// ([`Headroom::kubelet_driving`]), and MemAvailable reaches the eviction threshold within
+    /// the horizon at the current rate or is already within the margin above it.
     pub fn node_pre_oom(&self, rule: &NodeRule) -> bool {
-        if self.ending != Ending::NodeMemory || !self.kubelet_growing(rule.min_growth_bytes) {
+        if self.ending != Ending::NodeMemory || !self.kubelet_driving(rule) {
             return false;
         }
         let soon = self
