@@ -4,9 +4,10 @@
 //!
 //! Pre-OOM has two endings ([`Ending`]): the kubelet's own cgroup limit, or the node's memory
 //! (MemAvailable falling to the kubelet's hard eviction threshold and the kernel's OOM point
-//! while the kubelet grows). Kills the kernel made for the kubelet's allocations (a global OOM it
-//! triggered, or a memcg OOM of a cgroup that contains it) are counted as collateral the kubelet
-//! caused, apart from the kills while it was down.
+//! while the kubelet drives it down). Kills the kernel made for the kubelet's allocations (an OOM
+//! it triggered, a memcg OOM of a cgroup that contains it, a global OOM during a node-memory
+//! Pre-OOM it drives) are counted as collateral the kubelet caused, apart from the kills while
+//! it was down.
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
@@ -112,8 +113,9 @@ pub struct StageEvent {
     /// Processes the kernel OOM-killed for the kubelet's allocations since the last recovery,
     /// by pod UID (`-` for non-pod processes); at most [`MAX_CAUSED`] kept. Counted: an OOM kill
     /// the kubelet triggered ([`caused_by_kubelet`]), and a global OOM kill while the node is in
-    /// Pre-OOM heading to `node_memory` with the kubelet growing (the node the kubelet is
-    /// exhausting; the trigger is whichever task allocated last, `sender_pid`).
+    /// Pre-OOM heading to `node_memory` that the kubelet drives ([`Headroom::kubelet_driving`]:
+    /// the node the kubelet is exhausting; the trigger is whichever task allocated last,
+    /// `sender_pid`).
     pub collateral_caused: BTreeMap<String, Vec<Collateral>>,
     /// Such kills beyond [`MAX_CAUSED`], counted, not kept.
     pub collateral_caused_omitted: u64,
