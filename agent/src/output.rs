@@ -30,10 +30,6 @@ pub enum OutputFormat {
 /// snake_case), then the record's fields.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one Output lives at a time, on its way to stdout"
-)]
 pub enum Output {
     /// A SIGKILL end to end (`"kill"`).
     Kill(KillRecord),
@@ -81,10 +77,25 @@ impl Output {
                 v.cause.as_str(),
                 v.slope_bytes_per_day / 1e6
             )),
-            Output::Stage(ev) => Text::Line(format!(
-                "STAGE {:?} cycles={} flapping={} {}",
-                ev.stage, ev.cycles, ev.flapping, ev.detail
-            )),
+            Output::Stage(ev) => {
+                let mut line = format!(
+                    "STAGE {:?} cycles={} flapping={}",
+                    ev.stage, ev.cycles, ev.flapping
+                );
+                if let Some(e) = ev.ending {
+                    line.push_str(&format!(" ending={}", e.as_str()));
+                }
+                if let Some(s) = ev.seconds_left {
+                    line.push_str(&format!(" seconds_left={s:.0}"));
+                }
+                let caused: usize = ev.collateral_caused.values().map(Vec::len).sum();
+                if caused > 0 {
+                    line.push_str(&format!(" collateral_caused={caused}"));
+                }
+                line.push(' ');
+                line.push_str(&ev.detail);
+                Text::Line(line)
+            }
             Output::KubeletStart(_) | Output::Action(_) | Output::Memcg(_) => Text::Log,
             Output::Sample(_) => Text::Hidden,
         }

@@ -13,7 +13,7 @@ use crate::{
     act::{Cordon, CordonConfig},
     cgroup::Hierarchy,
     clock::{monotonic_ns, Clock},
-    cycle::{Cycle, CycleConfig, KubeletNow, StageEvent},
+    cycle::{Cycle, CycleConfig, KubeletNow, Party, StageEvent},
     detect::{classify::Cause, store::Store, Engine, Sample, Subject},
     forensics::{Correlator, KillRecord, LiveNode, Node},
     kernel::{
@@ -99,6 +99,8 @@ pub struct Pipeline<K: Kernel = Probes, N: Node = LiveNode> {
     engine: Engine,
     last_verdict: Option<(Subject, Cause)>,
     cycle: Cycle,
+    /// The kubelet's memory cgroup as last sampled (for kills of a cgroup containing it).
+    kubelet_cgroup: Option<String>,
     cordon: Option<Cordon>,
     metrics: Arc<Metrics>,
     out: Sink,
@@ -158,6 +160,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             engine: Engine::default(),
             last_verdict: None,
             cycle: Cycle::new(cfg.cycle),
+            kubelet_cgroup: None,
             cordon: cfg.cordon.map(Cordon::new),
             probes,
             metrics,
@@ -244,6 +247,9 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         let (s, ev) = with_kubelet_metrics(s, ev, latest);
         self.metrics.observe_sample(&ev);
         self.watch_memcgs(&ev);
+        if ev.kubelet_cgroup.is_some() {
+            self.kubelet_cgroup = ev.kubelet_cgroup.clone();
+        }
         if let Some(pid) = pid {
             let now = kubelet_now(pid, Some(&ev), &self.tracker, &self.probes);
             self.stage_events
@@ -354,9 +360,12 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
                 .with_label_values(&[rec.kind.as_str()])
                 .inc();
             self.tracker.on_kill(&rec);
-            let is_kubelet = self.tracker.is_kubelet(rec.victim.pid);
-            self.stage_events
-                .extend(self.cycle.on_kill(&rec, is_kubelet));
+            let party = Party::of(
+                &rec,
+                |pid| self.tracker.is_kubelet(pid),
+                self.kubelet_cgroup.as_deref(),
+            );
+            self.stage_events.extend(self.cycle.on_kill(&rec, party));
             self.out.push(Output::Kill(rec));
             self.out.flush();
             self.kills += 1;
@@ -428,5 +437,7 @@ fn kubelet_now(
         limit_bytes: sample.and_then(|s| s.kubelet_limit_bytes),
         mapped_bytes: tracker.mapped_bytes(pid, probes),
         cpu_seconds: cpu,
+        node_available_bytes: sample.and_then(|s| s.node_mem_available_bytes),
+        node_total_bytes: sample.and_then(|s| s.node_mem_total_bytes),
     }
 }

@@ -13,7 +13,7 @@ use std::{fmt::Write as _, path::PathBuf};
 use oomprobe::{
     cgroup::MemcgState,
     clock::Clock,
-    cycle::{Cycle, CycleConfig, KubeletNow, StageEvent},
+    cycle::{Cycle, CycleConfig, KubeletNow, Party, StageEvent},
     detect::{offline::csv, Engine, Verdict},
     forensics::{Correlator, KillRecord, Node, ProcSnapshot},
     kernel::{
@@ -121,6 +121,8 @@ fn kubelet_now(pid: u32, rss_mib: u64) -> KubeletNow {
         limit_bytes: Some(512 << 20),
         mapped_bytes: 4096 * rss_mib,
         cpu_seconds: 1.5,
+        node_available_bytes: None,
+        node_total_bytes: None,
     }
 }
 
@@ -226,8 +228,12 @@ fn feed_ring_stream<N: Node>(name: &str, node: N) -> Outputs {
             json.push('\n');
             text.push_str(&render_kill_text(&rec));
             text.push('\n');
-            let kubelet = rec.victim.comm == "kubelet";
-            stages.extend(cycle.on_kill(&rec, kubelet));
+            let party = if rec.victim.comm == "kubelet" {
+                Party::Kubelet
+            } else {
+                Party::Other
+            };
+            stages.extend(cycle.on_kill(&rec, party));
         }
         for ev in stages {
             json.push_str(&render_stage_json(&ev));
@@ -243,7 +249,12 @@ fn feed_ring_stream<N: Node>(name: &str, node: N) -> Outputs {
             json.push('\n');
             text.push_str(&render_kill_text(&rec));
             text.push('\n');
-            if let Some(ev) = cycle.on_kill(&rec, rec.victim.comm == "kubelet") {
+            let party = if rec.victim.comm == "kubelet" {
+                Party::Kubelet
+            } else {
+                Party::Other
+            };
+            if let Some(ev) = cycle.on_kill(&rec, party) {
                 json.push_str(&render_stage_json(&ev));
                 json.push('\n');
                 text.push_str(&render_stage_text(&ev));

@@ -7,7 +7,8 @@ use serde::Serialize;
 use super::OutputFormat;
 use crate::{
     cgroup::Hierarchy,
-    detect::{store::Store, Engine, Subject},
+    cycle::{node_memory_recommendations, Ending, Headroom, NodeRule, Observation},
+    detect::{store::Store, Engine, Sample, Subject},
     kubelet::metrics as kubelet_metrics,
     sampler::{kubelet_memory, pod_cgroups, working_set, KernelVersion},
 };
@@ -23,9 +24,94 @@ pub struct DiagnoseArgs {
     pub kubelet_metrics: super::endpoints::KubeletMetricsArgs,
     #[command(flatten)]
     pub api: super::endpoints::KubeApiArgs,
-    /// The agent's state directory: the persisted series gives the leak verdict.
+    /// The agent's state directory: the persisted series gives the leak verdict and the
+    /// recent growth rates.
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: PathBuf,
+    /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), in
+    /// bytes or with a Ki/Mi/Gi suffix.
+    #[arg(long, default_value = "100Mi", value_parser = super::parse_bytes)]
+    pub eviction_hard_memory: u64,
+}
+
+/// How far back the persisted series counts for the growth rates.
+const RATE_WINDOW_SECONDS: i64 = 120;
+
+/// The headroom check: which ending the node is heading to, how soon, and what to do. Rates
+/// come from the persisted samples of the last [`RATE_WINDOW_SECONDS`] plus the live reading.
+fn ending_check(
+    live: Option<Observation>,
+    recent: &[Sample],
+    now_unix: i64,
+    eviction_hard_bytes: u64,
+    limit_near: bool,
+) -> (Check, bool) {
+    let Some(live) = live else {
+        return (
+            check(
+                "ending",
+                "-",
+                Health::Unknown,
+                "no kubelet process to assess",
+            ),
+            false,
+        );
+    };
+    let ns = |t: i64| u64::try_from(t).unwrap_or(0).saturating_mul(1_000_000_000);
+    let mut window: Vec<Observation> = recent
+        .iter()
+        .filter(|s| s.t >= now_unix - RATE_WINDOW_SECONDS && s.t < now_unix)
+        .map(|s| Observation {
+            ktime_ns: ns(s.t),
+            kubelet_rss_bytes: s.kubelet_rss_bytes as u64,
+            kubelet_usage_bytes: s.kubelet_cgroup_bytes.map(|b| b as u64),
+            kubelet_limit_bytes: s.kubelet_limit_bytes.map(|b| b as u64),
+            node_available_bytes: s.node_mem_available_bytes.map(|b| b as u64),
+            node_total_bytes: s.node_mem_total_bytes.map(|b| b as u64),
+        })
+        .collect();
+    window.push(Observation {
+        ktime_ns: ns(now_unix),
+        ..live
+    });
+    let Some(h) = Headroom::assess(&window, eviction_hard_bytes) else {
+        return (
+            check(
+                "ending",
+                "-",
+                Health::Unknown,
+                "no limit and no MemAvailable",
+            ),
+            false,
+        );
+    };
+    let approaching = match h.ending {
+        Ending::NodeMemory => h.node_pre_oom(&NodeRule {
+            eviction_hard_bytes,
+            ..Default::default()
+        }),
+        Ending::KubeletLimit => limit_near,
+    };
+    let mut detail = h.describe();
+    if window.len() < 2 {
+        detail.push_str(" (one reading: rates need the agent's persisted series)");
+    }
+    if h.ending == Ending::NodeMemory {
+        for r in node_memory_recommendations(Some(&h), 0, eviction_hard_bytes) {
+            detail.push_str("; ");
+            detail.push_str(&r);
+        }
+    }
+    let value = match h.seconds_left {
+        Some(s) => format!("{} ({s:.0} s left)", h.ending.as_str()),
+        None => h.ending.as_str().to_string(),
+    };
+    let verdict = if approaching {
+        Health::Bad
+    } else {
+        Health::Good
+    };
+    (check("ending", value, verdict, detail), approaching)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -162,8 +248,20 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
     let h = Hierarchy::detect();
     let pid = find_pid(&args.kubelet_name);
     let mut stage = "steady";
+    let mut live: Option<Observation> = None;
+    let mut limit_near = false;
+    let (node_available_bytes, node_total_bytes) = match procfs::Meminfo::current() {
+        Ok(m) => (m.mem_available, Some(m.mem_total)),
+        Err(_) => (None, None),
+    };
     match pid.and_then(|p| kubelet_memory(p).map(|m| (p, m))) {
         Some((p, m)) => {
+            live = Some(Observation {
+                kubelet_rss_bytes: m.rss_bytes,
+                node_available_bytes,
+                node_total_bytes,
+                ..Default::default()
+            });
             checks.push(check(
                 "kubelet_rss",
                 format!("{} MiB", m.rss_bytes >> 20),
@@ -177,10 +275,15 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
             ));
             if let (Some(h), Some(cg)) = (h.as_ref(), h.as_ref().and_then(|h| h.cgroup_of(p))) {
                 let state = h.memcg(&cg);
+                if let (Some(o), Some(st)) = (live.as_mut(), state.as_ref()) {
+                    o.kubelet_usage_bytes = st.usage_bytes;
+                    o.kubelet_limit_bytes = st.limit_bytes;
+                }
                 let ws = working_set(h, &cg);
                 match state.as_ref().and_then(|s| s.limit_bytes.zip(s.usage_bytes)) {
                     Some((limit, usage)) => {
                         let near = usage as f64 >= 0.8 * limit as f64;
+                        limit_near = near;
                         if near {
                             stage = "pre_oom";
                         }
@@ -352,28 +455,40 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
         },
     ));
     let store_path = args.state_dir.join("series.bin");
-    if store_path.exists() {
-        match Store::open(&store_path) {
-            Ok(st) if !st.samples().is_empty() => {
-                let verdict = Engine::default().evaluate(st.samples());
-                checks.push(check(
-                    "leak_verdict",
-                    format!("{:?} / {}", verdict.subject, verdict.cause.as_str()),
-                    if verdict.subject == Subject::None {
-                        Health::Good
-                    } else {
-                        Health::Bad
-                    },
-                    format!(
-                        "{:.0} MB/day over {} samples; {}",
-                        verdict.slope_bytes_per_day / 1e6,
-                        st.samples().len(),
-                        verdict.supports.join("; ")
-                    ),
-                ));
-            }
-            _ => {}
-        }
+    let store = store_path
+        .exists()
+        .then(|| Store::open(&store_path).ok())
+        .flatten();
+    let now_unix = time::OffsetDateTime::now_utc().unix_timestamp();
+    let recent = store.as_ref().map_or(&[][..], |st| st.samples());
+    let (ending, approaching) = ending_check(
+        live,
+        recent,
+        now_unix,
+        args.eviction_hard_memory,
+        limit_near,
+    );
+    checks.push(ending);
+    if approaching && stage == "steady" {
+        stage = "pre_oom";
+    }
+    if let Some(st) = store.filter(|st| !st.samples().is_empty()) {
+        let verdict = Engine::default().evaluate(st.samples());
+        checks.push(check(
+            "leak_verdict",
+            format!("{:?} / {}", verdict.subject, verdict.cause.as_str()),
+            if verdict.subject == Subject::None {
+                Health::Good
+            } else {
+                Health::Bad
+            },
+            format!(
+                "{:.0} MB/day over {} samples; {}",
+                verdict.slope_bytes_per_day / 1e6,
+                st.samples().len(),
+                verdict.supports.join("; ")
+            ),
+        ));
     }
     checks.push(check(
         "stage",

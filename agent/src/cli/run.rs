@@ -3,7 +3,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use super::OutputFormat;
 use crate::{
-    cycle::CycleConfig,
+    cycle::{CycleConfig, NodeRule},
     kernel::probes::Probes,
     kubelet::tracker::Target,
     metrics::{self, Metrics},
@@ -90,6 +90,18 @@ pub struct RunArgs {
     /// Seconds the restarted kubelet's RSS must stay flat for the storm to count as settled.
     #[arg(long, default_value_t = 120)]
     pub storm_settle: u64,
+    /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), in
+    /// bytes or with a Ki/Mi/Gi suffix: Pre-OOM on node memory measures MemAvailable against it.
+    #[arg(long, default_value = "100Mi", value_parser = super::parse_bytes)]
+    pub eviction_hard_memory: u64,
+    /// Pre-OOM on node memory when, while the kubelet grows, MemAvailable reaches the eviction
+    /// threshold within this many seconds at the current rate.
+    #[arg(long, default_value_t = 600)]
+    pub pre_oom_horizon: u64,
+    /// Leave the agent's own oom_score_adj alone (by default it sets -1000 at start, so a
+    /// node-wide OOM never picks the agent that records it).
+    #[arg(long)]
+    pub no_oom_score_adj: bool,
     /// Opt-in action on a flap: `cordon` (dry run unless --act-confirm).
     #[arg(long, value_parser = ["cordon"])]
     pub act: Option<String>,
@@ -137,6 +149,11 @@ fn pipeline_config(args: &RunArgs) -> PipelineConfig {
         cycle: CycleConfig {
             flap_window_ns: args.flap_window.saturating_mul(1_000_000_000),
             settle_ns: args.storm_settle.saturating_mul(1_000_000_000),
+            node: NodeRule {
+                eviction_hard_bytes: args.eviction_hard_memory,
+                horizon_seconds: args.pre_oom_horizon as f64,
+                ..Default::default()
+            },
             ..Default::default()
         },
         cordon: args
@@ -163,7 +180,30 @@ fn every(seconds: u64) -> tokio::time::Interval {
     tokio::time::interval(Duration::from_secs(seconds.max(1)))
 }
 
+/// The score the agent gives itself: the kernel's OOM killer never picks a task at -1000, so a
+/// node-wide OOM cannot take the agent that records it (the kubelet runs at -999).
+pub const AGENT_OOM_SCORE_ADJ: i32 = -1000;
+
+/// Writes [`AGENT_OOM_SCORE_ADJ`] to `/proc/self/oom_score_adj` (lowering it needs
+/// CAP_SYS_RESOURCE); refused, the agent runs on with a warning.
+fn protect_from_oom_killer() {
+    let path = "/proc/self/oom_score_adj";
+    match std::fs::write(path, AGENT_OOM_SCORE_ADJ.to_string()) {
+        Ok(()) => tracing::info!(
+            oom_score_adj = AGENT_OOM_SCORE_ADJ,
+            "out of the OOM killer's way"
+        ),
+        Err(e) => {
+            let now = std::fs::read_to_string(path).unwrap_or_default();
+            tracing::warn!(error = %e, oom_score_adj = now.trim(), "cannot set oom_score_adj -1000 (needs CAP_SYS_RESOURCE): a node-wide OOM may kill the agent");
+        }
+    }
+}
+
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    if !args.no_oom_score_adj {
+        protect_from_oom_killer();
+    }
     let metrics = Arc::new(Metrics::new());
     let mut probes = load(&args, &metrics)?;
     let _server = if args.no_metrics {
