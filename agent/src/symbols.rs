@@ -179,9 +179,16 @@ fn cstr_at(data: &[u8], off: usize) -> Option<String> {
     std::str::from_utf8(&rest[..end]).ok().map(str::to_string)
 }
 
-/// Parses a `.gopclntab` (Go 1.16 and later layouts). `text_start` is used only by 1.16/1.17
-/// tables, which store absolute entry addresses anyway.
+/// Parses a `.gopclntab` (Go 1.16 and later layouts) whose 1.18+ header carries the text start.
 pub fn parse_pclntab(tab: &[u8]) -> Result<FuncTable, &'static str> {
+    parse_pclntab_in(tab, None)
+}
+
+/// Parses a `.gopclntab`; `text_section` is the address of the binary's `.text` section, used
+/// when a 1.18+ header's `textStart` is 0: an externally linked (cgo) binary leaves it
+/// unrelocated, as release kubelets are (seen on a Kubernetes v1.34.4 kubelet built with
+/// go1.26.8; Go's own debug/gosym takes the section address for the same reason).
+pub fn parse_pclntab_in(tab: &[u8], text_section: Option<u64>) -> Result<FuncTable, &'static str> {
     let magic = uint(tab, 0, 4).ok_or("short header")? as u32;
     let ptr = *tab.get(7).ok_or("short header")? as usize;
     if ptr != 8 && ptr != 4 {
@@ -193,7 +200,10 @@ pub fn parse_pclntab(tab: &[u8]) -> Result<FuncTable, &'static str> {
         // go1.18-1.19 (0xfffffff0), go1.20+ (0xfffffff1)
         0xffff_fff0 | 0xffff_fff1 => {
             let nfunc = word(0)? as usize;
-            let text_start = word(2)?;
+            let text_start = match word(2)? {
+                0 => text_section.ok_or("textStart unrelocated and no .text section")?,
+                t => t,
+            };
             let funcname = word(3)? as usize;
             let functab = word(7)? as usize;
             for i in 0..nfunc {
@@ -260,7 +270,8 @@ impl Binary {
             path: self.path.clone(),
             source,
         })?;
-        parse_pclntab(tab)
+        let text = elf.section_by_name(".text").map(|s| s.address());
+        parse_pclntab_in(tab, text)
             .map(Some)
             .map_err(|reason| SymbolError::Pclntab {
                 path: self.path.clone(),
@@ -434,6 +445,17 @@ mod tests {
         assert_eq!(ft.symbolize(0x401150), Some("main.leak"));
         assert_eq!(ft.symbolize(0x401250), Some("runtime.sysMap"));
         assert_eq!(ft.symbolize(0x400000), None);
+    }
+
+    #[test]
+    fn unrelocated_text_start_takes_the_text_section() {
+        // An externally linked binary's header says textStart 0.
+        let mut t = table();
+        t[8 + 2 * 8..8 + 3 * 8].copy_from_slice(&0u64.to_le_bytes());
+        assert!(parse_pclntab(&t).is_err());
+        let ft = parse_pclntab_in(&t, Some(0x401000)).unwrap();
+        assert_eq!(ft.lookup_name("runtime.sysMap"), Some(0x401200));
+        assert_eq!(ft.lookup_name("main.leak"), Some(0x401100));
     }
 
     #[test]
