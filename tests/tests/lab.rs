@@ -312,6 +312,14 @@ fn lab_pod_oom_kill_matches_the_kubelet_and_runtime() {
 fn lab_kubelet_metrics_through_authn_authz() {
     let lab = lab();
     let token = lab.agent_token();
+    // A running container, so that kubelet_running_containers has a series (a kubelet without
+    // containers serves none).
+    let name = format!("lab-metrics-{}", std::process::id());
+    let pod = memhog_pod(&lab, &name, 16, &["1", "--hold"]);
+    wait_until("the pod running", WAIT, || {
+        let p = lab.get_json(&["pod", &name, "-n", "default"]);
+        (p["status"]["containerStatuses"][0]["state"]["running"].is_object()).then_some(())
+    });
     // Without a token the kubelet refuses (anonymous auth is off).
     let anon = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
@@ -352,12 +360,16 @@ fn lab_kubelet_metrics_through_authn_authz() {
         .lines()
         .filter(|l| l.starts_with("kubelet_running_containers{"))
         .collect();
-    assert!(
-        states
-            .iter()
-            .any(|l| l.contains("container_state=\"running\"")),
-        "{states:?}"
-    );
+    let running: f64 = states
+        .iter()
+        .find_map(|l| l.strip_prefix("kubelet_running_containers{container_state=\"running\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no running series in {states:?}"));
+    let crictl_running = lab
+        .crictl(&["ps", "-q", "--state", "Running"])
+        .lines()
+        .count();
+    assert_eq!(running as usize, crictl_running, "{states:?}");
     // The agent's reading of the same endpoint.
     let out = Command::new(bin("oomprobe"))
         .args([
@@ -397,7 +409,15 @@ fn lab_kubelet_metrics_through_authn_authz() {
     );
     let pleg = find("pleg_relist_p99");
     assert!(pleg["value"].as_str().unwrap().ends_with(" s"), "{pleg}");
-    find("exited_containers");
+    let x = find("exited_containers");
+    assert!(
+        x["value"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{crictl_running} running")),
+        "{x}"
+    );
+    drop(pod);
 }
 
 /// kill -9 of the real kubelet: the agent records the SIGKILL with the kubelet as victim, and
@@ -511,10 +531,10 @@ fn sample(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in the kubelet's metrics"))
 }
 
-/// Attribution on the real stripped kubelet: its probe points resolve from `.gopclntab`, and while
-/// 20 pods are created the heap bytes the agent saw it map (`runtime.sysMapOS`) equal the growth
-/// of its own `go_memstats_heap_sys_bytes` (the Go runtime adds to heap_sys only when it maps
-/// heap memory), and the top call sites are real Kubernetes functions.
+/// Attribution on the real stripped kubelet: while 20 pods are created the heap bytes the agent
+/// saw it map (`runtime.sysMapOS`) equal the growth of its own `go_memstats_heap_sys_bytes` +
+/// `go_memstats_stack_inuse_bytes` (heap_sys alone lags by the stack spans taken from the heap),
+/// and a top call site is a real Kubernetes-side function.
 #[test]
 fn lab_allocator_bytes_track_the_kubelets_own_memstats() {
     let lab = lab();
@@ -528,18 +548,39 @@ fn lab_allocator_bytes_track_the_kubelets_own_memstats() {
         "--attribution-interval",
         "1",
     ]);
-    // heap_sys when the uprobes are attached: two scrapes around the first report agree.
-    let before = sample(&lab.scrape_kubelet(&token), "go_memstats_heap_sys_bytes");
     agent.wait_for_event(WAIT, "the first uprobes report", |v| {
         v["event"] == "kubelet_memory"
             && v["pid"].as_u64() == Some(u64::from(pid))
             && v["mode"] == "uprobes"
     });
-    let base = sample(&lab.scrape_kubelet(&token), "go_memstats_heap_sys_bytes");
-    assert_eq!(
-        before, base,
-        "the kubelet grew its heap while the agent attached: rerun"
-    );
+    // A baseline where both stand still: heap_sys equal in two scrapes around one agent report
+    // (a kubelet just started still grows).
+    let heap_maps = |v: &Value| {
+        v["by_entry_point"]["runtime.sysMapOS"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let next_report = || {
+        let n = agent.records().len();
+        wait_until("a kubelet_memory report", Duration::from_secs(10), || {
+            agent.records().into_iter().skip(n).find(|v| {
+                v["event"] == "kubelet_memory" && v["pid"].as_u64() == Some(u64::from(pid))
+            })
+        })
+    };
+    // Heap memory the Go runtime mapped = heap_sys + the stack spans carved out of it
+    // (HeapSys counts no stack span; StackInuse counts them).
+    let heap_mapped = || {
+        let text = lab.scrape_kubelet(&token);
+        sample(&text, "go_memstats_heap_sys_bytes") + sample(&text, "go_memstats_stack_inuse_bytes")
+    };
+    let still = || {
+        let h1 = heap_mapped();
+        let rep = next_report();
+        let h2 = heap_mapped();
+        (h1 == h2).then(|| (h2 as u64, heap_maps(&rep), rep))
+    };
+    let (base, base_maps, _) = wait_until("the kubelet's heap standing still", WAIT, still);
     let pods: Vec<Pod> = (0..20)
         .map(|i| {
             memhog_pod(
@@ -564,33 +605,16 @@ fn lab_allocator_bytes_track_the_kubelets_own_memstats() {
             .count();
         (running == 20).then_some(())
     });
-    // The agent's count of heap maps against the kubelet's own heap_sys growth, compared when
-    // both stand still (two equal scrapes around one agent report).
+    // The agent's count of heap maps against the kubelet's own heap_sys growth, once both stand
+    // still again.
     let (grown, mapped, report) = wait_until("the heap maps to match heap_sys", WAIT, || {
-        let h1 = sample(&lab.scrape_kubelet(&token), "go_memstats_heap_sys_bytes");
-        let n = agent.records().len();
-        let rep = agent.wait_for_event(Duration::from_secs(5), "a kubelet_memory report", |v| {
-            v["event"] == "kubelet_memory" && v["pid"].as_u64() == Some(u64::from(pid))
-        });
-        let _ = n;
-        let latest = agent
-            .records()
-            .into_iter()
-            .rev()
-            .find(|v| v["event"] == "kubelet_memory" && v["pid"].as_u64() == Some(u64::from(pid)))
-            .unwrap_or(rep);
-        let h2 = sample(&lab.scrape_kubelet(&token), "go_memstats_heap_sys_bytes");
-        if h1 != h2 {
-            return None;
-        }
-        let mapped = latest["by_entry_point"]["runtime.sysMapOS"]
-            .as_u64()
-            .unwrap_or(0);
-        let grown = (h2 - base) as u64;
-        eprintln!("heap_sys grew {grown} B since attach; sysMapOS {mapped} B");
-        (grown == mapped && grown > 0).then_some((grown, mapped, latest))
+        let (h, maps, rep) = still()?;
+        let grown = h.checked_sub(base)?;
+        let mapped = maps - base_maps;
+        eprintln!("heap_sys + stack_inuse grew {grown} B; the agent saw {mapped} B of heap maps");
+        (grown == mapped && grown > 0).then_some((grown, mapped, rep))
     });
-    eprintln!("heap_sys +{grown} B == sysMapOS {mapped} B; {report}");
+    eprintln!("heap_sys + stack_inuse +{grown} B == sysMapOS {mapped} B; {report}");
     let sites: Vec<&str> = report["top_call_sites"]
         .as_array()
         .unwrap()

@@ -572,6 +572,7 @@ enforceNodeAllocatable: ["pods", "kube-reserved"]
 protectKernelDefaults: false
 makeIPTablesUtilChains: false
 podLogsDirectory: {logs}
+volumePluginDir: {plugins}
 evictionHard:
   memory.available: "100Mi"
   nodefs.available: "5%"
@@ -587,6 +588,7 @@ resolvConf: /etc/resolv.conf
         pki = lab.run.join("pki").display(),
         sock = lab.containerd_sock().display(),
         logs = lab.run.join("pod-logs").display(),
+        plugins = lab.run.join("kubelet/volume-plugins").display(),
     )
 }
 
@@ -766,6 +768,9 @@ const HOST_PATHS: &[&str] = &[
     "/var/log/containers",
     "/var/log/pods",
     "/var/lib/cni",
+    // The kubelet's device manager socket is hardcoded in /var/lib/kubelet/device-plugins.
+    "/var/lib/kubelet",
+    "/usr/libexec/kubernetes",
 ];
 
 fn record_host_paths(lab: &Lab) -> Result<()> {
@@ -971,7 +976,10 @@ pub fn up() -> Result<()> {
             .arg(lab.root.join("images").join(image)))?;
     }
     make_cgroups()?;
-    let me = std::env::current_exe()?;
+    // A copy of this very binary (/proc/self/exe: `cargo build --workspace` may replace
+    // target/debug/xtask while the lab runs).
+    let me = lab.run.join("supervisor");
+    fs::copy("/proc/self/exe", &me).context("copy the xtask binary for the supervisor")?;
     spawn(&lab, "supervisor", &me, &["lab".into(), "supervise".into()])?;
     wait_for(
         &format!("node {NODE} Ready"),
@@ -1005,6 +1013,7 @@ pub fn up() -> Result<()> {
         "runtime_endpoint": format!("unix://{}", sock.display()),
         "ca": lab.pki("ca.crt"),
         "kubelet_port": KUBELET_PORT,
+        "api": format!("https://127.0.0.1:{APISERVER_PORT}"),
         "kubelet_pidfile": lab.pidfile("kubelet"),
         "supervisor_log": lab.log("supervisor"),
         "kubelet_cgroup": format!("/{CGROUP}/kubelet"),

@@ -221,7 +221,10 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
     }
     if with_lab {
         let started = std::time::Instant::now();
-        lab::up().context("the lab's tests need `cargo xtask lab up`, which failed")?;
+        if let Err(e) = lab::up() {
+            let _ = lab::down();
+            return Err(e.context("the lab's tests need `cargo xtask lab up`, which failed"));
+        }
         let mut cmd = cargo();
         cmd.args([
             "test",
