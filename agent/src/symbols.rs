@@ -235,6 +235,39 @@ pub fn parse_pclntab_in(tab: &[u8], text_section: Option<u64>) -> Result<FuncTab
     Ok(FuncTable { funcs, end: 0 })
 }
 
+/// `runtime.firstmoduledata.text` of a 64-bit Go 1.18+ binary: the start of Go's code, which an
+/// external (cgo) link can place after C code at the start of `.text` (seen in a cgo kubectl
+/// v1.34.4). The module data is found as the 8-byte-aligned word in a data section that points
+/// at the pclntab and is followed by the funcnametab slice the header announces (go1.26 puts the
+/// module data in its own `.go.module` section); `text` is its
+/// 23rd word (pcHeader, 6 slices of 3 words, findfunctab, minpc, maxpc, then text).
+fn go_text_start(elf: &object::File<'_>, pclntab_addr: u64, tab: &[u8]) -> Option<u64> {
+    use object::{Object as _, ObjectSection as _};
+    let magic = uint(tab, 0, 4)? as u32;
+    if !matches!(magic, 0xffff_fff0 | 0xffff_fff1) || *tab.get(7)? != 8 {
+        return None;
+    }
+    let funcname = pclntab_addr.checked_add(uint(tab, 8 + 3 * 8, 8)?)?;
+    for name in [".go.module", ".noptrdata", ".data.rel.ro", ".data"] {
+        let Some(sec) = elf.section_by_name(name) else {
+            continue;
+        };
+        let Ok(data) = sec.data() else {
+            continue;
+        };
+        let mut off = 0;
+        while off + 23 * 8 <= data.len() {
+            if uint(data, off, 8) == Some(pclntab_addr) && uint(data, off + 8, 8) == Some(funcname)
+            {
+                let text = uint(data, off + 22 * 8, 8)?;
+                return (text != 0).then_some(text);
+            }
+            off += 8;
+        }
+    }
+    None
+}
+
 /// A binary opened for probing.
 pub struct Binary {
     pub path: String,
@@ -270,7 +303,8 @@ impl Binary {
             path: self.path.clone(),
             source,
         })?;
-        let text = elf.section_by_name(".text").map(|s| s.address());
+        let text = go_text_start(&elf, section.address(), tab)
+            .or_else(|| elf.section_by_name(".text").map(|s| s.address()));
         parse_pclntab_in(tab, text)
             .map(Some)
             .map_err(|reason| SymbolError::Pclntab {
