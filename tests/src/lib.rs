@@ -209,8 +209,9 @@ impl Agent {
         }
     }
 
-    /// Waits for a kill record matching `pred`.
-    fn wait_for_kill(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    /// Waits for a kill record matching `pred` (a raw JSON view, for records whose pid is not
+    /// known in advance, such as a container's process in the lab).
+    pub fn wait_for_kill(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         let mut found = None;
         self.wait_until(timeout, "kill record", |s| {
             found = s

@@ -1,6 +1,7 @@
 //! Build, set-up, demo and test orchestration: `cargo xtask <command>`.
 mod bench;
 mod demo;
+mod lab;
 mod setup;
 mod vm;
 
@@ -25,7 +26,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install and check the toolchain (llvm-22-dev, nightly rust-src, bpf-linker on LLVM 22).
-    Setup,
+    Setup {
+        /// Also what the Kubernetes lab needs: Debian's containerd, runc and CNI plugins, and
+        /// the lab's Kubernetes, etcd and crictl builds and images (`lab up` does the same).
+        #[arg(long)]
+        lab: bool,
+    },
+    /// A single-node Kubernetes cluster from real components (kubelet, kube-apiserver,
+    /// kube-controller-manager, kube-scheduler, etcd, containerd), state under target/lab.
+    Lab {
+        #[command(subcommand)]
+        action: LabCmd,
+    },
     /// Build the agent, its kernel programs and the stand-ins.
     Build,
     /// A stand-in kubelet leaks inside a memory cgroup until the kernel OOM-kills it; the agent
@@ -83,6 +95,20 @@ enum Cmd {
         #[arg(last = true)]
         filter: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build (cached) and start the lab; the node Ready, the kubeconfig at target/lab/kubeconfig.
+    Up,
+    /// Stop everything and remove every process, mount, cgroup and file the lab made; restore
+    /// the sysctls the kubelet rewrote.
+    Down,
+    /// Each component's process and the node's Ready condition (exit 1 unless all up).
+    Status,
+    /// The kubelet's supervisor (started by `lab up`).
+    #[command(hide = true)]
+    Supervise,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -189,11 +215,53 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
         );
     }
     // Privileged tier: one at a time, since they reconcile against node-wide kernel counters.
-    let mut cmd = cargo();
-    cmd.args(["test", "-p", "oomprobe-tests", "--", "--test-threads=1"]);
-    cmd.args(filter);
-    cmd.env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
-    run(&mut cmd)
+    // First everything but the lab's tests (no real kubelet may run then: the agent finds
+    // kubelets by name), then the lab's against a real cluster brought up for them.
+    let lab_only = !filter.is_empty() && filter.iter().all(|f| f.starts_with("lab"));
+    let with_lab = filter.is_empty() || filter.iter().any(|f| f.starts_with("lab"));
+    if !lab_only {
+        let mut cmd = cargo();
+        cmd.args([
+            "test",
+            "-p",
+            "oomprobe-tests",
+            "--",
+            "--test-threads=1",
+            "--skip",
+            "lab_",
+        ]);
+        cmd.args(filter.iter().filter(|f| !f.starts_with("lab")));
+        cmd.env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
+        run(&mut cmd)?;
+    }
+    if with_lab {
+        let started = std::time::Instant::now();
+        if let Err(e) = lab::up() {
+            let _ = lab::down();
+            return Err(e.context("the lab's tests need `cargo xtask lab up`, which failed"));
+        }
+        let mut cmd = cargo();
+        cmd.args([
+            "test",
+            "-p",
+            "oomprobe-tests",
+            "--test",
+            "lab",
+            "--",
+            "--test-threads=1",
+        ]);
+        cmd.args(filter.iter().filter(|f| f.starts_with("lab")));
+        cmd.env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
+        let result = run(&mut cmd);
+        let down = lab::down();
+        eprintln!(
+            "xtask: lab up, tests and down in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        result?;
+        down?;
+    }
+    Ok(())
 }
 
 fn golden(record: bool, synth: bool, bless: bool) -> Result<()> {
@@ -236,7 +304,15 @@ fn golden(record: bool, synth: bool, bless: bool) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Setup => setup::ensure(),
+        Cmd::Setup { lab } => {
+            setup::ensure().and_then(|()| if lab { lab::ensure_built() } else { Ok(()) })
+        }
+        Cmd::Lab { action } => match action {
+            LabCmd::Up => setup::ensure().and_then(|()| lab::up()),
+            LabCmd::Down => lab::down(),
+            LabCmd::Status => lab::status(),
+            LabCmd::Supervise => lab::supervise(),
+        },
         Cmd::Build => build(),
         Cmd::Golden {
             record,

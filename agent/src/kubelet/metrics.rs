@@ -214,37 +214,37 @@ pub fn spawn_scraper(
 mod tests {
     use super::*;
 
-    pub const RECORDED: &str = r#"# HELP kubelet_goroutines [ALPHA] Number of running goroutines split by the work they do such as gc.
-# TYPE kubelet_goroutines gauge
-kubelet_goroutines{operation="pod_worker"} 410
-kubelet_goroutines{operation="volume"} 200
-# TYPE kubelet_pleg_relist_duration_seconds histogram
-kubelet_pleg_relist_duration_seconds_bucket{le="0.005"} 0
-kubelet_pleg_relist_duration_seconds_bucket{le="0.5"} 50
-kubelet_pleg_relist_duration_seconds_bucket{le="10"} 90
-kubelet_pleg_relist_duration_seconds_bucket{le="30"} 100
-kubelet_pleg_relist_duration_seconds_bucket{le="+Inf"} 100
-kubelet_pleg_relist_duration_seconds_sum 512
-kubelet_pleg_relist_duration_seconds_count 100
-kubelet_evictions_total{eviction_signal="memory.available"} 3
-kubelet_evictions_total{eviction_signal="nodefs.available"} 1
-kubelet_cgroup_version 1
-kubelet_running_containers{container_state="created"} 1
-kubelet_running_containers{container_state="exited"} 212
-kubelet_running_containers{container_state="running"} 45
-go_goroutines 900
-"#;
+    /// Recorded from a real kubelet v1.34.4 (`cargo xtask lab up`); see the file's header.
+    pub const RECORDED: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/kubelet-v1.34.4-metrics.txt"
+    ));
 
     #[test]
     fn parses_recorded_kubelet_metrics() {
         let m = parse(RECORDED).unwrap();
-        assert_eq!(m.goroutines, Some(610.0));
-        assert_eq!(m.evictions_memory_total, Some(3.0));
+        // A real kubelet serves go_goroutines; there is no kubelet_goroutines.
+        assert!(!RECORDED.contains("kubelet_goroutines"));
+        assert_eq!(m.goroutines, Some(145.0));
+        // kubelet_evictions has no series until the kubelet evicts something.
+        assert_eq!(m.evictions_memory_total, None);
         assert_eq!(m.cgroup_version, Some(1.0));
-        assert_eq!(m.exited_containers, Some(212.0));
-        assert_eq!(m.running_containers, Some(45.0));
-        // rank 99 of 100 falls in (10, 30]: 10 + 20 * 9/10.
-        assert!((m.pleg_relist_p99_seconds.unwrap() - 28.0).abs() < 1e-9);
+        assert_eq!(m.exited_containers, Some(2.0));
+        assert_eq!(m.running_containers, Some(1.0));
+        // 4 relists: rank 3.96 falls in (0.05, 0.1], which holds the 4th: 0.05 + 0.05 * 0.96.
+        assert!((m.pleg_relist_p99_seconds.unwrap() - 0.098).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_real_pleg_histogram_tops_out_at_10_seconds() {
+        // metrics.DefBuckets: no finite bucket above 10 s, so a p99 estimate never exceeds 10.
+        let top = RECORDED
+            .lines()
+            .filter_map(|l| l.strip_prefix("kubelet_pleg_relist_duration_seconds_bucket{le=\""))
+            .filter_map(|l| l.split('"').next()?.parse::<f64>().ok())
+            .filter(|le| le.is_finite())
+            .fold(0.0, f64::max);
+        assert_eq!(top, 10.0);
     }
 
     #[test]

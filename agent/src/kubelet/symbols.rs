@@ -179,13 +179,16 @@ fn cstr_at(data: &[u8], off: usize) -> Option<String> {
     std::str::from_utf8(&rest[..end]).ok().map(str::to_string)
 }
 
-/// Parses a `.gopclntab` (Go 1.16 and later layouts) into function entry addresses and names.
-///
-/// `text_section` is the address of the ELF `.text` section (`runtime.text`): go1.18+ tables
-/// store entries as offsets from it. Newer linkers no longer store it in the header (the word is
-/// 0 in go1.26 binaries: runtime/symtab.go `pcHeader`), so, as Go's own `objfile` does, the
-/// section address is used and the header word only where the section is unknown.
-pub fn parse_pclntab(tab: &[u8], text_section: Option<u64>) -> Result<FuncTable, &'static str> {
+/// Parses a `.gopclntab` (Go 1.16 and later layouts) whose 1.18+ header carries the text start.
+pub fn parse_pclntab(tab: &[u8]) -> Result<FuncTable, &'static str> {
+    parse_pclntab_in(tab, None)
+}
+
+/// Parses a `.gopclntab`; `text_section` is the address of the binary's `.text` section, used
+/// when a 1.18+ header's `textStart` is 0: an externally linked (cgo) binary leaves it
+/// unrelocated, as release kubelets are (seen on a Kubernetes v1.34.4 kubelet built with
+/// go1.26.8; Go's own debug/gosym takes the section address for the same reason).
+pub fn parse_pclntab_in(tab: &[u8], text_section: Option<u64>) -> Result<FuncTable, &'static str> {
     let magic = uint(tab, 0, 4).ok_or("short header")? as u32;
     let ptr = *tab.get(7).ok_or("short header")? as usize;
     if ptr != 8 && ptr != 4 {
@@ -197,12 +200,9 @@ pub fn parse_pclntab(tab: &[u8], text_section: Option<u64>) -> Result<FuncTable,
         // go1.18-1.19 (0xfffffff0), go1.20+ (0xfffffff1)
         0xffff_fff0 | 0xffff_fff1 => {
             let nfunc = word(0)? as usize;
-            let text_start = match text_section {
-                Some(addr) => addr,
-                None => match word(2)? {
-                    0 => return Err("no text start (header word is 0 and no .text section)"),
-                    addr => addr,
-                },
+            let text_start = match word(2)? {
+                0 => text_section.ok_or("textStart unrelocated and no .text section")?,
+                t => t,
             };
             let funcname = word(3)? as usize;
             let functab = word(7)? as usize;
@@ -233,6 +233,39 @@ pub fn parse_pclntab(tab: &[u8], text_section: Option<u64>) -> Result<FuncTable,
     }
     funcs.sort_by_key(|(a, _)| *a);
     Ok(FuncTable { funcs, end: 0 })
+}
+
+/// `runtime.firstmoduledata.text` of a 64-bit Go 1.18+ binary: the start of Go's code, which an
+/// external (cgo) link can place after C code at the start of `.text` (seen in a cgo kubectl
+/// v1.34.4). The module data is found as the 8-byte-aligned word in a data section that points
+/// at the pclntab and is followed by the funcnametab slice the header announces (go1.26 puts the
+/// module data in its own `.go.module` section); `text` is its
+/// 23rd word (pcHeader, 6 slices of 3 words, findfunctab, minpc, maxpc, then text).
+fn go_text_start(elf: &object::File<'_>, pclntab_addr: u64, tab: &[u8]) -> Option<u64> {
+    use object::{Object as _, ObjectSection as _};
+    let magic = uint(tab, 0, 4)? as u32;
+    if !matches!(magic, 0xffff_fff0 | 0xffff_fff1) || *tab.get(7)? != 8 {
+        return None;
+    }
+    let funcname = pclntab_addr.checked_add(uint(tab, 8 + 3 * 8, 8)?)?;
+    for name in [".go.module", ".noptrdata", ".data.rel.ro", ".data"] {
+        let Some(sec) = elf.section_by_name(name) else {
+            continue;
+        };
+        let Ok(data) = sec.data() else {
+            continue;
+        };
+        let mut off = 0;
+        while off + 23 * 8 <= data.len() {
+            if uint(data, off, 8) == Some(pclntab_addr) && uint(data, off + 8, 8) == Some(funcname)
+            {
+                let text = uint(data, off + 22 * 8, 8)?;
+                return (text != 0).then_some(text);
+            }
+            off += 8;
+        }
+    }
+    None
 }
 
 /// A binary opened for probing.
@@ -270,8 +303,9 @@ impl Binary {
             path: self.path.clone(),
             source,
         })?;
-        let text = elf.section_by_name(".text").map(|s| s.address());
-        parse_pclntab(tab, text)
+        let text = go_text_start(&elf, section.address(), tab)
+            .or_else(|| elf.section_by_name(".text").map(|s| s.address()));
+        parse_pclntab_in(tab, text)
             .map(Some)
             .map_err(|reason| SymbolError::Pclntab {
                 path: self.path.clone(),
@@ -438,36 +472,37 @@ mod tests {
 
     #[test]
     fn parses_go120_table() {
-        let ft = parse_pclntab(&table(), None).unwrap();
+        let ft = parse_pclntab(&table()).unwrap();
         assert_eq!(ft.len(), 2);
         assert_eq!(ft.lookup_name("runtime.sysMap"), Some(0x401200));
         assert_eq!(ft.lookup_name("main.leak"), Some(0x401100));
         assert_eq!(ft.symbolize(0x401150), Some("main.leak"));
         assert_eq!(ft.symbolize(0x401250), Some("runtime.sysMap"));
         assert_eq!(ft.symbolize(0x400000), None);
-        // The .text section's address wins over the header word.
-        let ft = parse_pclntab(&table(), Some(0x500000)).unwrap();
-        assert_eq!(ft.lookup_name("main.leak"), Some(0x500100));
+        // A relocated header word wins over the section's address.
+        let ft = parse_pclntab_in(&table(), Some(0x500000)).unwrap();
+        assert_eq!(ft.lookup_name("main.leak"), Some(0x401100));
     }
 
     #[test]
-    fn go126_tables_take_text_start_from_the_section() {
-        // go1.26 linkers write 0 where the header's textStart was.
+    fn unrelocated_text_start_takes_the_text_section() {
+        // An externally linked binary's header says textStart 0.
         let mut t = table();
         t[8 + 2 * 8..8 + 3 * 8].copy_from_slice(&0u64.to_le_bytes());
-        assert!(parse_pclntab(&t, None).is_err());
-        let ft = parse_pclntab(&t, Some(0x401000)).unwrap();
+        assert!(parse_pclntab(&t).is_err());
+        let ft = parse_pclntab_in(&t, Some(0x401000)).unwrap();
         assert_eq!(ft.lookup_name("runtime.sysMap"), Some(0x401200));
+        assert_eq!(ft.lookup_name("main.leak"), Some(0x401100));
     }
 
     #[test]
     fn rejects_garbage_tables() {
-        assert!(parse_pclntab(b"nope", None).is_err());
+        assert!(parse_pclntab(b"nope").is_err());
         let mut t = table();
         t[0] = 0x12;
-        assert!(parse_pclntab(&t, None).is_err());
+        assert!(parse_pclntab(&t).is_err());
         let mut t = table();
         t.truncate(60);
-        assert!(parse_pclntab(&t, None).is_err());
+        assert!(parse_pclntab(&t).is_err());
     }
 }
