@@ -24,10 +24,9 @@ pub struct CordonConfig {
     pub confirm: bool,
 }
 
-/// `"event":"action"` in the JSON stream.
+/// An action taken or logged (`Output::Action` in the JSON stream).
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionEvent {
-    pub event: &'static str,
     pub action: &'static str,
     pub node: String,
     pub dry_run: bool,
@@ -111,7 +110,6 @@ impl Cordon {
             self.done = true;
             tracing::warn!(node = %self.cfg.node, "flapping: would cordon the node (dry run; confirm with --act-confirm)");
             return Some(ActionEvent {
-                event: "action",
                 action: "cordon",
                 node: self.cfg.node.clone(),
                 dry_run: true,
@@ -151,7 +149,6 @@ impl Cordon {
             }
         };
         Some(ActionEvent {
-            event: "action",
             action: "cordon",
             node: self.cfg.node.clone(),
             dry_run: false,

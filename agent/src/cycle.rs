@@ -71,10 +71,9 @@ pub struct Collateral {
     pub pod: Option<PodIdentity>,
 }
 
-/// A stage change (`"event":"stage"` in the JSON stream).
+/// A stage change (`Output::Stage` in the JSON stream).
 #[derive(Debug, Clone, Serialize)]
 pub struct StageEvent {
-    pub event: &'static str,
     pub ktime_ns: u64,
     pub stage: Stage,
     pub previous: Stage,
@@ -168,7 +167,6 @@ impl Cycle {
         let previous = self.stage;
         self.stage = stage;
         StageEvent {
-            event: "stage",
             ktime_ns: ktime,
             stage,
             previous,

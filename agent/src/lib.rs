@@ -3,19 +3,21 @@
 //! The modules in data-flow order: the kernel programs and their events, the kubelet they
 //! watch, the memory cgroups, per-kill forensics, sampling, leak detection, the OOM cycle and
 //! its one action, then export (metrics over HTTP) and the CLI verbs.
-pub mod act; // the opt-in cordon
-pub mod cgroup; // memory cgroups: limits, usage, OOM domain, pod identity
-pub mod cli;
-pub mod clock; // kernel timestamps to wall-clock time
-pub mod cycle; // the OOM -> restart -> storm -> re-OOM stage machine
-pub mod detect; // leak detectors (live) and offline tools
-pub mod forensics; // the kill record, the correlator, the live node view
-pub mod http; // the small HTTP client (kubelet /metrics, API server)
+pub mod clock; // kernel timestamps (bpf_ktime_get_ns) to wall-clock time
 pub mod kernel; // BTF, tracefs, config, load/attach, maps, ring readers, decode
-pub mod kubelet; // symbols, tracker (attribution), its /metrics scrape
+pub mod kubelet; // symbols, tracker (attribution per call site), its /metrics scrape
+pub mod cgroup; // memory cgroups: limits, usage, OOM domain, pod identity
+pub mod forensics; // the kill record, the correlator, the live node view
 pub mod memcg_events; // memcg notifications, PSI and reclaim: the early warning
+pub mod sampler; // periodic samples of the kubelet and the node
+pub mod detect; // leak detectors (live) and offline tools (tracegen, csv, score)
+pub mod cycle; // the OOM -> restart -> storm -> re-OOM stage machine
+pub mod act; // the opt-in cordon
+pub mod output; // the event stream: one Output enum, its JSON and text
+pub mod pipeline; // the run loop as a type: one method per stage
 pub mod metrics; // Prometheus metrics and their endpoint
-pub mod sampler; // periodic samples of the kubelet and the node // one file per verb
+pub mod http; // the small HTTP client (kubelet /metrics, API server)
+pub mod cli; // one file per verb
 
 /// The kernel programs, built by build.rs from probe-ebpf.
 pub static EBPF_OBJECT: &[u8] =

@@ -20,10 +20,9 @@ pub struct KubeletMemory {
     pub shmem_bytes: u64,
 }
 
-/// A sample as it appears in the JSON stream (`"event":"sample"`).
+/// A sample as it appears in the JSON stream (`Output::Sample`).
 #[derive(Debug, Clone, Serialize)]
 pub struct SampleEvent {
-    pub event: &'static str,
     pub time: String,
     pub kubelet: Option<KubeletMemory>,
     pub kubelet_cgroup: Option<String>,
@@ -168,7 +167,6 @@ pub fn sample(
         ..Default::default()
     };
     let ev = SampleEvent {
-        event: "sample",
         time: crate::clock::rfc3339(
             time::OffsetDateTime::from_unix_timestamp(now)
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),

@@ -77,6 +77,23 @@ impl KubeApiArgs {
             .unwrap_or_else(|| crate::act::TOKEN_FILE.into())
     }
 
+    /// The cordon's configuration (`--act cordon`), or None (logged) without an API server.
+    pub fn cordon(&self, confirm: bool) -> Option<crate::act::CordonConfig> {
+        let Some(api) = self.api() else {
+            tracing::error!("--act cordon needs the API server: not in a cluster and no --kube-api; action disabled");
+            return None;
+        };
+        let node = self.node();
+        tracing::info!(%api, %node, confirm, "cordon action armed for flaps");
+        Some(crate::act::CordonConfig {
+            api,
+            node,
+            token_file: Some(self.token_file()),
+            tls: self.tls(),
+            confirm,
+        })
+    }
+
     pub fn tls(&self) -> TlsOptions {
         TlsOptions {
             ca_file: Some(

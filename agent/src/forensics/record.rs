@@ -100,7 +100,6 @@ pub struct OomDetails {
 /// One SIGKILL, end to end.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct KillRecord {
-    pub event: &'static str,
     pub time: String,
     pub ktime_ns: u64,
     pub kind: KillKind,

@@ -170,6 +170,46 @@ pub async fn fetch(
     parse(&String::from_utf8_lossy(&r.body)).ok_or_else(|| MetricsError::Garbage(url.to_string()))
 }
 
+/// The latest scrape: `None` until one succeeds and after one fails.
+pub type Latest = std::sync::Arc<std::sync::Mutex<Option<KubeletMetrics>>>;
+
+/// Scrapes `url` every `every` in a task of its own; each failure is counted in `errors`
+/// (`oomprobe_kubelet_metrics_errors_total{reason}`) and logged (the first, then every 60th).
+/// `token` is read before each scrape (it may be rotated on disk).
+pub fn spawn_scraper(
+    url: String,
+    token: impl Fn() -> Option<String> + Send + 'static,
+    tls: crate::http::TlsOptions,
+    every: Duration,
+    errors: prometheus::IntCounterVec,
+) -> Latest {
+    let latest = Latest::default();
+    let out = latest.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        let mut failures = 0u64;
+        loop {
+            tick.tick().await;
+            let got = fetch(&url, token().as_deref(), &tls, Duration::from_secs(2)).await;
+            let value = match got {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    errors.with_label_values(&[e.reason()]).inc();
+                    if failures.is_multiple_of(60) {
+                        tracing::warn!(error = %e, "kubelet metrics unavailable");
+                    }
+                    failures += 1;
+                    None
+                }
+            };
+            if let Ok(mut l) = out.lock() {
+                *l = value;
+            }
+        }
+    });
+    latest
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

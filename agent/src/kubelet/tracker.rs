@@ -50,10 +50,9 @@ pub struct CallSite {
     pub calls: u64,
 }
 
-/// The periodic attribution report (`"event":"kubelet_memory"` in the JSON stream).
+/// The periodic attribution report (`Output::KubeletMemory` in the JSON stream).
 #[derive(Debug, Clone, Serialize)]
 pub struct KubeletReport {
-    pub event: &'static str,
     pub pid: u32,
     pub exe: String,
     pub mode: Mode,
@@ -65,10 +64,9 @@ pub struct KubeletReport {
     pub top_call_sites: Vec<CallSite>,
 }
 
-/// A kubelet (re)start (`"event":"kubelet_start"`).
+/// A kubelet (re)start (`Output::KubeletStart` in the JSON stream).
 #[derive(Debug, Clone, Serialize)]
 pub struct KubeletStart {
-    pub event: &'static str,
     pub pid: u32,
     pub exe: String,
     pub previous_pid: Option<u32>,
@@ -335,7 +333,6 @@ impl Tracker {
         self.last_pid = Some(pid);
         tracing::info!(pid, exe = %exe.display(), restarts = self.restarts, "following kubelet");
         Some(KubeletStart {
-            event: "kubelet_start",
             pid,
             exe: exe.display().to_string(),
             previous_pid,
@@ -458,7 +455,6 @@ fn attribute(
     top.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.function.cmp(&b.function)));
     top.truncate(10);
     KubeletReport {
-        event: "kubelet_memory",
         pid,
         exe: proc_.exe.display().to_string(),
         mode: probed.mode,

@@ -1,0 +1,388 @@
+//! The run loop as a type: what `oomprobe run` does with each input, one method per stage, in
+//! data-flow order (the README's diagram):
+//!
+//! ring batch (decode, correlate) -> kill records, kubelet execs -> periodic kubelet report ->
+//! sample (node, kubelet, memcg events, series store) -> detect (verdicts) -> expire (kills whose
+//! death never came, kernel counters) -> settle (each kill to the tracker, the cycle and the
+//! stream; cycle stages to the action; one flush).
+//!
+//! `cli/run.rs` owns the timers and the `select!`; every arm calls one method here.
+use std::{path::PathBuf, sync::Arc};
+
+use crate::{
+    act::{Cordon, CordonConfig},
+    cgroup::Hierarchy,
+    clock::{monotonic_ns, Clock},
+    cycle::{Cycle, CycleConfig, KubeletNow, StageEvent},
+    detect::{classify::Cause, store::Store, Engine, Sample, Subject},
+    forensics::{Correlator, KillRecord, LiveNode},
+    kernel::{events::Event, probes::Probes, ring},
+    kubelet::{
+        metrics::{KubeletMetrics, Latest},
+        tracker::{Target, Tracker},
+    },
+    memcg_events::{MemcgEvent, Watcher},
+    metrics::Metrics,
+    output::{Output, OutputFormat, Sink},
+    sampler::SampleEvent,
+};
+
+/// What the pipeline needs from the command line.
+pub struct PipelineConfig {
+    pub format: OutputFormat,
+    /// The kubelet to follow.
+    pub target: Target,
+    /// Cgroup paths (memory hierarchy) under which pods live.
+    pub kubepods_roots: Vec<String>,
+    /// Also write each sample to the JSON stream.
+    pub emit_samples: bool,
+    /// Where the sampled series persists (`series.bin` in the state directory).
+    pub state_dir: PathBuf,
+    pub cycle: CycleConfig,
+    /// The opt-in cordon on a flap, when armed.
+    pub cordon: Option<CordonConfig>,
+}
+
+/// The sampled series: persisted when the store opened, else in memory (bounded).
+enum Series {
+    Stored(Store),
+    Memory(Vec<Sample>),
+}
+
+impl Series {
+    fn open(state_dir: &std::path::Path) -> Series {
+        let path = state_dir.join("series.bin");
+        match Store::open(&path) {
+            Ok(s) => {
+                tracing::info!(path = %path.display(), samples = s.samples().len(), "series store loaded");
+                Series::Stored(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "series store unavailable: leak detection starts from scratch and will not persist");
+                Series::Memory(Vec::new())
+            }
+        }
+    }
+
+    fn samples(&self) -> &[Sample] {
+        match self {
+            Series::Stored(s) => s.samples(),
+            Series::Memory(m) => m,
+        }
+    }
+}
+
+/// Everything the agent runs, between the ring buffer and stdout.
+pub struct Pipeline {
+    kubepods_roots: Vec<String>,
+    emit_samples: bool,
+    probes: Probes,
+    correlator: Correlator<LiveNode>,
+    tracker: Tracker,
+    hierarchy: Option<Hierarchy>,
+    memcg: Option<Watcher>,
+    /// The kubelet's own /metrics, as the scraper last read them.
+    kubelet_metrics: Latest,
+    series: Series,
+    engine: Engine,
+    last_verdict: Option<(Subject, Cause)>,
+    cycle: Cycle,
+    cordon: Option<Cordon>,
+    metrics: Arc<Metrics>,
+    out: Sink,
+    /// Work a stage left for [`Pipeline::settle`], in the order it is done there.
+    records: Vec<KillRecord>,
+    kubelet_execs: Vec<(u32, u64)>,
+    memcg_events: Vec<MemcgEvent>,
+    stage_events: Vec<StageEvent>,
+    kills: u64,
+}
+
+impl Pipeline {
+    /// Builds the stages around loaded probes; finds the kubelet if it runs already.
+    pub fn new(
+        cfg: PipelineConfig,
+        mut probes: Probes,
+        metrics: Arc<Metrics>,
+        kubelet_metrics: Latest,
+    ) -> Pipeline {
+        let hierarchy = Hierarchy::detect();
+        let mut tracker = Tracker::new(cfg.target.clone());
+        let mut out = Sink::new(cfg.format);
+        tracker.probe_target_binary(&mut probes);
+        for start in tracker.scan(&mut probes) {
+            out.push(Output::KubeletStart(start));
+        }
+        out.flush();
+        if tracker.pids().is_empty() {
+            tracing::info!(name = %cfg.target.name, "no kubelet running yet; it will be followed when it starts");
+        }
+        Pipeline {
+            kubepods_roots: cfg.kubepods_roots,
+            emit_samples: cfg.emit_samples,
+            correlator: Correlator::new(LiveNode::detect(), Clock::new()),
+            tracker,
+            memcg: hierarchy.clone().map(Watcher::new),
+            hierarchy,
+            kubelet_metrics,
+            series: Series::open(&cfg.state_dir),
+            engine: Engine::default(),
+            last_verdict: None,
+            cycle: Cycle::new(cfg.cycle),
+            cordon: cfg.cordon.map(Cordon::new),
+            probes,
+            metrics,
+            out,
+            records: Vec::new(),
+            kubelet_execs: Vec::new(),
+            memcg_events: Vec::new(),
+            stage_events: Vec::new(),
+            kills: 0,
+        }
+    }
+
+    pub fn probes(&self) -> &Probes {
+        &self.probes
+    }
+
+    /// Kill records written so far.
+    pub fn kills(&self) -> u64 {
+        self.kills
+    }
+
+    /// Decoded ring-buffer records, as the readers handed them over: kill events to the
+    /// correlator, kubelet execs to the tracker, malformed records counted.
+    pub async fn on_ring_batch(&mut self, batch: impl Iterator<Item = ring::Item>) {
+        for (decoded, seen) in batch {
+            match decoded {
+                Ok(Event::KubeletExec(e)) => self.kubelet_execs.push((e.tgid, e.ktime_ns)),
+                Ok(ev) => {
+                    if let Event::Signal(s) = &ev {
+                        let delivery = crate::forensics::delivery_name(s.result);
+                        self.metrics.sigkills.with_label_values(&[delivery]).inc();
+                    }
+                    self.records
+                        .extend(self.correlator.on_event_at(ev, Some(seen)));
+                }
+                Err(e) => {
+                    let labels = ["decode_error", e.reason()];
+                    self.metrics.dropped.with_label_values(&labels).inc();
+                    tracing::debug!(error = %e, "malformed record");
+                }
+            }
+        }
+        self.settle().await;
+    }
+
+    /// The periodic kubelet attribution report; kubelets started since are picked up.
+    pub async fn on_report(&mut self) {
+        for rep in self.tracker.report(&mut self.probes) {
+            self.metrics.observe_kubelet(&rep);
+            self.out.push(Output::KubeletMemory(rep));
+        }
+        for start in self.tracker.scan(&mut self.probes) {
+            self.out.push(Output::KubeletStart(start));
+        }
+        self.metrics
+            .kubelet_restarts
+            .set(self.tracker.restarts as i64);
+        self.settle().await;
+    }
+
+    /// A sample of the kubelet and the node: metrics, memcg watches and events, the cycle,
+    /// the series the detectors read.
+    pub async fn on_sample(&mut self) {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let pid = self.tracker.pids().last().copied();
+        let (s, ev) = crate::sampler::sample(
+            self.hierarchy.as_ref(),
+            &self.kubepods_roots,
+            pid,
+            self.tracker.restarts,
+            now,
+        );
+        let latest = self.kubelet_metrics.lock().ok().and_then(|l| l.clone());
+        let (s, ev) = with_kubelet_metrics(s, ev, latest);
+        self.metrics.observe_sample(&ev);
+        self.watch_memcgs(&ev);
+        if let Some(pid) = pid {
+            let now = kubelet_now(pid, Some(&ev), &self.tracker, &self.probes);
+            self.stage_events
+                .extend(self.cycle.on_sample(monotonic_ns(), now));
+        }
+        if self.emit_samples {
+            self.out.push(Output::Sample(ev));
+        }
+        match &mut self.series {
+            Series::Stored(st) => {
+                if let Err(e) = st.append(s) {
+                    let labels = ["store_write", "sample"];
+                    self.metrics.dropped.with_label_values(&labels).inc();
+                    tracing::warn!(error = %e, "cannot persist a sample");
+                }
+            }
+            Series::Memory(m) => {
+                m.push(s);
+                crate::detect::store::bound(m);
+            }
+        }
+        self.settle().await;
+    }
+
+    /// Keeps the memcg watcher on the pod trees and the kubelet's cgroup; polls its events.
+    fn watch_memcgs(&mut self, ev: &SampleEvent) {
+        let Some(w) = self.memcg.as_mut() else {
+            return;
+        };
+        let h = self.hierarchy.as_ref();
+        let mut trees: Vec<String> = self
+            .kubepods_roots
+            .iter()
+            .filter(|r| h.is_some_and(|h| h.dir(r).is_dir()))
+            .cloned()
+            .collect();
+        trees.extend(ev.kubelet_cgroup.clone());
+        for tree in trees {
+            for id in w.watch_tree(&tree, true) {
+                self.probes.watch_memcg(id);
+            }
+        }
+        self.memcg_events
+            .extend(w.reclaim(&self.probes.reclaim_stats()));
+        self.memcg_events.extend(w.poll_v2());
+        self.memcg_events.extend(w.poll_psi());
+    }
+
+    /// The next notification (cgroup, kind) of a watched memory cgroup; never, without one.
+    pub async fn memcg_notification(&mut self) -> Option<(String, String)> {
+        match self.memcg.as_mut() {
+            Some(w) => w.rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A watched memory cgroup notified (OOM, limit, pressure).
+    pub async fn on_memcg_notification(&mut self, cgroup: String, kind: String) {
+        if let Some(w) = self.memcg.as_mut() {
+            self.memcg_events.extend(w.describe(&cgroup, &kind));
+        }
+        self.settle().await;
+    }
+
+    /// The leak detectors over the series; a verdict is written when it changes.
+    pub async fn on_detect(&mut self) {
+        let v = self.engine.evaluate(self.series.samples());
+        self.cycle.known_cause = matches!(v.subject, Subject::Kubelet | Subject::Workload)
+            .then(|| v.cause.as_str().to_string());
+        self.metrics.observe_verdict(&v);
+        let key = (v.subject, v.cause);
+        if self.last_verdict != Some(key) {
+            self.last_verdict = Some(key);
+            self.out.push(Output::Verdict(v));
+        }
+        self.settle().await;
+    }
+
+    /// The fast tick: kills whose death never came (or came without `mark_victim`), the
+    /// kernel's counters, the correlator's backlog and orphans.
+    pub async fn on_expire(&mut self) {
+        self.records.extend(self.correlator.expire(monotonic_ns()));
+        self.metrics.observe_kernel(&self.probes.counters());
+        self.metrics
+            .pending_kills
+            .set(self.correlator.pending_len() as i64);
+        let orphans = self.correlator.stats.orphans;
+        let seen = self.metrics.dropped.with_label_values(&["orphan", "exit"]);
+        if orphans > seen.get() {
+            seen.inc_by(orphans - seen.get());
+        }
+        self.settle().await;
+    }
+
+    /// What every stage ends with: each kill to the metrics, the tracker, the cycle and the
+    /// stream (written at once: the action below may wait on the API server); kubelet execs
+    /// to the tracker and the cycle; memcg events; stage changes to the metrics and the action;
+    /// then one flush.
+    async fn settle(&mut self) {
+        for rec in std::mem::take(&mut self.records) {
+            self.metrics
+                .kills
+                .with_label_values(&[rec.kind.as_str()])
+                .inc();
+            self.tracker.on_kill(&rec);
+            let is_kubelet = self.tracker.is_kubelet(rec.victim.pid);
+            self.stage_events
+                .extend(self.cycle.on_kill(&rec, is_kubelet));
+            self.out.push(Output::Kill(rec));
+            self.out.flush();
+            self.kills += 1;
+        }
+        for (tgid, exec_ktime) in std::mem::take(&mut self.kubelet_execs) {
+            if let Some(start) = self.tracker.on_exec(tgid, &mut self.probes) {
+                let now = kubelet_now(start.pid, None, &self.tracker, &self.probes);
+                self.out.push(Output::KubeletStart(start));
+                self.stage_events
+                    .extend(self.cycle.on_kubelet_start(exec_ktime, now));
+            }
+        }
+        for ev in std::mem::take(&mut self.memcg_events) {
+            self.metrics
+                .memcg_events
+                .with_label_values(&[ev.kind.as_str()])
+                .inc_by(ev.count.max(1));
+            self.out.push(Output::Memcg(ev));
+        }
+        for ev in std::mem::take(&mut self.stage_events) {
+            self.metrics.observe_stage(&ev);
+            if let Some(c) = self.cordon.as_mut() {
+                if let Some(action) = c.on_stage(&ev).await {
+                    self.out.push(Output::Action(action));
+                }
+            }
+            self.out.push(Output::Stage(ev));
+        }
+        self.out.flush();
+    }
+}
+
+/// The sample with what the kubelet's own /metrics add (goroutines, PLEG, evictions...).
+fn with_kubelet_metrics(
+    mut s: Sample,
+    mut ev: SampleEvent,
+    latest: Option<KubeletMetrics>,
+) -> (Sample, SampleEvent) {
+    if let Some(m) = latest {
+        s.goroutines = m.goroutines;
+        s.pleg_relist_p99_seconds = m.pleg_relist_p99_seconds;
+        s.evictions_memory_total = m.evictions_memory_total;
+        s.cgroup_version = m.cgroup_version.or(s.cgroup_version);
+        s.exited_containers = m.exited_containers.or(s.exited_containers);
+        s.containers = m.running_containers.or(s.containers);
+        ev.exited_containers = s.exited_containers;
+        ev.containers = s.containers;
+        ev.kubelet_metrics = Some(m);
+    }
+    (s, ev)
+}
+
+/// What the cycle stage machine needs of the kubelet now.
+fn kubelet_now(
+    pid: u32,
+    sample: Option<&SampleEvent>,
+    tracker: &Tracker,
+    probes: &Probes,
+) -> KubeletNow {
+    let mem = crate::sampler::kubelet_memory(pid);
+    let cpu = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .map(|s| (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64)
+        .unwrap_or(0.0);
+    KubeletNow {
+        pid,
+        rss_bytes: mem.map_or(0, |m| m.rss_bytes),
+        usage_bytes: sample.and_then(|s| s.kubelet_cgroup_bytes),
+        limit_bytes: sample.and_then(|s| s.kubelet_limit_bytes),
+        mapped_bytes: tracker.mapped_bytes(pid, probes),
+        cpu_seconds: cpu,
+    }
+}
