@@ -183,3 +183,67 @@ pub async fn node_condition(
         .and_then(|cs| cs.into_iter().find(|c| c.type_ == type_))
         .map(|c| c.status))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("oomprobe-kubeapi-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[tokio::test]
+    async fn flags_kubeconfig_and_their_overrides() {
+        let d = scratch("cfg");
+        let token = d.join("token");
+        std::fs::write(&token, "s3cret").unwrap();
+        // --kube-api with a token file.
+        let src = ApiSource {
+            api: Some("http://127.0.0.1:6443".into()),
+            token_file: Some(token.clone()),
+            ..Default::default()
+        };
+        let cfg = src.config().await.unwrap();
+        assert_eq!(cfg.cluster_url.to_string(), "http://127.0.0.1:6443/");
+        assert_eq!(cfg.auth_info.token_file.as_deref(), token.to_str());
+        assert_eq!(cfg.read_timeout, Some(std::time::Duration::from_secs(15)));
+        // A named CA file that does not exist is an error, not an unverified connection.
+        let src = ApiSource {
+            ca_file: Some(d.join("missing.crt")),
+            ..src
+        };
+        assert!(matches!(
+            src.config().await.unwrap_err(),
+            ApiError::Missing { what: "CA", .. }
+        ));
+        // A kubeconfig's current context comes first; the token file flag overrides its user.
+        let kc = d.join("kubeconfig");
+        std::fs::write(
+            &kc,
+            "apiVersion: v1\nkind: Config\ncurrent-context: lab\n\
+             clusters:\n- name: lab\n  cluster:\n    server: https://10.0.0.1:6443\n    insecure-skip-tls-verify: true\n\
+             users:\n- name: admin\n  user:\n    token: inline\n\
+             contexts:\n- name: lab\n  context:\n    cluster: lab\n    user: admin\n",
+        )
+        .unwrap();
+        let src = ApiSource {
+            kubeconfig: Some(kc.clone()),
+            api: Some("http://ignored:1".into()),
+            ..Default::default()
+        };
+        let cfg = src.config().await.unwrap();
+        assert_eq!(cfg.cluster_url.to_string(), "https://10.0.0.1:6443/");
+        assert!(cfg.accept_invalid_certs);
+        let src = ApiSource {
+            token_file: Some(token.clone()),
+            ..src
+        };
+        let cfg = src.config().await.unwrap();
+        assert_eq!(cfg.auth_info.token_file.as_deref(), token.to_str());
+        assert!(cfg.auth_info.token.is_none());
+        assert_eq!(src.describe(), format!("kubeconfig {}", kc.display()));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -52,6 +52,10 @@ pub const GLOBAL_PER_SEC: f64 = 5.0;
 pub const CONDITION_REFRESH: Duration = Duration::from_secs(300);
 /// Pod UIDs remembered (name and namespace, or not found).
 const POD_CACHE: usize = 1024;
+/// A UID not among the node's pods is looked up again after this long (a pod created since).
+const POD_MISS_TTL: Duration = Duration::from_secs(60);
+/// The node's pods are listed at most once per this long.
+const POD_LIST_EVERY: Duration = Duration::from_secs(5);
 /// The Events API limits a note to 1 KiB.
 const NOTE_MAX: usize = 1024;
 
@@ -491,8 +495,9 @@ struct Worker {
     recorder: Recorder,
     limiter: Limiter,
     conditions: Conditions,
-    /// Pod UID -> (namespace, name), or None when the node's pods had no such UID.
-    pods: HashMap<String, Option<(String, String)>>,
+    /// Pod UID -> (namespace, name), or None when the node's pods had no such UID; when.
+    pods: HashMap<String, (Option<(String, String)>, Instant)>,
+    last_list: Option<Instant>,
 }
 
 impl Worker {
@@ -510,6 +515,7 @@ impl Worker {
             limiter: Limiter::new(Instant::now()),
             conditions: Conditions::default(),
             pods: HashMap::new(),
+            last_list: None,
         }
     }
 
@@ -582,7 +588,17 @@ impl Worker {
         if uid.is_empty() {
             return None;
         }
-        if !self.pods.contains_key(uid) {
+        let now = Instant::now();
+        let stale = match self.pods.get(uid) {
+            None => true,
+            Some((None, at)) => now.saturating_duration_since(*at) >= POD_MISS_TTL,
+            Some((Some(_), _)) => false,
+        };
+        let may_list = self
+            .last_list
+            .is_none_or(|t| now.saturating_duration_since(t) >= POD_LIST_EVERY);
+        if stale && may_list {
+            self.last_list = Some(now);
             let pods: Api<Pod> = Api::all(self.client.clone());
             let lp = ListParams::default().fields(&format!("spec.nodeName={}", self.node));
             match pods.list_metadata(&lp).await {
@@ -596,9 +612,12 @@ impl Worker {
                         else {
                             continue;
                         };
-                        self.pods.insert(u, Some((ns, name)));
+                        self.pods.insert(u, (Some((ns, name)), now));
                     }
-                    self.pods.entry(uid.to_string()).or_insert(None);
+                    let entry = self.pods.entry(uid.to_string()).or_insert((None, now));
+                    if entry.0.is_none() {
+                        entry.1 = now;
+                    }
                 }
                 Err(e) => {
                     self.count("pod_lookup", "failed");
@@ -607,7 +626,7 @@ impl Worker {
                 }
             }
         }
-        match self.pods.get(uid).cloned().flatten() {
+        match self.pods.get(uid).and_then(|(p, _)| p.clone()) {
             Some((ns, name)) => Some(ObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
