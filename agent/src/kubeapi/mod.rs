@@ -5,6 +5,7 @@
 //! Credentials: the bearer token file is re-read by kube-rs at least once a minute, so a rotated
 //! service account token (kubelet-projected, rotated hourly) is picked up without a restart; the
 //! CA file (`root_cert_file`) is re-read the same way.
+pub mod facts;
 pub mod report;
 
 use std::path::{Path, PathBuf};
