@@ -16,25 +16,25 @@ const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const PORT: u16 = 19652;
 
-/// Opens `n` connections that send nothing.
-fn idle(addr: &str, n: usize) -> Vec<TcpStream> {
+/// Opens `n` connections that send nothing, each read by a thread of its own until the
+/// agent closes it: how long after `since` each was closed.
+fn flood(addr: &str, n: usize, since: Instant) -> Vec<std::thread::JoinHandle<Duration>> {
     (0..n)
-        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).expect("connect");
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = [0u8; 64];
+                let n = c.read(&mut buf).unwrap_or(0);
+                assert_eq!(n, 0, "an idle client got an answer");
+                since.elapsed()
+            })
+        })
         .collect()
 }
 
-/// Reads each connection until the agent closes it: how long after `since` each was closed.
-fn closed_after(conns: Vec<TcpStream>, since: Instant) -> Vec<Duration> {
-    conns
-        .into_iter()
-        .map(|mut c| {
-            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut buf = [0u8; 64];
-            let n = c.read(&mut buf).unwrap_or(0);
-            assert_eq!(n, 0, "an idle client got an answer");
-            since.elapsed()
-        })
-        .collect()
+fn closed_after(flood: Vec<std::thread::JoinHandle<Duration>>) -> Vec<Duration> {
+    flood.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
 /// GET /metrics, retried while the agent refuses (at its connection limit): the body and how
@@ -92,10 +92,10 @@ fn metrics_endpoint_survives_a_flood_while_kills_flow() {
     // 300 idle connections at once while a real OOM kill happens: the limit's worth held
     // until the head timeout, the rest closed at accept; the kill recorded meanwhile.
     let start = Instant::now();
-    let flood = idle(&addr, 300);
+    let first = flood(&addr, 300, start);
     let pid = oom_kill(&cg);
     agent.wait_for_kill(Duration::from_secs(20), |v| v["victim"]["pid"] == pid);
-    let mut lived = closed_after(flood, start);
+    let mut lived = closed_after(first);
     lived.sort();
     let held = lived
         .iter()
@@ -113,7 +113,7 @@ fn metrics_endpoint_survives_a_flood_while_kills_flow() {
 
     // A second flood held open while kills keep coming: every kill recorded, and a scrape
     // answers as soon as the head timeout frees a slot.
-    let flood = idle(&addr, 300);
+    let second = flood(&addr, 300, Instant::now());
     let kills: Vec<u64> = (0..3).map(|_| oom_kill(&cg)).collect();
     for pid in &kills {
         agent.wait_for_kill(Duration::from_secs(20), |v| v["victim"]["pid"] == *pid);
@@ -123,7 +123,13 @@ fn metrics_endpoint_survives_a_flood_while_kills_flow() {
         took < HEADER_TIMEOUT + Duration::from_secs(1),
         "scrape took {took:?}"
     );
-    drop(flood);
+    let lived = closed_after(second);
+    assert!(
+        lived
+            .iter()
+            .all(|t| *t < HEADER_TIMEOUT + Duration::from_secs(1)),
+        "{lived:?}"
+    );
     assert!(
         metric(&body, "oomprobe_kills_total{kind=\"oom_memcg\"}").unwrap() >= 4.0,
         "{body}"
