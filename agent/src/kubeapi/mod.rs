@@ -113,10 +113,10 @@ impl ApiSource {
             return Err(ApiError::NoApiServer);
         };
         if let Some(t) = &self.token_file {
-            if !t.exists() {
+            if let Err(e) = std::fs::read(t) {
                 // The request still goes out, unauthenticated (what the API server then
-                // answers, 401 or 403, is reported).
-                tracing::warn!(path = %t.display(), "API token file does not exist: requests go without a bearer token");
+                // answers, 401 or 403, is reported), as before kube-rs.
+                tracing::warn!(path = %t.display(), error = %e, "cannot read the API token file: requests go without a bearer token");
                 cfg.auth_info.token_file = None;
             } else {
                 cfg.auth_info.token = None;
@@ -245,6 +245,15 @@ mod tests {
         assert_eq!(cfg.auth_info.token_file.as_deref(), token.to_str());
         assert!(cfg.auth_info.token.is_none());
         assert_eq!(src.describe(), format!("kubeconfig {}", kc.display()));
+        // A token file that cannot be read (missing, a directory) leaves the token out.
+        let src = ApiSource {
+            api: Some("http://127.0.0.1:6443".into()),
+            token_file: Some(d.clone()),
+            ..Default::default()
+        };
+        let cfg = src.config().await.unwrap();
+        assert_eq!(cfg.auth_info.token_file, None);
+        assert!(src.client().await.is_ok());
         let _ = std::fs::remove_dir_all(&d);
     }
 }
