@@ -211,6 +211,11 @@ pub struct Cycle {
     pub known_cause: Option<String>,
 }
 
+/// A SIGKILL sent by the kubelet or the container runtime (an eviction or a container stop).
+pub fn is_runtime_kill(rec: &KillRecord) -> bool {
+    rec.kind == KillKind::Signal && RUNTIME_COMMS.iter().any(|c| rec.sender.comm.starts_with(c))
+}
+
 const RUNTIME_COMMS: &[&str] = &[
     "kubelet",
     "containerd",

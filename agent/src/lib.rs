@@ -13,10 +13,10 @@ pub mod sampler; // periodic samples of the kubelet and the node
 pub mod detect; // leak detectors (live) and offline tools (tracegen, csv, score)
 pub mod cycle; // the OOM -> restart -> storm -> re-OOM stage machine
 pub mod act; // the opt-in cordon
+pub mod kubeapi; // the Kubernetes API (kube-rs): client, cordon, node conditions and Events
 pub mod output; // the event stream: one Output enum, its JSON and text
 pub mod pipeline; // the run loop as a type: one method per stage
 pub mod metrics; // Prometheus metrics and their endpoint
-pub mod http; // the small HTTP client (kubelet /metrics, API server)
 pub mod cli; // one file per verb
 
 /// The kernel programs, built by build.rs from probe-ebpf.

@@ -20,7 +20,7 @@ enum Command {
     /// Print the uprobe points a kubelet binary offers (symbol, file offset, source).
     ProbePoints(cli::probe_points::ProbePointsArgs),
     /// One-shot, read-only: the field guide's quick checks and the cycle stage the node shows.
-    Diagnose(cli::diagnose::DiagnoseArgs),
+    Diagnose(Box<cli::diagnose::DiagnoseArgs>),
     /// Run the leak detectors over a recorded series (CSV), printing verdict changes.
     Replay(cli::replay::ReplayArgs),
     /// Write a generated, labelled kubelet series as CSV (scenarios: healthy, growing-pods,
@@ -54,7 +54,7 @@ fn main() {
             Command::Run(args) => cli::run::run(*args).await.map_err(anyhow::Error::from),
             Command::ProbePoints(args) => cli::probe_points::run(args).map_err(anyhow::Error::from),
             Command::Replay(args) => cli::replay::run(args).map_err(anyhow::Error::from),
-            Command::Diagnose(args) => cli::diagnose::run(args).await.map_err(anyhow::Error::from),
+            Command::Diagnose(args) => cli::diagnose::run(*args).await.map_err(anyhow::Error::from),
             Command::GenTrace(args) => cli::gen_trace::run(args).map_err(anyhow::Error::from),
             Command::BenchDetect(args) => {
                 cli::bench_detect::run(args);

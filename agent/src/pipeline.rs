@@ -10,7 +10,7 @@
 use std::{path::PathBuf, sync::Arc};
 
 use crate::{
-    act::{Cordon, CordonConfig},
+    act::{ActionEvent, Cordon, CordonConfig, Decision},
     cgroup::Hierarchy,
     clock::{monotonic_ns, Clock},
     cycle::{Cycle, CycleConfig, KubeletNow, Party, StageEvent},
@@ -20,6 +20,10 @@ use crate::{
         events::Event,
         probes::{Kernel, Probes},
         ring,
+    },
+    kubeapi::{
+        report::{Fact, Reporter},
+        ApiError,
     },
     kubelet::{
         metrics::{KubeletMetrics, Latest},
@@ -45,6 +49,11 @@ pub struct PipelineConfig {
     pub cycle: CycleConfig,
     /// The opt-in cordon on a flap, when armed.
     pub cordon: Option<CordonConfig>,
+    /// The opt-in node conditions and Events (`--report`), when on.
+    pub report: Option<Reporter>,
+    /// Where the cordon PATCH's result goes (the run loop hands it to
+    /// [`Pipeline::on_cordon_result`]).
+    pub cordon_done: tokio::sync::mpsc::Sender<Result<(), ApiError>>,
 }
 
 /// The sampled series: persisted when the store opened, else in memory (bounded).
@@ -102,6 +111,9 @@ pub struct Pipeline<K: Kernel = Probes, N: Node = LiveNode> {
     /// The kubelet's memory cgroup as last sampled (for kills of a cgroup containing it).
     kubelet_cgroup: Option<String>,
     cordon: Option<Cordon>,
+    /// Where the cordon PATCH's task sends its result.
+    cordon_done: tokio::sync::mpsc::Sender<Result<(), ApiError>>,
+    report: Option<Reporter>,
     metrics: Arc<Metrics>,
     out: Sink,
     /// Work a stage left for [`Pipeline::settle`], in the order it is done there.
@@ -162,6 +174,8 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             cycle: Cycle::new(cfg.cycle),
             kubelet_cgroup: None,
             cordon: cfg.cordon.map(Cordon::new),
+            cordon_done: cfg.cordon_done,
+            report: cfg.report,
             probes,
             metrics,
             out,
@@ -320,6 +334,9 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         self.cycle.known_cause = matches!(v.subject, Subject::Kubelet | Subject::Workload)
             .then(|| v.cause.as_str().to_string());
         self.metrics.observe_verdict(&v);
+        if let Some(r) = &self.report {
+            r.send(Fact::Verdict(Box::new(v.clone())));
+        }
         let key = (v.subject, v.cause);
         if self.last_verdict != Some(key) {
             self.last_verdict = Some(key);
@@ -349,10 +366,32 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         self.settle().await;
     }
 
+    /// The cordon PATCH answered: the action to the stream.
+    pub fn on_cordon_result(&mut self, result: Result<(), ApiError>) {
+        if let Some(c) = self.cordon.as_mut() {
+            let action = c.on_result(result);
+            self.out.push(Output::Action(action));
+            self.out.flush();
+        }
+    }
+
+    /// A stage change to the cordon: a dry run is written now, a PATCH goes out in a task.
+    fn cordon_on_stage(&mut self, ev: &StageEvent) -> Option<ActionEvent> {
+        let c = self.cordon.as_mut()?;
+        match c.on_stage(ev)? {
+            Decision::DryRun(action) => Some(action),
+            Decision::Send => {
+                let done = self.cordon_done.clone();
+                crate::act::spawn_cordon(c.client(), c.node().to_string(), done);
+                None
+            }
+        }
+    }
+
     /// What every stage ends with: each kill to the metrics, the tracker, the cycle and the
-    /// stream (written at once: the action below may wait on the API server); kubelet execs
-    /// to the tracker and the cycle; memcg events; stage changes to the metrics and the action;
-    /// then one flush.
+    /// stream (written at once), and to the reports; kubelet execs to the tracker and the cycle;
+    /// memcg events; stage changes to the metrics, the action and the reports; then one flush.
+    /// Nothing here waits on the API server: the cordon and the reports run in tasks.
     async fn settle(&mut self) {
         for rec in std::mem::take(&mut self.records) {
             self.metrics
@@ -366,6 +405,13 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
                 self.kubelet_cgroup.as_deref(),
             );
             self.stage_events.extend(self.cycle.on_kill(&rec, party));
+            if let Some(r) = &self.report {
+                r.send(Fact::Kill {
+                    evicted: crate::cycle::is_runtime_kill(&rec),
+                    rec: Box::new(rec.clone()),
+                    is_kubelet: party == Party::Kubelet,
+                });
+            }
             self.out.push(Output::Kill(rec));
             self.out.flush();
             self.kills += 1;
@@ -387,10 +433,11 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         }
         for ev in std::mem::take(&mut self.stage_events) {
             self.metrics.observe_stage(&ev);
-            if let Some(c) = self.cordon.as_mut() {
-                if let Some(action) = c.on_stage(&ev).await {
-                    self.out.push(Output::Action(action));
-                }
+            if let Some(action) = self.cordon_on_stage(&ev) {
+                self.out.push(Output::Action(action));
+            }
+            if let Some(r) = &self.report {
+                r.send(Fact::Stage(Box::new(ev.clone())));
             }
             self.out.push(Output::Stage(ev));
         }

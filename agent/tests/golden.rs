@@ -355,6 +355,9 @@ fn pipeline_lines(name: &str, format: OutputFormat) -> String {
         state_dir: PathBuf::from("/nonexistent/oomprobe-golden"),
         cycle: CycleConfig::default(),
         cordon: None,
+        report: None,
+        // No cordon is armed: nothing is ever sent.
+        cordon_done: tokio::sync::mpsc::channel(1).0,
     };
     let clock = Clock::with_offset(1_780_000_000_000_000_000);
     let mut p = Pipeline::with_parts(

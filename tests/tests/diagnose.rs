@@ -100,7 +100,7 @@ fn diagnose_reports_each_check_in_the_guides_terms() {
         assert!(!lines.is_empty(), "stand-in ended early");
     }
     let api = server(Some(
-        r#"{"kind":"Node","status":{"conditions":[{"type":"Ready","status":"True"},{"type":"MemoryPressure","status":"True"}]}}"#,
+        r#"{"kind":"Node","apiVersion":"v1","metadata":{"name":"n1"},"status":{"conditions":[{"type":"Ready","status":"True"},{"type":"MemoryPressure","status":"True"}]}}"#,
     ));
     let api = api.trim_end_matches("/metrics").to_string();
     let checks = diagnose(&[

@@ -176,33 +176,18 @@ use procfs::Current as _;
 
 /// The node's MemoryPressure condition from the API server, if reachable.
 async fn memory_pressure(args: &DiagnoseArgs) -> Check {
-    let Some(api) = args.api.api() else {
+    let source = args.api.source();
+    if !source.available() {
         return check(
             "memory_pressure",
             "-",
             Health::Unknown,
-            "not checked: no API server (not in a cluster; pass --kube-api)",
+            "not checked: no API server (not in a cluster; pass --kubeconfig or --kube-api)",
         );
-    };
+    }
     let node = args.api.node();
-    let token = std::fs::read_to_string(args.api.token_file()).ok();
-    let tls = args.api.tls();
-    let headers: Vec<(&str, String)> = token
-        .map(|t| vec![("Authorization", format!("Bearer {}", t.trim()))])
-        .unwrap_or_default();
-    let url = format!("{}/api/v1/nodes/{node}", api.trim_end_matches('/'));
-    let r = match crate::http::request("GET", &url, &headers, b"", &tls, Duration::from_secs(5))
-        .await
-    {
-        Ok(r) if (200..300).contains(&r.status) => r,
-        Ok(r) => {
-            return check(
-                "memory_pressure",
-                "-",
-                Health::Unknown,
-                format!("{url}: {}", r.status_line),
-            )
-        }
+    let client = match source.client().await {
+        Ok(c) => c,
         Err(e) => {
             return check(
                 "memory_pressure",
@@ -212,15 +197,30 @@ async fn memory_pressure(args: &DiagnoseArgs) -> Check {
             )
         }
     };
-    let status = serde_json::from_slice::<serde_json::Value>(&r.body)
-        .ok()
-        .and_then(|v| {
-            v["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "MemoryPressure")
-                .and_then(|c| c["status"].as_str().map(str::to_string))
-        });
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::kubeapi::node_condition(client, &node, "MemoryPressure"),
+    )
+    .await;
+    let status = match got {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return check(
+                "memory_pressure",
+                "-",
+                Health::Unknown,
+                format!("{}: {}", source.describe(), crate::error_chain(&e)),
+            )
+        }
+        Err(_) => {
+            return check(
+                "memory_pressure",
+                "-",
+                Health::Unknown,
+                format!("{}: no answer within 5 s", source.describe()),
+            )
+        }
+    };
     match status.as_deref() {
         Some("False") => check(
             "memory_pressure",
@@ -238,7 +238,7 @@ async fn memory_pressure(args: &DiagnoseArgs) -> Check {
             "memory_pressure",
             "-",
             Health::Unknown,
-            format!("{url}: no MemoryPressure condition"),
+            format!("node {node}: no MemoryPressure condition"),
         ),
     }
 }
@@ -354,9 +354,12 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
     match &args.kubelet_metrics.kubelet_metrics {
         Some(url) => {
             let token = args.kubelet_metrics.token();
-            let tls = args.kubelet_metrics.tls();
-            match kubelet_metrics::fetch(url, token.as_deref(), &tls, Duration::from_secs(5)).await
-            {
+            let timeout = Duration::from_secs(5);
+            let got = match kubelet_metrics::client(&args.kubelet_metrics.tls(), timeout) {
+                Ok(c) => kubelet_metrics::fetch(&c, url, token.as_deref(), timeout).await,
+                Err(e) => Err(e),
+            };
+            match got {
                 Ok(m) => {
                     if let Some(g) = m.goroutines {
                         checks.push(check(

@@ -5,8 +5,9 @@ use super::OutputFormat;
 use crate::{
     cycle::{CycleConfig, NodeRule},
     kernel::probes::Probes,
+    kubeapi::report::{ReportSet, Reporter},
     kubelet::tracker::Target,
-    metrics::{self, Metrics},
+    metrics::{self, Metrics, ServeLimits},
     pipeline::{Pipeline, PipelineConfig},
 };
 
@@ -108,6 +109,11 @@ pub struct RunArgs {
     /// Really send the action (otherwise it is only logged).
     #[arg(long)]
     pub act_confirm: bool,
+    /// Opt-in reports to the Kubernetes API, comma-separated: `node-conditions`
+    /// (KubeletMemoryLeak, KubeletOOMFlapping on the node's status) and `events` (on the node
+    /// and on pods). RBAC: deploy/overlays/report/.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub report: Vec<crate::kubeapi::report::ReportKind>,
     #[command(flatten)]
     pub api: super::endpoints::KubeApiArgs,
     #[command(flatten)]
@@ -134,8 +140,32 @@ pub enum RunError {
     Ring(#[source] std::io::Error),
 }
 
-/// The pipeline's configuration from the arguments.
-fn pipeline_config(args: &RunArgs) -> PipelineConfig {
+/// The pipeline's configuration from the arguments (the API client, when the cordon or the
+/// reports need it).
+async fn pipeline_config(
+    args: &RunArgs,
+    metrics: &Metrics,
+    cordon_done: tokio::sync::mpsc::Sender<Result<(), crate::kubeapi::ApiError>>,
+) -> PipelineConfig {
+    let cordon = match &args.act {
+        Some(_) => args.api.client("--act cordon").await.map(|client| {
+            let node = args.api.node();
+            tracing::info!(api = %args.api.source().describe(), %node, confirm = args.act_confirm, "cordon action armed for flaps");
+            crate::act::CordonConfig {
+                client,
+                node,
+                confirm: args.act_confirm,
+            }
+        }),
+        None => None,
+    };
+    let set = ReportSet::from_kinds(&args.report);
+    let report = match set.any() {
+        true => args.api.client("--report").await.map(|client| {
+            Reporter::spawn(client, args.api.node(), set, metrics.kube_reports.clone())
+        }),
+        false => None,
+    };
     PipelineConfig {
         format: args.format,
         target: Target {
@@ -156,10 +186,9 @@ fn pipeline_config(args: &RunArgs) -> PipelineConfig {
             },
             ..Default::default()
         },
-        cordon: args
-            .act
-            .as_ref()
-            .and_then(|_| args.api.cordon(args.act_confirm)),
+        cordon,
+        report,
+        cordon_done,
     }
 }
 
@@ -206,7 +235,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
     let metrics = Arc::new(Metrics::new());
     let mut probes = load(&args, &metrics)?;
-    let _server = if args.no_metrics {
+    let (stop_server, server_stopped) = tokio::sync::watch::channel(false);
+    let server = if args.no_metrics {
         None
     } else {
         let addr = args.metrics_addr;
@@ -214,7 +244,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             .await
             .map_err(|source| RunError::Metrics { addr, source })?;
         tracing::info!(%addr, "serving /metrics");
-        Some(tokio::spawn(metrics::serve(listener, metrics.clone())))
+        let mut stopped = server_stopped.clone();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        Some(tokio::spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            ServeLimits::default(),
+            shutdown,
+        )))
     };
     let ring = probes.take_events()?;
     let recorder = match &args.record_ring {
@@ -238,7 +277,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let scrape_every = Duration::from_secs(args.sample_interval.max(1));
     let errors = metrics.kubelet_metrics_errors.clone();
     let kubelet_metrics = args.kubelet_metrics.spawn_scraper(scrape_every, errors);
-    let mut p = Pipeline::new(pipeline_config(&args), probes, metrics, kubelet_metrics);
+    // The cordon's PATCH runs in a task; its result comes back here.
+    let (cordon_done, mut cordon_result) = tokio::sync::mpsc::channel(4);
+    let cfg = pipeline_config(&args, &metrics, cordon_done).await;
+    let mut p = Pipeline::new(cfg, probes, metrics, kubelet_metrics);
     tracing::info!(
         hooks = p.probes().attached.len(),
         degraded = p.probes().degraded.len(),
@@ -265,6 +307,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             _ = detect_tick.tick() => p.on_detect().await,
             _ = expire_tick.tick() => p.on_expire().await,
             Some((cgroup, kind)) = p.memcg_notification() => p.on_memcg_notification(cgroup, kind).await,
+            Some(result) = cordon_result.recv() => p.on_cordon_result(result),
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             _ = async { match stop_at { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
@@ -274,5 +317,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     }
     tracing::info!(kills = p.kills(), "oomprobe stopping");
+    let _ = stop_server.send(true);
+    if let Some(s) = server {
+        let _ = s.await;
+    }
     Ok(())
 }
