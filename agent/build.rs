@@ -24,6 +24,21 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("no parent for {manifest_path}"))?
         .as_str();
+    // What the eBPF object is built from, and nothing else: an agent-only edit must not re-run
+    // the nested eBPF build (aya-build adds probe-ebpf's root directory as well).
+    println!("cargo:rerun-if-changed=build.rs");
+    let workspace = std::path::Path::new(root_dir)
+        .parent()
+        .ok_or_else(|| anyhow!("no parent for {root_dir}"))?;
+    for input in [
+        "probe-ebpf/src",
+        "probe-ebpf/build.rs",
+        "probe-ebpf/Cargo.toml",
+        "probe-common/src",
+        "probe-common/Cargo.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", workspace.join(input).display());
+    }
     let toolchain = std::env::var("OOMPROBE_BPF_TOOLCHAIN").unwrap_or_else(|_| NIGHTLY.into());
     println!("cargo:rerun-if-env-changed=OOMPROBE_BPF_TOOLCHAIN");
     aya_build::build_ebpf(

@@ -1,33 +1,32 @@
 //! The one action the agent may take, opt-in: cordon the node through the Kubernetes API when it
 //! flaps. Dry-run unless confirmed, logged, once per flap episode, never retried in a tight
 //! loop. The agent never kills or restarts the kubelet.
+//!
+//! The decision is made here, on the pipeline's loop; the PATCH runs in a task of its own
+//! ([`spawn_cordon`]) and its result comes back through a channel ([`Cordon::on_result`]), so
+//! a slow API server never holds up kill records.
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 
-use crate::cycle::{Stage, StageEvent};
+use crate::{
+    cycle::{Stage, StageEvent},
+    kubeapi::CORDON_BODY,
+};
 
-pub const TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
-pub const CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
-/// Strategic merge patch that marks the node unschedulable (what `kubectl cordon` sends).
-pub const CORDON_BODY: &str = r#"{"spec":{"unschedulable":true}}"#;
-
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CordonConfig {
-    /// API server base URL, e.g. `https://10.0.0.1:443` (in-cluster) or a loopback test server.
-    pub api: String,
+    /// The API client (kubeconfig, in-cluster or `--kube-api`).
+    pub client: kube::Client,
     pub node: String,
-    pub token_file: Option<String>,
-    /// CA of the API server (in-cluster: the service account's ca.crt).
-    pub tls: crate::http::TlsOptions,
     /// Without it the action is logged as a dry run and nothing is sent.
     pub confirm: bool,
 }
 
-/// `"event":"action"` in the JSON stream.
+/// An action taken or logged (`Output::Action` in the JSON stream).
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionEvent {
-    pub event: &'static str,
     pub action: &'static str,
     pub node: String,
     pub dry_run: bool,
@@ -35,52 +34,23 @@ pub struct ActionEvent {
     pub detail: String,
 }
 
+/// What [`Cordon::on_stage`] decided.
+#[derive(Debug)]
+pub enum Decision {
+    /// Logged only (no `--act-confirm`).
+    DryRun(ActionEvent),
+    /// Send the PATCH now ([`spawn_cordon`]); report its result to [`Cordon::on_result`].
+    Send,
+}
+
 pub struct Cordon {
     cfg: CordonConfig,
     /// Done (or dry-run logged) for the current flap episode.
     done: bool,
+    /// A PATCH is on its way.
+    in_flight: bool,
     attempts: u32,
     next_try: Option<Instant>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ActError {
-    #[error("cannot reach the API server")]
-    Http(#[source] crate::http::HttpError),
-    #[error("API server answered {0}")]
-    Status(String),
-}
-
-/// Sends one PATCH; returns the status line on 2xx.
-pub async fn patch_node(
-    api: &str,
-    node: &str,
-    token: Option<&str>,
-    tls: &crate::http::TlsOptions,
-) -> Result<String, ActError> {
-    let url = format!("{}/api/v1/nodes/{node}", api.trim_end_matches('/'));
-    let mut headers = vec![(
-        "Content-Type",
-        "application/strategic-merge-patch+json".to_string(),
-    )];
-    if let Some(t) = token {
-        headers.push(("Authorization", format!("Bearer {}", t.trim())));
-    }
-    let r = crate::http::request(
-        "PATCH",
-        &url,
-        &headers,
-        CORDON_BODY.as_bytes(),
-        tls,
-        Duration::from_secs(10),
-    )
-    .await
-    .map_err(ActError::Http)?;
-    if (200..300).contains(&r.status) {
-        Ok(r.status_line)
-    } else {
-        Err(ActError::Status(r.status_line))
-    }
 }
 
 impl Cordon {
@@ -88,20 +58,29 @@ impl Cordon {
         Cordon {
             cfg,
             done: false,
+            in_flight: false,
             attempts: 0,
             next_try: None,
         }
     }
 
+    pub fn client(&self) -> kube::Client {
+        self.cfg.client.clone()
+    }
+
+    pub fn node(&self) -> &str {
+        &self.cfg.node
+    }
+
     /// Reacts to a stage change: cordons once per flap episode; Recovery ends the episode.
-    pub async fn on_stage(&mut self, ev: &StageEvent) -> Option<ActionEvent> {
+    pub fn on_stage(&mut self, ev: &StageEvent) -> Option<Decision> {
         if ev.stage == Stage::Recovery || ev.stage == Stage::Steady {
             self.done = false;
             self.attempts = 0;
             self.next_try = None;
             return None;
         }
-        if !ev.flapping || self.done {
+        if !ev.flapping || self.done || self.in_flight {
             return None;
         }
         if self.next_try.is_some_and(|t| Instant::now() < t) {
@@ -110,37 +89,34 @@ impl Cordon {
         if !self.cfg.confirm {
             self.done = true;
             tracing::warn!(node = %self.cfg.node, "flapping: would cordon the node (dry run; confirm with --act-confirm)");
-            return Some(ActionEvent {
-                event: "action",
+            return Some(Decision::DryRun(ActionEvent {
                 action: "cordon",
                 node: self.cfg.node.clone(),
                 dry_run: true,
                 ok: true,
                 detail: format!("would PATCH /api/v1/nodes/{} {CORDON_BODY}", self.cfg.node),
-            });
+            }));
         }
-        let token = self
-            .cfg
-            .token_file
-            .as_ref()
-            .and_then(|f| std::fs::read_to_string(f).ok());
-        self.attempts += 1;
-        let result = patch_node(
-            &self.cfg.api,
-            &self.cfg.node,
-            token.as_deref(),
-            &self.cfg.tls,
-        )
-        .await;
+        self.attempts = self.attempts.saturating_add(1);
+        self.in_flight = true;
+        Some(Decision::Send)
+    }
+
+    /// The PATCH's result: the action event for the stream; on failure a backoff of 5 minutes,
+    /// then 10, and the episode is given up after 3 attempts.
+    pub fn on_result(&mut self, result: Result<(), crate::kubeapi::ApiError>) -> ActionEvent {
+        self.in_flight = false;
         let (ok, detail) = match result {
-            Ok(status) => {
+            Ok(()) => {
                 self.done = true;
-                tracing::warn!(node = %self.cfg.node, %status, "flapping: cordoned the node");
-                (true, status)
+                tracing::warn!(node = %self.cfg.node, "flapping: cordoned the node");
+                (
+                    true,
+                    format!("PATCH /api/v1/nodes/{} {CORDON_BODY}", self.cfg.node),
+                )
             }
             Err(e) => {
-                // Back off: 5 minutes, then 10, ... and give up for this episode after 3.
-                let wait = Duration::from_secs(300 * u64::from(self.attempts));
+                let wait = Duration::from_secs(300u64.saturating_mul(u64::from(self.attempts)));
                 self.next_try = Some(Instant::now() + wait);
                 if self.attempts >= 3 {
                     self.done = true;
@@ -150,13 +126,24 @@ impl Cordon {
                 (false, why)
             }
         };
-        Some(ActionEvent {
-            event: "action",
+        ActionEvent {
             action: "cordon",
             node: self.cfg.node.clone(),
             dry_run: false,
             ok,
             detail,
-        })
+        }
     }
+}
+
+/// Sends the cordon PATCH in a task; its result goes to `done`.
+pub fn spawn_cordon(
+    client: kube::Client,
+    node: String,
+    done: mpsc::Sender<Result<(), crate::kubeapi::ApiError>>,
+) {
+    tokio::spawn(async move {
+        let r = crate::kubeapi::cordon(client, &node).await;
+        let _ = done.send(r).await;
+    });
 }

@@ -1,7 +1,14 @@
 //! The OOM flap cycle, per node: Pre-OOM -> Active OOM -> Reconciliation storm -> Recovery or
 //! Re-OOM, driven by the kill records, the kubelet restarts and the sampled series. Counts
 //! cycles, measures each storm, groups collateral damage by pod, and says what breaks the cycle.
-use std::collections::BTreeMap;
+//!
+//! Pre-OOM has two endings ([`Ending`]): the kubelet's own cgroup limit, or the node's memory
+//! (MemAvailable falling to the kubelet's hard eviction threshold and the kernel's OOM point
+//! while the kubelet drives it down). Kills the kernel made for the kubelet's allocations (an OOM
+//! it triggered, a memcg OOM of a cgroup that contains it, a global OOM during a node-memory
+//! Pre-OOM it drives) are counted as collateral the kubelet caused, apart from the kills while
+//! it was down.
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
@@ -9,6 +16,12 @@ use crate::{
     cgroup::PodIdentity,
     forensics::{KillKind, KillRecord},
 };
+
+mod headroom;
+#[cfg(test)]
+mod tests;
+
+pub use headroom::{slope, Ending, Headroom, NodeRule, Observation};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -31,6 +44,10 @@ pub struct CycleConfig {
     pub settle_growth: f64,
     /// Pre-OOM: the kubelet's usage above this fraction of its limit.
     pub pre_oom_fraction: f64,
+    /// Pre-OOM on node memory: the eviction threshold, horizon and margin.
+    pub node: NodeRule,
+    /// The recent samples growth and decline rates are measured over.
+    pub rate_window_ns: u64,
 }
 
 impl Default for CycleConfig {
@@ -40,6 +57,8 @@ impl Default for CycleConfig {
             settle_ns: 120 * 1_000_000_000,
             settle_growth: 0.02,
             pre_oom_fraction: 0.8,
+            node: NodeRule::default(),
+            rate_window_ns: 60 * 1_000_000_000,
         }
     }
 }
@@ -58,7 +77,8 @@ pub struct Storm {
     pub settled_after_ns: Option<u64>,
 }
 
-/// A process killed on the node while the kubelet was down or starting.
+/// A process killed on the node while the kubelet was down or starting (`collateral`), or by an
+/// OOM kill the kubelet's allocations caused (`collateral_caused`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Collateral {
     pub pid: u32,
@@ -69,12 +89,15 @@ pub struct Collateral {
     pub reason: &'static str,
     pub cgroup: Option<String>,
     pub pod: Option<PodIdentity>,
+    /// The kill record's `sender`: for an OOM kill the task whose allocation invoked the OOM
+    /// killer (the kubelet, or whichever task allocated last on a node the kubelet exhausted).
+    pub sender_pid: u32,
+    pub sender_comm: String,
 }
 
-/// A stage change (`"event":"stage"` in the JSON stream).
+/// A stage change (`Output::Stage` in the JSON stream).
 #[derive(Debug, Clone, Serialize)]
 pub struct StageEvent {
-    pub event: &'static str,
     pub ktime_ns: u64,
     pub stage: Stage,
     pub previous: Stage,
@@ -87,7 +110,55 @@ pub struct StageEvent {
     pub storm: Option<Storm>,
     /// Collateral kills since the kubelet went down, by pod UID (`-` for non-pod processes).
     pub collateral: BTreeMap<String, Vec<Collateral>>,
+    /// Processes the kernel OOM-killed for the kubelet's allocations since the last recovery,
+    /// by pod UID (`-` for non-pod processes); at most [`MAX_CAUSED`] kept. Counted: an OOM kill
+    /// the kubelet triggered ([`caused_by_kubelet`]), and a global OOM kill while the node is in
+    /// Pre-OOM heading to `node_memory` that the kubelet drives ([`Headroom::kubelet_driving`]:
+    /// the node the kubelet is exhausting; the trigger is whichever task allocated last,
+    /// `sender_pid`).
+    pub collateral_caused: BTreeMap<String, Vec<Collateral>>,
+    /// Such kills beyond [`MAX_CAUSED`], counted, not kept.
+    pub collateral_caused_omitted: u64,
+    /// Where the kubelet's growth ends: for `pre_oom` the assessment's; for `active_oom` and
+    /// `re_oom` the limit that fired (`kubelet_limit` for a memcg OOM, `node_memory` for a
+    /// global one); null otherwise.
+    pub ending: Option<Ending>,
+    /// For `pre_oom`: seconds to that ending at the current rate (null when not shrinking).
+    pub seconds_left: Option<f64>,
+    /// The last assessment of the kubelet's and the node's headroom (null before one).
+    pub headroom: Option<Headroom>,
     pub recommendations: Vec<String>,
+}
+
+/// Collateral the kubelet caused, kept per cycle; more are counted in
+/// `collateral_caused_omitted`.
+pub const MAX_CAUSED: usize = 256;
+
+/// Whether the kernel made this kill for the kubelet's allocations: an OOM kill (not of the
+/// kubelet) whose trigger (the record's `sender`) is a kubelet process (`sender_is_kubelet`) and
+/// whose OOM domain, for a memcg OOM, contains the kubelet's memory cgroup; or a memcg OOM of a
+/// cgroup that contains the kubelet's, whoever triggered it.
+pub fn caused_by_kubelet(
+    rec: &KillRecord,
+    sender_is_kubelet: bool,
+    kubelet_cgroup: Option<&str>,
+) -> bool {
+    let domain = rec
+        .oom
+        .as_ref()
+        .and_then(|o| o.domain.as_ref())
+        .map(|d| d.path.as_str());
+    let contains = |d: &str, k: &str| {
+        d == "/" || k == d || k.strip_prefix(d).is_some_and(|r| r.starts_with('/'))
+    };
+    match rec.kind {
+        KillKind::OomGlobal => sender_is_kubelet,
+        KillKind::OomMemcg => match (domain, kubelet_cgroup) {
+            (Some(d), Some(k)) => contains(d, k),
+            _ => sender_is_kubelet,
+        },
+        KillKind::Signal => false,
+    }
 }
 
 /// What the sampler knows of the kubelet now.
@@ -99,6 +170,22 @@ pub struct KubeletNow {
     pub limit_bytes: Option<u64>,
     pub mapped_bytes: u64,
     pub cpu_seconds: f64,
+    /// `/proc/meminfo` MemAvailable and MemTotal, bytes.
+    pub node_available_bytes: Option<u64>,
+    pub node_total_bytes: Option<u64>,
+}
+
+impl KubeletNow {
+    fn observation(&self, ktime_ns: u64) -> Observation {
+        Observation {
+            ktime_ns,
+            kubelet_rss_bytes: self.rss_bytes,
+            kubelet_usage_bytes: self.usage_bytes,
+            kubelet_limit_bytes: self.limit_bytes,
+            node_available_bytes: self.node_available_bytes,
+            node_total_bytes: self.node_total_bytes,
+        }
+    }
 }
 
 pub struct Cycle {
@@ -110,10 +197,23 @@ pub struct Cycle {
     storm_base: (u64, f64),
     rss_history: Vec<(u64, u64)>,
     collateral: BTreeMap<String, Vec<Collateral>>,
+    collateral_caused: BTreeMap<String, Vec<Collateral>>,
+    caused_omitted: u64,
+    /// The last samples of the kubelet being followed (one pid), for the rates.
+    window: VecDeque<Observation>,
+    window_pid: u32,
+    headroom: Option<Headroom>,
+    /// The ending of the current Pre-OOM or OOM, as its event said.
+    ending: Option<Ending>,
     /// Steady-state RSS before trouble, for kube-reserved sizing.
     steady_rss: u64,
     /// The verdict's known cause, to recommend its fix.
     pub known_cause: Option<String>,
+}
+
+/// A SIGKILL sent by the kubelet or the container runtime (an eviction or a container stop).
+pub fn is_runtime_kill(rec: &KillRecord) -> bool {
+    rec.kind == KillKind::Signal && RUNTIME_COMMS.iter().any(|c| rec.sender.comm.starts_with(c))
 }
 
 const RUNTIME_COMMS: &[&str] = &[
@@ -137,6 +237,12 @@ impl Cycle {
             storm_base: (0, 0.0),
             rss_history: Vec::new(),
             collateral: BTreeMap::new(),
+            collateral_caused: BTreeMap::new(),
+            caused_omitted: 0,
+            window: VecDeque::new(),
+            window_pid: 0,
+            headroom: None,
+            ending: None,
             steady_rss: 0,
             known_cause: None,
         }
@@ -164,11 +270,26 @@ impl Cycle {
             .map(|w| (w[1] - w[0]) as f64 / 1e9)
     }
 
+    /// The last assessment of the headroom (None before a sample).
+    pub fn headroom(&self) -> Option<&Headroom> {
+        self.headroom.as_ref()
+    }
+
     fn event(&mut self, ktime: u64, stage: Stage, detail: String) -> StageEvent {
         let previous = self.stage;
         self.stage = stage;
+        if !matches!(stage, Stage::PreOom | Stage::ActiveOom | Stage::ReOom) {
+            self.ending = None;
+        }
+        let seconds_left = if stage == Stage::PreOom {
+            self.headroom
+                .as_ref()
+                .filter(|h| Some(h.ending) == self.ending)
+                .and_then(|h| h.seconds_left)
+        } else {
+            None
+        };
         StageEvent {
-            event: "stage",
             ktime_ns: ktime,
             stage,
             previous,
@@ -178,6 +299,11 @@ impl Cycle {
             detail,
             storm: self.storm.clone(),
             collateral: self.collateral.clone(),
+            collateral_caused: self.collateral_caused.clone(),
+            collateral_caused_omitted: self.caused_omitted,
+            ending: self.ending,
+            seconds_left,
+            headroom: self.headroom.clone(),
             recommendations: self.recommendations(),
         }
     }
@@ -194,6 +320,16 @@ impl Cycle {
         }
         if self.stage == Stage::Recovery || self.stage == Stage::PreOom {
             r.push("restart the kubelet in a low-traffic window to reclaim leaked memory; watch PLEG relist and pod worker durations settle within 2 minutes".into());
+        }
+        if self.ending == Some(Ending::NodeMemory) {
+            let steady = self
+                .steady_rss
+                .max(self.storm.as_ref().map_or(0, |s| s.peak_rss_bytes));
+            r.extend(node_memory_recommendations(
+                self.headroom.as_ref(),
+                steady,
+                self.cfg.node.eviction_hard_bytes,
+            ));
         }
         if let Some(c) = &self.known_cause {
             let fix = match c.as_str() {
@@ -229,12 +365,16 @@ impl Cycle {
         r
     }
 
-    /// A kill record; `kubelet`: the victim was the followed kubelet.
-    pub fn on_kill(&mut self, rec: &KillRecord, kubelet: bool) -> Option<StageEvent> {
-        if kubelet {
+    /// A kill record and who it concerns ([`Party::of`]).
+    pub fn on_kill(&mut self, rec: &KillRecord, party: Party) -> Option<StageEvent> {
+        if party == Party::Kubelet {
             if !matches!(rec.kind, KillKind::OomMemcg | KillKind::OomGlobal) {
                 return None;
             }
+            self.ending = Some(match rec.kind {
+                KillKind::OomGlobal => Ending::NodeMemory,
+                _ => Ending::KubeletLimit,
+            });
             self.cycles += 1;
             self.kills.push(rec.ktime_ns);
             let reoom = matches!(
@@ -267,31 +407,47 @@ impl Cycle {
             );
             return Some(self.event(rec.ktime_ns, stage, detail));
         }
+        let caused = party == Party::CausedByKubelet
+            || party == Party::Other
+                && rec.kind == KillKind::OomGlobal
+                && self.kubelet_exhausting_node();
+        if caused {
+            let total: usize = self.collateral_caused.values().map(Vec::len).sum();
+            if total >= MAX_CAUSED {
+                self.caused_omitted = self.caused_omitted.saturating_add(1);
+            } else {
+                self.collateral_caused
+                    .entry(pod_key(rec))
+                    .or_default()
+                    .push(collateral(rec));
+            }
+        }
+        // A kill the kubelet's allocations caused proves the ending under way, sampled or not.
+        if caused && self.stage == Stage::Steady {
+            let ending = match rec.kind {
+                KillKind::OomGlobal => Ending::NodeMemory,
+                _ => Ending::KubeletLimit,
+            };
+            self.ending = Some(ending);
+            let detail = format!(
+                "the kernel OOM-killed pid {}({}) for the kubelet's allocations ({}, trigger pid {}): heading to {}",
+                rec.victim.pid,
+                rec.victim.comm,
+                rec.kind.as_str(),
+                rec.sender.pid,
+                ending.as_str()
+            );
+            return Some(self.event(rec.ktime_ns, Stage::PreOom, detail));
+        }
         // Collateral: only while the kubelet is down or starting.
         if matches!(
             self.stage,
             Stage::ActiveOom | Stage::ReOom | Stage::ReconciliationStorm
         ) {
-            let reason = if matches!(rec.kind, KillKind::OomMemcg | KillKind::OomGlobal) {
-                "oom_killed"
-            } else if RUNTIME_COMMS.iter().any(|c| rec.sender.comm.starts_with(c)) {
-                "evicted"
-            } else {
-                "killed"
-            };
-            let key = rec
-                .victim
-                .pod
-                .as_ref()
-                .map_or_else(|| "-".to_string(), |p| p.pod_uid.clone());
-            self.collateral.entry(key).or_default().push(Collateral {
-                pid: rec.victim.pid,
-                comm: rec.victim.comm.clone(),
-                kind: rec.kind,
-                reason,
-                cgroup: rec.victim.cgroup.clone(),
-                pod: rec.victim.pod.clone(),
-            });
+            self.collateral
+                .entry(pod_key(rec))
+                .or_default()
+                .push(collateral(rec));
         }
         None
     }
@@ -314,24 +470,83 @@ impl Cycle {
         Some(self.event(ktime, Stage::ReconciliationStorm, detail))
     }
 
-    /// A periodic sample of the kubelet.
+    /// Adds a sample to the rate window (one kubelet process, `rate_window_ns` long) and
+    /// assesses the headroom.
+    fn observe(&mut self, ktime: u64, now: KubeletNow) {
+        if now.pid != self.window_pid {
+            self.window.clear();
+            self.window_pid = now.pid;
+        }
+        self.window.push_back(now.observation(ktime));
+        let from = ktime.saturating_sub(self.cfg.rate_window_ns);
+        while self.window.len() > 2 && self.window.front().is_some_and(|o| o.ktime_ns < from)
+            || self.window.len() > MAX_WINDOW
+        {
+            self.window.pop_front();
+        }
+        self.headroom = Headroom::assess(
+            self.window.make_contiguous(),
+            self.cfg.node.eviction_hard_bytes,
+        );
+    }
+
+    /// Pre-OOM on node memory with the kubelet still driving it over the rate window: the
+    /// node's global OOM kills are the kubelet's doing, whoever allocated last.
+    fn kubelet_exhausting_node(&self) -> bool {
+        self.stage == Stage::PreOom
+            && self.ending == Some(Ending::NodeMemory)
+            && self
+                .headroom
+                .as_ref()
+                .is_some_and(|h| h.kubelet_driving(&self.cfg.node))
+    }
+
+    /// The kubelet's usage at or above `fraction` of its limit.
+    fn near_limit(&self, now: &KubeletNow, fraction: f64) -> bool {
+        match (now.usage_bytes, now.limit_bytes) {
+            (Some(u), Some(l)) if l > 0 => u as f64 >= fraction * l as f64,
+            _ => false,
+        }
+    }
+
+    /// A periodic sample of the kubelet and the node.
     pub fn on_sample(&mut self, ktime: u64, now: KubeletNow) -> Option<StageEvent> {
+        self.observe(ktime, now);
         match self.stage {
             Stage::Steady | Stage::Recovery => {
                 if self.stage == Stage::Steady && self.cycles == 0 {
                     self.steady_rss = self.steady_rss.max(now.rss_bytes);
                 }
-                let near = match (now.usage_bytes, now.limit_bytes) {
-                    (Some(u), Some(l)) if l > 0 => u as f64 >= self.cfg.pre_oom_fraction * l as f64,
-                    _ => false,
-                };
-                if near && self.stage == Stage::Steady {
-                    let detail = format!(
-                        "kubelet uses {} of its {} MiB limit",
-                        now.usage_bytes.unwrap_or(0) >> 20,
-                        now.limit_bytes.unwrap_or(0) >> 20
-                    );
+                if self.stage != Stage::Steady {
+                    return None;
+                }
+                let h = self.headroom.clone();
+                if self.near_limit(&now, self.cfg.pre_oom_fraction) {
+                    self.ending = Some(h.as_ref().map_or(Ending::KubeletLimit, |h| h.ending));
+                    let detail = match h.as_ref().filter(|h| h.ending == Ending::NodeMemory) {
+                        Some(h) => h.describe(),
+                        None => format!(
+                            "kubelet uses {} of its {} MiB limit",
+                            now.usage_bytes.unwrap_or(0) >> 20,
+                            now.limit_bytes.unwrap_or(0) >> 20
+                        ),
+                    };
                     return Some(self.event(ktime, Stage::PreOom, detail));
+                }
+                if let Some(h) = h.filter(|h| h.node_pre_oom(&self.cfg.node)) {
+                    self.ending = Some(Ending::NodeMemory);
+                    return Some(self.event(ktime, Stage::PreOom, h.describe()));
+                }
+                None
+            }
+            Stage::PreOom => {
+                let h = self.headroom.clone()?;
+                let limit_clear =
+                    !self.near_limit(&now, (self.cfg.pre_oom_fraction - 0.05).max(0.0));
+                let node_clear = h.ending != Ending::NodeMemory || h.node_clear(&self.cfg.node);
+                if limit_clear && node_clear {
+                    let detail = format!("headroom back: {}", h.describe());
+                    return Some(self.event(ktime, Stage::Steady, detail));
                 }
                 None
             }
@@ -363,6 +578,8 @@ impl Cycle {
                     );
                     let ev = self.event(ktime, Stage::Recovery, detail);
                     self.collateral.clear();
+                    self.collateral_caused.clear();
+                    self.caused_omitted = 0;
                     return Some(ev);
                 }
                 None
@@ -370,4 +587,93 @@ impl Cycle {
             _ => None,
         }
     }
+}
+
+/// Samples kept in the rate window at most (a short `--sample-interval` cannot grow it).
+const MAX_WINDOW: usize = 600;
+
+/// Who a kill record concerns, for the stage machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// The victim is (or was) a followed kubelet.
+    Kubelet,
+    /// The kernel killed it for the kubelet's allocations ([`caused_by_kubelet`]).
+    CausedByKubelet,
+    Other,
+}
+
+impl Party {
+    /// `is_kubelet`: whether a pid is or was a followed kubelet; `kubelet_cgroup`: its memory
+    /// cgroup as last sampled.
+    pub fn of(
+        rec: &KillRecord,
+        is_kubelet: impl Fn(u32) -> bool,
+        kubelet_cgroup: Option<&str>,
+    ) -> Party {
+        if is_kubelet(rec.victim.pid) {
+            Party::Kubelet
+        } else if caused_by_kubelet(rec, is_kubelet(rec.sender.pid), kubelet_cgroup) {
+            Party::CausedByKubelet
+        } else {
+            Party::Other
+        }
+    }
+}
+
+fn pod_key(rec: &KillRecord) -> String {
+    rec.victim
+        .pod
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |p| p.pod_uid.clone())
+}
+
+fn collateral(rec: &KillRecord) -> Collateral {
+    let reason = if matches!(rec.kind, KillKind::OomMemcg | KillKind::OomGlobal) {
+        "oom_killed"
+    } else if RUNTIME_COMMS.iter().any(|c| rec.sender.comm.starts_with(c)) {
+        "evicted"
+    } else {
+        "killed"
+    };
+    Collateral {
+        pid: rec.victim.pid,
+        comm: rec.victim.comm.clone(),
+        kind: rec.kind,
+        reason,
+        cgroup: rec.victim.cgroup.clone(),
+        pod: rec.victim.pod.clone(),
+        sender_pid: rec.sender.pid,
+        sender_comm: rec.sender.comm.clone(),
+    }
+}
+
+/// What stops the node-memory ending: a limit of the kubelet's own (kube-reserved enforced), so
+/// its growth ends in its cgroup rather than in workloads the kernel kills first (it runs at
+/// `oom_score_adj` -999), and eviction thresholds that act before the kernel does.
+pub fn node_memory_recommendations(
+    headroom: Option<&Headroom>,
+    steady_rss: u64,
+    eviction_hard_bytes: u64,
+) -> Vec<String> {
+    let mut r = Vec::new();
+    let steady = if steady_rss > 0 {
+        steady_rss
+    } else {
+        headroom.map_or(0, |h| h.kubelet_rss_bytes)
+    };
+    match headroom.and_then(|h| h.kubelet_limit_bytes) {
+        None => r.push(format!(
+            "enforce kube-reserved for the kubelet (--kube-reserved=memory=..., --kube-reserved-cgroup=<the kubelet's cgroup>, --enforce-node-allocatable=pods,kube-reserved) sized above its steady state of {} MiB: its growth then ends at its own limit, not in the kernel OOM-killing the node's workloads first (the kubelet runs at oom_score_adj -999)",
+            steady >> 20
+        )),
+        Some(l) => r.push(format!(
+            "the kubelet's own limit ({} MiB) is beyond what the node has left: size kube-reserved within the node's allocatable memory so the kubelet's limit fires before the node runs out",
+            l >> 20
+        )),
+    }
+    r.push(format!(
+        "raise the kubelet's hard eviction threshold (now memory.available<{}Mi) and add a soft one (--eviction-soft=memory.available<..., --eviction-soft-grace-period) so pods are evicted before the kernel OOM-kills them; eviction cannot reclaim the kubelet's own memory",
+        eviction_hard_bytes >> 20
+    ));
+    r
 }

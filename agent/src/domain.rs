@@ -7,7 +7,7 @@
 //! its limit (`page_counter_try_charge`: `failcnt++` there), reclaims that level, retries, and
 //! finally calls `mem_cgroup_oom` on it (`memcg_memory_event(memcg, MEMCG_OOM)`, local to that
 //! level). So the level whose counters rose is the OOM domain, whatever the usages look like.
-use crate::{cgroup::ancestors, events::DomainDeltas};
+use crate::{cgroup::ancestors, kernel::events::DomainDeltas};
 
 /// `evidence` when v1's `memory.failcnt` decided.
 pub const EVIDENCE_FAILCNT: &str = "memory.failcnt";

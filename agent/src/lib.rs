@@ -1,30 +1,24 @@
 //! oomprobe: an eBPF agent that watches the kubelet's memory and every SIGKILL on a node.
 //!
-//! Data flow: `probes` (load/attach) -> `events` (decode) -> `forensics` (per-kill records)
-//! -> `metrics` / CLI output. `cgroup` and `node` read the live system.
-pub mod act;
-pub mod btf;
-pub mod cgroup;
-pub mod cli;
-pub mod clock;
-pub mod cycle;
-pub mod detect;
-pub mod domain;
-pub mod events;
-pub mod forensics;
-pub mod http;
-pub mod kill_group;
-pub mod kubelet;
-pub mod kubelet_metrics;
-pub mod mem_layout;
-pub mod memcg_events;
-pub mod metrics;
-pub mod node;
-pub mod probes;
-pub mod ring;
-pub mod sampler;
-pub mod symbols;
-pub mod tracefs;
+//! The modules in data-flow order: the kernel programs and their events, the kubelet they
+//! watch, the memory cgroups, per-kill forensics, sampling, leak detection, the OOM cycle and
+//! its one action, then export (metrics over HTTP) and the CLI verbs.
+pub mod clock; // kernel timestamps (bpf_ktime_get_ns) to wall-clock time
+pub mod kernel; // BTF, tracefs, config, load/attach, maps, ring readers, decode
+pub mod kubelet; // symbols, tracker (attribution per call site), its /metrics scrape
+pub mod cgroup; // memory cgroups: limits, usage, OOM domain, pod identity
+pub mod domain; // the exact OOM domain from the kernel's memcg counters
+pub mod forensics; // the kill record, the correlator, the live node view
+pub mod memcg_events; // memcg notifications, PSI and reclaim: the early warning
+pub mod sampler; // periodic samples of the kubelet and the node
+pub mod detect; // leak detectors (live) and offline tools (tracegen, csv, score)
+pub mod cycle; // the OOM -> restart -> storm -> re-OOM stage machine
+pub mod act; // the opt-in cordon
+pub mod kubeapi; // the Kubernetes API (kube-rs): client, cordon, node conditions and Events
+pub mod output; // the event stream: one Output enum, its JSON and text
+pub mod pipeline; // the run loop as a type: one method per stage
+pub mod metrics; // Prometheus metrics and their endpoint
+pub mod cli; // one file per verb
 
 /// The kernel programs, built by build.rs from probe-ebpf.
 pub static EBPF_OBJECT: &[u8] =

@@ -1,4 +1,4 @@
-//! The `oomprobe` binary: wiring only.
+//! The `oomprobe` binary: logging, the runtime, and one verb dispatched to its file in `cli/`.
 use clap::{Parser, Subcommand};
 use oomprobe::cli;
 
@@ -20,26 +20,15 @@ enum Command {
     /// Print the uprobe points a kubelet binary offers (symbol, file offset, source).
     ProbePoints(cli::probe_points::ProbePointsArgs),
     /// One-shot, read-only: the field guide's quick checks and the cycle stage the node shows.
-    Diagnose(cli::diagnose::DiagnoseArgs),
+    Diagnose(Box<cli::diagnose::DiagnoseArgs>),
     /// Run the leak detectors over a recorded series (CSV), printing verdict changes.
     Replay(cli::replay::ReplayArgs),
     /// Write a generated, labelled kubelet series as CSV (scenarios: healthy, growing-pods,
     /// leak-<MB/day>, workload, or a cause: container_gc, pod_certs_manager, evented_pleg,
     /// pod_churn, cgroup_v1_kernel_5_15, oversubscription).
-    GenTrace {
-        scenario: String,
-        #[arg(long, default_value_t = 5.0)]
-        days: f64,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    GenTrace(cli::gen_trace::GenTraceArgs),
     /// Score the detectors on a generated corpus against the baselines (development).
-    BenchDetect {
-        #[arg(long, default_value_t = 40)]
-        scale: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
+    BenchDetect(cli::bench_detect::BenchDetectArgs),
 }
 
 fn main() {
@@ -65,16 +54,10 @@ fn main() {
             Command::Run(args) => cli::run::run(*args).await.map_err(anyhow::Error::from),
             Command::ProbePoints(args) => cli::probe_points::run(args).map_err(anyhow::Error::from),
             Command::Replay(args) => cli::replay::run(args).map_err(anyhow::Error::from),
-            Command::Diagnose(args) => cli::diagnose::run(args).await.map_err(anyhow::Error::from),
-            Command::GenTrace {
-                scenario,
-                days,
-                seed,
-            } => gen_trace(&scenario, days, seed),
-            Command::BenchDetect { scale, seed } => {
-                let r = oomprobe::detect::score::score(seed, scale);
-                use std::io::Write as _;
-                let _ = writeln!(std::io::stdout(), "{}", r.table);
+            Command::Diagnose(args) => cli::diagnose::run(*args).await.map_err(anyhow::Error::from),
+            Command::GenTrace(args) => cli::gen_trace::run(args).map_err(anyhow::Error::from),
+            Command::BenchDetect(args) => {
+                cli::bench_detect::run(args);
                 Ok(())
             }
         }
@@ -82,34 +65,6 @@ fn main() {
     if let Err(e) = result {
         fail(e.as_ref());
     }
-}
-
-fn gen_trace(scenario: &str, days: f64, seed: u64) -> anyhow::Result<()> {
-    use oomprobe::detect::{classify::Cause, tracegen::Scenario};
-    let sc = match scenario {
-        "healthy" => Scenario::Healthy,
-        "growing-pods" => Scenario::HealthyGrowingPods,
-        "workload" => Scenario::WorkloadLeak,
-        "container_gc" => Scenario::Cause(Cause::ContainerGc),
-        "pod_certs_manager" => Scenario::Cause(Cause::PodCertsManager),
-        "evented_pleg" => Scenario::Cause(Cause::EventedPleg),
-        "pod_churn" => Scenario::Cause(Cause::PodChurn),
-        "cgroup_v1_kernel_5_15" => Scenario::Cause(Cause::CgroupV1Kernel515),
-        "oversubscription" => Scenario::Cause(Cause::Oversubscription),
-        other => match other.strip_prefix("leak-").and_then(|r| r.parse().ok()) {
-            Some(rate) => Scenario::Leak(rate),
-            None => anyhow::bail!("unknown scenario {other}"),
-        },
-    };
-    let (samples, label) = oomprobe::detect::tracegen::generate(sc, days, seed);
-    eprintln!("label: {}", serde_json::to_string(&label)?);
-    use std::io::Write as _;
-    let _ = write!(
-        std::io::stdout(),
-        "{}",
-        oomprobe::detect::csv::write(&samples)
-    );
-    Ok(())
 }
 
 /// One line naming the problem and its causes, then a non-zero exit.

@@ -16,10 +16,9 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::cgroup::Hierarchy;
 
-/// `"event":"memcg"` in the JSON stream.
+/// A memory cgroup event (`Output::Memcg` in the JSON stream).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MemcgEvent {
-    pub event: &'static str,
     /// Cgroup path, or `/` with `scope` node for node-wide PSI.
     pub cgroup: String,
     /// `oom`, `oom_kill`, `max`, `high`, `pressure_low|medium|critical`, `psi`, `reclaim`.
@@ -31,7 +30,6 @@ pub struct MemcgEvent {
 
 fn event(cgroup: &str, kind: &str, count: u64, detail: String) -> MemcgEvent {
     MemcgEvent {
-        event: "memcg",
         cgroup: cgroup.to_string(),
         kind: kind.to_string(),
         count,

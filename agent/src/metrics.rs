@@ -1,12 +1,27 @@
-//! Prometheus metrics and the loopback HTTP endpoint that serves them.
-use std::{collections::HashMap, net::SocketAddr, sync::Mutex};
+//! Prometheus metrics and the loopback HTTP endpoint that serves them (hyper's HTTP/1 server,
+//! bounded: see [`ServeLimits`]).
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response,
+    StatusCode,
+};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
 use probe_common::Counter;
 use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-};
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::forensics::KillKind;
 
@@ -16,12 +31,18 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     pub kernel_events: IntCounterVec,
     pub sigkills: IntCounterVec,
+    /// Kernel enum values out of the range this build knows, by field and value.
+    pub decode_errors: IntCounterVec,
     pub hooks: IntGaugeVec,
     pub hook_tier: IntGaugeVec,
     pub pending_kills: IntGauge,
     pub kubelet_restarts: IntGauge,
     pub kubelet_metrics_errors: IntCounterVec,
     pub memcg_events: IntCounterVec,
+    /// `oomprobe_kube_reports_total{kind,result}`.
+    pub kube_reports: IntCounterVec,
+    /// `oomprobe_metrics_connections_total{result}`.
+    pub connections: IntCounterVec,
     kubelet_bytes: IntGaugeVec,
     kubelet_call_site_bytes: IntGaugeVec,
     node: IntGaugeVec,
@@ -113,6 +134,18 @@ impl Metrics {
             "Memory cgroup events for the kubelet's cgroup and the kubepods tree (oom, oom_kill, max, high, pressure_*, psi, reclaim).",
             &["kind"],
         );
+        let kube_reports = counter_vec(
+            &registry,
+            "oomprobe_kube_reports_total",
+            "Writes to the Kubernetes API by --report, by kind (event, condition, pod_lookup, queue) and result (sent, failed, rate_limited, not_found, dropped).",
+            &["kind", "result"],
+        );
+        let connections = counter_vec(
+            &registry,
+            "oomprobe_metrics_connections_total",
+            "Connections to the /metrics endpoint, by result (served, refused: at the connection limit, timeout: no complete request in time or over the connection deadline, error: malformed).",
+            &["result"],
+        );
         let kubelet_restarts = gauge(
             &registry,
             "oomprobe_kubelet_restarts",
@@ -195,8 +228,15 @@ impl Metrics {
             "SIGKILL records received from the kernel, by delivery result (delivered, ignored: the target was already dying, already_pending).",
             &["delivery"],
         );
+        let decode_errors = counter_vec(
+            &registry,
+            "oomprobe_decode_errors_total",
+            "Kernel enum values the decoder does not know (a newer kernel, or a bad record), by field (signal.result, signal.sender_reclaim_kind, oom_control.constraint) and value; the record is kept, the field reported as unknown.",
+            &["field", "value"],
+        );
         Metrics {
             registry,
+            decode_errors,
             kills,
             dropped,
             kernel_events,
@@ -207,6 +247,8 @@ impl Metrics {
             kubelet_restarts,
             kubelet_metrics_errors,
             memcg_events,
+            kube_reports,
+            connections,
             kubelet_bytes,
             kubelet_call_site_bytes,
             node,
@@ -218,6 +260,19 @@ impl Metrics {
             cycles,
             flapping,
             last_kernel: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Which hook tier runs and which hooks attached (`oomprobe_hook_tier`, `oomprobe_hook`).
+    pub fn observe_hooks(&self, probes: &crate::kernel::probes::Probes) {
+        self.hook_tier
+            .with_label_values(&[probes.tier.as_str()])
+            .set(1);
+        for hook in crate::kernel::probes::HOOKS {
+            let on = probes.attached.contains(&hook.program);
+            self.hooks
+                .with_label_values(&[hook.program])
+                .set(i64::from(on));
         }
     }
 
@@ -259,7 +314,7 @@ impl Metrics {
         }
     }
 
-    pub fn observe_kubelet(&self, rep: &crate::kubelet::KubeletReport) {
+    pub fn observe_kubelet(&self, rep: &crate::kubelet::tracker::KubeletReport) {
         let pid = rep.pid.to_string();
         for (point, bytes) in &rep.by_entry_point {
             self.kubelet_bytes
@@ -344,38 +399,256 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
+/// What one client may take of the endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Connections served at once; one more is closed at accept (counted `refused`).
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head by then is closed (counted
+    /// `timeout`): idle and slow clients hold a slot this long at most.
+    pub header_timeout: Duration,
+    /// Whole-connection deadline (a client that does not read its response).
+    pub connection_timeout: Duration,
+    /// After the shutdown signal, connections in flight get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+/// Request heads above this are answered 431 (hyper's smallest read buffer).
+pub const MAX_HEAD_BYTES: usize = 8192;
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            max_connections: 64,
+            header_timeout: Duration::from_secs(2),
+            connection_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET | &Method::HEAD, _) => {
+            (StatusCode::NOT_FOUND, "text/plain", "not found\n".into())
+        }
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET or HEAD\n".into(),
+        ),
+    };
+    let body = if req.method() == Method::HEAD {
+        Bytes::new()
+    } else {
+        Bytes::from(body)
+    };
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(ctype),
+    );
+    r
+}
+
+/// Serves `/metrics` and `/healthz` (GET or HEAD; one request per connection) within `limits`
+/// until `shutdown` completes; then stops accepting and gives the connections in flight
+/// `limits.shutdown_grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    limits: ServeLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(shutdown);
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
+        let sock = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, _)) => sock,
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait for connections to close.
+                    tracing::debug!(error = %e, "metrics endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.connections.with_label_values(&["refused"]).inc();
+            drop(sock);
             continue;
         };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
+        let m = metrics.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let r = respond(&m, &req);
+            async move { Ok::<_, Infallible>(r) }
         });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(sock), service);
+        let conn = graceful.watch(conn);
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(limits.connection_timeout, conn).await {
+                Ok(Ok(())) => "served",
+                Ok(Err(e)) if e.is_timeout() => "timeout",
+                Ok(Err(_)) => "error",
+                Err(_) => "timeout",
+            };
+            m.connections.with_label_values(&[result]).inc();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("metrics endpoint: connections still open after the shutdown grace");
     }
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+    };
+
+    use super::*;
+
+    /// Sends `request` and reads until the server closes (or `limit` passes): the answer and
+    /// how long the connection lived.
+    async fn exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> (String, Duration) {
+        let start = Instant::now();
+        let Ok(mut s) = TcpStream::connect(addr).await else {
+            return (String::new(), start.elapsed());
+        };
+        let _ = s.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+        (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
+    }
+
+    fn count(m: &Metrics, result: &str) -> u64 {
+        m.connections.with_label_values(&[result]).get()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn endpoint_bounds_idle_and_malformed_clients_and_still_answers() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.kills.with_label_values(&["signal"]).inc();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ServeLimits {
+            max_connections: 16,
+            header_timeout: Duration::from_millis(500),
+            connection_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, metrics.clone(), limits, async {
+            let _ = stopped.await;
+        }));
+        let limit = Duration::from_secs(5);
+
+        // Malformed and oversized requests: answered with an error status and closed.
+        let (r, _) = exchange(addr, b"GARBAGE\r\n\r\n", limit).await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r:?}");
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(2 * MAX_HEAD_BYTES)
+        );
+        let (r, _) = exchange(addr, big.as_bytes(), limit).await;
+        assert!(r.starts_with("HTTP/1.1 431"), "{r:?}");
+        let (r, _) = exchange(addr, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n", limit).await;
+        assert!(r.starts_with("HTTP/1.1 405"), "{r:?}");
+        assert_eq!(count(&metrics, "error"), 2);
+
+        // 40 idle connections at once: 16 hold a slot until the header timeout, the other
+        // 24 are closed at accept.
+        let idle: Vec<_> = (0..40)
+            .map(|_| tokio::spawn(exchange(addr, b"", limit)))
+            .collect();
+        let mut lived = Vec::new();
+        for h in idle {
+            let (answer, t) = h.await.unwrap();
+            assert_eq!(answer, "", "an idle client gets no answer");
+            lived.push(t);
+        }
+        lived.sort();
+        let quick = lived
+            .iter()
+            .filter(|t| **t < Duration::from_millis(300))
+            .count();
+        assert_eq!(quick, 24, "{lived:?}");
+        assert!(lived[39] < Duration::from_millis(1500), "{lived:?}");
+        assert_eq!(count(&metrics, "refused"), 24);
+        assert_eq!(count(&metrics, "timeout"), 16);
+
+        // A slow client that sends half a request head is cut at the header timeout too.
+        let (r, t) = exchange(addr, b"GET /metr", limit).await;
+        assert_eq!(r, "");
+        assert!(t < Duration::from_millis(1500), "{t:?}");
+
+        // While a second flood holds every slot, a scrape answers once a slot frees: within
+        // the header timeout.
+        let flood: Vec<_> = (0..16)
+            .map(|_| tokio::spawn(exchange(addr, b"", limit)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let start = Instant::now();
+        let scrape = loop {
+            let (r, _) = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", limit).await;
+            if !r.is_empty() || start.elapsed() > limit {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(scrape.starts_with("HTTP/1.1 200 OK"), "{scrape:?}");
+        assert!(
+            scrape.contains("oomprobe_kills_total{kind=\"signal\"} 1"),
+            "{scrape}"
+        );
+        for h in flood {
+            h.await.unwrap();
+        }
+        let (r, _) = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", limit).await;
+        assert!(
+            r.starts_with("HTTP/1.1 200 OK") && r.ends_with("ok\n"),
+            "{r:?}"
+        );
+
+        // Graceful shutdown: the server returns and the port stops accepting.
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .expect("the server stops within its grace")
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err());
+    }
 }

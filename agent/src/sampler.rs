@@ -20,10 +20,9 @@ pub struct KubeletMemory {
     pub shmem_bytes: u64,
 }
 
-/// A sample as it appears in the JSON stream (`"event":"sample"`).
+/// A sample as it appears in the JSON stream (`Output::Sample`).
 #[derive(Debug, Clone, Serialize)]
 pub struct SampleEvent {
-    pub event: &'static str,
     pub time: String,
     pub kubelet: Option<KubeletMemory>,
     pub kubelet_cgroup: Option<String>,
@@ -38,7 +37,7 @@ pub struct SampleEvent {
     pub containers: Option<f64>,
     pub exited_containers: Option<f64>,
     /// From the kubelet's /metrics, when configured and reachable.
-    pub kubelet_metrics: Option<crate::kubelet_metrics::KubeletMetrics>,
+    pub kubelet_metrics: Option<crate::kubelet::metrics::KubeletMetrics>,
 }
 
 pub fn kubelet_memory(pid: u32) -> Option<KubeletMemory> {
@@ -120,13 +119,55 @@ fn walk_pods(h: &Hierarchy, root: &Path, dir: &Path, depth: u32, out: &mut Vec<(
     }
 }
 
-/// Kernel version as major.minor (e.g. 5.15).
-pub fn kernel_version() -> Option<f64> {
-    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    let mut it = r.trim().split(['.', '-']);
-    let major: f64 = it.next()?.parse().ok()?;
-    let minor: f64 = it.next()?.parse().ok()?;
-    Some(major + minor / if minor >= 10.0 { 100.0 } else { 10.0 })
+/// A kernel release as (major, minor, patch), ordered as versions are: 6.10 after 6.9.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl KernelVersion {
+    pub const fn new(major: u32, minor: u32, patch: u32) -> KernelVersion {
+        KernelVersion {
+            major,
+            minor,
+            patch,
+        }
+    }
+
+    /// Parses a release string (`/proc/sys/kernel/osrelease`, `uname -r`): `6.1.0-28-cloud-amd64`,
+    /// `5.15.0`, `6.18`. The patch is 0 when absent.
+    pub fn parse(release: &str) -> Option<KernelVersion> {
+        let mut it = release.trim().split(['.', '-', '+']);
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        let patch = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        Some(KernelVersion::new(major, minor, patch))
+    }
+
+    /// The running kernel's.
+    pub fn running() -> Option<KernelVersion> {
+        KernelVersion::parse(&std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?)
+    }
+
+    /// The same major and minor (any patch): the line a known issue is tied to.
+    pub fn is_line(self, major: u32, minor: u32) -> bool {
+        self.major == major && self.minor == minor
+    }
+
+    /// The series' `kernel` column (persisted and in recorded CSVs): major.minor as a decimal,
+    /// two digits of minor from 10 on (5.15). Only ever compared for equality with one line.
+    pub fn series_value(self) -> f64 {
+        let minor = f64::from(self.minor);
+        f64::from(self.major) + minor / if minor >= 10.0 { 100.0 } else { 10.0 }
+    }
+}
+
+impl std::fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
 }
 
 /// Takes one sample. `pid`: the kubelet process followed now, if any.
@@ -164,11 +205,10 @@ pub fn sample(
         workload_working_set_bytes: Some(workload as f64),
         kubelet_restarts: Some(restarts as f64),
         cgroup_version: h.map(|h| f64::from(h.version())),
-        kernel: kernel_version(),
+        kernel: KernelVersion::running().map(KernelVersion::series_value),
         ..Default::default()
     };
     let ev = SampleEvent {
-        event: "sample",
         time: crate::clock::rfc3339(
             time::OffsetDateTime::from_unix_timestamp(now)
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
@@ -226,7 +266,21 @@ mod tests {
     }
 
     #[test]
-    fn kernel_version_parses() {
-        assert!(kernel_version().unwrap() >= 4.0);
+    fn kernel_versions_order_as_versions() {
+        let v = |s: &str| KernelVersion::parse(s).unwrap();
+        assert!(v("6.10.0") > v("6.9.12"));
+        assert!(v("6.1.0-28-cloud-amd64") < v("6.12.0"));
+        assert_eq!(v("5.15.0-1050-aws"), KernelVersion::new(5, 15, 0));
+        assert_eq!(v("6.18"), KernelVersion::new(6, 18, 0));
+        assert!(v("5.15.3").is_line(5, 15));
+        assert_eq!(KernelVersion::parse("linux"), None);
+        // The series column keeps its recorded encoding.
+        assert_eq!(v("5.15.3").series_value(), 5.15);
+        assert_eq!(v("6.1.0").series_value(), 6.1);
+    }
+
+    #[test]
+    fn running_kernel_parses() {
+        assert!(KernelVersion::running().unwrap() >= KernelVersion::new(4, 0, 0));
     }
 }

@@ -29,6 +29,9 @@ pub mod maps {
 pub mod programs {
     /// `signal_generate` as a raw tracepoint: its arguments carry the target `task_struct`.
     pub const RAW_TP_SIGNAL_GENERATE: &str = "raw_tp_signal_generate";
+    /// The same program for the atomic `rss_stat` layout (before 6.2): no per-CPU loop, which
+    /// 6.1's verifier refuses (E2BIG) even where the layout makes it dead code.
+    pub const RAW_TP_SIGNAL_GENERATE_ATOMIC: &str = "raw_tp_signal_generate_atomic";
 }
 
 /// How much each level of the OOM trigger's memory cgroup chain counted since the trigger's

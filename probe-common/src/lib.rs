@@ -499,6 +499,168 @@ impl Config {
     };
 }
 
+/// A ring-buffer record: a wire struct that starts with an [`EventHeader`] and is sent as one
+/// [`EventKind`]. The binding is made once, here: a probe writes its header with
+/// [`EventHeader::of`], and the decoder reads a kind's payload only as the struct bound to it.
+pub trait WireEvent: Copy {
+    const KIND: EventKind;
+}
+
+impl WireEvent for SignalEvent {
+    const KIND: EventKind = EventKind::Signal;
+}
+impl WireEvent for OomVictimEvent {
+    const KIND: EventKind = EventKind::OomVictim;
+}
+impl WireEvent for ExitEvent {
+    const KIND: EventKind = EventKind::Exit;
+}
+impl WireEvent for KubeletExecEvent {
+    const KIND: EventKind = EventKind::KubeletExec;
+}
+impl WireEvent for OomControlEvent {
+    const KIND: EventKind = EventKind::OomControl;
+}
+impl WireEvent for VictimMmEvent {
+    const KIND: EventKind = EventKind::VictimMm;
+}
+
+impl EventHeader {
+    /// The header of a `T` record written at `ktime_ns`: its kind and its length.
+    #[inline(always)]
+    pub const fn of<T: WireEvent>(ktime_ns: u64) -> EventHeader {
+        EventHeader {
+            kind: T::KIND as u32,
+            len: size_of::<T>() as u32,
+            ktime_ns,
+        }
+    }
+}
+
+/// `enum oom_constraint` (mm/oom_kill.c): what the OOM killer was constrained to. Crosses the
+/// wire as `u32` ([`OomControlEvent::constraint`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OomConstraint {
+    /// `CONSTRAINT_NONE`: the whole node (a global OOM).
+    None = 0,
+    /// `CONSTRAINT_CPUSET`.
+    Cpuset = 1,
+    /// `CONSTRAINT_MEMORY_POLICY`.
+    MemoryPolicy = 2,
+    /// `CONSTRAINT_MEMCG`: a memory cgroup's limit.
+    Memcg = 3,
+}
+
+impl TryFrom<u32> for OomConstraint {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            0 => Ok(Self::None),
+            1 => Ok(Self::Cpuset),
+            2 => Ok(Self::MemoryPolicy),
+            3 => Ok(Self::Memcg),
+            other => Err(other),
+        }
+    }
+}
+
+impl OomConstraint {
+    /// The record's name: `global` (`CONSTRAINT_NONE`), `cpuset`, `memory_policy`, `memcg`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "global",
+            Self::Cpuset => "cpuset",
+            Self::MemoryPolicy => "memory_policy",
+            Self::Memcg => "memcg",
+        }
+    }
+}
+
+/// `enum trace_signal_result` (include/trace/events/signal.h): what became of a signal.
+/// Crosses the wire as `i32` ([`SignalEvent::result`]).
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalDelivery {
+    /// `TRACE_SIGNAL_DELIVERED`.
+    Delivered = 0,
+    /// `TRACE_SIGNAL_IGNORED`: the target was already dying, or ignores the signal.
+    Ignored = 1,
+    /// `TRACE_SIGNAL_ALREADY_PENDING`.
+    AlreadyPending = 2,
+    /// `TRACE_SIGNAL_OVERFLOW_FAIL`.
+    OverflowFail = 3,
+    /// `TRACE_SIGNAL_LOSE_INFO`.
+    LoseInfo = 4,
+}
+
+impl TryFrom<i32> for SignalDelivery {
+    type Error = i32;
+    fn try_from(v: i32) -> Result<Self, i32> {
+        match v {
+            0 => Ok(Self::Delivered),
+            1 => Ok(Self::Ignored),
+            2 => Ok(Self::AlreadyPending),
+            3 => Ok(Self::OverflowFail),
+            4 => Ok(Self::LoseInfo),
+            other => Err(other),
+        }
+    }
+}
+
+impl SignalDelivery {
+    /// The record's name: `delivered`, `ignored`, `already_pending`, `overflow_fail`,
+    /// `lose_info`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Ignored => "ignored",
+            Self::AlreadyPending => "already_pending",
+            Self::OverflowFail => "overflow_fail",
+            Self::LoseInfo => "lose_info",
+        }
+    }
+}
+
+/// A signal's `si_code` (include/uapi/asm-generic/siginfo.h). Any `i32` is a valid code (the
+/// architecture and the signal add their own), so this is a newtype with the kernel's names
+/// for the codes a SIGKILL carries, not a closed enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SiCode(pub i32);
+
+impl SiCode {
+    /// Sent by `kill(2)`.
+    pub const USER: SiCode = SiCode(0);
+    /// Sent by the kernel (the OOM killer among others).
+    pub const KERNEL: SiCode = SiCode(0x80);
+    pub const QUEUE: SiCode = SiCode(-1);
+    pub const TIMER: SiCode = SiCode(-2);
+    pub const MESGQ: SiCode = SiCode(-3);
+    pub const ASYNCIO: SiCode = SiCode(-4);
+    pub const SIGIO: SiCode = SiCode(-5);
+    /// Sent by `tkill(2)`/`tgkill(2)`.
+    pub const TKILL: SiCode = SiCode(-6);
+    pub const DETHREAD: SiCode = SiCode(-7);
+    pub const ASYNCNL: SiCode = SiCode(-60);
+
+    /// The kernel's name (`SI_USER`, `SI_KERNEL`, ...), or None for a code without one here.
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self.0 {
+            0 => "SI_USER",
+            0x80 => "SI_KERNEL",
+            -1 => "SI_QUEUE",
+            -2 => "SI_TIMER",
+            -3 => "SI_MESGQ",
+            -4 => "SI_ASYNCIO",
+            -5 => "SI_SIGIO",
+            -6 => "SI_TKILL",
+            -7 => "SI_DETHREAD",
+            -60 => "SI_ASYNCNL",
+            _ => return None,
+        })
+    }
+}
+
 // The layout is the ABI: a change here must be deliberate.
 const _: () = assert!(size_of::<EventHeader>() == 16);
 const _: () = assert!(size_of::<CgroupPath>() == 16 + CGROUP_NAME_LEN * CGROUP_MAX_DEPTH);

@@ -169,7 +169,12 @@ unsafe fn as_number(p: u64) -> u64 {
 
 /// `task`'s RSS counters (pages), its `memory.oom.group` chain and memcg path into `ev`.
 #[inline(always)]
-pub fn read_victim_mm(cfg: &Config, lay: &MemLayout, task: *const u8, ev: *mut VictimMmEvent) {
+pub fn read_victim_mm<const PERCPU: bool>(
+    cfg: &Config,
+    lay: &MemLayout,
+    task: *const u8,
+    ev: *mut VictimMmEvent,
+) {
     let mut flags = 0u32;
     unsafe {
         (*ev).file_pages = 0;
@@ -195,7 +200,7 @@ pub fn read_victim_mm(cfg: &Config, lay: &MemLayout, task: *const u8, ev: *mut V
         let mm = unsafe { read_ptr(task, lay.task_mm) }.unwrap_or(core::ptr::null());
         if !mm.is_null() {
             flags |= mm_flags::MM;
-            flags |= read_rss(lay, task, mm, ev);
+            flags |= read_rss::<PERCPU>(lay, task, mm, ev);
             if present(lay.mm_total_vm) {
                 if let Ok(v) = unsafe { read_u64(mm, lay.mm_total_vm) } {
                     unsafe { (*ev).total_vm_pages = v };
@@ -241,7 +246,12 @@ fn oom_group_levels(cfg: &Config, lay: &MemLayout, mut css: *const u8) -> u32 {
 
 /// Returns `mm_flags` bits for what was read.
 #[inline(always)]
-fn read_rss(lay: &MemLayout, task: *const u8, mm: *const u8, ev: *mut VictimMmEvent) -> u32 {
+fn read_rss<const PERCPU: bool>(
+    lay: &MemLayout,
+    task: *const u8,
+    mm: *const u8,
+    ev: *mut VictimMmEvent,
+) -> u32 {
     let idx = [lay.mm_file, lay.mm_anon, lay.mm_shmem, lay.mm_swap];
     for i in idx {
         if !present(i) || i >= 8 {
@@ -267,7 +277,8 @@ fn read_rss(lay: &MemLayout, task: *const u8, mm: *const u8, ev: *mut VictimMmEv
             }
             flags |= mm_flags::TASK_CACHE;
         }
-    } else if lay.rss_layout == RSS_LAYOUT_PERCPU
+    } else if PERCPU
+        && lay.rss_layout == RSS_LAYOUT_PERCPU
         && present(lay.pcpu_count)
         && present(lay.pcpu_counters)
     {

@@ -58,53 +58,68 @@ pub struct Agent {
     owns_state: bool,
 }
 
+/// How to start an agent: `Agent::builder().metrics(port).args(&[...]).start()`.
+#[derive(Default)]
+pub struct AgentBuilder {
+    wrapper: Vec<String>,
+    args: Vec<String>,
+    metrics_port: Option<u16>,
+    state_dir: Option<PathBuf>,
+}
+
+impl AgentBuilder {
+    /// Serve metrics on this loopback port (otherwise `--no-metrics`).
+    pub fn metrics(mut self, port: u16) -> Self {
+        self.metrics_port = Some(port);
+        self
+    }
+
+    /// Extra `oomprobe run` arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// A state directory the caller owns and removes (persistence tests); otherwise a fresh
+    /// one, removed with the agent.
+    pub fn state_dir(mut self, dir: PathBuf) -> Self {
+        self.state_dir = Some(dir);
+        self
+    }
+
+    /// Run through a wrapper, e.g. `setpriv ... --`.
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// Starts it and waits (30 s at most) until it is ready.
+    pub fn start(self) -> Agent {
+        require_root();
+        let metrics_addr = self.metrics_port.map(|p| format!("127.0.0.1:{p}"));
+        let mut extra: Vec<String> = match &metrics_addr {
+            Some(addr) => vec!["--metrics-addr".into(), addr.clone()],
+            None => vec!["--no-metrics".into()],
+        };
+        extra.extend(self.args);
+        let owns_state = self.state_dir.is_none();
+        let state_dir = self.state_dir.unwrap_or_else(|| scratch_dir("state"));
+        let wrapper: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let mut agent = Agent::start_via(&wrapper, &extra, metrics_addr, state_dir);
+        agent.owns_state = owns_state;
+        agent
+    }
+}
+
 impl Agent {
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder::default()
+    }
+
+    /// An agent with the defaults (metrics off).
     pub fn start() -> Agent {
-        Self::start_with(&["--no-metrics"], None)
-    }
-
-    /// With metrics on a loopback port and extra arguments.
-    pub fn start_with_metrics_args(port: u16, args: &[&str]) -> Agent {
-        let addr = format!("127.0.0.1:{port}");
-        let mut all = vec!["--metrics-addr", addr.as_str()];
-        all.extend_from_slice(args);
-        Self::start_with(&all, Some(addr.clone()))
-    }
-
-    /// With extra `oomprobe run` arguments (metrics off).
-    pub fn start_args(args: &[&str]) -> Agent {
-        let mut all = vec!["--no-metrics"];
-        all.extend_from_slice(args);
-        Self::start_with(&all, None)
-    }
-
-    /// With metrics on a loopback port.
-    pub fn start_with_metrics(port: u16) -> Agent {
-        let addr = format!("127.0.0.1:{port}");
-        Self::start_with(&["--metrics-addr", &addr], Some(addr.clone()))
-    }
-
-    fn start_with(extra: &[&str], metrics_addr: Option<String>) -> Agent {
-        require_root();
-        let state_dir = scratch_dir("state");
-        let mut agent = Self::start_in(extra, metrics_addr, state_dir);
-        agent.owns_state = true;
-        agent
-    }
-
-    /// With a given state directory (persistence tests), which the caller removes.
-    pub fn start_in(extra: &[&str], metrics_addr: Option<String>, state_dir: PathBuf) -> Agent {
-        Self::start_via(&[], extra, metrics_addr, state_dir)
-    }
-
-    /// Run through `wrapper` (e.g. `setpriv ... --`), metrics off.
-    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Agent {
-        require_root();
-        let mut all = vec!["--no-metrics"];
-        all.extend_from_slice(args);
-        let mut agent = Self::start_via(wrapper, &all, None, scratch_dir("state"));
-        agent.owns_state = true;
-        agent
+        Agent::builder().start()
     }
 
     fn start_via(
@@ -194,7 +209,8 @@ impl Agent {
         }
     }
 
-    /// Waits for a kill record matching `pred`.
+    /// Waits for a kill record matching `pred` (a raw JSON view, for records whose pid is not
+    /// known in advance, such as a container's process in the lab).
     pub fn wait_for_kill(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         let mut found = None;
         self.wait_until(timeout, "kill record", |s| {
@@ -206,6 +222,26 @@ impl Agent {
             found.is_some()
         });
         found.expect("found")
+    }
+
+    /// Waits (20 s at most) for the kill record of the process `pid`, to check field by field.
+    pub fn expect_kill(&self, pid: u64) -> Kill {
+        self.expect_kill_within(pid, Duration::from_secs(20))
+    }
+
+    /// [`Agent::expect_kill`] with another deadline.
+    pub fn expect_kill_within(&self, pid: u64, deadline: Duration) -> Kill {
+        Kill(self.wait_for_kill(deadline, |v| v["victim"]["pid"].as_u64() == Some(pid)))
+    }
+
+    /// Every kill record so far of the processes `pred` accepts.
+    pub fn kills(&self, pred: impl Fn(&Kill) -> bool) -> Vec<Kill> {
+        self.records()
+            .into_iter()
+            .filter(|v| v["event"] == "kill")
+            .map(Kill)
+            .filter(|k| pred(k))
+            .collect()
     }
 
     /// Waits for any JSON event matching `pred`.
@@ -235,15 +271,16 @@ impl Agent {
         &self,
         n: usize,
         timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Vec<Value> {
+        pred: impl Fn(&Kill) -> bool,
+    ) -> Vec<Kill> {
         let mut found = Vec::new();
         self.wait_until(timeout, &format!("{n} kill records"), |s| {
             found = s
                 .lines
                 .iter()
-                .filter(|v| v["event"] == "kill" && pred(v))
-                .cloned()
+                .filter(|v| v["event"] == "kill")
+                .map(|v| Kill(v.clone()))
+                .filter(|k| pred(k))
                 .collect();
             found.len() >= n
         });
@@ -394,3 +431,151 @@ pub fn spawn_in(cg: &ScratchCgroup, program: &str, args: &[&str]) -> Proc {
 }
 
 pub const MIB: u64 = 1 << 20;
+
+/// A record's `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillKind {
+    OomMemcg,
+    OomGlobal,
+    Signal,
+}
+
+impl KillKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillKind::OomMemcg => "oom_memcg",
+            KillKind::OomGlobal => "oom_global",
+            KillKind::Signal => "signal",
+        }
+    }
+}
+
+/// The sender's `si_code` as the record names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SiCode {
+    /// `kill(2)`.
+    User,
+    /// The kernel (the OOM killer).
+    Kernel,
+}
+
+impl SiCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiCode::User => "SI_USER",
+            SiCode::Kernel => "SI_KERNEL",
+        }
+    }
+}
+
+/// One kill record of the agent's stream. Each check asserts an exact value and names the
+/// field and the whole record when it fails; checks chain:
+/// `agent.expect_kill(pid).kind(KillKind::OomMemcg).sender(trigger).code(SiCode::Kernel)`.
+#[derive(Debug, Clone)]
+pub struct Kill(pub Value);
+
+impl Kill {
+    fn field(&self, path: &str) -> &Value {
+        path.split('.').fold(&self.0, |v, k| &v[k])
+    }
+
+    #[track_caller]
+    fn is(&self, path: &str, want: impl Into<Value>) -> &Self {
+        let want = want.into();
+        assert_eq!(self.field(path), &want, "{path} of kill record {}", self.0);
+        self
+    }
+
+    #[track_caller]
+    fn u64_at(&self, path: &str) -> u64 {
+        self.field(path)
+            .as_u64()
+            .unwrap_or_else(|| panic!("{path} missing from kill record {}", self.0))
+    }
+
+    #[track_caller]
+    pub fn kind(&self, kind: KillKind) -> &Self {
+        self.is("kind", kind.as_str())
+    }
+    /// The sender's tgid.
+    #[track_caller]
+    pub fn sender(&self, pid: u64) -> &Self {
+        self.is("sender.pid", pid)
+    }
+    #[track_caller]
+    pub fn sender_comm(&self, comm: &str) -> &Self {
+        self.is("sender.comm", comm)
+    }
+    #[track_caller]
+    pub fn sender_cgroup(&self, path: &str) -> &Self {
+        self.is("sender.cgroup", path)
+    }
+    #[track_caller]
+    pub fn code(&self, code: SiCode) -> &Self {
+        self.is("sender.code", code.as_str())
+    }
+    #[track_caller]
+    pub fn victim_comm(&self, comm: &str) -> &Self {
+        self.is("victim.comm", comm)
+    }
+    #[track_caller]
+    pub fn victim_cgroup(&self, path: &str) -> &Self {
+        self.is("victim.cgroup", path)
+    }
+    /// The task whose allocation invoked the OOM killer.
+    #[track_caller]
+    pub fn trigger(&self, pid: u64) -> &Self {
+        self.is("oom.trigger_pid", pid)
+    }
+    /// The memory cgroup whose limit fired, and that limit.
+    #[track_caller]
+    pub fn domain(&self, path: &str, limit_bytes: u64) -> &Self {
+        self.is("oom.domain.path", path)
+            .is("oom.domain.limit_bytes", limit_bytes)
+    }
+    #[track_caller]
+    pub fn domain_path(&self, path: &str) -> &Self {
+        self.is("oom.domain.path", path)
+    }
+    #[track_caller]
+    pub fn exit_code(&self, code: i64) -> &Self {
+        self.is("exit_code", code)
+    }
+    /// No OOM details: a plain signal.
+    #[track_caller]
+    pub fn not_oom(&self) -> &Self {
+        self.is("oom", Value::Null)
+    }
+
+    pub fn victim_pid(&self) -> u64 {
+        self.u64_at("victim.pid")
+    }
+    pub fn kind_str(&self) -> &str {
+        self.field("kind").as_str().unwrap_or("")
+    }
+    pub fn victim_cgroup_str(&self) -> &str {
+        self.field("victim.cgroup").as_str().unwrap_or("")
+    }
+    pub fn domain_path_str(&self) -> &str {
+        self.field("oom.domain.path").as_str().unwrap_or("")
+    }
+    #[track_caller]
+    pub fn anon_rss_kb(&self) -> u64 {
+        self.u64_at("memory.anon_rss_kb")
+    }
+    #[track_caller]
+    pub fn exit_after_ns(&self) -> u64 {
+        self.u64_at("exit_after_ns")
+    }
+    #[track_caller]
+    pub fn seen_after_ns(&self) -> u64 {
+        self.u64_at("seen_after_ns")
+    }
+    #[track_caller]
+    pub fn ktime_ns(&self) -> u64 {
+        self.u64_at("ktime_ns")
+    }
+    pub fn time(&self) -> &str {
+        self.field("time").as_str().unwrap_or("")
+    }
+}

@@ -25,7 +25,9 @@ struct Request {
     body: String,
 }
 
-/// A loopback server answering every request with `status`.
+/// A loopback server answering every request with `status`: a 2xx with an empty Node, any
+/// other status with a `Status` body carrying its code (as a real API server does; kube-rs
+/// reads the code from it).
 fn api_server(status: &'static str) -> (String, Arc<Mutex<Vec<Request>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -61,9 +63,21 @@ fn api_server(status: &'static str) -> (String, Arc<Mutex<Vec<Request>>>) {
                 headers,
                 body: String::from_utf8_lossy(&body).into_owned(),
             });
+            let code: u16 = status[..3].parse().unwrap();
+            let body = if (200..300).contains(&code) {
+                r#"{"kind":"Node","apiVersion":"v1","metadata":{"name":"test-node"}}"#.to_string()
+            } else {
+                format!(
+                    r#"{{"kind":"Status","apiVersion":"v1","status":"Failure","message":"{status}","reason":"InternalError","code":{code}}}"#
+                )
+            };
             let mut c = conn;
             let _ = c.write_all(
-                format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\n{{}}").as_bytes(),
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
             );
         }
     });
@@ -138,10 +152,12 @@ fn flap_cycle_stages_storm_collateral_and_one_cordon() {
     let dir = scratch_dir("token");
     std::fs::create_dir_all(&dir).unwrap();
     let token = dir.join("token");
-    std::fs::write(&token, "s3cret\n").unwrap();
+    // kube-rs sends the file's bytes as they are (no trim): a service account token has no
+    // trailing newline.
+    std::fs::write(&token, "s3cret").unwrap();
     let args = agent_args(&api, token.to_str().unwrap(), true);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start_args(&args);
+    let agent = Agent::builder().args(&args).start();
     let cg = ScratchCgroup::create(&cgroup_name("flap"), Some(48 * MIB)).unwrap();
     let pods = ScratchCgroup::create(&cgroup_name("kubepods"), None).unwrap();
     let pod = pods.child("burstable", None).unwrap();
@@ -221,16 +237,24 @@ fn flap_cycle_stages_storm_collateral_and_one_cordon() {
     let reqs = requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 1, "{reqs:?}");
     assert_eq!(reqs[0].method, "PATCH");
-    assert_eq!(reqs[0].path, "/api/v1/nodes/test-node");
+    // The path, without the query (kube-rs adds `fieldManager=oomprobe`).
+    assert_eq!(
+        reqs[0].path.split('?').next().unwrap(),
+        "/api/v1/nodes/test-node"
+    );
     assert_eq!(reqs[0].body, r#"{"spec":{"unschedulable":true}}"#);
-    assert!(reqs[0]
-        .headers
-        .iter()
-        .any(|h| h == "Content-Type: application/strategic-merge-patch+json"));
-    assert!(reqs[0]
-        .headers
-        .iter()
-        .any(|h| h == "Authorization: Bearer s3cret"));
+    // Header names are case-insensitive (hyper writes them lower-case).
+    let header = |name: &str| {
+        reqs[0].headers.iter().find_map(|h| {
+            let (n, v) = h.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    assert_eq!(
+        header("Content-Type").as_deref(),
+        Some("application/strategic-merge-patch+json")
+    );
+    assert_eq!(header("Authorization").as_deref(), Some("Bearer s3cret"));
     let actions: Vec<Value> = agent
         .records()
         .into_iter()
@@ -248,7 +272,7 @@ fn cordon_is_a_dry_run_unless_confirmed() {
     let (api, requests) = api_server("200 OK");
     let args = agent_args(&api, "/nonexistent", false);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start_args(&args);
+    let agent = Agent::builder().args(&args).start();
     let cg = ScratchCgroup::create(&cgroup_name("dryrun"), Some(48 * MIB)).unwrap();
     let (_pids, _last) = flap(&cg, 2, || {});
     let action = agent.wait_for_event(WAIT, "dry-run action", |v| v["event"] == "action");
@@ -264,7 +288,7 @@ fn cordon_errors_are_reported_and_not_retried_in_a_loop() {
     let (api, requests) = api_server("500 Internal Server Error");
     let args = agent_args(&api, "/nonexistent", true);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start_args(&args);
+    let agent = Agent::builder().args(&args).start();
     let cg = ScratchCgroup::create(&cgroup_name("apierr"), Some(48 * MIB)).unwrap();
     let (_pids, _last) = flap(&cg, 3, || {});
     let action = agent.wait_for_event(WAIT, "failed action", |v| v["event"] == "action");

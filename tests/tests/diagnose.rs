@@ -85,7 +85,7 @@ fn diagnose_reports_each_check_in_the_guides_terms() {
         &standin_kubelet("go"),
         &[
             "-total-mib",
-            "48",
+            "54",
             "-interval-ms",
             "1",
             "-stats-ms",
@@ -100,7 +100,7 @@ fn diagnose_reports_each_check_in_the_guides_terms() {
         assert!(!lines.is_empty(), "stand-in ended early");
     }
     let api = server(Some(
-        r#"{"kind":"Node","status":{"conditions":[{"type":"Ready","status":"True"},{"type":"MemoryPressure","status":"True"}]}}"#,
+        r#"{"kind":"Node","apiVersion":"v1","metadata":{"name":"n1"},"status":{"conditions":[{"type":"Ready","status":"True"},{"type":"MemoryPressure","status":"True"}]}}"#,
     ));
     let api = api.trim_end_matches("/metrics").to_string();
     let checks = diagnose(&[
@@ -119,7 +119,8 @@ fn diagnose_reports_each_check_in_the_guides_terms() {
         .as_str()
         .unwrap()
         .contains(&format!("pid {}", k.pid())));
-    // 48 MiB and more of a 64 MiB limit: near the limit, Pre-OOM.
+    // 54 MiB leaked (84% of the 64 MiB limit before the runtime's own pages): near the limit, Pre-OOM.
+    // (48 MiB was enough under go1.19, whose runtime held more; go1.26 stays below 80%.)
     assert_eq!(find(&checks, "kubelet_cgroup")["verdict"], "bad");
     assert_eq!(find(&checks, "kubelet_goroutines")["value"], "610");
     assert_eq!(find(&checks, "kubelet_goroutines")["verdict"], "bad");
@@ -154,13 +155,15 @@ fn unreachable_metrics_are_unknown_not_fatal() {
 #[test]
 fn run_scrapes_kubelet_metrics_and_counts_garbage_and_timeouts() {
     let good = server(Some(RECORDED));
-    let agent = Agent::start_args(&[
-        "--sample-interval",
-        "1",
-        "--emit-samples",
-        "--kubelet-metrics",
-        &good,
-    ]);
+    let agent = Agent::builder()
+        .args(&[
+            "--sample-interval",
+            "1",
+            "--emit-samples",
+            "--kubelet-metrics",
+            &good,
+        ])
+        .start();
     let s = agent.wait_for_event(
         Duration::from_secs(20),
         "a sample with kubelet metrics",
@@ -185,10 +188,10 @@ fn run_scrapes_kubelet_metrics_and_counts_garbage_and_timeouts() {
         (None, "timeout"),
     ] {
         let url = server(body);
-        let agent = Agent::start_with_metrics_args(
-            19640,
-            &["--sample-interval", "1", "--kubelet-metrics", &url],
-        );
+        let agent = Agent::builder()
+            .metrics(19640)
+            .args(&["--sample-interval", "1", "--kubelet-metrics", &url])
+            .start();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let body = agent.scrape();

@@ -3,16 +3,10 @@
 //! `kill -9` victim's memory read in the kernel at the signal.
 use std::{process::Command, time::Duration};
 
-use oomprobe_tests::{spawn_in, Agent, Proc, ScratchCgroup, MIB};
+use oomprobe_tests::{spawn_in, Agent, KillKind, Proc, ScratchCgroup, MIB};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn pid_of(v: &Value, who: &str) -> u64 {
-    v[who]["pid"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{who}.pid missing: {v}"))
-}
 
 fn held(lines: &[String]) -> u64 {
     lines
@@ -71,14 +65,12 @@ impl Pod {
 /// The kill record of `victim`, checked to be a memcg OOM kill whose domain the kernel's
 /// `memory.failcnt` decided.
 fn oom_record(agent: &Agent, victim: u64, trigger: u64, domain: &ScratchCgroup) -> Value {
-    let rec = agent.wait_for_kill(WAIT, |v| pid_of(v, "victim") == victim);
-    assert_eq!(rec["kind"], "oom_memcg", "{rec}");
-    assert_eq!(pid_of(&rec, "sender"), trigger, "{rec}");
-    assert_eq!(
-        rec["oom"]["domain"]["path"],
-        domain.path.as_str(),
-        "domain: {rec}"
-    );
+    let kill = agent.expect_kill_within(victim, WAIT);
+    kill.kind(KillKind::OomMemcg)
+        .sender(trigger)
+        .trigger(trigger)
+        .domain_path(domain.path.as_str());
+    let rec = kill.0;
     assert_eq!(rec["oom"]["evidence"], "memory.failcnt", "{rec}");
     rec
 }
@@ -178,9 +170,9 @@ fn kill_nine_victims_memory_is_read_in_the_kernel_every_time() {
         assert!(status.success());
         assert_eq!(target.wait_signal(), Some(9));
         let pid = u64::from(target.pid());
-        let rec = agent.wait_for_kill(WAIT, |v| pid_of(v, "victim") == pid);
-        assert_eq!(rec["kind"], "signal", "{rec}");
-        assert_eq!(rec["sender"]["comm"], "kill", "{rec}");
+        let kill = agent.expect_kill_within(pid, WAIT);
+        kill.kind(KillKind::Signal).sender_comm("kill").not_oom();
+        let rec = kill.0;
         let mem = &rec["memory"];
         assert_eq!(mem["source"], "rss_stat", "run {run}: {rec}");
         let anon = mem["anon_rss_kb"].as_u64().expect("anon_rss_kb");

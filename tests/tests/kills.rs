@@ -2,16 +2,12 @@
 //! creates, a real `kill -9`, a burst reconciled against the kernel's own counters.
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use oomprobe_tests::{cgroup_name, metric, spawn_in, vmstat_oom_kills, Agent, ScratchCgroup, MIB};
-use serde_json::Value;
+use oomprobe_tests::{
+    cgroup_name, metric, spawn_in, vmstat_oom_kills, Agent, Kill, KillKind, ScratchCgroup, SiCode,
+    MIB,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn pid_of(v: &Value, who: &str) -> u64 {
-    v[who]["pid"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{who}.pid missing: {v}"))
-}
 
 /// Last `held <KiB>` line a memhog printed before it died.
 fn last_held(lines: &[String]) -> u64 {
@@ -37,28 +33,27 @@ fn memcg_oom_kill_is_recorded_exactly() {
     );
     let held_kib = last_held(&lines);
 
-    let rec = agent.wait_for_kill(WAIT, |v| pid_of(v, "victim") == pid);
-    assert_eq!(rec["kind"], "oom_memcg", "{rec}");
-    assert_eq!(rec["victim"]["comm"], "memhog");
-    assert_eq!(rec["victim"]["cgroup"], cg.path.as_str());
-    assert_eq!(rec["sender"]["code"], "SI_KERNEL");
-    // It triggered its own OOM: the allocating task is the victim.
-    assert_eq!(pid_of(&rec, "sender"), pid);
-    assert_eq!(rec["oom"]["trigger_pid"].as_u64(), Some(pid));
-    assert_eq!(rec["oom"]["domain"]["path"], cg.path.as_str());
-    assert_eq!(rec["oom"]["domain"]["limit_bytes"].as_u64(), Some(32 * MIB));
-    assert_eq!(rec["exit_code"].as_i64(), Some(9));
-    let anon = rec["memory"]["anon_rss_kb"].as_u64().expect("anon_rss_kb");
+    let rec = agent.expect_kill(pid);
+    rec.kind(KillKind::OomMemcg)
+        .victim_comm("memhog")
+        .victim_cgroup(&cg.path)
+        .code(SiCode::Kernel)
+        // It triggered its own OOM: the allocating task is the victim.
+        .sender(pid)
+        .trigger(pid)
+        .domain(&cg.path, 32 * MIB)
+        .exit_code(9);
+    let anon = rec.anon_rss_kb();
     // It held `held_kib` and was touching the next 1 MiB step when the charge failed.
     assert!(
         anon >= held_kib && anon <= held_kib + 2048,
         "anon_rss_kb {anon} vs held {held_kib} KiB"
     );
-    let exit_after = rec["exit_after_ns"].as_u64().expect("exit_after_ns set");
+    let exit_after = rec.exit_after_ns();
     assert!(exit_after > 0 && exit_after < 5_000_000_000, "{exit_after}");
-    let ktime = rec["ktime_ns"].as_u64().unwrap();
+    let ktime = rec.ktime_ns();
     assert!(ktime > 0);
-    let time = rec["time"].as_str().unwrap();
+    let time = rec.time();
     assert!(
         time.ends_with('Z') && time.len() == "2026-11-28T07:33:39.501197331Z".len(),
         "{time}"
@@ -89,34 +84,28 @@ fn oom_triggered_by_another_process_names_victim_and_trigger() {
 
     let vpid = u64::from(victim.pid());
     let tpid = u64::from(trigger.pid());
-    let rec = agent.wait_for_kill(WAIT, |v| pid_of(v, "victim") == vpid);
-    assert_eq!(rec["kind"], "oom_memcg", "{rec}");
-    assert_eq!(
-        pid_of(&rec, "sender"),
-        tpid,
-        "sender must be the trigger: {rec}"
-    );
-    assert_eq!(rec["sender"]["comm"], "memhog");
-    assert_eq!(rec["sender"]["code"], "SI_KERNEL");
-    assert_eq!(rec["sender"]["cgroup"], cg.path.as_str());
-    assert_eq!(rec["oom"]["trigger_pid"].as_u64(), Some(tpid));
-    assert_eq!(rec["victim"]["cgroup"], cg.path.as_str());
-    let anon = rec["memory"]["anon_rss_kb"].as_u64().unwrap();
+    let rec = agent.expect_kill(vpid);
+    rec.kind(KillKind::OomMemcg)
+        // The sender must be the trigger.
+        .sender(tpid)
+        .sender_comm("memhog")
+        .code(SiCode::Kernel)
+        .sender_cgroup(&cg.path)
+        .trigger(tpid)
+        .victim_cgroup(&cg.path);
+    let anon = rec.anon_rss_kb();
     assert!(
         anon >= held_kib && anon <= held_kib + 1024,
         "victim anon {anon} KiB vs held {held_kib} KiB"
     );
     assert!(
-        !agent
-            .records()
-            .iter()
-            .any(|v| v["event"] == "kill" && pid_of(v, "victim") == tpid),
+        agent.kills(|k| k.victim_pid() == tpid).is_empty(),
         "the trigger was not killed"
     );
 }
 
 /// `kill -9` of a memhog in a scratch cgroup; checks the record names it exactly. Returns it.
-fn kill_nine_is_recorded(agent: &Agent, name: &str) -> (Value, ScratchCgroup) {
+fn kill_nine_is_recorded(agent: &Agent, name: &str) -> (Kill, ScratchCgroup) {
     let cg = ScratchCgroup::create(&cgroup_name(name), None).expect("cgroup");
     let mut target = spawn_in(&cg, "memhog", &["8", "--hold"]);
     target.read_until("done");
@@ -130,23 +119,23 @@ fn kill_nine_is_recorded(agent: &Agent, name: &str) -> (Value, ScratchCgroup) {
     assert_eq!(target.wait_signal(), Some(9));
 
     let pid = u64::from(target.pid());
-    let rec = agent.wait_for_kill(WAIT, |v| pid_of(v, "victim") == pid);
-    assert_eq!(rec["kind"], "signal", "{rec}");
-    assert_eq!(pid_of(&rec, "sender"), killer_pid);
-    assert_eq!(rec["sender"]["comm"], "kill");
-    assert_eq!(rec["sender"]["code"], "SI_USER");
-    assert_eq!(rec["victim"]["comm"], "memhog");
-    assert_eq!(rec["victim"]["cgroup"], cg.path.as_str());
-    assert_eq!(rec["exit_code"].as_i64(), Some(9));
-    assert!(rec["oom"].is_null());
-    assert!(rec["exit_after_ns"].as_u64().is_some());
-    assert!(rec["seen_after_ns"].as_u64().is_some(), "{rec}");
+    let rec = agent.expect_kill(pid);
+    rec.kind(KillKind::Signal)
+        .sender(killer_pid)
+        .sender_comm("kill")
+        .code(SiCode::User)
+        .victim_comm("memhog")
+        .victim_cgroup(&cg.path)
+        .exit_code(9)
+        .not_oom();
+    rec.exit_after_ns();
+    rec.seen_after_ns();
     (rec, cg)
 }
 
 #[test]
 fn kill_dash_nine_names_the_sender_and_is_not_an_oom() {
-    let agent = Agent::start_with_metrics(19611);
+    let agent = Agent::builder().metrics(19611).start();
     let _ = kill_nine_is_recorded(&agent, "kill9");
     let body = agent.scrape();
     assert!(
@@ -166,21 +155,22 @@ fn kill_dash_nine_names_the_sender_and_is_not_an_oom() {
 #[test]
 fn ring_readers_work_at_normal_priority_and_when_realtime_is_refused() {
     // One reader at normal scheduling.
-    let agent = Agent::start_args(&["--ring-readers", "1", "--ring-reader-priority", "0"]);
+    let agent = Agent::builder()
+        .args(&["--ring-readers", "1", "--ring-reader-priority", "0"])
+        .start();
     let _ = kill_nine_is_recorded(&agent, "reader1");
     assert!(agent.stderr().iter().all(|l| !l.contains("SCHED_FIFO")));
     drop(agent);
     // Without CAP_SYS_NICE (and RLIMIT_RTPRIO 0) SCHED_FIFO is refused: one warning, and the
     // readers still read every kill.
-    let agent = Agent::start_wrapped(
-        &[
+    let agent = Agent::builder()
+        .wrapped(&[
             "setpriv",
             "--inh-caps=-sys_nice",
             "--bounding-set=-sys_nice",
             "--",
-        ],
-        &[],
-    );
+        ])
+        .start();
     agent.wait_for_log(WAIT, "ring readers run at normal priority");
     let _ = kill_nine_is_recorded(&agent, "norealtime");
     let warnings = agent
@@ -212,27 +202,22 @@ fn burst_of_oom_kills_across_cgroups_reconciles_with_kernel_counters() {
     }
     let vmstat_delta = vmstat_oom_kills() - vmstat_before;
 
-    let ours = |v: &Value| pids.contains(&pid_of(v, "victim"));
+    let ours = |k: &Kill| pids.contains(&k.victim_pid());
     let recs = agent.wait_for_kills(CGROUPS * PER, WAIT, ours);
     // Give a duplicate, if there were one, the time to show up.
     std::thread::sleep(Duration::from_millis(500));
-    let recs_after: Vec<Value> = agent
-        .records()
-        .into_iter()
-        .filter(|v| v["event"] == "kill" && ours(v))
-        .collect();
+    let recs_after = agent.kills(ours);
     assert_eq!(recs_after.len(), recs.len(), "late duplicate records");
     assert_eq!(recs.len(), CGROUPS * PER);
-    let victims: BTreeSet<u64> = recs.iter().map(|v| pid_of(v, "victim")).collect();
+    let victims: BTreeSet<u64> = recs.iter().map(Kill::victim_pid).collect();
     assert_eq!(victims, pids, "each process recorded exactly once");
     for r in &recs {
-        assert_eq!(r["kind"], "oom_memcg", "{r}");
-        assert!(r["exit_after_ns"].as_u64().is_some(), "{r}");
+        r.kind(KillKind::OomMemcg).exit_after_ns();
     }
     for cg in &cgs {
         let n = recs
             .iter()
-            .filter(|v| v["victim"]["cgroup"] == cg.path.as_str())
+            .filter(|k| k.victim_cgroup_str() == cg.path)
             .count() as u64;
         assert_eq!(
             n,
@@ -243,8 +228,8 @@ fn burst_of_oom_kills_across_cgroups_reconciles_with_kernel_counters() {
         assert_eq!(n, PER as u64);
         let domains = recs
             .iter()
-            .filter(|v| v["victim"]["cgroup"] == cg.path.as_str())
-            .filter(|v| v["oom"]["domain"]["path"] == cg.path.as_str())
+            .filter(|k| k.victim_cgroup_str() == cg.path)
+            .filter(|k| k.domain_path_str() == cg.path)
             .count();
         assert_eq!(domains, PER, "OOM domain of each kill in {}", cg.path);
     }
@@ -257,7 +242,7 @@ fn burst_of_oom_kills_across_cgroups_reconciles_with_kernel_counters() {
 
 #[test]
 fn full_ring_buffer_is_counted_not_silent() {
-    let agent = Agent::start_with_metrics(19612);
+    let agent = Agent::builder().metrics(19612).start();
     let cg = ScratchCgroup::create(&cgroup_name("ring"), None).expect("cgroup");
     let mut target = spawn_in(&cg, "memhog", &["1", "--hold"]);
     target.read_until("done");
@@ -274,10 +259,7 @@ fn full_ring_buffer_is_counted_not_silent() {
         libc::kill(agent_pid(&agent), libc::SIGCONT);
     }
     assert_eq!(target.wait_signal(), Some(9));
-    let rec = agent.wait_for_kill(WAIT, |v| {
-        v["victim"]["pid"].as_i64() == Some(i64::from(pid))
-    });
-    assert_eq!(rec["kind"], "signal");
+    agent.expect_kill(pid as u64).kind(KillKind::Signal);
 
     // Reconcile: every SIGKILL the kernel probe saw was either received or counted as lost.
     let deadline = std::time::Instant::now() + WAIT;
@@ -319,11 +301,7 @@ fn full_ring_buffer_is_counted_not_silent() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let ours: Vec<Value> = agent
-        .records()
-        .into_iter()
-        .filter(|v| v["event"] == "kill" && v["victim"]["pid"].as_i64() == Some(i64::from(pid)))
-        .collect();
+    let ours = agent.kills(|k| k.victim_pid() == pid as u64);
     assert_eq!(ours.len(), 1, "one kill, however many signals: {ours:?}");
 }
 

@@ -104,12 +104,14 @@ fn read_done(p: &mut oomprobe_tests::Proc) -> Value {
 #[test]
 fn go_kubelet_growth_is_attributed_to_its_call_site() {
     let kubelet = standin_kubelet("go");
-    let agent = Agent::start_args(&[
-        "--kubelet-bin",
-        kubelet.to_str().unwrap(),
-        "--attribution-interval",
-        "1",
-    ]);
+    let agent = Agent::builder()
+        .args(&[
+            "--kubelet-bin",
+            kubelet.to_str().unwrap(),
+            "--attribution-interval",
+            "1",
+        ])
+        .start();
     let cg = ScratchCgroup::create(&cgroup_name("gokubelet"), Some(512 * MIB)).unwrap();
     let mut k = spawn_path_in(
         &cg,
@@ -156,7 +158,9 @@ fn go_kubelet_growth_is_attributed_to_its_call_site() {
 #[test]
 fn c_kubelet_growth_is_attributed_through_libc() {
     let kubelet = standin_kubelet("c");
-    let agent = Agent::start_args(&["--attribution-interval", "1"]);
+    let agent = Agent::builder()
+        .args(&["--attribution-interval", "1"])
+        .start();
     let cg = ScratchCgroup::create(&cgroup_name("ckubelet"), Some(512 * MIB)).unwrap();
     // The libc uprobes can only be attached once the new process exists (~30 ms after exec);
     // the stand-in leaks from its first millisecond, so the bytes of that gap must come from
@@ -197,7 +201,9 @@ fn c_kubelet_growth_is_attributed_through_libc() {
 #[test]
 fn static_kubelet_falls_back_to_syscalls_and_agent_keeps_running() {
     let kubelet = standin_kubelet("static");
-    let agent = Agent::start_args(&["--attribution-interval", "1"]);
+    let agent = Agent::builder()
+        .args(&["--attribution-interval", "1"])
+        .start();
     let cg = ScratchCgroup::create(&cgroup_name("statickubelet"), Some(512 * MIB)).unwrap();
     let mut k = spawn_path_in(&cg, &kubelet, &["-total-mib", "16", "-interval-ms", "2"]);
     let pid = u64::from(k.pid());
@@ -216,7 +222,9 @@ fn static_kubelet_falls_back_to_syscalls_and_agent_keeps_running() {
 fn kubelet_restart_is_followed_within_a_second() {
     let kubelet = standin_kubelet("go");
     // Started before any kubelet runs: it must pick the kubelet up when it appears.
-    let agent = Agent::start_args(&["--attribution-interval", "1"]);
+    let agent = Agent::builder()
+        .args(&["--attribution-interval", "1"])
+        .start();
     agent.wait_for_log(WAIT, "no kubelet running yet");
     let cg = ScratchCgroup::create(&cgroup_name("restart"), Some(512 * MIB)).unwrap();
     let args = ["-chunk-kib", "64", "-interval-ms", "10"];

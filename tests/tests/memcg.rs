@@ -2,11 +2,13 @@
 //! notification, and memcg reclaim counted in the kernel, before and at the kill.
 use std::time::Duration;
 
-use oomprobe_tests::{cgroup_name, spawn_path_in, standin_kubelet, Agent, ScratchCgroup, MIB};
+use oomprobe_tests::{
+    cgroup_name, spawn_path_in, standin_kubelet, Agent, KillKind, ScratchCgroup, MIB,
+};
 
 #[test]
 fn kubelet_cgroup_reclaim_pressure_and_oom_are_events() {
-    let agent = Agent::start_args(&["--sample-interval", "1"]);
+    let agent = Agent::builder().args(&["--sample-interval", "1"]).start();
     let cg = ScratchCgroup::create(&cgroup_name("memcg"), Some(48 * MIB)).unwrap();
     // Leaks slowly enough for the sampler to find its cgroup first (8 MiB/s).
     let mut k = spawn_path_in(
@@ -35,8 +37,10 @@ fn kubelet_cgroup_reclaim_pressure_and_oom_are_events() {
     // The pressure notification (v1 memory.pressure_level) precedes the kill.
     // The kill itself, then the limit-pressure notification (v1 memory.pressure_level) that the
     // kernel raised while the cgroup was reclaiming on its way there.
-    let kill = agent.wait_for_kill(wait, |v| v["victim"]["cgroup"] == path.as_str());
-    assert_eq!(kill["kind"], "oom_memcg");
+    agent
+        .expect_kill_within(u64::from(k.pid()), wait)
+        .victim_cgroup(&path)
+        .kind(KillKind::OomMemcg);
     agent.wait_for_event(wait, "a pressure notification", |v| {
         v["event"] == "memcg"
             && v["cgroup"] == path.as_str()

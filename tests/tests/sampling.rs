@@ -17,11 +17,10 @@ fn samples_name_the_kubelet_its_cgroup_and_limit_and_persist() {
     let pid = u64::from(k.pid());
     k.read_until("{\"pid\"");
     let count = {
-        let agent = Agent::start_in(
-            &["--no-metrics", "--sample-interval", "1", "--emit-samples"],
-            None,
-            state.clone(),
-        );
+        let agent = Agent::builder()
+            .args(&["--sample-interval", "1", "--emit-samples"])
+            .state_dir(state.clone())
+            .start();
         let s = agent.wait_for_event(WAIT, "a sample of the kubelet", |v| {
             v["event"] == "sample" && v["kubelet"]["pid"].as_u64() == Some(pid)
         });
@@ -45,7 +44,7 @@ fn samples_name_the_kubelet_its_cgroup_and_limit_and_persist() {
     };
     assert!(count >= 3);
     // A new agent (an upgrade, a restart) reloads what the old one recorded.
-    let agent = Agent::start_in(&["--no-metrics"], None, state.clone());
+    let agent = Agent::builder().state_dir(state.clone()).start();
     agent.wait_for_log(WAIT, "series store loaded");
     let line = agent
         .stderr()

@@ -76,7 +76,7 @@ uname -r
 echo "+memory" > $CG/cgroup.subtree_control
 # Two agents on the same kernel: A forced to the tracepoint tier, B to the kprobe tier.
 /oomprobe run --format json --no-metrics --state-dir /tmp/state --hook-tier tracepoint --sample-interval 1 --emit-samples > /tmp/agent.out 2> /tmp/agent.err &
-/oomprobe run --format json --no-metrics --state-dir /tmp/statek --metrics-addr 127.0.0.1:9465 --hook-tier kprobe > /tmp/agentk.out 2> /tmp/agentk.err &
+/oomprobe run --format json --no-metrics --state-dir /tmp/statek --metrics-addr 127.0.0.1:9465 --hook-tier kprobe --sample-interval 1 > /tmp/agentk.out 2> /tmp/agentk.err &
 if ! wait_line /tmp/agent.err 120 "oomprobe ready" > /dev/null; then
     result agent_ready FAIL "$(tail -n 3 /tmp/agent.err | tr '\n' ' ')"
     exit 0
@@ -294,4 +294,7 @@ if cmp -s /tmp/tp.norm /tmp/kp.norm && [ "$n" -ge 70 ]; then
 else
     result all_scenarios_both_tiers FAIL "tracepoint $n vs kprobe $(wc -l < /tmp/kp.norm) records; first difference: $(diff /tmp/tp.norm /tmp/kp.norm | grep "^[-+][^-+]" | head -n 2 | tr '\n' ' ' | cut -c1-1500)"
 fi
+# The node-wide ending: a real global OOM of the guest (tests/vm/node_oom.sh).
+. /node_oom.sh
+node_oom
 echo "RESULT done PASS -"

@@ -1,6 +1,7 @@
 //! Build, set-up, demo and test orchestration: `cargo xtask <command>`.
 mod bench;
 mod demo;
+mod lab;
 mod setup;
 mod vm;
 
@@ -25,7 +26,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install and check the toolchain (llvm-22-dev, nightly rust-src, bpf-linker on LLVM 22).
-    Setup,
+    Setup {
+        /// Also what the Kubernetes lab needs: Debian's containerd, runc and CNI plugins, and
+        /// the lab's Kubernetes, etcd and crictl builds and images (`lab up` does the same).
+        #[arg(long)]
+        lab: bool,
+    },
+    /// A single-node Kubernetes cluster from real components (kubelet, kube-apiserver,
+    /// kube-controller-manager, kube-scheduler, etcd, containerd), state under target/lab.
+    Lab {
+        #[command(subcommand)]
+        action: LabCmd,
+    },
     /// Build the agent, its kernel programs and the stand-ins.
     Build,
     /// A stand-in kubelet leaks inside a memory cgroup until the kernel OOM-kills it; the agent
@@ -56,6 +68,21 @@ enum Cmd {
         /// Kernel series, e.g. 6.1 6.12.
         kernels: Vec<String>,
     },
+    /// The golden test's data (agent/tests/data/golden/README.md): record the real ring stream
+    /// on this kernel (root, take the privileged lock), write the synthesised one, or re-write
+    /// the expected outputs from what the current code produces.
+    Golden {
+        /// Record `ring-recorded.hex` (+ `.kernel`): real OOM kills and a kill -9 in scratch
+        /// memory cgroups, read by `oomprobe run --record-ring`.
+        #[arg(long)]
+        record: bool,
+        /// Write `ring-synth.hex` from probe-common's wire structs (the corner cases).
+        #[arg(long)]
+        synth: bool,
+        /// Re-write every `*.expected.*` file from the current code's outputs.
+        #[arg(long)]
+        bless: bool,
+    },
     /// Everything: formatting, lints, unit tests, then the privileged tests on this kernel.
     Test {
         /// Only the privileged integration tests.
@@ -68,6 +95,20 @@ enum Cmd {
         #[arg(last = true)]
         filter: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build (cached) and start the lab; the node Ready, the kubeconfig at target/lab/kubeconfig.
+    Up,
+    /// Stop everything and remove every process, mount, cgroup and file the lab made; restore
+    /// the sysctls the kubelet rewrote.
+    Down,
+    /// Each component's process and the node's Ready condition (exit 1 unless all up).
+    Status,
+    /// The kubelet's supervisor (started by `lab up`).
+    #[command(hide = true)]
+    Supervise,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -174,18 +215,110 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
         );
     }
     // Privileged tier: one at a time, since they reconcile against node-wide kernel counters.
-    let mut cmd = cargo();
-    cmd.args(["test", "-p", "oomprobe-tests", "--", "--test-threads=1"]);
-    cmd.args(filter);
-    cmd.env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
-    run(&mut cmd)
+    // First everything but the lab's tests (no real kubelet may run then: the agent finds
+    // kubelets by name), then the lab's against a real cluster brought up for them.
+    let lab_only = !filter.is_empty() && filter.iter().all(|f| f.starts_with("lab"));
+    let with_lab = filter.is_empty() || filter.iter().any(|f| f.starts_with("lab"));
+    if !lab_only {
+        let mut cmd = cargo();
+        cmd.args([
+            "test",
+            "-p",
+            "oomprobe-tests",
+            "--",
+            "--test-threads=1",
+            "--skip",
+            "lab_",
+        ]);
+        cmd.args(filter.iter().filter(|f| !f.starts_with("lab")));
+        cmd.env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
+        run(&mut cmd)?;
+    }
+    if with_lab {
+        let started = std::time::Instant::now();
+        if let Err(e) = lab::up() {
+            let _ = lab::down();
+            return Err(e.context("the lab's tests need `cargo xtask lab up`, which failed"));
+        }
+        let mut cmd = cargo();
+        cmd.args([
+            "test",
+            "-p",
+            "oomprobe-tests",
+            "--test",
+            "lab",
+            "--",
+            "--test-threads=1",
+        ]);
+        cmd.args(filter.iter().filter(|f| f.starts_with("lab")));
+        cmd.env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
+        let result = run(&mut cmd);
+        let down = lab::down();
+        eprintln!(
+            "xtask: lab up, tests and down in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        result?;
+        down?;
+    }
+    Ok(())
+}
+
+fn golden(record: bool, synth: bool, bless: bool) -> Result<()> {
+    if !(record || synth || bless) {
+        bail!("nothing to do: give --record, --synth and/or --bless");
+    }
+    let dir = workspace_root().join("agent/tests/data/golden");
+    if record {
+        build()?;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("recording loads eBPF programs and creates memory cgroups: run as root");
+        }
+        let mut cmd = cargo();
+        cmd.args([
+            "run",
+            "-p",
+            "oomprobe-tests",
+            "--example",
+            "record_golden",
+            "--",
+        ])
+        .arg(dir.join("ring-recorded.hex"))
+        .env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
+        run(&mut cmd)?;
+    }
+    if synth {
+        run(cargo()
+            .args(["run", "-p", "oomprobe", "--example", "golden_synth", "--"])
+            .arg(dir.join("ring-synth.hex")))?;
+    }
+    if bless {
+        run(cargo()
+            .args(["test", "-p", "oomprobe", "--test", "golden"])
+            .env("OOMPROBE_GOLDEN_WRITE", "1"))?;
+    }
+    Ok(())
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Setup => setup::ensure(),
+        Cmd::Setup { lab } => {
+            setup::ensure().and_then(|()| if lab { lab::ensure_built() } else { Ok(()) })
+        }
+        Cmd::Lab { action } => match action {
+            LabCmd::Up => setup::ensure().and_then(|()| lab::up()),
+            LabCmd::Down => lab::down(),
+            LabCmd::Status => lab::status(),
+            LabCmd::Supervise => lab::supervise(),
+        },
         Cmd::Build => build(),
+        Cmd::Golden {
+            record,
+            synth,
+            bless,
+        } => golden(record, synth, bless),
         Cmd::Demo {
             limit_mib,
             leak_mib_per_sec,

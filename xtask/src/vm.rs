@@ -1,7 +1,8 @@
 //! `cargo xtask vm-test KERNEL...` / `cargo xtask test --kernels`: the Foundation scenarios on
 //! other kernels (Debian's cloud kernels, cgroup v2), each booted in QEMU (software emulation;
 //! KVM is not usable here) with a minimal initramfs: busybox, the static agent, a static memhog
-//! and `tests/vm/scenarios.sh`, whose RESULT lines come back on the second serial port.
+//! and `tests/vm/scenarios.sh` (which sources `tests/vm/node_oom.sh`: a real global OOM of the
+//! guest), whose RESULT lines come back on the second serial port.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -131,10 +132,12 @@ fn initramfs(bins: &Path, out: &Path) -> Result<()> {
     std::fs::copy(bins.join("memhog"), root.join("memhog"))?;
     // memhog again under the kubelet's name, for the sampling scenario.
     std::fs::copy(bins.join("memhog"), root.join("kubelet"))?;
-    std::fs::copy(
-        workspace_root().join("tests/vm/scenarios.sh"),
-        root.join("scenarios.sh"),
-    )?;
+    for script in ["scenarios.sh", "node_oom.sh"] {
+        std::fs::copy(
+            workspace_root().join("tests/vm").join(script),
+            root.join(script),
+        )?;
+    }
     std::fs::write(root.join("init"), INIT)?;
     for f in ["init", "scenarios.sh"] {
         run(Command::new("chmod").arg("+x").arg(root.join(f)))?;
@@ -271,9 +274,12 @@ pub fn vm_test(kernels: &[String]) -> Result<()> {
             }
             println!(
                 "{name:<28} cgroup v2  {:<10}  {test:<20} {}  {detail}",
-                if test == "kprobe_tier"
+                if test.ends_with("_kprobe") {
+                    "kprobe"
+                } else if test == "kprobe_tier"
                     || test == "tiers_agree"
                     || test == "all_scenarios_both_tiers"
+                    || test.starts_with("node_oom_") && !test.ends_with("_tp")
                 {
                     "kprobe+tp"
                 } else {

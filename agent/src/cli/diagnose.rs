@@ -7,9 +7,10 @@ use serde::Serialize;
 use super::OutputFormat;
 use crate::{
     cgroup::Hierarchy,
-    detect::{store::Store, Engine, Subject},
-    kubelet_metrics,
-    sampler::{kernel_version, kubelet_memory, pod_cgroups, working_set},
+    cycle::{node_memory_recommendations, Ending, Headroom, NodeRule, Observation},
+    detect::{store::Store, Engine, Sample, Subject},
+    kubelet::metrics as kubelet_metrics,
+    sampler::{kubelet_memory, pod_cgroups, working_set, KernelVersion},
 };
 
 #[derive(Debug, clap::Args)]
@@ -23,9 +24,94 @@ pub struct DiagnoseArgs {
     pub kubelet_metrics: super::endpoints::KubeletMetricsArgs,
     #[command(flatten)]
     pub api: super::endpoints::KubeApiArgs,
-    /// The agent's state directory: the persisted series gives the leak verdict.
+    /// The agent's state directory: the persisted series gives the leak verdict and the
+    /// recent growth rates.
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: PathBuf,
+    /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), in
+    /// bytes or with a Ki/Mi/Gi suffix.
+    #[arg(long, default_value = "100Mi", value_parser = super::parse_bytes)]
+    pub eviction_hard_memory: u64,
+}
+
+/// How far back the persisted series counts for the growth rates.
+const RATE_WINDOW_SECONDS: i64 = 120;
+
+/// The headroom check: which ending the node is heading to, how soon, and what to do. Rates
+/// come from the persisted samples of the last [`RATE_WINDOW_SECONDS`] plus the live reading.
+fn ending_check(
+    live: Option<Observation>,
+    recent: &[Sample],
+    now_unix: i64,
+    eviction_hard_bytes: u64,
+    limit_near: bool,
+) -> (Check, bool) {
+    let Some(live) = live else {
+        return (
+            check(
+                "ending",
+                "-",
+                Health::Unknown,
+                "no kubelet process to assess",
+            ),
+            false,
+        );
+    };
+    let ns = |t: i64| u64::try_from(t).unwrap_or(0).saturating_mul(1_000_000_000);
+    let mut window: Vec<Observation> = recent
+        .iter()
+        .filter(|s| s.t >= now_unix - RATE_WINDOW_SECONDS && s.t < now_unix)
+        .map(|s| Observation {
+            ktime_ns: ns(s.t),
+            kubelet_rss_bytes: s.kubelet_rss_bytes as u64,
+            kubelet_usage_bytes: s.kubelet_cgroup_bytes.map(|b| b as u64),
+            kubelet_limit_bytes: s.kubelet_limit_bytes.map(|b| b as u64),
+            node_available_bytes: s.node_mem_available_bytes.map(|b| b as u64),
+            node_total_bytes: s.node_mem_total_bytes.map(|b| b as u64),
+        })
+        .collect();
+    window.push(Observation {
+        ktime_ns: ns(now_unix),
+        ..live
+    });
+    let Some(h) = Headroom::assess(&window, eviction_hard_bytes) else {
+        return (
+            check(
+                "ending",
+                "-",
+                Health::Unknown,
+                "no limit and no MemAvailable",
+            ),
+            false,
+        );
+    };
+    let approaching = match h.ending {
+        Ending::NodeMemory => h.node_pre_oom(&NodeRule {
+            eviction_hard_bytes,
+            ..Default::default()
+        }),
+        Ending::KubeletLimit => limit_near,
+    };
+    let mut detail = h.describe();
+    if window.len() < 2 {
+        detail.push_str(" (one reading: rates need the agent's persisted series)");
+    }
+    if h.ending == Ending::NodeMemory {
+        for r in node_memory_recommendations(Some(&h), 0, eviction_hard_bytes) {
+            detail.push_str("; ");
+            detail.push_str(&r);
+        }
+    }
+    let value = match h.seconds_left {
+        Some(s) => format!("{} ({s:.0} s left)", h.ending.as_str()),
+        None => h.ending.as_str().to_string(),
+    };
+    let verdict = if approaching {
+        Health::Bad
+    } else {
+        Health::Good
+    };
+    (check("ending", value, verdict, detail), approaching)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -90,33 +176,18 @@ use procfs::Current as _;
 
 /// The node's MemoryPressure condition from the API server, if reachable.
 async fn memory_pressure(args: &DiagnoseArgs) -> Check {
-    let Some(api) = args.api.api() else {
+    let source = args.api.source();
+    if !source.available() {
         return check(
             "memory_pressure",
             "-",
             Health::Unknown,
-            "not checked: no API server (not in a cluster; pass --kube-api)",
+            "not checked: no API server (not in a cluster; pass --kubeconfig or --kube-api)",
         );
-    };
+    }
     let node = args.api.node();
-    let token = std::fs::read_to_string(args.api.token_file()).ok();
-    let tls = args.api.tls();
-    let headers: Vec<(&str, String)> = token
-        .map(|t| vec![("Authorization", format!("Bearer {}", t.trim()))])
-        .unwrap_or_default();
-    let url = format!("{}/api/v1/nodes/{node}", api.trim_end_matches('/'));
-    let r = match crate::http::request("GET", &url, &headers, b"", &tls, Duration::from_secs(5))
-        .await
-    {
-        Ok(r) if (200..300).contains(&r.status) => r,
-        Ok(r) => {
-            return check(
-                "memory_pressure",
-                "-",
-                Health::Unknown,
-                format!("{url}: {}", r.status_line),
-            )
-        }
+    let client = match source.client().await {
+        Ok(c) => c,
         Err(e) => {
             return check(
                 "memory_pressure",
@@ -126,15 +197,30 @@ async fn memory_pressure(args: &DiagnoseArgs) -> Check {
             )
         }
     };
-    let status = serde_json::from_slice::<serde_json::Value>(&r.body)
-        .ok()
-        .and_then(|v| {
-            v["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "MemoryPressure")
-                .and_then(|c| c["status"].as_str().map(str::to_string))
-        });
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::kubeapi::node_condition(client, &node, "MemoryPressure"),
+    )
+    .await;
+    let status = match got {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return check(
+                "memory_pressure",
+                "-",
+                Health::Unknown,
+                format!("{}: {}", source.describe(), crate::error_chain(&e)),
+            )
+        }
+        Err(_) => {
+            return check(
+                "memory_pressure",
+                "-",
+                Health::Unknown,
+                format!("{}: no answer within 5 s", source.describe()),
+            )
+        }
+    };
     match status.as_deref() {
         Some("False") => check(
             "memory_pressure",
@@ -152,7 +238,7 @@ async fn memory_pressure(args: &DiagnoseArgs) -> Check {
             "memory_pressure",
             "-",
             Health::Unknown,
-            format!("{url}: no MemoryPressure condition"),
+            format!("node {node}: no MemoryPressure condition"),
         ),
     }
 }
@@ -162,8 +248,20 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
     let h = Hierarchy::detect();
     let pid = find_pid(&args.kubelet_name);
     let mut stage = "steady";
+    let mut live: Option<Observation> = None;
+    let mut limit_near = false;
+    let (node_available_bytes, node_total_bytes) = match procfs::Meminfo::current() {
+        Ok(m) => (m.mem_available, Some(m.mem_total)),
+        Err(_) => (None, None),
+    };
     match pid.and_then(|p| kubelet_memory(p).map(|m| (p, m))) {
         Some((p, m)) => {
+            live = Some(Observation {
+                kubelet_rss_bytes: m.rss_bytes,
+                node_available_bytes,
+                node_total_bytes,
+                ..Default::default()
+            });
             checks.push(check(
                 "kubelet_rss",
                 format!("{} MiB", m.rss_bytes >> 20),
@@ -177,10 +275,15 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
             ));
             if let (Some(h), Some(cg)) = (h.as_ref(), h.as_ref().and_then(|h| h.cgroup_of(p))) {
                 let state = h.memcg(&cg);
+                if let (Some(o), Some(st)) = (live.as_mut(), state.as_ref()) {
+                    o.kubelet_usage_bytes = st.usage_bytes;
+                    o.kubelet_limit_bytes = st.limit_bytes;
+                }
                 let ws = working_set(h, &cg);
                 match state.as_ref().and_then(|s| s.limit_bytes.zip(s.usage_bytes)) {
                     Some((limit, usage)) => {
                         let near = usage as f64 >= 0.8 * limit as f64;
+                        limit_near = near;
                         if near {
                             stage = "pre_oom";
                         }
@@ -251,9 +354,12 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
     match &args.kubelet_metrics.kubelet_metrics {
         Some(url) => {
             let token = args.kubelet_metrics.token();
-            let tls = args.kubelet_metrics.tls();
-            match kubelet_metrics::fetch(url, token.as_deref(), &tls, Duration::from_secs(5)).await
-            {
+            let timeout = Duration::from_secs(5);
+            let got = match kubelet_metrics::client(&args.kubelet_metrics.tls(), timeout) {
+                Ok(c) => kubelet_metrics::fetch(&c, url, token.as_deref(), timeout).await,
+                Err(e) => Err(e),
+            };
+            match got {
                 Ok(m) => {
                     if let Some(g) = m.goroutines {
                         checks.push(check(
@@ -332,9 +438,9 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
         ));
     }
     checks.push(memory_pressure(&args).await);
-    let kernel = kernel_version();
+    let kernel = KernelVersion::running();
     let v = h.as_ref().map(Hierarchy::version);
-    let risky = v == Some(1) && kernel.is_some_and(|k| (k - 5.15).abs() < 0.005);
+    let risky = v == Some(1) && kernel.is_some_and(|k| k.is_line(5, 15));
     checks.push(check(
         "cgroup_and_kernel",
         format!(
@@ -352,28 +458,40 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
         },
     ));
     let store_path = args.state_dir.join("series.bin");
-    if store_path.exists() {
-        match Store::open(&store_path) {
-            Ok(st) if !st.samples().is_empty() => {
-                let verdict = Engine::default().evaluate(st.samples());
-                checks.push(check(
-                    "leak_verdict",
-                    format!("{:?} / {}", verdict.subject, verdict.cause.as_str()),
-                    if verdict.subject == Subject::None {
-                        Health::Good
-                    } else {
-                        Health::Bad
-                    },
-                    format!(
-                        "{:.0} MB/day over {} samples; {}",
-                        verdict.slope_bytes_per_day / 1e6,
-                        st.samples().len(),
-                        verdict.supports.join("; ")
-                    ),
-                ));
-            }
-            _ => {}
-        }
+    let store = store_path
+        .exists()
+        .then(|| Store::open(&store_path).ok())
+        .flatten();
+    let now_unix = time::OffsetDateTime::now_utc().unix_timestamp();
+    let recent = store.as_ref().map_or(&[][..], |st| st.samples());
+    let (ending, approaching) = ending_check(
+        live,
+        recent,
+        now_unix,
+        args.eviction_hard_memory,
+        limit_near,
+    );
+    checks.push(ending);
+    if approaching && stage == "steady" {
+        stage = "pre_oom";
+    }
+    if let Some(st) = store.filter(|st| !st.samples().is_empty()) {
+        let verdict = Engine::default().evaluate(st.samples());
+        checks.push(check(
+            "leak_verdict",
+            format!("{:?} / {}", verdict.subject, verdict.cause.as_str()),
+            if verdict.subject == Subject::None {
+                Health::Good
+            } else {
+                Health::Bad
+            },
+            format!(
+                "{:.0} MB/day over {} samples; {}",
+                verdict.slope_bytes_per_day / 1e6,
+                st.samples().len(),
+                verdict.supports.join("; ")
+            ),
+        ));
     }
     checks.push(check(
         "stage",

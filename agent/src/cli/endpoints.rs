@@ -2,7 +2,7 @@
 //! `/metrics` and the Kubernetes API (in-cluster by default).
 use std::path::PathBuf;
 
-use crate::http::TlsOptions;
+use crate::{kubeapi::ApiSource, kubelet::metrics::TlsOptions};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KubeletMetricsArgs {
@@ -29,6 +29,21 @@ impl KubeletMetricsArgs {
         }
     }
 
+    /// Scrapes `--kubelet-metrics` every `every` in a task of its own; without it the latest
+    /// scrape stays None.
+    pub fn spawn_scraper(
+        &self,
+        every: std::time::Duration,
+        errors: prometheus::IntCounterVec,
+    ) -> crate::kubelet::metrics::Latest {
+        let Some(url) = self.kubelet_metrics.clone() else {
+            return Default::default();
+        };
+        let source = self.clone();
+        let token = move || source.token();
+        crate::kubelet::metrics::spawn_scraper(url, token, self.tls(), every, errors)
+    }
+
     /// The token, read now (it may be rotated on disk).
     pub fn token(&self) -> Option<String> {
         self.kubelet_metrics_token_file
@@ -42,49 +57,51 @@ pub struct KubeApiArgs {
     /// This node's name (default: the hostname).
     #[arg(long)]
     pub node_name: Option<String>,
+    /// A kubeconfig file (its current context) for the API server and credentials; before
+    /// --kube-api and the in-cluster service account.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// Kubernetes API base URL (default: in-cluster, from KUBERNETES_SERVICE_HOST/PORT).
     #[arg(long)]
     pub kube_api: Option<String>,
-    /// Bearer token file for the API (default: the in-cluster service account token).
+    /// Bearer token file for the API (default: the in-cluster service account token); re-read
+    /// at least once a minute, so a rotated token is picked up.
     #[arg(long)]
-    pub kube_token_file: Option<String>,
+    pub kube_token_file: Option<PathBuf>,
     /// CA (PEM) of the API server (default: the in-cluster service account's ca.crt).
     #[arg(long)]
     pub kube_ca_file: Option<PathBuf>,
 }
 
 impl KubeApiArgs {
-    /// The API base URL, or None outside a cluster without --kube-api.
-    pub fn api(&self) -> Option<String> {
-        self.kube_api.clone().or_else(|| {
-            let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
-            let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
-            Some(format!("https://{host}:{port}"))
-        })
+    /// Where the API server and its credentials come from.
+    pub fn source(&self) -> ApiSource {
+        ApiSource {
+            kubeconfig: self.kubeconfig.clone(),
+            api: self.kube_api.clone(),
+            token_file: self.kube_token_file.clone(),
+            ca_file: self.kube_ca_file.clone(),
+        }
     }
 
     pub fn node(&self) -> String {
-        self.node_name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default()
-        })
+        crate::kubeapi::node_name(self.node_name.as_deref())
     }
 
-    pub fn token_file(&self) -> String {
-        self.kube_token_file
-            .clone()
-            .unwrap_or_else(|| crate::act::TOKEN_FILE.into())
-    }
-
-    pub fn tls(&self) -> TlsOptions {
-        TlsOptions {
-            ca_file: Some(
-                self.kube_ca_file
-                    .clone()
-                    .unwrap_or_else(|| crate::act::CA_FILE.into()),
-            ),
-            insecure: false,
+    /// The API client, or None (logged) when there is no API server or it cannot be set up;
+    /// `what` names the feature that needs it.
+    pub async fn client(&self, what: &str) -> Option<kube::Client> {
+        let source = self.source();
+        if !source.available() {
+            tracing::error!("{what} needs the API server: not in a cluster and neither --kubeconfig nor --kube-api; disabled");
+            return None;
+        }
+        match source.client().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(api = %source.describe(), error = %crate::error_chain(&e), "{what} disabled: no API client");
+                None
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::{io::Write as _, path::PathBuf};
 
 use super::OutputFormat;
-use crate::symbols::{Binary, SymbolError};
+use crate::kubelet::symbols::{Binary, SymbolError};
 
 #[derive(Debug, clap::Args)]
 pub struct ProbePointsArgs {

@@ -1,13 +1,17 @@
 //! `oomprobe replay FILE`: the detectors offline over a recorded series, printing a verdict each
-//! time it changes (evaluated hourly, and at the end).
-use std::{io::Write as _, path::PathBuf};
+//! time it changes (evaluated hourly, and at the end). A gzip-compressed CSV is read as is.
+use std::{
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
+};
 
 use super::OutputFormat;
-use crate::detect::{csv, Engine, Verdict};
+use crate::detect::{offline::csv, Engine, Verdict};
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// CSV with at least `time,kubelet_rss_bytes,pods` (see the README for optional columns).
+    /// CSV with at least `time,kubelet_rss_bytes,pods` (see the README for optional columns),
+    /// plain or gzip-compressed.
     pub file: PathBuf,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
@@ -67,12 +71,50 @@ fn show(format: OutputFormat, v: &Verdict) -> String {
     }
 }
 
+/// The file's text, gunzipped when it starts with the gzip magic.
+pub fn read_text(file: &Path) -> Result<String, ReplayError> {
+    let err = |source| ReplayError::Read {
+        path: file.display().to_string(),
+        source,
+    };
+    let raw = std::fs::read(file).map_err(err)?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(err)?;
+        out
+    } else {
+        raw
+    };
+    String::from_utf8(bytes)
+        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// Evaluates the detectors as replay does: every `every` seconds of series (at least 60) and
+/// at the last sample, calling `f` with each verdict.
+pub fn evaluate_each(
+    engine: &Engine,
+    samples: &[crate::detect::Sample],
+    every: i64,
+    mut f: impl FnMut(&Verdict),
+) {
+    let mut next_eval = samples
+        .first()
+        .map_or(0, |s| s.t.saturating_add(every.max(60)));
+    for i in 0..samples.len() {
+        let end = i + 1 == samples.len();
+        if samples[i].t < next_eval && !end {
+            continue;
+        }
+        next_eval = samples[i].t.saturating_add(every.max(60));
+        f(&engine.evaluate(&samples[..=i]));
+    }
+}
+
 pub fn run(args: ReplayArgs) -> Result<(), ReplayError> {
     let path = args.file.display().to_string();
-    let text = std::fs::read_to_string(&args.file).map_err(|source| ReplayError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let text = read_text(&args.file)?;
     let (samples, unknown) = csv::parse(&text).map_err(|source| ReplayError::Csv {
         path: path.clone(),
         source,
@@ -83,19 +125,59 @@ pub fn run(args: ReplayArgs) -> Result<(), ReplayError> {
     let engine = Engine::default();
     let mut out = std::io::stdout().lock();
     let mut last: Option<(String, String)> = None;
-    let mut next_eval = samples.first().map_or(0, |s| s.t + args.every.max(60));
-    for i in 0..samples.len() {
-        let end = i + 1 == samples.len();
-        if samples[i].t < next_eval && !end {
-            continue;
-        }
-        next_eval = samples[i].t + args.every.max(60);
-        let v = engine.evaluate(&samples[..=i]);
+    evaluate_each(&engine, &samples, args.every, |v| {
         let key = (format!("{:?}", v.subject), v.cause.as_str().to_string());
         if last.as_ref() != Some(&key) {
-            let _ = writeln!(out, "{}", show(args.format, &v));
+            let _ = writeln!(out, "{}", show(args.format, v));
             last = Some(key);
         }
-    }
+    });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Subject;
+
+    /// The healthy series of issue 17 (`detect/testdata/detector-false-alarms/`, README
+    /// there): no kubelet verdict at any hourly evaluation, read through replay's own path.
+    #[test]
+    fn healthy_warm_up_and_slow_scavenger_series_never_call_a_kubelet_leak() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("src/detect/testdata/detector-false-alarms");
+        for name in ["warm-up-after-start.csv.gz", "slow-scavenger-return.csv.gz"] {
+            let text = read_text(&dir.join(name)).unwrap();
+            let (samples, unknown) = csv::parse(&text).unwrap();
+            assert!(unknown.is_empty());
+            // Four days of one-minute samples.
+            assert_eq!(samples.len(), 4 * 1440, "{name}");
+            let mut n = 0;
+            evaluate_each(&Engine::default(), &samples, 3600, |v| {
+                n += 1;
+                assert_ne!(
+                    v.subject,
+                    Subject::Kubelet,
+                    "{name} at {}: {:?}",
+                    v.time,
+                    v.findings
+                );
+            });
+            assert_eq!(n, 96, "{name}");
+        }
+    }
+
+    #[test]
+    fn plain_and_gzip_files_read_the_same() {
+        let dir = std::env::temp_dir().join(format!("oomprobe-replay-gz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = "time,kubelet_rss_bytes,pods\n1,2,3\n";
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        std::fs::write(dir.join("a.csv.gz"), gz.finish().unwrap()).unwrap();
+        std::fs::write(dir.join("a.csv"), text).unwrap();
+        assert_eq!(read_text(&dir.join("a.csv.gz")).unwrap(), text);
+        assert_eq!(read_text(&dir.join("a.csv")).unwrap(), text);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -1,17 +1,17 @@
 //! Leak detection: small detectors behind one trait, a cause classifier in the field guide's
 //! terms, and a time-to-OOM forecast with an interval. The same code runs live (`oomprobe run`)
 //! and offline (`oomprobe replay`).
+pub mod series;
 pub mod changepoint;
 pub mod classify;
-pub mod csv;
-pub mod score;
-pub mod series;
+pub mod engine;
 pub mod store;
-pub mod tracegen;
+pub mod offline;
 
 use serde::Serialize;
 
 use self::changepoint::ChangePoint;
+pub use self::engine::{forecast, Engine, Forecast, Subject, Verdict};
 pub use self::series::Sample;
 use self::series::{baseline, theil_sen, Slope};
 
@@ -70,7 +70,7 @@ fn window(series: &[Sample], seconds: i64) -> &[Sample] {
     let Some(last) = series.last() else {
         return series;
     };
-    let from = series.partition_point(|s| s.t < last.t - seconds);
+    let from = series.partition_point(|s| s.t < last.t.saturating_sub(seconds));
     &series[from..]
 }
 
@@ -95,7 +95,8 @@ impl Default for KubeletLeak {
 
 /// Baseline buckets: long enough for a low quantile to sit on the GC sawtooth's troughs.
 const BUCKET_S: i64 = HOUR;
-const BASELINE_Q: f64 = 0.1;
+/// The hourly quantile the kubelet's baseline is (the detector's and the benchmark baselines').
+pub const BASELINE_Q: f64 = 0.1;
 
 /// The pod-adjusted trend of the kubelet's baseline.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,6 +113,8 @@ pub struct Trend {
     pub t_stat: Option<f64>,
     /// Kubelet restarts the called leak spans.
     pub restarts: usize,
+    /// The called leak's late slope (bytes/day): the growth persists.
+    pub late_per_day: Option<f64>,
 }
 
 impl KubeletLeak {
@@ -132,6 +135,7 @@ impl KubeletLeak {
                 raw_per_day: raw,
                 t_stat: Some(f.t_stat),
                 restarts: f.restarts,
+                late_per_day: Some(f.late_slope),
             });
         }
         self.report_windows
@@ -189,6 +193,7 @@ impl KubeletLeak {
             raw_per_day: raw.mid * DAY,
             t_stat: None,
             restarts: 0,
+            late_per_day: None,
         })
     }
 }
@@ -204,8 +209,9 @@ impl Detector for KubeletLeak {
             t.t_stat
                 .map(|z| {
                     format!(
-                        ", growth started {:.0} h ago, {z:.1} standard errors above flat{}",
+                        ", growth started {:.0} h ago, {z:.1} autocorrelation-robust standard errors above flat, still {:.0} MB/day over its late part{}",
                         t.span_s as f64 / 3600.0,
+                        t.late_per_day.unwrap_or(f64::NAN) / 1e6,
                         match t.restarts {
                             0 => String::new(),
                             n => format!(
@@ -356,130 +362,6 @@ impl Detector for Evictions {
             value: n,
             evidence: format!("{n:.0} memory evictions in the last hour"),
         })
-    }
-}
-
-/// Time until the kubelet reaches its limit (or the node runs out), with an interval.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Forecast {
-    /// What the memory runs into: `kubelet_limit` or `node_memory`.
-    pub against: &'static str,
-    pub limit_bytes: f64,
-    pub earliest_seconds: f64,
-    pub expected_seconds: f64,
-    /// Null when the slope's lower bound does not grow.
-    pub latest_seconds: Option<f64>,
-}
-
-pub fn forecast(series: &[Sample], trend: &Trend) -> Option<Forecast> {
-    let last = series.last()?;
-    let (against, limit) = match last.kubelet_limit_bytes {
-        Some(l) => ("kubelet_limit", l),
-        None => (
-            "node_memory",
-            last.kubelet_rss_bytes + last.node_mem_available_bytes?,
-        ),
-    };
-    let headroom = (limit - trend.baseline).max(0.0);
-    let secs = |per_day: f64| (per_day > 0.0).then(|| headroom / per_day * DAY);
-    Some(Forecast {
-        against,
-        limit_bytes: limit,
-        earliest_seconds: secs(trend.slope.high)?,
-        expected_seconds: secs(trend.slope.mid)?,
-        latest_seconds: secs(trend.slope.low),
-    })
-}
-
-/// Who is leaking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Subject {
-    Kubelet,
-    Workload,
-    None,
-}
-
-/// The detectors' joint answer at one time.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Verdict {
-    pub time: String,
-    pub subject: Subject,
-    pub cause: classify::Cause,
-    pub slope_bytes_per_day: f64,
-    pub slope_interval_bytes_per_day: Option<(f64, f64)>,
-    pub forecast: Option<Forecast>,
-    pub supports: Vec<String>,
-    pub contradicts: Vec<String>,
-    pub next_checks: Vec<String>,
-    pub findings: Vec<Finding>,
-}
-
-/// Runs every detector and the classifier.
-pub struct Engine {
-    pub kubelet: KubeletLeak,
-    pub workload: WorkloadLeak,
-}
-
-impl Default for Engine {
-    fn default() -> Self {
-        Engine {
-            kubelet: KubeletLeak::default(),
-            workload: WorkloadLeak {
-                change: ChangePoint {
-                    min_slope: 100e6,
-                    ..ChangePoint::default()
-                },
-            },
-        }
-    }
-}
-
-impl Engine {
-    pub fn evaluate(&self, series: &[Sample]) -> Verdict {
-        let time = series
-            .last()
-            .map(|s| {
-                crate::clock::rfc3339(
-                    time::OffsetDateTime::from_unix_timestamp(s.t)
-                        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
-                )
-            })
-            .unwrap_or_default();
-        let detectors: [&dyn Detector; 5] = [
-            &self.kubelet,
-            &self.workload,
-            &Goroutines,
-            &PlegRelist,
-            &Evictions,
-        ];
-        let findings: Vec<Finding> = detectors.iter().filter_map(|d| d.check(series)).collect();
-        let firing = |name: &str| findings.iter().any(|f| f.detector == name && f.firing);
-        let trend = self.kubelet.trend(series);
-        let (subject, slope) = if firing("kubelet_trend") {
-            (Subject::Kubelet, trend.map(|t| t.slope))
-        } else if firing("workload_trend") || (firing("evictions") && !firing("kubelet_trend")) {
-            (Subject::Workload, None)
-        } else {
-            (Subject::None, None)
-        };
-        let c = classify::classify(subject, series, &findings);
-        Verdict {
-            time,
-            subject,
-            cause: c.cause,
-            slope_bytes_per_day: slope
-                .map_or_else(|| trend.map_or(0.0, |t| t.slope.mid), |s| s.mid),
-            slope_interval_bytes_per_day: slope.map(|s| (s.low, s.high)),
-            forecast: match (subject, &trend) {
-                (Subject::Kubelet, Some(t)) => forecast(series, t),
-                _ => None,
-            },
-            supports: c.supports,
-            contradicts: c.contradicts,
-            next_checks: c.next_checks,
-            findings,
-        }
     }
 }
 

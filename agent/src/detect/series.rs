@@ -27,7 +27,7 @@ pub struct Sample {
     pub pod_churn_per_hour: Option<f64>,
     pub pending_csrs: Option<f64>,
     pub cgroup_version: Option<f64>,
-    /// Kernel major.minor as a number, e.g. 5.15.
+    /// Kernel major.minor as a decimal, e.g. 5.15 (`KernelVersion::series_value`): a label, compared for equality.
     pub kernel: Option<f64>,
     pub gate_pod_certificate_request: Option<f64>,
     pub gate_evented_pleg: Option<f64>,

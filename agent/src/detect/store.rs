@@ -1,10 +1,17 @@
 //! The persisted series: leak detection must survive agent restarts and upgrades.
 //!
-//! A versioned, fixed-record file: `OOMPSERI`, format version (u32), record length (u32), then
-//! records of `t` (i64) and every sample field as f64 (NaN = missing), little-endian. A torn
-//! last record is cut off; a corrupt or foreign file is set aside (renamed `*.corrupt-<unix>`)
-//! with a warning, never silently overwritten. Bounded: 14 days, downsampled to one sample per
-//! 30 minutes past 48 hours.
+//! A self-describing, fixed-record file (format 2): `OOMPSERI`, format version (u32), record
+//! length (u32), column count (u32), then each column's name (u16 length + UTF-8), then records
+//! of `t` (i64, unix seconds) and one f64 per named column (NaN = missing), little-endian. A
+//! reader maps columns by name: reordered, added or removed columns load into the right
+//! fields, unknown ones are ignored, missing ones are absent. Format 1 (the fixed column list
+//! [`V1_COLUMNS`], no names) still loads. Decoded values are validated (time within years
+//! 1970-9999, byte counts and counts finite and not negative); an invalid record is dropped and
+//! counted ([`Store::invalid_records`]). A torn last record is cut off; a corrupt or foreign
+//! file is set aside (renamed `*.corrupt-<unix>`) with a warning, never silently overwritten.
+//! Bounded: 14 days; every sample of the last 6 hours, one per minute back to 74 hours (the
+//! change-point test's 72 h of hourly buckets, each with enough samples for its low quantile),
+//! one per 30 minutes before that.
 use std::{
     fs::{File, OpenOptions},
     io::{Read as _, Write as _},
@@ -14,13 +21,41 @@ use std::{
 use super::{series::OPTIONAL_COLUMNS, Sample};
 
 const MAGIC: &[u8; 8] = b"OOMPSERI";
-pub const VERSION: u32 = 1;
-const HEADER: usize = 16;
-const FIELDS: usize = 2 + OPTIONAL_COLUMNS.len();
-pub const RECORD: usize = 8 + 8 * FIELDS;
+pub const VERSION: u32 = 2;
+/// Format 1's columns after `t`, in its record order (frozen: what agents before format 2
+/// wrote).
+pub const V1_COLUMNS: &[&str] = &[
+    "kubelet_rss_bytes",
+    "pods",
+    "containers",
+    "exited_containers",
+    "kubelet_cgroup_bytes",
+    "kubelet_limit_bytes",
+    "node_mem_available_bytes",
+    "node_mem_total_bytes",
+    "goroutines",
+    "pleg_relist_p99_seconds",
+    "evictions_memory_total",
+    "workload_working_set_bytes",
+    "pod_churn_per_hour",
+    "pending_csrs",
+    "cgroup_version",
+    "kernel",
+    "gate_pod_certificate_request",
+    "gate_evented_pleg",
+    "kubelet_restarts",
+    "memory_pressure",
+];
+const V1_HEADER: usize = 16;
 const KEEP_S: i64 = 14 * 86_400;
-const FULL_RES_S: i64 = 48 * 3600;
+/// Every sample this recent is kept.
+const FULL_RES_S: i64 = 6 * 3600;
+/// One sample per `MID_STEP_S` back to this age: the detector's 72 h history and 2 h of margin.
+const MID_RES_S: i64 = 74 * 3600;
+const MID_STEP_S: i64 = 60;
 const COARSE_STEP_S: i64 = 1800;
+/// The latest time a record may carry (9999-12-31T23:59:59Z).
+const MAX_T: i64 = 253_402_300_799;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,57 +72,168 @@ pub struct Store {
     samples: Vec<Sample>,
     file: File,
     appended: usize,
+    invalid: u64,
+}
+
+/// The columns this agent writes, in record order.
+fn columns() -> Vec<&'static str> {
+    let mut c = vec!["kubelet_rss_bytes", "pods"];
+    c.extend_from_slice(OPTIONAL_COLUMNS);
+    c
+}
+
+fn value(s: &Sample, column: &str) -> Option<f64> {
+    match column {
+        "kubelet_rss_bytes" => Some(s.kubelet_rss_bytes),
+        "pods" => Some(s.pods),
+        c => s.optional(c),
+    }
 }
 
 fn encode(s: &Sample) -> Vec<u8> {
-    let mut b = Vec::with_capacity(RECORD);
+    let cols = columns();
+    let mut b = Vec::with_capacity(8 + 8 * cols.len());
     b.extend_from_slice(&s.t.to_le_bytes());
-    b.extend_from_slice(&s.kubelet_rss_bytes.to_le_bytes());
-    b.extend_from_slice(&s.pods.to_le_bytes());
-    for c in OPTIONAL_COLUMNS {
-        b.extend_from_slice(&s.optional(c).unwrap_or(f64::NAN).to_le_bytes());
+    for c in cols {
+        b.extend_from_slice(&value(s, c).unwrap_or(f64::NAN).to_le_bytes());
     }
     b
 }
 
-fn decode(b: &[u8]) -> Sample {
-    let f = |i: usize| f64::from_le_bytes(b[8 + 8 * i..16 + 8 * i].try_into().unwrap_or([0; 8]));
+/// Why a stored record was not loaded.
+#[derive(Debug, PartialEq)]
+pub enum Invalid {
+    Time(i64),
+    Value(String, f64),
+    Missing(&'static str),
+}
+
+/// Decodes one record whose columns are `names` (in record order); `None` for a column this
+/// agent does not know. Validates every value.
+fn decode(b: &[u8], names: &[Option<String>]) -> Result<Sample, Invalid> {
+    let word = |i: usize| -> [u8; 8] {
+        b.get(8 * i..8 * i + 8)
+            .and_then(|w| w.try_into().ok())
+            .unwrap_or([0; 8])
+    };
+    let t = i64::from_le_bytes(word(0));
+    if !(0..=MAX_T).contains(&t) {
+        return Err(Invalid::Time(t));
+    }
     let mut s = Sample {
-        t: i64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])),
-        kubelet_rss_bytes: f(0),
-        pods: f(1),
+        t,
+        kubelet_rss_bytes: f64::NAN,
+        pods: f64::NAN,
         ..Default::default()
     };
-    for (i, c) in OPTIONAL_COLUMNS.iter().enumerate() {
-        let v = f(2 + i);
-        if let Some(slot) = s.optional_mut(c) {
-            *slot = (!v.is_nan()).then_some(v);
+    for (i, name) in names.iter().enumerate() {
+        let Some(name) = name else { continue };
+        let v = f64::from_le_bytes(word(1 + i));
+        if v.is_nan() {
+            continue;
+        }
+        if !v.is_finite() || v < 0.0 {
+            return Err(Invalid::Value(name.clone(), v));
+        }
+        match name.as_str() {
+            "kubelet_rss_bytes" => s.kubelet_rss_bytes = v,
+            "pods" => s.pods = v,
+            c => {
+                if let Some(slot) = s.optional_mut(c) {
+                    *slot = Some(v);
+                }
+            }
         }
     }
-    s
+    if s.kubelet_rss_bytes.is_nan() {
+        return Err(Invalid::Missing("kubelet_rss_bytes"));
+    }
+    if s.pods.is_nan() {
+        return Err(Invalid::Missing("pods"));
+    }
+    Ok(s)
 }
 
 fn header() -> Vec<u8> {
+    let cols = columns();
     let mut h = MAGIC.to_vec();
     h.extend_from_slice(&VERSION.to_le_bytes());
-    h.extend_from_slice(&(RECORD as u32).to_le_bytes());
+    h.extend_from_slice(&((8 + 8 * cols.len()) as u32).to_le_bytes());
+    h.extend_from_slice(&(cols.len() as u32).to_le_bytes());
+    for c in cols {
+        h.extend_from_slice(&(c.len() as u16).to_le_bytes());
+        h.extend_from_slice(c.as_bytes());
+    }
     h
 }
 
-/// Keeps 14 days; past 48 h, one sample per 30 minutes.
+/// A parsed header: where the records start, their length, and their columns' names.
+#[derive(Debug, PartialEq)]
+struct Layout {
+    body: usize,
+    record: usize,
+    names: Vec<String>,
+}
+
+fn u32_at(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(d.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Reads a format 1 or 2 header; `None` when the file is not one of ours or is inconsistent.
+fn layout(d: &[u8]) -> Option<Layout> {
+    if d.get(..8)? != MAGIC {
+        return None;
+    }
+    let record = usize::try_from(u32_at(d, 12)?).ok()?;
+    match u32_at(d, 8)? {
+        1 => (record == 8 + 8 * V1_COLUMNS.len()).then(|| Layout {
+            body: V1_HEADER,
+            record,
+            names: V1_COLUMNS.iter().map(|c| c.to_string()).collect(),
+        }),
+        2 => {
+            let n = usize::try_from(u32_at(d, 16)?).ok()?;
+            if n == 0 || n > 4096 || record != 8 + 8 * n {
+                return None;
+            }
+            let mut at = 20;
+            let mut names = Vec::with_capacity(n);
+            for _ in 0..n {
+                let len = usize::from(u16::from_le_bytes(d.get(at..at + 2)?.try_into().ok()?));
+                let name = std::str::from_utf8(d.get(at + 2..at + 2 + len)?).ok()?;
+                names.push(name.to_string());
+                at += 2 + len;
+            }
+            Some(Layout {
+                body: at,
+                record,
+                names,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Keeps 14 days: every sample of the last 6 h, one per minute back to 74 h, one per 30
+/// minutes before that.
 pub fn bound(samples: &mut Vec<Sample>) {
     let Some(last) = samples.last().map(|s| s.t) else {
         return;
     };
-    let mut slot = i64::MIN;
+    let mut slot = (i64::MIN, i64::MIN);
     samples.retain(|s| {
-        if s.t < last - KEEP_S {
+        if s.t < last.saturating_sub(KEEP_S) {
             return false;
         }
-        if s.t >= last - FULL_RES_S {
+        if s.t >= last.saturating_sub(FULL_RES_S) {
             return true;
         }
-        let this = s.t.div_euclid(COARSE_STEP_S);
+        let step = if s.t >= last.saturating_sub(MID_RES_S) {
+            MID_STEP_S
+        } else {
+            COARSE_STEP_S
+        };
+        let this = (step, s.t.div_euclid(step));
         let keep = this != slot;
         slot = this;
         keep
@@ -105,30 +251,58 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let mut samples = Vec::new();
+        let mut invalid = 0u64;
         if path.exists() {
             let mut data = Vec::new();
             File::open(path)
                 .and_then(|mut f| f.read_to_end(&mut data))
                 .map_err(io)?;
-            if data.len() < HEADER || data[..HEADER] != header()[..] {
-                let aside = path.with_extension(format!(
-                    "corrupt-{}",
-                    time::OffsetDateTime::now_utc().unix_timestamp()
-                ));
-                tracing::warn!(
-                    path = %path.display(),
-                    set_aside = %aside.display(),
-                    "series store is corrupt or from another format version; kept aside, starting a new one"
-                );
-                std::fs::rename(path, &aside).map_err(io)?;
-            } else {
-                let body = &data[HEADER..];
-                let whole = body.len() / RECORD * RECORD;
-                if whole != body.len() {
-                    tracing::warn!(path = %path.display(), bytes = body.len() - whole, "cut a torn last record");
+            match layout(&data) {
+                None => {
+                    let aside = path.with_extension(format!(
+                        "corrupt-{}",
+                        time::OffsetDateTime::now_utc().unix_timestamp()
+                    ));
+                    tracing::warn!(
+                        path = %path.display(),
+                        set_aside = %aside.display(),
+                        "series store is corrupt or from an unknown format version; kept aside, starting a new one"
+                    );
+                    std::fs::rename(path, &aside).map_err(io)?;
                 }
-                samples = body[..whole].chunks(RECORD).map(decode).collect();
-                samples.sort_by_key(|s| s.t);
+                Some(l) => {
+                    let known: Vec<Option<String>> = l
+                        .names
+                        .iter()
+                        .map(|n| columns().contains(&n.as_str()).then(|| n.clone()))
+                        .collect();
+                    let unknown: Vec<&String> = l
+                        .names
+                        .iter()
+                        .filter(|n| !columns().contains(&n.as_str()))
+                        .collect();
+                    if !unknown.is_empty() {
+                        tracing::warn!(path = %path.display(), columns = ?unknown, "series store columns this agent does not know are ignored");
+                    }
+                    let body = data.get(l.body..).unwrap_or_default();
+                    let whole = body.len() / l.record * l.record;
+                    if whole != body.len() {
+                        tracing::warn!(path = %path.display(), bytes = body.len() - whole, "cut a torn last record");
+                    }
+                    for rec in body[..whole].chunks(l.record) {
+                        match decode(rec, &known) {
+                            Ok(s) => samples.push(s),
+                            Err(why) => {
+                                invalid += 1;
+                                tracing::debug!(?why, "invalid series record dropped");
+                            }
+                        }
+                    }
+                    if invalid > 0 {
+                        tracing::warn!(path = %path.display(), records = invalid, "invalid series records dropped");
+                    }
+                    samples.sort_by_key(|s| s.t);
+                }
             }
         }
         bound(&mut samples);
@@ -137,6 +311,7 @@ impl Store {
             samples,
             file: File::create(path.with_extension("tmp")).map_err(io)?,
             appended: 0,
+            invalid,
         };
         store.rewrite()?;
         Ok(store)
@@ -165,6 +340,12 @@ impl Store {
 
     pub fn samples(&self) -> &[Sample] {
         &self.samples
+    }
+
+    /// Records dropped on load because a value was invalid (time outside 1970-9999, a byte
+    /// count or count infinite or negative, the RSS or pod count missing).
+    pub fn invalid_records(&self) -> u64 {
+        self.invalid
     }
 
     pub fn append(&mut self, s: Sample) -> Result<(), StoreError> {
@@ -249,13 +430,186 @@ mod tests {
 
     #[test]
     fn bounded_and_downsampled() {
+        // 20 days at 10-minute samples, then 7 h at 10 s.
         let mut v: Vec<Sample> = (0..(20 * 144)).map(|i| sample(i * 600)).collect();
+        let t0 = 20 * 144 * 600;
+        v.extend((0..7 * 360).map(|i| sample(t0 + i * 10)));
         bound(&mut v);
         let last = v.last().unwrap().t;
         assert!(v.first().unwrap().t >= last - KEEP_S);
         let recent = v.iter().filter(|s| s.t >= last - FULL_RES_S).count();
-        assert_eq!(recent, 48 * 6 + 1);
-        let old = v.len() - recent;
-        assert!(old <= 12 * 48 + 1, "{old}");
+        assert_eq!(recent, 6 * 360 + 1);
+        // Every hour of the detector's 72 h keeps enough samples for its hourly quantile.
+        for h in 0..72 {
+            let n = v
+                .iter()
+                .filter(|s| s.t < last - h * 3600 && s.t >= last - (h + 1) * 3600)
+                .count();
+            assert!(n >= 6, "hour {h}: {n} samples");
+        }
+        let old = v.iter().filter(|s| s.t < last - MID_RES_S).count();
+        assert!(old <= (14 * 24 - 74) as usize * 2 + 1, "{old}");
+    }
+
+    /// A file written by the format-1 agent (`testdata/store-v1.bin`, made by that code's
+    /// `Store::append`: six samples at 10-minute steps from 1_790_000_000).
+    #[test]
+    fn format_1_file_from_the_previous_agent_loads() {
+        let d = tmpdir("v1");
+        let p = d.join("series.bin");
+        std::fs::copy(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/detect/testdata/store-v1.bin"),
+            &p,
+        )
+        .unwrap();
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.invalid_records(), 0);
+        let want: Vec<Sample> = (0..6i64)
+            .map(|i| Sample {
+                t: 1_790_000_000 + i * 600,
+                kubelet_rss_bytes: 400e6 + i as f64 * 1e6,
+                pods: 30.0 + i as f64,
+                containers: Some(45.0),
+                exited_containers: if i % 2 == 0 { Some(3.0) } else { None },
+                kubelet_limit_bytes: Some(1e9),
+                goroutines: Some(250.0 + i as f64),
+                kernel: Some(5.15),
+                kubelet_restarts: Some(1.0),
+                memory_pressure: Some(0.0),
+                ..Default::default()
+            })
+            .collect();
+        assert_eq!(s.samples(), &want[..]);
+        drop(s);
+        // Rewritten in format 2, it loads again the same.
+        let data = std::fs::read(&p).unwrap();
+        assert_eq!(u32_at(&data, 8), Some(2));
+        assert_eq!(Store::open(&p).unwrap().samples(), &want[..]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A format-2 file with the given columns and rows (each row: t, then one value per column).
+    fn v2_file(cols: &[&str], rows: &[(i64, Vec<f64>)]) -> Vec<u8> {
+        let mut d = MAGIC.to_vec();
+        d.extend_from_slice(&2u32.to_le_bytes());
+        d.extend_from_slice(&((8 + 8 * cols.len()) as u32).to_le_bytes());
+        d.extend_from_slice(&(cols.len() as u32).to_le_bytes());
+        for c in cols {
+            d.extend_from_slice(&(c.len() as u16).to_le_bytes());
+            d.extend_from_slice(c.as_bytes());
+        }
+        for (t, vals) in rows {
+            d.extend_from_slice(&t.to_le_bytes());
+            for v in vals {
+                d.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn columns_map_by_name_reordered_added_or_missing() {
+        let d = tmpdir("reorder");
+        let p = d.join("series.bin");
+        // Goroutines before pods before RSS, a column from a future agent, no other columns.
+        let file = v2_file(
+            &["goroutines", "pods", "future_column", "kubelet_rss_bytes"],
+            &[
+                (100, vec![250.0, 31.0, 7.0, 4e8]),
+                (110, vec![f64::NAN, 32.0, 7.0, 4.1e8]),
+            ],
+        );
+        std::fs::write(&p, &file).unwrap();
+        let s = Store::open(&p).unwrap();
+        assert_eq!(
+            s.samples(),
+            &[
+                Sample {
+                    t: 100,
+                    kubelet_rss_bytes: 4e8,
+                    pods: 31.0,
+                    goroutines: Some(250.0),
+                    ..Default::default()
+                },
+                Sample {
+                    t: 110,
+                    kubelet_rss_bytes: 4.1e8,
+                    pods: 32.0,
+                    ..Default::default()
+                }
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn invalid_records_are_dropped_and_counted_not_trusted() {
+        let d = tmpdir("invalid");
+        let p = d.join("series.bin");
+        let file = v2_file(
+            &["kubelet_rss_bytes", "pods", "goroutines"],
+            &[
+                (100, vec![4e8, 30.0, 200.0]),
+                // A timestamp that would overflow `last - 14 days`.
+                (i64::MIN, vec![4e8, 30.0, 200.0]),
+                (i64::MAX, vec![4e8, 30.0, 200.0]),
+                (120, vec![f64::INFINITY, 30.0, 200.0]),
+                (130, vec![-5.0, 30.0, 200.0]),
+                (140, vec![4e8, 30.0, f64::NEG_INFINITY]),
+                (150, vec![f64::NAN, 30.0, 200.0]),
+                (160, vec![4.2e8, 31.0, 210.0]),
+            ],
+        );
+        std::fs::write(&p, &file).unwrap();
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.invalid_records(), 6);
+        let ts: Vec<i64> = s.samples().iter().map(|x| x.t).collect();
+        assert_eq!(ts, vec![100, 160]);
+        assert_eq!(
+            decode(
+                &file[file.len() - 32..],
+                &[Some("kubelet_rss_bytes".into()), Some("pods".into()), None]
+            ),
+            Ok(Sample {
+                t: 160,
+                kubelet_rss_bytes: 4.2e8,
+                pods: 31.0,
+                ..Default::default()
+            })
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn inconsistent_headers_are_set_aside() {
+        // Record length disagreeing with the column count; a version from the future.
+        for bad in [
+            {
+                let mut f = v2_file(&["kubelet_rss_bytes", "pods"], &[]);
+                f[12] = 40;
+                f
+            },
+            {
+                let mut f = v2_file(&["kubelet_rss_bytes", "pods"], &[]);
+                f[8] = 9;
+                f
+            },
+        ] {
+            assert_eq!(layout(&bad), None);
+        }
+        assert_eq!(
+            layout(&header()).map(|l| l.names.len()),
+            Some(2 + OPTIONAL_COLUMNS.len())
+        );
+    }
+
+    #[test]
+    fn bound_survives_extreme_times() {
+        let mut v = vec![sample(0), sample(i64::MAX)];
+        bound(&mut v);
+        assert_eq!(v.len(), 1);
+        let mut v = vec![sample(i64::MIN), sample(i64::MIN + 1)];
+        bound(&mut v);
+        assert_eq!(v.len(), 2);
     }
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use probe_common::{
-    AllocKey, AllocVal, ArgReg, Counter, EventKind, KubeletExecEvent, KubeletText,
+    AllocKey, AllocVal, ArgReg, Counter, EventHeader, KubeletExecEvent, KubeletText,
     COOKIE_SCAN_STACK, POINT_SYSCALL_MMAP, POINT_SYSCALL_MUNMAP, SCAN_STACK_WORDS, TASK_COMM_LEN,
 };
 
@@ -45,9 +45,7 @@ pub fn tp_sched_process_exec(_ctx: TracePointContext) -> u32 {
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        (*ev).hdr.kind = EventKind::KubeletExec as u32;
-        (*ev).hdr.len = core::mem::size_of::<KubeletExecEvent>() as u32;
-        (*ev).hdr.ktime_ns = bpf_ktime_get_ns();
+        (*ev).hdr = EventHeader::of::<KubeletExecEvent>(bpf_ktime_get_ns());
         (*ev).tgid = tgid;
         (*ev)._pad = 0;
         (*ev).comm = comm;

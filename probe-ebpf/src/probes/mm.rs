@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use probe_common::{Counter, EventKind, VictimMmEvent, SIGKILL};
+use probe_common::{Counter, EventHeader, VictimMmEvent, SIGKILL};
 
 use crate::{
     exact::{layout, read_victim_mm},
@@ -16,11 +16,19 @@ use crate::{
 
 #[raw_tracepoint(tracepoint = "signal_generate")]
 pub fn raw_tp_signal_generate(ctx: RawTracePointContext) -> i32 {
-    let _ = try_raw_tp_signal_generate(&ctx);
+    let _ = try_raw_tp_signal_generate::<true>(&ctx);
     0
 }
 
-fn try_raw_tp_signal_generate(ctx: &RawTracePointContext) -> Result<(), i32> {
+/// The program for the atomic `rss_stat` layout (before 6.2): the per-CPU sum compiled out.
+#[raw_tracepoint(tracepoint = "signal_generate")]
+pub fn raw_tp_signal_generate_atomic(ctx: RawTracePointContext) -> i32 {
+    let _ = try_raw_tp_signal_generate::<false>(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_raw_tp_signal_generate<const PERCPU: bool>(ctx: &RawTracePointContext) -> Result<(), i32> {
     let sig: u64 = ctx.arg(0);
     if sig as i32 != SIGKILL {
         return Ok(());
@@ -46,13 +54,11 @@ fn try_raw_tp_signal_generate(ctx: &RawTracePointContext) -> Result<(), i32> {
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        (*ev).hdr.kind = EventKind::VictimMm as u32;
-        (*ev).hdr.len = core::mem::size_of::<VictimMmEvent>() as u32;
-        (*ev).hdr.ktime_ns = bpf_ktime_get_ns();
+        (*ev).hdr = EventHeader::of::<VictimMmEvent>(bpf_ktime_get_ns());
         (*ev).tid = tid;
         (*ev).tgid = tgid;
     }
-    read_victim_mm(cfg, lay, task, ev);
+    read_victim_mm::<PERCPU>(cfg, lay, task, ev);
     entry.submit(BPF_RB_FORCE_WAKEUP);
     Ok(())
 }

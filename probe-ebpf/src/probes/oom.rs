@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext,
 };
-use probe_common::{victim_fields as vf, Counter, EventKind, OomVictimEvent, TASK_COMM_LEN};
+use probe_common::{victim_fields as vf, Counter, EventHeader, OomVictimEvent, TASK_COMM_LEN};
 
 use super::current_ids;
 use crate::maps::{config, count, present, BPF_RB_FORCE_WAKEUP, EVENTS};
@@ -31,9 +31,7 @@ fn try_tp_oom_mark_victim(ctx: &TracePointContext) -> Result<(), i32> {
     let (tid, tgid) = current_ids();
     let mut fields = 0u32;
     unsafe {
-        (*ev).hdr.kind = EventKind::OomVictim as u32;
-        (*ev).hdr.len = core::mem::size_of::<OomVictimEvent>() as u32;
-        (*ev).hdr.ktime_ns = bpf_ktime_get_ns();
+        (*ev).hdr = EventHeader::of::<OomVictimEvent>(bpf_ktime_get_ns());
         (*ev).pid = ctx.read_at::<i32>(cfg.victim_pid as usize).unwrap_or(-1);
         (*ev).trigger_tid = tid;
         (*ev).trigger_tgid = tgid;
@@ -113,9 +111,7 @@ fn try_kprobe_oom_kill_process(ctx: &aya_ebpf::programs::ProbeContext) -> Result
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        (*ev).hdr.kind = EventKind::OomControl as u32;
-        (*ev).hdr.len = core::mem::size_of::<OomControlEvent>() as u32;
-        (*ev).hdr.ktime_ns = bpf_ktime_get_ns();
+        (*ev).hdr = EventHeader::of::<OomControlEvent>(bpf_ktime_get_ns());
         let chosen = read_ptr(oc, cfg.oc_chosen).unwrap_or(core::ptr::null());
         (*ev).chosen_pid = if chosen.is_null() {
             0

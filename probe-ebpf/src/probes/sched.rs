@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use probe_common::{Counter, EventKind, ExitEvent, TASK_COMM_LEN};
+use probe_common::{Counter, EventHeader, ExitEvent, TASK_COMM_LEN};
 
 use super::current_ids;
 use crate::{
@@ -53,9 +53,7 @@ fn try_tp_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        (*ev).hdr.kind = EventKind::Exit as u32;
-        (*ev).hdr.len = core::mem::size_of::<ExitEvent>() as u32;
-        (*ev).hdr.ktime_ns = bpf_ktime_get_ns();
+        (*ev).hdr = EventHeader::of::<ExitEvent>(bpf_ktime_get_ns());
         (*ev).tid = tid;
         (*ev).tgid = tgid;
         (*ev).signaled_pid = pending.signaled_pid;

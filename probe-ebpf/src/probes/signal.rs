@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use probe_common::{
-    Counter, EventKind, PendingKill, ReclaimKind, SignalEvent, SIGKILL, TASK_COMM_LEN,
+    Counter, EventHeader, PendingKill, ReclaimKind, SignalEvent, SIGKILL, TASK_COMM_LEN,
 };
 
 use super::current_ids;
@@ -57,9 +57,7 @@ fn try_tp_signal_generate(ctx: &TracePointContext) -> Result<(), i32> {
     };
     let ev = entry.as_mut_ptr();
     unsafe {
-        (*ev).hdr.kind = EventKind::Signal as u32;
-        (*ev).hdr.len = core::mem::size_of::<SignalEvent>() as u32;
-        (*ev).hdr.ktime_ns = now;
+        (*ev).hdr = EventHeader::of::<SignalEvent>(now);
         (*ev).target_pid = target_pid;
         (*ev).sig = sig;
         (*ev).code = read_or(ctx, cfg.signal_code, 0);

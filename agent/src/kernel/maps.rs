@@ -1,0 +1,149 @@
+//! Reading and writing the kernel programs' maps: the kubelet tgids and memcgs to watch, the
+//! allocator and reclaim counters, captured stacks, the event ring and the drop counters.
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
+use probe_common::{maps, AllocKey, AllocVal, Counter, KubeletText};
+
+use super::probes::{ProbeError, Probes};
+
+impl Probes {
+    fn tgids(&mut self) -> Result<HashMap<&mut MapData, u32, KubeletText>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::KUBELET_TGIDS)
+            .ok_or(ProbeError::MissingMap(maps::KUBELET_TGIDS))?;
+        HashMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::KUBELET_TGIDS,
+            source,
+        })
+    }
+
+    /// Counts this process's allocations from now on.
+    /// Watches a kubelet process; `text` is its executable code's address range (for the
+    /// call-site scan of library entry points), zero when unknown.
+    pub fn watch_tgid(&mut self, tgid: u32, text: KubeletText) -> Result<(), ProbeError> {
+        self.tgids()?
+            .insert(tgid, text, 0)
+            .map_err(|source| ProbeError::Map {
+                name: maps::KUBELET_TGIDS,
+                source,
+            })
+    }
+
+    pub fn unwatch_tgid(&mut self, tgid: u32) {
+        if let Ok(mut m) = self.tgids() {
+            let _ = m.remove(&tgid);
+        }
+        if let Some(map) = self.ebpf.map_mut(maps::KUBELET_UPROBED) {
+            if let Ok(mut m) = HashMap::<_, u32, u32>::try_from(map) {
+                let _ = m.remove(&tgid);
+            }
+        }
+        if let Some(map) = self.ebpf.map_mut(maps::ALLOC_STATS) {
+            if let Ok(mut stats) = PerCpuHashMap::<_, AllocKey, AllocVal>::try_from(map) {
+                let keys: Vec<AllocKey> =
+                    stats.keys().flatten().filter(|k| k.tgid == tgid).collect();
+                for k in keys {
+                    let _ = stats.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Counts memcg reclaim in the cgroup with this kernfs id (its directory's inode).
+    pub fn watch_memcg(&mut self, id: u64) {
+        if let Some(map) = self.ebpf.map_mut(maps::WATCHED_MEMCGS) {
+            if let Ok(mut m) = HashMap::<_, u64, u32>::try_from(map) {
+                let _ = m.insert(id, 1, 0);
+            }
+        }
+    }
+
+    /// Reclaim counted per watched memcg id, summed over CPUs.
+    pub fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)> {
+        let Some(map) = self.ebpf.map(maps::RECLAIM_STATS) else {
+            return Vec::new();
+        };
+        let Ok(m) = PerCpuHashMap::<_, u64, probe_common::ReclaimStats>::try_from(map) else {
+            return Vec::new();
+        };
+        m.iter()
+            .flatten()
+            .map(|(k, per_cpu)| {
+                let sum = per_cpu
+                    .iter()
+                    .fold(probe_common::ReclaimStats::default(), |a, v| {
+                        probe_common::ReclaimStats {
+                            count: a.count + v.count,
+                            ns: a.ns + v.ns,
+                            pages: a.pages + v.pages,
+                        }
+                    });
+                (k, sum)
+            })
+            .collect()
+    }
+
+    /// Allocator counters summed over CPUs.
+    pub fn alloc_stats(&self) -> Vec<(AllocKey, AllocVal)> {
+        let Some(map) = self.ebpf.map(maps::ALLOC_STATS) else {
+            return Vec::new();
+        };
+        let Ok(stats) = PerCpuHashMap::<_, AllocKey, AllocVal>::try_from(map) else {
+            return Vec::new();
+        };
+        stats
+            .iter()
+            .flatten()
+            .map(|(k, per_cpu)| {
+                let sum = per_cpu.iter().fold(AllocVal::default(), |a, v| AllocVal {
+                    bytes: a.bytes + v.bytes,
+                    calls: a.calls + v.calls,
+                });
+                (k, sum)
+            })
+            .collect()
+    }
+
+    /// Instruction pointers of a captured user stack, innermost first.
+    pub fn stack(&self, stack_id: i64) -> Vec<u64> {
+        let (Some(map), Ok(id)) = (self.ebpf.map(maps::STACKS), u32::try_from(stack_id)) else {
+            return Vec::new();
+        };
+        let Ok(stacks) = StackTraceMap::try_from(map) else {
+            return Vec::new();
+        };
+        stacks
+            .get(&id, 0)
+            .map(|st| st.frames().iter().map(|f| f.ip).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(ProbeError::MissingMap(maps::EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: maps::EVENTS,
+            source,
+        })
+    }
+
+    /// Kernel-side counters summed over CPUs.
+    pub fn counters(&self) -> Vec<(Counter, u64)> {
+        let Some(map) = self.ebpf.map(maps::COUNTERS) else {
+            return Vec::new();
+        };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+            return Vec::new();
+        };
+        Counter::ALL
+            .iter()
+            .filter_map(|&c| {
+                arr.get(&(c as u32), 0)
+                    .ok()
+                    .map(|vals| (c, vals.iter().sum()))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,508 @@
+//! Where to attach in a kubelet binary: the Go runtime's memory entry points, found in `.symtab`
+//! when present and in `.gopclntab` when the binary is stripped (Kubernetes release binaries are
+//! built with `-s -w`); libc's `mmap`/`munmap`/`brk`/`sbrk` for non-Go builds. Also the function
+//! table used to symbolize captured stacks.
+use std::path::Path;
+
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolError {
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not an ELF object this agent can read")]
+    NotElf {
+        path: String,
+        #[source]
+        source: object::Error,
+    },
+    #[error("{path}: malformed .gopclntab ({reason})")]
+    Pclntab { path: String, reason: &'static str },
+    #[error("{path} is neither a Go binary nor linked with libc's mmap/brk: nothing to probe")]
+    NothingToProbe { path: String },
+}
+
+/// What a probe point measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Memory the Go heap commits (`runtime.sysMap`): the heap growing.
+    GoHeapMap,
+    /// Off-heap runtime allocations straight from the OS (`runtime.sysAlloc`).
+    GoSysAlloc,
+    /// Memory handed back (`runtime.sysFree`).
+    GoFree,
+    /// Pages the scavenger returns (`runtime.sysUnused`: madvise).
+    GoUnused,
+    /// libc `mmap` (length is the 2nd argument).
+    LibcMmap,
+    /// libc `munmap`.
+    LibcMunmap,
+    /// libc `brk`/`sbrk` (heap break moves).
+    LibcBrk,
+    LibcSbrk,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::GoHeapMap => "go_heap_map",
+            Role::GoSysAlloc => "go_sys_alloc",
+            Role::GoFree => "go_free",
+            Role::GoUnused => "go_unused",
+            Role::LibcMmap => "libc_mmap",
+            Role::LibcMunmap => "libc_munmap",
+            Role::LibcBrk => "libc_brk",
+            Role::LibcSbrk => "libc_sbrk",
+        }
+    }
+
+    /// A libc entry point (built without frame pointers: the caller is found by a stack scan).
+    pub fn in_libc(self) -> bool {
+        matches!(
+            self,
+            Role::LibcMmap | Role::LibcMunmap | Role::LibcBrk | Role::LibcSbrk
+        )
+    }
+
+    /// Whether the bytes count as growth (true) or release (false).
+    pub fn grows(self) -> bool {
+        matches!(
+            self,
+            Role::GoHeapMap | Role::GoSysAlloc | Role::LibcMmap | Role::LibcBrk | Role::LibcSbrk
+        )
+    }
+}
+
+/// Go runtime entry points, by symbol, in order of preference. The arguments' registers follow
+/// Go's internal register ABI (RAX, RBX, RCX...): `sysMap(v, n, stat)`, `sysAlloc(n, stat)`,
+/// `sysFree(v, n, stat)`, `sysUnused(v, n)`.
+/// The OS layer (`*OS`, go1.19+) comes first: the runtime also calls it directly (heap arena
+/// metadata goes straight to `sysAllocOS`), so probing the wrappers would miss those bytes. The
+/// wrappers are the fallback for older runtimes or when the OS layer was inlined away.
+pub const GO_POINTS: &[(&str, Role)] = &[
+    ("runtime.sysMapOS", Role::GoHeapMap),
+    ("runtime.sysMap", Role::GoHeapMap),
+    ("runtime.sysAllocOS", Role::GoSysAlloc),
+    ("runtime.sysAlloc", Role::GoSysAlloc),
+    ("runtime.sysFreeOS", Role::GoFree),
+    ("runtime.sysFree", Role::GoFree),
+    ("runtime.sysUnusedOS", Role::GoUnused),
+    ("runtime.sysUnused", Role::GoUnused),
+];
+
+pub const LIBC_POINTS: &[(&str, Role)] = &[
+    ("mmap", Role::LibcMmap),
+    ("mmap64", Role::LibcMmap),
+    ("munmap", Role::LibcMunmap),
+    // glibc's malloc grows the heap through sbrk (brk takes an address, not a size).
+    ("sbrk", Role::LibcSbrk),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Symtab,
+    Pclntab,
+    Dynsym,
+}
+
+/// One place to attach a uprobe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbePoint {
+    pub symbol: String,
+    /// File offset of the function's first instruction (what uprobes attach to).
+    pub offset: u64,
+    pub address: u64,
+    pub source: Source,
+    pub role: Role,
+}
+
+/// A Go function table: sorted entry addresses with names.
+#[derive(Debug, Default, Clone)]
+pub struct FuncTable {
+    funcs: Vec<(u64, String)>,
+    /// First address past the last function (0: unknown), so foreign frames do not resolve.
+    end: u64,
+}
+
+impl FuncTable {
+    pub fn len(&self) -> usize {
+        self.funcs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.funcs.is_empty()
+    }
+
+    pub fn lookup_name(&self, name: &str) -> Option<u64> {
+        self.funcs.iter().find(|(_, n)| n == name).map(|(a, _)| *a)
+    }
+
+    /// The function containing `addr`.
+    pub fn symbolize(&self, addr: u64) -> Option<&str> {
+        if self.end != 0 && addr >= self.end {
+            return None;
+        }
+        let i = self.funcs.partition_point(|(a, _)| *a <= addr);
+        self.funcs.get(i.checked_sub(1)?).map(|(_, n)| n.as_str())
+    }
+}
+
+/// System library directories searched for a dynamically linked kubelet's libc.
+const LIB_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+];
+
+fn uint(data: &[u8], off: usize, size: usize) -> Option<u64> {
+    let b = data.get(off..off + size)?;
+    Some(match size {
+        4 => u64::from(u32::from_le_bytes(b.try_into().ok()?)),
+        8 => u64::from_le_bytes(b.try_into().ok()?),
+        _ => return None,
+    })
+}
+
+fn cstr_at(data: &[u8], off: usize) -> Option<String> {
+    let rest = data.get(off..)?;
+    let end = rest.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&rest[..end]).ok().map(str::to_string)
+}
+
+/// Parses a `.gopclntab` (Go 1.16 and later layouts) whose 1.18+ header carries the text start.
+pub fn parse_pclntab(tab: &[u8]) -> Result<FuncTable, &'static str> {
+    parse_pclntab_in(tab, None)
+}
+
+/// Parses a `.gopclntab`; `text_section` is the address of the binary's `.text` section, used
+/// when a 1.18+ header's `textStart` is 0: an externally linked (cgo) binary leaves it
+/// unrelocated, as release kubelets are (seen on a Kubernetes v1.34.4 kubelet built with
+/// go1.26.8; Go's own debug/gosym takes the section address for the same reason).
+pub fn parse_pclntab_in(tab: &[u8], text_section: Option<u64>) -> Result<FuncTable, &'static str> {
+    let magic = uint(tab, 0, 4).ok_or("short header")? as u32;
+    let ptr = *tab.get(7).ok_or("short header")? as usize;
+    if ptr != 8 && ptr != 4 {
+        return Err("pointer size");
+    }
+    let word = |i: usize| uint(tab, 8 + i * ptr, ptr).ok_or("short header");
+    let mut funcs = Vec::new();
+    match magic {
+        // go1.18-1.19 (0xfffffff0), go1.20+ (0xfffffff1)
+        0xffff_fff0 | 0xffff_fff1 => {
+            let nfunc = word(0)? as usize;
+            let text_start = match word(2)? {
+                0 => text_section.ok_or("textStart unrelocated and no .text section")?,
+                t => t,
+            };
+            let funcname = word(3)? as usize;
+            let functab = word(7)? as usize;
+            for i in 0..nfunc {
+                let e = functab + i * 8;
+                let entry = uint(tab, e, 4).ok_or("functab")?;
+                let funcoff = uint(tab, e + 4, 4).ok_or("functab")? as usize;
+                let name_off = uint(tab, functab + funcoff + 4, 4).ok_or("func")? as usize;
+                let name = cstr_at(tab, funcname + name_off).ok_or("name")?;
+                funcs.push((text_start + entry, name));
+            }
+        }
+        // go1.16-1.17
+        0xffff_fffa => {
+            let nfunc = word(0)? as usize;
+            let funcname = word(2)? as usize;
+            let functab = word(6)? as usize;
+            for i in 0..nfunc {
+                let e = functab + i * 2 * ptr;
+                let entry = uint(tab, e, ptr).ok_or("functab")?;
+                let funcoff = uint(tab, e + ptr, ptr).ok_or("functab")? as usize;
+                let name_off = uint(tab, functab + funcoff + ptr, 4).ok_or("func")? as usize;
+                let name = cstr_at(tab, funcname + name_off).ok_or("name")?;
+                funcs.push((entry, name));
+            }
+        }
+        _ => return Err("unknown magic (Go older than 1.16, or not a pclntab)"),
+    }
+    funcs.sort_by_key(|(a, _)| *a);
+    Ok(FuncTable { funcs, end: 0 })
+}
+
+/// `runtime.firstmoduledata.text` of a 64-bit Go 1.18+ binary: the start of Go's code, which an
+/// external (cgo) link can place after C code at the start of `.text` (seen in a cgo kubectl
+/// v1.34.4). The module data is found as the 8-byte-aligned word in a data section that points
+/// at the pclntab and is followed by the funcnametab slice the header announces (go1.26 puts the
+/// module data in its own `.go.module` section); `text` is its
+/// 23rd word (pcHeader, 6 slices of 3 words, findfunctab, minpc, maxpc, then text).
+fn go_text_start(elf: &object::File<'_>, pclntab_addr: u64, tab: &[u8]) -> Option<u64> {
+    use object::{Object as _, ObjectSection as _};
+    let magic = uint(tab, 0, 4)? as u32;
+    if !matches!(magic, 0xffff_fff0 | 0xffff_fff1) || *tab.get(7)? != 8 {
+        return None;
+    }
+    let funcname = pclntab_addr.checked_add(uint(tab, 8 + 3 * 8, 8)?)?;
+    for name in [".go.module", ".noptrdata", ".data.rel.ro", ".data"] {
+        let Some(sec) = elf.section_by_name(name) else {
+            continue;
+        };
+        let Ok(data) = sec.data() else {
+            continue;
+        };
+        let mut off = 0;
+        while off + 23 * 8 <= data.len() {
+            if uint(data, off, 8) == Some(pclntab_addr) && uint(data, off + 8, 8) == Some(funcname)
+            {
+                let text = uint(data, off + 22 * 8, 8)?;
+                return (text != 0).then_some(text);
+            }
+            off += 8;
+        }
+    }
+    None
+}
+
+/// A binary opened for probing.
+pub struct Binary {
+    pub path: String,
+    data: Vec<u8>,
+}
+
+impl Binary {
+    pub fn open(path: &Path) -> Result<Binary, SymbolError> {
+        let data = std::fs::read(path).map_err(|source| SymbolError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Binary {
+            path: path.display().to_string(),
+            data,
+        })
+    }
+
+    fn elf(&self) -> Result<object::File<'_>, SymbolError> {
+        object::File::parse(&*self.data).map_err(|source| SymbolError::NotElf {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The Go function table, if this is a Go binary (stripped or not).
+    pub fn go_functions(&self) -> Result<Option<FuncTable>, SymbolError> {
+        let elf = self.elf()?;
+        let Some(section) = elf.section_by_name(".gopclntab") else {
+            return Ok(None);
+        };
+        let tab = section.data().map_err(|source| SymbolError::NotElf {
+            path: self.path.clone(),
+            source,
+        })?;
+        let text = go_text_start(&elf, section.address(), tab)
+            .or_else(|| elf.section_by_name(".text").map(|s| s.address()));
+        parse_pclntab_in(tab, text)
+            .map(Some)
+            .map_err(|reason| SymbolError::Pclntab {
+                path: self.path.clone(),
+                reason,
+            })
+    }
+
+    /// Virtual address to file offset through the PT_LOAD segments.
+    fn file_offset(elf: &object::File<'_>, addr: u64) -> Option<u64> {
+        elf.segments().find_map(|seg| {
+            let (off, size) = seg.file_range();
+            let start = seg.address();
+            (addr >= start && addr < start + size).then(|| addr - start + off)
+        })
+    }
+
+    /// The probe points this binary offers, in GO_POINTS / LIBC_POINTS order.
+    pub fn probe_points(&self) -> Result<Vec<ProbePoint>, SymbolError> {
+        let elf = self.elf()?;
+        let defined = |s: &object::Symbol<'_, '_>| s.is_definition() && s.address() != 0;
+        let mut symtab: Vec<(String, u64, Source)> = elf
+            .symbols()
+            .filter(defined)
+            .filter_map(|s| Some((s.name().ok()?.to_string(), s.address(), Source::Symtab)))
+            .collect();
+        symtab.extend(
+            elf.dynamic_symbols()
+                .filter(defined)
+                .filter_map(|s| Some((s.name().ok()?.to_string(), s.address(), Source::Dynsym))),
+        );
+        let go = self.go_functions()?;
+        let mut out = Vec::new();
+        if let Some(funcs) = &go {
+            for (name, role) in GO_POINTS {
+                if out.iter().any(|p: &ProbePoint| p.role == *role) {
+                    continue;
+                }
+                let from_symtab = symtab
+                    .iter()
+                    .find(|(n, _, src)| n == name && *src == Source::Symtab)
+                    .map(|(_, a, _)| *a);
+                let (addr, source) = match from_symtab {
+                    Some(a) => (a, Source::Symtab),
+                    None => match funcs.lookup_name(name) {
+                        Some(a) => (a, Source::Pclntab),
+                        None => continue,
+                    },
+                };
+                if let Some(offset) = Self::file_offset(&elf, addr) {
+                    out.push(ProbePoint {
+                        symbol: name.to_string(),
+                        offset,
+                        address: addr,
+                        source,
+                        role: *role,
+                    });
+                }
+            }
+        } else {
+            for (name, role) in LIBC_POINTS {
+                let Some((_, addr, source)) = symtab.iter().find(|(n, _, _)| n == name) else {
+                    continue;
+                };
+                if out.iter().any(|p: &ProbePoint| p.role == *role) {
+                    continue;
+                }
+                if let Some(offset) = Self::file_offset(&elf, *addr) {
+                    out.push(ProbePoint {
+                        symbol: name.to_string(),
+                        offset,
+                        address: *addr,
+                        source: *source,
+                        role: *role,
+                    });
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(SymbolError::NothingToProbe {
+                path: self.path.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Function symbols of a non-Go binary (for symbolizing C/C++ call sites).
+    pub fn elf_functions(&self) -> Option<FuncTable> {
+        let elf = self.elf().ok()?;
+        let mut funcs: Vec<(u64, String)> = Vec::new();
+        let mut end = 0;
+        for s in elf.symbols() {
+            if s.kind() == object::SymbolKind::Text && s.address() != 0 {
+                if let Ok(name) = s.name() {
+                    funcs.push((s.address(), name.to_string()));
+                    end = end.max(s.address() + s.size());
+                }
+            }
+        }
+        if funcs.is_empty() {
+            return None;
+        }
+        funcs.sort_by_key(|(a, _)| *a);
+        Some(FuncTable { funcs, end })
+    }
+
+    /// The libc a dynamically linked binary loads (DT_NEEDED libc.so.*), found in the system
+    /// library directories.
+    pub fn needed_libc(&self) -> Option<std::path::PathBuf> {
+        let elf = self.elf().ok()?;
+        let needs_libc = elf
+            .imports()
+            .ok()?
+            .iter()
+            .any(|i| std::str::from_utf8(i.library()).is_ok_and(|l| l.starts_with("libc.so")));
+        if !needs_libc {
+            return None;
+        }
+        LIB_DIRS
+            .iter()
+            .map(|d| Path::new(d).join("libc.so.6"))
+            .find(|p| p.exists())
+    }
+
+    /// Addresses of the named functions from `.symtab` only (for cross-checking).
+    pub fn symtab_address(&self, name: &str) -> Option<u64> {
+        let elf = self.elf().ok()?;
+        elf.symbols()
+            .find(|s| s.name() == Ok(name))
+            .map(|s| s.address())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A synthetic go1.20 table with two functions.
+    fn table() -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&0xffff_fff1u32.to_le_bytes());
+        t.extend_from_slice(&[0, 0, 1, 8]);
+        let header_words = 8;
+        let funcname = 8 + header_words * 8;
+        let names = b"runtime.sysMap\0main.leak\0";
+        let functab = funcname + names.len();
+        let words: [u64; 8] = [2, 0, 0x401000, funcname as u64, 0, 0, 0, functab as u64];
+        for w in words {
+            t.extend_from_slice(&w.to_le_bytes());
+        }
+        t.extend_from_slice(names);
+        // functab: 2 entries of (entryoff, funcoff) + end entry, then the _func records.
+        let funcs_at = 2 * 8 + 4;
+        for (entry, i) in [(0x200u32, 0u32), (0x100, 1)] {
+            t.extend_from_slice(&entry.to_le_bytes());
+            t.extend_from_slice(&(funcs_at + i * 8).to_le_bytes());
+        }
+        t.extend_from_slice(&0x300u32.to_le_bytes());
+        for (entry, name_off) in [(0x200u32, 0u32), (0x100, 15)] {
+            t.extend_from_slice(&entry.to_le_bytes());
+            t.extend_from_slice(&name_off.to_le_bytes());
+        }
+        t
+    }
+
+    #[test]
+    fn parses_go120_table() {
+        let ft = parse_pclntab(&table()).unwrap();
+        assert_eq!(ft.len(), 2);
+        assert_eq!(ft.lookup_name("runtime.sysMap"), Some(0x401200));
+        assert_eq!(ft.lookup_name("main.leak"), Some(0x401100));
+        assert_eq!(ft.symbolize(0x401150), Some("main.leak"));
+        assert_eq!(ft.symbolize(0x401250), Some("runtime.sysMap"));
+        assert_eq!(ft.symbolize(0x400000), None);
+        // A relocated header word wins over the section's address.
+        let ft = parse_pclntab_in(&table(), Some(0x500000)).unwrap();
+        assert_eq!(ft.lookup_name("main.leak"), Some(0x401100));
+    }
+
+    #[test]
+    fn unrelocated_text_start_takes_the_text_section() {
+        // An externally linked binary's header says textStart 0.
+        let mut t = table();
+        t[8 + 2 * 8..8 + 3 * 8].copy_from_slice(&0u64.to_le_bytes());
+        assert!(parse_pclntab(&t).is_err());
+        let ft = parse_pclntab_in(&t, Some(0x401000)).unwrap();
+        assert_eq!(ft.lookup_name("runtime.sysMap"), Some(0x401200));
+        assert_eq!(ft.lookup_name("main.leak"), Some(0x401100));
+    }
+
+    #[test]
+    fn rejects_garbage_tables() {
+        assert!(parse_pclntab(b"nope").is_err());
+        let mut t = table();
+        t[0] = 0x12;
+        assert!(parse_pclntab(&t).is_err());
+        let mut t = table();
+        t.truncate(60);
+        assert!(parse_pclntab(&t).is_err());
+    }
+}

@@ -1,0 +1,516 @@
+//! Finding and following the kubelet: by process name (or an explicit pid or binary), probing its
+//! allocator, following restarts, and attributing the memory its runtime maps to call sites.
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use probe_common::{AllocKey, AllocVal, KubeletText, POINT_SYSCALL_MMAP, POINT_SYSCALL_MUNMAP};
+use serde::Serialize;
+
+use super::symbols::{Binary, FuncTable, ProbePoint};
+use crate::{forensics::KillRecord, kernel::probes::Kernel};
+
+/// How the kubelet is identified.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Process name (comm), `kubelet` by default.
+    pub name: String,
+    pub pid: Option<u32>,
+    pub binary: Option<PathBuf>,
+}
+
+/// How a kubelet process's allocations are seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Uprobes,
+    Syscalls,
+}
+
+struct Probed {
+    points: Vec<ProbePoint>,
+    funcs: Option<Arc<FuncTable>>,
+    mode: Mode,
+}
+
+struct Proc {
+    exe: PathBuf,
+    /// Load bias of a PIE executable (runtime address - link address).
+    bias: u64,
+    key: PathBuf,
+}
+
+/// One call site's share of the kubelet's growth.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CallSite {
+    pub function: String,
+    pub bytes: u64,
+    pub calls: u64,
+}
+
+/// The periodic attribution report (`Output::KubeletMemory` in the JSON stream).
+#[derive(Debug, Clone, Serialize)]
+pub struct KubeletReport {
+    pub pid: u32,
+    pub exe: String,
+    pub mode: Mode,
+    /// Bytes the runtime (or libc) obtained from the kernel since the agent began watching.
+    pub mapped_bytes: u64,
+    /// Bytes it handed back (freed or returned by the scavenger).
+    pub released_bytes: u64,
+    pub by_entry_point: BTreeMap<String, u64>,
+    pub top_call_sites: Vec<CallSite>,
+}
+
+/// A kubelet (re)start (`Output::KubeletStart` in the JSON stream).
+#[derive(Debug, Clone, Serialize)]
+pub struct KubeletStart {
+    pub pid: u32,
+    pub exe: String,
+    pub previous_pid: Option<u32>,
+    /// How the previous kubelet ended: the kind of its kill record, or `exited`.
+    pub previous_end: Option<String>,
+    pub restarts: u64,
+}
+
+pub struct Tracker {
+    target: Target,
+    probed: HashMap<PathBuf, Probed>,
+    procs: BTreeMap<u32, Proc>,
+    /// Kill kinds of kubelet processes, by pid.
+    kills: HashMap<u32, String>,
+    last_pid: Option<u32>,
+    /// Every pid followed as a kubelet (kill records arrive after the process is gone).
+    seen: std::collections::BTreeSet<u32>,
+    pub restarts: u64,
+    pub fallbacks: u64,
+}
+
+fn comm_of(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+fn exe_of(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The mappings of `exe` in `pid`: (start, end, executable, file offset), runtime addresses.
+fn exe_mappings(pid: u32, exe: &Path) -> Vec<(u64, u64, bool, u64)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let exe = exe.to_string_lossy();
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    maps.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 6 || f[5] != exe {
+                return None;
+            }
+            let (a, b) = f[0].split_once('-')?;
+            let exec = f[1].as_bytes().get(2) == Some(&b'x');
+            Some((hex(a)?, hex(b)?, exec, hex(f[2])?))
+        })
+        .collect()
+}
+
+/// Load bias of `exe` in `pid`: start of its offset-0 mapping minus the first PT_LOAD address
+/// (0 for a non-PIE executable, whose mapping starts at its link address).
+fn load_bias(pid: u32, exe: &Path) -> u64 {
+    match exe_mappings(pid, exe).iter().find(|m| m.3 == 0) {
+        // Non-PIE Go binaries link at 0x400000; PIE ones at 0.
+        Some(&(0x400000, ..)) | None => 0,
+        Some(&(start, ..)) => start,
+    }
+}
+
+/// The executable mappings of `exe` in `pid` (runtime addresses), as one range.
+fn text_range(pid: u32, exe: &Path) -> KubeletText {
+    exe_mappings(pid, exe)
+        .iter()
+        .filter(|m| m.2)
+        .map(|m| (m.0, m.1))
+        .reduce(|(x, y), (a, b)| (x.min(a), y.max(b)))
+        .map_or_else(KubeletText::default, |(start, end)| KubeletText {
+            start,
+            end,
+        })
+}
+
+/// libc as mapped by `pid`, for kubelets that are not Go binaries.
+fn libc_of(pid: u32) -> Option<PathBuf> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
+        })
+        .map(PathBuf::from)
+}
+
+impl Tracker {
+    pub fn new(target: Target) -> Tracker {
+        Tracker {
+            target,
+            probed: HashMap::new(),
+            procs: BTreeMap::new(),
+            kills: HashMap::new(),
+            last_pid: None,
+            seen: Default::default(),
+            restarts: 0,
+            fallbacks: 0,
+        }
+    }
+
+    /// Probes the configured kubelet binary before any process runs it, so a kubelet that
+    /// starts later is measured from its first allocation.
+    pub fn probe_target_binary(&mut self, probes: &mut impl Kernel) {
+        let Some(bin) = self.target.binary.clone() else {
+            return;
+        };
+        match Binary::open(&bin).and_then(|b| Ok((b.go_functions()?, b.probe_points()?))) {
+            Ok((funcs, points)) => {
+                self.probe_as(&bin, &bin, points, funcs.map(Arc::new), None, probes)
+            }
+            Err(e) => {
+                tracing::warn!(binary = %bin.display(), error = %e, "cannot probe the kubelet binary yet")
+            }
+        }
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.keys().copied().collect()
+    }
+
+    fn matches(&self, pid: u32) -> bool {
+        if self.target.pid == Some(pid) {
+            return true;
+        }
+        if let Some(bin) = &self.target.binary {
+            return exe_of(pid).is_some_and(|e| &e == bin);
+        }
+        comm_of(pid).is_some_and(|c| c == self.target.name)
+    }
+
+    /// Looks for kubelet processes not yet followed (start-up, and periodically: a kubelet that
+    /// was not running is picked up when it appears).
+    pub fn scan(&mut self, probes: &mut impl Kernel) -> Vec<KubeletStart> {
+        let mut found = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return found;
+        };
+        let me = std::process::id();
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid != me && !self.procs.contains_key(&pid) && self.matches(pid) {
+                found.extend(self.adopt(pid, probes));
+            }
+        }
+        found
+    }
+
+    /// A kubelet exec'd (seen in the kernel, which already counts its allocations).
+    pub fn on_exec(&mut self, tgid: u32, probes: &mut impl Kernel) -> Option<KubeletStart> {
+        if self.procs.contains_key(&tgid) {
+            return None;
+        }
+        self.adopt(tgid, probes)
+    }
+
+    /// Whether `pid` is or was a followed kubelet.
+    pub fn is_kubelet(&self, pid: u32) -> bool {
+        self.seen.contains(&pid)
+    }
+
+    /// Bytes the kubelet `pid`'s allocator mapped since it was followed.
+    pub fn mapped_bytes(&self, pid: u32, probes: &impl Kernel) -> u64 {
+        let Some(p) = self.procs.get(&pid).and_then(|p| self.probed.get(&p.key)) else {
+            return 0;
+        };
+        probes
+            .alloc_stats()
+            .iter()
+            .filter(|(k, _)| k.tgid == pid)
+            .filter(|(k, _)| match k.point as u16 {
+                POINT_SYSCALL_MMAP => true,
+                POINT_SYSCALL_MUNMAP => false,
+                i => p.points.get(i as usize).is_some_and(|pp| pp.role.grows()),
+            })
+            .map(|(_, v)| v.bytes)
+            .sum()
+    }
+
+    pub fn on_kill(&mut self, rec: &KillRecord) {
+        if self.seen.contains(&rec.victim.pid) {
+            self.kills
+                .insert(rec.victim.pid, rec.kind.as_str().to_string());
+        }
+    }
+
+    /// Follows one kubelet process: probes its binary if new, counts it in the kernel.
+    fn adopt(&mut self, pid: u32, probes: &mut impl Kernel) -> Option<KubeletStart> {
+        let Some(exe) = exe_of(pid) else {
+            tracing::warn!(pid, "kubelet candidate vanished before it could be probed");
+            return None;
+        };
+        let bin = Binary::open(&exe);
+        let go = bin.as_ref().ok().and_then(|b| {
+            Some((
+                b.go_functions().ok()??,
+                b.probe_points().unwrap_or_default(),
+            ))
+        });
+        let key = match go {
+            Some((funcs, points)) => {
+                self.probe_as(&exe, &exe, points, Some(Arc::new(funcs)), None, probes);
+                exe.clone()
+            }
+            // Not Go: its allocations go through libc, probed for this pid only (one libc
+            // serves every process on the node). At exec the loader has not mapped libc yet,
+            // so it is found from the binary's DT_NEEDED, else from the process's maps.
+            None => match bin
+                .as_ref()
+                .ok()
+                .and_then(Binary::needed_libc)
+                .or_else(|| libc_of(pid))
+            {
+                Some(libc) => {
+                    let key = PathBuf::from(format!("{}#{pid}", libc.display()));
+                    let points = Binary::open(&libc)
+                        .and_then(|b| b.probe_points())
+                        .unwrap_or_default();
+                    let funcs = bin
+                        .as_ref()
+                        .ok()
+                        .and_then(Binary::elf_functions)
+                        .map(Arc::new);
+                    self.probe_as(&key, &libc, points, funcs, Some(pid), probes);
+                    key
+                }
+                None => {
+                    self.probe_as(&exe, &exe, Vec::new(), None, None, probes);
+                    exe.clone()
+                }
+            },
+        };
+        if let Err(e) = probes.watch_tgid(pid, text_range(pid, &exe)) {
+            tracing::warn!(pid, error = %e, "cannot watch kubelet pid");
+            return None;
+        }
+        let bias = load_bias(pid, &exe);
+        if self.seen.len() > 4096 {
+            self.seen.clear();
+        }
+        self.seen.insert(pid);
+        self.procs.insert(
+            pid,
+            Proc {
+                exe: exe.clone(),
+                bias,
+                key,
+            },
+        );
+        let previous_pid = self.last_pid.filter(|p| *p != pid && !alive(*p));
+        let previous_end = previous_pid.map(|p| {
+            self.kills
+                .get(&p)
+                .cloned()
+                .unwrap_or_else(|| "exited".into())
+        });
+        if previous_pid.is_some() {
+            self.restarts += 1;
+        }
+        self.last_pid = Some(pid);
+        tracing::info!(pid, exe = %exe.display(), restarts = self.restarts, "following kubelet");
+        Some(KubeletStart {
+            pid,
+            exe: exe.display().to_string(),
+            previous_pid,
+            previous_end,
+            restarts: self.restarts,
+        })
+    }
+
+    fn probe_as(
+        &mut self,
+        key: &Path,
+        binary: &Path,
+        points: Vec<ProbePoint>,
+        funcs: Option<Arc<FuncTable>>,
+        pid: Option<u32>,
+        probes: &mut impl Kernel,
+    ) {
+        if self.probed.contains_key(key) {
+            return;
+        }
+        let mode = match (
+            points.is_empty(),
+            probes.attach_allocator(binary, &points, pid),
+        ) {
+            (false, Ok(n)) => {
+                tracing::info!(binary = %binary.display(), points = n, "allocator uprobes attached");
+                Mode::Uprobes
+            }
+            (empty, result) => {
+                let why = match (empty, result) {
+                    (_, Err(e)) => e.to_string(),
+                    _ => "no allocator symbol resolves (neither Go nor libc)".into(),
+                };
+                tracing::warn!(
+                    binary = %binary.display(),
+                    reason = %why,
+                    "falling back to mmap/munmap syscall tracepoints filtered by the kubelet's tgid"
+                );
+                self.fallbacks += 1;
+                if let Err(e) = probes.attach_syscalls() {
+                    tracing::warn!(error = %e, "syscall fallback unavailable too");
+                }
+                Mode::Syscalls
+            }
+        };
+        self.probed.insert(
+            key.to_path_buf(),
+            Probed {
+                points,
+                funcs,
+                mode,
+            },
+        );
+    }
+
+    /// Attribution reports for every followed kubelet; forgets processes that are gone.
+    pub fn report(&mut self, probes: &mut impl Kernel) -> Vec<KubeletReport> {
+        let stats = probes.alloc_stats();
+        let mut out = Vec::new();
+        for (&pid, proc_) in &self.procs {
+            let Some(probed) = self.probed.get(&proc_.key) else {
+                continue;
+            };
+            let mine: Vec<&(AllocKey, AllocVal)> =
+                stats.iter().filter(|(k, _)| k.tgid == pid).collect();
+            out.push(attribute(pid, proc_, probed, &mine, |id| probes.stack(id)));
+        }
+        let dead: Vec<u32> = self.procs.keys().copied().filter(|p| !alive(*p)).collect();
+        for pid in dead {
+            self.procs.remove(&pid);
+            probes.unwatch_tgid(pid);
+        }
+        out
+    }
+}
+
+fn attribute(
+    pid: u32,
+    proc_: &Proc,
+    probed: &Probed,
+    stats: &[&(AllocKey, AllocVal)],
+    stack: impl Fn(i64) -> Vec<u64>,
+) -> KubeletReport {
+    let mut by_point: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sites: HashMap<String, (u64, u64)> = HashMap::new();
+    let (mut mapped, mut released) = (0u64, 0u64);
+    for (k, v) in stats {
+        let (name, grows) = match k.point as u16 {
+            POINT_SYSCALL_MMAP => ("syscall_mmap".to_string(), true),
+            POINT_SYSCALL_MUNMAP => ("syscall_munmap".to_string(), false),
+            i => match probed.points.get(i as usize) {
+                Some(p) => (p.symbol.clone(), p.role.grows()),
+                None => continue,
+            },
+        };
+        *by_point.entry(name).or_default() += v.bytes;
+        if grows {
+            mapped += v.bytes;
+            let site = call_site(
+                &stack(k.stack_id),
+                k.site,
+                probed.funcs.as_deref(),
+                proc_.bias,
+            );
+            let e = sites.entry(site).or_default();
+            e.0 += v.bytes;
+            e.1 += v.calls;
+        } else {
+            released += v.bytes;
+        }
+    }
+    let mut top: Vec<CallSite> = sites
+        .into_iter()
+        .map(|(function, (bytes, calls))| CallSite {
+            function,
+            bytes,
+            calls,
+        })
+        .collect();
+    top.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.function.cmp(&b.function)));
+    top.truncate(10);
+    KubeletReport {
+        pid,
+        exe: proc_.exe.display().to_string(),
+        mode: probed.mode,
+        mapped_bytes: mapped,
+        released_bytes: released,
+        by_entry_point: by_point,
+        top_call_sites: top,
+    }
+}
+
+/// The first frame outside the runtime (the code that wanted the memory), or the innermost
+/// frame's function, or `unknown`. `site` is the scanned return address into the kubelet's
+/// code (library entry points, whose frame-pointer walk loses the caller): it wins when set.
+pub fn call_site(frames: &[u64], site: u64, funcs: Option<&FuncTable>, bias: u64) -> String {
+    let Some(funcs) = funcs else {
+        return "unknown".into();
+    };
+    if site != 0 {
+        // A return address: the call instruction is just before it.
+        if let Some(name) = funcs.symbolize(site.saturating_sub(bias).saturating_sub(1)) {
+            return name.to_string();
+        }
+    }
+    let names: Vec<&str> = frames
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &ip)| {
+            // Return addresses point after the call: look up the call instruction.
+            let addr = ip.saturating_sub(bias).saturating_sub(u64::from(i > 0));
+            funcs.symbolize(addr)
+        })
+        .collect();
+    names
+        .iter()
+        .find(|n| !n.starts_with("runtime.") && !n.starts_with("internal/"))
+        .or(names.first())
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl KubeletReport {
+    /// The readable one-line form.
+    pub fn text(&self) -> String {
+        let sites: Vec<String> = self
+            .top_call_sites
+            .iter()
+            .take(3)
+            .map(|c| format!("{}={:.1}MiB", c.function, c.bytes as f64 / 1048576.0))
+            .collect();
+        format!(
+            "KUBELET pid={} mapped={:.1}MiB released={:.1}MiB via={:?} top: {}",
+            self.pid,
+            self.mapped_bytes as f64 / 1048576.0,
+            self.released_bytes as f64 / 1048576.0,
+            self.mode,
+            sites.join(" ")
+        )
+    }
+}

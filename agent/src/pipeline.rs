@@ -1,0 +1,490 @@
+//! The run loop as a type: what `oomprobe run` does with each input, one method per stage, in
+//! data-flow order (the README's diagram):
+//!
+//! ring batch (decode, correlate) -> kill records, kubelet execs -> periodic kubelet report ->
+//! sample (node, kubelet, memcg events, series store) -> detect (verdicts) -> expire (kills whose
+//! death never came, kernel counters) -> settle (each kill to the tracker, the cycle and the
+//! stream; cycle stages to the action; one flush).
+//!
+//! `cli/run.rs` owns the timers and the `select!`; every arm calls one method here.
+use std::{path::PathBuf, sync::Arc};
+
+use crate::{
+    act::{ActionEvent, Cordon, CordonConfig, Decision},
+    cgroup::Hierarchy,
+    clock::{monotonic_ns, Clock},
+    cycle::{Cycle, CycleConfig, KubeletNow, Party, StageEvent},
+    detect::{classify::Cause, store::Store, Engine, Sample, Subject},
+    forensics::{Correlator, KillRecord, LiveNode, Node},
+    kernel::{
+        events::Event,
+        probes::{Kernel, Probes},
+        ring,
+    },
+    kubeapi::{
+        report::{Fact, Reporter},
+        ApiError,
+    },
+    kubelet::{
+        metrics::{KubeletMetrics, Latest},
+        tracker::{Target, Tracker},
+    },
+    memcg_events::{MemcgEvent, Watcher},
+    metrics::Metrics,
+    output::{Output, OutputFormat, Sink},
+    sampler::SampleEvent,
+};
+
+/// What the pipeline needs from the command line.
+pub struct PipelineConfig {
+    pub format: OutputFormat,
+    /// The kubelet to follow.
+    pub target: Target,
+    /// Cgroup paths (memory hierarchy) under which pods live.
+    pub kubepods_roots: Vec<String>,
+    /// Also write each sample to the JSON stream.
+    pub emit_samples: bool,
+    /// Where the sampled series persists (`series.bin` in the state directory).
+    pub state_dir: PathBuf,
+    pub cycle: CycleConfig,
+    /// The opt-in cordon on a flap, when armed.
+    pub cordon: Option<CordonConfig>,
+    /// The opt-in node conditions and Events (`--report`), when on.
+    pub report: Option<Reporter>,
+    /// Where the cordon PATCH's result goes (the run loop hands it to
+    /// [`Pipeline::on_cordon_result`]).
+    pub cordon_done: tokio::sync::mpsc::Sender<Result<(), ApiError>>,
+}
+
+/// The sampled series: persisted when the store opened, else in memory (bounded).
+enum Series {
+    Stored(Store),
+    Memory(Vec<Sample>),
+}
+
+impl Series {
+    /// Opens the store; records it dropped as invalid count in `oomprobe_events_dropped_total`
+    /// (`reason="store_invalid_record"`).
+    fn open(state_dir: &std::path::Path, metrics: &Metrics) -> Series {
+        let path = state_dir.join("series.bin");
+        match Store::open(&path) {
+            Ok(s) => {
+                tracing::info!(path = %path.display(), samples = s.samples().len(), "series store loaded");
+                metrics
+                    .dropped
+                    .with_label_values(&["store_invalid_record", "sample"])
+                    .inc_by(s.invalid_records());
+                Series::Stored(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "series store unavailable: leak detection starts from scratch and will not persist");
+                Series::Memory(Vec::new())
+            }
+        }
+    }
+
+    fn samples(&self) -> &[Sample] {
+        match self {
+            Series::Stored(s) => s.samples(),
+            Series::Memory(m) => m,
+        }
+    }
+}
+
+/// Everything the agent runs, between the ring buffer and stdout. On a node `K` is the loaded
+/// [`Probes`] and `N` the [`LiveNode`]; the golden test runs it without a kernel (its own
+/// [`Kernel`] and [`Node`], a capturing [`Sink`]).
+pub struct Pipeline<K: Kernel = Probes, N: Node = LiveNode> {
+    kubepods_roots: Vec<String>,
+    emit_samples: bool,
+    probes: K,
+    correlator: Correlator<N>,
+    tracker: Tracker,
+    hierarchy: Option<Hierarchy>,
+    memcg: Option<Watcher>,
+    /// The kubelet's own /metrics, as the scraper last read them.
+    kubelet_metrics: Latest,
+    series: Series,
+    engine: Engine,
+    last_verdict: Option<(Subject, Cause)>,
+    cycle: Cycle,
+    /// The kubelet's memory cgroup as last sampled (for kills of a cgroup containing it).
+    kubelet_cgroup: Option<String>,
+    cordon: Option<Cordon>,
+    /// Where the cordon PATCH's task sends its result.
+    cordon_done: tokio::sync::mpsc::Sender<Result<(), ApiError>>,
+    report: Option<Reporter>,
+    metrics: Arc<Metrics>,
+    out: Sink,
+    /// Work a stage left for [`Pipeline::settle`], in the order it is done there.
+    records: Vec<KillRecord>,
+    kubelet_execs: Vec<(u32, u64)>,
+    memcg_events: Vec<MemcgEvent>,
+    stage_events: Vec<StageEvent>,
+    kills: u64,
+}
+
+impl Pipeline {
+    /// Builds the stages around loaded probes; finds the kubelet if it runs already.
+    pub fn new(
+        cfg: PipelineConfig,
+        probes: Probes,
+        metrics: Arc<Metrics>,
+        kubelet_metrics: Latest,
+    ) -> Pipeline {
+        let out = Sink::new(cfg.format);
+        let node = (LiveNode::detect(), Clock::new());
+        Pipeline::with_parts(cfg, probes, node, out, metrics, kubelet_metrics)
+    }
+}
+
+impl<K: Kernel, N: Node> Pipeline<K, N> {
+    /// Builds the stages around any kernel access, node view (with the clock that dates kill
+    /// records) and sink: what [`Pipeline::new`] does on a node, and what a replay without a
+    /// kernel uses.
+    pub fn with_parts(
+        cfg: PipelineConfig,
+        mut probes: K,
+        (node, clock): (N, Clock),
+        mut out: Sink,
+        metrics: Arc<Metrics>,
+        kubelet_metrics: Latest,
+    ) -> Pipeline<K, N> {
+        let hierarchy = Hierarchy::detect();
+        let mut tracker = Tracker::new(cfg.target.clone());
+        tracker.probe_target_binary(&mut probes);
+        for start in tracker.scan(&mut probes) {
+            out.push(Output::KubeletStart(start));
+        }
+        out.flush();
+        if tracker.pids().is_empty() {
+            tracing::info!(name = %cfg.target.name, "no kubelet running yet; it will be followed when it starts");
+        }
+        Pipeline {
+            kubepods_roots: cfg.kubepods_roots,
+            emit_samples: cfg.emit_samples,
+            correlator: Correlator::new(node, clock),
+            tracker,
+            memcg: hierarchy.clone().map(Watcher::new),
+            hierarchy,
+            kubelet_metrics,
+            series: Series::open(&cfg.state_dir, &metrics),
+            engine: Engine::default(),
+            last_verdict: None,
+            cycle: Cycle::new(cfg.cycle),
+            kubelet_cgroup: None,
+            cordon: cfg.cordon.map(Cordon::new),
+            cordon_done: cfg.cordon_done,
+            report: cfg.report,
+            probes,
+            metrics,
+            out,
+            records: Vec::new(),
+            kubelet_execs: Vec::new(),
+            memcg_events: Vec::new(),
+            stage_events: Vec::new(),
+            kills: 0,
+        }
+    }
+
+    pub fn probes(&self) -> &K {
+        &self.probes
+    }
+
+    /// The lines written so far, with a capturing sink ([`Sink::capturing`]).
+    pub fn take_output(&mut self) -> Vec<String> {
+        self.out.take_captured()
+    }
+
+    /// Kill records written so far.
+    pub fn kills(&self) -> u64 {
+        self.kills
+    }
+
+    /// Decoded ring-buffer records, as the readers handed them over: kill events to the
+    /// correlator, kubelet execs to the tracker, malformed records counted.
+    pub async fn on_ring_batch(&mut self, batch: impl Iterator<Item = ring::Item>) {
+        for (decoded, seen) in batch {
+            match decoded {
+                Ok(Event::KubeletExec(e)) => self.kubelet_execs.push((e.tgid, e.ktime_ns)),
+                Ok(ev) => {
+                    for e in ev.field_errors() {
+                        let labels = [e.field, &e.value.to_string()];
+                        self.metrics.decode_errors.with_label_values(&labels).inc();
+                        tracing::debug!(error = %e, "kernel enum value out of range");
+                    }
+                    if let Event::Signal(s) = &ev {
+                        let delivery = crate::forensics::delivery_name(s.result);
+                        self.metrics.sigkills.with_label_values(&[delivery]).inc();
+                    }
+                    self.records
+                        .extend(self.correlator.on_event_at(ev, Some(seen)));
+                }
+                Err(e) => {
+                    let labels = ["decode_error", e.reason()];
+                    self.metrics.dropped.with_label_values(&labels).inc();
+                    tracing::debug!(error = %e, "malformed record");
+                }
+            }
+        }
+        self.settle().await;
+    }
+
+    /// The periodic kubelet attribution report; kubelets started since are picked up.
+    pub async fn on_report(&mut self) {
+        for rep in self.tracker.report(&mut self.probes) {
+            self.metrics.observe_kubelet(&rep);
+            self.out.push(Output::KubeletMemory(rep));
+        }
+        for start in self.tracker.scan(&mut self.probes) {
+            self.out.push(Output::KubeletStart(start));
+        }
+        self.metrics
+            .kubelet_restarts
+            .set(self.tracker.restarts as i64);
+        self.settle().await;
+    }
+
+    /// A sample of the kubelet and the node: metrics, memcg watches and events, the cycle,
+    /// the series the detectors read.
+    pub async fn on_sample(&mut self) {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let pid = self.tracker.pids().last().copied();
+        let (s, ev) = crate::sampler::sample(
+            self.hierarchy.as_ref(),
+            &self.kubepods_roots,
+            pid,
+            self.tracker.restarts,
+            now,
+        );
+        let latest = self.kubelet_metrics.lock().ok().and_then(|l| l.clone());
+        let (s, ev) = with_kubelet_metrics(s, ev, latest);
+        self.metrics.observe_sample(&ev);
+        self.watch_memcgs(&ev);
+        if ev.kubelet_cgroup.is_some() {
+            self.kubelet_cgroup = ev.kubelet_cgroup.clone();
+        }
+        if let Some(pid) = pid {
+            let now = kubelet_now(pid, Some(&ev), &self.tracker, &self.probes);
+            self.stage_events
+                .extend(self.cycle.on_sample(monotonic_ns(), now));
+        }
+        if self.emit_samples {
+            self.out.push(Output::Sample(ev));
+        }
+        match &mut self.series {
+            Series::Stored(st) => {
+                if let Err(e) = st.append(s) {
+                    let labels = ["store_write", "sample"];
+                    self.metrics.dropped.with_label_values(&labels).inc();
+                    tracing::warn!(error = %e, "cannot persist a sample");
+                }
+            }
+            Series::Memory(m) => {
+                m.push(s);
+                crate::detect::store::bound(m);
+            }
+        }
+        self.settle().await;
+    }
+
+    /// Keeps the memcg watcher on the pod trees and the kubelet's cgroup; polls its events.
+    fn watch_memcgs(&mut self, ev: &SampleEvent) {
+        let Some(w) = self.memcg.as_mut() else {
+            return;
+        };
+        let h = self.hierarchy.as_ref();
+        let mut trees: Vec<String> = self
+            .kubepods_roots
+            .iter()
+            .filter(|r| h.is_some_and(|h| h.dir(r).is_dir()))
+            .cloned()
+            .collect();
+        trees.extend(ev.kubelet_cgroup.clone());
+        for tree in trees {
+            for id in w.watch_tree(&tree, true) {
+                self.probes.watch_memcg(id);
+            }
+        }
+        self.memcg_events
+            .extend(w.reclaim(&self.probes.reclaim_stats()));
+        self.memcg_events.extend(w.poll_v2());
+        self.memcg_events.extend(w.poll_psi());
+    }
+
+    /// The next notification (cgroup, kind) of a watched memory cgroup; never, without one.
+    pub async fn memcg_notification(&mut self) -> Option<(String, String)> {
+        match self.memcg.as_mut() {
+            Some(w) => w.rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A watched memory cgroup notified (OOM, limit, pressure).
+    pub async fn on_memcg_notification(&mut self, cgroup: String, kind: String) {
+        if let Some(w) = self.memcg.as_mut() {
+            self.memcg_events.extend(w.describe(&cgroup, &kind));
+        }
+        self.settle().await;
+    }
+
+    /// The leak detectors over the series; a verdict is written when it changes.
+    pub async fn on_detect(&mut self) {
+        let v = self.engine.evaluate(self.series.samples());
+        self.cycle.known_cause = matches!(v.subject, Subject::Kubelet | Subject::Workload)
+            .then(|| v.cause.as_str().to_string());
+        self.metrics.observe_verdict(&v);
+        if let Some(r) = &self.report {
+            r.send(Fact::Verdict(Box::new(v.clone())));
+        }
+        let key = (v.subject, v.cause);
+        if self.last_verdict != Some(key) {
+            self.last_verdict = Some(key);
+            self.out.push(Output::Verdict(v));
+        }
+        self.settle().await;
+    }
+
+    /// The fast tick: kills whose death never came (or came without `mark_victim`), the
+    /// kernel's counters, the correlator's backlog and orphans.
+    pub async fn on_expire(&mut self) {
+        self.on_expire_at(monotonic_ns()).await;
+    }
+
+    /// [`Pipeline::on_expire`] at CLOCK_MONOTONIC `now_ns` (a replay's own clock).
+    pub async fn on_expire_at(&mut self, now_ns: u64) {
+        self.records.extend(self.correlator.expire(now_ns));
+        self.metrics.observe_kernel(&self.probes.counters());
+        self.metrics
+            .pending_kills
+            .set(self.correlator.pending_len() as i64);
+        let orphans = self.correlator.stats.orphans;
+        let seen = self.metrics.dropped.with_label_values(&["orphan", "exit"]);
+        if orphans > seen.get() {
+            seen.inc_by(orphans - seen.get());
+        }
+        self.settle().await;
+    }
+
+    /// The cordon PATCH answered: the action to the stream.
+    pub fn on_cordon_result(&mut self, result: Result<(), ApiError>) {
+        if let Some(c) = self.cordon.as_mut() {
+            let action = c.on_result(result);
+            self.out.push(Output::Action(action));
+            self.out.flush();
+        }
+    }
+
+    /// A stage change to the cordon: a dry run is written now, a PATCH goes out in a task.
+    fn cordon_on_stage(&mut self, ev: &StageEvent) -> Option<ActionEvent> {
+        let c = self.cordon.as_mut()?;
+        match c.on_stage(ev)? {
+            Decision::DryRun(action) => Some(action),
+            Decision::Send => {
+                let done = self.cordon_done.clone();
+                crate::act::spawn_cordon(c.client(), c.node().to_string(), done);
+                None
+            }
+        }
+    }
+
+    /// What every stage ends with: each kill to the metrics, the tracker, the cycle and the
+    /// stream (written at once), and to the reports; kubelet execs to the tracker and the cycle;
+    /// memcg events; stage changes to the metrics, the action and the reports; then one flush.
+    /// Nothing here waits on the API server: the cordon and the reports run in tasks.
+    async fn settle(&mut self) {
+        for rec in std::mem::take(&mut self.records) {
+            self.metrics
+                .kills
+                .with_label_values(&[rec.kind.as_str()])
+                .inc();
+            self.tracker.on_kill(&rec);
+            let party = Party::of(
+                &rec,
+                |pid| self.tracker.is_kubelet(pid),
+                self.kubelet_cgroup.as_deref(),
+            );
+            self.stage_events.extend(self.cycle.on_kill(&rec, party));
+            if let Some(r) = &self.report {
+                r.send(Fact::Kill {
+                    evicted: crate::cycle::is_runtime_kill(&rec),
+                    rec: Box::new(rec.clone()),
+                    is_kubelet: party == Party::Kubelet,
+                });
+            }
+            self.out.push(Output::Kill(Box::new(rec)));
+            self.out.flush();
+            self.kills += 1;
+        }
+        for (tgid, exec_ktime) in std::mem::take(&mut self.kubelet_execs) {
+            if let Some(start) = self.tracker.on_exec(tgid, &mut self.probes) {
+                let now = kubelet_now(start.pid, None, &self.tracker, &self.probes);
+                self.out.push(Output::KubeletStart(start));
+                self.stage_events
+                    .extend(self.cycle.on_kubelet_start(exec_ktime, now));
+            }
+        }
+        for ev in std::mem::take(&mut self.memcg_events) {
+            self.metrics
+                .memcg_events
+                .with_label_values(&[ev.kind.as_str()])
+                .inc_by(ev.count.max(1));
+            self.out.push(Output::Memcg(ev));
+        }
+        for ev in std::mem::take(&mut self.stage_events) {
+            self.metrics.observe_stage(&ev);
+            if let Some(action) = self.cordon_on_stage(&ev) {
+                self.out.push(Output::Action(action));
+            }
+            if let Some(r) = &self.report {
+                r.send(Fact::Stage(Box::new(ev.clone())));
+            }
+            self.out.push(Output::Stage(ev));
+        }
+        self.out.flush();
+    }
+}
+
+/// The sample with what the kubelet's own /metrics add (goroutines, PLEG, evictions...).
+fn with_kubelet_metrics(
+    mut s: Sample,
+    mut ev: SampleEvent,
+    latest: Option<KubeletMetrics>,
+) -> (Sample, SampleEvent) {
+    if let Some(m) = latest {
+        s.goroutines = m.goroutines;
+        s.pleg_relist_p99_seconds = m.pleg_relist_p99_seconds;
+        s.evictions_memory_total = m.evictions_memory_total;
+        s.cgroup_version = m.cgroup_version.or(s.cgroup_version);
+        s.exited_containers = m.exited_containers.or(s.exited_containers);
+        s.containers = m.running_containers.or(s.containers);
+        ev.exited_containers = s.exited_containers;
+        ev.containers = s.containers;
+        ev.kubelet_metrics = Some(m);
+    }
+    (s, ev)
+}
+
+/// What the cycle stage machine needs of the kubelet now.
+fn kubelet_now(
+    pid: u32,
+    sample: Option<&SampleEvent>,
+    tracker: &Tracker,
+    probes: &impl Kernel,
+) -> KubeletNow {
+    let mem = crate::sampler::kubelet_memory(pid);
+    let cpu = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .map(|s| (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64)
+        .unwrap_or(0.0);
+    KubeletNow {
+        pid,
+        rss_bytes: mem.map_or(0, |m| m.rss_bytes),
+        usage_bytes: sample.and_then(|s| s.kubelet_cgroup_bytes),
+        limit_bytes: sample.and_then(|s| s.kubelet_limit_bytes),
+        mapped_bytes: tracker.mapped_bytes(pid, probes),
+        cpu_seconds: cpu,
+        node_available_bytes: sample.and_then(|s| s.node_mem_available_bytes),
+        node_total_bytes: sample.and_then(|s| s.node_mem_total_bytes),
+    }
+}

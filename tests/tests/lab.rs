@@ -1,0 +1,689 @@
+//! oomprobe against a real single-node Kubernetes (`cargo xtask lab up`: kubelet, API server,
+//! controller manager, scheduler and kubectl built from k8s.io/kubernetes, etcd, containerd and
+//! runc). `cargo xtask test` brings the lab up, runs these, and takes it down; each fails loudly
+//! when the lab is not up. Every test name starts with `lab_` (the other integration tests run
+//! with `--skip lab_`, before the lab exists: a real kubelet must not be running then).
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use oomprobe_tests::{bin, Agent};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// What `lab up` wrote to target/lab/run/env.json.
+struct Lab {
+    env: Value,
+}
+
+fn lab() -> Lab {
+    oomprobe_tests::require_root();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/lab/run/env.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "the lab is not up ({}: {e}): `cargo xtask lab up` (cargo xtask test does it)",
+            path.display()
+        )
+    });
+    let lab = Lab {
+        env: serde_json::from_str(&text).expect("env.json"),
+    };
+    let ready = lab.kubectl(&[
+        "get",
+        "node",
+        lab.node(),
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    assert_eq!(ready.trim(), "True", "the lab's node is not Ready");
+    lab
+}
+
+impl Lab {
+    fn s(&self, key: &str) -> &str {
+        self.env[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("env.json has no {key}"))
+    }
+    fn node(&self) -> &str {
+        self.s("node")
+    }
+    fn kubectl_out(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let mut child = Command::new(self.s("kubectl"))
+            .arg("--kubeconfig")
+            .arg(self.s("kubeconfig"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).expect("write kubectl stdin");
+        }
+        drop(input);
+        child.wait_with_output().expect("kubectl output")
+    }
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = self.kubectl_out(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn apply(&self, manifest: &Value) {
+        let out = self.kubectl_out(&["apply", "-f", "-"], Some(&manifest.to_string()));
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fn get_json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&a)).expect("kubectl json")
+    }
+    fn crictl(&self, args: &[&str]) -> String {
+        let out = Command::new(self.s("crictl"))
+            .arg("--runtime-endpoint")
+            .arg(self.s("runtime_endpoint"))
+            .args(args)
+            .output()
+            .expect("run crictl");
+        assert!(
+            out.status.success(),
+            "crictl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    fn kubelet_pid(&self) -> u32 {
+        std::fs::read_to_string(self.s("kubelet_pidfile"))
+            .expect("kubelet pid file")
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+    /// A service-account token through the deploy manifests' RBAC (deploy/rbac.yaml).
+    fn agent_token(&self) -> PathBuf {
+        let rbac = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
+        self.kubectl(&["apply", "-f", rbac.to_str().unwrap()]);
+        let token = self.kubectl(&["create", "token", "oomprobe", "-n", "kube-system"]);
+        // Under the lab's run directory, which `lab down` removes.
+        let path = PathBuf::from(self.s("kubeconfig"))
+            .with_file_name("run")
+            .join("agent-token");
+        std::fs::write(&path, token.trim()).expect("write token");
+        path
+    }
+    fn metrics_url(&self) -> String {
+        format!("https://127.0.0.1:{}/metrics", self.env["kubelet_port"])
+    }
+    /// The kubelet's /metrics over HTTPS with a bearer token, verified against the lab's CA.
+    fn scrape_kubelet(&self, token: &std::path::Path) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "10", "--cacert"])
+            .arg(self.s("ca"))
+            .arg("-H")
+            .arg(format!(
+                "Authorization: Bearer {}",
+                std::fs::read_to_string(token).unwrap()
+            ))
+            .arg(self.metrics_url())
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "scrape {}: {}",
+            self.metrics_url(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Deletes the pod when dropped (also when the test fails).
+struct Pod<'a> {
+    lab: &'a Lab,
+    name: String,
+}
+
+impl Drop for Pod<'_> {
+    fn drop(&mut self) {
+        let _ = self.lab.kubectl_out(
+            &[
+                "delete",
+                "pod",
+                &self.name,
+                "-n",
+                "default",
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ],
+            None,
+        );
+    }
+}
+
+/// A host-network pod running the project's memhog image with a memory limit.
+fn memhog_pod<'a>(lab: &'a Lab, name: &str, limit_mib: u64, args: &[&str]) -> Pod<'a> {
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "hostNetwork": true,
+            "enableServiceLinks": false,
+            "automountServiceAccountToken": false,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "hog",
+                "image": "oomprobe.lab/memhog:1",
+                "imagePullPolicy": "Never",
+                "args": args,
+                "resources": {
+                    "requests": {"memory": format!("{limit_mib}Mi"), "cpu": "10m"},
+                    "limits": {"memory": format!("{limit_mib}Mi")},
+                },
+            }],
+        },
+    });
+    lab.apply(&pod);
+    Pod {
+        lab,
+        name: name.to_string(),
+    }
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A real pod's container with a 48 MiB limit grows until the kernel OOM-kills it: the agent's
+/// record names the pod UID the API reports, the container id the API and crictl report, the
+/// pid crictl reports, and the kubelet reports that container `OOMKilled` with exit code 137.
+#[test]
+fn lab_pod_oom_kill_matches_the_kubelet_and_runtime() {
+    let lab = lab();
+    let agent = Agent::builder()
+        .args(&["--kubepods-root", lab.s("kubepods_root")])
+        .start();
+    let name = format!("lab-oom-{}", std::process::id());
+    // 1 MiB every 60 ms: about 3 s to the limit, time to read the running container's pid.
+    let pod = memhog_pod(&lab, &name, 48, &["200", "--interval-ms", "60"]);
+    let uid = wait_until("the pod's uid", WAIT, || {
+        let p = lab.get_json(&["pod", &pod.name, "-n", "default"]);
+        p["metadata"]["uid"].as_str().map(str::to_string)
+    });
+    // The runtime's view while it runs: container id and its main process.
+    let (crictl_id, crictl_pid) = wait_until("the container running in crictl", WAIT, || {
+        let ps: Value = serde_json::from_str(&lab.crictl(&[
+            "ps",
+            "--label",
+            &format!("io.kubernetes.pod.uid={uid}"),
+            "-o",
+            "json",
+        ]))
+        .ok()?;
+        let c = ps["containers"].as_array()?.first()?.clone();
+        let id = c["id"].as_str()?.to_string();
+        let info: Value = serde_json::from_str(&lab.crictl(&["inspect", &id])).ok()?;
+        let pid = info["info"]["pid"].as_u64().filter(|p| *p > 0)?;
+        Some((id, pid))
+    });
+    let kill = agent.wait_for_kill(WAIT, |v| v["victim"]["pod"]["pod_uid"] == uid.as_str());
+    // The kubelet's report of the same container.
+    let status = wait_until("the kubelet's terminated state", WAIT, || {
+        let p = lab.get_json(&["pod", &pod.name, "-n", "default"]);
+        let cs = p["status"]["containerStatuses"][0].clone();
+        cs["state"]["terminated"].is_object().then_some(p)
+    });
+    let cs = &status["status"]["containerStatuses"][0];
+    eprintln!("kill record: {kill}\nkubelet: {cs}");
+    assert_eq!(cs["state"]["terminated"]["reason"], "OOMKilled", "{cs}");
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 137, "{cs}");
+    let api_id = cs["containerID"].as_str().expect("containerID");
+    assert_eq!(api_id, format!("containerd://{crictl_id}"));
+    assert_eq!(kill["kind"], "oom_memcg", "{kill}");
+    assert_eq!(kill["victim"]["pid"].as_u64(), Some(crictl_pid), "{kill}");
+    assert_eq!(kill["victim"]["comm"], "memhog", "{kill}");
+    assert_eq!(
+        kill["victim"]["pod"]["container_id"],
+        crictl_id.as_str(),
+        "{kill}"
+    );
+    let qos = status["status"]["qosClass"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    assert_eq!(kill["victim"]["pod"]["qos"], qos.as_str(), "{kill}");
+    let container_cgroup = format!("{}/{qos}/pod{uid}/{crictl_id}", lab.s("kubepods_root"));
+    assert_eq!(
+        kill["victim"]["cgroup"],
+        container_cgroup.as_str(),
+        "{kill}"
+    );
+    assert_eq!(kill["sender"]["code"], "SI_KERNEL", "{kill}");
+    assert_eq!(kill["exit_code"], 9, "{kill}");
+    // The limit that fired is the container's 48 MiB (or the pod's, which the kubelet sets to the
+    // same sum): the kernel's own limit file is what the record must carry.
+    let domain = &kill["oom"]["domain"];
+    assert_eq!(domain["path"], container_cgroup.as_str(), "{kill}");
+    assert_eq!(domain["limit_bytes"].as_u64(), Some(48 << 20), "{kill}");
+    // The kubelet's burstable oom_score_adj: 1000 - 1000 * request / node capacity
+    // (pkg/kubelet/qos/policy.go), from the node's own capacity.
+    let node = lab.get_json(&["node", lab.node()]);
+    let cap_ki: u64 = node["status"]["capacity"]["memory"]
+        .as_str()
+        .and_then(|m| m.strip_suffix("Ki"))
+        .and_then(|m| m.parse().ok())
+        .expect("capacity in Ki");
+    let adj = 1000 - (1000 * (48u64 << 20)) / (cap_ki * 1024);
+    let adj = adj.clamp(3, 999);
+    assert_eq!(kill["oom"]["oom_score_adj"].as_u64(), Some(adj), "{kill}");
+    drop(pod);
+}
+
+/// The real kubelet's /metrics over HTTPS with a service-account token (deploy/rbac.yaml,
+/// through the API server's TokenReview and SubjectAccessReview): every metric the agent reads
+/// exists, and `oomprobe diagnose` reads the same values from the same endpoint.
+#[test]
+fn lab_kubelet_metrics_through_authn_authz() {
+    let lab = lab();
+    let token = lab.agent_token();
+    // A running container, so that kubelet_running_containers has a series (a kubelet without
+    // containers serves none).
+    let name = format!("lab-metrics-{}", std::process::id());
+    let pod = memhog_pod(&lab, &name, 16, &["1", "--hold"]);
+    wait_until("the pod running", WAIT, || {
+        let p = lab.get_json(&["pod", &name, "-n", "default"]);
+        (p["status"]["containerStatuses"][0]["state"]["running"].is_object()).then_some(())
+    });
+    // Without a token the kubelet refuses (anonymous auth is off).
+    let anon = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(lab.s("ca"))
+        .arg(lab.metrics_url())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&anon.stdout), "401");
+    let text = lab.scrape_kubelet(&token);
+    // Kept beside the lab (target/lab) as the source of the committed fixture.
+    let _ = std::fs::write(
+        PathBuf::from(lab.s("kubeconfig"))
+            .with_file_name(format!("kubelet-metrics-{}.txt", lab.s("k8s_version"))),
+        &text,
+    );
+    let has = |name: &str| {
+        text.lines().any(|l| {
+            !l.starts_with('#')
+                && (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        })
+    };
+    for m in [
+        "go_goroutines",
+        "kubelet_pleg_relist_duration_seconds_bucket",
+        "kubelet_running_containers",
+        "kubernetes_feature_enabled",
+        "go_memstats_heap_sys_bytes",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(has(m), "the kubelet serves no {m}");
+    }
+    assert!(
+        !has("kubelet_goroutines"),
+        "kubelet_goroutines is not a kubelet {} metric",
+        lab.s("k8s_version")
+    );
+    let states: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("kubelet_running_containers{"))
+        .collect();
+    let running: f64 = states
+        .iter()
+        .find_map(|l| l.strip_prefix("kubelet_running_containers{container_state=\"running\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no running series in {states:?}"));
+    let crictl_running = lab
+        .crictl(&["ps", "-q", "--state", "Running"])
+        .lines()
+        .count();
+    assert_eq!(running as usize, crictl_running, "{states:?}");
+    // The agent's reading of the same endpoint.
+    let out = Command::new(bin("oomprobe"))
+        .args([
+            "diagnose",
+            "--format",
+            "json",
+            "--kubelet-metrics",
+            &lab.metrics_url(),
+        ])
+        .arg("--kubelet-metrics-token-file")
+        .arg(&token)
+        .arg("--kubelet-metrics-ca-file")
+        .arg(lab.s("ca"))
+        .output()
+        .expect("oomprobe diagnose");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let checks: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|v| match v {
+            Value::Array(a) => a,
+            Value::Object(_) if v["checks"].is_array() => v["checks"].as_array().unwrap().clone(),
+            other => vec![other],
+        })
+        .collect();
+    let find = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("diagnose has no {name} check: {stdout}"))
+            .clone()
+    };
+    let g = find("kubelet_goroutines");
+    assert!(
+        g["value"].as_str().unwrap().parse::<u64>().unwrap() > 0,
+        "{g}"
+    );
+    let pleg = find("pleg_relist_p99");
+    assert!(pleg["value"].as_str().unwrap().ends_with(" s"), "{pleg}");
+    let x = find("exited_containers");
+    assert!(
+        x["value"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{crictl_running} running")),
+        "{x}"
+    );
+    drop(pod);
+}
+
+/// kill -9 of the real kubelet: the agent records the SIGKILL with the kubelet as victim, and
+/// follows the supervisor's new kubelet (`kubelet_start` with the previous pid) within a second
+/// of its exec.
+#[test]
+fn lab_kubelet_kill_9_is_followed_and_reprobed() {
+    let lab = lab();
+    let old = lab.kubelet_pid();
+    let kubelet = lab.s("kubelet").to_string();
+    let agent = Agent::builder()
+        .args(&[
+            "--kubelet-bin",
+            &kubelet,
+            "--kubepods-root",
+            lab.s("kubepods_root"),
+            "--attribution-interval",
+            "1",
+        ])
+        .start();
+    agent.wait_for_event(WAIT, "the kubelet found", |v| {
+        v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(old))
+    });
+    let killer = Command::new("kill")
+        .args(["-9", &old.to_string()])
+        .spawn()
+        .unwrap();
+    let killer_pid = killer.id();
+    let _ = killer.wait_with_output();
+    let kill = agent.wait_for_kill(WAIT, |v| {
+        v["victim"]["pid"].as_u64() == Some(u64::from(old))
+    });
+    assert_eq!(kill["kind"], "signal", "{kill}");
+    assert_eq!(
+        kill["sender"]["pid"].as_u64(),
+        Some(u64::from(killer_pid)),
+        "{kill}"
+    );
+    assert_eq!(kill["sender"]["code"], "SI_USER", "{kill}");
+    assert_eq!(kill["victim"]["cgroup"], lab.s("kubelet_cgroup"), "{kill}");
+    let new = wait_until("the supervisor's new kubelet", WAIT, || {
+        let p = lab.kubelet_pid();
+        (p != old).then_some(p)
+    });
+    let start = agent.wait_for_event(WAIT, "the new kubelet followed", |v| {
+        v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(new))
+    });
+    let seen = boottime_secs();
+    let exec = proc_start_secs(new);
+    eprintln!("new kubelet {new} started at {exec:.3} s, followed at {seen:.3} s (since boot)");
+    assert!(
+        seen - exec < 1.0,
+        "kubelet {new} followed {:.3} s after its start (more than a second)",
+        seen - exec
+    );
+    assert_eq!(
+        start["previous_pid"].as_u64(),
+        Some(u64::from(old)),
+        "{start}"
+    );
+    assert_eq!(start["previous_end"], "signal", "{start}");
+    // Re-probed: its allocator's uprobes report for the new pid.
+    let mem = agent.wait_for_event(WAIT, "kubelet_memory for the new kubelet", |v| {
+        v["event"] == "kubelet_memory"
+            && v["pid"].as_u64() == Some(u64::from(new))
+            && v["mode"] == "uprobes"
+    });
+    eprintln!("{start}\n{mem}");
+    // The node comes back Ready under the new kubelet.
+    wait_until("node Ready again", WAIT, || {
+        let s = lab.kubectl(&[
+            "get",
+            "node",
+            lab.node(),
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        (s.trim() == "True").then_some(())
+    });
+}
+
+/// CLOCK_BOOTTIME now, seconds.
+fn boottime_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// A process's start (`/proc/PID/stat` field 22, clock ticks since boot), seconds.
+fn proc_start_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = stat.rsplit_once(')').expect("comm").1;
+    let ticks: f64 = rest
+        .split_whitespace()
+        .nth(19)
+        .expect("starttime")
+        .parse()
+        .unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+/// `name value` of an unlabelled sample in a Prometheus text scrape.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the kubelet's metrics"))
+}
+
+/// Attribution on the real stripped kubelet: while 20 pods are created the heap bytes the agent
+/// saw it map (`runtime.sysMapOS`) equal the growth of its own `go_memstats_heap_sys_bytes` +
+/// `go_memstats_stack_inuse_bytes` (heap_sys alone lags by the stack spans taken from the heap),
+/// and the call sites are symbolized from the stripped kubelet's function table.
+#[test]
+fn lab_allocator_bytes_track_the_kubelets_own_memstats() {
+    let lab = lab();
+    let token = lab.agent_token();
+    let pid = lab.kubelet_pid();
+    let agent = Agent::builder()
+        .args(&[
+            "--kubelet-pid",
+            &pid.to_string(),
+            "--kubepods-root",
+            lab.s("kubepods_root"),
+            "--attribution-interval",
+            "1",
+        ])
+        .start();
+    agent.wait_for_event(WAIT, "the first uprobes report", |v| {
+        v["event"] == "kubelet_memory"
+            && v["pid"].as_u64() == Some(u64::from(pid))
+            && v["mode"] == "uprobes"
+    });
+    // A baseline where both stand still: heap_sys equal in two scrapes around one agent report
+    // (a kubelet just started still grows).
+    let heap_maps = |v: &Value| {
+        v["by_entry_point"]["runtime.sysMapOS"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let next_report = || {
+        let n = agent.records().len();
+        wait_until("a kubelet_memory report", Duration::from_secs(10), || {
+            agent.records().into_iter().skip(n).find(|v| {
+                v["event"] == "kubelet_memory" && v["pid"].as_u64() == Some(u64::from(pid))
+            })
+        })
+    };
+    // Heap memory the Go runtime mapped = heap_sys + the stack spans carved out of it
+    // (HeapSys counts no stack span; StackInuse counts them).
+    let heap_mapped = || {
+        let text = lab.scrape_kubelet(&token);
+        sample(&text, "go_memstats_heap_sys_bytes") + sample(&text, "go_memstats_stack_inuse_bytes")
+    };
+    let still = || {
+        let h1 = heap_mapped();
+        let rep = next_report();
+        let h2 = heap_mapped();
+        (h1 == h2).then(|| (h2 as u64, heap_maps(&rep), rep))
+    };
+    let (base, base_maps, _) = wait_until("the kubelet's heap standing still", WAIT, still);
+    let pods: Vec<Pod> = (0..20)
+        .map(|i| {
+            memhog_pod(
+                &lab,
+                &format!("lab-churn-{}-{i}", std::process::id()),
+                16,
+                &["1", "--hold"],
+            )
+        })
+        .collect();
+    wait_until("20 pods running", Duration::from_secs(120), || {
+        let list = lab.get_json(&["pods", "-n", "default"]);
+        let running = list["items"]
+            .as_array()?
+            .iter()
+            .filter(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&format!("lab-churn-{}-", std::process::id())))
+                    && p["status"]["phase"] == "Running"
+            })
+            .count();
+        (running == 20).then_some(())
+    });
+    // The agent's count of heap maps against the kubelet's own heap_sys growth, once both stand
+    // still again.
+    let (grown, mapped, report) = wait_until("the heap maps to match heap_sys", WAIT, || {
+        let (h, maps, rep) = still()?;
+        let grown = h.checked_sub(base)?;
+        let mapped = maps - base_maps;
+        eprintln!("heap_sys + stack_inuse grew {grown} B; the agent saw {mapped} B of heap maps");
+        (grown == mapped && grown > 0).then_some((grown, mapped, rep))
+    });
+    eprintln!("heap_sys + stack_inuse +{grown} B == sysMapOS {mapped} B; {report}");
+    // Call sites symbolized from the stripped kubelet's own function table (Go-qualified names
+    // such as os.readFileContents or k8s.io/...), never a bare address.
+    let sites: Vec<&str> = report["top_call_sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["function"].as_str())
+        .collect();
+    assert!(!sites.is_empty(), "{report}");
+    assert!(
+        sites
+            .iter()
+            .all(|f| !f.starts_with("0x") && f.rsplit('/').next().is_some_and(|l| l.contains('.'))),
+        "{sites:?}"
+    );
+    drop(pods);
+}
+/// Probe points resolve from `.gopclntab` in every stripped Kubernetes binary the lab built (the
+/// kubelet linked with cgo, the others too), and the heap-map point is a Go function entry: its
+/// first instruction is the stack-bound check `cmp rsp, [r14+0x10]` (49 3b 66 10).
+#[test]
+fn lab_probe_points_resolve_in_the_built_kubernetes_binaries() {
+    let lab = lab();
+    let dir = PathBuf::from(lab.s("kubelet"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    for name in [
+        "kubelet",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kubectl",
+    ] {
+        let path = dir.join(name);
+        let out = Command::new(bin("oomprobe"))
+            .args(["probe-points", "--format", "json"])
+            .arg(&path)
+            .output()
+            .expect("probe-points");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let points: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        for role in ["go_heap_map", "go_sys_alloc", "go_free", "go_unused"] {
+            let p = points
+                .iter()
+                .find(|p| p["role"] == role)
+                .unwrap_or_else(|| panic!("{name}: no {role} in {points:?}"));
+            assert_eq!(p["source"], "pclntab", "{name} is stripped: {p}");
+        }
+        let map = points.iter().find(|p| p["role"] == "go_heap_map").unwrap();
+        let data = std::fs::read(&path).unwrap();
+        let off = map["offset"].as_u64().unwrap() as usize;
+        assert_eq!(
+            &data[off..off + 4],
+            &[0x49, 0x3b, 0x66, 0x10],
+            "{name}: {map} is not a Go function entry"
+        );
+    }
+}
