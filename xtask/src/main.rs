@@ -1,6 +1,7 @@
 //! Build, set-up, demo and test orchestration: `cargo xtask <command>`.
 mod bench;
 mod demo;
+mod image;
 mod setup;
 mod vm;
 
@@ -56,6 +57,9 @@ enum Cmd {
         /// Kernel series, e.g. 6.1 6.12.
         kernels: Vec<String>,
     },
+    /// The agent's OCI image archive, target/image/oomprobe.tar (static binary, reproducible,
+    /// no registry): `ctr images import` takes it.
+    Image,
     /// Everything: formatting, lints, unit tests, then the privileged tests on this kernel.
     Test {
         /// Only the privileged integration tests.
@@ -178,6 +182,9 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
     cmd.args(["test", "-p", "oomprobe-tests", "--", "--test-threads=1"]);
     cmd.args(filter);
     cmd.env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
+    // The image the deploy tests import into a containerd of their own.
+    let (image, _) = image::build()?;
+    cmd.env("OOMPROBE_IMAGE", image);
     run(&mut cmd)
 }
 
@@ -207,6 +214,7 @@ fn main() {
                 "unknown bench part {other}: kills, alloc, sampling or detect"
             )),
         },
+        Cmd::Image => image::build().map(|_| ()),
         Cmd::VmTest { kernels } => {
             let k: Vec<String> = if kernels.is_empty() {
                 vm::DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect()
