@@ -179,9 +179,15 @@ fn cstr_at(data: &[u8], off: usize) -> Option<String> {
     std::str::from_utf8(&rest[..end]).ok().map(str::to_string)
 }
 
-/// Parses a `.gopclntab` (Go 1.16 and later layouts). `text_start` is used only by 1.16/1.17
-/// tables, which store absolute entry addresses anyway.
+/// Parses a `.gopclntab` (Go 1.16 and later layouts).
 pub fn parse_pclntab(tab: &[u8]) -> Result<FuncTable, &'static str> {
+    parse_pclntab_at(tab, 0)
+}
+
+/// Parses a `.gopclntab` whose entries are offsets from `text_addr` (the `.text` section's
+/// address) when the header's `textStart` is 0, as go1.26's linker writes it (the runtime
+/// takes the base from its moduledata instead); older go1.18+ headers carry the address.
+pub fn parse_pclntab_at(tab: &[u8], text_addr: u64) -> Result<FuncTable, &'static str> {
     let magic = uint(tab, 0, 4).ok_or("short header")? as u32;
     let ptr = *tab.get(7).ok_or("short header")? as usize;
     if ptr != 8 && ptr != 4 {
@@ -193,7 +199,10 @@ pub fn parse_pclntab(tab: &[u8]) -> Result<FuncTable, &'static str> {
         // go1.18-1.19 (0xfffffff0), go1.20+ (0xfffffff1)
         0xffff_fff0 | 0xffff_fff1 => {
             let nfunc = word(0)? as usize;
-            let text_start = word(2)?;
+            let text_start = match word(2)? {
+                0 => text_addr,
+                a => a,
+            };
             let funcname = word(3)? as usize;
             let functab = word(7)? as usize;
             for i in 0..nfunc {
@@ -225,18 +234,26 @@ pub fn parse_pclntab(tab: &[u8]) -> Result<FuncTable, &'static str> {
     Ok(FuncTable { funcs, end: 0 })
 }
 
-/// A binary opened for probing.
+/// A binary opened for probing: mapped read-only, not read. A kubelet is ~100 MB; only the
+/// pages of the ELF headers, `.gopclntab` and the symbol tables are ever touched, and they are
+/// file pages (page cache the running kubelet usually holds already), dropped with the mapping,
+/// not anonymous memory charged to the agent's cgroup.
 pub struct Binary {
     pub path: String,
-    data: Vec<u8>,
+    data: memmap2::Mmap,
 }
 
 impl Binary {
     pub fn open(path: &Path) -> Result<Binary, SymbolError> {
-        let data = std::fs::read(path).map_err(|source| SymbolError::Read {
+        let read_err = |source| SymbolError::Read {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(read_err)?;
+        // SAFETY: a private read-only mapping. Its contents change (or the access faults) only
+        // if the file is modified in place while mapped; a running executable cannot be written
+        // (ETXTBSY), and installers replace binaries by rename, which leaves this inode intact.
+        let data = unsafe { memmap2::Mmap::map(&file) }.map_err(read_err)?;
         Ok(Binary {
             path: path.display().to_string(),
             data,
@@ -260,7 +277,8 @@ impl Binary {
             path: self.path.clone(),
             source,
         })?;
-        parse_pclntab(tab)
+        let text = elf.section_by_name(".text").map_or(0, |t| t.address());
+        parse_pclntab_at(tab, text)
             .map(Some)
             .map_err(|reason| SymbolError::Pclntab {
                 path: self.path.clone(),
@@ -367,8 +385,8 @@ impl Binary {
     }
 
     /// The libc a dynamically linked binary loads (DT_NEEDED libc.so.*), found in the system
-    /// library directories.
-    pub fn needed_libc(&self) -> Option<std::path::PathBuf> {
+    /// library directories under `root` (`/`, or a process's `/proc/PID/root`).
+    pub fn needed_libc(&self, root: &Path) -> Option<std::path::PathBuf> {
         let elf = self.elf().ok()?;
         let needs_libc = elf
             .imports()
@@ -380,7 +398,7 @@ impl Binary {
         }
         LIB_DIRS
             .iter()
-            .map(|d| Path::new(d).join("libc.so.6"))
+            .map(|d| root.join(d.trim_start_matches('/')).join("libc.so.6"))
             .find(|p| p.exists())
     }
 
@@ -434,6 +452,19 @@ mod tests {
         assert_eq!(ft.symbolize(0x401150), Some("main.leak"));
         assert_eq!(ft.symbolize(0x401250), Some("runtime.sysMap"));
         assert_eq!(ft.symbolize(0x400000), None);
+    }
+
+    #[test]
+    fn go126_table_without_text_start_takes_the_text_section() {
+        // go1.26's linker leaves textStart (word 2) at 0: entries are offsets from .text.
+        let mut t = table();
+        t[8 + 2 * 8..8 + 3 * 8].copy_from_slice(&0u64.to_le_bytes());
+        let ft = parse_pclntab_at(&t, 0x401000).unwrap();
+        assert_eq!(ft.lookup_name("runtime.sysMap"), Some(0x401200));
+        assert_eq!(ft.lookup_name("main.leak"), Some(0x401100));
+        // A header that carries the address wins over the section's.
+        let ft = parse_pclntab_at(&table(), 0x999000).unwrap();
+        assert_eq!(ft.lookup_name("runtime.sysMap"), Some(0x401200));
     }
 
     #[test]

@@ -399,6 +399,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                     memcg_events.extend(w.reclaim(&probes.reclaim_stats()));
                     memcg_events.extend(w.poll_v2());
                     memcg_events.extend(w.poll_psi());
+                    for kind in w.take_registration_failures() {
+                        metrics
+                            .memcg_registration_failures
+                            .with_label_values(&[kind])
+                            .inc();
+                    }
                 }
                 if let Some(pid) = pid {
                     let now = kubelet_now(pid, Some(&ev), &tracker, &probes);
@@ -467,7 +473,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
         }
         for rec in records.drain(..) {
-            metrics.kills.with_label_values(&[rec.kind.as_str()]).inc();
+            metrics.observe_kill(&rec);
             tracker.on_kill(&rec);
             let is_kubelet = tracker.is_kubelet(rec.victim.pid);
             stage_events.extend(cycle.on_kill(&rec, is_kubelet));
