@@ -439,7 +439,7 @@ impl Tracker {
             }
             (empty, result) => {
                 let why = match (empty, result) {
-                    (_, Err(e)) => e.to_string(),
+                    (_, Err(e)) => crate::error_chain(&e),
                     _ => "no allocator symbol resolves (neither Go nor libc)".into(),
                 };
                 tracing::warn!(

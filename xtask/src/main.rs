@@ -1,6 +1,7 @@
 //! Build, set-up, demo and test orchestration: `cargo xtask <command>`.
 mod bench;
 mod demo;
+mod deploy;
 mod image;
 mod setup;
 mod vm;
@@ -60,6 +61,11 @@ enum Cmd {
     /// The agent's OCI image archive, target/image/oomprobe.tar (static binary, reproducible,
     /// no registry): `ctr images import` takes it.
     Image,
+    /// Regenerates deploy/prometheus/prometheusrule.yaml from oomprobe.rules.yml.
+    PrometheusRule,
+    /// Checks deploy/ (part of `test`): kustomize builds, promtool check/test rules, the
+    /// PrometheusRule is current, the dashboard's model and queries.
+    CheckDeploy,
     /// Everything: formatting, lints, unit tests, then the privileged tests on this kernel.
     Test {
         /// Only the privileged integration tests.
@@ -168,6 +174,8 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
         ]))?;
         // Unprivileged tier: decoders, parsers, detectors.
         run(cargo().args(["test", "--workspace", "--exclude", "oomprobe-tests"]))?;
+        // What deploy/ ships: kustomizations, Prometheus rules and their tests, the dashboard.
+        deploy::check()?;
     }
     build()?;
     // SAFETY: geteuid has no preconditions.
@@ -215,6 +223,8 @@ fn main() {
             )),
         },
         Cmd::Image => image::build().map(|_| ()),
+        Cmd::PrometheusRule => deploy::write_prometheus_rule(),
+        Cmd::CheckDeploy => deploy::check(),
         Cmd::VmTest { kernels } => {
             let k: Vec<String> = if kernels.is_empty() {
                 vm::DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect()
