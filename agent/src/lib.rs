@@ -18,6 +18,7 @@ pub mod memcg_events;
 pub mod metrics;
 pub mod node;
 pub mod probes;
+pub mod report;
 pub mod ring;
 pub mod sampler;
 pub mod symbols;

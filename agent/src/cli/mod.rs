@@ -3,6 +3,7 @@ pub mod diagnose;
 pub mod endpoints;
 pub mod probe_points;
 pub mod replay;
+pub mod report;
 pub mod run;
 
 use clap::ValueEnum;
