@@ -8,7 +8,14 @@ use oomprobe_tests::{require_root, Agent};
 fn real_scrape_passes_promtool_check_metrics() {
     require_root();
     let agent = Agent::start_with_metrics(19631);
-    let body = agent.scrape();
+    let response = agent.scrape();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(head, body)| {
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            body
+        })
+        .expect("an HTTP response");
     assert!(body.contains("oomprobe_kills_total"), "{body}");
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
