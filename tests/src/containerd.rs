@@ -150,5 +150,11 @@ impl Drop for Containerd {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The runc shim keeps its state under /run/containerd whatever containerd's own state
+        // directory: this namespace's directory goes, and the parents if nothing else uses them.
+        let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
+        for d in ["runc", "s", "fifo", ""] {
+            let _ = std::fs::remove_dir(Path::new("/run/containerd").join(d));
+        }
     }
 }
