@@ -23,7 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$cg/pods/pod1" "$cg/kubelet"
-echo $((256 << 20)) > "$cg/limit_in_bytes" 2>/dev/null || echo $((256 << 20)) > "$cg/memory.limit_in_bytes"
+echo $((256 << 20)) > "$cg/memory.limit_in_bytes"
 mkdir -p "$work/bin"; cp "$kubelet" "$work/bin/kubelet"
 # The stand-in kubelet: root, all capabilities, leaking 256 KiB every 100 ms.
 sh -c "echo \$\$ > $cg/kubelet/cgroup.procs; exec $work/bin/kubelet -interval-ms 100 -stats-ms 100000 -total-mib 64" > /dev/null &
