@@ -219,6 +219,9 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
         deploy::check()?;
     }
     build()?;
+    // What the privileged tests drive for real, from Debian's packages: containerd and runc
+    // (the image test), chromium (the report test), promtool (a real scrape checked).
+    setup::apt_install(&["containerd", "runc", "chromium", "prometheus"])?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
