@@ -166,7 +166,12 @@ pub fn check() -> Result<()> {
     promtool(&["check", "rules", tmp.to_str().context("path")?])
         .context("a dashboard query is not valid PromQL")?;
     eprintln!("deploy: {} dashboard queries parse", queries.len());
-    if Command::new("kubectl").arg("version").arg("--client").output().is_err() {
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
         apt_install(&["kubernetes-client"])?;
     }
     for k in KUSTOMIZATIONS {

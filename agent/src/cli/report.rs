@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    detect::{offline::csv, store::Store},
+    detect::offline::csv,
     report::{html, parse_duration, svg, Episode},
 };
 
@@ -85,8 +85,10 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
                     source: std::io::ErrorKind::NotFound.into(),
                 });
             }
-            let store = Store::open(&path).map_err(ReportError::Store)?;
-            (store.samples().to_vec(), path.display().to_string())
+            // Read only: a report never rewrites the agent's store.
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let loaded = crate::detect::store::load(&path, now).map_err(ReportError::Store)?;
+            (loaded.samples, path.display().to_string())
         }
     };
     let events = match &args.events {
