@@ -16,6 +16,7 @@ pub mod cycle; // the OOM -> restart -> storm -> re-OOM stage machine
 pub mod act; // the opt-in cordon
 pub mod kubeapi; // the Kubernetes API (kube-rs): client, cordon, node conditions and Events
 pub mod output; // the event stream: one Output enum, its JSON and text
+pub mod report; // `oomprobe report`: an episode drawn as SVG/HTML
 pub mod pipeline; // the run loop as a type: one method per stage
 pub mod metrics; // Prometheus metrics and their endpoint
 pub mod cli; // one file per verb

@@ -23,6 +23,9 @@ enum Command {
     Diagnose(Box<cli::diagnose::DiagnoseArgs>),
     /// Run the leak detectors over a recorded series (CSV), printing verdict changes.
     Replay(cli::replay::ReplayArgs),
+    /// Draw an episode (SVG, HTML): the kubelet's memory, baseline, leak slope, time-to-OOM
+    /// band, kills, stages and the storm's peak, from the persisted series and the event log.
+    Report(cli::report::ReportArgs),
     /// Write a generated, labelled kubelet series as CSV (scenarios: healthy, growing-pods,
     /// leak-<MB/day>, workload, or a cause: container_gc, pod_certs_manager, evented_pleg,
     /// pod_churn, cgroup_v1_kernel_5_15, oversubscription).
@@ -54,6 +57,7 @@ fn main() {
             Command::Run(args) => cli::run::run(*args).await.map_err(anyhow::Error::from),
             Command::ProbePoints(args) => cli::probe_points::run(args).map_err(anyhow::Error::from),
             Command::Replay(args) => cli::replay::run(args).map_err(anyhow::Error::from),
+            Command::Report(args) => cli::report::run(args).map_err(anyhow::Error::from),
             Command::Diagnose(args) => cli::diagnose::run(*args).await.map_err(anyhow::Error::from),
             Command::GenTrace(args) => cli::gen_trace::run(args).map_err(anyhow::Error::from),
             Command::BenchDetect(args) => {

@@ -155,6 +155,10 @@ pub struct Watcher {
     psi_high: bool,
     /// Last time each (cgroup, kind) was reported, to coalesce bursts of notifications.
     last_emit: HashMap<(String, String), (std::time::Instant, u64)>,
+    /// Notifications the kernel refused since the last `take_registration_failures`, by kind.
+    failures: Vec<&'static str>,
+    /// Kinds already warned about (the first refusal of each is a warning, the rest debug).
+    warned: std::collections::HashSet<&'static str>,
 }
 
 /// `some avg10` at or above this (percent) is memory pressure when polling PSI.
@@ -186,6 +190,8 @@ impl Watcher {
             psi_armed,
             psi_high: false,
             last_emit: HashMap::new(),
+            failures: Vec::new(),
+            warned: Default::default(),
         }
     }
 
@@ -238,34 +244,57 @@ impl Watcher {
                         path.into(),
                         "oom".into(),
                     ),
-                    Err(e) => {
-                        tracing::debug!(cgroup = path, error = %e, "no oom_control notification")
-                    }
+                    Err(e) => self.refused("oom_control", path, &e),
                 }
                 for level in ["medium", "critical"] {
-                    if let Ok((efd, keep)) = v1_register(&dir, "memory.pressure_level", level) {
-                        spawn_eventfd(
+                    match v1_register(&dir, "memory.pressure_level", level) {
+                        Ok((efd, keep)) => spawn_eventfd(
                             efd,
                             keep,
                             self.tx.clone(),
                             dir.clone(),
                             path.into(),
                             format!("pressure_{level}"),
-                        );
+                        ),
+                        Err(e) => self.refused("pressure_level", path, &e),
                     }
                 }
                 HashMap::new()
             }
             Hierarchy::V2(_) => {
-                let _ = spawn_psi(
+                if let Err(e) = spawn_psi(
                     dir.join("memory.pressure"),
                     path.to_string(),
                     self.tx.clone(),
-                );
+                ) {
+                    self.refused("psi", path, &e);
+                }
                 keyed(&std::fs::read_to_string(dir.join("memory.events")).unwrap_or_default())
             }
         };
         self.notified.insert(path.to_string(), counters);
+    }
+
+    /// A notification the kernel refused (`EROFS`: cgroupfs mounted read-only; `EACCES`: no
+    /// write permission): counted for `oomprobe_memcg_registration_failures_total{kind}`, and a
+    /// warning the first time for each kind, since that cgroup's early warnings are lost.
+    fn refused(&mut self, kind: &'static str, cgroup: &str, e: &std::io::Error) {
+        self.failures.push(kind);
+        let hint = match e.raw_os_error() {
+            Some(libc::EROFS) => "cgroupfs is mounted read-only: mount /sys/fs/cgroup read-write",
+            Some(libc::EACCES) | Some(libc::EPERM) => "no write permission on the cgroup's files",
+            _ => "",
+        };
+        if self.warned.insert(kind) {
+            tracing::warn!(cgroup, kind, error = %e, hint, "memory cgroup notification refused; further refusals are counted in oomprobe_memcg_registration_failures_total");
+        } else {
+            tracing::debug!(cgroup, kind, error = %e, "memory cgroup notification refused");
+        }
+    }
+
+    /// Refusals since the last call, one `kind` (`oom_control`, `pressure_level`, `psi`) each.
+    pub fn take_registration_failures(&mut self) -> Vec<&'static str> {
+        std::mem::take(&mut self.failures)
     }
 
     /// Without a PSI trigger: an event when `some avg10` crosses the threshold upwards.

@@ -28,6 +28,9 @@ use crate::forensics::KillKind;
 pub struct Metrics {
     registry: Registry,
     pub kills: IntCounterVec,
+    pod_kills: IntCounterVec,
+    /// Pod UIDs with a `oomprobe_pod_kills_total` series, oldest first (bounded).
+    pod_kill_uids: Mutex<std::collections::VecDeque<String>>,
     pub dropped: IntCounterVec,
     pub kernel_events: IntCounterVec,
     pub sigkills: IntCounterVec,
@@ -43,6 +46,7 @@ pub struct Metrics {
     pub kube_reports: IntCounterVec,
     /// `oomprobe_metrics_connections_total{result}`.
     pub connections: IntCounterVec,
+    pub memcg_registration_failures: IntCounterVec,
     kubelet_bytes: IntGaugeVec,
     kubelet_call_site_bytes: IntGaugeVec,
     node: IntGaugeVec,
@@ -55,6 +59,9 @@ pub struct Metrics {
     flapping: IntGauge,
     last_kernel: Mutex<HashMap<u32, u64>>,
 }
+
+/// Pods with their own `oomprobe_pod_kills_total` series at most.
+const POD_KILL_SERIES_MAX: usize = 512;
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
     registry
@@ -92,6 +99,12 @@ impl Metrics {
             "oomprobe_kills_total",
             "SIGKILLs recorded, by kind (oom_memcg, oom_global, signal).",
             &["kind"],
+        );
+        let pod_kills = counter_vec(
+            &registry,
+            "oomprobe_pod_kills_total",
+            "SIGKILLs of processes in pod cgroups, by kind and pod UID (the 512 most recent pods; join kube_pod_info's uid for names).",
+            &["kind", "pod_uid"],
         );
         let dropped = counter_vec(
             &registry,
@@ -145,6 +158,12 @@ impl Metrics {
             "oomprobe_metrics_connections_total",
             "Connections to the /metrics endpoint, by result (served, refused: at the connection limit, timeout: no complete request in time or over the connection deadline, error: malformed).",
             &["result"],
+        );
+        let memcg_registration_failures = counter_vec(
+            &registry,
+            "oomprobe_memcg_registration_failures_total",
+            "Memory cgroup notifications the kernel refused (read-only cgroupfs, no permission), by kind (oom_control, pressure_level, psi).",
+            &["kind"],
         );
         let kubelet_restarts = gauge(
             &registry,
@@ -238,6 +257,8 @@ impl Metrics {
             registry,
             decode_errors,
             kills,
+            pod_kills,
+            pod_kill_uids: Mutex::default(),
             dropped,
             kernel_events,
             sigkills,
@@ -249,6 +270,7 @@ impl Metrics {
             memcg_events,
             kube_reports,
             connections,
+            memcg_registration_failures,
             kubelet_bytes,
             kubelet_call_site_bytes,
             node,
@@ -273,6 +295,34 @@ impl Metrics {
             self.hooks
                 .with_label_values(&[hook.program])
                 .set(i64::from(on));
+        }
+    }
+
+    /// Counts one kill record: by kind, and by pod when the victim was in a pod's cgroup.
+    pub fn observe_kill(&self, rec: &crate::forensics::KillRecord) {
+        let kind = rec.kind.as_str();
+        self.kills.with_label_values(&[kind]).inc();
+        let Some(pod) = &rec.victim.pod else {
+            return;
+        };
+        self.pod_kills
+            .with_label_values(&[kind, pod.pod_uid.as_str()])
+            .inc();
+        let Ok(mut uids) = self.pod_kill_uids.lock() else {
+            return;
+        };
+        if !uids.contains(&pod.pod_uid) {
+            uids.push_back(pod.pod_uid.clone());
+        }
+        // Bounded cardinality: the oldest pod's series go once 512 pods have been seen.
+        while uids.len() > POD_KILL_SERIES_MAX {
+            if let Some(old) = uids.pop_front() {
+                for k in [KillKind::OomMemcg, KillKind::OomGlobal, KillKind::Signal] {
+                    let _ = self
+                        .pod_kills
+                        .remove_label_values(&[k.as_str(), old.as_str()]);
+                }
+            }
         }
     }
 

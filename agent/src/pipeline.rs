@@ -310,6 +310,12 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             .extend(w.reclaim(&self.probes.reclaim_stats()));
         self.memcg_events.extend(w.poll_v2());
         self.memcg_events.extend(w.poll_psi());
+        for kind in w.take_registration_failures() {
+            self.metrics
+                .memcg_registration_failures
+                .with_label_values(&[kind])
+                .inc();
+        }
     }
 
     /// The next notification (cgroup, kind) of a watched memory cgroup; never, without one.
@@ -394,10 +400,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
     /// Nothing here waits on the API server: the cordon and the reports run in tasks.
     async fn settle(&mut self) {
         for rec in std::mem::take(&mut self.records) {
-            self.metrics
-                .kills
-                .with_label_values(&[rec.kind.as_str()])
-                .inc();
+            self.metrics.observe_kill(&rec);
             self.tracker.on_kill(&rec);
             let party = Party::of(
                 &rec,

@@ -1,5 +1,7 @@
 //! Harness for the privileged tests: the real agent binary, started and stopped per test, its
 //! JSON stream collected, and waits with deadlines (never fixed sleeps).
+pub mod containerd;
+
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     path::PathBuf,

@@ -115,10 +115,10 @@ impl Lab {
             .parse()
             .expect("pid")
     }
-    /// A service-account token through the deploy manifests' RBAC (deploy/rbac.yaml).
+    /// A service-account token through the deploy manifests' RBAC (deploy/base/rbac.yaml).
     fn agent_token(&self) -> PathBuf {
-        let rbac = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac.yaml");
-        self.kubectl(&["apply", "-f", rbac.to_str().unwrap()]);
+        let rbac = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/rbac.yaml");
+        self.kubectl(&["apply", "-n", "kube-system", "-f", rbac.to_str().unwrap()]);
         let token = self.kubectl(&["create", "token", "oomprobe", "-n", "kube-system"]);
         // Under the lab's run directory, which `lab down` removes.
         let path = PathBuf::from(self.s("kubeconfig"))
@@ -307,7 +307,7 @@ fn lab_pod_oom_kill_matches_the_kubelet_and_runtime() {
     drop(pod);
 }
 
-/// The real kubelet's /metrics over HTTPS with a service-account token (deploy/rbac.yaml,
+/// The real kubelet's /metrics over HTTPS with a service-account token (deploy/base/rbac.yaml,
 /// through the API server's TokenReview and SubjectAccessReview): every metric the agent reads
 /// exists, and `oomprobe diagnose` reads the same values from the same endpoint.
 #[test]

@@ -51,6 +51,17 @@ node_oom_trigger() {
     awk -v v="$1" '$1 == "T" { t = $2 " " $3 } $1 == "V" && $2 == v { print t; exit }' /tmp/nw-dmesg
 }
 
+# The process (Tgid) of the trigger thread $1. A trigger that has exited since is one of this
+# script's own forked subshells (seen on 6.12: the shell forking while the node had no memory
+# left); a busybox subshell is single-threaded, so its tgid is its tid.
+node_oom_tgid() {
+    if [ -d /proc/$1 ]; then
+        awk '/^Tgid:/ { print $2 }' /proc/$1/status 2>/dev/null
+    else
+        echo "$1"
+    fi
+}
+
 # Checks one agent's stream: $1 file, $2 tier name, $3 kubelet pid, $4... workload pids.
 node_oom_check() {
     f=$1; tier=$2; kp=$3; shift 3
@@ -63,7 +74,7 @@ node_oom_check() {
         sp=$(echo "$l" | sed -E 's/.*"sender":\{"pid":([0-9]+),.*/\1/')
         senders="$senders $sp"
         # The trigger thread's process: the kubelet (single-threaded) or a live one's Tgid.
-        if [ "$ktid" = "$kp" ]; then tg=$kp; else tg=$(awk '/^Tgid:/ { print $2 }' /proc/$ktid/status 2>/dev/null); fi
+        if [ "$ktid" = "$kp" ]; then tg=$kp; else tg=$(node_oom_tgid "$ktid"); fi
         if [ -z "$kt" ] || [ -z "$tg" ] || [ "$sp" != "$tg" ] \
            || ! echo "$l" | grep -q "\"sender\":{\"pid\":$sp,\"tid\":$ktid,\"comm\":\"[^\"]*\",\"code\":\"SI_KERNEL\"" \
            || ! echo "$l" | grep -q "\"constraint\":\"global\",\"domain\":null,\"trigger_pid\":$sp,\"trigger_tid\":$ktid," \
@@ -76,7 +87,7 @@ node_oom_check() {
     kt=$(node_oom_trigger $kp)
     ktid=${kt%% *}
     [ "$ktid" = "$kp" ] && by_kubelet=$((by_kubelet + 1))
-    if [ "$ktid" = "$kp" ]; then tg=$kp; else tg=$(awk '/^Tgid:/ { print $2 }' /proc/$ktid/status 2>/dev/null); fi
+    if [ "$ktid" = "$kp" ]; then tg=$kp; else tg=$(node_oom_tgid "$ktid"); fi
     if [ -z "$kt" ] || [ -z "$tg" ] || ! echo "$l" | grep -q "\"comm\":\"kubelet\",\"cgroup\":\"/kubelet.slice\"" \
        || ! echo "$l" | grep -q "\"sender\":{\"pid\":$tg,\"tid\":$ktid," \
        || ! echo "$l" | grep -q "\"constraint\":\"global\",\"domain\":null,\"trigger_pid\":$tg,\"trigger_tid\":$ktid," \

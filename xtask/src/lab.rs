@@ -575,8 +575,8 @@ podLogsDirectory: {logs}
 volumePluginDir: {plugins}
 evictionHard:
   memory.available: "100Mi"
-  nodefs.available: "5%"
-  imagefs.available: "5%"
+  nodefs.available: "2Gi"
+  imagefs.available: "2Gi"
   nodefs.inodesFree: "5%"
 imageGCHighThresholdPercent: 95
 imageGCLowThresholdPercent: 90

@@ -2,6 +2,8 @@
 mod bench;
 mod demo;
 mod lab;
+mod deploy;
+mod image;
 mod setup;
 mod vm;
 
@@ -83,6 +85,14 @@ enum Cmd {
         #[arg(long)]
         bless: bool,
     },
+    /// The agent's OCI image archive, target/image/oomprobe.tar (static binary, reproducible,
+    /// no registry): `ctr images import` takes it.
+    Image,
+    /// Regenerates deploy/prometheus/prometheusrule.yaml from oomprobe.rules.yml.
+    PrometheusRule,
+    /// Checks deploy/ (part of `test`): kustomize builds, promtool check/test rules, the
+    /// PrometheusRule is current, the dashboard's model and queries.
+    CheckDeploy,
     /// Everything: formatting, lints, unit tests, then the privileged tests on this kernel.
     Test {
         /// Only the privileged integration tests.
@@ -205,8 +215,13 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
         ]))?;
         // Unprivileged tier: decoders, parsers, detectors.
         run(cargo().args(["test", "--workspace", "--exclude", "oomprobe-tests"]))?;
+        // What deploy/ ships: kustomizations, Prometheus rules and their tests, the dashboard.
+        deploy::check()?;
     }
     build()?;
+    // What the privileged tests drive for real, from Debian's packages: containerd and runc
+    // (the image test), chromium (the report test), promtool (a real scrape checked).
+    setup::apt_install(&["containerd", "runc", "chromium", "prometheus"])?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -232,6 +247,9 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
         ]);
         cmd.args(filter.iter().filter(|f| !f.starts_with("lab")));
         cmd.env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
+        // The image the deploy tests import into a containerd of their own.
+        let (image, _) = image::build()?;
+        cmd.env("OOMPROBE_IMAGE", image);
         run(&mut cmd)?;
     }
     if with_lab {
@@ -340,6 +358,9 @@ fn main() {
                 "unknown bench part {other}: kills, alloc, sampling or detect"
             )),
         },
+        Cmd::Image => image::build().map(|_| ()),
+        Cmd::PrometheusRule => deploy::write_prometheus_rule(),
+        Cmd::CheckDeploy => deploy::check(),
         Cmd::VmTest { kernels } => {
             let k: Vec<String> = if kernels.is_empty() {
                 vm::DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect()

@@ -88,7 +88,7 @@ fn fetch_kernel(series: &str, cache: &Path) -> Result<PathBuf> {
 }
 
 /// Static builds of the agent and memhog (glibc, +crt-static).
-fn build_static() -> Result<PathBuf> {
+pub fn build_static() -> Result<PathBuf> {
     run(Command::new("cargo")
         .args([
             "build",

@@ -8,7 +8,7 @@ use super::OutputFormat;
 use crate::{
     cgroup::Hierarchy,
     cycle::{node_memory_recommendations, Ending, Headroom, NodeRule, Observation},
-    detect::{store::Store, Engine, Sample, Subject},
+    detect::{Engine, Sample, Subject},
     kubelet::metrics as kubelet_metrics,
     sampler::{kubelet_memory, pod_cgroups, working_set, KernelVersion},
 };
@@ -458,12 +458,24 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
         },
     ));
     let store_path = args.state_dir.join("series.bin");
-    let store = store_path
-        .exists()
-        .then(|| Store::open(&store_path).ok())
-        .flatten();
     let now_unix = time::OffsetDateTime::now_utc().unix_timestamp();
-    let recent = store.as_ref().map_or(&[][..], |st| st.samples());
+    // Read only: diagnose never rewrites the running agent's store.
+    let store = match store_path
+        .exists()
+        .then(|| crate::detect::store::load(&store_path, now_unix))
+    {
+        Some(Ok(l)) if !l.corrupt => Some(l),
+        Some(Ok(_)) => {
+            tracing::warn!(path = %store_path.display(), "series store is corrupt or of an unknown format: no leak verdict");
+            None
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "series store unreadable: no leak verdict");
+            None
+        }
+        None => None,
+    };
+    let recent = store.as_ref().map_or(&[][..], |st| &st.samples[..]);
     let (ending, approaching) = ending_check(
         live,
         recent,
@@ -475,8 +487,8 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
     if approaching && stage == "steady" {
         stage = "pre_oom";
     }
-    if let Some(st) = store.filter(|st| !st.samples().is_empty()) {
-        let verdict = Engine::default().evaluate(st.samples());
+    if let Some(st) = store.filter(|st| !st.samples.is_empty()) {
+        let verdict = Engine::default().evaluate(&st.samples);
         checks.push(check(
             "leak_verdict",
             format!("{:?} / {}", verdict.subject, verdict.cause.as_str()),
@@ -488,7 +500,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
             format!(
                 "{:.0} MB/day over {} samples; {}",
                 verdict.slope_bytes_per_day / 1e6,
-                st.samples().len(),
+                st.samples.len(),
                 verdict.supports.join("; ")
             ),
         ));

@@ -5,6 +5,7 @@ pub mod endpoints;
 pub mod gen_trace;
 pub mod probe_points;
 pub mod replay;
+pub mod report;
 pub mod run;
 
 pub use crate::output::OutputFormat;

@@ -240,8 +240,90 @@ pub fn bound(samples: &mut Vec<Sample>) {
     });
 }
 
+/// How far past this machine's clock a stored sample may be (clock skew between agent runs);
+/// a later one is invalid. Without this bound a single far-future record (a clock that jumped)
+/// would make [`bound`] drop every real sample as "older than 14 days".
+const FUTURE_SLACK_S: i64 = 86_400;
+
+/// What a store file held, read without changing it.
+pub struct Loaded {
+    /// Valid samples in time order, bounded as the live store keeps them.
+    pub samples: Vec<Sample>,
+    /// Records not loaded because a value was invalid (see [`Store::invalid_records`]).
+    pub invalid: u64,
+    /// The file is corrupt or of an unknown format: nothing could be read from it.
+    pub corrupt: bool,
+}
+
+/// Reads a store file (format 1 or 2) without writing anything: for read-only verbs
+/// (`diagnose`, `report`) and for [`Store::open`]. `now` is the unix time against which
+/// future-dated records are refused. Errors: the file cannot be read.
+pub fn load(path: &Path, now: i64) -> Result<Loaded, StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io)?;
+    let Some(l) = layout(&data) else {
+        return Ok(Loaded {
+            samples: Vec::new(),
+            invalid: 0,
+            corrupt: true,
+        });
+    };
+    let known: Vec<Option<String>> = l
+        .names
+        .iter()
+        .map(|n| columns().contains(&n.as_str()).then(|| n.clone()))
+        .collect();
+    let unknown: Vec<&String> = l
+        .names
+        .iter()
+        .filter(|n| !columns().contains(&n.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        tracing::warn!(path = %path.display(), columns = ?unknown, "series store columns this agent does not know are ignored");
+    }
+    let body = data.get(l.body..).unwrap_or_default();
+    let whole = body.len() / l.record * l.record;
+    if whole != body.len() {
+        tracing::warn!(path = %path.display(), bytes = body.len() - whole, "cut a torn last record");
+    }
+    let latest = now.saturating_add(FUTURE_SLACK_S);
+    let mut samples = Vec::new();
+    let mut invalid = 0u64;
+    for rec in body[..whole].chunks(l.record) {
+        match decode(rec, &known) {
+            Ok(s) if s.t <= latest => samples.push(s),
+            Ok(s) => {
+                invalid += 1;
+                tracing::debug!(t = s.t, "series record dated in the future dropped");
+            }
+            Err(why) => {
+                invalid += 1;
+                tracing::debug!(?why, "invalid series record dropped");
+            }
+        }
+    }
+    if invalid > 0 {
+        tracing::warn!(path = %path.display(), records = invalid, "invalid series records dropped");
+    }
+    samples.sort_by_key(|s| s.t);
+    bound(&mut samples);
+    Ok(Loaded {
+        samples,
+        invalid,
+        corrupt: false,
+    })
+}
+
 impl Store {
-    /// Opens (or creates) the store, reloading what a previous agent recorded.
+    /// Opens (or creates) the store, reloading what a previous agent recorded. A corrupt or
+    /// foreign file is renamed `*.corrupt-<unix>`; a file with invalid records is copied to
+    /// `*.invalid-<unix>` before it is rewritten without them: nothing is lost.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let io = |source| StoreError::Io {
             path: path.display().to_string(),
@@ -250,62 +332,26 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut samples = Vec::new();
-        let mut invalid = 0u64;
-        if path.exists() {
-            let mut data = Vec::new();
-            File::open(path)
-                .and_then(|mut f| f.read_to_end(&mut data))
-                .map_err(io)?;
-            match layout(&data) {
-                None => {
-                    let aside = path.with_extension(format!(
-                        "corrupt-{}",
-                        time::OffsetDateTime::now_utc().unix_timestamp()
-                    ));
-                    tracing::warn!(
-                        path = %path.display(),
-                        set_aside = %aside.display(),
-                        "series store is corrupt or from an unknown format version; kept aside, starting a new one"
-                    );
-                    std::fs::rename(path, &aside).map_err(io)?;
-                }
-                Some(l) => {
-                    let known: Vec<Option<String>> = l
-                        .names
-                        .iter()
-                        .map(|n| columns().contains(&n.as_str()).then(|| n.clone()))
-                        .collect();
-                    let unknown: Vec<&String> = l
-                        .names
-                        .iter()
-                        .filter(|n| !columns().contains(&n.as_str()))
-                        .collect();
-                    if !unknown.is_empty() {
-                        tracing::warn!(path = %path.display(), columns = ?unknown, "series store columns this agent does not know are ignored");
-                    }
-                    let body = data.get(l.body..).unwrap_or_default();
-                    let whole = body.len() / l.record * l.record;
-                    if whole != body.len() {
-                        tracing::warn!(path = %path.display(), bytes = body.len() - whole, "cut a torn last record");
-                    }
-                    for rec in body[..whole].chunks(l.record) {
-                        match decode(rec, &known) {
-                            Ok(s) => samples.push(s),
-                            Err(why) => {
-                                invalid += 1;
-                                tracing::debug!(?why, "invalid series record dropped");
-                            }
-                        }
-                    }
-                    if invalid > 0 {
-                        tracing::warn!(path = %path.display(), records = invalid, "invalid series records dropped");
-                    }
-                    samples.sort_by_key(|s| s.t);
-                }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let (samples, invalid) = if path.exists() {
+            let loaded = load(path, now)?;
+            if loaded.corrupt {
+                let aside = path.with_extension(format!("corrupt-{now}"));
+                tracing::warn!(
+                    path = %path.display(),
+                    set_aside = %aside.display(),
+                    "series store is corrupt or from an unknown format version; kept aside, starting a new one"
+                );
+                std::fs::rename(path, &aside).map_err(io)?;
+            } else if loaded.invalid > 0 {
+                let aside = path.with_extension(format!("invalid-{now}"));
+                tracing::warn!(set_aside = %aside.display(), "the store as it was, with its invalid records, kept aside");
+                std::fs::copy(path, &aside).map_err(io)?;
             }
-        }
-        bound(&mut samples);
+            (loaded.samples, loaded.invalid)
+        } else {
+            (Vec::new(), 0)
+        };
         let mut store = Store {
             path: path.to_path_buf(),
             samples,
@@ -611,5 +657,34 @@ mod tests {
         let mut v = vec![sample(i64::MIN), sample(i64::MIN + 1)];
         bound(&mut v);
         assert_eq!(v.len(), 2);
+    }
+
+    /// A far-future record (a clock that jumped) must not make the real history look 14 days
+    /// old: it is refused as invalid, the real samples stay, and the file as it was is kept.
+    #[test]
+    fn a_future_dated_record_loses_nothing() {
+        let d = tmpdir("future");
+        let p = d.join("series.bin");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut data = header();
+        for i in 0..60 {
+            data.extend(encode(&sample(now - 3600 + i * 60)));
+        }
+        data.extend(encode(&sample(253_402_300_799)));
+        std::fs::write(&p, &data).unwrap();
+        let loaded = load(&p, now).unwrap();
+        assert_eq!((loaded.samples.len(), loaded.invalid), (60, 1));
+        // load() is read-only: the file is byte for byte what it was.
+        assert_eq!(std::fs::read(&p).unwrap(), data);
+        let st = Store::open(&p).unwrap();
+        assert_eq!((st.samples().len(), st.invalid_records()), (60, 1));
+        let kept: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("invalid-"))
+            .collect();
+        assert_eq!(kept.len(), 1, "the original file is kept aside");
+        assert_eq!(std::fs::read(kept[0].path()).unwrap(), data);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

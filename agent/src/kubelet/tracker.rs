@@ -39,7 +39,32 @@ struct Proc {
     exe: PathBuf,
     /// Load bias of a PIE executable (runtime address - link address).
     bias: u64,
-    key: PathBuf,
+    key: FileKey,
+}
+
+/// What the probe cache is keyed by: the file itself (device, inode and modification time, from
+/// `stat(2)` through the process's `/proc/PID/exe`), not its path. An in-place upgrade that
+/// renames a new kubelet over the old path is a new inode and is probed again; `pid` is set for
+/// libc, which is probed per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    mtime_ns: i128,
+    pid: Option<u32>,
+}
+
+impl FileKey {
+    fn of(path: &Path, pid: Option<u32>) -> std::io::Result<FileKey> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path)?;
+        Ok(FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            pid,
+        })
+    }
 }
 
 /// One call site's share of the kubelet's growth.
@@ -77,7 +102,7 @@ pub struct KubeletStart {
 
 pub struct Tracker {
     target: Target,
-    probed: HashMap<PathBuf, Probed>,
+    probed: HashMap<FileKey, Probed>,
     procs: BTreeMap<u32, Proc>,
     /// Kill kinds of kubelet processes, by pid.
     kills: HashMap<u32, String>,
@@ -94,8 +119,29 @@ fn comm_of(pid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
+/// The executable's path as the process sees it (in its own mount namespace): for display and
+/// for matching its `/proc/PID/maps` lines, never for opening.
+/// A binary replaced while running reads `PATH (deleted)`, as its maps lines do once split.
 fn exe_of(pid: u32) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+    let link = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let text = link.to_string_lossy();
+    Some(match text.strip_suffix(" (deleted)") {
+        Some(live) => PathBuf::from(live),
+        None => link,
+    })
+}
+
+/// The executable itself, opened or probed through the `/proc/PID/exe` magic link: the file the
+/// process runs even when the agent runs in a container without the host's root mounted, and
+/// even after a new binary was renamed over its path.
+fn exe_file(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/exe"))
+}
+
+/// A path of `pid`'s mount namespace, seen from the agent's (`/proc/PID/root` + path).
+fn in_root_of(pid: u32, path: &Path) -> PathBuf {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    Path::new(&format!("/proc/{pid}/root")).join(rel)
 }
 
 fn alive(pid: u32) -> bool {
@@ -176,9 +222,16 @@ impl Tracker {
         let Some(bin) = self.target.binary.clone() else {
             return;
         };
+        let key = match FileKey::of(&bin, None) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(binary = %bin.display(), error = %e, "cannot probe the kubelet binary yet");
+                return;
+            }
+        };
         match Binary::open(&bin).and_then(|b| Ok((b.go_functions()?, b.probe_points()?))) {
             Ok((funcs, points)) => {
-                self.probe_as(&bin, &bin, points, funcs.map(Arc::new), None, probes)
+                self.probe_as(key, &bin, points, funcs.map(Arc::new), None, probes)
             }
             Err(e) => {
                 tracing::warn!(binary = %bin.display(), error = %e, "cannot probe the kubelet binary yet")
@@ -259,49 +312,16 @@ impl Tracker {
 
     /// Follows one kubelet process: probes its binary if new, counts it in the kernel.
     fn adopt(&mut self, pid: u32, probes: &mut impl Kernel) -> Option<KubeletStart> {
-        let Some(exe) = exe_of(pid) else {
+        let file = exe_file(pid);
+        let (Some(exe), Ok(exe_key)) = (exe_of(pid), FileKey::of(&file, None)) else {
             tracing::warn!(pid, "kubelet candidate vanished before it could be probed");
             return None;
         };
-        let bin = Binary::open(&exe);
-        let go = bin.as_ref().ok().and_then(|b| {
-            Some((
-                b.go_functions().ok()??,
-                b.probe_points().unwrap_or_default(),
-            ))
-        });
-        let key = match go {
-            Some((funcs, points)) => {
-                self.probe_as(&exe, &exe, points, Some(Arc::new(funcs)), None, probes);
-                exe.clone()
-            }
-            // Not Go: its allocations go through libc, probed for this pid only (one libc
-            // serves every process on the node). At exec the loader has not mapped libc yet,
-            // so it is found from the binary's DT_NEEDED, else from the process's maps.
-            None => match bin
-                .as_ref()
-                .ok()
-                .and_then(Binary::needed_libc)
-                .or_else(|| libc_of(pid))
-            {
-                Some(libc) => {
-                    let key = PathBuf::from(format!("{}#{pid}", libc.display()));
-                    let points = Binary::open(&libc)
-                        .and_then(|b| b.probe_points())
-                        .unwrap_or_default();
-                    let funcs = bin
-                        .as_ref()
-                        .ok()
-                        .and_then(Binary::elf_functions)
-                        .map(Arc::new);
-                    self.probe_as(&key, &libc, points, funcs, Some(pid), probes);
-                    key
-                }
-                None => {
-                    self.probe_as(&exe, &exe, Vec::new(), None, None, probes);
-                    exe.clone()
-                }
-            },
+        // Already probed (another process of the same file, a restart): nothing to read.
+        let key = if self.probed.contains_key(&exe_key) {
+            exe_key
+        } else {
+            self.probe_new(pid, &file, exe_key, probes)
         };
         if let Err(e) = probes.watch_tgid(pid, text_range(pid, &exe)) {
             tracing::warn!(pid, error = %e, "cannot watch kubelet pid");
@@ -341,16 +361,66 @@ impl Tracker {
         })
     }
 
+    /// Probes the binary `pid` runs (`file`, its `/proc/PID/exe`), or its libc when it is not a
+    /// Go binary; returns the cache key the result is stored under.
+    fn probe_new(
+        &mut self,
+        pid: u32,
+        file: &Path,
+        exe_key: FileKey,
+        probes: &mut impl Kernel,
+    ) -> FileKey {
+        let bin = Binary::open(file);
+        let go = bin.as_ref().ok().and_then(|b| {
+            Some((
+                b.go_functions().ok()??,
+                b.probe_points().unwrap_or_default(),
+            ))
+        });
+        if let Some((funcs, points)) = go {
+            self.probe_as(exe_key, file, points, Some(Arc::new(funcs)), None, probes);
+            return exe_key;
+        }
+        // Not Go: its allocations go through libc, probed for this pid only (one libc serves
+        // every process on the node). At exec the loader has not mapped libc yet, so it is
+        // found from the binary's DT_NEEDED, else from the process's maps; either path is the
+        // process's own, reached through /proc/PID/root.
+        let root = in_root_of(pid, Path::new("/"));
+        let libc = bin
+            .as_ref()
+            .ok()
+            .and_then(|b| b.needed_libc(&root))
+            .or_else(|| libc_of(pid).map(|l| in_root_of(pid, &l)));
+        match libc.and_then(|l| Some((FileKey::of(&l, Some(pid)).ok()?, l))) {
+            Some((key, libc)) => {
+                let points = Binary::open(&libc)
+                    .and_then(|b| b.probe_points())
+                    .unwrap_or_default();
+                let funcs = bin
+                    .as_ref()
+                    .ok()
+                    .and_then(Binary::elf_functions)
+                    .map(Arc::new);
+                self.probe_as(key, &libc, points, funcs, Some(pid), probes);
+                key
+            }
+            None => {
+                self.probe_as(exe_key, file, Vec::new(), None, None, probes);
+                exe_key
+            }
+        }
+    }
+
     fn probe_as(
         &mut self,
-        key: &Path,
+        key: FileKey,
         binary: &Path,
         points: Vec<ProbePoint>,
         funcs: Option<Arc<FuncTable>>,
         pid: Option<u32>,
         probes: &mut impl Kernel,
     ) {
-        if self.probed.contains_key(key) {
+        if self.probed.contains_key(&key) {
             return;
         }
         let mode = match (
@@ -363,7 +433,7 @@ impl Tracker {
             }
             (empty, result) => {
                 let why = match (empty, result) {
-                    (_, Err(e)) => e.to_string(),
+                    (_, Err(e)) => crate::error_chain(&e),
                     _ => "no allocator symbol resolves (neither Go nor libc)".into(),
                 };
                 tracing::warn!(
@@ -379,7 +449,7 @@ impl Tracker {
             }
         };
         self.probed.insert(
-            key.to_path_buf(),
+            key,
             Probed {
                 points,
                 funcs,

@@ -1,0 +1,130 @@
+//! `oomprobe report [--since DUR] [--html FILE] [--svg FILE]`: the picture of an episode, from
+//! the persisted series (`--state-dir`, or a replay CSV with `--csv`) and the agent's JSON event
+//! log (`--events`, the output of `oomprobe run --format json` saved to a file). Read-only.
+use std::path::PathBuf;
+
+use crate::{
+    detect::offline::csv,
+    report::{html, parse_duration, svg, Episode},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Where `oomprobe run` persists its series (`series.bin`).
+    #[arg(long, default_value = "/var/lib/oomprobe")]
+    pub state_dir: PathBuf,
+    /// A series as CSV (the `replay` format) instead of the state directory.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// The agent's JSON event log (`oomprobe run --format json > FILE`): kills, stages, verdicts.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// Only the last DUR (`30m`, `6h`, `2d`) before the newest sample or event.
+    #[arg(long, value_parser = parse_duration)]
+    pub since: Option<f64>,
+    /// Write the HTML page (the chart inline, the kills as a table).
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Write the chart as SVG.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("nothing to write: give --html FILE and/or --svg FILE")]
+    NoOutput,
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}")]
+    Csv {
+        path: String,
+        #[source]
+        source: csv::CsvError,
+    },
+    #[error("series store")]
+    Store(#[source] crate::detect::store::StoreError),
+    #[error("no series in {0} and no events: nothing to draw")]
+    Empty(String),
+    #[error("cannot write {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn read(path: &PathBuf) -> Result<String, ReportError> {
+    std::fs::read_to_string(path).map_err(|source| ReportError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+pub fn run(args: ReportArgs) -> Result<(), ReportError> {
+    if args.html.is_none() && args.svg.is_none() {
+        return Err(ReportError::NoOutput);
+    }
+    let (samples, from) = match &args.csv {
+        Some(p) => {
+            let (s, _) = csv::parse(&read(p)?).map_err(|source| ReportError::Csv {
+                path: p.display().to_string(),
+                source,
+            })?;
+            (s, p.display().to_string())
+        }
+        None => {
+            let path = args.state_dir.join("series.bin");
+            if !path.exists() {
+                return Err(ReportError::Read {
+                    path: path.display().to_string(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                });
+            }
+            // Read only: a report never rewrites the agent's store.
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let loaded = crate::detect::store::load(&path, now).map_err(ReportError::Store)?;
+            (loaded.samples, path.display().to_string())
+        }
+    };
+    let events = match &args.events {
+        Some(p) => read(p)?,
+        None => String::new(),
+    };
+    let mut ep = Episode::new(&samples, &events);
+    if ep.memory.is_empty() && ep.kills.is_empty() {
+        return Err(ReportError::Empty(from));
+    }
+    if let Some(s) = args.since {
+        ep = ep.since(s);
+    }
+    if ep.skipped_lines > 0 {
+        tracing::warn!(
+            lines = ep.skipped_lines,
+            "event log lines that are not events were skipped"
+        );
+    }
+    if ep.unplaced_stages > 0 {
+        tracing::warn!(
+            stages = ep.unplaced_stages,
+            "stage events not drawn: no kill record in the log to place the kernel clock in UTC"
+        );
+    }
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).map_err(|source| ReportError::Write {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    if let Some(p) = &args.svg {
+        write(p, svg(&ep))?;
+    }
+    if let Some(p) = &args.html {
+        write(p, html(&ep))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,576 @@
+//! The picture of an episode (`oomprobe report`): the kubelet's memory over time with its
+//! baseline, its limit, the leak slope and the time-to-OOM band, every kill as a marker, the
+//! cycle's stages as bands and the storm's peak, as one SVG (inline in an HTML page).
+//!
+//! The SVG is written by a small builder rather than a plotting crate: the chart is a handful
+//! of lines, rectangles and markers, and every element gets an id or class and `data-`
+//! attributes (kind, victim, pod, stage) so the page can be checked in a browser's DOM and read
+//! by tools; a plotting crate's output would need post-processing for that.
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::detect::series::{baseline, Sample};
+
+/// One kill record from the event log (`"event":"kill"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kill {
+    /// Unix seconds.
+    pub t: f64,
+    pub kind: String,
+    pub pid: u64,
+    pub comm: String,
+    pub pod: Option<String>,
+}
+
+/// The leak verdict's figures (`"event":"verdict"`), times in unix seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forecast {
+    pub t: f64,
+    pub slope_bytes_per_day: f64,
+    pub earliest_seconds: Option<f64>,
+    pub expected_seconds: Option<f64>,
+    pub latest_seconds: Option<f64>,
+    pub cause: String,
+}
+
+/// What the report draws.
+#[derive(Debug, Default, Clone)]
+pub struct Episode {
+    /// (unix seconds, kubelet RSS, kubelet cgroup limit) from the persisted series.
+    pub memory: Vec<(i64, f64, Option<f64>)>,
+    pub kills: Vec<Kill>,
+    /// (unix seconds, stage name), in order.
+    pub stages: Vec<(f64, String)>,
+    /// (unix seconds, bytes): the highest storm RSS a stage event reported.
+    pub storm_peak: Option<(f64, f64)>,
+    pub forecast: Option<Forecast>,
+    /// Lines of the event log that were not JSON events (counted, not fatal).
+    pub skipped_lines: usize,
+    /// Stage events that could not be placed in time (no kill record to relate the kernel's
+    /// monotonic clock to UTC).
+    pub unplaced_stages: usize,
+}
+
+fn unix_of(rfc3339: &str) -> Option<f64> {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some(t.unix_timestamp_nanos() as f64 / 1e9)
+}
+
+impl Episode {
+    /// From the persisted samples and the agent's JSON event log (`run --format json`).
+    pub fn new(samples: &[Sample], events: &str) -> Episode {
+        let mut ep = Episode {
+            memory: samples
+                .iter()
+                .map(|s| (s.t, s.kubelet_rss_bytes, s.kubelet_limit_bytes))
+                .collect(),
+            ..Default::default()
+        };
+        let mut offset: Option<f64> = None;
+        let mut staged: Vec<(u64, String, Option<f64>)> = Vec::new();
+        for line in events.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                ep.skipped_lines += 1;
+                continue;
+            };
+            match v["event"].as_str() {
+                Some("kill") => {
+                    let Some(t) = v["time"].as_str().and_then(unix_of) else {
+                        ep.skipped_lines += 1;
+                        continue;
+                    };
+                    if let Some(k) = v["ktime_ns"].as_u64() {
+                        offset.get_or_insert(t - k as f64 / 1e9);
+                    }
+                    ep.kills.push(Kill {
+                        t,
+                        kind: v["kind"].as_str().unwrap_or("?").to_string(),
+                        pid: v["victim"]["pid"].as_u64().unwrap_or(0),
+                        comm: v["victim"]["comm"].as_str().unwrap_or("?").to_string(),
+                        pod: v["victim"]["pod"]["pod_uid"].as_str().map(str::to_string),
+                    });
+                }
+                Some("stage") => {
+                    if let (Some(k), Some(s)) = (v["ktime_ns"].as_u64(), v["stage"].as_str()) {
+                        let peak = v["storm"]["peak_rss_bytes"].as_f64();
+                        staged.push((k, s.to_string(), peak));
+                    }
+                }
+                Some("verdict") => {
+                    let f = &v["forecast"];
+                    ep.forecast = v["time"].as_str().and_then(unix_of).map(|t| Forecast {
+                        t,
+                        slope_bytes_per_day: v["slope_bytes_per_day"].as_f64().unwrap_or(0.0),
+                        earliest_seconds: f["earliest_seconds"].as_f64(),
+                        expected_seconds: f["expected_seconds"].as_f64(),
+                        latest_seconds: f["latest_seconds"].as_f64(),
+                        cause: v["cause"].as_str().unwrap_or("").to_string(),
+                    });
+                }
+                Some(_) => {}
+                None => ep.skipped_lines += 1,
+            }
+        }
+        for (k, stage, peak) in staged {
+            let Some(off) = offset else {
+                ep.unplaced_stages += 1;
+                continue;
+            };
+            let t = off + k as f64 / 1e9;
+            if let Some(p) = peak {
+                if ep.storm_peak.is_none_or(|(_, b)| p > b) {
+                    ep.storm_peak = Some((t, p));
+                }
+            }
+            ep.stages.push((t, stage));
+        }
+        ep
+    }
+
+    /// Keeps what happened at or after `end - seconds`, `end` being the newest sample or event.
+    pub fn since(mut self, seconds: f64) -> Episode {
+        let end = self
+            .memory
+            .iter()
+            .map(|m| m.0 as f64)
+            .chain(self.kills.iter().map(|k| k.t))
+            .chain(self.stages.iter().map(|s| s.0))
+            .fold(f64::MIN, f64::max);
+        let from = end - seconds;
+        self.memory.retain(|m| m.0 as f64 >= from);
+        self.kills.retain(|k| k.t >= from);
+        // The stage in force at `from` is kept, starting there.
+        let before = self.stages.iter().rposition(|s| s.0 < from);
+        if let Some(i) = before {
+            self.stages.drain(..i);
+            if let Some(s) = self.stages.first_mut() {
+                s.0 = s.0.max(from);
+            }
+        }
+        self.storm_peak = self.storm_peak.filter(|p| p.0 >= from);
+        self
+    }
+}
+
+/// `30s`, `15m`, `6h`, `2d` to seconds.
+pub fn parse_duration(s: &str) -> Result<f64, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s}: a number followed by s, m, h or d"))?;
+    let mul = match unit {
+        "s" | "" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err(format!("{s}: unit must be s, m, h or d")),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("{s}: must be positive"));
+    }
+    Ok(n * mul)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn utc(t: f64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t as i64)
+        .map(|d| format!("{:02}:{:02}:{:02}", d.hour(), d.minute(), d.second()))
+        .unwrap_or_default()
+}
+
+fn mib(b: f64) -> String {
+    format!("{:.0} MiB", b / 1048576.0)
+}
+
+const W: f64 = 1000.0;
+const H: f64 = 440.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 45.0;
+const TOP: f64 = 30.0;
+const BOTTOM: f64 = 60.0;
+
+/// Stage band colours (steady is left blank).
+fn stage_color(stage: &str) -> Option<&'static str> {
+    Some(match stage {
+        "pre_oom" => "#fde68a",
+        "active_oom" => "#fca5a5",
+        "reconciliation_storm" => "#fdba74",
+        "recovery" => "#bbf7d0",
+        "re_oom" => "#f87171",
+        _ => return None,
+    })
+}
+
+/// The chart as a standalone SVG document.
+pub fn svg(ep: &Episode) -> String {
+    let mut t0 = f64::MAX;
+    let mut t1 = f64::MIN;
+    for t in ep
+        .memory
+        .iter()
+        .map(|m| m.0 as f64)
+        .chain(ep.kills.iter().map(|k| k.t))
+        .chain(ep.stages.iter().map(|s| s.0))
+    {
+        t0 = t0.min(t);
+        t1 = t1.max(t);
+    }
+    if t0 > t1 {
+        (t0, t1) = (0.0, 1.0);
+    }
+    let span = (t1 - t0).max(1.0);
+    // The forecast widens the time axis, by half the episode's span at most.
+    let band = ep.forecast.as_ref().and_then(|f| {
+        let e = f.t + f.earliest_seconds?;
+        Some((
+            e,
+            f.latest_seconds.map(|l| f.t + l),
+            f.expected_seconds.map(|x| f.t + x),
+        ))
+    });
+    let t_end = match band {
+        Some((e, l, xp)) => t1.max(l.or(xp).unwrap_or(e).min(t1 + span * 0.5)),
+        None => t1,
+    };
+    let limit = ep.memory.iter().filter_map(|m| m.2).fold(0.0, f64::max);
+    let ymax = ep
+        .memory
+        .iter()
+        .map(|m| m.1)
+        .chain(std::iter::once(limit))
+        .chain(ep.storm_peak.map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.08;
+    let x = |t: f64| LEFT + (t - t0) / (t_end - t0).max(1.0) * (W - LEFT - RIGHT);
+    let y = |b: f64| TOP + (1.0 - b / ymax) * (H - TOP - BOTTOM);
+    let (px0, px1, py0, py1) = (x(t0), x(t_end), y(0.0), y(ymax));
+
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" id="oomprobe-report" viewBox="0 0 {W} {H}" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"##
+    );
+    let _ = write!(
+        s,
+        r##"<rect x="0" y="0" width="{W}" height="{H}" fill="#ffffff"/>"##
+    );
+    // Stage bands, each until the next stage (the last one until the end of the axis).
+    s.push_str(r#"<g id="stages">"#);
+    for (i, (t, stage)) in ep.stages.iter().enumerate() {
+        let next = ep.stages.get(i + 1).map_or(t1, |n| n.0);
+        if let Some(c) = stage_color(stage) {
+            let _ = write!(
+                s,
+                r#"<rect class="stage" data-stage="{st}" x="{:.1}" y="{py1:.1}" width="{:.1}" height="{:.1}" fill="{c}" opacity="0.55"><title>{st} from {}</title></rect>"#,
+                x(*t),
+                (x(next) - x(*t)).max(1.0),
+                py0 - py1,
+                utc(*t),
+                st = esc(stage)
+            );
+        }
+    }
+    s.push_str("</g>");
+    // Axes and grid.
+    s.push_str(r##"<g id="axes" stroke="#9ca3af">"##);
+    for i in 0..=5 {
+        let b = ymax / 1.08 * i as f64 / 5.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{px0}" x2="{px1:.1}" y1="{yy:.1}" y2="{yy:.1}" stroke-opacity="0.3"/><text x="{:.1}" y="{:.1}" text-anchor="end" stroke="none" fill="#374151">{}</text>"##,
+            px0 - 6.0,
+            y(b) + 4.0,
+            mib(b),
+            yy = y(b)
+        );
+    }
+    for i in 0..=6 {
+        let t = t0 + (t_end - t0) * i as f64 / 6.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{py0:.1}" y2="{:.1}"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle" stroke="none" fill="#374151">{}</text>"##,
+            py0 + 5.0,
+            py0 + 18.0,
+            utc(t),
+            xx = x(t)
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" stroke="none" fill="#374151">UTC</text></g>"##,
+        (px0 + px1) / 2.0,
+        py0 + 34.0
+    );
+    // Limit.
+    if limit > 0.0 {
+        let _ = write!(
+            s,
+            r##"<line id="limit" x1="{px0}" x2="{px1:.1}" y1="{yl:.1}" y2="{yl:.1}" stroke="#dc2626" stroke-dasharray="6 4" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="#dc2626">limit {}</text>"##,
+            px1 - 4.0,
+            y(limit) - 5.0,
+            mib(limit),
+            yl = y(limit)
+        );
+    }
+    // Time-to-OOM band and the expected time.
+    if let Some((e, l, xp)) = band {
+        let right = l.unwrap_or(t_end).min(t_end);
+        let _ = write!(
+            s,
+            r##"<rect id="time-to-oom-band" x="{:.1}" y="{py1:.1}" width="{:.1}" height="{:.1}" fill="#dc2626" fill-opacity="0.18" stroke="#dc2626" stroke-dasharray="3 3"><title>time to OOM: earliest {}, latest {}</title></rect>"##,
+            x(e.min(t_end)),
+            (x(right) - x(e.min(t_end))).max(2.0),
+            py0 - py1,
+            utc(e),
+            l.map_or("beyond the chart".into(), utc)
+        );
+        if let Some(xp) = xp.filter(|xp| *xp <= t_end) {
+            let _ = write!(
+                s,
+                r##"<line id="time-to-oom-expected" x1="{xx:.1}" x2="{xx:.1}" y1="{py0:.1}" y2="{py1:.1}" stroke="#dc2626" stroke-width="1.5"/><text x="{:.1}" y="{:.1}" fill="#dc2626">OOM expected {}</text>"##,
+                x(xp) + 4.0,
+                py1 + 14.0,
+                utc(xp),
+                xx = x(xp)
+            );
+        }
+    }
+    // Memory, then its baseline.
+    let pts: Vec<String> = ep
+        .memory
+        .iter()
+        .map(|m| format!("{:.1},{:.1}", x(m.0 as f64), y(m.1)))
+        .collect();
+    let _ = write!(
+        s,
+        r##"<polyline id="memory" points="{}" fill="none" stroke="#2563eb" stroke-width="1.5"/>"##,
+        pts.join(" ")
+    );
+    let series: Vec<(i64, f64)> = ep.memory.iter().map(|m| (m.0, m.1)).collect();
+    let bucket = ((span / 24.0) as i64).max(10);
+    let base = baseline(&series, bucket, 0.1);
+    if base.len() >= 2 {
+        let pts: Vec<String> = base
+            .iter()
+            .map(|(t, b)| format!("{:.1},{:.1}", x(*t), y(*b)))
+            .collect();
+        let _ = write!(
+            s,
+            r##"<polyline id="baseline" points="{}" fill="none" stroke="#111827" stroke-width="2" stroke-dasharray="2 3"/>"##,
+            pts.join(" ")
+        );
+    }
+    // The leak slope through the baseline where the verdict was made (its last point at or
+    // before the verdict), on to the limit or the axis's end.
+    let anchor = ep.forecast.as_ref().and_then(|f| {
+        base.iter()
+            .rev()
+            .find(|(t, _)| *t <= f.t)
+            .or(base.first())
+            .copied()
+    });
+    if let (Some(f), Some((tb, bb))) = (&ep.forecast, anchor) {
+        if f.slope_bytes_per_day > 0.0 {
+            let per_s = f.slope_bytes_per_day / 86400.0;
+            let mut t_to = t_end;
+            if limit > bb {
+                t_to = t_to.min(tb + (limit - bb) / per_s);
+            }
+            let from = t0.max(tb - span / 4.0);
+            let _ = write!(
+                s,
+                r##"<line id="leak-slope" x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#7c3aed" stroke-width="1.5" stroke-dasharray="8 4"><title>leak slope {:.0} MB/day ({})</title></line>"##,
+                x(from),
+                y((bb + per_s * (from - tb)).max(0.0)),
+                x(t_to),
+                y(bb + per_s * (t_to - tb)),
+                f.slope_bytes_per_day / 1e6,
+                esc(&f.cause)
+            );
+        }
+    }
+    // The storm's peak.
+    if let Some((t, b)) = ep.storm_peak {
+        let _ = write!(
+            s,
+            r##"<g id="storm-peak"><path d="M{xx:.1},{:.1} l6,10 h-12 z" fill="#ea580c"/><text x="{:.1}" y="{:.1}" fill="#ea580c">storm peak {}</text></g>"##,
+            y(b) - 12.0,
+            x(t) + 8.0,
+            y(b) - 4.0,
+            mib(b),
+            xx = x(t)
+        );
+    }
+    // Kills: a tick at the bottom and a marker, the title names kind, victim and pod.
+    s.push_str(r#"<g id="kills">"#);
+    for k in &ep.kills {
+        let color = match k.kind.as_str() {
+            "oom_memcg" => "#b91c1c",
+            "oom_global" => "#7f1d1d",
+            _ => "#4b5563",
+        };
+        let pod = k.pod.as_deref().unwrap_or("");
+        let _ = write!(
+            s,
+            r#"<g class="kill" data-kind="{kind}" data-victim="{pid}" data-comm="{comm}" data-pod="{pod}"><line x1="{xx:.1}" x2="{xx:.1}" y1="{py0:.1}" y2="{:.1}" stroke="{color}" stroke-width="1"/><circle cx="{xx:.1}" cy="{:.1}" r="5" fill="{color}"/><title>{} {kind} {comm}({pid}){}</title><text x="{:.1}" y="{:.1}" font-size="10" fill="{color}" transform="rotate(-90 {:.1} {:.1})">{comm} {kind}</text></g>"#,
+            py1,
+            py0 - 6.0,
+            utc(k.t),
+            if pod.is_empty() {
+                String::new()
+            } else {
+                format!(" pod {pod}")
+            },
+            x(k.t) - 3.0,
+            py0 - 14.0,
+            x(k.t) - 3.0,
+            py0 - 14.0,
+            kind = esc(&k.kind),
+            pid = k.pid,
+            comm = esc(&k.comm),
+            pod = esc(pod),
+            xx = x(k.t)
+        );
+    }
+    s.push_str("</g>");
+    // Legend.
+    let _ = write!(
+        s,
+        r##"<g id="legend" font-size="11"><text x="{LEFT}" y="18" fill="#2563eb">kubelet RSS</text><text x="{:.0}" y="18" fill="#111827">baseline</text><text x="{:.0}" y="18" fill="#7c3aed">leak slope</text><text x="{:.0}" y="18" fill="#dc2626">limit, time-to-OOM band</text><text x="{:.0}" y="18" fill="#b91c1c">kills</text><text x="{:.0}" y="18" fill="#9a3412">stages: pre_oom, active_oom, storm, recovery</text></g>"##,
+        LEFT + 90.0,
+        LEFT + 160.0,
+        LEFT + 240.0,
+        LEFT + 400.0,
+        LEFT + 450.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The HTML page: a summary, the chart inline, and the kills as a table.
+pub fn html(ep: &Episode) -> String {
+    let mut h = String::from(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>oomprobe report</title>\
+         <style>body{font-family:sans-serif;margin:24px;color:#111827}table{border-collapse:collapse}\
+         td,th{border:1px solid #d1d5db;padding:3px 8px;text-align:left}</style></head><body>\n",
+    );
+    let ooms = ep
+        .kills
+        .iter()
+        .filter(|k| k.kind.starts_with("oom"))
+        .count();
+    let _ = write!(
+        h,
+        "<h1>oomprobe: the kubelet's memory and the kills</h1>\n<p id=\"summary\">{} samples, {} kills ({} OOM kills), {} stage changes{}{}.</p>\n",
+        ep.memory.len(),
+        ep.kills.len(),
+        ooms,
+        ep.stages.len(),
+        ep.forecast.as_ref().map_or(String::new(), |f| format!(
+            ", leak slope {:.0} MB/day ({}){}",
+            f.slope_bytes_per_day / 1e6,
+            esc(&f.cause),
+            f.expected_seconds
+                .map_or(String::new(), |e| format!(", OOM expected {:.1} h after the verdict", e / 3600.0))
+        )),
+        ep.storm_peak
+            .map_or(String::new(), |(_, b)| format!(", storm peak {}", mib(b)))
+    );
+    h.push_str(&svg(ep));
+    h.push_str("<table id=\"kill-table\"><tr><th>time (UTC)</th><th>kind</th><th>victim</th><th>pod</th></tr>\n");
+    for k in &ep.kills {
+        let _ = writeln!(
+            h,
+            "<tr class=\"kill-row\"><td>{}</td><td>{}</td><td>{}({})</td><td>{}</td></tr>",
+            utc(k.t),
+            esc(&k.kind),
+            esc(&k.comm),
+            k.pid,
+            esc(k.pod.as_deref().unwrap_or("-"))
+        );
+    }
+    h.push_str("</table></body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn episode() -> Episode {
+        let samples: Vec<Sample> = (0..120)
+            .map(|i| Sample {
+                t: 1_795_900_000 + i * 10,
+                kubelet_rss_bytes: 50e6 + i as f64 * 0.3e6,
+                kubelet_limit_bytes: Some(100e6),
+                ..Default::default()
+            })
+            .collect();
+        let events = r#"{"event":"kill","time":"2026-11-28T21:20:00Z","ktime_ns":1000000000000,"kind":"oom_memcg","victim":{"pid":42,"comm":"kubelet","pod":null}}
+{"event":"kill","time":"2026-11-28T21:20:20Z","ktime_ns":1020000000000,"kind":"signal","victim":{"pid":77,"comm":"app","pod":{"pod_uid":"aa-bb"}}}
+{"event":"stage","ktime_ns":990000000000,"stage":"pre_oom"}
+{"event":"stage","ktime_ns":1000000000000,"stage":"active_oom"}
+{"event":"stage","ktime_ns":1010000000000,"stage":"reconciliation_storm","storm":{"peak_rss_bytes":80000000}}
+not json
+{"event":"verdict","time":"2026-11-28T21:25:00Z","cause":"unknown","slope_bytes_per_day":2.0e9,"forecast":{"earliest_seconds":120,"expected_seconds":300,"latest_seconds":1500}}"#;
+        Episode::new(&samples, events)
+    }
+
+    #[test]
+    fn events_are_placed_in_utc() {
+        let ep = episode();
+        assert_eq!(ep.kills.len(), 2);
+        assert_eq!(ep.kills[1].pod.as_deref(), Some("aa-bb"));
+        assert_eq!(ep.skipped_lines, 1);
+        // ktime 1000 s was 21:20:00Z: the stage at ktime 990 s was ten seconds earlier.
+        assert_eq!(ep.stages[0], (ep.kills[0].t - 10.0, "pre_oom".to_string()));
+        assert_eq!(ep.storm_peak, Some((ep.kills[0].t + 10.0, 80e6)));
+        assert_eq!(ep.forecast.as_ref().unwrap().expected_seconds, Some(300.0));
+    }
+
+    #[test]
+    fn svg_has_every_element() {
+        let s = svg(&episode());
+        for id in [
+            "id=\"memory\"",
+            "id=\"baseline\"",
+            "id=\"limit\"",
+            "id=\"leak-slope\"",
+            "id=\"time-to-oom-band\"",
+            "id=\"time-to-oom-expected\"",
+            "id=\"storm-peak\"",
+        ] {
+            assert!(s.contains(id), "{id} missing");
+        }
+        assert_eq!(s.matches("class=\"kill\"").count(), 2);
+        // steady has no band; the three others do.
+        assert_eq!(s.matches("class=\"stage\"").count(), 3);
+        assert!(s.contains(r#"data-pod="aa-bb""#));
+    }
+
+    #[test]
+    fn since_keeps_the_stage_in_force() {
+        let ep = episode().since(375.0);
+        assert_eq!(ep.kills.len(), 1);
+        assert_eq!(ep.stages.len(), 1);
+        assert_eq!(ep.stages[0].1, "reconciliation_storm");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(90.0));
+        assert_eq!(parse_duration("6h"), Ok(21600.0));
+        assert_eq!(parse_duration("2d"), Ok(172800.0));
+        assert!(parse_duration("6x").is_err());
+        assert!(parse_duration("-1h").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}
