@@ -71,9 +71,9 @@ impl Output {
             Output::Kill(rec) => Text::Line(rec.text()),
             Output::KubeletMemory(rep) => Text::Line(rep.text()),
             Output::Verdict(v) => Text::Line(format!(
-                "{} LEAK subject={:?} cause={} slope={:.0}MB/day",
+                "{} LEAK subject={} cause={} slope={:.0}MB/day",
                 v.time,
-                v.subject,
+                v.subject.as_str(),
                 v.cause.as_str(),
                 v.slope_bytes_per_day / 1e6
             )),

@@ -416,7 +416,7 @@ fn synthesised_ring_stream_through_the_correlator_is_byte_identical() {
 fn verdicts_of_the_live_loop_are_byte_identical() {
     // The run loop's detect stage over the same series replay reads: its verdict lines.
     let (samples, _) = csv::parse(&read("series.csv")).unwrap();
-    let engine = Engine::default();
+    let mut engine = Engine::default();
     let (mut json, mut text) = (String::new(), String::new());
     for end in (samples.len() / 8..=samples.len()).step_by(samples.len() / 8) {
         let v = engine.evaluate(&samples[..end]);

@@ -491,11 +491,11 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
         let verdict = Engine::default().evaluate(&st.samples);
         checks.push(check(
             "leak_verdict",
-            format!("{:?} / {}", verdict.subject, verdict.cause.as_str()),
-            if verdict.subject == Subject::None {
-                Health::Good
-            } else {
-                Health::Bad
+            format!("{} / {}", verdict.subject.as_str(), verdict.cause.as_str()),
+            match verdict.subject {
+                Subject::None => Health::Good,
+                Subject::InsufficientHistory => Health::Unknown,
+                Subject::Kubelet | Subject::Workload => Health::Bad,
             },
             format!(
                 "{:.0} MB/day over {} samples; {}",

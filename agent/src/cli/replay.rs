@@ -43,10 +43,7 @@ fn show(format: OutputFormat, v: &Verdict) -> String {
             let mut s = format!(
                 "{} subject={} cause={} slope={:.0}MB/day",
                 v.time,
-                serde_json::to_value(v.subject)
-                    .unwrap_or_default()
-                    .as_str()
-                    .unwrap_or("?"),
+                v.subject.as_str(),
                 v.cause.as_str(),
                 v.slope_bytes_per_day / 1e6
             );
@@ -94,7 +91,7 @@ pub fn read_text(file: &Path) -> Result<String, ReplayError> {
 /// Evaluates the detectors as replay does: every `every` seconds of series (at least 60) and
 /// at the last sample, calling `f` with each verdict.
 pub fn evaluate_each(
-    engine: &Engine,
+    engine: &mut Engine,
     samples: &[crate::detect::Sample],
     every: i64,
     mut f: impl FnMut(&Verdict),
@@ -122,10 +119,10 @@ pub fn run(args: ReplayArgs) -> Result<(), ReplayError> {
     if !unknown.is_empty() {
         tracing::warn!(columns = ?unknown, "ignoring unknown columns");
     }
-    let engine = Engine::default();
+    let mut engine = Engine::default();
     let mut out = std::io::stdout().lock();
     let mut last: Option<(String, String)> = None;
-    evaluate_each(&engine, &samples, args.every, |v| {
+    evaluate_each(&mut engine, &samples, args.every, |v| {
         let key = (format!("{:?}", v.subject), v.cause.as_str().to_string());
         if last.as_ref() != Some(&key) {
             let _ = writeln!(out, "{}", show(args.format, v));
@@ -153,7 +150,7 @@ mod tests {
             // Four days of one-minute samples.
             assert_eq!(samples.len(), 4 * 1440, "{name}");
             let mut n = 0;
-            evaluate_each(&Engine::default(), &samples, 3600, |v| {
+            evaluate_each(&mut Engine::default(), &samples, 3600, |v| {
                 n += 1;
                 assert_ne!(
                     v.subject,

@@ -353,7 +353,10 @@ impl ChangePoint {
         };
         let steps: Vec<f64> = if self.steps {
             let floor = (self.step_sigmas * diff_sigma(&y)).max(self.step_min_bytes / MB);
-            let mut jumps: Vec<(f64, f64)> = (1..n)
+            // A jump in the last hour is not a step yet: its step and return terms would be
+            // the same column (one row after it), every fit would be singular, and a leak whose
+            // newest hour rose steeply would go uncalled for that hour.
+            let mut jumps: Vec<(f64, f64)> = (1..n - 1)
                 .filter(|&i| rows[i].born == rows[i - 1].born)
                 .map(|i| (y[i] - y[i - 1], rows[i].h))
                 .filter(|&(d, _)| d > floor)

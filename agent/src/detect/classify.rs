@@ -71,12 +71,45 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
     let firing = |n: &str| findings.iter().any(|f| f.detector == n && f.firing);
     let w = window(series, 72 * HOUR);
     match subject {
-        Subject::None => Classification {
-            cause: Cause::None,
-            supports: vec!["kubelet RSS baseline is flat once pod count is accounted for".into()],
-            contradicts: vec![],
-            next_checks: vec![],
-        },
+        Subject::None => {
+            // Say "flat" only of a baseline that is: a rising one that is not (yet) a called leak
+            // is said to be so, with the test's score.
+            let kubelet = findings.iter().find(|f| f.detector == "kubelet_trend");
+            let supports = match kubelet {
+                Some(f) if f.value >= 10e6 => format!(
+                    "kubelet RSS baseline rises {:.0} MB/day once pod count is accounted for, not (yet) a leak: the change-point test does not call it",
+                    f.value / 1e6
+                ),
+                Some(_) => "kubelet RSS baseline is flat once pod count is accounted for".into(),
+                None => match series.last().map(|l| l.t.saturating_sub(series[super::restart_index(series)].t)) {
+                    Some(since) if super::restart_index(series) > 0 => format!(
+                        "the kubelet restarted {:.1} h ago: no full window of its new baseline yet",
+                        since as f64 / 3600.0
+                    ),
+                    _ => "no full window of the kubelet's baseline yet".into(),
+                },
+            };
+            Classification {
+                cause: Cause::None,
+                supports: vec![supports],
+                contradicts: vec![],
+                next_checks: vec![],
+            }
+        }
+        Subject::InsufficientHistory => {
+            let hours = match (series.first(), series.last()) {
+                (Some(a), Some(b)) => b.t.saturating_sub(a.t) as f64 / 3600.0,
+                _ => 0.0,
+            };
+            Classification {
+                cause: Cause::None,
+                supports: vec![format!(
+                    "{hours:.1} h of kubelet memory history; a kubelet leak can be called after 24 h"
+                )],
+                contradicts: vec![],
+                next_checks: vec![],
+            }
+        }
         Subject::Workload => {
             let pressure = mean(window(series, 6 * HOUR), |s| s.memory_pressure).unwrap_or(0.0);
             if firing("evictions") && (pressure > 0.1 || !firing("workload_trend")) {

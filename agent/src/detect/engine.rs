@@ -43,6 +43,21 @@ pub enum Subject {
     Kubelet,
     Workload,
     None,
+    /// Less kubelet history than the change-point test needs (`ChangePoint::min_history_s`,
+    /// 24 h) and nothing else firing: no call either way yet.
+    InsufficientHistory,
+}
+
+impl Subject {
+    /// The serialized name (`kubelet`, `workload`, `none`, `insufficient_history`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subject::Kubelet => "kubelet",
+            Subject::Workload => "workload",
+            Subject::None => "none",
+            Subject::InsufficientHistory => "insufficient_history",
+        }
+    }
 }
 
 /// The detectors' joint answer at one time.
@@ -61,9 +76,32 @@ pub struct Verdict {
 }
 
 /// Runs every detector and the classifier.
+///
+/// A kubelet leak, once called, is held (hysteresis) while the change point's gated score stays
+/// above `release_score` and no later series contradicts it: a leak hovering near the threshold
+/// no longer flips between `kubelet` and `none` hour by hour. `evaluate` therefore takes the
+/// series in time order; a series that goes back in time (or is a different one) starts afresh.
 pub struct Engine {
     pub kubelet: KubeletLeak,
     pub workload: WorkloadLeak,
+    /// The gated score under which a called kubelet leak starts to be released (the call
+    /// needs `kubelet.change.t_threshold`).
+    pub release_score: f64,
+    /// Seconds of series the score must stay at or under `release_score` before the leak is
+    /// released.
+    pub release_after_s: i64,
+    latch: Option<Latch>,
+}
+
+/// What the last evaluation left for the next one.
+#[derive(Debug, Clone, Copy)]
+struct Latch {
+    /// Time of the last evaluated sample (unix seconds).
+    t: i64,
+    /// A kubelet leak was called or held there.
+    held: bool,
+    /// Since when (unix seconds) the held leak's score has been at or under the release level.
+    low_since: Option<i64>,
 }
 
 impl Default for Engine {
@@ -81,12 +119,18 @@ impl Default for Engine {
                     ..ChangePoint::default()
                 },
             },
+            // The scores of a 100 MB/day leak in its first day after the call wander between
+            // about 6 and 10 around the threshold (9); a leak is released after 3 h under 5.
+            release_score: 5.0,
+            release_after_s: 3 * HOUR,
+            latch: None,
         }
     }
 }
 
 impl Engine {
-    pub fn evaluate(&self, series: &[Sample]) -> Verdict {
+    /// The verdict at the series' last sample (see the type's doc for the hysteresis).
+    pub fn evaluate(&mut self, series: &[Sample]) -> Verdict {
         let time = series
             .last()
             .map(|s| {
@@ -103,16 +147,36 @@ impl Engine {
             &PlegRelist,
             &Evictions,
         ];
-        let findings: Vec<Finding> = detectors.iter().filter_map(|d| d.check(series)).collect();
+        let mut findings: Vec<Finding> = detectors.iter().filter_map(|d| d.check(series)).collect();
+        let last_t = series.last().map(|s| s.t);
+        let latch = match (self.latch, last_t) {
+            (Some(l), Some(t)) if t >= l.t && l.held => Some(l),
+            _ => None,
+        };
+        let mut trend = self.kubelet.trend(series);
+        let mut low_since = None;
+        if let (Some(l), Some(t)) = (latch, last_t) {
+            low_since = self.hold(series, t, l.low_since, &mut findings, &mut trend);
+        }
         let firing = |name: &str| findings.iter().any(|f| f.detector == name && f.firing);
-        let trend = self.kubelet.trend(series);
+        let history_s = match (series.first(), series.last()) {
+            (Some(a), Some(b)) => b.t.saturating_sub(a.t),
+            _ => 0,
+        };
         let (subject, slope) = if firing("kubelet_trend") {
             (Subject::Kubelet, trend.map(|t| t.slope))
         } else if firing("workload_trend") || (firing("evictions") && !firing("kubelet_trend")) {
             (Subject::Workload, None)
+        } else if history_s < self.kubelet.change.min_history_s {
+            (Subject::InsufficientHistory, None)
         } else {
             (Subject::None, None)
         };
+        self.latch = last_t.map(|t| Latch {
+            t,
+            held: subject == Subject::Kubelet,
+            low_since,
+        });
         let c = classify::classify(subject, series, &findings);
         Verdict {
             time,
@@ -130,5 +194,74 @@ impl Engine {
             next_checks: c.next_checks,
             findings,
         }
+    }
+
+    /// A kubelet leak called before and not called now: held while the best change point's
+    /// gated score (growing, persisting, not levelling off) stays above `release_score`, or
+    /// has been at or under it for less than `release_after_s`. The finding then fires with
+    /// the hold in its evidence. Returns since when the score has been low (None when above).
+    fn hold(
+        &self,
+        series: &[Sample],
+        now: i64,
+        low_since: Option<i64>,
+        findings: &mut Vec<Finding>,
+        trend: &mut Option<Trend>,
+    ) -> Option<i64> {
+        // After a kubelet restart the windowed trend has no full window yet and gives no
+        // finding: the restart reset the memory, not the cause, so the hold has one to fire.
+        if !findings.iter().any(|f| f.detector == "kubelet_trend") {
+            findings.insert(
+                0,
+                Finding {
+                    detector: "kubelet_trend",
+                    firing: false,
+                    value: 0.0,
+                    evidence: "no full window of the kubelet's baseline since its last restart"
+                        .into(),
+                },
+            );
+        }
+        let f = findings
+            .iter_mut()
+            .find(|f| f.detector == "kubelet_trend" && !f.firing)?;
+        let fit = self.kubelet.change.fit(series);
+        let score = fit
+            .as_ref()
+            .map_or(f64::NEG_INFINITY, |x| self.kubelet.change.gated_score(x));
+        let low = (score <= self.release_score).then(|| low_since.unwrap_or(now));
+        let low_for = low.map_or(0, |l| now.saturating_sub(l));
+        if low_for >= self.release_after_s {
+            return None;
+        }
+        f.firing = true;
+        if score.is_finite() {
+            f.evidence.push_str(&format!(
+                "; leak called earlier and held: score {score:.1} (calling needs {:.1}, released after {} h at or under {:.1})",
+                self.kubelet.change.t_threshold,
+                self.release_after_s / 3600,
+                self.release_score
+            ));
+        } else {
+            f.evidence.push_str(&format!(
+                "; leak called earlier and held: no growing fit for {:.1} h (released after {} h)",
+                low_for as f64 / 3600.0,
+                self.release_after_s / 3600
+            ));
+        }
+        if let Some(fit) = fit.filter(|x| x.slope.mid > 0.0) {
+            f.value = fit.slope.mid;
+            *trend = Some(Trend {
+                slope: fit.slope,
+                per_pod: fit.per_pod,
+                span_s: now.saturating_sub(fit.start),
+                baseline: fit.baseline,
+                raw_per_day: trend.map_or(fit.slope.mid, |t| t.raw_per_day),
+                t_stat: Some(fit.t_stat),
+                restarts: fit.restarts,
+                late_per_day: Some(fit.late_slope),
+            });
+        }
+        low
     }
 }

@@ -402,7 +402,12 @@ mod tests {
     fn steady_100mb_per_day_is_a_kubelet_leak_with_forecast() {
         // A day of data is not enough to call 100 MB/day (daily patterns look like that), two are.
         let s = series(24, 30.0, |h| 400e6 + 100e6 * h / 24.0);
-        assert_eq!(Engine::default().evaluate(&s).subject, Subject::None);
+        let v = Engine::default().evaluate(&s);
+        assert_eq!(v.subject, Subject::InsufficientHistory);
+        assert_eq!(
+            v.supports,
+            ["23.8 h of kubelet memory history; a kubelet leak can be called after 24 h"]
+        );
         let s = series(48, 30.0, |h| 400e6 + 100e6 * h / 24.0);
         let v = Engine::default().evaluate(&s);
         assert_eq!(v.subject, Subject::Kubelet);
@@ -505,5 +510,70 @@ mod tests {
         assert_eq!(f.against, "kubelet_limit");
         // ~400 MB to go at 100 MB/day.
         assert!((f.expected_seconds / 86400.0 - 4.0).abs() < 0.5, "{f:?}");
+    }
+
+    /// `gen-trace leak-100` replayed hourly: once the leak is called it stays called. The
+    /// change point's score wanders between about 6 and 10 in the first day after the call
+    /// (threshold 9), and the verdict used to flip kubelet/none with it.
+    #[test]
+    fn a_called_leak_is_held_while_its_score_stays_above_the_release_level() {
+        use crate::detect::offline::tracegen::{generate, Scenario};
+        let (tr, label) = generate(Scenario::Leak(100.0), 5.0, 1);
+        let onset = label.leak_start.unwrap();
+        let (mut held, mut fresh) = (Engine::default(), Engine::default());
+        let mut subjects = Vec::new();
+        let mut flips_without_hold = 0;
+        let mut last_fresh = None;
+        let mut end = 0;
+        while end < tr.len() {
+            end = (end + 60).min(tr.len());
+            let v = held.evaluate(&tr[..end]);
+            subjects.push((tr[end - 1].t, v.subject));
+            let f = fresh.evaluate(&tr[..end]).subject;
+            // A fresh engine per evaluation: the verdict without memory.
+            fresh = Engine::default();
+            if last_fresh == Some(Subject::Kubelet) && f != Subject::Kubelet {
+                flips_without_hold += 1;
+            }
+            last_fresh = Some(f);
+        }
+        let first = subjects
+            .iter()
+            .position(|&(_, s)| s == Subject::Kubelet)
+            .expect("leak called");
+        assert!(subjects[first].0 > onset, "called before the leak began");
+        assert!(
+            subjects[first..]
+                .iter()
+                .all(|&(_, s)| s == Subject::Kubelet),
+            "{:?}",
+            &subjects[first..]
+        );
+        // The flips this holds back are real: without the hold the verdict drops the leak.
+        assert_eq!(flips_without_hold, 2);
+    }
+
+    /// Not "flat" when the baseline rises but no leak is called.
+    #[test]
+    fn an_uncalled_rise_is_not_called_flat() {
+        // 15 MB/day for 48 h: real, but under the test's 20 MB/day floor.
+        let s = series(48, 30.0, |h| 400e6 + 15e6 * h / 24.0);
+        let v = Engine::default().evaluate(&s);
+        assert_eq!(v.subject, Subject::None);
+        assert!(
+            v.supports[0].starts_with("kubelet RSS baseline rises 15 MB/day"),
+            "{:?}",
+            v.supports
+        );
+    }
+
+    /// A series that goes back in time is another series: nothing held from the first.
+    #[test]
+    fn a_new_series_starts_without_a_hold() {
+        let mut e = Engine::default();
+        let leak = series(48, 30.0, |h| 400e6 + 100e6 * h / 24.0);
+        assert_eq!(e.evaluate(&leak).subject, Subject::Kubelet);
+        let flat = series(40, 30.0, |_| 400e6);
+        assert_eq!(e.evaluate(&flat).subject, Subject::None);
     }
 }

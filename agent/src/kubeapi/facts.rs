@@ -208,6 +208,16 @@ pub fn leak_condition(v: &Verdict) -> Condition {
             reason: "KubeletMemoryStable".into(),
             message: format!("no kubelet memory leak (slope {slope})"),
         },
+        Subject::InsufficientHistory => Condition {
+            type_: LEAK_CONDITION,
+            status: false,
+            reason: "InsufficientHistory".into(),
+            message: v
+                .supports
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "not enough kubelet memory history yet".into()),
+        },
     }
 }
 

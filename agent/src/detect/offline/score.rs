@@ -427,7 +427,6 @@ pub fn score(seed: u64, scale: usize) -> Report {
 
 /// Subject and cause accuracy: the verdict at the end of each labelled trace.
 fn accuracy(c: Corpus, seed: u64, scale: usize) -> ((usize, usize), (usize, usize), String) {
-    let engine = Engine::default();
     let causes = [
         Cause::ContainerGc,
         Cause::PodCertsManager,
@@ -447,7 +446,7 @@ fn accuracy(c: Corpus, seed: u64, scale: usize) -> ((usize, usize), (usize, usiz
         let mut ok = 0;
         for _ in 0..scale {
             let (tr, label) = c.generate(Scenario::Cause(cause), 4.0, next());
-            let v = engine.evaluate(&tr);
+            let v = Engine::default().evaluate(&tr);
             subj_n += 1;
             subj_ok += usize::from(v.subject == label.subject);
             cause_n += 1;
@@ -461,7 +460,7 @@ fn accuracy(c: Corpus, seed: u64, scale: usize) -> ((usize, usize), (usize, usiz
     for sc in [Scenario::WorkloadLeak, Scenario::Leak(150.0)] {
         for _ in 0..scale {
             let (tr, label) = c.generate(sc, 4.0, next());
-            let v = engine.evaluate(&tr);
+            let v = Engine::default().evaluate(&tr);
             subj_n += 1;
             subj_ok += usize::from(v.subject == label.subject);
         }
