@@ -21,11 +21,11 @@ pub fn run(args: ProbePointsArgs) -> Result<(), SymbolError> {
         let line = match args.format {
             OutputFormat::Json => serde_json::to_string(p).unwrap_or_default(),
             OutputFormat::Text => format!(
-                "{:<20} offset=0x{:08x} addr=0x{:x} source={:?} role={}",
+                "{:<20} offset=0x{:08x} addr=0x{:x} source={} role={}",
                 p.symbol,
                 p.offset,
                 p.address,
-                p.source,
+                p.source.as_str(),
                 p.role.as_str()
             ),
         };

@@ -34,6 +34,8 @@ pub struct ReportArgs {
 pub enum ReportError {
     #[error("nothing to write: give --html FILE and/or --svg FILE")]
     NoOutput,
+    #[error("{0} is both an input and an output (or both outputs): choose another output path")]
+    OutputIsInput(String),
     #[error("cannot read {path}")]
     Read {
         path: String,
@@ -46,6 +48,8 @@ pub enum ReportError {
         #[source]
         source: csv::CsvError,
     },
+    #[error("no series store at {0}: give the agent's --state-dir (default /var/lib/oomprobe), or a CSV with --csv FILE")]
+    NoStore(String),
     #[error("series store")]
     Store(#[source] crate::detect::store::StoreError),
     #[error("no series in {0} and no events: nothing to draw")]
@@ -69,6 +73,26 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
     if args.html.is_none() && args.svg.is_none() {
         return Err(ReportError::NoOutput);
     }
+    // An output that is one of the inputs would be overwritten before it is read.
+    let same = |a: &PathBuf, b: &PathBuf| {
+        a == b
+            || matches!(
+                (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+                (Ok(x), Ok(y)) if x == y
+            )
+    };
+    for out in args.html.iter().chain(&args.svg) {
+        let store = args.state_dir.join("series.bin");
+        let inputs = args.csv.iter().chain(&args.events).chain(Some(&store));
+        if let Some(input) = inputs.into_iter().find(|i| same(out, i)) {
+            return Err(ReportError::OutputIsInput(input.display().to_string()));
+        }
+    }
+    if let (Some(h), Some(v)) = (&args.html, &args.svg) {
+        if same(h, v) {
+            return Err(ReportError::OutputIsInput(h.display().to_string()));
+        }
+    }
     let (samples, from) = match &args.csv {
         Some(p) => {
             let (s, _) = csv::parse(&read(p)?).map_err(|source| ReportError::Csv {
@@ -80,10 +104,7 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
         None => {
             let path = args.state_dir.join("series.bin");
             if !path.exists() {
-                return Err(ReportError::Read {
-                    path: path.display().to_string(),
-                    source: std::io::ErrorKind::NotFound.into(),
-                });
+                return Err(ReportError::NoStore(path.display().to_string()));
             }
             // Read only: a report never rewrites the agent's store.
             let now = time::OffsetDateTime::now_utc().unix_timestamp();

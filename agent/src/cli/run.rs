@@ -230,6 +230,16 @@ fn protect_from_oom_killer() {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    // Refused before anything is loaded: a recording that cannot be written is a usage error.
+    let recorder = match &args.record_ring {
+        Some(path) => Some(
+            crate::kernel::ring::Recorder::create(path).map_err(|source| RunError::RecordRing {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
     if !args.no_oom_score_adj {
         protect_from_oom_killer();
     }
@@ -256,15 +266,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         )))
     };
     let ring = probes.take_events()?;
-    let recorder = match &args.record_ring {
-        Some(path) => Some(
-            crate::kernel::ring::Recorder::create(path).map_err(|source| RunError::RecordRing {
-                path: path.clone(),
-                source,
-            })?,
-        ),
-        None => None,
-    };
     let (readers, mut ring) = crate::kernel::ring::spawn(
         ring,
         args.ring_readers,

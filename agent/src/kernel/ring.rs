@@ -44,8 +44,31 @@ pub type Item = (Result<Event, DecodeError>, u64);
 pub struct Recorder(Arc<Mutex<BufWriter<File>>>);
 
 impl Recorder {
-    /// Creates (truncates) `path`.
+    /// Creates (truncates) `path`, a regular file. Errors: it cannot be created, or it is not a
+    /// regular file afterwards (`/proc/version`, a directory, a device): records written there
+    /// would be lost, so the agent refuses at start rather than at the first record.
     pub fn create(path: &std::path::Path) -> io::Result<Recorder> {
+        if let Ok(m) = std::fs::metadata(path) {
+            if !m.is_file() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                ));
+            }
+        }
+        // procfs and sysfs files say they are regular files: refuse them by place, before
+        // opening (and truncating) anything.
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let real = std::fs::canonicalize(&dir)?;
+        if real.starts_with("/proc") || real.starts_with("/sys") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a procfs/sysfs file, not a place to record to",
+            ));
+        }
         let f = File::create(path)?;
         Ok(Recorder(Arc::new(Mutex::new(BufWriter::new(f)))))
     }

@@ -44,6 +44,8 @@ pub enum MetricsError {
     Status(String, String),
     #[error("{0} served no kubelet metrics (garbage or another exporter)")]
     Garbage(String),
+    #[error("{0} did not answer in HTTP (another protocol, or a broken answer)")]
+    Protocol(String, #[source] reqwest::Error),
 }
 
 impl MetricsError {
@@ -56,7 +58,7 @@ impl MetricsError {
             | MetricsError::Http(..) => "connect",
             MetricsError::Timeout(..) => "timeout",
             MetricsError::Status(..) => "status",
-            MetricsError::Garbage(_) => "garbage",
+            MetricsError::Garbage(_) | MetricsError::Protocol(..) => "garbage",
         }
     }
 }
@@ -261,8 +263,11 @@ pub async fn fetch(
     let classify = |e: reqwest::Error| {
         if e.is_timeout() {
             MetricsError::Timeout(url.to_string(), timeout)
-        } else {
+        } else if e.is_connect() || e.is_builder() {
             MetricsError::Http(url.to_string(), e)
+        } else {
+            // Connected, but what came back is not an HTTP answer (or broke off mid-body).
+            MetricsError::Protocol(url.to_string(), e)
         }
     };
     let mut req = client.get(url);
@@ -323,7 +328,7 @@ pub fn spawn_scraper(
                 Err(e) => {
                     errors.with_label_values(&[e.reason()]).inc();
                     if failures.is_multiple_of(60) {
-                        tracing::warn!(error = %e, "kubelet metrics unavailable");
+                        tracing::warn!(error = %crate::error_chain(&e), "kubelet metrics unavailable");
                     }
                     failures += 1;
                     None
@@ -545,6 +550,17 @@ mod tests {
         assert_eq!(
             fetch(&c, &url, None, t).await.unwrap_err().reason(),
             "garbage"
+        );
+        let _ = std::fs::remove_dir_all(ca.parent().unwrap());
+        // Another protocol's greeting on the port: not "cannot reach".
+        let (url, ca) = server(false, "SSH-2.0-OpenSSH_9.2\r\n".into()).await;
+        let e = fetch(&c, &url, None, t).await.unwrap_err();
+        assert_eq!(
+            (e.reason(), e.to_string()),
+            (
+                "garbage",
+                format!("{url} did not answer in HTTP (another protocol, or a broken answer)")
+            )
         );
         let _ = std::fs::remove_dir_all(ca.parent().unwrap());
         let (url, ca) = server(false, String::new()).await;

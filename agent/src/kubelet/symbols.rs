@@ -15,6 +15,10 @@ pub enum SymbolError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is not a regular file (a directory or a device?): give the binary's path")]
+    NotAFile { path: String },
+    #[error("{path} is empty")]
+    Empty { path: String },
     #[error("{path} is not an ELF object this agent can read")]
     NotElf {
         path: String,
@@ -110,6 +114,17 @@ pub enum Source {
     Symtab,
     Pclntab,
     Dynsym,
+}
+
+impl Source {
+    /// The serialized name: `symtab`, `pclntab`, `dynsym` (the ELF section or Go table read).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Symtab => "symtab",
+            Source::Pclntab => "pclntab",
+            Source::Dynsym => "dynsym",
+        }
+    }
 }
 
 /// One place to attach a uprobe.
@@ -284,6 +299,18 @@ impl Binary {
             source,
         };
         let file = std::fs::File::open(path).map_err(read_err)?;
+        // mmap's own errors for these are ENODEV and EINVAL: say what is wrong instead.
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
+            return Err(SymbolError::NotAFile {
+                path: path.display().to_string(),
+            });
+        }
+        if meta.len() == 0 {
+            return Err(SymbolError::Empty {
+                path: path.display().to_string(),
+            });
+        }
         // SAFETY: a private read-only mapping. Its contents change (or the access faults) only
         // if the file is modified in place while mapped; a running executable cannot be written
         // (ETXTBSY), and installers replace binaries by rename, which leaves this inode intact.
