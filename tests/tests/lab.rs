@@ -288,10 +288,17 @@ fn lab_pod_oom_kill_matches_the_kubelet_and_runtime() {
     );
     assert_eq!(kill["sender"]["code"], "SI_KERNEL", "{kill}");
     assert_eq!(kill["exit_code"], 9, "{kill}");
-    // The limit that fired is the container's 48 MiB (or the pod's, which the kubelet sets to the
-    // same sum): the kernel's own limit file is what the record must carry.
+    // The kubelet gives the pod cgroup the same 48 MiB as its one container, and the pause
+    // process is charged to the pod: the pod's limit fires. The kernel says which in its own
+    // report (`oom_memcg=`), and the record must name the same cgroup, from `memory.failcnt`.
+    let kernel_domain = kernel_oom_memcg(crictl_pid);
+    assert_eq!(
+        kernel_domain,
+        format!("{}/{qos}/pod{uid}", lab.s("kubepods_root"))
+    );
     let domain = &kill["oom"]["domain"];
-    assert_eq!(domain["path"], container_cgroup.as_str(), "{kill}");
+    assert_eq!(domain["path"], kernel_domain.as_str(), "{kill}");
+    assert_eq!(kill["oom"]["evidence"], "memory.failcnt", "{kill}");
     assert_eq!(domain["limit_bytes"].as_u64(), Some(48 << 20), "{kill}");
     // The kubelet's burstable oom_score_adj: 1000 - 1000 * request / node capacity
     // (pkg/kubelet/qos/policy.go), from the node's own capacity.
@@ -686,4 +693,22 @@ fn lab_probe_points_resolve_in_the_built_kubernetes_binaries() {
             "{name}: {map} is not a Go function entry"
         );
     }
+}
+
+/// The `oom_memcg=` of the kernel's own `oom-kill:` report for `pid` (from `dmesg`).
+fn kernel_oom_memcg(pid: u64) -> String {
+    let out = std::process::Command::new("dmesg")
+        .args(["--kernel", "--notime"])
+        .output()
+        .expect("dmesg");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("oom-kill:") && l.contains(&format!(",pid={pid},")))
+        .unwrap_or_else(|| panic!("no oom-kill report for pid {pid} in dmesg"));
+    line.split(',')
+        .find_map(|f| f.strip_prefix("oom_memcg="))
+        .unwrap_or_else(|| panic!("no oom_memcg in {line}"))
+        .to_string()
 }
