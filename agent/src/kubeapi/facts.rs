@@ -158,14 +158,14 @@ impl Conditions {
         }
     }
 
-    /// How long the worker may sleep before [`Conditions::due`] can have something: the
-    /// shorter of the refresh and the retry interval.
+    /// How often the worker asks [`Conditions::due`]: a quarter of the shorter of the refresh
+    /// and the retry interval, so a refresh is at most that late.
     pub fn tick(&self) -> Duration {
-        self.refresh.min(CONDITION_RETRY)
+        (self.retry() / 4).max(Duration::from_millis(10))
     }
 
     fn retry(&self) -> Duration {
-        self.tick()
+        self.refresh.min(CONDITION_RETRY)
     }
 
     /// A new fact: the condition to write now, with its `lastTransitionTime`, or None when the
@@ -230,7 +230,7 @@ impl Conditions {
         out
     }
 
-    /// The outcome of a write of `type_` made at `now`.
+    /// The outcome of a write of `type_` that started at `now`.
     pub fn written(&mut self, type_: &str, ok: bool, now: Instant) {
         if let Some(e) = self.entries.get_mut(type_) {
             e.sent_at = ok.then_some(now);
@@ -596,7 +596,7 @@ mod tests {
     fn conditions_are_rewritten_every_refresh_even_unchanged() {
         let refresh = Duration::from_secs(3);
         let mut cs = Conditions::new(refresh);
-        assert_eq!(cs.tick(), refresh);
+        assert_eq!(cs.tick(), Duration::from_millis(750));
         let t0 = Instant::now();
         let wall0 = time::OffsetDateTime::UNIX_EPOCH;
         let c = flap_condition_at_start();
@@ -623,7 +623,7 @@ mod tests {
             .is_none());
         assert_eq!(cs.due(t2 + refresh), vec![(c2, wall0)]);
         // The default interval is node-problem-detector's heartbeat, 5 minutes.
-        assert_eq!(Conditions::default().tick(), CONDITION_RETRY);
+        assert_eq!(Conditions::default().tick(), CONDITION_RETRY / 4);
         assert_eq!(CONDITION_REFRESH, Duration::from_secs(300));
     }
 

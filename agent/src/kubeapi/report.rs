@@ -352,11 +352,11 @@ impl Worker {
             ..Default::default()
         };
         let patch = condition_patch(&c, transition, wall);
+        let started = Instant::now();
         let result = nodes
             .patch_status(&self.node, &pp, &Patch::Strategic(patch))
             .await;
-        self.conditions
-            .written(c.type_, result.is_ok(), Instant::now());
+        self.conditions.written(c.type_, result.is_ok(), started);
         match result {
             Ok(_) => {
                 self.count("condition", "sent");
