@@ -152,9 +152,9 @@ fn flap_cycle_stages_storm_collateral_and_one_cordon() {
     let dir = scratch_dir("token");
     std::fs::create_dir_all(&dir).unwrap();
     let token = dir.join("token");
-    // kube-rs sends the file's bytes as they are (no trim): a service account token has no
-    // trailing newline.
-    std::fs::write(&token, "s3cret").unwrap();
+    // A token file ending in a newline (as `echo` or an editor writes it): the agent
+    // trims it, as client-go does.
+    std::fs::write(&token, "s3cret\n").unwrap();
     let args = agent_args(&api, token.to_str().unwrap(), true);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::builder().args(&args).start();

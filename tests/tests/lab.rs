@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomprobe_tests::{bin, Agent};
+use oomprobe_tests::{
+    bin, cgroup_name, metric, scratch_dir, spawn_path_in, standin_kubelet, Agent, ScratchCgroup,
+    MIB,
+};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -126,6 +129,88 @@ impl Lab {
             .join("agent-token");
         std::fs::write(&path, token.trim()).expect("write token");
         path
+    }
+    /// The agent's RBAC as deploy/ ships it: the base role, the cordon overlay's and the report
+    /// overlay's, all bound to kube-system/oomprobe.
+    fn apply_agent_rbac(&self) {
+        let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for f in [
+            "base/rbac.yaml",
+            "overlays/cordon/cordon-rbac.yaml",
+            "overlays/report/rbac-report.yaml",
+        ] {
+            let path = deploy.join(f);
+            self.kubectl(&["apply", "-n", "kube-system", "-f", path.to_str().unwrap()]);
+        }
+    }
+    /// A kube-system/oomprobe token from the TokenRequest API, bound to the Secret `secret`
+    /// (created here): deleting the Secret revokes it. As kubectl prints it to a pipe (no
+    /// newline).
+    fn bound_token(&self, secret: &str) -> String {
+        self.apply(&json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": secret, "namespace": "kube-system"},
+        }));
+        self.kubectl(&[
+            "create",
+            "token",
+            "oomprobe",
+            "-n",
+            "kube-system",
+            "--bound-object-kind",
+            "Secret",
+            "--bound-object-name",
+            secret,
+            "--duration",
+            "1h",
+        ])
+    }
+    /// The HTTP status the API server answers GET `path` with for `token` (trimmed).
+    fn api_status(&self, token: &str, path: &str) -> u16 {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(self.s("ca"))
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .arg(format!("{}{path}", self.s("api")))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout)
+            .parse()
+            .expect("an HTTP status")
+    }
+    /// The agent's arguments to reach the lab's API server as the service account.
+    fn api_args(&self, token_file: &std::path::Path) -> Vec<String> {
+        vec![
+            "--node-name".into(),
+            self.node().into(),
+            "--kube-api".into(),
+            self.s("api").into(),
+            "--kube-token-file".into(),
+            token_file.display().to_string(),
+            "--kube-ca-file".into(),
+            self.s("ca").into(),
+        ]
+    }
+    /// oomprobe's Events (events.k8s.io/v1) on the object `kind`/`name` in `namespace`, from
+    /// this run's agents (event time not before `since`, RFC 3339 seconds).
+    fn oomprobe_events(&self, namespace: &str, kind: &str, name: &str, since: &str) -> Vec<Value> {
+        let list = self.get_json(&["events.v1.events.k8s.io", "-n", namespace]);
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|e| {
+                e["reportingController"] == "oomprobe"
+                    && e["regarding"]["kind"] == kind
+                    && e["regarding"]["name"] == name
+                    && e["eventTime"]
+                        .as_str()
+                        .is_some_and(|t| t.get(..19).unwrap_or("") >= since)
+            })
+            .cloned()
+            .collect()
     }
     fn metrics_url(&self) -> String {
         format!("https://127.0.0.1:{}/metrics", self.env["kubelet_port"])
@@ -508,6 +593,17 @@ fn lab_kubelet_kill_9_is_followed_and_reprobed() {
     });
 }
 
+/// CLOCK_MONOTONIC now (the kernel's `bpf_ktime_get_ns`), nanoseconds.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// CLOCK_BOOTTIME now, seconds.
 fn boottime_secs() -> f64 {
     let mut ts = libc::timespec {
@@ -711,4 +807,711 @@ fn kernel_oom_memcg(pid: u64) -> String {
         .find_map(|f| f.strip_prefix("oom_memcg="))
         .unwrap_or_else(|| panic!("no oom_memcg in {line}"))
         .to_string()
+}
+
+/// Now, as RFC 3339 to the second (UTC), from the machine's clock (the API server's).
+fn now_rfc3339() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Uncordons the node and deletes the named Secrets when dropped (also when the test fails):
+/// the lab's other tests schedule pods on it.
+struct NodeGuard<'a> {
+    lab: &'a Lab,
+    secrets: Vec<String>,
+}
+
+impl Drop for NodeGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.lab.kubectl_out(&["uncordon", self.lab.node()], None);
+        for s in &self.secrets {
+            let _ = self.lab.kubectl_out(
+                &[
+                    "delete",
+                    "secret",
+                    s,
+                    "-n",
+                    "kube-system",
+                    "--ignore-not-found",
+                ],
+                None,
+            );
+        }
+    }
+}
+
+/// `kubectl get node -w`: every version of the node the API server sends, one line each
+/// (`unschedulable|status|reason|message` of KubeletOOMFlapping), with when it arrived.
+struct NodeWatch {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+}
+
+impl NodeWatch {
+    fn start(lab: &Lab) -> NodeWatch {
+        let c = |f: &str| format!("{{.status.conditions[?(@.type==\"KubeletOOMFlapping\")].{f}}}");
+        let template = format!(
+            "jsonpath={{.spec.unschedulable}}|{}|{}|{}{{\"\\n\"}}",
+            c("status"),
+            c("reason"),
+            c("message")
+        );
+        let mut child = Command::new(lab.s("kubectl"))
+            .arg("--kubeconfig")
+            .arg(lab.s("kubeconfig"))
+            .args(["get", "node", lab.node(), "-w", "-o", &template])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl get -w");
+        let out = child.stdout.take().unwrap();
+        let lines: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Default::default();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        NodeWatch { child, lines }
+    }
+    fn lines(&self) -> Vec<(Instant, String)> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for NodeWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cycle's Events reasons (kubeapi/facts.rs::stage_event).
+fn stage_reason(stage: &str) -> &'static str {
+    match stage {
+        "steady" => "KubeletOOMCycleSteady",
+        "pre_oom" => "KubeletPreOOM",
+        "active_oom" => "KubeletActiveOOM",
+        "reconciliation_storm" => "KubeletReconciliationStorm",
+        "recovery" => "KubeletOOMCycleRecovery",
+        "re_oom" => "KubeletReOOM",
+        other => panic!("unknown stage {other}"),
+    }
+}
+
+/// An Event's count: its series' count, 1 without a series.
+fn event_count(e: &Value) -> u64 {
+    e["series"]["count"].as_u64().unwrap_or(1)
+}
+
+/// The OOM flap cycle of a leaking stand-in kubelet (in a 48 MiB scratch cgroup, named
+/// `flaplet` so the agent follows it and not the lab's real kubelet) with the agent reporting
+/// to the lab's real API server as the service account of deploy/'s RBAC (base, cordon and
+/// report overlays), its token file ending in a newline: the cordon
+/// (`spec.unschedulable`, field manager `oomprobe`), `KubeletOOMFlapping` set True at the
+/// flapping re-OOM and cleared at recovery with their exact messages, and one Event per reason
+/// on the node whose count is the number of times the agent saw it (a series), all read back
+/// from the API server.
+#[test]
+fn lab_flap_cordons_and_reports_through_the_deploy_rbac() {
+    let lab = lab();
+    let since = now_rfc3339();
+    lab.apply_agent_rbac();
+    let secret = format!("oomprobe-flap-{}", std::process::id());
+    let _guard = NodeGuard {
+        lab: &lab,
+        secrets: vec![secret.clone()],
+    };
+    lab.kubectl(&["uncordon", lab.node()]);
+    // As `echo "$(kubectl create token ...)" > file` writes it: ending in a newline, which the
+    // agent trims (kube-rs alone would fail every request).
+    let token = format!("{}\n", lab.bound_token(&secret));
+    let dir = scratch_dir("lab-flap");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    // The stand-in under its own name.
+    let flaplet = dir.join("flaplet");
+    std::fs::copy(standin_kubelet("go"), &flaplet).unwrap();
+    let watch = NodeWatch::start(&lab);
+    let mut args: Vec<String> = [
+        "--kubelet-name",
+        "flaplet",
+        "--sample-interval",
+        "1",
+        "--attribution-interval",
+        "1",
+        "--storm-settle",
+        "2",
+        "--act",
+        "cordon",
+        "--act-confirm",
+        "--report",
+        "node-conditions,events",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(lab.api_args(&token_file));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::builder().args(&args).start();
+    // The agent's first word: no flapping since it started.
+    wait_until("KubeletOOMFlapping AgentStarted", WAIT, || {
+        watch
+            .lines()
+            .iter()
+            .any(|(_, l)| {
+                l.ends_with(
+                    "|False|AgentStarted|no kubelet OOM flapping seen since the agent started",
+                )
+            })
+            .then_some(())
+    });
+    let cg = ScratchCgroup::create(&cgroup_name("labflap"), Some(48 * MIB)).unwrap();
+    let mut kills = Vec::new();
+    let mut pids = Vec::new();
+    for i in 0..3 {
+        let mut k = spawn_path_in(&cg, &flaplet, &["-chunk-kib", "1024", "-interval-ms", "20"]);
+        pids.push(u64::from(k.pid()));
+        assert_eq!(k.wait_signal(), Some(9), "stand-in {i} must be OOM-killed");
+        kills.push(Instant::now());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _last = spawn_path_in(&cg, &flaplet, &["-total-mib", "4", "-interval-ms", "5"]);
+    let recovery = agent.wait_for_event(WAIT, "recovery", |v| {
+        v["event"] == "stage" && v["stage"] == "recovery"
+    });
+    let stages: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|v| v["event"] == "stage")
+        .collect();
+    let flapping = stages
+        .iter()
+        .find(|v| v["stage"] == "re_oom" && v["flapping"] == true)
+        .unwrap_or_else(|| panic!("no flapping re_oom: {stages:#?}"));
+    assert_eq!(flapping["cycles"], 2, "{flapping}");
+    let set_message = format!(
+        "the kubelet was OOM-killed 2 times, again within the flap window, last period {:.0} s; stage re_oom",
+        flapping["period_seconds"].as_f64().unwrap()
+    );
+    let cleared_message = format!(
+        "no kubelet OOM flapping: stage recovery after {} kubelet OOM kills",
+        recovery["cycles"]
+    );
+    assert_eq!(recovery["cycles"], 3, "{recovery}");
+    // The cordon, and the condition set then cleared, as the watch saw them.
+    let cleared = wait_until("KubeletOOMFlapping cleared", WAIT, || {
+        watch
+            .lines()
+            .into_iter()
+            .find(|(_, l)| l.ends_with(&format!("|False|KubeletOOMCycleEnded|{cleared_message}")))
+    });
+    let lines = watch.lines();
+    let cordoned = lines
+        .iter()
+        .find(|(_, l)| l.starts_with("true|"))
+        .unwrap_or_else(|| panic!("never cordoned: {lines:#?}"));
+    let set = lines
+        .iter()
+        .find(|(_, l)| l.ends_with(&format!("|True|KubeletOOMFlapping|{set_message}")))
+        .unwrap_or_else(|| panic!("never set True with {set_message:?}: {lines:#?}"));
+    assert!(set.0 <= cleared.0);
+    // Latency from the flapping kill (its SIGKILL's kernel time, CLOCK_MONOTONIC as the
+    // record's ktime_ns) to the cordon and the condition arriving in the watch.
+    let flap_kill = agent
+        .kills(|k| k.victim_pid() == pids[1])
+        .first()
+        .map(|k| k.0["ktime_ns"].as_u64().unwrap())
+        .expect("the second stand-in's kill record");
+    let (i0, m0) = (Instant::now(), monotonic_ns());
+    let mono = |at: Instant| m0 - i0.saturating_duration_since(at).as_nanos() as u64;
+    let ms = |at: Instant| (mono(at) as f64 - flap_kill as f64) / 1e6;
+    eprintln!(
+        "flapping OOM kill (SIGKILL in the kernel) -> cordon seen by a watch: {:.1} ms; -> KubeletOOMFlapping True seen: {:.1} ms",
+        ms(cordoned.0),
+        ms(set.0)
+    );
+    assert!(
+        mono(cordoned.0) >= flap_kill,
+        "cordoned before the flapping kill"
+    );
+    assert!(
+        kills[0] < cordoned.0,
+        "cordoned at the first kill (no flap yet)"
+    );
+    // Read back: the node object itself.
+    let node = lab.get_json(&["node", lab.node(), "--show-managed-fields"]);
+    assert_eq!(node["spec"]["unschedulable"], true, "{}", node["spec"]);
+    let managed = node["metadata"]["managedFields"].as_array().unwrap();
+    let spec_owner = managed
+        .iter()
+        .find(|m| m["fieldsV1"]["f:spec"]["f:unschedulable"].is_object())
+        .unwrap_or_else(|| panic!("nobody owns spec.unschedulable: {managed:#?}"));
+    assert_eq!(spec_owner["manager"], "oomprobe", "{spec_owner}");
+    assert_eq!(spec_owner["operation"], "Update", "{spec_owner}");
+    assert!(spec_owner["subresource"].is_null(), "{spec_owner}");
+    let cond = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "KubeletOOMFlapping")
+        .unwrap()
+        .clone();
+    assert_eq!(cond["status"], "False", "{cond}");
+    assert_eq!(cond["reason"], "KubeletOOMCycleEnded", "{cond}");
+    assert_eq!(cond["message"], cleared_message.as_str(), "{cond}");
+    let status_owner = managed
+        .iter()
+        .find(|m| {
+            m["manager"] == "oomprobe"
+                && m["subresource"] == "status"
+                && m["fieldsV1"]["f:status"]["f:conditions"]["k:{\"type\":\"KubeletOOMFlapping\"}"]
+                    .is_object()
+        })
+        .unwrap_or_else(|| panic!("oomprobe does not own the condition: {managed:#?}"));
+    eprintln!("{status_owner}");
+    // Events on the node: one per reason, its count the times the agent saw it.
+    let kubelet_ooms = agent
+        .kills(|k| pids.contains(&k.victim_pid()) && k.kind_str() == "oom_memcg")
+        .len() as u64;
+    assert_eq!(kubelet_ooms, 3);
+    let mut want: std::collections::BTreeMap<String, u64> = Default::default();
+    let events = wait_until("the node's Events", WAIT, || {
+        want.clear();
+        want.insert("KubeletOOMKilled".into(), kubelet_ooms);
+        for st in agent.records().iter().filter(|v| v["event"] == "stage") {
+            *want
+                .entry(stage_reason(st["stage"].as_str().unwrap()).to_string())
+                .or_default() += 1;
+        }
+        let evs = lab.oomprobe_events("default", "Node", lab.node(), &since);
+        let got: std::collections::BTreeMap<String, u64> = evs
+            .iter()
+            .map(|e| (e["reason"].as_str().unwrap().to_string(), event_count(e)))
+            .collect();
+        (got == want).then_some(evs)
+    });
+    eprintln!("node Events wanted: {want:?}");
+    for e in &events {
+        assert_eq!(
+            e["reportingInstance"],
+            format!("oomprobe-{}", lab.node()),
+            "{e}"
+        );
+        assert_eq!(e["regarding"]["uid"], lab.node(), "{e}");
+        let warning = !matches!(
+            e["reason"].as_str().unwrap(),
+            "KubeletOOMCycleSteady" | "KubeletOOMCycleRecovery"
+        );
+        assert_eq!(e["type"], if warning { "Warning" } else { "Normal" }, "{e}");
+    }
+    let oom = events
+        .iter()
+        .find(|e| e["reason"] == "KubeletOOMKilled")
+        .unwrap();
+    assert_eq!(oom["action"], "OOMKill");
+    let note = oom["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("kubelet OOM-killed: ")
+            && note.contains(&format!(" KILL oom_memcg victim={}(flaplet) ", pids[0])),
+        "the first kill's facts: {note}"
+    );
+    let reoom = events
+        .iter()
+        .find(|e| e["reason"] == "KubeletReOOM")
+        .unwrap();
+    assert_eq!(event_count(reoom), 2, "{reoom}");
+    eprintln!(
+        "node Events: {:?}",
+        events
+            .iter()
+            .map(|e| format!("{} x{}", e["reason"], event_count(e)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !agent
+            .stderr()
+            .iter()
+            .any(|l| l.contains("cannot write") || l.contains("cannot publish")),
+        "{:#?}",
+        agent.stderr()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A real pod with two containers, each OOM-killed at its 48 MiB limit: the agent (as the
+/// service account, `--report events`) publishes one `ContainerOOMKilled` Event on the pod, found
+/// by its UID, that counts both kills (a series of 2), with the kill record's facts in its note;
+/// read back with `kubectl get events --field-selector involvedObject.uid=UID`.
+#[test]
+fn lab_pod_oom_kills_are_events_on_the_pod() {
+    let lab = lab();
+    let since = now_rfc3339();
+    lab.apply_agent_rbac();
+    let secret = format!("oomprobe-podev-{}", std::process::id());
+    let _guard = NodeGuard {
+        lab: &lab,
+        secrets: vec![secret.clone()],
+    };
+    let dir = scratch_dir("lab-podev");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, lab.bound_token(&secret)).unwrap();
+    let mut args: Vec<String> = [
+        "--kubepods-root",
+        lab.s("kubepods_root"),
+        "--report",
+        "events",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(lab.api_args(&token_file));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::builder().args(&args).start();
+    let name = format!("lab-podev-{}", std::process::id());
+    let container = |n: &str| {
+        json!({
+            "name": n,
+            "image": "oomprobe.lab/memhog:1",
+            "imagePullPolicy": "Never",
+            "args": ["200", "--interval-ms", "60"],
+            "resources": {
+                "requests": {"memory": "48Mi", "cpu": "10m"},
+                "limits": {"memory": "48Mi"},
+            },
+        })
+    };
+    lab.apply(&json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "hostNetwork": true,
+            "enableServiceLinks": false,
+            "automountServiceAccountToken": false,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [container("hog1"), container("hog2")],
+        },
+    }));
+    let pod = Pod {
+        lab: &lab,
+        name: name.clone(),
+    };
+    let uid = wait_until("the pod's uid", WAIT, || {
+        let p = lab.get_json(&["pod", &pod.name, "-n", "default"]);
+        p["metadata"]["uid"].as_str().map(str::to_string)
+    });
+    let kills = wait_until("both containers OOM-killed", WAIT, || {
+        let k = agent.kills(|k| {
+            k.0["victim"]["pod"]["pod_uid"] == uid.as_str() && k.kind_str() == "oom_memcg"
+        });
+        (k.len() >= 2).then_some(k)
+    });
+    assert_eq!(kills.len(), 2, "{kills:?}");
+    let selector = format!("involvedObject.uid={uid}");
+    let event = wait_until("one Event counting both kills", WAIT, || {
+        let list = lab.get_json(&["events", "-n", "default", "--field-selector", &selector]);
+        let ours: Vec<Value> = list["items"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["reportingComponent"] == "oomprobe")
+            .cloned()
+            .collect();
+        (ours.len() == 1 && event_count(&ours[0]) == 2).then(|| ours[0].clone())
+    });
+    eprintln!("{event}");
+    assert_eq!(event["reason"], "ContainerOOMKilled", "{event}");
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert_eq!(event["action"], "OOMKill", "{event}");
+    assert_eq!(event["involvedObject"]["kind"], "Pod", "{event}");
+    assert_eq!(event["involvedObject"]["name"], name.as_str(), "{event}");
+    assert_eq!(event["involvedObject"]["namespace"], "default", "{event}");
+    assert_eq!(
+        event["reportingInstance"],
+        format!("oomprobe-{}", lab.node()),
+        "{event}"
+    );
+    // The note of the first kill published (a series keeps its first note).
+    let note = event["message"].as_str().unwrap();
+    assert!(
+        kills.iter().any(|k| {
+            let v = &k.0;
+            note.starts_with(&format!(
+                "container {} process {}(memhog) OOM-killed: {} KILL oom_memcg victim={}(memhog) cgroup={} ",
+                v["victim"]["pod"]["container_id"].as_str().unwrap(),
+                v["victim"]["pid"],
+                v["time"].as_str().unwrap(),
+                v["victim"]["pid"],
+                v["victim"]["cgroup"].as_str().unwrap(),
+            ))
+        }),
+        "{note}\n{kills:?}"
+    );
+    // The same through events.k8s.io/v1, the API the agent writes.
+    let evs = lab.oomprobe_events("default", "Pod", &name, &since);
+    assert_eq!(evs.len(), 1, "{evs:#?}");
+    assert_eq!(evs[0]["series"]["count"], 2, "{}", evs[0]);
+    assert_eq!(evs[0]["regarding"]["uid"], uid.as_str());
+    drop(pod);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The service account's token file rewritten under a running agent (TokenRequest tokens bound
+/// to Secrets; the old Secret deleted, so the old token is revoked: the API server answers it
+/// 401): the agent's next condition write (refreshed every 2 s) goes with the new token and
+/// succeeds; the revoked token put back fails, counted, and the new one again succeeds.
+#[test]
+fn lab_token_rotation_under_a_running_agent() {
+    let lab = lab();
+    lab.apply_agent_rbac();
+    let (sa, sb) = (
+        format!("oomprobe-rot-a-{}", std::process::id()),
+        format!("oomprobe-rot-b-{}", std::process::id()),
+    );
+    let _guard = NodeGuard {
+        lab: &lab,
+        secrets: vec![sa.clone(), sb.clone()],
+    };
+    let dir = scratch_dir("lab-rotate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    let a = lab.bound_token(&sa);
+    std::fs::write(&token_file, &a).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut args: Vec<String> = [
+        "--kubelet-name",
+        "oomprobe-none",
+        "--report",
+        "node-conditions",
+        "--condition-refresh",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(lab.api_args(&token_file));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::builder().metrics(port).args(&args).start();
+    let count = |result: &str| {
+        metric(
+            &agent.scrape(),
+            &format!("oomprobe_kube_reports_total{{kind=\"condition\",result=\"{result}\"}}"),
+        )
+        .unwrap_or(0.0) as u64
+    };
+    let heartbeat = || {
+        lab.kubectl(&[
+            "get",
+            "node",
+            lab.node(),
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"KubeletOOMFlapping\")].lastHeartbeatTime}",
+        ])
+    };
+    wait_until("a condition write with token A", WAIT, || {
+        (count("sent") >= 1).then_some(())
+    });
+    // Rotation: B in the file (rewritten in place), A revoked.
+    let b = lab.bound_token(&sb);
+    assert_eq!(lab.api_status(&b, "/api/v1/nodes"), 403, "B authenticates");
+    // With a newline this time (trimmed by the agent).
+    std::fs::write(&token_file, format!("{b}\n")).unwrap();
+    let rotated = Instant::now();
+    let sent0 = count("sent");
+    wait_until("the first write after the rewrite", WAIT, || {
+        (count("sent") > sent0).then_some(())
+    });
+    eprintln!(
+        "token file rewritten -> next condition write succeeded (metrics scraped every 100 ms): {:.2} s (refresh 2 s)",
+        rotated.elapsed().as_secs_f64()
+    );
+    let sent0 = count("sent");
+    lab.kubectl(&["delete", "secret", &sa, "-n", "kube-system"]);
+    wait_until("token A revoked (401)", WAIT, || {
+        (lab.api_status(&a, "/api/v1/nodes") == 401).then_some(())
+    });
+    let since = now_rfc3339();
+    wait_until("two more writes with token B", WAIT, || {
+        (count("sent") >= sent0 + 2).then_some(())
+    });
+    assert_eq!(count("failed"), 0, "{:#?}", agent.stderr());
+    wait_until("a heartbeat after A was revoked", WAIT, || {
+        (heartbeat().get(..19).unwrap_or("") > since.as_str()).then_some(())
+    });
+    // The revoked token back: the next write fails with the API server's 401, counted.
+    std::fs::write(&token_file, &a).unwrap();
+    wait_until("a write refused with A", WAIT, || {
+        (count("failed") >= 1).then_some(())
+    });
+    agent.wait_for_log(WAIT, "401");
+    // And B again: writes succeed again.
+    std::fs::write(&token_file, &b).unwrap();
+    let sent1 = count("sent");
+    wait_until("a write with B again", WAIT, || {
+        (count("sent") > sent1).then_some(())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The agent's RBAC (deploy/base plus the cordon and report overlays) grants what the agent
+/// calls and nothing near it: the API server's own answer (`kubectl auth can-i`) for the
+/// service account.
+#[test]
+fn lab_agent_rbac_is_what_the_agent_calls() {
+    let lab = lab();
+    lab.apply_agent_rbac();
+    let sa = "--as=system:serviceaccount:kube-system:oomprobe";
+    let can = |args: &[&str]| {
+        let mut a = vec!["auth", "can-i"];
+        a.extend_from_slice(args);
+        a.push(sa);
+        let out = lab.kubectl_out(&a, None);
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            answer == "yes" || answer == "no",
+            "kubectl {a:?}: {answer:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        answer
+    };
+    let node = format!("nodes/{}", lab.node());
+    for (args, want) in [
+        // What the agent calls.
+        (vec!["get", &node], "yes"),
+        (vec!["get", &node, "--subresource=metrics"], "yes"),
+        (vec!["patch", &node], "yes"),
+        (vec!["patch", &node, "--subresource=status"], "yes"),
+        (vec!["list", "pods", "--all-namespaces"], "yes"),
+        (
+            vec!["create", "events.events.k8s.io", "-n", "default"],
+            "yes",
+        ),
+        (
+            vec!["patch", "events.events.k8s.io", "-n", "default"],
+            "yes",
+        ),
+        // Nothing else.
+        (vec!["list", "nodes"], "no"),
+        (vec!["update", &node], "no"),
+        (vec!["delete", &node], "no"),
+        (vec!["update", &node, "--subresource=status"], "no"),
+        (vec!["get", &node, "--subresource=proxy"], "no"),
+        (vec!["get", "pods", "-n", "default"], "no"),
+        (vec!["watch", "pods", "-n", "default"], "no"),
+        (vec!["delete", "pods", "-n", "default"], "no"),
+        (
+            vec!["create", "pods", "-n", "default", "--subresource=eviction"],
+            "no",
+        ),
+        (vec!["get", "secrets", "-n", "kube-system"], "no"),
+        (vec!["create", "events", "-n", "default"], "no"),
+        (
+            vec!["delete", "events.events.k8s.io", "-n", "default"],
+            "no",
+        ),
+        (vec!["list", "events.events.k8s.io", "-n", "default"], "no"),
+    ] {
+        assert_eq!(can(&args), want, "can-i {args:?}");
+    }
+}
+
+/// `--condition-refresh 2`: the agent's condition, removed from the node's status by someone
+/// else (a JSON patch of `nodes/status` as the admin), is back within the refresh interval with
+/// the same status, reason, message and transition time, and a newer heartbeat.
+#[test]
+fn lab_a_deleted_condition_comes_back_at_the_next_refresh() {
+    let lab = lab();
+    lab.apply_agent_rbac();
+    let secret = format!("oomprobe-refresh-{}", std::process::id());
+    let _guard = NodeGuard {
+        lab: &lab,
+        secrets: vec![secret.clone()],
+    };
+    let dir = scratch_dir("lab-refresh");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, lab.bound_token(&secret)).unwrap();
+    let mut args: Vec<String> = [
+        "--kubelet-name",
+        "oomprobe-none",
+        "--report",
+        "node-conditions",
+        "--condition-refresh",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(lab.api_args(&token_file));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _agent = Agent::builder().args(&args).start();
+    let ours = || -> Option<(usize, Value)> {
+        let node = lab.get_json(&["node", lab.node()]);
+        node["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c["type"] == "KubeletOOMFlapping" && c["reason"] == "AgentStarted")
+            .map(|(i, c)| (i, c.clone()))
+    };
+    let (i, before) = wait_until("the agent's condition", WAIT, ours);
+    // Heartbeats move on while nothing changes.
+    let hb = before["lastHeartbeatTime"].as_str().unwrap().to_string();
+    wait_until("a newer heartbeat", WAIT, || {
+        ours().filter(|(_, c)| c["lastHeartbeatTime"].as_str() > Some(hb.as_str()))
+    });
+    let patch = json!([
+        {"op": "test", "path": format!("/status/conditions/{i}/type"), "value": "KubeletOOMFlapping"},
+        {"op": "remove", "path": format!("/status/conditions/{i}")},
+    ]);
+    let patched: Value = serde_json::from_str(&lab.kubectl(&[
+        "patch",
+        "node",
+        lab.node(),
+        "--subresource=status",
+        "--type=json",
+        "-o",
+        "json",
+        "-p",
+        &patch.to_string(),
+    ]))
+    .unwrap();
+    let removed = Instant::now();
+    // The API server's answer to the patch: no such condition any more.
+    assert!(
+        !patched["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "KubeletOOMFlapping"),
+        "the condition was not removed"
+    );
+    let (_, after) = wait_until("the condition back", WAIT, ours);
+    let back = removed.elapsed();
+    eprintln!(
+        "condition removed -> back after {:.2} s (refresh 2 s)",
+        back.as_secs_f64()
+    );
+    // The refresh (2 s) plus at most one worker tick (0.5 s), plus kubectl's polling.
+    assert!(back < Duration::from_millis(3200), "{back:?}");
+    for f in ["status", "reason", "message", "lastTransitionTime"] {
+        assert_eq!(after[f], before[f], "{f}: {after} vs {before}");
+    }
+    assert_eq!(
+        after["message"],
+        "no kubelet OOM flapping seen since the agent started"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -114,6 +114,11 @@ pub struct RunArgs {
     /// and on pods). RBAC: deploy/overlays/report/.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub report: Vec<crate::kubeapi::report::ReportKind>,
+    /// With `--report node-conditions`: every condition is re-written this often (seconds,
+    /// at least 1), also when nothing changed, as node-problem-detector's heartbeat does (a
+    /// condition removed by someone comes back).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub condition_refresh: u64,
     #[command(flatten)]
     pub api: super::endpoints::KubeApiArgs,
     #[command(flatten)]
@@ -162,7 +167,13 @@ async fn pipeline_config(
     let set = ReportSet::from_kinds(&args.report);
     let report = match set.any() {
         true => args.api.client("--report").await.map(|client| {
-            Reporter::spawn(client, args.api.node(), set, metrics.kube_reports.clone())
+            Reporter::spawn(
+                client,
+                args.api.node(),
+                set,
+                metrics.kube_reports.clone(),
+                std::time::Duration::from_secs(args.condition_refresh),
+            )
         }),
         false => None,
     };

@@ -20,9 +20,15 @@ pub const OBJECT_REFILL: Duration = Duration::from_secs(300);
 pub const GLOBAL_BURST: f64 = 50.0;
 /// Events per second across all objects (client-go's default client QPS).
 pub const GLOBAL_PER_SEC: f64 = 5.0;
-/// A condition whose status and reason stay the same is re-written (new message, heartbeat)
-/// at most this often.
+/// Every condition is re-written this often (new `lastHeartbeatTime`, the latest message), also
+/// when nothing changed, as node-problem-detector's heartbeat does: a condition removed by
+/// someone, or lost with an API server's storage, comes back. A condition whose status and
+/// reason stay the same is not re-written more often than this for a new message alone.
+/// `--condition-refresh` sets it.
 pub const CONDITION_REFRESH: Duration = Duration::from_secs(300);
+/// A condition whose write failed is tried again after this long (or the refresh interval
+/// when that is shorter).
+pub const CONDITION_RETRY: Duration = Duration::from_secs(10);
 /// The Events API limits a note to 1 KiB.
 pub const NOTE_MAX: usize = 1024;
 
@@ -120,41 +126,115 @@ pub struct Condition {
     pub message: String,
 }
 
+/// One condition type's state: the condition as the agent wants it, its transition time, when
+/// it was last written successfully (None: the last write failed) and last tried.
+#[derive(Debug)]
+struct Entry {
+    want: Condition,
+    transition: time::OffsetDateTime,
+    sent_at: Option<Instant>,
+    tried_at: Instant,
+}
+
 /// The conditions' state machine: what to write, and when.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Conditions {
-    /// The last write per type: the condition and when (monotonic), and its transition time.
-    written: HashMap<&'static str, (Condition, Instant, time::OffsetDateTime)>,
+    refresh: Duration,
+    entries: HashMap<&'static str, Entry>,
+}
+
+impl Default for Conditions {
+    fn default() -> Conditions {
+        Conditions::new(CONDITION_REFRESH)
+    }
 }
 
 impl Conditions {
-    /// The condition to write now, with its `lastTransitionTime`, or None when the one written
-    /// says the same (same status and reason, and either the same message or one written less
-    /// than [`CONDITION_REFRESH`] ago).
+    /// `refresh`: how often every condition is re-written (see [`CONDITION_REFRESH`]).
+    pub fn new(refresh: Duration) -> Conditions {
+        Conditions {
+            refresh,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// How often the worker asks [`Conditions::due`]: a quarter of the shorter of the refresh
+    /// and the retry interval, so a refresh is at most that late.
+    pub fn tick(&self) -> Duration {
+        (self.retry() / 4).max(Duration::from_millis(10))
+    }
+
+    fn retry(&self) -> Duration {
+        self.refresh.min(CONDITION_RETRY)
+    }
+
+    /// A new fact: the condition to write now, with its `lastTransitionTime`, or None when the
+    /// one written says the same (same status and reason, and either the same message or one
+    /// written less than the refresh interval ago: the new message goes with the next refresh),
+    /// or when the last write failed and the status is unchanged (the retry takes the new words).
     pub fn update(
         &mut self,
         c: Condition,
         now: Instant,
         wall: time::OffsetDateTime,
     ) -> Option<(Condition, time::OffsetDateTime)> {
-        let transition = match self.written.get(c.type_) {
-            Some((old, at, t)) if old.status == c.status => {
-                let same_words = old.reason == c.reason && old.message == c.message;
-                let fresh = now.saturating_duration_since(*at) < CONDITION_REFRESH;
-                if old.reason == c.reason && (same_words || fresh) {
+        let refresh = self.refresh;
+        if let Some(e) = self.entries.get_mut(c.type_) {
+            if e.want.status == c.status {
+                let same_reason = e.want.reason == c.reason;
+                let hold = match e.sent_at {
+                    None => same_reason,
+                    Some(at) => {
+                        same_reason
+                            && (e.want.message == c.message
+                                || now.saturating_duration_since(at) < refresh)
+                    }
+                };
+                e.want = c.clone();
+                if hold {
                     return None;
                 }
-                *t
+                e.tried_at = now;
+                return Some((c, e.transition));
             }
-            _ => wall,
-        };
-        self.written.insert(c.type_, (c.clone(), now, transition));
-        Some((c, transition))
+        }
+        self.entries.insert(
+            c.type_,
+            Entry {
+                want: c.clone(),
+                transition: wall,
+                sent_at: None,
+                tried_at: now,
+            },
+        );
+        Some((c, wall))
     }
 
-    /// Forgets a write that failed, so the next update tries again.
-    pub fn forget(&mut self, type_: &str) {
-        self.written.remove(type_);
+    /// The conditions to (re-)write now without a new fact: each one last written at least the
+    /// refresh interval ago, and each whose last write failed at least the retry interval ago.
+    /// Marks them tried.
+    pub fn due(&mut self, now: Instant) -> Vec<(Condition, time::OffsetDateTime)> {
+        let (refresh, retry) = (self.refresh, self.retry());
+        let mut out = Vec::new();
+        for e in self.entries.values_mut() {
+            let wait = if e.sent_at.is_some() { refresh } else { retry };
+            let since = e.sent_at.unwrap_or(e.tried_at);
+            if now.saturating_duration_since(since) >= wait
+                && now.saturating_duration_since(e.tried_at) >= retry.min(wait)
+            {
+                e.tried_at = now;
+                out.push((e.want.clone(), e.transition));
+            }
+        }
+        out.sort_by_key(|(c, _)| c.type_);
+        out
+    }
+
+    /// The outcome of a write of `type_` that started at `now`.
+    pub fn written(&mut self, type_: &str, ok: bool, now: Instant) {
+        if let Some(e) = self.entries.get_mut(type_) {
+            e.sent_at = ok.then_some(now);
+        }
     }
 }
 
@@ -495,12 +575,13 @@ mod tests {
             cs.update(c.clone(), t0 + Duration::from_secs(1), wall1),
             None
         );
-        // ... written after CONDITION_REFRESH, keeping the transition time.
+        // ... written by the refresh, CONDITION_REFRESH after the last write, keeping the
+        // transition time.
+        cs.written(FLAP_CONDITION, true, t0);
         let later = t0 + CONDITION_REFRESH;
-        let (_, tr) = cs
-            .update(c, later, wall1 + time::Duration::hours(1))
-            .unwrap();
-        assert_eq!(tr, wall1);
+        assert!(cs.due(later - Duration::from_secs(1)).is_empty());
+        assert_eq!(cs.due(later), vec![(c, wall1)]);
+        cs.written(FLAP_CONDITION, true, later);
         // Recovery clears it.
         let c =
             flap_condition(&stage(Stage::Recovery, Stage::ReconciliationStorm, true, 2)).unwrap();
@@ -509,11 +590,51 @@ mod tests {
         assert!(!c.status);
         assert_eq!(c.reason, "KubeletOOMCycleEnded");
         assert_eq!(tr, wall2);
-        // A failed write is forgotten: the same condition is written again.
-        cs.forget(FLAP_CONDITION);
+        // A failed write: the same condition is not sent again by the next fact, but by the
+        // retry, CONDITION_RETRY later.
+        cs.written(FLAP_CONDITION, false, later);
         let c =
             flap_condition(&stage(Stage::Recovery, Stage::ReconciliationStorm, true, 2)).unwrap();
-        assert!(cs.update(c, later, wall2).is_some());
+        assert!(cs.update(c.clone(), later, wall2).is_none());
+        assert!(cs.due(later + Duration::from_secs(9)).is_empty());
+        let retry = later + CONDITION_RETRY;
+        assert_eq!(cs.due(retry), vec![(c, wall2)]);
+        assert!(cs.due(retry + Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn conditions_are_rewritten_every_refresh_even_unchanged() {
+        let refresh = Duration::from_secs(3);
+        let mut cs = Conditions::new(refresh);
+        assert_eq!(cs.tick(), Duration::from_millis(750));
+        let t0 = Instant::now();
+        let wall0 = time::OffsetDateTime::UNIX_EPOCH;
+        let c = flap_condition_at_start();
+        assert!(cs.update(c.clone(), t0, wall0).is_some());
+        cs.written(FLAP_CONDITION, true, t0);
+        // Nothing new: nothing due before the refresh interval, the same condition (same
+        // transition time) at it, then again one interval after that write.
+        assert!(cs.due(t0 + Duration::from_secs(2)).is_empty());
+        assert!(cs
+            .update(c.clone(), t0 + Duration::from_secs(2), wall0)
+            .is_none());
+        let t1 = t0 + refresh;
+        assert_eq!(cs.due(t1), vec![(c.clone(), wall0)]);
+        cs.written(FLAP_CONDITION, true, t1);
+        assert!(cs.due(t1 + Duration::from_secs(2)).is_empty());
+        assert_eq!(cs.due(t1 + refresh), vec![(c.clone(), wall0)]);
+        // A new message within the interval waits for the refresh, which carries it.
+        cs.written(FLAP_CONDITION, true, t1 + refresh);
+        let t2 = t1 + refresh;
+        let mut c2 = c.clone();
+        c2.message = "other words".into();
+        assert!(cs
+            .update(c2.clone(), t2 + Duration::from_secs(1), wall0)
+            .is_none());
+        assert_eq!(cs.due(t2 + refresh), vec![(c2, wall0)]);
+        // The default interval is node-problem-detector's heartbeat, 5 minutes.
+        assert_eq!(Conditions::default().tick(), CONDITION_RETRY / 4);
+        assert_eq!(CONDITION_REFRESH, Duration::from_secs(300));
     }
 
     #[test]

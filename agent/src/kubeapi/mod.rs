@@ -2,11 +2,12 @@
 //! or the `--kube-*` flags), the node reads and writes the agent makes (the cordon, the node's
 //! conditions) and the opt-in reports (custom node conditions and Events, [`report`]).
 //!
-//! Credentials: the bearer token file is re-read by kube-rs at least once a minute, so a rotated
-//! service account token (kubelet-projected, rotated hourly) is picked up without a restart; the
-//! CA file (`root_cert_file`) is re-read the same way.
+//! Credentials: the bearer token file is read by [`token::TokenFile`] (trimmed as client-go
+//! trims it, re-read when it changes and at least once a minute), so a rotated service account
+//! token (kubelet-projected, rotated hourly) is picked up by the next request without a restart.
 pub mod facts;
 pub mod report;
+pub mod token;
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,10 @@ pub const CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 /// The field manager the agent's writes are recorded under (`kubectl get node -o yaml
 /// --show-managed-fields`).
 pub const FIELD_MANAGER: &str = "oomprobe";
+/// How long one API call may wait to connect.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long one API call may wait on a read or a write of its connection.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Strategic merge patch that marks the node unschedulable (what `kubectl cordon` sends).
 pub const CORDON_BODY: &str = r#"{"spec":{"unschedulable":true}}"#;
 
@@ -113,15 +118,9 @@ impl ApiSource {
             return Err(ApiError::NoApiServer);
         };
         if let Some(t) = &self.token_file {
-            if let Err(e) = std::fs::read(t) {
-                // The request still goes out, unauthenticated (what the API server then
-                // answers, 401 or 403, is reported), as before kube-rs.
-                tracing::warn!(path = %t.display(), error = %e, "cannot read the API token file: requests go without a bearer token");
-                cfg.auth_info.token_file = None;
-            } else {
-                cfg.auth_info.token = None;
-                cfg.auth_info.token_file = Some(t.display().to_string());
-            }
+            // Read (and re-read) by the client's own layer, see `client`.
+            cfg.auth_info.token = None;
+            cfg.auth_info.token_file = Some(t.display().to_string());
         }
         if let Some(ca) = &self.ca_file {
             if !ca.exists() {
@@ -132,15 +131,34 @@ impl ApiSource {
             }
             cfg.root_cert_file = Some(ca.clone());
         }
-        // Agent calls are small; a hung API server must not hold a worker forever.
-        cfg.read_timeout = Some(std::time::Duration::from_secs(15));
+        // Agent calls are small; an API server that hangs or drops packets must not hold a
+        // worker for minutes (kube-rs's defaults: 30 s to connect, 295 s to read and write).
+        cfg.connect_timeout = Some(CONNECT_TIMEOUT);
+        cfg.read_timeout = Some(READ_TIMEOUT);
+        cfg.write_timeout = Some(READ_TIMEOUT);
         cfg.reset_reader_on_write = true;
         Ok(cfg)
     }
 
-    /// A client for this source.
+    /// A client for this source: kube-rs's stack (TLS, timeouts), with the bearer token file
+    /// (the source's or `--kube-token-file`) read by [`token::TokenFile`] instead of kube-rs
+    /// (which sends a trailing newline along and so fails every request).
     pub async fn client(&self) -> Result<Client, ApiError> {
-        Client::try_from(self.config().await?).map_err(ApiError::Client)
+        let mut cfg = self.config().await?;
+        let token = match (&cfg.auth_info.token, cfg.auth_info.token_file.take()) {
+            // An inline token has precedence over a token file, as in client-go.
+            (Some(_), _) | (None, None) => None,
+            (None, Some(path)) => Some(token::TokenFile::new(Path::new(&path))),
+        };
+        let builder = kube::client::ClientBuilder::try_from(cfg).map_err(ApiError::Client)?;
+        Ok(match token {
+            Some(t) => builder
+                .with_layer(&tower::util::MapRequestLayer::new(
+                    move |req: hyper::http::Request<kube::client::Body>| t.authorize(req),
+                ))
+                .build(),
+            None => builder.build(),
+        })
     }
 }
 
@@ -245,15 +263,114 @@ mod tests {
         assert_eq!(cfg.auth_info.token_file.as_deref(), token.to_str());
         assert!(cfg.auth_info.token.is_none());
         assert_eq!(src.describe(), format!("kubeconfig {}", kc.display()));
-        // A token file that cannot be read (missing, a directory) leaves the token out.
+        // A token file that cannot be read (missing, a directory): the client still builds, its
+        // requests go without a token until the file holds one.
         let src = ApiSource {
             api: Some("http://127.0.0.1:6443".into()),
             token_file: Some(d.clone()),
             ..Default::default()
         };
-        let cfg = src.config().await.unwrap();
-        assert_eq!(cfg.auth_info.token_file, None);
         assert!(src.client().await.is_ok());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A loopback API server answering every request with an empty Node; the Authorization
+    /// header of each request it got.
+    fn recording_server() -> (
+        String,
+        std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    ) {
+        use std::io::{BufRead as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>> = Default::default();
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut r = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut auth = None;
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((n, v)) = h.split_once(':') {
+                        if n.eq_ignore_ascii_case("authorization") {
+                            auth = Some(v.trim().to_string());
+                        }
+                    }
+                }
+                s.lock().unwrap().push(auth);
+                let body = r#"{"kind":"Node","apiVersion":"v1","metadata":{"name":"n1"}}"#;
+                let mut c = conn;
+                let _ = c.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+        (url, seen)
+    }
+
+    /// Regression: kube-rs 5 sent a token file's trailing newline along (every request failed
+    /// with "invalid bearer token"); the agent trims it, and a rewritten file is used by the
+    /// next request.
+    #[tokio::test]
+    async fn a_token_file_ending_in_a_newline_is_trimmed_and_reread() {
+        let d = scratch("newline");
+        let token = d.join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let (url, seen) = recording_server();
+        let src = ApiSource {
+            api: Some(url),
+            token_file: Some(token.clone()),
+            ..Default::default()
+        };
+        let client = src.client().await.unwrap();
+        assert_eq!(
+            node_condition(client.clone(), "n1", "Ready").await.unwrap(),
+            None
+        );
+        std::fs::write(&token, "rotated-token\r\n").unwrap();
+        assert_eq!(
+            node_condition(client.clone(), "n1", "Ready").await.unwrap(),
+            None
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                Some("Bearer s3cret".to_string()),
+                Some("Bearer rotated-token".to_string())
+            ]
+        );
+        // A kubeconfig's `tokenFile` goes through the same reader.
+        let kc = d.join("kubeconfig");
+        std::fs::write(
+            &kc,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+                 clusters:\n- name: c\n  cluster:\n    server: {}\n\
+                 users:\n- name: u\n  user:\n    tokenFile: {}\n\
+                 contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n",
+                src.api.as_deref().unwrap(),
+                token.display()
+            ),
+        )
+        .unwrap();
+        let src = ApiSource {
+            kubeconfig: Some(kc),
+            ..Default::default()
+        };
+        node_condition(src.client().await.unwrap(), "n1", "Ready")
+            .await
+            .unwrap();
+        assert_eq!(
+            seen.lock().unwrap().last().unwrap().as_deref(),
+            Some("Bearer rotated-token")
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

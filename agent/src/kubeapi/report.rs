@@ -98,9 +98,17 @@ pub struct Reporter {
 impl Reporter {
     /// Starts the worker on `client` for `node`. `counts` is
     /// `oomprobe_kube_reports_total{kind,result}`.
-    pub fn spawn(client: Client, node: String, set: ReportSet, counts: IntCounterVec) -> Reporter {
+    /// `refresh`: every condition is re-written this often even when unchanged
+    /// ([`super::facts::CONDITION_REFRESH`] by default, `--condition-refresh`).
+    pub fn spawn(
+        client: Client,
+        node: String,
+        set: ReportSet,
+        counts: IntCounterVec,
+        refresh: Duration,
+    ) -> Reporter {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let worker = Worker::new(client, node, set, counts.clone());
+        let worker = Worker::new(client, node, set, counts.clone(), refresh);
         tokio::spawn(worker.run(rx));
         Reporter { tx, counts }
     }
@@ -129,7 +137,13 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(client: Client, node: String, set: ReportSet, counts: IntCounterVec) -> Worker {
+    fn new(
+        client: Client,
+        node: String,
+        set: ReportSet,
+        counts: IntCounterVec,
+        refresh: Duration,
+    ) -> Worker {
         let source = EventSource {
             controller: "oomprobe".into(),
             instance: Some(format!("oomprobe-{node}")),
@@ -141,7 +155,7 @@ impl Worker {
             set,
             counts,
             limiter: Limiter::new(Instant::now()),
-            conditions: Conditions::default(),
+            conditions: Conditions::new(refresh),
             pods: HashMap::new(),
             last_list: None,
         }
@@ -152,44 +166,62 @@ impl Worker {
         if self.set.node_conditions {
             self.condition(flap_condition_at_start()).await;
         }
-        while let Some(fact) = rx.recv().await {
-            match fact {
-                Fact::Kill {
-                    rec,
-                    is_kubelet,
-                    evicted,
-                } => {
-                    if !self.set.events {
-                        continue;
+        let mut tick = tokio::time::interval(self.conditions.tick());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let fact = tokio::select! {
+                f = rx.recv() => match f {
+                    Some(f) => f,
+                    None => break,
+                },
+                _ = tick.tick(), if self.set.node_conditions => {
+                    for (c, transition) in self.conditions.due(Instant::now()) {
+                        self.write_condition(c, transition).await;
                     }
-                    if is_kubelet {
-                        if let Some(e) = kubelet_kill_event(&rec) {
-                            let node = self.node_ref();
-                            self.event(e, node).await;
-                        }
-                    }
-                    if let Some(e) = pod_kill_event(&rec, evicted) {
-                        let uid = rec.victim.pod.as_ref().map(|p| p.pod_uid.clone());
-                        if let Some(pod) = self.pod_ref(uid.as_deref().unwrap_or("")).await {
-                            self.event(e, pod).await;
-                        }
-                    }
+                    continue;
                 }
-                Fact::Stage(ev) => {
-                    if self.set.events {
+            };
+            self.fact(fact).await;
+        }
+    }
+
+    async fn fact(&mut self, fact: Fact) {
+        match fact {
+            Fact::Kill {
+                rec,
+                is_kubelet,
+                evicted,
+            } => {
+                if !self.set.events {
+                    return;
+                }
+                if is_kubelet {
+                    if let Some(e) = kubelet_kill_event(&rec) {
                         let node = self.node_ref();
-                        self.event(stage_event(&ev), node).await;
-                    }
-                    if self.set.node_conditions {
-                        if let Some(c) = flap_condition(&ev) {
-                            self.condition(c).await;
-                        }
+                        self.event(e, node).await;
                     }
                 }
-                Fact::Verdict(v) => {
-                    if self.set.node_conditions {
-                        self.condition(leak_condition(&v)).await;
+                if let Some(e) = pod_kill_event(&rec, evicted) {
+                    let uid = rec.victim.pod.as_ref().map(|p| p.pod_uid.clone());
+                    if let Some(pod) = self.pod_ref(uid.as_deref().unwrap_or("")).await {
+                        self.event(e, pod).await;
                     }
+                }
+            }
+            Fact::Stage(ev) => {
+                if self.set.events {
+                    let node = self.node_ref();
+                    self.event(stage_event(&ev), node).await;
+                }
+                if self.set.node_conditions {
+                    if let Some(c) = flap_condition(&ev) {
+                        self.condition(c).await;
+                    }
+                }
+            }
+            Fact::Verdict(v) => {
+                if self.set.node_conditions {
+                    self.condition(leak_condition(&v)).await;
                 }
             }
         }
@@ -249,6 +281,7 @@ impl Worker {
                 }
                 Err(e) => {
                     self.count("pod_lookup", "failed");
+                    let e = super::ApiError::from(e);
                     tracing::warn!(error = %crate::error_chain(&e), "cannot list this node's pods");
                     return None;
                 }
@@ -296,6 +329,7 @@ impl Worker {
             Ok(()) => self.count("event", "sent"),
             Err(err) => {
                 self.count("event", "failed");
+                let err = super::ApiError::from(err);
                 tracing::warn!(reason = e.reason, object = %key, error = %crate::error_chain(&err), "cannot publish an Event");
             }
         }
@@ -303,28 +337,198 @@ impl Worker {
 
     async fn condition(&mut self, c: Condition) {
         let wall = time::OffsetDateTime::now_utc();
-        let Some((c, transition)) = self.conditions.update(c, Instant::now(), wall) else {
-            return;
-        };
+        if let Some((c, transition)) = self.conditions.update(c, Instant::now(), wall) {
+            self.write_condition(c, transition).await;
+        }
+    }
+
+    /// One condition on the node's status (`lastHeartbeatTime` now), its outcome recorded for
+    /// the refresh and retry.
+    async fn write_condition(&mut self, c: Condition, transition: time::OffsetDateTime) {
+        let wall = time::OffsetDateTime::now_utc();
         let nodes: Api<Node> = Api::all(self.client.clone());
         let pp = PatchParams {
             field_manager: Some(super::FIELD_MANAGER.into()),
             ..Default::default()
         };
         let patch = condition_patch(&c, transition, wall);
-        match nodes
+        let started = Instant::now();
+        let result = nodes
             .patch_status(&self.node, &pp, &Patch::Strategic(patch))
-            .await
-        {
+            .await;
+        self.conditions.written(c.type_, result.is_ok(), started);
+        match result {
             Ok(_) => {
                 self.count("condition", "sent");
                 tracing::info!(condition = c.type_, status = c.status, reason = %c.reason, "node condition written");
             }
             Err(err) => {
-                self.conditions.forget(c.type_);
                 self.count("condition", "failed");
+                let err = super::ApiError::from(err);
                 tracing::warn!(condition = c.type_, error = %crate::error_chain(&err), "cannot write the node condition");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{classify::Cause, Subject};
+
+    fn counts() -> IntCounterVec {
+        IntCounterVec::new(
+            prometheus::Opts::new("oomprobe_kube_reports_total", "test"),
+            &["kind", "result"],
+        )
+        .unwrap()
+    }
+
+    fn verdict() -> Fact {
+        Fact::Verdict(Box::new(Verdict {
+            time: "t".into(),
+            subject: Subject::Kubelet,
+            cause: Cause::ContainerGc,
+            slope_bytes_per_day: 250e6,
+            slope_interval_bytes_per_day: None,
+            forecast: None,
+            supports: vec![],
+            contradicts: vec![],
+            next_checks: vec![],
+            findings: vec![],
+        }))
+    }
+
+    /// A client for `url` whose calls give up after `timeout`.
+    fn client(url: &str, timeout: Duration) -> Client {
+        let mut cfg = kube::Config::new(url.parse().unwrap());
+        cfg.connect_timeout = Some(timeout);
+        cfg.read_timeout = Some(timeout);
+        cfg.write_timeout = Some(timeout);
+        Client::try_from(cfg).unwrap()
+    }
+
+    fn wait_count(c: &IntCounterVec, kind: &str, result: &str, n: u64, within: Duration) {
+        let start = Instant::now();
+        while c.with_label_values(&[kind, result]).get() < n {
+            assert!(
+                start.elapsed() < within,
+                "{kind}/{result} stayed at {} (want {n}) for {within:?}",
+                c.with_label_values(&[kind, result]).get()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// An API server port nobody listens on: each write fails at once with a counted, clear
+    /// error; the next is tried (the retry) and fails the same way; sending never waits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_api_port_fails_fast_is_counted_and_retried() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = counts();
+        let set = ReportSet {
+            node_conditions: true,
+            events: true,
+        };
+        let r = Reporter::spawn(
+            client(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5)),
+            "n1".into(),
+            set,
+            c.clone(),
+            Duration::from_secs(1),
+        );
+        let start = Instant::now();
+        // The start condition's write, then the retry a second later.
+        tokio::task::spawn_blocking({
+            let c = c.clone();
+            move || wait_count(&c, "condition", "failed", 2, Duration::from_secs(10))
+        })
+        .await
+        .unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            start.elapsed()
+        );
+        r.send(verdict());
+        tokio::task::spawn_blocking({
+            let c = c.clone();
+            move || wait_count(&c, "condition", "failed", 3, Duration::from_secs(10))
+        })
+        .await
+        .unwrap();
+        assert_eq!(c.with_label_values(&["condition", "sent"]).get(), 0);
+        assert_eq!(c.with_label_values(&["queue", "dropped"]).get(), 0);
+        // What the log says: the request failed, and why.
+        let err = crate::kubeapi::cordon(
+            client(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5)),
+            "n1",
+        )
+        .await
+        .unwrap_err();
+        let text = crate::error_chain(&err);
+        assert!(
+            text.starts_with("API request failed: ") && text.contains("Connection refused"),
+            "{text}"
+        );
+    }
+
+    /// An API server that accepts the connection and never answers: the worker waits out its
+    /// timeout while the pipeline's sends return at once; what the queue cannot hold is dropped
+    /// and counted, exactly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hanging_api_server_never_blocks_the_sender() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // Accepted and held open, never read nor answered.
+        let held: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>> = Default::default();
+        let h = held.clone();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                h.lock().unwrap().push(s);
+            }
+        });
+        let c = counts();
+        let set = ReportSet {
+            node_conditions: true,
+            events: false,
+        };
+        let spawned = Instant::now();
+        let r = Reporter::spawn(
+            client(&url, Duration::from_secs(2)),
+            "n1".into(),
+            set,
+            c.clone(),
+            Duration::from_secs(300),
+        );
+        // The worker is inside its first write (the start condition) on the held connection.
+        let start = Instant::now();
+        while held.lock().unwrap().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(5), "no connection");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let sent = Instant::now();
+        for _ in 0..QUEUE + 10 {
+            r.send(verdict());
+        }
+        let took = sent.elapsed();
+        assert!(took < Duration::from_millis(100), "sending took {took:?}");
+        assert_eq!(c.with_label_values(&["queue", "dropped"]).get(), 10);
+        // The hung write gives up after its 2 s timeout, failed and counted.
+        tokio::task::spawn_blocking({
+            let c = c.clone();
+            move || wait_count(&c, "condition", "failed", 1, Duration::from_secs(6))
+        })
+        .await
+        .unwrap();
+        let waited = spawned.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! or unix seconds), any of [`crate::detect::series::OPTIONAL_COLUMNS`] after them, empty cells for
 //! missing values. Every value must be a finite number, not negative (byte counts, counts,
 //! seconds, versions and 0/1 flags all are), byte counts within a u64; a row breaking that is
-//! an error naming its line.
+//! an error naming its line, and so is a row with more cells than the header (a shorter row's
+//! missing cells are empty). A column named twice is an error. Read with the `csv` crate
+//! (quoted cells, CRLF, blank lines skipped, cells trimmed).
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
 use crate::detect::{series::OPTIONAL_COLUMNS, Sample};
@@ -11,8 +13,10 @@ use crate::detect::{series::OPTIONAL_COLUMNS, Sample};
 pub enum CsvError {
     #[error("the header must have time, kubelet_rss_bytes and pods (it has: {0})")]
     Header(String),
+    #[error("line {line}: column {name} appears twice in the header")]
+    DuplicateColumn { line: u64, name: String },
     #[error("line {line}: {reason}")]
-    Row { line: usize, reason: String },
+    Row { line: u64, reason: String },
 }
 
 /// The latest time accepted (9999-12-31T23:59:59Z).
@@ -28,16 +32,53 @@ fn parse_time(s: &str) -> Option<i64> {
         .map(|t| t.unix_timestamp())
 }
 
+/// The file's line (1-based) at byte `at`, past the blank lines a record may start with: the
+/// csv crate's own line count leaves blank lines out.
+fn line_at(text: &str, at: u64) -> u64 {
+    let at = usize::try_from(at).unwrap_or(usize::MAX).min(text.len());
+    let start = at
+        + text.as_bytes()[at..]
+            .iter()
+            .take_while(|b| matches!(b, b'\n' | b'\r'))
+            .count();
+    let before = &text.as_bytes()[..start];
+    1 + before.iter().filter(|b| **b == b'\n').count() as u64
+}
+
+/// The line a csv error is on.
+fn error_line(text: &str, e: &::csv::Error) -> u64 {
+    e.position().map_or(1, |p| line_at(text, p.byte()))
+}
+
 /// Parses a whole CSV file. Unknown columns are ignored (and reported by the caller).
 pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    let header: Vec<String> = lines
-        .next()
-        .map(|(_, l)| l.split(',').map(|c| c.trim().to_string()).collect())
-        .unwrap_or_default();
+    let mut reader = ::csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(::csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut records = reader.records();
+    let (header, header_line): (Vec<String>, u64) = match records.next() {
+        None => (Vec::new(), 1),
+        Some(Err(e)) => {
+            return Err(CsvError::Row {
+                line: error_line(text, &e),
+                reason: e.to_string(),
+            })
+        }
+        Some(Ok(r)) => (
+            r.iter().map(str::to_string).collect(),
+            r.position().map_or(1, |p| line_at(text, p.byte())),
+        ),
+    };
+    for (i, h) in header.iter().enumerate() {
+        if !h.is_empty() && header[..i].contains(h) {
+            return Err(CsvError::DuplicateColumn {
+                line: header_line,
+                name: h.clone(),
+            });
+        }
+    }
     let col = |name: &str| header.iter().position(|h| h == name);
     let (Some(t), Some(rss), Some(pods)) = (col("time"), col("kubelet_rss_bytes"), col("pods"))
     else {
@@ -50,13 +91,21 @@ pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
         .cloned()
         .collect();
     let mut out: Vec<Sample> = Vec::new();
-    for (i, line) in lines {
-        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-        let row_err = |reason: String| CsvError::Row {
-            line: i + 1,
-            reason,
-        };
-        let get = |c: usize| cells.get(c).copied().unwrap_or("");
+    for record in records {
+        let cells = record.map_err(|e| CsvError::Row {
+            line: error_line(text, &e),
+            reason: e.to_string(),
+        })?;
+        let line = cells.position().map_or(0, |p| line_at(text, p.byte()));
+        let row_err = |reason: String| CsvError::Row { line, reason };
+        if cells.len() > header.len() {
+            return Err(row_err(format!(
+                "{} cells, the header has {} columns",
+                cells.len(),
+                header.len()
+            )));
+        }
+        let get = |c: usize| cells.get(c).unwrap_or("");
         let time = parse_time(get(t)).ok_or_else(|| row_err(format!("bad time {:?}", get(t))))?;
         let num = |c: usize, what: &str| -> Result<f64, CsvError> {
             let cell = get(c);
@@ -146,7 +195,37 @@ mod tests {
         let e = parse("time,kubelet_rss_bytes,pods\nnope,1,2\n").unwrap_err();
         assert_eq!(e.to_string(), "line 2: bad time \"nope\"");
         let e = parse("time,kubelet_rss_bytes,pods\n5,1,2\n4,1,2\n").unwrap_err();
-        assert!(e.to_string().contains("backwards"));
+        assert_eq!(e.to_string(), "line 3: time goes backwards");
+        // Blank lines are skipped but counted.
+        let e = parse("\ntime,kubelet_rss_bytes,pods\n\n5,1,x\n").unwrap_err();
+        assert_eq!(e.to_string(), "line 4: bad pods \"x\"");
+    }
+
+    #[test]
+    fn refuses_duplicate_columns_and_extra_cells() {
+        let e =
+            parse("time,kubelet_rss_bytes,pods,goroutines,goroutines\n5,1,2,3,4\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 1: column goroutines appears twice in the header"
+        );
+        assert!(matches!(
+            parse("time,pods,kubelet_rss_bytes,time\n5,1,2,6\n"),
+            Err(CsvError::DuplicateColumn { .. })
+        ));
+        let e = parse("time,kubelet_rss_bytes,pods\n5,1,2\n6,1,2,7\n").unwrap_err();
+        assert_eq!(e.to_string(), "line 3: 4 cells, the header has 3 columns");
+        // A shorter row's missing cells are empty (optional columns), quoted cells and CRLF
+        // line ends are read as CSV.
+        let (s, _) =
+            parse("time,kubelet_rss_bytes,pods,goroutines\r\n\"5\",\"100\", 2 \r\n6,101,2,7\r\n")
+                .unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].t, s[0].kubelet_rss_bytes, s[0].pods), (5, 100.0, 2.0));
+        assert_eq!((s[0].goroutines, s[1].goroutines), (None, Some(7.0)));
+        // A required cell missing from a short row is a clear error.
+        let e = parse("time,kubelet_rss_bytes,pods\n5,1\n").unwrap_err();
+        assert_eq!(e.to_string(), "line 2: bad pods \"\"");
     }
 
     #[test]
