@@ -274,7 +274,23 @@ fn go_text_start(elf: &object::File<'_>, pclntab_addr: u64, tab: &[u8]) -> Optio
 /// not anonymous memory charged to the agent's cgroup.
 pub struct Binary {
     pub path: String,
-    data: memmap2::Mmap,
+    data: Bytes,
+}
+
+/// A binary's bytes: the file mapped, or bytes already in memory ([`Binary::from_bytes`]).
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
 }
 
 impl Binary {
@@ -290,8 +306,17 @@ impl Binary {
         let data = unsafe { memmap2::Mmap::map(&file) }.map_err(read_err)?;
         Ok(Binary {
             path: path.display().to_string(),
-            data,
+            data: Bytes::Mapped(data),
         })
+    }
+
+    /// A binary from bytes already read (an ELF file's whole contents); `name` stands for its
+    /// path in errors. Nothing is checked until a table is asked for, as with [`Binary::open`].
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Binary {
+        Binary {
+            path: name.to_string(),
+            data: Bytes::Owned(bytes),
+        }
     }
 
     fn elf(&self) -> Result<object::File<'_>, SymbolError> {
