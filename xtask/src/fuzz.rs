@@ -39,6 +39,14 @@ fn cargo_fuzz() -> Command {
     cmd.arg(format!("+{}", setup::NIGHTLY))
         .arg("fuzz")
         .current_dir(workspace_root());
+    // What `cargo xtask` (cargo run) put in this process's environment is not the fuzz build's:
+    // ring's build script tracks CARGO_MANIFEST_DIR, and a changed value rebuilds everything.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key == "CARGO" || key.starts_with("CARGO_MANIFEST") || key.starts_with("CARGO_PKG_") {
+            cmd.env_remove(&*key);
+        }
+    }
     cmd
 }
 

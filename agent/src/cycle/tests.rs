@@ -688,3 +688,27 @@ fn recorded_vm_node_oom_replays_to_the_same_stages() {
         }
     }
 }
+
+/// Found by fuzzing (ring_events): two kubelet OOM kills whose kernel times arrive out of order
+/// (per-CPU rings) made `period`/`flapping` subtract the later from the earlier and panic. The
+/// period is the time between them, whichever came first.
+#[test]
+fn kubelet_kills_out_of_order_give_the_period_between_them() {
+    let mut c = Cycle::new(CycleConfig::default());
+    let k = |t: u64| {
+        kill(
+            t,
+            KillKind::OomMemcg,
+            (KUBELET, "kubelet", "/kubelet.slice"),
+            (KUBELET, "kubelet"),
+            Some(("/kubelet.slice", 512 * MIB)),
+            -999,
+        )
+    };
+    c.on_kill(&k(10 * S), Party::Kubelet).expect("active_oom");
+    // A second kill with no restart between: still active_oom, now two cycles 6 s apart.
+    let ev = c.on_kill(&k(4 * S), Party::Kubelet).expect("a stage event");
+    assert_eq!((ev.stage, ev.cycles), (Stage::ActiveOom, 2));
+    assert_eq!(ev.period_seconds, Some(6.0));
+    assert!(ev.flapping);
+}
