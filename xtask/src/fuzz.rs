@@ -145,7 +145,7 @@ fn head(text: &[u8], n: usize) -> Vec<u8> {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         bail!("odd hex length");
     }
     (0..s.len())
