@@ -256,18 +256,20 @@ impl Cycle {
         self.cycles
     }
 
+    // The last two kills' kernel times may arrive out of order (per-CPU rings): the time
+    // between them, whichever came first.
     fn flapping(&self) -> bool {
         self.kills
             .windows(2)
             .last()
-            .is_some_and(|w| w[1] - w[0] <= self.cfg.flap_window_ns)
+            .is_some_and(|w| w[1].abs_diff(w[0]) <= self.cfg.flap_window_ns)
     }
 
     fn period(&self) -> Option<f64> {
         self.kills
             .windows(2)
             .last()
-            .map(|w| (w[1] - w[0]) as f64 / 1e9)
+            .map(|w| w[1].abs_diff(w[0]) as f64 / 1e9)
     }
 
     /// The last assessment of the headroom (None before a sample).
@@ -350,8 +352,9 @@ impl Cycle {
             } else {
                 s.start_rss_bytes
             };
-            let reserve =
-                steady.max(s.peak_rss_bytes) + s.peak_rss_bytes.saturating_sub(s.start_rss_bytes);
+            let reserve = steady
+                .max(s.peak_rss_bytes)
+                .saturating_add(s.peak_rss_bytes.saturating_sub(s.start_rss_bytes));
             r.push(format!(
                 "size kube-reserved memory to at least {} MiB (steady state {} MiB plus the measured storm peak of {} MiB over its start)",
                 reserve / (1 << 20) + 1,
@@ -570,7 +573,7 @@ impl Cycle {
                 let grew = (now.rss_bytes as f64 - first) / first.max(1.0);
                 if span_ok && grew < self.cfg.settle_growth {
                     let storm = self.storm.as_mut()?;
-                    storm.settled_after_ns = Some(ktime - storm.started_ktime_ns);
+                    storm.settled_after_ns = Some(ktime.saturating_sub(storm.started_ktime_ns));
                     let detail = format!(
                         "storm settled after {:.1} s: kubelet RSS flat at {} MiB",
                         secs,

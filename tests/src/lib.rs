@@ -376,11 +376,17 @@ impl Proc {
 
     /// Waits (30 s at most) for exit; returns the signal that killed it, if any.
     pub fn wait_signal(&mut self) -> Option<i32> {
+        self.wait_signal_reaped().0
+    }
+
+    /// Like [`Proc::wait_signal`], with the CLOCK_MONOTONIC time (ns) at which the exit was
+    /// reaped: the process had exited before it (polled every 10 ms, so at most ~10 ms before).
+    pub fn wait_signal_reaped(&mut self) -> (Option<i32>, u64) {
         use std::os::unix::process::ExitStatusExt as _;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match self.0.try_wait() {
-                Ok(Some(status)) => return status.signal(),
+                Ok(Some(status)) => return (status.signal(), monotonic_ns()),
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10))
                 }
@@ -433,6 +439,28 @@ pub fn spawn_in(cg: &ScratchCgroup, program: &str, args: &[&str]) -> Proc {
 }
 
 pub const MIB: u64 = 1 << 20;
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime({clock})");
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// CLOCK_MONOTONIC now, ns: the clock of the kernel's event timestamps (`bpf_ktime_get_ns`),
+/// so a record's `ktime_ns` can be placed between two readings of it.
+pub fn monotonic_ns() -> u64 {
+    u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).expect("monotonic time fits u64")
+}
+
+/// CLOCK_REALTIME now, ns since the Unix epoch.
+pub fn realtime_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
 
 /// A record's `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -579,5 +607,13 @@ impl Kill {
     }
     pub fn time(&self) -> &str {
         self.field("time").as_str().unwrap_or("")
+    }
+    /// `time` (RFC 3339, UTC, nanoseconds) as ns since the Unix epoch.
+    #[track_caller]
+    pub fn time_unix_ns(&self) -> i128 {
+        use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+        OffsetDateTime::parse(self.time(), &Rfc3339)
+            .unwrap_or_else(|e| panic!("time of kill record {} is not RFC 3339: {e}", self.0))
+            .unix_timestamp_nanos()
     }
 }

@@ -3,8 +3,8 @@
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use oomprobe_tests::{
-    cgroup_name, metric, spawn_in, vmstat_oom_kills, Agent, Kill, KillKind, ScratchCgroup, SiCode,
-    MIB,
+    cgroup_name, metric, monotonic_ns, realtime_ns, spawn_in, vmstat_oom_kills, Agent, Kill,
+    KillKind, ScratchCgroup, SiCode, MIB,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -23,14 +23,12 @@ fn last_held(lines: &[String]) -> u64 {
 fn memcg_oom_kill_is_recorded_exactly() {
     let agent = Agent::start();
     let cg = ScratchCgroup::create(&cgroup_name("oom"), Some(32 * MIB)).expect("cgroup");
+    let (mono_before, wall_before) = (monotonic_ns(), realtime_ns());
     let mut hog = spawn_in(&cg, "memhog", &["64"]);
     let pid = u64::from(hog.pid());
     let lines = hog.read_until("done");
-    assert_eq!(
-        hog.wait_signal(),
-        Some(9),
-        "memhog was not SIGKILLed: {lines:?}"
-    );
+    let (signal, reaped) = hog.wait_signal_reaped();
+    assert_eq!(signal, Some(9), "memhog was not SIGKILLed: {lines:?}");
     let held_kib = last_held(&lines);
 
     let rec = agent.expect_kill(pid);
@@ -49,14 +47,44 @@ fn memcg_oom_kill_is_recorded_exactly() {
         anon >= held_kib && anon <= held_kib + 2048,
         "anon_rss_kb {anon} vs held {held_kib} KiB"
     );
-    let exit_after = rec.exit_after_ns();
-    assert!(exit_after > 0 && exit_after < 5_000_000_000, "{exit_after}");
-    let ktime = rec.ktime_ns();
-    assert!(ktime > 0);
+    let (mono_got, wall_got) = (monotonic_ns(), realtime_ns());
+    assert_times(&rec, mono_before, reaped, mono_got);
+    // The wall-clock `time` is the same instant: between the test's readings of CLOCK_REALTIME.
     let time = rec.time();
     assert!(
         time.ends_with('Z') && time.len() == "2026-11-28T07:33:39.501197331Z".len(),
         "{time}"
+    );
+    let wall = rec.time_unix_ns();
+    assert!(
+        wall_before <= wall && wall <= wall_got,
+        "time {time} not between the test's clock readings {wall_before} and {wall_got}"
+    );
+}
+
+/// The kill's kernel timestamps against the test's own CLOCK_MONOTONIC readings (the clock of
+/// `bpf_ktime_get_ns`): the SIGKILL after `before` (the victim was started then) and before
+/// `reaped`; the victim's exit (`ktime_ns + exit_after_ns`) after the signal and before its
+/// parent reaped it; the agent's first sight of it (`ktime_ns + seen_after_ns`) before the test
+/// read the record at `got`. A missing exit (null after 3 s), a value from another clock or
+/// another event breaks one of them.
+#[track_caller]
+fn assert_times(rec: &Kill, before: u64, reaped: u64, got: u64) {
+    let ktime = rec.ktime_ns();
+    assert!(
+        before < ktime && ktime < reaped,
+        "ktime_ns {ktime} not between the victim's start {before} and its reaping {reaped}"
+    );
+    let exit_after = rec.exit_after_ns();
+    assert!(
+        exit_after > 0 && ktime + exit_after <= reaped,
+        "exit {exit_after} ns after the SIGKILL at {ktime}, but reaped at {reaped} ({} ns after it)",
+        reaped - ktime
+    );
+    let seen_after = rec.seen_after_ns();
+    assert!(
+        ktime + seen_after <= got,
+        "seen {seen_after} ns after the SIGKILL at {ktime}, later than the record's arrival {got}"
     );
 }
 
@@ -109,6 +137,7 @@ fn kill_nine_is_recorded(agent: &Agent, name: &str) -> (Kill, ScratchCgroup) {
     let cg = ScratchCgroup::create(&cgroup_name(name), None).expect("cgroup");
     let mut target = spawn_in(&cg, "memhog", &["8", "--hold"]);
     target.read_until("done");
+    let before = monotonic_ns();
     let killer = Command::new("/bin/kill")
         .args(["-9", &target.pid().to_string()])
         .spawn()
@@ -116,7 +145,8 @@ fn kill_nine_is_recorded(agent: &Agent, name: &str) -> (Kill, ScratchCgroup) {
     let killer_pid = u64::from(killer.id());
     let status = killer.wait_with_output().expect("kill ran").status;
     assert!(status.success());
-    assert_eq!(target.wait_signal(), Some(9));
+    let (signal, reaped) = target.wait_signal_reaped();
+    assert_eq!(signal, Some(9));
 
     let pid = u64::from(target.pid());
     let rec = agent.expect_kill(pid);
@@ -128,8 +158,7 @@ fn kill_nine_is_recorded(agent: &Agent, name: &str) -> (Kill, ScratchCgroup) {
         .victim_cgroup(&cg.path)
         .exit_code(9)
         .not_oom();
-    rec.exit_after_ns();
-    rec.seen_after_ns();
+    assert_times(&rec, before, reaped, monotonic_ns());
     (rec, cg)
 }
 
@@ -138,8 +167,12 @@ fn kill_dash_nine_names_the_sender_and_is_not_an_oom() {
     let agent = Agent::builder().metrics(19611).start();
     let _ = kill_nine_is_recorded(&agent, "kill9");
     let body = agent.scrape();
-    assert!(
-        metric(&body, "oomprobe_kills_total{kind=\"signal\"}").unwrap() >= 1.0,
+    // Exactly the signal kills it recorded (ours, and any other kill -9 on the node meanwhile).
+    let recorded = agent.kills(|k| k.kind_str() == "signal").len() as f64;
+    assert!(recorded >= 1.0);
+    assert_eq!(
+        metric(&body, "oomprobe_kills_total{kind=\"signal\"}"),
+        Some(recorded),
         "{body}"
     );
     assert_eq!(
@@ -190,6 +223,7 @@ fn burst_of_oom_kills_across_cgroups_reconciles_with_kernel_counters() {
         .map(|i| ScratchCgroup::create(&cgroup_name(&format!("burst{i}")), Some(16 * MIB)).unwrap())
         .collect();
     let vmstat_before = vmstat_oom_kills();
+    let before = monotonic_ns();
     let mut procs = Vec::new();
     for cg in &cgs {
         for _ in 0..PER {
@@ -197,8 +231,11 @@ fn burst_of_oom_kills_across_cgroups_reconciles_with_kernel_counters() {
         }
     }
     let pids: BTreeSet<u64> = procs.iter().map(|p| u64::from(p.pid())).collect();
+    let mut reaped = std::collections::BTreeMap::new();
     for p in &mut procs {
-        assert_eq!(p.wait_signal(), Some(9), "every memhog must be OOM-killed");
+        let (signal, at) = p.wait_signal_reaped();
+        assert_eq!(signal, Some(9), "every memhog must be OOM-killed");
+        reaped.insert(u64::from(p.pid()), at);
     }
     let vmstat_delta = vmstat_oom_kills() - vmstat_before;
 
@@ -211,8 +248,10 @@ fn burst_of_oom_kills_across_cgroups_reconciles_with_kernel_counters() {
     assert_eq!(recs.len(), CGROUPS * PER);
     let victims: BTreeSet<u64> = recs.iter().map(Kill::victim_pid).collect();
     assert_eq!(victims, pids, "each process recorded exactly once");
+    let got = monotonic_ns();
     for r in &recs {
-        r.kind(KillKind::OomMemcg).exit_after_ns();
+        r.kind(KillKind::OomMemcg);
+        assert_times(r, before, reaped[&r.victim_pid()], got);
     }
     for cg in &cgs {
         let n = recs

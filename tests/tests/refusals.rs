@@ -114,7 +114,28 @@ fn metrics_port_in_use_is_one_clear_line() {
 #[test]
 fn forced_kprobe_tier_works_or_is_one_clear_line() {
     require_root();
-    let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists();
+    // Which branch this kernel must take, from its own build configuration (not from what the
+    // agent probes): CONFIG_KPROBES in /proc/config.gz or /boot/config-<release>. The kprobe
+    // PMU in sysfs must agree with it.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let config = Command::new("zcat")
+        .arg("/proc/config.gz")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .or_else(|| std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok())
+        .expect("this kernel's configuration (/proc/config.gz or /boot/config-<release>) is needed to know which branch it must take");
+    let has_kprobes = config.lines().any(|l| l == "CONFIG_KPROBES=y");
+    assert!(
+        has_kprobes || config.lines().any(|l| l == "# CONFIG_KPROBES is not set"),
+        "CONFIG_KPROBES neither set nor unset in the kernel configuration"
+    );
+    assert_eq!(
+        std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
+        has_kprobes,
+        "the kprobe PMU in sysfs disagrees with CONFIG_KPROBES"
+    );
     let (code, stderr) = run_agent(|c| {
         c.args(["--hook-tier", "kprobe"]);
     });

@@ -1,12 +1,38 @@
 //! Sampling and persistence: the kubelet's memory and cgroup are sampled on one clock, and the
 //! series survives an agent restart.
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use oomprobe_tests::{
     cgroup_name, scratch_dir, spawn_path_in, standin_kubelet, Agent, ScratchCgroup, MIB,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
+
+/// The samples naming the kubelet `pid`, in order.
+fn samples_of(agent: &Agent, pid: u64) -> Vec<Value> {
+    agent
+        .records()
+        .into_iter()
+        .filter(|v| v["event"] == "sample" && v["kubelet"]["pid"].as_u64() == Some(pid))
+        .collect()
+}
+
+/// Waits (until `deadline`) for the sample after the first `n` naming the kubelet `pid`.
+fn next_sample(agent: &Agent, pid: u64, n: usize, deadline: Instant) -> Value {
+    loop {
+        if let Some(s) = samples_of(agent, pid).into_iter().nth(n) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sample {} of pid {pid} in time",
+            n + 1
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 #[test]
 fn samples_name_the_kubelet_its_cgroup_and_limit_and_persist() {
@@ -31,11 +57,57 @@ fn samples_name_the_kubelet_its_cgroup_and_limit_and_persist() {
             + s["kubelet"]["file_bytes"].as_u64().unwrap()
             + s["kubelet"]["shmem_bytes"].as_u64().unwrap();
         assert_eq!(rss, parts, "RSS is anon + file + shmem");
-        assert!(s["kubelet_cgroup_bytes"].as_u64().unwrap() >= rss / 2);
-        agent.wait_for_event(WAIT, "three samples", |v| {
-            v["event"] == "sample" && v["time"].is_string()
+        // Exactly what the kernel reports: the cgroup's usage file and the process's VmRSS,
+        // read by the test just before and just after a sample; once the stand-in idles (24 MiB
+        // leaked) both readings agree and the sample must equal them.
+        let usage_file = cg.dir.join(if cg.version == 1 {
+            "memory.usage_in_bytes"
+        } else {
+            "memory.current"
         });
-        std::thread::sleep(Duration::from_secs(3));
+        let kernel = || -> (u64, u64) {
+            let usage = std::fs::read_to_string(&usage_file)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let vmrss_kib: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .expect("VmRSS in /proc/PID/status");
+            (usage, vmrss_kib * 1024)
+        };
+        let deadline = Instant::now() + WAIT;
+        let mut brackets = Vec::new();
+        let matched = loop {
+            let n = samples_of(&agent, pid).len();
+            let before = kernel();
+            let s = next_sample(&agent, pid, n, deadline);
+            let after = kernel();
+            let got = (
+                s["kubelet_cgroup_bytes"].as_u64().unwrap(),
+                s["kubelet"]["rss_bytes"].as_u64().unwrap(),
+            );
+            if before == after {
+                break (got, before);
+            }
+            brackets.push((before, got, after));
+            assert!(
+                Instant::now() < deadline,
+                "the kernel's counters never held still around a sample: {brackets:?}"
+            );
+        };
+        assert_eq!(
+            matched.0, matched.1,
+            "(kubelet_cgroup_bytes, rss_bytes) vs (memory usage, VmRSS) read around the sample"
+        );
+        // Three samples, one per --sample-interval (1 s): waited for, not slept on.
+        let n = samples_of(&agent, pid).len();
+        for i in n..3 {
+            next_sample(&agent, pid, i, deadline);
+        }
         agent
             .records()
             .iter()

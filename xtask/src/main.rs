@@ -1,6 +1,7 @@
 //! Build, set-up, demo and test orchestration: `cargo xtask <command>`.
 mod bench;
 mod demo;
+mod fuzz;
 mod lab;
 mod deploy;
 mod image;
@@ -93,7 +94,16 @@ enum Cmd {
     /// Checks deploy/ (part of `test`): kustomize builds, promtool check/test rules, the
     /// PrometheusRule is current, the dashboard's model and queries.
     CheckDeploy,
-    /// Everything: formatting, lints, unit tests, then the privileged tests on this kernel.
+    /// Every fuzz target (fuzz/: the ring decoder, ELF/pclntab symbols, cgroup paths, the
+    /// kubelet metrics parser, the replay CSV reader, the series store) for a bounded time each;
+    /// a crash, hang or oversized allocation fails and names the reproducer.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
+    /// Everything: formatting, lints, unit tests, fuzzing (20 s per target), then the
+    /// privileged tests on this kernel.
     Test {
         /// Only the privileged integration tests.
         #[arg(long)]
@@ -200,6 +210,9 @@ fn build_standins() -> Result<()> {
     ]))
 }
 
+/// Seconds per fuzz target in `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u32 = 20;
+
 fn test(integration_only: bool, filter: &[String]) -> Result<()> {
     setup::ensure()?;
     if !integration_only {
@@ -217,6 +230,8 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
         run(cargo().args(["test", "--workspace", "--exclude", "oomprobe-tests"]))?;
         // What deploy/ ships: kustomizations, Prometheus rules and their tests, the dashboard.
         deploy::check()?;
+        // Every parser of outside input, fuzzed for a bounded time (6 targets x 20 s).
+        fuzz::run_all(FUZZ_SECONDS_IN_TEST)?;
     }
     build()?;
     // What the privileged tests drive for real, from Debian's packages: containerd and runc
@@ -359,6 +374,7 @@ fn main() {
             )),
         },
         Cmd::Image => image::build().map(|_| ()),
+        Cmd::Fuzz { seconds } => fuzz::run_all(seconds),
         Cmd::PrometheusRule => deploy::write_prometheus_rule(),
         Cmd::CheckDeploy => deploy::check(),
         Cmd::VmTest { kernels } => {

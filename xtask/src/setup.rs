@@ -10,6 +10,8 @@ use crate::run;
 /// LLVM major of the nightly rustc that builds probe-ebpf; bpf-linker must match it.
 const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz for `cargo xtask fuzz` (fuzz/ builds with the pinned nightly).
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
 /// The pinned nightly that builds probe-ebpf (rustc 1.97.0-nightly e50aa6fba 2026-05-19, LLVM 22).
 /// Pinned because bpf-linker must be on the same LLVM major; `agent/build.rs` uses the same name.
 pub const NIGHTLY: &str = "nightly-2026-05-20";
@@ -172,7 +174,8 @@ pub fn ensure() -> Result<()> {
     // The machine's Go builds the Go stand-in kubelet (never Debian's golang-go, go1.19, which
     // would shadow it); gcc the C one.
     check_go()?;
-    apt_install(&[&format!("llvm-{LLVM_MAJOR}-dev"), "gcc"])?;
+    // bpftool: the BTF unit test checks the agent's reader against libbpf's.
+    apt_install(&[&format!("llvm-{LLVM_MAJOR}-dev"), "gcc", "bpftool"])?;
     match bpf_linker_llvm_major() {
         Some(m) if m == LLVM_MAJOR => {}
         found => {
@@ -206,5 +209,22 @@ pub fn ensure() -> Result<()> {
             }
         }
     }
-    Ok(())
+    ensure_cargo_fuzz()
+}
+
+/// cargo-fuzz at the pinned version, built with `--locked`.
+fn ensure_cargo_fuzz() -> Result<()> {
+    let installed = output(Command::new("cargo").args(["fuzz", "--version"])).unwrap_or_default();
+    if installed.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    run(Command::new("cargo").args([
+        "+stable",
+        "install",
+        &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        "--locked",
+        "--force",
+    ]))
+    .context("cannot install cargo-fuzz")
 }

@@ -327,10 +327,10 @@ fn kubelet_limit_ending_when_its_limit_comes_first() {
     assert_eq!(ev.detail, "kubelet uses 420 of its 512 MiB limit");
     let h = ev.headroom.unwrap();
     assert!((h.seconds_left.unwrap() - 92.0 / 60.0).abs() < 1e-9);
-    assert!(!ev
-        .recommendations
-        .iter()
-        .any(|r| r.contains("--kube-reserved-cgroup")));
+    // Before any OOM kill: the restart is earned, cordoning is not (no cycle yet), and the
+    // node-memory steps are not (its own limit comes first).
+    assert_eq!(ev.cycles, 0);
+    assert_eq!(ev.recommendations, [RESTART]);
     // The kernel kills it in its own cgroup: active_oom, ending kubelet_limit.
     let rec = kill(
         3 * S,
@@ -345,7 +345,16 @@ fn kubelet_limit_ending_when_its_limit_comes_first() {
         (ev.stage, ev.ending),
         (Stage::ActiveOom, Some(Ending::KubeletLimit))
     );
+    // One cycle: cordon and drain are earned now; no storm measured, no known cause, not in
+    // recovery: nothing else.
+    assert_eq!(ev.cycles, 1);
+    assert_eq!(ev.recommendations, [CORDON, DRAIN]);
 }
+
+const CORDON: &str = "cordon the node to stop new scheduling during recovery";
+const DRAIN: &str =
+    "drain it if the workloads tolerate migration: less to reconcile when the kubelet restarts";
+const RESTART: &str = "restart the kubelet in a low-traffic window to reclaim leaked memory; watch PLEG relist and pod worker durations settle within 2 minutes";
 
 /// A limit beyond what the node has left: the node's memory is the ending.
 #[test]
@@ -678,4 +687,28 @@ fn recorded_vm_node_oom_replays_to_the_same_stages() {
             assert_eq!(live_caused[pod][0]["sender_pid"], *sender, "{kernel}");
         }
     }
+}
+
+/// Found by fuzzing (ring_events): two kubelet OOM kills whose kernel times arrive out of order
+/// (per-CPU rings) made `period`/`flapping` subtract the later from the earlier and panic. The
+/// period is the time between them, whichever came first.
+#[test]
+fn kubelet_kills_out_of_order_give_the_period_between_them() {
+    let mut c = Cycle::new(CycleConfig::default());
+    let k = |t: u64| {
+        kill(
+            t,
+            KillKind::OomMemcg,
+            (KUBELET, "kubelet", "/kubelet.slice"),
+            (KUBELET, "kubelet"),
+            Some(("/kubelet.slice", 512 * MIB)),
+            -999,
+        )
+    };
+    c.on_kill(&k(10 * S), Party::Kubelet).expect("active_oom");
+    // A second kill with no restart between: still active_oom, now two cycles 6 s apart.
+    let ev = c.on_kill(&k(4 * S), Party::Kubelet).expect("a stage event");
+    assert_eq!((ev.stage, ev.cycles), (Stage::ActiveOom, 2));
+    assert_eq!(ev.period_seconds, Some(6.0));
+    assert!(ev.flapping);
 }

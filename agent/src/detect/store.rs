@@ -267,12 +267,20 @@ pub fn load(path: &Path, now: i64) -> Result<Loaded, StoreError> {
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(io)?;
-    let Some(l) = layout(&data) else {
-        return Ok(Loaded {
+    let _file = tracing::warn_span!("series_store", path = %path.display()).entered();
+    Ok(parse(&data, now))
+}
+
+/// Decodes a store file's bytes (format 1 or 2), as [`load`] does after reading the file:
+/// never fails and never panics; bytes that are not a store come back as `corrupt`, invalid
+/// records are counted in `invalid`.
+pub fn parse(data: &[u8], now: i64) -> Loaded {
+    let Some(l) = layout(data) else {
+        return Loaded {
             samples: Vec::new(),
             invalid: 0,
             corrupt: true,
-        });
+        };
     };
     let known: Vec<Option<String>> = l
         .names
@@ -285,12 +293,12 @@ pub fn load(path: &Path, now: i64) -> Result<Loaded, StoreError> {
         .filter(|n| !columns().contains(&n.as_str()))
         .collect();
     if !unknown.is_empty() {
-        tracing::warn!(path = %path.display(), columns = ?unknown, "series store columns this agent does not know are ignored");
+        tracing::warn!(columns = ?unknown, "series store columns this agent does not know are ignored");
     }
     let body = data.get(l.body..).unwrap_or_default();
     let whole = body.len() / l.record * l.record;
     if whole != body.len() {
-        tracing::warn!(path = %path.display(), bytes = body.len() - whole, "cut a torn last record");
+        tracing::warn!(bytes = body.len() - whole, "cut a torn last record");
     }
     let latest = now.saturating_add(FUTURE_SLACK_S);
     let mut samples = Vec::new();
@@ -309,15 +317,15 @@ pub fn load(path: &Path, now: i64) -> Result<Loaded, StoreError> {
         }
     }
     if invalid > 0 {
-        tracing::warn!(path = %path.display(), records = invalid, "invalid series records dropped");
+        tracing::warn!(records = invalid, "invalid series records dropped");
     }
     samples.sort_by_key(|s| s.t);
     bound(&mut samples);
-    Ok(Loaded {
+    Loaded {
         samples,
         invalid,
         corrupt: false,
-    })
+    }
 }
 
 impl Store {

@@ -344,16 +344,75 @@ mod tests {
         assert!(Btf::parse(&b).is_err());
     }
 
+    /// What bpftool (libbpf's own BTF reader, a different implementation) says of this
+    /// kernel's BTF: `STRUCT 'name'` entries with `'member' ... bits_offset=N` lines, and
+    /// `'ENUMERATOR' val=N` lines.
+    fn bpftool_dump() -> String {
+        let out = std::process::Command::new("bpftool")
+            .args(["btf", "dump", "file", VMLINUX, "format", "raw"])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("bpftool not runnable ({e}): `cargo xtask setup` installs Debian's bpftool")
+            });
+        assert!(
+            out.status.success(),
+            "bpftool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("bpftool prints UTF-8")
+    }
+
+    /// The byte offset bpftool gives for `strukt.member` (first non-empty struct of that name,
+    /// as [`Btf::member_offset`] takes).
+    fn bpftool_offset(dump: &str, strukt: &str, member: &str) -> Option<u32> {
+        let head = format!("] STRUCT '{strukt}' ");
+        let mut lines = dump
+            .lines()
+            .skip_while(|l| !l.contains(&head) || l.ends_with("vlen=0"));
+        lines.next()?;
+        lines
+            .take_while(|l| l.starts_with('\t'))
+            .find(|l| l.trim_start().starts_with(&format!("'{member}' ")))
+            .and_then(|l| l.split("bits_offset=").nth(1))
+            .and_then(|b| b.split_whitespace().next()?.parse::<u32>().ok())
+            .map(|bits| bits / 8)
+    }
+
     #[test]
-    fn reads_this_kernels_cgroup_chain_when_present() {
-        let Ok(btf) = Btf::from_sys_fs() else {
-            eprintln!("SKIP: no {VMLINUX} on this machine (CONFIG_DEBUG_INFO_BTF off)");
-            return;
-        };
-        assert!(btf.member_offset("task_struct", "cgroups").unwrap() > 0);
-        assert!(btf.member_offset("cgroup", "kn").unwrap() > 0);
-        btf.member_offset_any("kernfs_node", &["__parent", "parent"])
-            .unwrap();
-        assert!(btf.enum_value("memory_cgrp_id").unwrap() >= 0);
+    fn reads_this_kernels_cgroup_chain_exactly_as_bpftool() {
+        // The agent needs this file on every kernel it runs on (CONFIG_DEBUG_INFO_BTF=y); so does
+        // this test: it fails rather than skip where the kernel lacks it.
+        let btf = Btf::from_sys_fs().unwrap_or_else(|e| {
+            panic!("{VMLINUX} unreadable ({e}): this kernel lacks CONFIG_DEBUG_INFO_BTF")
+        });
+        let dump = bpftool_dump();
+        for (strukt, member) in [
+            ("task_struct", "cgroups"),
+            ("cgroup", "kn"),
+            ("css_set", "subsys"),
+        ] {
+            let want = bpftool_offset(&dump, strukt, member)
+                .unwrap_or_else(|| panic!("bpftool has no {strukt}.{member}"));
+            assert_eq!(
+                btf.member_offset(strukt, member).unwrap(),
+                want,
+                "{strukt}.{member}"
+            );
+        }
+        let parent = ["__parent", "parent"]
+            .iter()
+            .find_map(|m| bpftool_offset(&dump, "kernfs_node", m))
+            .expect("bpftool: kernfs_node has neither __parent nor parent");
+        assert_eq!(
+            btf.member_offset_any("kernfs_node", &["__parent", "parent"])
+                .unwrap(),
+            parent
+        );
+        let want: i64 = dump
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("'memory_cgrp_id' val="))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("bpftool: no memory_cgrp_id enumerator");
+        assert_eq!(btf.enum_value("memory_cgrp_id").unwrap(), want);
     }
 }

@@ -180,7 +180,7 @@ const LIB_DIRS: &[&str] = &[
 ];
 
 fn uint(data: &[u8], off: usize, size: usize) -> Option<u64> {
-    let b = data.get(off..off + size)?;
+    let b = data.get(off..off.checked_add(size)?)?;
     Some(match size {
         4 => u64::from(u32::from_le_bytes(b.try_into().ok()?)),
         8 => u64::from_le_bytes(b.try_into().ok()?),
@@ -210,37 +210,50 @@ pub fn parse_pclntab_in(tab: &[u8], text_section: Option<u64>) -> Result<FuncTab
         return Err("pointer size");
     }
     let word = |i: usize| uint(tab, 8 + i * ptr, ptr).ok_or("short header");
+    // Offsets and sizes below come from the file: summed with overflow checks, a table whose
+    // numbers point past the address space is refused.
+    let at = |base: usize, parts: &[usize]| -> Result<usize, &'static str> {
+        parts
+            .iter()
+            .try_fold(base, |a, &p| a.checked_add(p))
+            .ok_or("offset beyond the address space")
+    };
+    let index = |i: usize, stride: usize| i.checked_mul(stride).ok_or("function index overflows");
     let mut funcs = Vec::new();
     match magic {
         // go1.18-1.19 (0xfffffff0), go1.20+ (0xfffffff1)
         0xffff_fff0 | 0xffff_fff1 => {
-            let nfunc = word(0)? as usize;
+            let nfunc = usize::try_from(word(0)?).map_err(|_| "nfunc")?;
             let text_start = match word(2)? {
                 0 => text_section.ok_or("textStart unrelocated and no .text section")?,
                 t => t,
             };
-            let funcname = word(3)? as usize;
-            let functab = word(7)? as usize;
+            let funcname = usize::try_from(word(3)?).map_err(|_| "funcnametab offset")?;
+            let functab = usize::try_from(word(7)?).map_err(|_| "functab offset")?;
             for i in 0..nfunc {
-                let e = functab + i * 8;
+                let e = at(functab, &[index(i, 8)?])?;
                 let entry = uint(tab, e, 4).ok_or("functab")?;
-                let funcoff = uint(tab, e + 4, 4).ok_or("functab")? as usize;
-                let name_off = uint(tab, functab + funcoff + 4, 4).ok_or("func")? as usize;
-                let name = cstr_at(tab, funcname + name_off).ok_or("name")?;
-                funcs.push((text_start + entry, name));
+                let funcoff = uint(tab, at(e, &[4])?, 4).ok_or("functab")? as usize;
+                let name_off = uint(tab, at(functab, &[funcoff, 4])?, 4).ok_or("func")? as usize;
+                let name = cstr_at(tab, at(funcname, &[name_off])?).ok_or("name")?;
+                let addr = text_start
+                    .checked_add(entry)
+                    .ok_or("function entry beyond the address space")?;
+                funcs.push((addr, name));
             }
         }
         // go1.16-1.17
         0xffff_fffa => {
-            let nfunc = word(0)? as usize;
-            let funcname = word(2)? as usize;
-            let functab = word(6)? as usize;
+            let nfunc = usize::try_from(word(0)?).map_err(|_| "nfunc")?;
+            let funcname = usize::try_from(word(2)?).map_err(|_| "funcnametab offset")?;
+            let functab = usize::try_from(word(6)?).map_err(|_| "functab offset")?;
             for i in 0..nfunc {
-                let e = functab + i * 2 * ptr;
+                let e = at(functab, &[index(i, 2 * ptr)?])?;
                 let entry = uint(tab, e, ptr).ok_or("functab")?;
-                let funcoff = uint(tab, e + ptr, ptr).ok_or("functab")? as usize;
-                let name_off = uint(tab, functab + funcoff + ptr, 4).ok_or("func")? as usize;
-                let name = cstr_at(tab, funcname + name_off).ok_or("name")?;
+                let funcoff = usize::try_from(uint(tab, at(e, &[ptr])?, ptr).ok_or("functab")?)
+                    .map_err(|_| "func offset")?;
+                let name_off = uint(tab, at(functab, &[funcoff, ptr])?, 4).ok_or("func")? as usize;
+                let name = cstr_at(tab, at(funcname, &[name_off])?).ok_or("name")?;
                 funcs.push((entry, name));
             }
         }
@@ -289,7 +302,23 @@ fn go_text_start(elf: &object::File<'_>, pclntab_addr: u64, tab: &[u8]) -> Optio
 /// not anonymous memory charged to the agent's cgroup.
 pub struct Binary {
     pub path: String,
-    data: memmap2::Mmap,
+    data: Bytes,
+}
+
+/// A binary's bytes: the file mapped, or bytes already in memory ([`Binary::from_bytes`]).
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
 }
 
 impl Binary {
@@ -317,8 +346,17 @@ impl Binary {
         let data = unsafe { memmap2::Mmap::map(&file) }.map_err(read_err)?;
         Ok(Binary {
             path: path.display().to_string(),
-            data,
+            data: Bytes::Mapped(data),
         })
+    }
+
+    /// A binary from bytes already read (an ELF file's whole contents); `name` stands for its
+    /// path in errors. Nothing is checked until a table is asked for, as with [`Binary::open`].
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Binary {
+        Binary {
+            path: name.to_string(),
+            data: Bytes::Owned(bytes),
+        }
     }
 
     fn elf(&self) -> Result<object::File<'_>, SymbolError> {
@@ -353,7 +391,9 @@ impl Binary {
         elf.segments().find_map(|seg| {
             let (off, size) = seg.file_range();
             let start = seg.address();
-            (addr >= start && addr < start + size).then(|| addr - start + off)
+            // Segment fields come from the file: no sum may wrap.
+            let into = addr.checked_sub(start).filter(|d| *d < size)?;
+            into.checked_add(off)
         })
     }
 
@@ -435,7 +475,7 @@ impl Binary {
             if s.kind() == object::SymbolKind::Text && s.address() != 0 {
                 if let Ok(name) = s.name() {
                     funcs.push((s.address(), name.to_string()));
-                    end = end.max(s.address() + s.size());
+                    end = end.max(s.address().saturating_add(s.size()));
                 }
             }
         }
@@ -539,5 +579,40 @@ mod tests {
         let mut t = table();
         t.truncate(60);
         assert!(parse_pclntab(&t).is_err());
+    }
+
+    /// What the `elf_symbols` fuzz target does with an input: every table, as an ELF file and
+    /// as a bare `.gopclntab`. Must return, never panic.
+    fn everything(data: &[u8]) {
+        let _ = parse_pclntab(data);
+        let _ = parse_pclntab_in(data, Some(u64::MAX - 16));
+        let bin = Binary::from_bytes("fuzz", data.to_vec());
+        let _ = bin.go_functions();
+        let _ = bin.probe_points();
+        let _ = bin.elf_functions();
+        let _ = bin.symtab_address("runtime.sysMap");
+    }
+
+    /// Found by fuzzing (elf_symbols): a go1.20 table (the seed binary's, cut) whose entries
+    /// added to a text start near the top of the address space overflowed (`text_start + entry`).
+    #[test]
+    fn fuzz_text_start_plus_entry_overflow_is_an_error() {
+        let data = include_bytes!("../../tests/data/fuzz/elf_symbols/text-start-overflow");
+        assert_eq!(
+            parse_pclntab_in(data, Some(u64::MAX - 16)).err(),
+            Some("function entry beyond the address space")
+        );
+        everything(data);
+    }
+
+    /// Header offsets at the top of `usize`: every sum is checked, the table refused.
+    #[test]
+    fn offsets_past_the_address_space_are_errors() {
+        for word in [3, 7] {
+            let mut t = table();
+            let at = 8 + word * 8;
+            t[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+            assert!(parse_pclntab(&t).is_err(), "word {word}");
+        }
     }
 }

@@ -1,0 +1,3 @@
+module oomprobe.invalid/fuzzseed
+
+go 1.19
