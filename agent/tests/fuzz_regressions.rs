@@ -215,7 +215,7 @@ fn replay_csv_crashes_stay_fixed() {
         let Ok((samples, _)) = csv::parse(text) else {
             return;
         };
-        evaluate_each(&Engine::default(), &samples, 3600, |v| {
+        evaluate_each(&mut Engine::default(), &samples, 3600, |v| {
             let out = Output::Verdict(v.clone());
             let _ = out.json();
             let _ = out.text();

@@ -14,8 +14,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok((samples, _unknown)) = csv::parse(text) else {
         return;
     };
-    let engine = Engine::default();
-    evaluate_each(&engine, &samples, 3600, |v| {
+    let mut engine = Engine::default();
+    evaluate_each(&mut engine, &samples, 3600, |v| {
         let out = Output::Verdict(v.clone());
         let _ = out.json();
         let _ = out.text();
