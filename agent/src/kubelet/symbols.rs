@@ -454,6 +454,20 @@ impl Binary {
         Ok(out)
     }
 
+    /// The link address of the page that maps file offset 0 (the first PT_LOAD's vaddr minus its
+    /// offset, page-aligned): what the offset-0 mapping of a process's executable starts at when
+    /// it is not relocated.
+    pub fn offset0_load_address(&self) -> Option<u64> {
+        let elf = self.elf().ok()?;
+        elf.segments()
+            .filter_map(|seg| {
+                let (off, _) = seg.file_range();
+                seg.address().checked_sub(off)
+            })
+            .min()
+            .map(|a| a & !0xfff)
+    }
+
     /// Function symbols of a non-Go binary (for symbolizing C/C++ call sites).
     pub fn elf_functions(&self) -> Option<FuncTable> {
         let elf = self.elf().ok()?;
