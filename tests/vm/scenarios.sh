@@ -329,10 +329,21 @@ l=$(attribution /tmp/agenta.out $gpid ${leaked:-1})
 fn=$(echo "$l" | grep -o '"top_call_sites":\[{"function":"[^"]*"' | cut -d'"' -f6)
 b=$(echo "$l" | grep -o '"top_call_sites":\[{"function":"[^"]*","bytes":[0-9]*' | grep -o '[0-9]*$')
 hits=$(echo "$l" | grep -o '"by_entry_point":{[^}]*}')
-if [ "$leaked" = "67108864" ] && echo "$l" | grep -q '"mode":"uprobes"' && [ "$fn" = "main.leakPodCache" ] && within5 "${b:-0}" "$leaked"; then
-    result alloc_go PASS "pid $gpid leaked $leaked, main.leakPodCache $b bytes, $hits"
+# The bytes the heap-map uprobe read from Go's register ABI (runtime.sysMapOS's 2nd argument):
+# what the runtime says it mapped for its heap (HeapSys), within -5%/+15% (as tests/kubelet.rs).
+heap_sys=$(echo "$d" | grep -o '"heap_sys":[0-9]*' | cut -d: -f2)
+hm=$(echo "$hits" | grep -o '"runtime.sysMapOS":[0-9]*' | cut -d: -f2)
+if [ -n "$hm" ] && [ -n "$heap_sys" ] && [ "$heap_sys" -ge "${leaked:-0}" ] \
+   && [ $((hm * 100)) -ge $((heap_sys * 95)) ] && [ $((hm * 100)) -le $((heap_sys * 115)) ]; then
+    result alloc_go_bytes PASS "pid $gpid: runtime.sysMapOS uprobe $hm bytes, runtime HeapSys $heap_sys, leaked $leaked"
 else
-    result alloc_go FAIL "pid $gpid leaked $leaked top $fn $b: $(echo "$l" | cut -c1-900) $(grep -iE 'warn|error' /tmp/agenta.err | head -n 3 | cut -c1-600)"
+    result alloc_go_bytes FAIL "pid $gpid: runtime.sysMapOS $hm HeapSys $heap_sys leaked $leaked: $(echo "$l" | cut -c1-600)"
+fi
+# The call site: the user stack's first frame outside the runtime, the leak's bytes within 5%.
+if [ "$leaked" = "67108864" ] && echo "$l" | grep -q '"mode":"uprobes"' && [ "$fn" = "main.leakPodCache" ] && within5 "${b:-0}" "$leaked"; then
+    result alloc_go_call_site PASS "pid $gpid leaked $leaked, main.leakPodCache $b bytes, $hits"
+else
+    result alloc_go_call_site FAIL "pid $gpid leaked $leaked top $fn $b: $(echo "$l" | cut -c1-900) $(grep -iE 'warn|error' /tmp/agenta.err | head -n 3 | cut -c1-600)"
 fi
 kill $gpid 2> /dev/null
 mkcg kc 512M

@@ -79,6 +79,10 @@ enum Cmd {
         /// (qemu-system-aarch64, `-machine virt`, Debian's cloud-arm64 kernels).
         #[arg(long, value_enum, default_value_t = vm::Arch::X86_64)]
         arch: vm::Arch,
+        /// The whole matrix, as `cargo xtask test --kernels` runs it: amd64 6.1 and 6.12, arm64
+        /// 6.12, and the amd64/arm64 record comparison.
+        #[arg(long, conflicts_with_all = ["kernels", "arch"])]
+        matrix: bool,
     },
     /// The golden test's data (agent/tests/data/golden/README.md): record the real ring stream
     /// on this kernel (root, take the privileged lock), write the synthesised one, or re-write
@@ -396,7 +400,8 @@ fn main() {
             Cmd::Image => image::build().map(|_| ()),
             Cmd::PrometheusRule => deploy::write_prometheus_rule(),
             Cmd::CheckDeploy => deploy::check(),
-            Cmd::VmTest { kernels, arch } => {
+            Cmd::VmTest { matrix: true, .. } => vm::matrix(),
+            Cmd::VmTest { kernels, arch, .. } => {
                 let k: Vec<String> = if kernels.is_empty() {
                     arch.default_kernels()
                         .iter()
