@@ -521,9 +521,14 @@ fn compare_arches(series: &str) -> Result<()> {
     Ok(())
 }
 
+fn in_matrix() -> bool {
+    std::env::var_os("OOMPROBE_VM_MATRIX").is_some()
+}
+
 /// `cargo xtask test --kernels`: the amd64 rows (6.1, 6.12) and the arm64 row (6.12), each
 /// timed; fails when any row failed.
 pub fn matrix() -> Result<()> {
+    std::env::set_var("OOMPROBE_VM_MATRIX", "1");
     let started = Instant::now();
     let k: Vec<String> = DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect();
     let amd64 = vm_test(&k, Arch::X86_64);
@@ -634,6 +639,15 @@ pub fn vm_test(kernels: &[String], arch: Arch) -> Result<()> {
         eprintln!("vm-test: {name} took {:.0?}", started.elapsed());
     }
     println!("{passed} passed, {failed} failed");
+    // The cross-architecture comparison, once both architectures' 6.12 runs are in the cache
+    // (`--matrix` runs it after both; a single-arch run compares with the other's last run).
+    let other = match arch {
+        Arch::X86_64 => "run-6.12-aarch64",
+        Arch::Aarch64 => "run-6.12",
+    };
+    if kernels.iter().any(|k| k == "6.12") && cache.join(other).is_dir() && !in_matrix() {
+        compare_arches("6.12")?;
+    }
     if failed > 0 {
         bail!("{failed} VM scenario(s) failed");
     }
