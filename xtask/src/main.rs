@@ -83,6 +83,9 @@ enum Cmd {
         /// 6.12, and the amd64/arm64 record comparison.
         #[arg(long, conflicts_with_all = ["kernels", "arch"])]
         matrix: bool,
+        /// Only compare the cached amd64 and arm64 6.12 runs' records.
+        #[arg(long, conflicts_with_all = ["kernels", "arch", "matrix"])]
+        compare: bool,
     },
     /// The golden test's data (agent/tests/data/golden/README.md): record the real ring stream
     /// on this kernel (root, take the privileged lock), write the synthesised one, or re-write
@@ -401,6 +404,7 @@ fn main() {
             Cmd::PrometheusRule => deploy::write_prometheus_rule(),
             Cmd::CheckDeploy => deploy::check(),
             Cmd::VmTest { matrix: true, .. } => vm::matrix(),
+            Cmd::VmTest { compare: true, .. } => vm::compare_arches("6.12"),
             Cmd::VmTest { kernels, arch, .. } => {
                 let k: Vec<String> = if kernels.is_empty() {
                     arch.default_kernels()
