@@ -38,6 +38,8 @@ pub struct Metrics {
     pub decode_errors: IntCounterVec,
     pub hooks: IntGaugeVec,
     pub hook_tier: IntGaugeVec,
+    /// `oomprobe_feature_unsupported{feature,arch}`.
+    pub feature_unsupported: IntGaugeVec,
     pub pending_kills: IntGauge,
     pub kubelet_restarts: IntGauge,
     pub kubelet_metrics_errors: IntCounterVec,
@@ -129,6 +131,12 @@ impl Metrics {
             "oomprobe_hook_tier",
             "1 for the hook tier in use: kprobe (oom_kill_process) or tracepoint.",
             &["tier"],
+        );
+        let feature_unsupported = gauge_vec(
+            &registry,
+            "oomprobe_feature_unsupported",
+            "1 for each feature this agent does not run on its architecture (arch: the agent's, as Rust names it), e.g. kubelet_alloc_uprobes where no register map exists.",
+            &["feature", "arch"],
         );
         let pending_kills = gauge(
             &registry,
@@ -264,6 +272,7 @@ impl Metrics {
             sigkills,
             hooks,
             hook_tier,
+            feature_unsupported,
             pending_kills,
             kubelet_restarts,
             kubelet_metrics_errors,
@@ -295,6 +304,15 @@ impl Metrics {
             self.hooks
                 .with_label_values(&[hook.program])
                 .set(i64::from(on));
+        }
+    }
+
+    /// Publishes `oomprobe_feature_unsupported{feature,arch}` = 1 for each of `features`.
+    pub fn observe_unsupported(&self, arch: &str, features: &[&str]) {
+        for f in features {
+            self.feature_unsupported
+                .with_label_values(&[f, arch])
+                .set(1);
         }
     }
 

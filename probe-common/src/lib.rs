@@ -79,18 +79,21 @@ pub const KUBELET_TGIDS_MAX: u32 = 64;
 pub const ALLOC_STATS_MAX: u32 = 16384;
 pub const STACKS_MAX: u32 = 4096;
 
-/// Which register holds the byte count at an allocator entry point (in the attach cookie).
+/// Which argument holds the byte count at an allocator entry point (in the attach cookie). The
+/// eBPF object maps it to its architecture's register, chosen when the object is built
+/// (`bpf_target_arch`): on x86-64 Go's register ABI uses RAX, RBX and the C ABI RDI, RSI; on
+/// arm64 both use X0, X1 (`user_pt_regs.regs[0]`, `regs[1]`).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArgReg {
-    /// Go register ABI, 1st integer argument.
-    Rax = 0,
-    /// Go register ABI, 2nd integer argument.
-    Rbx = 1,
-    /// System V, 1st argument.
-    Rdi = 2,
-    /// System V, 2nd argument.
-    Rsi = 3,
+    /// Go register ABI, 1st integer argument (x86-64 RAX, arm64 R0).
+    GoArg0 = 0,
+    /// Go register ABI, 2nd integer argument (x86-64 RBX, arm64 R1).
+    GoArg1 = 1,
+    /// C ABI, 1st argument (x86-64 RDI, arm64 X0).
+    CArg0 = 2,
+    /// C ABI, 2nd argument (x86-64 RSI, arm64 X1).
+    CArg1 = 3,
 }
 
 /// Attach cookie: entry-point index (low 16 bits), [`ArgReg`] (bits 16..24) and

@@ -100,6 +100,8 @@ spawn t1 /memhog 64 > /tmp/t1.out
 pid=$!
 wait $pid
 l=$(wait_line /tmp/agent.out 60 "\"kind\":\"oom_memcg\",\"victim\":\\{\"pid\":$pid,")
+# The record itself, for the host's cross-architecture comparison (same scenario, amd64 vs arm64).
+echo "RECORD memcg_oom $l"
 if echo "$l" | grep -q "\"cgroup\":\"/t1\"" && echo "$l" | grep -q "\"code\":\"SI_KERNEL\"" \
    && echo "$l" | grep -q "\"sender\":{\"pid\":$pid," && echo "$l" | grep -q "\"path\":\"/t1\"" \
    && ! echo "$l" | grep -q "\"exit_after_ns\":null"; then
@@ -143,6 +145,7 @@ wait_line /tmp/t3.out 60 "^done" > /dev/null
 kpid=$!
 wait $kpid
 l=$(wait_line /tmp/agent.out 60 "\"victim\":\\{\"pid\":$pid,")
+echo "RECORD kill_9 $l"
 if echo "$l" | grep -q "\"kind\":\"signal\"" && echo "$l" | grep -q "\"sender\":{\"pid\":$kpid,\"tid\":$kpid,\"comm\":\"kill\",\"code\":\"SI_USER\"" \
    && echo "$l" | grep -q '"source":"rss_stat"'; then
     result kill_9 PASS "victim $pid sender $kpid $(echo "$l" | grep -o '"anon_rss_kb":[0-9]*'), source rss_stat"
@@ -294,6 +297,80 @@ if cmp -s /tmp/tp.norm /tmp/kp.norm && [ "$n" -ge 70 ]; then
 else
     result all_scenarios_both_tiers FAIL "tracepoint $n vs kprobe $(wc -l < /tmp/kp.norm) records; first difference: $(diff /tmp/tp.norm /tmp/kp.norm | grep "^[-+][^-+]" | head -n 2 | tr '\n' ' ' | cut -c1-1500)"
 fi
+# 9. Allocator attribution through uprobes, built for this guest's architecture: the Go
+#    stand-in kubelet (runtime.sysMapOS..., Go's register ABI) and the C one (libc mmap, the C
+#    ABI; its call site from the link register on arm64, the stack scan on x86-64). A third
+#    agent watches them; the bytes its uprobes saw must be within 5% of the leak.
+# kubelet_memory of pid $2 in $1 whose top call site holds at least $3 bytes (60 s), else the
+# last one seen.
+attribution() {
+    i=0; l=""
+    while [ $i -lt 600 ]; do
+        l=$(grep "\"event\":\"kubelet_memory\",\"pid\":$2," $1 | tail -n 1)
+        b=$(echo "$l" | grep -o '"top_call_sites":\[{"function":"[^"]*","bytes":[0-9]*' | grep -o '[0-9]*$')
+        if [ -n "$b" ] && [ "$b" -ge "$3" ]; then break; fi
+        sleep 0.1; i=$((i + 1))
+    done
+    echo "$l"
+}
+# |a - b| < 5% of b
+within5() { d=$(($1 - $2)); [ $d -lt 0 ] && d=$((0 - d)); [ $((d * 100)) -lt $(($2 * 5)) ]; }
+/oomprobe run --format json --no-metrics --state-dir /tmp/statea --kubelet-bin /go/kubelet --attribution-interval 1 > /tmp/agenta.out 2> /tmp/agenta.err &
+apid=$!
+if ! wait_line /tmp/agenta.err 120 "oomprobe ready" > /dev/null; then
+    result alloc_agent_ready FAIL "$(tail -n 3 /tmp/agenta.err | tr '\n' ' ')"
+fi
+mkcg ka 512M
+spawn ka /go/kubelet -total-mib 64 -interval-ms 2 -stats-ms 100000 > /tmp/ka.out
+gpid=$!
+d=$(wait_line /tmp/ka.out 120 '"done":true')
+leaked=$(echo "$d" | grep -o '"leaked":[0-9]*' | cut -d: -f2)
+l=$(attribution /tmp/agenta.out $gpid ${leaked:-1})
+fn=$(echo "$l" | grep -o '"top_call_sites":\[{"function":"[^"]*"' | cut -d'"' -f6)
+b=$(echo "$l" | grep -o '"top_call_sites":\[{"function":"[^"]*","bytes":[0-9]*' | grep -o '[0-9]*$')
+hits=$(echo "$l" | grep -o '"by_entry_point":{[^}]*}')
+# The bytes the heap-map uprobe read from Go's register ABI (runtime.sysMapOS's 2nd argument):
+# what the runtime says it mapped for its heap (HeapSys), within -5%/+15% (as tests/kubelet.rs).
+heap_sys=$(echo "$d" | grep -o '"heap_sys":[0-9]*' | cut -d: -f2)
+hm=$(echo "$hits" | grep -o '"runtime.sysMapOS":[0-9]*' | cut -d: -f2)
+if [ -n "$hm" ] && [ -n "$heap_sys" ] && [ "$heap_sys" -ge "${leaked:-0}" ] \
+   && [ $((hm * 100)) -ge $((heap_sys * 95)) ] && [ $((hm * 100)) -le $((heap_sys * 115)) ]; then
+    result alloc_go_bytes PASS "pid $gpid: runtime.sysMapOS uprobe $hm bytes, runtime HeapSys $heap_sys, leaked $leaked"
+else
+    result alloc_go_bytes FAIL "pid $gpid: runtime.sysMapOS $hm HeapSys $heap_sys leaked $leaked: $(echo "$l" | cut -c1-600)"
+fi
+# The call site: the user stack's first frame outside the runtime, the leak's bytes within 5%.
+if [ "$leaked" = "67108864" ] && echo "$l" | grep -q '"mode":"uprobes"' && [ "$fn" = "main.leakPodCache" ] && within5 "${b:-0}" "$leaked"; then
+    result alloc_go_call_site PASS "pid $gpid leaked $leaked, main.leakPodCache $b bytes, $hits"
+else
+    result alloc_go_call_site FAIL "pid $gpid leaked $leaked top $fn $b: $(echo "$l" | cut -c1-900) $(grep -iE 'warn|error' /tmp/agenta.err | head -n 3 | cut -c1-600)"
+fi
+kill $gpid 2> /dev/null
+mkcg kc 512M
+spawn kc /c/kubelet -total-mib 32 -interval-ms 2 -delay-ms 0 > /tmp/kc.out
+cpid=$!
+d=$(wait_line /tmp/kc.out 120 '"done":true')
+leaked=$(echo "$d" | grep -o '"leaked":[0-9]*' | cut -d: -f2)
+# The C stand-in's whole leak is mapped_bytes (the gap before its libc uprobes attach is counted
+# from the syscall tracepoints); the top call site holds what the mmap uprobe saw.
+i=0
+while [ $i -lt 600 ]; do
+    l=$(grep "\"event\":\"kubelet_memory\",\"pid\":$cpid," /tmp/agenta.out | tail -n 1)
+    m=$(echo "$l" | grep -o '"mapped_bytes":[0-9]*' | cut -d: -f2)
+    if [ -n "$m" ] && [ -n "$leaked" ] && [ $((m * 100)) -ge $((leaked * 95)) ]; then break; fi
+    sleep 0.1; i=$((i + 1))
+done
+fn=$(echo "$l" | grep -o '"top_call_sites":\[{"function":"[^"]*"' | cut -d'"' -f6)
+mm=$(echo "$l" | grep -o '"by_entry_point":{[^}]*}' | grep -o '"mmap":[0-9]*' | cut -d: -f2)
+if [ -n "$leaked" ] && echo "$l" | grep -q '"mode":"uprobes"' && [ "$fn" = "leak_pod_cache" ] && [ -n "$mm" ] && within5 "${m:-0}" "$leaked"; then
+    result alloc_c PASS "pid $cpid leaked $leaked, mapped $m, libc mmap uprobe $mm, top leak_pod_cache"
+else
+    result alloc_c FAIL "pid $cpid leaked $leaked mapped $m top $fn mmap $mm: $(echo "$l" | cut -c1-900) $(grep -iE 'warn|error' /tmp/agenta.err | head -n 3 | cut -c1-600)"
+fi
+kill $cpid 2> /dev/null
+kill $apid 2> /dev/null
+wait $apid 2> /dev/null
+
 # The node-wide ending: a real global OOM of the guest (tests/vm/node_oom.sh).
 . /node_oom.sh
 node_oom

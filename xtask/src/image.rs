@@ -268,7 +268,7 @@ pub fn meta() -> Result<Meta> {
 
 /// Builds the static agent and writes the archive; returns its path and sha256.
 pub fn build() -> Result<(PathBuf, String)> {
-    let bins = crate::vm::build_static()?;
+    let bins = crate::vm::build_static(crate::vm::Arch::X86_64)?;
     let binary = std::fs::read(bins.join("oomprobe")).context("the static agent")?;
     let meta = meta()?;
     let data = archive(&binary, &meta)?;

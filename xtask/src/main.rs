@@ -41,8 +41,14 @@ enum Cmd {
         #[command(subcommand)]
         action: LabCmd,
     },
-    /// Build the agent, its kernel programs and the stand-ins.
-    Build,
+    /// Build the agent, its kernel programs and the stand-ins. With `--arch aarch64`: the static
+    /// arm64 agent (target/static/aarch64-unknown-linux-gnu/release/oomprobe, its eBPF object
+    /// built for arm64's registers), memhog and the arm64 stand-ins (target/standin-aarch64).
+    Build {
+        /// Target architecture: x86_64 (this machine) or aarch64 (cross-built).
+        #[arg(long, value_enum, default_value_t = vm::Arch::X86_64)]
+        arch: vm::Arch,
+    },
     /// A stand-in kubelet leaks inside a memory cgroup until the kernel OOM-kills it; the agent
     /// reports the kill.
     Demo {
@@ -70,6 +76,17 @@ enum Cmd {
     VmTest {
         /// Kernel series, e.g. 6.1 6.12.
         kernels: Vec<String>,
+        /// The guest's architecture: x86_64 (qemu-system-x86_64) or aarch64
+        /// (qemu-system-aarch64, `-machine virt`, Debian's cloud-arm64 kernels).
+        #[arg(long, value_enum, default_value_t = vm::Arch::X86_64)]
+        arch: vm::Arch,
+        /// The whole matrix, as `cargo xtask test --kernels` runs it: amd64 6.1 and 6.12, arm64
+        /// 6.12, and the amd64/arm64 record comparison.
+        #[arg(long, conflicts_with_all = ["kernels", "arch"])]
+        matrix: bool,
+        /// Only compare the cached amd64 and arm64 6.12 runs' records.
+        #[arg(long, conflicts_with_all = ["kernels", "arch", "matrix"])]
+        compare: bool,
     },
     /// The golden test's data (agent/tests/data/golden/README.md): record the real ring stream
     /// on this kernel (root, take the privileged lock), write the synthesised one, or re-write
@@ -161,11 +178,31 @@ pub fn build() -> Result<()> {
     build_standins()
 }
 
-/// The Go stand-in kubelet (unstripped and stripped like release kubelets) and the C one, each
-/// in its own directory so the binary is named `kubelet`.
+/// `cargo xtask build --arch aarch64`: the static agent and memhog for arm64 (the eBPF object
+/// inside built for arm64's registers) and the arm64 stand-ins.
+fn build_cross(arch: vm::Arch) -> Result<()> {
+    setup::ensure()?;
+    setup::ensure_aarch64()?;
+    let bins = vm::build_static(arch)?;
+    eprintln!(
+        "xtask: static {} agent at {}",
+        arch.rust_target(),
+        bins.join("oomprobe").display()
+    );
+    build_standins_for(arch)
+}
+
 fn build_standins() -> Result<()> {
+    build_standins_for(vm::Arch::X86_64)
+}
+
+/// The Go stand-in kubelet (unstripped and stripped like release kubelets) and the C one, each
+/// in its own directory so the binary is named `kubelet`: target/standin (this machine's
+/// architecture) or target/standin-aarch64 (GOARCH=arm64, aarch64-linux-gnu-gcc).
+pub fn build_standins_for(arch: vm::Arch) -> Result<()> {
     let root = workspace_root();
-    let out = root.join("target/standin");
+    let out = root.join(arch.standin_dir());
+    let rel = arch.standin_dir();
     for dir in ["go", "go-stripped", "c", "static"] {
         std::fs::create_dir_all(out.join(dir))?;
     }
@@ -181,6 +218,7 @@ fn build_standins() -> Result<()> {
             .env("GOPATH", root.join("target/gopath"))
             .env("GOFLAGS", "-mod=mod")
             .env("GOTOOLCHAIN", "local")
+            .env("GOARCH", arch.goarch())
             .env("CGO_ENABLED", "0");
         let status = cmd
             .status()
@@ -192,20 +230,20 @@ fn build_standins() -> Result<()> {
     };
     go(&[], "go/kubelet")?;
     go(&["-ldflags=-s -w"], "go-stripped/kubelet")?;
-    run(Command::new("gcc").args([
+    run(Command::new(arch.cc()).args([
         "-O2",
         "-fno-omit-frame-pointer",
         "-o",
-        "target/standin/c/kubelet",
+        &format!("{rel}/c/kubelet"),
         "standin/c/kubelet.c",
     ]))?;
     // Static and stripped: neither Go nor a libc to probe (the syscall fallback's case).
-    run(Command::new("gcc").args([
+    run(Command::new(arch.cc()).args([
         "-O2",
         "-static",
         "-s",
         "-o",
-        "target/standin/static/kubelet",
+        &format!("{rel}/static/kubelet"),
         "standin/c/kubelet.c",
     ]))
 }
@@ -336,68 +374,76 @@ fn golden(record: bool, synth: bool, bless: bool) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Cmd::Setup { lab } => {
-            setup::ensure().and_then(|()| if lab { lab::ensure_built() } else { Ok(()) })
-        }
-        Cmd::Lab { action } => match action {
-            LabCmd::Up => setup::ensure().and_then(|()| lab::up()),
-            LabCmd::Down => lab::down(),
-            LabCmd::Status => lab::status(),
-            LabCmd::Supervise => lab::supervise(),
-        },
-        Cmd::Build => build(),
-        Cmd::Golden {
-            record,
-            synth,
-            bless,
-        } => golden(record, synth, bless),
-        Cmd::Demo {
-            limit_mib,
-            leak_mib_per_sec,
-        } => demo::run(limit_mib, leak_mib_per_sec),
-        Cmd::Bench {
-            only,
-            sequential,
-            burst,
-        } => match only.as_deref() {
-            Some("kills") => bench::run(sequential, burst),
-            Some("alloc") => bench::run_alloc(),
-            Some("sampling") => bench::run_sampling(),
-            Some("detect") => bench::run_detect(),
-            None => bench::run(sequential, burst)
-                .and_then(|()| bench::run_alloc())
-                .and_then(|()| bench::run_sampling())
-                .and_then(|()| bench::run_detect()),
-            Some(other) => Err(anyhow::anyhow!(
-                "unknown bench part {other}: kills, alloc, sampling or detect"
-            )),
-        },
-        Cmd::Image => image::build().map(|_| ()),
-        Cmd::Fuzz { seconds } => fuzz::run_all(seconds),
-        Cmd::PrometheusRule => deploy::write_prometheus_rule(),
-        Cmd::CheckDeploy => deploy::check(),
-        Cmd::VmTest { kernels } => {
-            let k: Vec<String> = if kernels.is_empty() {
-                vm::DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect()
-            } else {
-                kernels
-            };
-            vm::vm_test(&k)
-        }
-        Cmd::Test {
-            integration_only,
-            kernels,
-            filter,
-        } => test(integration_only, &filter).and_then(|()| {
-            if kernels {
-                let k: Vec<String> = vm::DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect();
-                vm::vm_test(&k)
-            } else {
-                Ok(())
+    let result =
+        match cli.command {
+            Cmd::Setup { lab } => setup::ensure()
+                .and_then(|()| setup::ensure_aarch64())
+                .and_then(|()| if lab { lab::ensure_built() } else { Ok(()) }),
+            Cmd::Lab { action } => match action {
+                LabCmd::Up => setup::ensure().and_then(|()| lab::up()),
+                LabCmd::Down => lab::down(),
+                LabCmd::Status => lab::status(),
+                LabCmd::Supervise => lab::supervise(),
+            },
+            Cmd::Build { arch } => match arch {
+                vm::Arch::X86_64 => build(),
+                vm::Arch::Aarch64 => build_cross(arch),
+            },
+            Cmd::Golden {
+                record,
+                synth,
+                bless,
+            } => golden(record, synth, bless),
+            Cmd::Demo {
+                limit_mib,
+                leak_mib_per_sec,
+            } => demo::run(limit_mib, leak_mib_per_sec),
+            Cmd::Bench {
+                only,
+                sequential,
+                burst,
+            } => match only.as_deref() {
+                Some("kills") => bench::run(sequential, burst),
+                Some("alloc") => bench::run_alloc(),
+                Some("sampling") => bench::run_sampling(),
+                Some("detect") => bench::run_detect(),
+                None => bench::run(sequential, burst)
+                    .and_then(|()| bench::run_alloc())
+                    .and_then(|()| bench::run_sampling())
+                    .and_then(|()| bench::run_detect()),
+                Some(other) => Err(anyhow::anyhow!(
+                    "unknown bench part {other}: kills, alloc, sampling or detect"
+                )),
+            },
+            Cmd::Image => image::build().map(|_| ()),
+            Cmd::Fuzz { seconds } => fuzz::run_all(seconds),
+            Cmd::PrometheusRule => deploy::write_prometheus_rule(),
+            Cmd::CheckDeploy => deploy::check(),
+            Cmd::VmTest { matrix: true, .. } => vm::matrix(),
+            Cmd::VmTest { compare: true, .. } => vm::compare_arches("6.12"),
+            Cmd::VmTest { kernels, arch, .. } => {
+                let k: Vec<String> = if kernels.is_empty() {
+                    arch.default_kernels()
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                } else {
+                    kernels
+                };
+                vm::vm_test(&k, arch)
             }
-        }),
-    };
+            Cmd::Test {
+                integration_only,
+                kernels,
+                filter,
+            } => test(integration_only, &filter).and_then(|()| {
+                if kernels {
+                    vm::matrix()
+                } else {
+                    Ok(())
+                }
+            }),
+        };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
         std::process::exit(1);

@@ -130,6 +130,58 @@ fn check_go() -> Result<()> {
     }
 }
 
+/// Debian packages the arm64 build and VM row need on this (amd64) machine: the cross C
+/// toolchain and libc (the static agent's link, the C stand-in), and QEMU's arm64 system emulator.
+const AARCH64_APT: &[&str] = &[
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "qemu-system-arm",
+];
+
+/// What `--arch aarch64` needs: the Rust target for the agent (stable), the cross gcc/libc,
+/// qemu-system-aarch64, and arm64 as a dpkg foreign architecture so `apt-get download` can fetch
+/// Debian's arm64 kernels and busybox-static for the VM row (downloaded and unpacked into
+/// target/vm, never installed on this machine).
+pub fn ensure_aarch64() -> Result<()> {
+    path_with_cargo_bin();
+    if std::env::var_os("OOMPROBE_SKIP_SETUP").is_some() {
+        return Ok(());
+    }
+    let targets = output(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        "stable",
+    ]))
+    .unwrap_or_default();
+    if !targets.lines().any(|l| l.trim() == AARCH64_TARGET) {
+        eprintln!("setup: adding the {AARCH64_TARGET} Rust target");
+        run(Command::new("rustup").args([
+            "target",
+            "add",
+            AARCH64_TARGET,
+            "--toolchain",
+            "stable",
+        ]))
+        .with_context(|| format!("cannot add the {AARCH64_TARGET} target through rustup"))?;
+    }
+    let foreign =
+        output(Command::new("dpkg").arg("--print-foreign-architectures")).unwrap_or_default();
+    if !foreign.lines().any(|l| l.trim() == "arm64") {
+        eprintln!(
+            "setup: adding arm64 as a dpkg foreign architecture (arm64 kernels for the VM row)"
+        );
+        run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+        run(Command::new("apt-get").args(["update", "-qq"]))
+            .context("apt-get update failed after adding arm64")?;
+    }
+    apt_install(AARCH64_APT)
+}
+
+/// The Rust target of the arm64 agent (glibc, linked statically with +crt-static).
+pub const AARCH64_TARGET: &str = "aarch64-unknown-linux-gnu";
+
 pub fn ensure() -> Result<()> {
     path_with_cargo_bin();
     if std::env::var_os("OOMPROBE_SKIP_SETUP").is_some() {

@@ -210,6 +210,16 @@ fn load(args: &RunArgs, metrics: &Metrics) -> Result<Probes, RunError> {
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     metrics.observe_hooks(&probes);
+    let arch = std::env::consts::ARCH;
+    let unsupported = crate::kubelet::symbols::unsupported_features(arch);
+    for feature in unsupported {
+        tracing::warn!(
+            feature,
+            arch,
+            "feature unsupported on this architecture: not attached"
+        );
+    }
+    metrics.observe_unsupported(arch, unsupported);
     if args.syscall_tracepoints == SyscallTracepoints::Always {
         probes.count_exec_gap();
     }

@@ -461,10 +461,10 @@ impl Kernel for Probes {
 
 pub fn arg_register(role: Role) -> Option<ArgReg> {
     Some(match role {
-        Role::GoSysAlloc => ArgReg::Rax,
-        Role::GoHeapMap | Role::GoFree | Role::GoUnused => ArgReg::Rbx,
-        Role::LibcMmap | Role::LibcMunmap => ArgReg::Rsi,
-        Role::LibcSbrk => ArgReg::Rdi,
+        Role::GoSysAlloc => ArgReg::GoArg0,
+        Role::GoHeapMap | Role::GoFree | Role::GoUnused => ArgReg::GoArg1,
+        Role::LibcMmap | Role::LibcMunmap => ArgReg::CArg1,
+        Role::LibcSbrk => ArgReg::CArg0,
         Role::LibcBrk => return None,
     })
 }

@@ -29,6 +29,42 @@ pub enum SymbolError {
     Pclntab { path: String, reason: &'static str },
     #[error("{path} is neither a Go binary nor linked with libc's mmap/brk: nothing to probe")]
     NothingToProbe { path: String },
+    /// The binary's ELF machine (`e_machine`) is not the architecture whose registers this
+    /// agent's uprobes read: its arguments would be read from the wrong registers.
+    #[error(
+        "{path} is a {binary} binary; this agent's uprobes read {agent} registers: not probed"
+    )]
+    ForeignArch {
+        path: String,
+        binary: String,
+        agent: &'static str,
+    },
+    /// This agent's architecture has no register map for the allocator uprobes.
+    #[error(
+        "{path}: the allocator uprobes are unsupported on {agent} (no register map): not probed"
+    )]
+    UnsupportedArch { path: String, agent: &'static str },
+}
+
+/// The architecture whose calling conventions this build's allocator uprobes read (the eBPF
+/// object is built for the agent's own target architecture), or None where they have no
+/// register map (the allocator uprobes are then not attached; see [`UNSUPPORTED_FEATURES`]).
+pub fn uprobe_arch() -> Option<object::Architecture> {
+    match std::env::consts::ARCH {
+        "x86_64" => Some(object::Architecture::X86_64),
+        "aarch64" => Some(object::Architecture::Aarch64),
+        _ => None,
+    }
+}
+
+/// Features this agent has no implementation of on `arch` (`std::env::consts::ARCH` names),
+/// by the `feature` label of `oomprobe_feature_unsupported`: the kubelet allocator uprobes read
+/// the Go register ABI and the C ABI from registers known for x86_64 and aarch64 only.
+pub fn unsupported_features(arch: &str) -> &'static [&'static str] {
+    match arch {
+        "x86_64" | "aarch64" => &[],
+        _ => &["kubelet_alloc_uprobes"],
+    }
 }
 
 /// What a probe point measures.
@@ -171,8 +207,14 @@ impl FuncTable {
 
 /// System library directories searched for a dynamically linked kubelet's libc.
 const LIB_DIRS: &[&str] = &[
+    #[cfg(target_arch = "x86_64")]
     "/lib/x86_64-linux-gnu",
+    #[cfg(target_arch = "x86_64")]
     "/usr/lib/x86_64-linux-gnu",
+    #[cfg(target_arch = "aarch64")]
+    "/lib/aarch64-linux-gnu",
+    #[cfg(target_arch = "aarch64")]
+    "/usr/lib/aarch64-linux-gnu",
     "/lib64",
     "/usr/lib64",
     "/lib",
@@ -400,6 +442,19 @@ impl Binary {
     /// The probe points this binary offers, in GO_POINTS / LIBC_POINTS order.
     pub fn probe_points(&self) -> Result<Vec<ProbePoint>, SymbolError> {
         let elf = self.elf()?;
+        let Some(arch) = uprobe_arch() else {
+            return Err(SymbolError::UnsupportedArch {
+                path: self.path.clone(),
+                agent: std::env::consts::ARCH,
+            });
+        };
+        if arch != elf.architecture() {
+            return Err(SymbolError::ForeignArch {
+                path: self.path.clone(),
+                binary: format!("{:?}", elf.architecture()).to_lowercase(),
+                agent: std::env::consts::ARCH,
+            });
+        }
         let defined = |s: &object::Symbol<'_, '_>| s.is_definition() && s.address() != 0;
         let mut symtab: Vec<(String, u64, Source)> = elf
             .symbols()
@@ -466,6 +521,20 @@ impl Binary {
         Ok(out)
     }
 
+    /// The link address of the page that maps file offset 0 (the first PT_LOAD's vaddr minus its
+    /// offset, page-aligned): what the offset-0 mapping of a process's executable starts at when
+    /// it is not relocated.
+    pub fn offset0_load_address(&self) -> Option<u64> {
+        let elf = self.elf().ok()?;
+        elf.segments()
+            .filter_map(|seg| {
+                let (off, _) = seg.file_range();
+                seg.address().checked_sub(off)
+            })
+            .min()
+            .map(|a| a & !0xfff)
+    }
+
     /// Function symbols of a non-Go binary (for symbolizing C/C++ call sites).
     pub fn elf_functions(&self) -> Option<FuncTable> {
         let elf = self.elf().ok()?;
@@ -516,6 +585,56 @@ impl Binary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ELF64 little-endian executable header (no sections) for machine `e_machine`.
+    fn elf_header(e_machine: u16) -> Vec<u8> {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2; // ELFCLASS64
+        h[5] = 1; // ELFDATA2LSB
+        h[6] = 1; // EV_CURRENT
+        h[16] = 2; // ET_EXEC
+        h[18..20].copy_from_slice(&e_machine.to_le_bytes());
+        h[20] = 1;
+        h[52] = 64; // e_ehsize
+        h[54] = 56; // e_phentsize
+        h[58] = 64; // e_shentsize
+        h
+    }
+
+    #[test]
+    fn a_binary_of_another_architecture_is_refused_not_probed() {
+        const EM_X86_64: u16 = 62;
+        const EM_AARCH64: u16 = 183;
+        let (foreign, name) = if std::env::consts::ARCH == "x86_64" {
+            (EM_AARCH64, "aarch64")
+        } else {
+            (EM_X86_64, "x86_64")
+        };
+        let path =
+            std::env::temp_dir().join(format!("oomprobe-foreign-elf-{}", std::process::id()));
+        std::fs::write(&path, elf_header(foreign)).unwrap();
+        let err = Binary::open(&path).unwrap().probe_points();
+        let _ = std::fs::remove_file(&path);
+        match err {
+            Err(SymbolError::ForeignArch { binary, agent, .. }) => {
+                assert_eq!(binary, name);
+                assert_eq!(agent, std::env::consts::ARCH);
+            }
+            other => panic!("expected ForeignArch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_allocator_uprobes_are_unsupported_only_without_a_register_map() {
+        assert!(unsupported_features("x86_64").is_empty());
+        assert!(unsupported_features("aarch64").is_empty());
+        assert_eq!(unsupported_features("riscv64"), &["kubelet_alloc_uprobes"]);
+        assert_eq!(
+            unsupported_features("powerpc64"),
+            &["kubelet_alloc_uprobes"]
+        );
+    }
 
     /// A synthetic go1.20 table with two functions.
     fn table() -> Vec<u8> {

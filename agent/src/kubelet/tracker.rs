@@ -166,13 +166,22 @@ fn exe_mappings(pid: u32, exe: &Path) -> Vec<(u64, u64, bool, u64)> {
         .collect()
 }
 
-/// Load bias of `exe` in `pid`: start of its offset-0 mapping minus the first PT_LOAD address
-/// (0 for a non-PIE executable, whose mapping starts at its link address).
+/// Load bias of `exe` in `pid`: start of its offset-0 mapping minus the page of the PT_LOAD
+/// segment that maps file offset 0 (0 for a non-PIE executable, whose mapping starts at its link
+/// address: 0x400000 for Go on x86-64, 0x10000 for Go on arm64).
 fn load_bias(pid: u32, exe: &Path) -> u64 {
-    match exe_mappings(pid, exe).iter().find(|m| m.3 == 0) {
-        // Non-PIE Go binaries link at 0x400000; PIE ones at 0.
-        Some(&(0x400000, ..)) | None => 0,
-        Some(&(start, ..)) => start,
+    let Some(&(start, ..)) = exe_mappings(pid, exe).iter().find(|m| m.3 == 0) else {
+        return 0;
+    };
+    // The process's own executable (also when `exe` is a path in another mount namespace).
+    let link = crate::kubelet::symbols::Binary::open(Path::new(&format!("/proc/{pid}/exe")))
+        .ok()
+        .and_then(|b| b.offset0_load_address());
+    match link {
+        Some(link) => start.saturating_sub(link),
+        // Unreadable ELF: x86-64 Go's non-PIE link address, else a PIE.
+        None if start == 0x400000 => 0,
+        None => start,
     }
 }
 

@@ -67,33 +67,90 @@ pub fn uprobe_alloc(ctx: ProbeContext) -> u32 {
     }
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let point = (cookie & 0xffff) as u32;
-    // Four fixed-offset loads: the verifier refuses a ctx load at a computed offset.
-    let (rax, rbx, rdi, rsi, rsp) = unsafe {
-        let regs = ctx.regs;
-        (
-            core::ptr::read_volatile(&raw const (*regs).rax),
-            core::ptr::read_volatile(&raw const (*regs).rbx),
-            core::ptr::read_volatile(&raw const (*regs).rdi),
-            core::ptr::read_volatile(&raw const (*regs).rsi),
-            core::ptr::read_volatile(&raw const (*regs).rsp),
-        )
+    // No register map for this architecture: the agent does not attach this program there.
+    let Some(regs) = entry_regs(&ctx) else {
+        return 0;
     };
     let bytes = match ((cookie >> 16) & 0xff) as u32 {
-        r if r == ArgReg::Rax as u32 => rax,
-        r if r == ArgReg::Rbx as u32 => rbx,
-        r if r == ArgReg::Rdi as u32 => rdi,
-        _ => rsi,
+        r if r == ArgReg::GoArg0 as u32 => regs.go0,
+        r if r == ArgReg::GoArg1 as u32 => regs.go1,
+        r if r == ArgReg::CArg0 as u32 => regs.c0,
+        _ => regs.c1,
     };
     let stack_id = ctx
         .get_stackid(&STACKS, BPF_F_USER_STACK as u64)
         .unwrap_or(-1);
     let site = if cookie & COOKIE_SCAN_STACK != 0 {
-        scan_for_site(rsp, &text)
+        match regs.link {
+            // arm64: the caller's return address is still in the link register at entry.
+            Some(lr) if text.start != 0 && lr >= text.start && lr < text.end => lr,
+            _ => scan_for_site(regs.sp, &text),
+        }
     } else {
         0
     };
     add(tgid, point, stack_id, site, bytes);
     0
+}
+
+/// The registers an allocator entry point's arguments and call site are read from, at the
+/// probed function's first instruction.
+struct EntryRegs {
+    go0: u64,
+    go1: u64,
+    c0: u64,
+    c1: u64,
+    sp: u64,
+    /// The link register (arm64): the return address before the callee saves it.
+    link: Option<u64>,
+}
+
+/// x86-64 `pt_regs`: Go's register ABI passes RAX, RBX...; System V RDI, RSI...; the return
+/// address is on the stack at RSP. Fixed-offset loads: the verifier refuses a ctx load at a
+/// computed offset.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn entry_regs(ctx: &ProbeContext) -> Option<EntryRegs> {
+    unsafe {
+        let regs = ctx.regs;
+        Some(EntryRegs {
+            go0: core::ptr::read_volatile(&raw const (*regs).rax),
+            go1: core::ptr::read_volatile(&raw const (*regs).rbx),
+            c0: core::ptr::read_volatile(&raw const (*regs).rdi),
+            c1: core::ptr::read_volatile(&raw const (*regs).rsi),
+            sp: core::ptr::read_volatile(&raw const (*regs).rsp),
+            link: None,
+        })
+    }
+}
+
+/// arm64 `struct pt_regs` begins with `user_pt_regs` (`regs[31]`, `sp`, `pc`, `pstate`): Go's
+/// register ABI passes R0, R1... and the C ABI X0, X1... (the same registers); X30 is the link
+/// register.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn entry_regs(ctx: &ProbeContext) -> Option<EntryRegs> {
+    unsafe {
+        let regs = ctx.regs as *const aya_ebpf::bindings::user_pt_regs;
+        let x0 = core::ptr::read_volatile(&raw const (*regs).regs[0]);
+        let x1 = core::ptr::read_volatile(&raw const (*regs).regs[1]);
+        Some(EntryRegs {
+            go0: x0,
+            go1: x1,
+            c0: x0,
+            c1: x1,
+            sp: core::ptr::read_volatile(&raw const (*regs).sp),
+            link: Some(core::ptr::read_volatile(&raw const (*regs).regs[30])),
+        })
+    }
+}
+
+/// No register map: the allocator uprobes read nothing here (the agent reports the feature
+/// as unsupported and does not attach them).
+#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+#[inline(always)]
+fn entry_regs(_ctx: &ProbeContext) -> Option<EntryRegs> {
+    None
 }
 
 /// The first word on the user stack (from the entry point's stack pointer) that points into
