@@ -216,7 +216,7 @@ fn load(args: &RunArgs, metrics: &Metrics) -> Result<Probes, RunError> {
         tracing::warn!(
             feature,
             arch,
-            "feature unsupported on this architecture: not attached"
+            "feature unsupported on this architecture: not used (oomprobe_feature_unsupported)"
         );
     }
     metrics.observe_unsupported(arch, unsupported);
