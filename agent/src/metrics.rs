@@ -39,6 +39,8 @@ pub struct Metrics {
     pub hooks: IntGaugeVec,
     pub hook_tier: IntGaugeVec,
     pub pending_kills: IntGauge,
+    /// `oomprobe_map_entries{map}`.
+    pub map_entries: IntGaugeVec,
     pub kubelet_restarts: IntGauge,
     pub kubelet_metrics_errors: IntCounterVec,
     pub memcg_events: IntCounterVec,
@@ -134,6 +136,12 @@ impl Metrics {
             &registry,
             "oomprobe_pending_kills",
             "SIGKILLed processes whose death has not been seen yet.",
+        );
+        let map_entries = gauge_vec(
+            &registry,
+            "oomprobe_map_entries",
+            "Entries in the state that follows processes and cgroups, as of the last sample: the kernel maps (KUBELET_TGIDS, KUBELET_UPROBED, WATCHED_MEMCGS, RECLAIM_STATS, ALLOC_STATS, STACKS) and the agent's own (agent_memcgs, agent_memcg_notified, agent_memcg_tasks, agent_pending_kills, agent_uprobed_pids).",
+            &["map"],
         );
         let kubelet_metrics_errors = counter_vec(
             &registry,
@@ -265,6 +273,7 @@ impl Metrics {
             hooks,
             hook_tier,
             pending_kills,
+            map_entries,
             kubelet_restarts,
             kubelet_metrics_errors,
             memcg_events,

@@ -49,11 +49,79 @@ impl Probes {
         }
     }
 
-    /// Counts memcg reclaim in the cgroup with this kernfs id (its directory's inode).
-    pub fn watch_memcg(&mut self, id: u64) {
+    /// Counts memcg reclaim in the cgroup with this kernfs id (its directory's inode); false
+    /// when `WATCHED_MEMCGS` refused it (full).
+    pub fn watch_memcg(&mut self, id: u64) -> bool {
+        let Some(map) = self.ebpf.map_mut(maps::WATCHED_MEMCGS) else {
+            return false;
+        };
+        match HashMap::<_, u64, u32>::try_from(map) {
+            Ok(mut m) => m.insert(id, 1, 0).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Stops counting reclaim in the memory cgroup `id` (removed): its `WATCHED_MEMCGS` and
+    /// `RECLAIM_STATS` entries go.
+    pub fn unwatch_memcg(&mut self, id: u64) {
         if let Some(map) = self.ebpf.map_mut(maps::WATCHED_MEMCGS) {
             if let Ok(mut m) = HashMap::<_, u64, u32>::try_from(map) {
-                let _ = m.insert(id, 1, 0);
+                let _ = m.remove(&id);
+            }
+        }
+        if let Some(map) = self.ebpf.map_mut(maps::RECLAIM_STATS) {
+            if let Ok(mut m) = PerCpuHashMap::<_, u64, probe_common::ReclaimStats>::try_from(map)
+            {
+                let _ = m.remove(&id);
+            }
+        }
+    }
+
+    /// Entries in each of the kernel maps that follow processes and cgroups, by map name
+    /// (`oomprobe_map_entries{map}`): counted by iterating their keys.
+    pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        let mut out = Vec::new();
+        let e = &self.ebpf;
+        if let Some(m) = e.map(maps::KUBELET_TGIDS) {
+            if let Ok(m) = HashMap::<_, u32, KubeletText>::try_from(m) {
+                out.push((maps::KUBELET_TGIDS, m.keys().count()));
+            }
+        }
+        if let Some(m) = e.map(maps::KUBELET_UPROBED) {
+            if let Ok(m) = HashMap::<_, u32, u32>::try_from(m) {
+                out.push((maps::KUBELET_UPROBED, m.keys().count()));
+            }
+        }
+        if let Some(m) = e.map(maps::WATCHED_MEMCGS) {
+            if let Ok(m) = HashMap::<_, u64, u32>::try_from(m) {
+                out.push((maps::WATCHED_MEMCGS, m.keys().count()));
+            }
+        }
+        if let Some(map) = self.ebpf.map(maps::RECLAIM_STATS) {
+            if let Ok(m) = PerCpuHashMap::<_, u64, probe_common::ReclaimStats>::try_from(map) {
+                out.push((maps::RECLAIM_STATS, m.keys().count()));
+            }
+        }
+        if let Some(map) = self.ebpf.map(maps::ALLOC_STATS) {
+            if let Ok(m) = PerCpuHashMap::<_, AllocKey, AllocVal>::try_from(map) {
+                out.push((maps::ALLOC_STATS, m.keys().count()));
+            }
+        }
+        if let Some(map) = self.ebpf.map(maps::STACKS) {
+            if let Ok(m) = StackTraceMap::try_from(map) {
+                out.push((maps::STACKS, m.stack_ids().count()));
+            }
+        }
+        out
+    }
+
+    /// Removes captured stacks `ids` from `STACKS` (their allocation counters are gone).
+    pub fn forget_stacks(&mut self, ids: &[u32]) {
+        if let Some(map) = self.ebpf.map_mut(maps::STACKS) {
+            if let Ok(mut m) = StackTraceMap::try_from(map) {
+                for id in ids {
+                    let _ = m.remove(id);
+                }
             }
         }
     }
