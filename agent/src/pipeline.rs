@@ -15,7 +15,7 @@ use crate::{
     clock::{monotonic_ns, Clock},
     cycle::{Cycle, CycleConfig, KubeletNow, Party, StageEvent},
     detect::{classify::Cause, store::Store, Engine, Sample, Subject},
-    forensics::{correlator::STALL_BACKSTOP_NS, Correlator, KillRecord, LiveNode, Node},
+    forensics::{Correlator, KillRecord, LiveNode, Node},
     kernel::{
         events::Event,
         probes::{Kernel, Probes},
@@ -440,13 +440,10 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
 
     /// [`Pipeline::on_expire`] with the wall clock at CLOCK_MONOTONIC `now_ns` (a replay's
     /// own clock). Kills expire against the event stream's clock (the newest kernel timestamp
-    /// or quiet mark fed), the wall clock only [`STALL_BACKSTOP_NS`] behind as a backstop.
+    /// or quiet mark fed), the wall clock only [`crate::forensics::correlator::STALL_BACKSTOP_NS`] behind as a backstop.
     pub async fn on_expire_at(&mut self, now_ns: u64) {
-        let at = self
-            .correlator
-            .stream_ns()
-            .max(now_ns.saturating_sub(STALL_BACKSTOP_NS));
-        self.records.extend(self.correlator.expire(at));
+        self.records
+            .extend(self.correlator.expire_at_wall(now_ns));
         self.metrics.observe_kernel(&self.probes.counters());
         self.metrics
             .pending_kills

@@ -367,6 +367,16 @@ impl<N: Node> Correlator<N> {
         out
     }
 
+    /// [`Self::expire`] at the event stream's clock ([`Self::stream_ns`]), or at the wall
+    /// clock `wall_ns` (CLOCK_MONOTONIC) less [`STALL_BACKSTOP_NS`] when that is later (a stream
+    /// whose readers went silent).
+    pub fn expire_at_wall(&mut self, wall_ns: u64) -> Vec<KillRecord> {
+        let at = self
+            .stream_ns()
+            .max(wall_ns.saturating_sub(STALL_BACKSTOP_NS));
+        self.expire(at)
+    }
+
     /// Reports kills whose process has not died within [`EXIT_TIMEOUT_NS`], and dead
     /// processes whose kernel SIGKILL turned out not to be an OOM kill.
     pub fn expire(&mut self, now_ktime_ns: u64) -> Vec<KillRecord> {
