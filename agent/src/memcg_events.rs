@@ -284,7 +284,8 @@ impl Watcher {
             self.ids.remove(id);
             self.last_reclaim.remove(id);
         }
-        self.notified.retain(|path, _| paths.contains(path.as_str()));
+        self.notified
+            .retain(|path, _| paths.contains(path.as_str()));
         self.tasks.retain(|path, handles| {
             let keep = paths.contains(path.as_str());
             if !keep {

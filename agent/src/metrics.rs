@@ -39,6 +39,8 @@ pub struct Metrics {
     pub hooks: IntGaugeVec,
     pub hook_tier: IntGaugeVec,
     pub pending_kills: IntGauge,
+    /// The (pid, entry point) series `oomprobe_kubelet_alloc_bytes` has now.
+    kubelet_series: Mutex<std::collections::HashSet<(String, String)>>,
     /// `oomprobe_map_entries{map}`.
     pub map_entries: IntGaugeVec,
     pub kubelet_restarts: IntGauge,
@@ -273,6 +275,7 @@ impl Metrics {
             hooks,
             hook_tier,
             pending_kills,
+            kubelet_series: Default::default(),
             map_entries,
             kubelet_restarts,
             kubelet_metrics_errors,
@@ -356,6 +359,9 @@ impl Metrics {
                     (&self.dropped, ["pending_insert_failed", "signal"])
                 }
                 Counter::AllocStatsFull => (&self.dropped, ["alloc_stats_full", "alloc"]),
+                Counter::KubeletTgidsFull => (&self.dropped, ["kubelet_tgids_full", "exec"]),
+                Counter::StackCaptureFailed => (&self.dropped, ["stack_capture_failed", "alloc"]),
+                Counter::ReclaimStatsFull => (&self.dropped, ["reclaim_stats_full", "reclaim"]),
                 Counter::SigkillSeen => {
                     self.kernel_events
                         .with_label_values(&["sigkill_seen"])
@@ -373,19 +379,34 @@ impl Metrics {
         }
     }
 
-    pub fn observe_kubelet(&self, rep: &crate::kubelet::tracker::KubeletReport) {
-        let pid = rep.pid.to_string();
-        for (point, bytes) in &rep.by_entry_point {
-            self.kubelet_bytes
-                .with_label_values(&[pid.as_str(), point.as_str()])
-                .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+    /// One attribution round: every followed kubelet's report. The pid-labelled series of
+    /// processes no longer reported (dead) are removed.
+    pub fn observe_kubelets(&self, reps: &[crate::kubelet::tracker::KubeletReport]) {
+        let mut now = std::collections::HashSet::new();
+        for rep in reps {
+            let pid = rep.pid.to_string();
+            for (point, bytes) in &rep.by_entry_point {
+                self.kubelet_bytes
+                    .with_label_values(&[pid.as_str(), point.as_str()])
+                    .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+                now.insert((pid.clone(), point.clone()));
+            }
+            self.kubelet_call_site_bytes.reset();
+            for c in &rep.top_call_sites {
+                self.kubelet_call_site_bytes
+                    .with_label_values(&[c.function.as_str()])
+                    .set(i64::try_from(c.bytes).unwrap_or(i64::MAX));
+            }
         }
-        self.kubelet_call_site_bytes.reset();
-        for c in &rep.top_call_sites {
-            self.kubelet_call_site_bytes
-                .with_label_values(&[c.function.as_str()])
-                .set(i64::try_from(c.bytes).unwrap_or(i64::MAX));
+        let Ok(mut series) = self.kubelet_series.lock() else {
+            return;
+        };
+        for (pid, point) in series.difference(&now) {
+            let _ = self
+                .kubelet_bytes
+                .remove_label_values(&[pid.as_str(), point.as_str()]);
         }
+        *series = now;
     }
 
     pub fn observe_sample(&self, ev: &crate::sampler::SampleEvent) {

@@ -256,8 +256,9 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
 
     /// The periodic kubelet attribution report; kubelets started since are picked up.
     pub async fn on_report(&mut self) {
-        for rep in self.tracker.report(&mut self.probes) {
-            self.metrics.observe_kubelet(&rep);
+        let reps = self.tracker.report(&mut self.probes);
+        self.metrics.observe_kubelets(&reps);
+        for rep in reps {
             self.out.push(Output::KubeletMemory(rep));
         }
         for start in self.tracker.scan(&mut self.probes) {
@@ -359,7 +360,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             if !self.probes.watch_memcg(id) {
                 self.metrics
                     .dropped
-                    .with_label_values(&["map_full", "memcg"])
+                    .with_label_values(&["watched_memcgs_full", "memcg"])
                     .inc();
             }
         }
@@ -367,7 +368,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         if full > 0 {
             self.metrics
                 .dropped
-                .with_label_values(&["map_full", "memcg"])
+                .with_label_values(&["watched_memcgs_full", "memcg"])
                 .inc_by(full);
         }
         self.memcg_events
@@ -392,8 +393,10 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         if let Some(w) = &self.memcg {
             let (ids, notified, tasks) = w.sizes();
             g.with_label_values(&["agent_memcgs"]).set(ids as i64);
-            g.with_label_values(&["agent_memcg_notified"]).set(notified as i64);
-            g.with_label_values(&["agent_memcg_tasks"]).set(tasks as i64);
+            g.with_label_values(&["agent_memcg_notified"])
+                .set(notified as i64);
+            g.with_label_values(&["agent_memcg_tasks"])
+                .set(tasks as i64);
         }
         g.with_label_values(&["agent_pending_kills"])
             .set(self.correlator.pending_len() as i64);
@@ -442,8 +445,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
     /// own clock). Kills expire against the event stream's clock (the newest kernel timestamp
     /// or quiet mark fed), the wall clock only [`crate::forensics::correlator::STALL_BACKSTOP_NS`] behind as a backstop.
     pub async fn on_expire_at(&mut self, now_ns: u64) {
-        self.records
-            .extend(self.correlator.expire_at_wall(now_ns));
+        self.records.extend(self.correlator.expire_at_wall(now_ns));
         self.metrics.observe_kernel(&self.probes.counters());
         self.metrics
             .pending_kills

@@ -71,7 +71,12 @@ impl Drop for Freezer {
 fn signal(pid: u32, sig: i32) {
     // SAFETY: plain syscall on a pid this test started.
     let r = unsafe { libc::kill(pid as i32, sig) };
-    assert_eq!(r, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Waits until the agent reports `n` or more pending kills (`oomprobe_pending_kills`).
@@ -147,9 +152,8 @@ fn records_stay_whole_and_single_when_the_agent_stalls_during_an_oom_burst() {
         assert_eq!(h.wait_signal(), Some(9), "every memhog is OOM-killed");
     }
     let frozen_pids: BTreeSet<u64> = frozen.iter().map(|(p, _)| *p).collect();
-    let ours = |k: &Kill| {
-        oom_pids.contains(&k.victim_pid()) || frozen_pids.contains(&k.victim_pid())
-    };
+    let ours =
+        |k: &Kill| oom_pids.contains(&k.victim_pid()) || frozen_pids.contains(&k.victim_pid());
     let want = oom_pids.len() + frozen_pids.len();
     let recs = agent.wait_for_kills(want, WAIT, ours);
     // Past every expiry the agent has (the 3 s exit timeout, twice): a split would show now.

@@ -437,7 +437,13 @@ fn a_stalled_loop_does_not_expire_kills_whose_events_are_queued() {
 fn a_silent_stream_still_expires_against_the_wall_clock_backstop() {
     let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
     let t = 7_000_000_000;
-    c.on_event(Event::Signal(signal(5, SiCode::USER, 1, ReclaimKind::None, t)));
+    c.on_event(Event::Signal(signal(
+        5,
+        SiCode::USER,
+        1,
+        ReclaimKind::None,
+        t,
+    )));
     // Quiet marks up to 3 s (the exit timeout) expire nothing yet...
     c.on_quiet(t + EXIT_TIMEOUT_NS);
     assert!(c.expire_at_wall(t + EXIT_TIMEOUT_NS).is_empty());

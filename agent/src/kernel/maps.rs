@@ -29,6 +29,9 @@ impl Probes {
             })
     }
 
+    /// Stops following `tgid` (dead, or not a kubelet): its entries in `KUBELET_TGIDS`,
+    /// `KUBELET_UPROBED` and `ALLOC_STATS` go, the stacks only it referenced leave `STACKS`,
+    /// and the uprobes attached for it alone (its libc) are detached.
     pub fn unwatch_tgid(&mut self, tgid: u32) {
         if let Ok(mut m) = self.tgids() {
             let _ = m.remove(&tgid);
@@ -38,12 +41,33 @@ impl Probes {
                 let _ = m.remove(&tgid);
             }
         }
+        let mut orphaned_stacks = Vec::new();
         if let Some(map) = self.ebpf.map_mut(maps::ALLOC_STATS) {
             if let Ok(mut stats) = PerCpuHashMap::<_, AllocKey, AllocVal>::try_from(map) {
-                let keys: Vec<AllocKey> =
-                    stats.keys().flatten().filter(|k| k.tgid == tgid).collect();
-                for k in keys {
-                    let _ = stats.remove(&k);
+                let keys: Vec<AllocKey> = stats.keys().flatten().collect();
+                let (gone, kept): (Vec<AllocKey>, Vec<AllocKey>) =
+                    keys.into_iter().partition(|k| k.tgid == tgid);
+                let still: std::collections::HashSet<i64> =
+                    kept.iter().map(|k| k.stack_id).collect();
+                for k in &gone {
+                    let _ = stats.remove(k);
+                    if let Ok(id) = u32::try_from(k.stack_id) {
+                        if !still.contains(&k.stack_id) && !orphaned_stacks.contains(&id) {
+                            orphaned_stacks.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        self.forget_stacks(&orphaned_stacks);
+        if let Some(links) = self.pid_links.remove(&tgid) {
+            if let Some(prog) = self.ebpf.program_mut(probe_common::programs::UPROBE_ALLOC) {
+                if let Ok(prog) = <&mut aya::programs::UProbe>::try_from(prog) {
+                    for link in links {
+                        if let Err(e) = prog.detach(link) {
+                            tracing::debug!(tgid, error = %e, "uprobe already detached");
+                        }
+                    }
                 }
             }
         }
@@ -70,8 +94,7 @@ impl Probes {
             }
         }
         if let Some(map) = self.ebpf.map_mut(maps::RECLAIM_STATS) {
-            if let Ok(mut m) = PerCpuHashMap::<_, u64, probe_common::ReclaimStats>::try_from(map)
-            {
+            if let Ok(mut m) = PerCpuHashMap::<_, u64, probe_common::ReclaimStats>::try_from(map) {
                 let _ = m.remove(&id);
             }
         }
@@ -112,6 +135,7 @@ impl Probes {
                 out.push((maps::STACKS, m.stack_ids().count()));
             }
         }
+        out.push(("agent_uprobed_pids", self.pid_links.len()));
         out
     }
 

@@ -159,6 +159,8 @@ pub struct Probes {
     pub degraded: Vec<(&'static str, String)>,
     /// The mmap/munmap syscall tracepoints are attached.
     syscalls_attached: bool,
+    /// Allocator uprobes attached for one process only (its libc), detached when it dies.
+    pub(super) pid_links: std::collections::HashMap<u32, Vec<aya::programs::uprobe::UProbeLinkId>>,
 }
 
 impl Probes {
@@ -303,6 +305,7 @@ impl Probes {
             attached,
             degraded,
             syscalls_attached: false,
+            pid_links: std::collections::HashMap::new(),
         })
     }
 
@@ -348,12 +351,16 @@ impl Probes {
                 // Libraries are built without frame pointers: scan for the caller instead.
                 cookie: Some(alloc_cookie(i as u16, reg, p.role.in_libc())),
             };
-            prog.attach(point, binary, scope)
+            let link = prog
+                .attach(point, binary, scope)
                 .map_err(|source| ProbeError::Uprobe {
                     symbol: p.symbol.clone(),
                     binary: binary.display().to_string(),
                     source: Box::new(source),
                 })?;
+            if let Some(pid) = pid {
+                self.pid_links.entry(pid).or_default().push(link);
+            }
             n += 1;
         }
         Ok(n)
