@@ -536,3 +536,51 @@ impl Watcher {
         self.ids.get(&id).map(String::as_str)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, ino: u64, depth: u32) -> TreeEntry {
+        TreeEntry {
+            path: path.into(),
+            ino,
+            depth,
+        }
+    }
+
+    #[tokio::test]
+    async fn removed_cgroups_are_forgotten_and_a_full_map_is_counted() {
+        let dir = std::env::temp_dir().join(format!("oomprobe-watcher-{}", std::process::id()));
+        let mut w = Watcher::new(Hierarchy::V1(dir));
+        let a = entry("/kubepods", 10, 0);
+        let b = entry("/kubepods/pod1", 11, 1);
+        let c = entry("/kubepods/pod2", 12, 1);
+        let all = [a.clone(), b.clone(), c.clone()];
+        assert_eq!(w.watch_listed(&all, false), vec![10, 11, 12]);
+        assert!(w.watch_listed(&all, false).is_empty(), "already watched");
+        assert!(w.prune(&all).is_empty());
+        // pod1 removed.
+        let now = [a.clone(), c.clone()];
+        assert_eq!(w.prune(&now), vec![11]);
+        assert_eq!(w.sizes().0, 2);
+        assert_eq!(w.path_of(11), None);
+        assert_eq!(w.path_of(12), Some("/kubepods/pod2"));
+        // Listed again (it came back): watched again.
+        assert_eq!(w.watch_listed(&[a, b, c], false), vec![11]);
+        assert_eq!(w.take_full(), 0);
+        // Past WATCHED_MEMCGS_MAX: not watched, counted.
+        let max = probe_common::WATCHED_MEMCGS_MAX as u64;
+        let many: Vec<TreeEntry> = (0..max + 5)
+            .map(|i| entry(&format!("/kubepods/p{i}"), 1000 + i, 1))
+            .collect();
+        let added = w.watch_listed(&many, false);
+        assert_eq!(added.len() as u64, max - 3);
+        assert_eq!(w.sizes().0 as u64, max);
+        assert_eq!(w.take_full(), 8);
+        assert_eq!(w.take_full(), 0);
+        // Everything gone: nothing kept.
+        assert_eq!(w.prune(&[]).len() as u64, max);
+        assert_eq!(w.sizes(), (0, 0, 0));
+    }
+}

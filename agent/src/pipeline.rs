@@ -122,8 +122,8 @@ pub struct Pipeline<K: Kernel = Probes, N: Node = LiveNode> {
     memcg_events: Vec<MemcgEvent>,
     stage_events: Vec<StageEvent>,
     kills: u64,
-    /// A sample's blocking task is running.
-    sampling: bool,
+    /// A sample's blocking task is running, since (CLOCK_MONOTONIC ns).
+    sampling: Option<u64>,
     sample_tx: tokio::sync::mpsc::UnboundedSender<Sampled>,
     sample_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Sampled>>,
 }
@@ -198,7 +198,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             memcg_events: Vec::new(),
             stage_events: Vec::new(),
             kills: 0,
-            sampling: false,
+            sampling: None,
             sample_tx,
             sample_rx: Some(sample_rx),
         }
@@ -273,12 +273,17 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
     /// The sample tick: reading the kubelet's and the node's memory and walking the pod trees
     /// (cgroupfs, /proc: blocking reads, thousands of directories on a busy node) runs in a
     /// blocking task, off this loop; its result comes back through [`Pipeline::sample_done`].
-    /// A tick while the previous walk still runs is skipped.
+    /// A tick while the previous walk still runs is skipped (for at most a minute: a walk
+    /// that never reported does not stop sampling).
     pub fn on_sample(&mut self) {
-        if self.sampling {
+        let now_mono = monotonic_ns();
+        if self
+            .sampling
+            .is_some_and(|at| now_mono.saturating_sub(at) < 60_000_000_000)
+        {
             return;
         }
-        self.sampling = true;
+        self.sampling = Some(now_mono);
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let pid = self.tracker.pids().last().copied();
         let hierarchy = self.hierarchy.clone();
@@ -313,7 +318,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
     /// A sample of the kubelet and the node, read off the loop: metrics, memcg watches and
     /// events, the cycle, the series the detectors read.
     pub async fn on_sampled(&mut self, done: Sampled) {
-        self.sampling = false;
+        self.sampling = None;
         let Sampled { s, ev, pid, trees } = done;
         let latest = self.kubelet_metrics.lock().ok().and_then(|l| l.clone());
         let (s, ev) = with_kubelet_metrics(s, ev, latest);
