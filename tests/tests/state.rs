@@ -31,15 +31,25 @@ const MAPS: &[&str] = &[
     "agent_uprobed_pids",
 ];
 
-fn entries(agent: &Agent) -> BTreeMap<&'static str, f64> {
+/// Every `oomprobe_map_entries{map}` series, or the names of those not exported yet (before the
+/// agent's first sample).
+fn entries(agent: &Agent) -> Result<BTreeMap<&'static str, f64>, Vec<&'static str>> {
     let body = agent.scrape();
-    MAPS.iter()
-        .map(|m| {
-            let v = metric(&body, &format!("oomprobe_map_entries{{map=\"{m}\"}}"))
-                .unwrap_or_else(|| panic!("oomprobe_map_entries{{map=\"{m}\"}} missing"));
-            (*m, v)
-        })
-        .collect()
+    let mut missing = Vec::new();
+    let mut out = BTreeMap::new();
+    for m in MAPS {
+        match metric(&body, &format!("oomprobe_map_entries{{map=\"{m}\"}}")) {
+            Some(v) => {
+                out.insert(*m, v);
+            }
+            None => missing.push(*m),
+        }
+    }
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        Err(missing)
+    }
 }
 
 fn dropped(agent: &Agent, reason: &str, kind: &str) -> f64 {
@@ -56,8 +66,10 @@ fn wait_entries(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let e = entries(agent);
-        if pred(&e) {
-            return e;
+        if let Ok(e) = &e {
+            if pred(e) {
+                return e.clone();
+            }
         }
         assert!(
             Instant::now() < deadline,
