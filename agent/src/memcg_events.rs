@@ -3,7 +3,7 @@
 //! `memory.pressure_level` eventfds, v2 `memory.events` changes), memory pressure (PSI triggers
 //! on `/proc/pressure/memory`), and memcg reclaim counted in the kernel for watched cgroups.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     io::Write as _,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -80,7 +80,7 @@ fn spawn_eventfd(
     dir: std::path::PathBuf,
     cgroup: String,
     kind: String,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let _keep = keep;
         // SAFETY: the eventfd is owned by the AsyncFd until it drops.
@@ -105,7 +105,7 @@ fn spawn_eventfd(
                 return;
             }
         }
-    });
+    })
 }
 
 /// A PSI trigger: POLLPRI when memory stalls exceed `stall_us` within `window_us`.
@@ -113,14 +113,14 @@ fn spawn_psi(
     path: std::path::PathBuf,
     cgroup: String,
     tx: mpsc::UnboundedSender<(String, String)>,
-) -> std::io::Result<()> {
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)?;
     f.write_all(b"some 150000 1000000\0")?;
     let fd: OwnedFd = f.into();
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         // SAFETY: the trigger fd stays open while the AsyncFd owns it.
         let Ok(afd) =
             (unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::PRIORITY) })
@@ -138,8 +138,53 @@ fn spawn_psi(
             // At most one event per window.
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
-    });
-    Ok(())
+    }))
+}
+
+/// One memory cgroup found under a watched tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Path in the memory hierarchy (`/kubepods/burstable/pod...`).
+    pub path: String,
+    /// Its kernfs id (the directory's inode), the key of the kernel's maps.
+    pub ino: u64,
+    /// Levels below the tree's top (0: the top).
+    pub depth: u32,
+}
+
+/// The memory cgroups at and below `cgroup` (six levels deep), read from cgroupfs: a
+/// directory walk, to run off the agent's loop (`spawn_blocking`). A cgroup removed during the
+/// walk is left out.
+pub fn list_tree(h: &Hierarchy, cgroup: &str) -> Vec<TreeEntry> {
+    let mut out = Vec::new();
+    let mut stack = vec![(h.dir(cgroup), cgroup.to_string(), 0u32)];
+    while let Some((d, path, depth)) = stack.pop() {
+        let Ok(meta) = std::fs::metadata(&d) else {
+            continue;
+        };
+        out.push(TreeEntry {
+            path: path.clone(),
+            ino: meta.ino(),
+            depth,
+        });
+        if depth >= 6 {
+            continue;
+        }
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let child = format!(
+                    "{}/{}",
+                    path.trim_end_matches('/'),
+                    e.file_name().to_string_lossy()
+                );
+                stack.push((e.path(), child, depth + 1));
+            }
+        }
+    }
+    out
 }
 
 pub struct Watcher {
@@ -159,6 +204,10 @@ pub struct Watcher {
     failures: Vec<&'static str>,
     /// Kinds already warned about (the first refusal of each is a warning, the rest debug).
     warned: std::collections::HashSet<&'static str>,
+    /// The notification tasks of each cgroup (aborted when it is removed).
+    tasks: HashMap<String, Vec<tokio::task::JoinHandle<()>>>,
+    /// Cgroups left unwatched since the last `take_full`: the kernel's map was full.
+    full: u64,
 }
 
 /// `some avg10` at or above this (percent) is memory pressure when polling PSI.
@@ -168,7 +217,7 @@ impl Watcher {
     pub fn new(h: Hierarchy) -> Watcher {
         let (tx, rx) = mpsc::unbounded_channel();
         let psi_armed = match spawn_psi("/proc/pressure/memory".into(), "/".into(), tx.clone()) {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::info!("PSI trigger armed on /proc/pressure/memory (some 150 ms per 1 s)");
                 true
             }
@@ -192,87 +241,126 @@ impl Watcher {
             last_emit: HashMap::new(),
             failures: Vec::new(),
             warned: Default::default(),
+            tasks: HashMap::new(),
+            full: 0,
         }
     }
 
-    /// Watches `cgroup` (notifications) and every cgroup below it (reclaim); returns the
-    /// kernfs ids to count reclaim for.
-    pub fn watch_tree(&mut self, cgroup: &str, notify: bool) -> Vec<u64> {
+    /// Watches the listed cgroups ([`list_tree`], taken off the agent's loop): notifications
+    /// on the top levels when `notify`, reclaim counting on all; returns the kernfs ids that
+    /// are new (to add to the kernel's `WATCHED_MEMCGS`).
+    pub fn watch_listed(&mut self, listed: &[TreeEntry], notify: bool) -> Vec<u64> {
         let mut new_ids = Vec::new();
-        let dir = self.h.dir(cgroup);
-        let mut stack = vec![(dir, cgroup.to_string(), 0u32)];
-        while let Some((d, path, depth)) = stack.pop() {
-            let Ok(meta) = std::fs::metadata(&d) else {
+        for e in listed {
+            if !self.ids.contains_key(&e.ino)
+                && self.ids.len() >= probe_common::WATCHED_MEMCGS_MAX as usize
+            {
+                self.full += 1;
                 continue;
-            };
-            if self.ids.insert(meta.ino(), path.clone()).is_none() {
-                new_ids.push(meta.ino());
             }
-            if notify && depth <= 3 && !self.notified.contains_key(&path) {
-                self.register(&path);
+            if self.ids.insert(e.ino, e.path.clone()).is_none() {
+                new_ids.push(e.ino);
             }
-            if depth < 6 {
-                if let Ok(rd) = std::fs::read_dir(&d) {
-                    for e in rd.flatten() {
-                        if e.path().is_dir()
-                            && self.ids.len() < probe_common::WATCHED_MEMCGS_MAX as usize
-                        {
-                            let child = format!(
-                                "{}/{}",
-                                path.trim_end_matches('/'),
-                                e.file_name().to_string_lossy()
-                            );
-                            stack.push((e.path(), child, depth + 1));
-                        }
-                    }
-                }
+            if notify && e.depth <= 3 && !self.notified.contains_key(&e.path) {
+                self.register(&e.path);
             }
         }
         new_ids
     }
 
+    /// Forgets the cgroups that are no longer listed (removed since): their notification
+    /// tasks stop, their reclaim counters go. Returns the kernfs ids to remove from the
+    /// kernel's `WATCHED_MEMCGS` and `RECLAIM_STATS`.
+    pub fn prune(&mut self, listed: &[TreeEntry]) -> Vec<u64> {
+        let present: HashSet<u64> = listed.iter().map(|e| e.ino).collect();
+        let paths: HashSet<&str> = listed.iter().map(|e| e.path.as_str()).collect();
+        let gone: Vec<u64> = self
+            .ids
+            .keys()
+            .filter(|id| !present.contains(id))
+            .copied()
+            .collect();
+        for id in &gone {
+            self.ids.remove(id);
+            self.last_reclaim.remove(id);
+        }
+        self.notified
+            .retain(|path, _| paths.contains(path.as_str()));
+        self.tasks.retain(|path, handles| {
+            let keep = paths.contains(path.as_str());
+            if !keep {
+                for h in handles.iter() {
+                    h.abort();
+                }
+            }
+            keep
+        });
+        self.last_emit
+            .retain(|(path, _), _| path == "/" || paths.contains(path.as_str()));
+        gone
+    }
+
+    /// Cgroups with reclaim counting (kernfs ids known), with notifications, and notification
+    /// tasks running: what `oomprobe_map_entries` and the soak watch.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let tasks = self
+            .tasks
+            .values()
+            .map(|h| h.iter().filter(|t| !t.is_finished()).count())
+            .sum();
+        (self.ids.len(), self.notified.len(), tasks)
+    }
+
+    /// Cgroups not watched since the last call because `WATCHED_MEMCGS` was full.
+    pub fn take_full(&mut self) -> u64 {
+        std::mem::take(&mut self.full)
+    }
+
     fn register(&mut self, path: &str) {
         let dir = self.h.dir(path);
+        let mut tasks = Vec::new();
         let counters = match &self.h {
             Hierarchy::V1(_) => {
                 match v1_register(&dir, "memory.oom_control", "") {
-                    Ok((efd, keep)) => spawn_eventfd(
+                    Ok((efd, keep)) => tasks.push(spawn_eventfd(
                         efd,
                         keep,
                         self.tx.clone(),
                         dir.clone(),
                         path.into(),
                         "oom".into(),
-                    ),
+                    )),
                     Err(e) => self.refused("oom_control", path, &e),
                 }
                 for level in ["medium", "critical"] {
                     match v1_register(&dir, "memory.pressure_level", level) {
-                        Ok((efd, keep)) => spawn_eventfd(
+                        Ok((efd, keep)) => tasks.push(spawn_eventfd(
                             efd,
                             keep,
                             self.tx.clone(),
                             dir.clone(),
                             path.into(),
                             format!("pressure_{level}"),
-                        ),
+                        )),
                         Err(e) => self.refused("pressure_level", path, &e),
                     }
                 }
                 HashMap::new()
             }
             Hierarchy::V2(_) => {
-                if let Err(e) = spawn_psi(
+                match spawn_psi(
                     dir.join("memory.pressure"),
                     path.to_string(),
                     self.tx.clone(),
                 ) {
-                    self.refused("psi", path, &e);
+                    Ok(t) => tasks.push(t),
+                    Err(e) => self.refused("psi", path, &e),
                 }
                 keyed(&std::fs::read_to_string(dir.join("memory.events")).unwrap_or_default())
             }
         };
         self.notified.insert(path.to_string(), counters);
+        self.tasks.insert(path.to_string(), tasks);
     }
 
     /// A notification the kernel refused (`EROFS`: cgroupfs mounted read-only; `EACCES`: no
@@ -446,5 +534,53 @@ impl Watcher {
 
     pub fn path_of(&self, id: u64) -> Option<&str> {
         self.ids.get(&id).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, ino: u64, depth: u32) -> TreeEntry {
+        TreeEntry {
+            path: path.into(),
+            ino,
+            depth,
+        }
+    }
+
+    #[tokio::test]
+    async fn removed_cgroups_are_forgotten_and_a_full_map_is_counted() {
+        let dir = std::env::temp_dir().join(format!("oomprobe-watcher-{}", std::process::id()));
+        let mut w = Watcher::new(Hierarchy::V1(dir));
+        let a = entry("/kubepods", 10, 0);
+        let b = entry("/kubepods/pod1", 11, 1);
+        let c = entry("/kubepods/pod2", 12, 1);
+        let all = [a.clone(), b.clone(), c.clone()];
+        assert_eq!(w.watch_listed(&all, false), vec![10, 11, 12]);
+        assert!(w.watch_listed(&all, false).is_empty(), "already watched");
+        assert!(w.prune(&all).is_empty());
+        // pod1 removed.
+        let now = [a.clone(), c.clone()];
+        assert_eq!(w.prune(&now), vec![11]);
+        assert_eq!(w.sizes().0, 2);
+        assert_eq!(w.path_of(11), None);
+        assert_eq!(w.path_of(12), Some("/kubepods/pod2"));
+        // Listed again (it came back): watched again.
+        assert_eq!(w.watch_listed(&[a, b, c], false), vec![11]);
+        assert_eq!(w.take_full(), 0);
+        // Past WATCHED_MEMCGS_MAX: not watched, counted.
+        let max = probe_common::WATCHED_MEMCGS_MAX as u64;
+        let many: Vec<TreeEntry> = (0..max + 5)
+            .map(|i| entry(&format!("/kubepods/p{i}"), 1000 + i, 1))
+            .collect();
+        let added = w.watch_listed(&many, false);
+        assert_eq!(added.len() as u64, max - 3);
+        assert_eq!(w.sizes().0 as u64, max);
+        assert_eq!(w.take_full(), 8);
+        assert_eq!(w.take_full(), 0);
+        // Everything gone: nothing kept.
+        assert_eq!(w.prune(&[]).len() as u64, max);
+        assert_eq!(w.sizes(), (0, 0, 0));
     }
 }

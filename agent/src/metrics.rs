@@ -41,6 +41,10 @@ pub struct Metrics {
     /// `oomprobe_feature_unsupported{feature,arch}`.
     pub feature_unsupported: IntGaugeVec,
     pub pending_kills: IntGauge,
+    /// The (pid, entry point) series `oomprobe_kubelet_alloc_bytes` has now.
+    kubelet_series: Mutex<std::collections::HashSet<(String, String)>>,
+    /// `oomprobe_map_entries{map}`.
+    pub map_entries: IntGaugeVec,
     pub kubelet_restarts: IntGauge,
     pub kubelet_metrics_errors: IntCounterVec,
     pub memcg_events: IntCounterVec,
@@ -142,6 +146,12 @@ impl Metrics {
             &registry,
             "oomprobe_pending_kills",
             "SIGKILLed processes whose death has not been seen yet.",
+        );
+        let map_entries = gauge_vec(
+            &registry,
+            "oomprobe_map_entries",
+            "Entries in the state that follows processes and cgroups, as of the last sample: the kernel maps (KUBELET_TGIDS, KUBELET_UPROBED, WATCHED_MEMCGS, RECLAIM_STATS, ALLOC_STATS, STACKS) and the agent's own (agent_memcgs, agent_memcg_notified, agent_memcg_tasks, agent_pending_kills, agent_uprobed_pids).",
+            &["map"],
         );
         let kubelet_metrics_errors = counter_vec(
             &registry,
@@ -274,6 +284,8 @@ impl Metrics {
             hook_tier,
             feature_unsupported,
             pending_kills,
+            kubelet_series: Default::default(),
+            map_entries,
             kubelet_restarts,
             kubelet_metrics_errors,
             memcg_events,
@@ -365,6 +377,9 @@ impl Metrics {
                     (&self.dropped, ["pending_insert_failed", "signal"])
                 }
                 Counter::AllocStatsFull => (&self.dropped, ["alloc_stats_full", "alloc"]),
+                Counter::KubeletTgidsFull => (&self.dropped, ["kubelet_tgids_full", "exec"]),
+                Counter::StackCaptureFailed => (&self.dropped, ["stack_capture_failed", "alloc"]),
+                Counter::ReclaimStatsFull => (&self.dropped, ["reclaim_stats_full", "reclaim"]),
                 Counter::SigkillSeen => {
                     self.kernel_events
                         .with_label_values(&["sigkill_seen"])
@@ -382,19 +397,34 @@ impl Metrics {
         }
     }
 
-    pub fn observe_kubelet(&self, rep: &crate::kubelet::tracker::KubeletReport) {
-        let pid = rep.pid.to_string();
-        for (point, bytes) in &rep.by_entry_point {
-            self.kubelet_bytes
-                .with_label_values(&[pid.as_str(), point.as_str()])
-                .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+    /// One attribution round: every followed kubelet's report. The pid-labelled series of
+    /// processes no longer reported (dead) are removed.
+    pub fn observe_kubelets(&self, reps: &[crate::kubelet::tracker::KubeletReport]) {
+        let mut now = std::collections::HashSet::new();
+        for rep in reps {
+            let pid = rep.pid.to_string();
+            for (point, bytes) in &rep.by_entry_point {
+                self.kubelet_bytes
+                    .with_label_values(&[pid.as_str(), point.as_str()])
+                    .set(i64::try_from(*bytes).unwrap_or(i64::MAX));
+                now.insert((pid.clone(), point.clone()));
+            }
+            self.kubelet_call_site_bytes.reset();
+            for c in &rep.top_call_sites {
+                self.kubelet_call_site_bytes
+                    .with_label_values(&[c.function.as_str()])
+                    .set(i64::try_from(c.bytes).unwrap_or(i64::MAX));
+            }
         }
-        self.kubelet_call_site_bytes.reset();
-        for c in &rep.top_call_sites {
-            self.kubelet_call_site_bytes
-                .with_label_values(&[c.function.as_str()])
-                .set(i64::try_from(c.bytes).unwrap_or(i64::MAX));
+        let Ok(mut series) = self.kubelet_series.lock() else {
+            return;
+        };
+        for (pid, point) in series.difference(&now) {
+            let _ = self
+                .kubelet_bytes
+                .remove_label_values(&[pid.as_str(), point.as_str()]);
         }
+        *series = now;
     }
 
     pub fn observe_sample(&self, ev: &crate::sampler::SampleEvent) {

@@ -122,6 +122,19 @@ pub struct Pipeline<K: Kernel = Probes, N: Node = LiveNode> {
     memcg_events: Vec<MemcgEvent>,
     stage_events: Vec<StageEvent>,
     kills: u64,
+    /// A sample's blocking task is running, since (CLOCK_MONOTONIC ns).
+    sampling: Option<u64>,
+    sample_tx: tokio::sync::mpsc::UnboundedSender<Sampled>,
+    sample_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Sampled>>,
+}
+
+/// What a sample's blocking task read: the sample, the kubelet followed then, and the memory
+/// cgroups under the watched trees.
+pub struct Sampled {
+    s: Sample,
+    ev: SampleEvent,
+    pid: Option<u32>,
+    trees: Vec<crate::memcg_events::TreeEntry>,
 }
 
 impl Pipeline {
@@ -157,6 +170,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             out.push(Output::KubeletStart(start));
         }
         out.flush();
+        let (sample_tx, sample_rx) = tokio::sync::mpsc::unbounded_channel();
         if tracker.pids().is_empty() {
             tracing::info!(name = %cfg.target.name, "no kubelet running yet; it will be followed when it starts");
         }
@@ -184,6 +198,9 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             memcg_events: Vec::new(),
             stage_events: Vec::new(),
             kills: 0,
+            sampling: None,
+            sample_tx,
+            sample_rx: Some(sample_rx),
         }
     }
 
@@ -204,7 +221,14 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
     /// Decoded ring-buffer records, as the readers handed them over: kill events to the
     /// correlator, kubelet execs to the tracker, malformed records counted.
     pub async fn on_ring_batch(&mut self, batch: impl Iterator<Item = ring::Item>) {
-        for (decoded, seen) in batch {
+        for item in batch {
+            let (decoded, seen) = match item {
+                ring::Item::Record(decoded, seen) => (decoded, seen),
+                ring::Item::Quiet(ktime_ns) => {
+                    self.correlator.on_quiet(ktime_ns);
+                    continue;
+                }
+            };
             match decoded {
                 Ok(Event::KubeletExec(e)) => self.kubelet_execs.push((e.tgid, e.ktime_ns)),
                 Ok(ev) => {
@@ -232,8 +256,9 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
 
     /// The periodic kubelet attribution report; kubelets started since are picked up.
     pub async fn on_report(&mut self) {
-        for rep in self.tracker.report(&mut self.probes) {
-            self.metrics.observe_kubelet(&rep);
+        let reps = self.tracker.report(&mut self.probes);
+        self.metrics.observe_kubelets(&reps);
+        for rep in reps {
             self.out.push(Output::KubeletMemory(rep));
         }
         for start in self.tracker.scan(&mut self.probes) {
@@ -245,22 +270,60 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         self.settle().await;
     }
 
-    /// A sample of the kubelet and the node: metrics, memcg watches and events, the cycle,
-    /// the series the detectors read.
-    pub async fn on_sample(&mut self) {
+    /// The sample tick: reading the kubelet's and the node's memory and walking the pod trees
+    /// (cgroupfs, /proc: blocking reads, thousands of directories on a busy node) runs in a
+    /// blocking task, off this loop; its result comes back through [`Pipeline::sample_done`].
+    /// A tick while the previous walk still runs is skipped (for at most a minute: a walk
+    /// that never reported does not stop sampling).
+    pub fn on_sample(&mut self) {
+        let now_mono = monotonic_ns();
+        if self
+            .sampling
+            .is_some_and(|at| now_mono.saturating_sub(at) < 60_000_000_000)
+        {
+            return;
+        }
+        self.sampling = Some(now_mono);
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let pid = self.tracker.pids().last().copied();
-        let (s, ev) = crate::sampler::sample(
-            self.hierarchy.as_ref(),
-            &self.kubepods_roots,
-            pid,
-            self.tracker.restarts,
-            now,
-        );
+        let hierarchy = self.hierarchy.clone();
+        let roots = self.kubepods_roots.clone();
+        let restarts = self.tracker.restarts;
+        let watch = self.memcg.is_some();
+        let done = self.sample_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let (s, ev) = crate::sampler::sample(hierarchy.as_ref(), &roots, pid, restarts, now);
+            let mut trees = Vec::new();
+            if let (Some(h), true) = (hierarchy.as_ref(), watch) {
+                let mut tops: Vec<String> = roots
+                    .iter()
+                    .filter(|r| h.dir(r).is_dir())
+                    .cloned()
+                    .collect();
+                tops.extend(ev.kubelet_cgroup.clone());
+                for top in tops {
+                    trees.extend(crate::memcg_events::list_tree(h, &top));
+                }
+            }
+            let _ = done.send(Sampled { s, ev, pid, trees });
+        });
+    }
+
+    /// Where the finished samples of [`Pipeline::on_sample`]'s blocking tasks arrive (taken
+    /// once by the run loop, which hands each to [`Pipeline::on_sampled`]).
+    pub fn take_samples(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Sampled>> {
+        self.sample_rx.take()
+    }
+
+    /// A sample of the kubelet and the node, read off the loop: metrics, memcg watches and
+    /// events, the cycle, the series the detectors read.
+    pub async fn on_sampled(&mut self, done: Sampled) {
+        self.sampling = None;
+        let Sampled { s, ev, pid, trees } = done;
         let latest = self.kubelet_metrics.lock().ok().and_then(|l| l.clone());
         let (s, ev) = with_kubelet_metrics(s, ev, latest);
         self.metrics.observe_sample(&ev);
-        self.watch_memcgs(&ev);
+        self.watch_memcgs(&trees);
         if ev.kubelet_cgroup.is_some() {
             self.kubelet_cgroup = ev.kubelet_cgroup.clone();
         }
@@ -285,26 +348,33 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
                 crate::detect::store::bound(m);
             }
         }
+        self.observe_state();
         self.settle().await;
     }
 
-    /// Keeps the memcg watcher on the pod trees and the kubelet's cgroup; polls its events.
-    fn watch_memcgs(&mut self, ev: &SampleEvent) {
+    /// Keeps the memcg watcher on the pod trees and the kubelet's cgroup as listed now:
+    /// new cgroups watched, removed ones forgotten (in the kernel's maps too); polls events.
+    fn watch_memcgs(&mut self, listed: &[crate::memcg_events::TreeEntry]) {
         let Some(w) = self.memcg.as_mut() else {
             return;
         };
-        let h = self.hierarchy.as_ref();
-        let mut trees: Vec<String> = self
-            .kubepods_roots
-            .iter()
-            .filter(|r| h.is_some_and(|h| h.dir(r).is_dir()))
-            .cloned()
-            .collect();
-        trees.extend(ev.kubelet_cgroup.clone());
-        for tree in trees {
-            for id in w.watch_tree(&tree, true) {
-                self.probes.watch_memcg(id);
+        for id in w.prune(listed) {
+            self.probes.unwatch_memcg(id);
+        }
+        for id in w.watch_listed(listed, true) {
+            if !self.probes.watch_memcg(id) {
+                self.metrics
+                    .dropped
+                    .with_label_values(&["watched_memcgs_full", "memcg"])
+                    .inc();
             }
+        }
+        let full = w.take_full();
+        if full > 0 {
+            self.metrics
+                .dropped
+                .with_label_values(&["watched_memcgs_full", "memcg"])
+                .inc_by(full);
         }
         self.memcg_events
             .extend(w.reclaim(&self.probes.reclaim_stats()));
@@ -316,6 +386,25 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
                 .with_label_values(&[kind])
                 .inc();
         }
+    }
+
+    /// `oomprobe_map_entries{map}`: the kernel maps' occupancy and the agent's own per-cgroup
+    /// and per-process state.
+    fn observe_state(&self) {
+        let g = &self.metrics.map_entries;
+        for (map, n) in self.probes.map_entries() {
+            g.with_label_values(&[map]).set(n as i64);
+        }
+        if let Some(w) = &self.memcg {
+            let (ids, notified, tasks) = w.sizes();
+            g.with_label_values(&["agent_memcgs"]).set(ids as i64);
+            g.with_label_values(&["agent_memcg_notified"])
+                .set(notified as i64);
+            g.with_label_values(&["agent_memcg_tasks"])
+                .set(tasks as i64);
+        }
+        g.with_label_values(&["agent_pending_kills"])
+            .set(self.correlator.pending_len() as i64);
     }
 
     /// The next notification (cgroup, kind) of a watched memory cgroup; never, without one.
@@ -357,9 +446,11 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         self.on_expire_at(monotonic_ns()).await;
     }
 
-    /// [`Pipeline::on_expire`] at CLOCK_MONOTONIC `now_ns` (a replay's own clock).
+    /// [`Pipeline::on_expire`] with the wall clock at CLOCK_MONOTONIC `now_ns` (a replay's
+    /// own clock). Kills expire against the event stream's clock (the newest kernel timestamp
+    /// or quiet mark fed), the wall clock only [`crate::forensics::correlator::STALL_BACKSTOP_NS`] behind as a backstop.
     pub async fn on_expire_at(&mut self, now_ns: u64) {
-        self.records.extend(self.correlator.expire(now_ns));
+        self.records.extend(self.correlator.expire_at_wall(now_ns));
         self.metrics.observe_kernel(&self.probes.counters());
         self.metrics
             .pending_kills

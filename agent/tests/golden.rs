@@ -19,6 +19,7 @@ use oomprobe::{
     kernel::{
         events::{self, Event},
         probes::{Kernel, ProbeError},
+        ring::{Item, QUIET_MARGIN_NS},
     },
     kubelet::{metrics::Latest, tracker::Target},
     metrics::Metrics,
@@ -323,7 +324,9 @@ impl Kernel for NoKernel {
         Err(ProbeError::MissingMap("(no kernel in a replay)"))
     }
     fn unwatch_tgid(&mut self, _: u32) {}
-    fn watch_memcg(&mut self, _: u64) {}
+    fn watch_memcg(&mut self, _: u64) -> bool {
+        true
+    }
     fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)> {
         Vec::new()
     }
@@ -383,13 +386,18 @@ fn pipeline_lines(name: &str, format: OutputFormat) -> String {
             last_seen = seen;
             let tick = next_tick.get_or_insert(seen + TICK_NS);
             while *tick <= seen {
+                // The idle reader's quiet mark, then the loop's expire tick.
+                let mark = Item::Quiet(tick.saturating_sub(QUIET_MARGIN_NS));
+                p.on_ring_batch(std::iter::once(mark)).await;
                 p.on_expire_at(*tick).await;
                 *tick += TICK_NS;
             }
-            let item = (events::decode(&unhex(hex)), seen);
+            let item = Item::Record(events::decode(&unhex(hex)), seen);
             p.on_ring_batch(std::iter::once(item)).await;
         }
-        p.on_expire_at(last_seen + 10_000_000_000).await;
+        let end = last_seen + 10_000_000_000;
+        p.on_ring_batch(std::iter::once(Item::Quiet(end))).await;
+        p.on_expire_at(end).await;
     });
     let mut out = p.take_output().join("\n");
     out.push('\n');

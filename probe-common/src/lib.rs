@@ -213,12 +213,20 @@ pub enum Counter {
     AllocStatsFull = 7,
     /// `bpf_ringbuf_reserve` failed for a SIGKILL target's RSS record (raw tracepoint).
     RingbufFullVictimMm = 8,
+    /// `KUBELET_TGIDS` refused a process exec'ing under the kubelet's name (full): its
+    /// allocations are not counted.
+    KubeletTgidsFull = 9,
+    /// `bpf_get_stackid` failed for an allocation (`STACKS` bucket taken by another stack, or
+    /// the stack unreadable): the bytes are counted without a call stack.
+    StackCaptureFailed = 10,
+    /// `RECLAIM_STATS` refused a watched memory cgroup (full): its reclaim is not counted.
+    ReclaimStatsFull = 11,
 }
 
 pub const COUNTERS_LEN: u32 = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 12] = [
         Counter::RingbufFullSignal,
         Counter::RingbufFullVictim,
         Counter::RingbufFullExit,
@@ -228,6 +236,9 @@ impl Counter {
         Counter::OomVictimSeen,
         Counter::AllocStatsFull,
         Counter::RingbufFullVictimMm,
+        Counter::KubeletTgidsFull,
+        Counter::StackCaptureFailed,
+        Counter::ReclaimStatsFull,
     ];
 }
 

@@ -6,6 +6,7 @@ mod lab;
 mod deploy;
 mod image;
 mod setup;
+mod soak;
 mod vm;
 
 use std::{
@@ -61,9 +62,13 @@ enum Cmd {
     },
     /// Benchmarks: kill-to-record latency and coverage against bpftrace and a kmsg reader.
     Bench {
-        /// Only one part: `kills`, `alloc`, `sampling` or `detect`.
+        /// Only one part: `kills`, `alloc`, `sampling`, `detect` or `soak` (the soak runs only
+        /// when named).
         #[arg(long)]
         only: Option<String>,
+        /// How long the soak runs, in minutes (default: `OOMPROBE_SOAK_MINUTES`, else 30).
+        #[arg(long)]
+        minutes: Option<u64>,
         /// OOM kills one at a time.
         #[arg(long, default_value_t = 30)]
         sequential: usize,
@@ -402,7 +407,9 @@ fn main() {
                 only,
                 sequential,
                 burst,
+                minutes,
             } => match only.as_deref() {
+                Some("soak") => soak::minutes(minutes).and_then(soak::run),
                 Some("kills") => bench::run(sequential, burst),
                 Some("alloc") => bench::run_alloc(),
                 Some("sampling") => bench::run_sampling(),
@@ -412,7 +419,7 @@ fn main() {
                     .and_then(|()| bench::run_sampling())
                     .and_then(|()| bench::run_detect()),
                 Some(other) => Err(anyhow::anyhow!(
-                    "unknown bench part {other}: kills, alloc, sampling or detect"
+                    "unknown bench part {other}: kills, alloc, sampling, detect or soak"
                 )),
             },
             Cmd::Image => image::build().map(|_| ()),

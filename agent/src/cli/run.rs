@@ -308,6 +308,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         degraded = p.probes().degraded.len(),
         "oomprobe ready: watching SIGKILLs and OOM kills"
     );
+    let mut samples = p.take_samples();
     let mut expire_tick = tokio::time::interval(Duration::from_millis(250));
     let mut sample_tick = every(args.sample_interval);
     let (mut detect_tick, mut report_tick) = (
@@ -325,7 +326,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tokio::select! {
             Some(first) = ring.recv() => p.on_ring_batch(std::iter::once(first).chain(std::iter::from_fn(|| ring.try_recv().ok()))).await,
             _ = report_tick.tick() => p.on_report().await,
-            _ = sample_tick.tick() => p.on_sample().await,
+            _ = sample_tick.tick() => p.on_sample(),
+            Some(done) = async { match samples.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => p.on_sampled(done).await,
             _ = detect_tick.tick() => p.on_detect().await,
             _ = expire_tick.tick() => p.on_expire().await,
             Some((cgroup, kind)) = p.memcg_notification() => p.on_memcg_notification(cgroup, kind).await,

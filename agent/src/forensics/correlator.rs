@@ -26,6 +26,11 @@ pub const EXIT_TIMEOUT_NS: u64 = 3_000_000_000;
 /// An idle OOM victim can die before `mark_victim` fires for it (seen: exit 41 us after the
 /// SIGKILL, `mark_victim` ~45 us): a kernel-sent SIGKILL's record waits this long for it.
 pub const VICTIM_GRACE_NS: u64 = 100_000_000;
+/// The wall clock expires pending kills only this far behind it: a backstop for a stream whose
+/// readers stopped sending quiet marks. Otherwise expiry follows the event stream's own clock
+/// ([`Correlator::stream_ns`]), so a stall of the agent's loop never expires a kill whose
+/// events are still queued.
+pub const STALL_BACKSTOP_NS: u64 = 30_000_000_000;
 /// How long one reading of an OOM domain's limit and usage serves kills in the same cgroup.
 const DOMAIN_CACHE_NS: u64 = 200_000_000;
 /// A reclaim mark older than this does not explain an OOM.
@@ -79,6 +84,9 @@ pub struct Correlator<N: Node> {
     groups: GroupBuffer<KillRecord>,
     /// Newest kernel timestamp seen on an event.
     last_event_ns: u64,
+    /// Newest quiet mark of the ring readers (CLOCK_MONOTONIC ns): every event stamped
+    /// earlier has been fed.
+    quiet_ns: u64,
 }
 
 /// An OOM control serves a later group member of the same trigger for this long.
@@ -98,7 +106,21 @@ impl<N: Node> Correlator<N> {
             oc_by_trigger: HashMap::new(),
             groups: GroupBuffer::default(),
             last_event_ns: 0,
+            quiet_ns: 0,
         }
+    }
+
+    /// The ring readers found the ring empty at `ktime_ns` (CLOCK_MONOTONIC, the kernel's
+    /// event clock): every event stamped earlier has been fed.
+    pub fn on_quiet(&mut self, ktime_ns: u64) {
+        self.quiet_ns = self.quiet_ns.max(ktime_ns);
+    }
+
+    /// The event stream's own clock (CLOCK_MONOTONIC ns): the newest kernel timestamp fed, on
+    /// an event or a quiet mark. Time the agent's loop spends stalled does not pass here
+    /// until the events stamped in it have been fed.
+    pub fn stream_ns(&self) -> u64 {
+        self.last_event_ns.max(self.quiet_ns)
     }
 
     pub fn pending_len(&self) -> usize {
@@ -343,6 +365,16 @@ impl<N: Node> Correlator<N> {
             out.extend(recs);
         }
         out
+    }
+
+    /// [`Self::expire`] at the event stream's clock ([`Self::stream_ns`]), or at the wall
+    /// clock `wall_ns` (CLOCK_MONOTONIC) less [`STALL_BACKSTOP_NS`] when that is later (a stream
+    /// whose readers went silent).
+    pub fn expire_at_wall(&mut self, wall_ns: u64) -> Vec<KillRecord> {
+        let at = self
+            .stream_ns()
+            .max(wall_ns.saturating_sub(STALL_BACKSTOP_NS));
+        self.expire(at)
     }
 
     /// Reports kills whose process has not died within [`EXIT_TIMEOUT_NS`], and dead

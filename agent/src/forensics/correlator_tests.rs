@@ -404,6 +404,59 @@ fn unseen_death_expires_with_null_exit() {
 }
 
 #[test]
+fn a_stalled_loop_does_not_expire_kills_whose_events_are_queued() {
+    // The agent's loop stalled for 5 s after feeding a SIGKILL and its mark_victim; the exit
+    // (40 ms after) waited in the channel meanwhile. The wall clock says 5 s passed; the
+    // stream says 0.
+    let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
+    let t = 7_000_000_000;
+    c.on_event(Event::Signal(signal(
+        8,
+        SiCode::KERNEL,
+        8,
+        ReclaimKind::Memcg,
+        t,
+    )));
+    c.on_event(Event::OomVictim(victim(8, 8, t + 50_000)));
+    c.on_quiet(t + 60_000);
+    assert_eq!(c.stream_ns(), t + 60_000);
+    assert!(c.expire_at_wall(t + 5_000_000_000).is_empty());
+    assert_eq!(c.pending_len(), 1);
+    let r = c
+        .on_event(Event::Exit(exit(8, t, t + 40_000_000, "/cg")))
+        .expect("complete once the queued exit is fed");
+    assert_eq!(r.kind, KillKind::OomMemcg);
+    assert_eq!(r.exit_after_ns, Some(40_000_000));
+    assert_eq!(c.stats.orphans + c.stats.timeouts, 0);
+    // A quiet mark never moves the clock back.
+    c.on_quiet(t);
+    assert_eq!(c.stream_ns(), t + 40_000_000);
+}
+
+#[test]
+fn a_silent_stream_still_expires_against_the_wall_clock_backstop() {
+    let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
+    let t = 7_000_000_000;
+    c.on_event(Event::Signal(signal(
+        5,
+        SiCode::USER,
+        1,
+        ReclaimKind::None,
+        t,
+    )));
+    // Quiet marks up to 3 s (the exit timeout) expire nothing yet...
+    c.on_quiet(t + EXIT_TIMEOUT_NS);
+    assert!(c.expire_at_wall(t + EXIT_TIMEOUT_NS).is_empty());
+    // ...the stream goes silent: the wall clock expires it STALL_BACKSTOP_NS late.
+    let wall = t + EXIT_TIMEOUT_NS + STALL_BACKSTOP_NS;
+    assert!(c.expire_at_wall(wall).is_empty());
+    let out = c.expire_at_wall(wall + 1);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].exit_after_ns, None);
+    assert_eq!(c.stats.timeouts, 1);
+}
+
+#[test]
 fn exit_without_signal_is_an_orphan() {
     let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
     assert!(c.on_event(Event::Exit(exit(3, 1, 2, "/"))).is_none());

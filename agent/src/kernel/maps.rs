@@ -29,6 +29,9 @@ impl Probes {
             })
     }
 
+    /// Stops following `tgid` (dead, or not a kubelet): its entries in `KUBELET_TGIDS`,
+    /// `KUBELET_UPROBED` and `ALLOC_STATS` go, the stacks only it referenced leave `STACKS`,
+    /// and the uprobes attached for it alone (its libc) are detached.
     pub fn unwatch_tgid(&mut self, tgid: u32) {
         if let Ok(mut m) = self.tgids() {
             let _ = m.remove(&tgid);
@@ -38,22 +41,111 @@ impl Probes {
                 let _ = m.remove(&tgid);
             }
         }
+        let mut orphaned_stacks = Vec::new();
         if let Some(map) = self.ebpf.map_mut(maps::ALLOC_STATS) {
             if let Ok(mut stats) = PerCpuHashMap::<_, AllocKey, AllocVal>::try_from(map) {
-                let keys: Vec<AllocKey> =
-                    stats.keys().flatten().filter(|k| k.tgid == tgid).collect();
-                for k in keys {
-                    let _ = stats.remove(&k);
+                let keys: Vec<AllocKey> = stats.keys().flatten().collect();
+                let (gone, kept): (Vec<AllocKey>, Vec<AllocKey>) =
+                    keys.into_iter().partition(|k| k.tgid == tgid);
+                let still: std::collections::HashSet<i64> =
+                    kept.iter().map(|k| k.stack_id).collect();
+                for k in &gone {
+                    let _ = stats.remove(k);
+                    if let Ok(id) = u32::try_from(k.stack_id) {
+                        if !still.contains(&k.stack_id) && !orphaned_stacks.contains(&id) {
+                            orphaned_stacks.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        self.forget_stacks(&orphaned_stacks);
+        if let Some(links) = self.pid_links.remove(&tgid) {
+            if let Some(prog) = self.ebpf.program_mut(probe_common::programs::UPROBE_ALLOC) {
+                if let Ok(prog) = <&mut aya::programs::UProbe>::try_from(prog) {
+                    for link in links {
+                        if let Err(e) = prog.detach(link) {
+                            tracing::debug!(tgid, error = %e, "uprobe already detached");
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Counts memcg reclaim in the cgroup with this kernfs id (its directory's inode).
-    pub fn watch_memcg(&mut self, id: u64) {
+    /// Counts memcg reclaim in the cgroup with this kernfs id (its directory's inode); false
+    /// when `WATCHED_MEMCGS` refused it (full).
+    pub fn watch_memcg(&mut self, id: u64) -> bool {
+        let Some(map) = self.ebpf.map_mut(maps::WATCHED_MEMCGS) else {
+            return false;
+        };
+        match HashMap::<_, u64, u32>::try_from(map) {
+            Ok(mut m) => m.insert(id, 1, 0).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Stops counting reclaim in the memory cgroup `id` (removed): its `WATCHED_MEMCGS` and
+    /// `RECLAIM_STATS` entries go.
+    pub fn unwatch_memcg(&mut self, id: u64) {
         if let Some(map) = self.ebpf.map_mut(maps::WATCHED_MEMCGS) {
             if let Ok(mut m) = HashMap::<_, u64, u32>::try_from(map) {
-                let _ = m.insert(id, 1, 0);
+                let _ = m.remove(&id);
+            }
+        }
+        if let Some(map) = self.ebpf.map_mut(maps::RECLAIM_STATS) {
+            if let Ok(mut m) = PerCpuHashMap::<_, u64, probe_common::ReclaimStats>::try_from(map) {
+                let _ = m.remove(&id);
+            }
+        }
+    }
+
+    /// Entries in each of the kernel maps that follow processes and cgroups, by map name
+    /// (`oomprobe_map_entries{map}`): counted by iterating their keys.
+    pub fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        let mut out = Vec::new();
+        let e = &self.ebpf;
+        if let Some(m) = e.map(maps::KUBELET_TGIDS) {
+            if let Ok(m) = HashMap::<_, u32, KubeletText>::try_from(m) {
+                out.push((maps::KUBELET_TGIDS, m.keys().count()));
+            }
+        }
+        if let Some(m) = e.map(maps::KUBELET_UPROBED) {
+            if let Ok(m) = HashMap::<_, u32, u32>::try_from(m) {
+                out.push((maps::KUBELET_UPROBED, m.keys().count()));
+            }
+        }
+        if let Some(m) = e.map(maps::WATCHED_MEMCGS) {
+            if let Ok(m) = HashMap::<_, u64, u32>::try_from(m) {
+                out.push((maps::WATCHED_MEMCGS, m.keys().count()));
+            }
+        }
+        if let Some(map) = self.ebpf.map(maps::RECLAIM_STATS) {
+            if let Ok(m) = PerCpuHashMap::<_, u64, probe_common::ReclaimStats>::try_from(map) {
+                out.push((maps::RECLAIM_STATS, m.keys().count()));
+            }
+        }
+        if let Some(map) = self.ebpf.map(maps::ALLOC_STATS) {
+            if let Ok(m) = PerCpuHashMap::<_, AllocKey, AllocVal>::try_from(map) {
+                out.push((maps::ALLOC_STATS, m.keys().count()));
+            }
+        }
+        if let Some(map) = self.ebpf.map(maps::STACKS) {
+            if let Ok(m) = StackTraceMap::try_from(map) {
+                out.push((maps::STACKS, m.stack_ids().count()));
+            }
+        }
+        out.push(("agent_uprobed_pids", self.pid_links.len()));
+        out
+    }
+
+    /// Removes captured stacks `ids` from `STACKS` (their allocation counters are gone).
+    pub fn forget_stacks(&mut self, ids: &[u32]) {
+        if let Some(map) = self.ebpf.map_mut(maps::STACKS) {
+            if let Ok(mut m) = StackTraceMap::try_from(map) {
+                for id in ids {
+                    let _ = m.remove(id);
+                }
             }
         }
     }

@@ -159,6 +159,8 @@ pub struct Probes {
     pub degraded: Vec<(&'static str, String)>,
     /// The mmap/munmap syscall tracepoints are attached.
     syscalls_attached: bool,
+    /// Allocator uprobes attached for one process only (its libc), detached when it dies.
+    pub(super) pid_links: std::collections::HashMap<u32, Vec<aya::programs::uprobe::UProbeLinkId>>,
 }
 
 impl Probes {
@@ -303,6 +305,7 @@ impl Probes {
             attached,
             degraded,
             syscalls_attached: false,
+            pid_links: std::collections::HashMap::new(),
         })
     }
 
@@ -348,12 +351,16 @@ impl Probes {
                 // Libraries are built without frame pointers: scan for the caller instead.
                 cookie: Some(alloc_cookie(i as u16, reg, p.role.in_libc())),
             };
-            prog.attach(point, binary, scope)
+            let link = prog
+                .attach(point, binary, scope)
                 .map_err(|source| ProbeError::Uprobe {
                     symbol: p.symbol.clone(),
                     binary: binary.display().to_string(),
                     source: Box::new(source),
                 })?;
+            if let Some(pid) = pid {
+                self.pid_links.entry(pid).or_default().push(link);
+            }
             n += 1;
         }
         Ok(n)
@@ -412,8 +419,17 @@ pub trait Kernel {
     fn watch_tgid(&mut self, tgid: u32, text: probe_common::KubeletText) -> Result<(), ProbeError>;
     /// Stops following `tgid`.
     fn unwatch_tgid(&mut self, tgid: u32);
-    /// Counts reclaim in memory cgroup `id` (cgroup inode number).
-    fn watch_memcg(&mut self, id: u64);
+    /// Counts reclaim in memory cgroup `id` (cgroup inode number); false when the kernel's
+    /// map refused it (full).
+    fn watch_memcg(&mut self, id: u64) -> bool;
+    /// Stops counting reclaim in memory cgroup `id` (removed).
+    fn unwatch_memcg(&mut self, _id: u64) {}
+    /// Entries per kernel map that follows processes and cgroups.
+    fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        Vec::new()
+    }
+    /// Removes captured stacks whose counters are gone.
+    fn forget_stacks(&mut self, _ids: &[u32]) {}
     /// Per watched memory cgroup id, the reclaim counters.
     fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)>;
     /// Allocator counters per (tgid, point, stack).
@@ -442,8 +458,17 @@ impl Kernel for Probes {
     fn unwatch_tgid(&mut self, tgid: u32) {
         Probes::unwatch_tgid(self, tgid)
     }
-    fn watch_memcg(&mut self, id: u64) {
+    fn watch_memcg(&mut self, id: u64) -> bool {
         Probes::watch_memcg(self, id)
+    }
+    fn unwatch_memcg(&mut self, id: u64) {
+        Probes::unwatch_memcg(self, id)
+    }
+    fn map_entries(&self) -> Vec<(&'static str, usize)> {
+        Probes::map_entries(self)
+    }
+    fn forget_stacks(&mut self, ids: &[u32]) {
+        Probes::forget_stacks(self, ids)
     }
     fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)> {
         Probes::reclaim_stats(self)

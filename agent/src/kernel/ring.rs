@@ -14,6 +14,14 @@
 //! blocks, so the ring buffer stays the one place records wait (its overflow is counted by the
 //! kernel probes) and nothing read is ever dropped.
 //!
+//! After each drain the reader also sends a quiet mark ([`Item::Quiet`]): a CLOCK_MONOTONIC
+//! reading (the kernel's `bpf_ktime_get_ns` clock) taken just before it found the ring empty,
+//! less [`QUIET_MARGIN_NS`]. Every record stamped earlier than the mark was read before it, so
+//! the marks are the event stream's own clock: the correlator expires pending kills against
+//! them, not against the wall clock, and a stalled agent loop (records waiting in the channel)
+//! never expires a kill whose events are still queued. One reader also wakes every
+//! [`QUIET_EVERY_MS`] ms without records and drains: a quiet stream's clock still advances.
+//!
 //! With a [`Recorder`] (`oomprobe run --record-ring FILE`) the draining reader also writes each
 //! record's raw bytes, exactly as read from the ring, to a file: one line per record,
 //! `<CLOCK_MONOTONIC ns when read> <bytes as lowercase hex>\n`, flushed after each drain. This
@@ -35,8 +43,21 @@ use crate::{
     kernel::events::{self, DecodeError, Event},
 };
 
-/// One decoded record and when userspace read it (CLOCK_MONOTONIC ns).
-pub type Item = (Result<Event, DecodeError>, u64);
+/// What the readers hand to the agent's loop, in the order they read it.
+#[derive(Debug)]
+pub enum Item {
+    /// One decoded record and when userspace read it (CLOCK_MONOTONIC ns).
+    Record(Result<Event, DecodeError>, u64),
+    /// The ring was drained: every record whose kernel timestamp (CLOCK_MONOTONIC ns) is below
+    /// this came before this mark.
+    Quiet(u64),
+}
+
+/// Subtracted from a quiet mark: a record's timestamp is taken a few microseconds before it
+/// is committed to the ring, so a record stamped just before the reading may not be visible yet.
+pub const QUIET_MARGIN_NS: u64 = 10_000_000;
+/// Without records, the first reader drains (and marks) this often.
+pub const QUIET_EVERY_MS: i32 = 200;
 
 /// Where the raw records go with `--record-ring`: shared by the readers (only the one holding
 /// the ring lock writes).
@@ -117,6 +138,8 @@ pub fn spawn(
     let first = cpus[0];
     for &cpu in &cpus {
         let (ring, tx, recorder) = (ring.clone(), tx.clone(), recorder.clone());
+        // One reader keeps the stream clock going when no record comes.
+        let timeout_ms = if cpu == first { QUIET_EVERY_MS } else { -1 };
         let epoll = Epoll::watching(
             ring.lock().map_err(poisoned)?.as_fd().as_raw_fd(),
             stop_fd.as_raw_fd(),
@@ -131,7 +154,7 @@ pub fn spawn(
                         // One warning for all readers when it is refused.
                         realtime(rt_priority, cpu == first);
                     }
-                    read_loop(&epoll, &ring, &tx, recorder.as_ref());
+                    read_loop(&epoll, timeout_ms, &ring, &tx, recorder.as_ref());
                 })?,
         );
     }
@@ -151,30 +174,47 @@ fn poisoned<T>(_: T) -> io::Error {
 
 fn read_loop(
     epoll: &Epoll,
+    timeout_ms: i32,
     ring: &Mutex<RingBuf<MapData>>,
     tx: &mpsc::Sender<Item>,
     recorder: Option<&Recorder>,
 ) {
     loop {
-        match epoll.wait() {
-            Ok(STOP_TOKEN) => return,
-            Ok(_) => {}
+        let timed_out = match epoll.wait(timeout_ms) {
+            Ok(Some(STOP_TOKEN)) => return,
+            Ok(Some(_)) => false,
+            Ok(None) => true,
             // EINTR and the like: the next wait decides.
             Err(_) => continue,
-        }
+        };
         // Blocking, not try_lock: the ring is level-triggered, so a reader that skipped a busy
         // lock would spin on epoll until the drainer finished.
         let Ok(mut rb) = ring.lock() else {
             return;
         };
-        while let Some(item) = rb.next() {
+        let mut read = 0u64;
+        loop {
+            // Read before looking: when the ring turns out empty, everything stamped before
+            // this reading has been read.
+            let before = monotonic_ns();
+            let Some(item) = rb.next() else {
+                if (read > 0 || timed_out)
+                    && tx
+                        .blocking_send(Item::Quiet(before.saturating_sub(QUIET_MARGIN_NS)))
+                        .is_err()
+                {
+                    return;
+                }
+                break;
+            };
+            read += 1;
             let seen = monotonic_ns();
             if let Some(r) = recorder {
                 if let Err(e) = r.record(seen, &item) {
                     tracing::warn!(error = %e, "cannot record a ring record");
                 }
             }
-            let msg = (events::decode(&item), seen);
+            let msg = Item::Record(events::decode(&item), seen);
             drop(item);
             // A full channel blocks this reader (the others wait on the lock), so records
             // wait in the ring, not in memory, and none is dropped here.
@@ -243,15 +283,16 @@ impl Epoll {
         Ok(Epoll(ep))
     }
 
-    /// Blocks until an fd is readable; returns its token.
-    fn wait(&self) -> io::Result<u64> {
+    /// Blocks until an fd is readable (its token) or `timeout_ms` passed (None; -1 waits
+    /// for ever).
+    fn wait(&self, timeout_ms: i32) -> io::Result<Option<u64>> {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: one event slot, valid for the call.
-        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut ev, 1, -1) };
+        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), &mut ev, 1, timeout_ms) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(ev.u64)
+        Ok((n > 0).then_some(ev.u64))
     }
 }
 

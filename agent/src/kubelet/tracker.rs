@@ -334,6 +334,9 @@ impl Tracker {
         };
         if let Err(e) = probes.watch_tgid(pid, text_range(pid, &exe)) {
             tracing::warn!(pid, error = %e, "cannot watch kubelet pid");
+            // What was attached for this process alone goes with it.
+            self.probed.retain(|k, _| k.pid != Some(pid));
+            probes.unwatch_tgid(pid);
             return None;
         }
         let bias = load_bias(pid, &exe);
@@ -482,6 +485,8 @@ impl Tracker {
         let dead: Vec<u32> = self.procs.keys().copied().filter(|p| !alive(*p)).collect();
         for pid in dead {
             self.procs.remove(&pid);
+            // Its own libc probes (detached by unwatch_tgid) and their cache entry.
+            self.probed.retain(|k, _| k.pid != Some(pid));
             probes.unwatch_tgid(pid);
         }
         out

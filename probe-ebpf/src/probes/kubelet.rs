@@ -36,7 +36,12 @@ pub fn tp_sched_process_exec(_ctx: TracePointContext) -> u32 {
     }
     let (_, tgid) = current_ids();
     // The code range comes from userspace once it has read the process's maps.
-    let _ = KUBELET_TGIDS.insert(tgid, KubeletText::default(), 0);
+    if KUBELET_TGIDS
+        .insert(tgid, KubeletText::default(), 0)
+        .is_err()
+    {
+        count(Counter::KubeletTgidsFull);
+    }
     // A new image: its syscalls count until its own uprobes fire.
     let _ = KUBELET_UPROBED.remove(&tgid);
     let Some(mut entry) = EVENTS.reserve::<KubeletExecEvent>(0) else {
@@ -77,9 +82,7 @@ pub fn uprobe_alloc(ctx: ProbeContext) -> u32 {
         r if r == ArgReg::CArg0 as u32 => regs.c0,
         _ => regs.c1,
     };
-    let stack_id = ctx
-        .get_stackid(&STACKS, BPF_F_USER_STACK as u64)
-        .unwrap_or(-1);
+    let stack_id = stack_id(ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64));
     let site = if cookie & COOKIE_SCAN_STACK != 0 {
         match regs.link {
             // arm64: the caller's return address is still in the link register at entry.
@@ -216,13 +219,24 @@ fn syscall(ctx: &TracePointContext, point: u16) -> u32 {
     // The user stack as the syscall left it (whole for Go's frame pointers; libc's wrappers
     // keep none, so a C caller stays unknown on this path).
     let stack_id = if point == POINT_SYSCALL_MMAP {
-        ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64)
-            .unwrap_or(-1)
+        stack_id(ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64))
     } else {
         -1
     };
     add(tgid, u32::from(point), stack_id, 0, len);
     0
+}
+
+/// The captured stack's id, or -1 (no stack) with the failure counted.
+#[inline(always)]
+fn stack_id(r: Result<i64, i32>) -> i64 {
+    match r {
+        Ok(id) => id,
+        Err(_) => {
+            count(Counter::StackCaptureFailed);
+            -1
+        }
+    }
 }
 
 const MAP_ANONYMOUS: u64 = 0x20;

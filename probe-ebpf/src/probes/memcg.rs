@@ -56,8 +56,8 @@ pub fn tp_memcg_reclaim_end(ctx: TracePointContext) -> u32 {
             (*s).ns += ns;
             (*s).pages += pages;
         }
-    } else {
-        let _ = RECLAIM_STATS.insert(
+    } else if RECLAIM_STATS
+        .insert(
             flight.memcg,
             ReclaimStats {
                 count: 1,
@@ -65,7 +65,10 @@ pub fn tp_memcg_reclaim_end(ctx: TracePointContext) -> u32 {
                 pages,
             },
             0,
-        );
+        )
+        .is_err()
+    {
+        crate::maps::count(probe_common::Counter::ReclaimStatsFull);
     }
     0
 }

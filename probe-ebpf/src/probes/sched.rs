@@ -10,7 +10,10 @@ use probe_common::{Counter, EventHeader, ExitEvent, TASK_COMM_LEN};
 
 use super::current_ids;
 use crate::{
-    maps::{config, count, present, BPF_RB_FORCE_WAKEUP, EVENTS, PENDING_KILLS},
+    maps::{
+        config, count, present, BPF_RB_FORCE_WAKEUP, EVENTS, KUBELET_TGIDS, KUBELET_UPROBED,
+        PENDING_KILLS,
+    },
     task::{current_exit_code, current_memcg},
 };
 
@@ -22,6 +25,12 @@ pub fn tp_sched_process_exit(ctx: TracePointContext) -> u32 {
 
 fn try_tp_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let (tid, tgid) = current_ids();
+    // A process followed as a kubelet leaves the kubelet maps with its last thread (anything
+    // that exec'd under the kubelet's name joined them).
+    if unsafe { KUBELET_TGIDS.get(tgid) }.is_some() && group_dead(ctx, tid, tgid)? {
+        let _ = KUBELET_TGIDS.remove(&tgid);
+        let _ = KUBELET_UPROBED.remove(&tgid);
+    }
     let (key, pending) = match unsafe { PENDING_KILLS.get(tid) } {
         Some(p) => (tid, *p),
         None => match unsafe { PENDING_KILLS.get(tgid) } {
@@ -30,13 +39,7 @@ fn try_tp_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
         },
     };
     let cfg = config().ok_or(-1)?;
-    let group_dead = if present(cfg.exit_group_dead) {
-        unsafe { ctx.read_at::<u8>(cfg.exit_group_dead as usize)? != 0 }
-    } else {
-        // Kernels without the field: the leader's exit stands for the process.
-        tid == tgid
-    };
-    if !group_dead {
+    if !group_dead(ctx, tid, tgid)? {
         if key == tid && tid != tgid {
             // A signalled thread died first: wait for the process under its tgid.
             let _ = PENDING_KILLS.insert(tgid, pending, 0);
@@ -64,4 +67,16 @@ fn try_tp_sched_process_exit(ctx: &TracePointContext) -> Result<(), i32> {
     }
     entry.submit(BPF_RB_FORCE_WAKEUP);
     Ok(())
+}
+
+/// Whether the exiting thread is its process's last (`group_dead`).
+#[inline(always)]
+fn group_dead(ctx: &TracePointContext, tid: u32, tgid: u32) -> Result<bool, i32> {
+    let cfg = config().ok_or(-1)?;
+    Ok(if present(cfg.exit_group_dead) {
+        unsafe { ctx.read_at::<u8>(cfg.exit_group_dead as usize)? != 0 }
+    } else {
+        // Kernels without the field: the leader's exit stands for the process.
+        tid == tgid
+    })
 }
