@@ -13,6 +13,9 @@ use std::{
 use oomprobe_tests::{bin, Agent};
 use serde_json::{json, Value};
 
+#[path = "lab/deploy.rs"]
+mod deploy;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 /// What `lab up` wrote to target/lab/run/env.json.
