@@ -868,6 +868,28 @@ impl Drop for KubeletLimit {
     }
 }
 
+/// Why a dashboard query has no data on the lab, from the agent's exposition; None when it
+/// must have data.
+fn why_empty(expr: &str, exposed: &str) -> Option<String> {
+    let names: Vec<&str> = expr
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("oomprobe_") || w.starts_with("kube_"))
+        .collect();
+    for name in names {
+        if name.starts_with("kube_") {
+            return Some(format!("{name} is kube-state-metrics', not in the lab"));
+        }
+        let s = samples(exposed, name);
+        if s.is_empty() {
+            return Some(format!("the agent exposes no {name} series"));
+        }
+        if name == "oomprobe_leak_verdict" && !s.iter().any(|(_, v)| *v == 1.0) {
+            return Some("no leak verdict is 1".into());
+        }
+    }
+    None
+}
+
 /// The dashboard's queries with Grafana's variables filled in as Grafana does for one node.
 fn dashboard_queries(node: &str) -> Vec<(String, String)> {
     let dash: Value = serde_json::from_str(
@@ -981,59 +1003,48 @@ fn lab_prometheus_fires_on_a_real_kubelet_oom_kill() {
     });
     drop(nudges);
 
-    // The dashboard's queries on this Prometheus. Empty, and why:
-    let empty_expected: &[(&str, &str)] = &[
-        // kube_pod_info is kube-state-metrics', which the lab does not run; the panel's
-        // second query (by pod UID) carries the kills.
-        ("Kills by pod", "kube_pod_info"),
-        // A forecast exists once a leak verdict does (24 h of history at least).
-        ("Time to OOM (forecast band)", "earliest"),
-        ("Time to OOM (forecast band)", "expected"),
-        ("Time to OOM (forecast band)", "latest"),
-        ("Leak verdict", "oomprobe_leak_verdict"),
-        ("Leak verdict", "oomprobe_kubelet_leak_slope_bytes_per_day"),
-        (
-            "Kubelet memory, limit and the leak forecast",
-            "oomprobe_kubelet_leak_slope_bytes_per_day",
-        ),
-    ];
-    let mut empty = Vec::new();
-    let mut with_data = Vec::new();
-    for (title, expr) in dashboard_queries(lab.node()) {
-        let result = prom.query(&expr);
-        if result.is_empty() {
-            empty.push((title, expr));
-        } else {
-            with_data.push((title, expr, result.len()));
+    // The dashboard's queries on this Prometheus. A query must return data exactly when what
+    // it reads exists: every oomprobe_* metric it names has a sample in the agent's own
+    // exposition (counters with a reason or kind label have none until the first event; the
+    // forecast and the verdict's `== 1` need a leak verdict), and nothing it names comes from
+    // kube-state-metrics (`kube_*`), which the lab does not run.
+    let queries = dashboard_queries(lab.node());
+    let start = Instant::now();
+    let (with_data, empty) = loop {
+        let exposed = ds.metrics();
+        let mut mismatch = Vec::new();
+        let mut with_data = Vec::new();
+        let mut empty = Vec::new();
+        for (title, expr) in &queries {
+            let why_empty = why_empty(expr, &exposed);
+            let result = prom.query(expr);
+            match (&why_empty, result.is_empty()) {
+                (None, false) => {
+                    with_data.push(format!("{title}: {expr} ({} series)", result.len()))
+                }
+                (Some(why), true) => empty.push(format!("{title}: {expr}: {why}")),
+                (None, true) => mismatch.push(format!("no data: {title}: {expr}")),
+                (Some(why), false) => {
+                    mismatch.push(format!("data though {why}: {title}: {expr}: {result:?}"))
+                }
+            }
         }
+        if mismatch.is_empty() {
+            break (with_data, empty);
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "dashboard queries after {WAIT:?}: {mismatch:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for q in &with_data {
+        eprintln!("dashboard data: {q}");
     }
-    for (t, e, n) in &with_data {
-        eprintln!("data ({n} series): {t}: {e}");
+    for q in &empty {
+        eprintln!("dashboard empty: {q}");
     }
-    for (t, e) in &empty {
-        eprintln!("empty: {t}: {e}");
-    }
-    let unexpected: Vec<_> = empty
-        .iter()
-        .filter(|(t, e)| {
-            !empty_expected
-                .iter()
-                .any(|(et, ee)| t == et && e.contains(ee))
-        })
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "queries without data: {unexpected:?}"
-    );
-    let filled: Vec<_> = with_data
-        .iter()
-        .filter(|(t, e, _)| {
-            empty_expected
-                .iter()
-                .any(|(et, ee)| t == et && e.contains(ee))
-        })
-        .collect();
-    assert!(filled.is_empty(), "expected empty, has data: {filled:?}");
+    assert!(with_data.len() >= queries.len() / 2, "{with_data:#?}");
     wait_until("node Ready again", WAIT, || {
         let s = lab.kubectl(&[
             "get",
