@@ -673,6 +673,16 @@ fn daemonset_scenario(variant: Variant) {
     assert_eq!(limit, AGENT_LIMIT);
     assert_eq!(failcnt, 0, "the agent reached its memory limit");
     assert!(peak < AGENT_LIMIT);
+    // Its memory cgroup notifications registered through the writable v1 hierarchy (v1
+    // memory.pressure_level events propagate to the pod's cgroup, registered from the
+    // agent's 2 s samples on).
+    let memcg = ds.wait_for("a memcg event of the OOM-killed pod", WAIT, |v| {
+        v["event"] == "memcg"
+            && v["cgroup"]
+                .as_str()
+                .is_some_and(|c| c.contains(&format!("/pod{uid}")))
+    });
+    eprintln!("{variant:?}: {memcg}");
     drop(ds);
     drop(image);
 }
@@ -981,6 +991,13 @@ fn lab_prometheus_fires_on_a_real_kubelet_oom_kill() {
             && v["kind"] == "oom_memcg"
     });
     assert_eq!(kill["victim"]["cgroup"], lab.s("kubelet_cgroup"), "{kill}");
+    // The kubelet's cgroup's memory.oom_control notification, registered by the pod.
+    let memcg = ds.wait_for("the kubelet cgroup's OOM notification", WAIT, |v| {
+        v["event"] == "memcg"
+            && v["cgroup"] == lab.s("kubelet_cgroup")
+            && v["kind"].as_str().is_some_and(|k| k.starts_with("oom"))
+    });
+    eprintln!("{memcg}");
     let alert = wait_until("OomprobeKubeletOomKilled firing", WAIT, || {
         prom.alerts().into_iter().find(|a| {
             a["labels"]["alertname"] == "OomprobeKubeletOomKilled" && a["state"] == "firing"
