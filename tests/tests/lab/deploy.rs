@@ -373,14 +373,12 @@ impl<'a> DaemonSet<'a> {
         ds
     }
 
-    /// The agent's JSON stream so far (`kubectl logs`: stdout's JSON lines; the log lines on
-    /// stderr are not JSON objects).
+    /// The agent's JSON stream so far: the container's stdout through the runtime (`crictl
+    /// logs`, the file `kubectl logs` reads; `kubectl logs` itself goes through the API
+    /// server to the kubelet at the node's address, which the lab's node has none of). Log
+    /// lines (stderr) are not JSON objects.
     fn records(&self) -> Vec<Value> {
-        let out = self.lab.kubectl_out(
-            &["logs", "-n", "kube-system", &self.pod, "-c", "oomprobe"],
-            None,
-        );
-        String::from_utf8_lossy(&out.stdout)
+        self.logs()
             .lines()
             .filter(|l| l.starts_with('{'))
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -388,11 +386,20 @@ impl<'a> DaemonSet<'a> {
     }
 
     fn logs(&self) -> String {
-        let out = self.lab.kubectl_out(
-            &["logs", "-n", "kube-system", &self.pod, "-c", "oomprobe"],
-            None,
+        let out = Command::new(self.lab.s("crictl"))
+            .arg("--runtime-endpoint")
+            .arg(self.lab.s("runtime_endpoint"))
+            .args(["logs", &self.container_id])
+            .output()
+            .expect("crictl logs");
+        assert!(
+            out.status.success(),
+            "crictl logs: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        text
     }
 
     fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
