@@ -66,6 +66,7 @@ fn lab_deploy_manifests_pass_server_dry_run() {
         "deploy/base",
         "deploy/overlays/cgroup-v1",
         "deploy/overlays/privileged",
+        "deploy/overlays/cgroup-v1-privileged",
         "deploy/overlays/cordon",
     ] {
         let path = root.join(dir);
@@ -190,7 +191,7 @@ impl Drop for Image<'_> {
 enum Variant {
     /// deploy/overlays/cgroup-v1: the least-privilege base with v1's writable memory hierarchy.
     LeastPrivilege,
-    /// deploy/overlays/privileged, with the same v1 mounts (the overlay is on the v2 base).
+    /// deploy/overlays/cgroup-v1-privileged: the privileged container with the v1 mounts.
     Privileged,
 }
 
@@ -207,23 +208,10 @@ struct DaemonSet<'a> {
     cgroup: String,
 }
 
-/// The v1 memory hierarchy writable, as deploy/overlays/cgroup-v1 patches the base.
-const CGROUP_V1_PATCH: &str = r#"      - op: replace
-        path: /spec/template/spec/containers/0/volumeMounts/4
-        value: {name: cgroup-memory, mountPath: /sys/fs/cgroup/memory}
-      - op: remove
-        path: /spec/template/spec/containers/0/volumeMounts/5
-      - op: replace
-        path: /spec/template/spec/volumes/4
-        value: {name: cgroup-memory, hostPath: {path: /sys/fs/cgroup/memory, type: Directory}}
-      - op: remove
-        path: /spec/template/spec/volumes/5
-"#;
-
 fn kustomization(variant: Variant, state: &Path, kubepods_root: &str, kubelet_port: u64) -> String {
     let overlay = match variant {
         Variant::LeastPrivilege => "cgroup-v1",
-        Variant::Privileged => "privileged",
+        Variant::Privileged => "cgroup-v1-privileged",
     };
     // The `test` ops fail the build when the shipped DaemonSet changes under them.
     format!(
@@ -285,13 +273,8 @@ patches:
       - op: replace
         path: /spec/template/spec/volumes/0/hostPath/path
         value: {state}
-{v1}"#,
+"#,
         state = state.display(),
-        v1 = if variant == Variant::Privileged {
-            CGROUP_V1_PATCH
-        } else {
-            ""
-        },
     )
 }
 
