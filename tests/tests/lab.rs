@@ -16,6 +16,9 @@ use oomprobe_tests::{
 };
 use serde_json::{json, Value};
 
+#[path = "lab/deploy.rs"]
+mod deploy;
+
 const WAIT: Duration = Duration::from_secs(60);
 
 /// What `lab up` wrote to target/lab/run/env.json.

@@ -20,6 +20,7 @@ pub const KUSTOMIZATIONS: &[&str] = &[
     "deploy",
     "deploy/overlays/cgroup-v1",
     "deploy/overlays/privileged",
+    "deploy/overlays/cgroup-v1-privileged",
     "deploy/overlays/cordon",
     "deploy/prometheus",
 ];

@@ -290,8 +290,11 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
     // Privileged tier: one at a time, since they reconcile against node-wide kernel counters.
     // First everything but the lab's tests (no real kubelet may run then: the agent finds
     // kubelets by name), then the lab's against a real cluster brought up for them.
-    let lab_only = !filter.is_empty() && filter.iter().all(|f| f.starts_with("lab"));
-    let with_lab = filter.is_empty() || filter.iter().any(|f| f.starts_with("lab"));
+    // Test-binary flags (`--nocapture`...) go to both runs and name no test.
+    let flag = |f: &String| f.starts_with('-');
+    let names: Vec<&String> = filter.iter().filter(|f| !flag(f)).collect();
+    let lab_only = !names.is_empty() && names.iter().all(|f| f.starts_with("lab"));
+    let with_lab = names.is_empty() || names.iter().any(|f| f.starts_with("lab"));
     if !lab_only {
         let mut cmd = cargo();
         cmd.args([
@@ -303,7 +306,7 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
             "--skip",
             "lab_",
         ]);
-        cmd.args(filter.iter().filter(|f| !f.starts_with("lab")));
+        cmd.args(filter.iter().filter(|f| flag(f) || !f.starts_with("lab")));
         cmd.env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
         // The image the deploy tests import into a containerd of their own.
         let (image, _) = image::build()?;
@@ -311,6 +314,9 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
         run(&mut cmd)?;
     }
     if with_lab {
+        // The image the DaemonSet tests import into the lab's containerd, built before the
+        // lab is up.
+        let (image, _) = image::build()?;
         let started = std::time::Instant::now();
         if let Err(e) = lab::up() {
             let _ = lab::down();
@@ -326,8 +332,9 @@ fn test(integration_only: bool, filter: &[String]) -> Result<()> {
             "--",
             "--test-threads=1",
         ]);
-        cmd.args(filter.iter().filter(|f| f.starts_with("lab")));
+        cmd.args(filter.iter().filter(|f| flag(f) || f.starts_with("lab")));
         cmd.env("OOMPROBE_BIN_DIR", workspace_root().join("target/debug"));
+        cmd.env("OOMPROBE_IMAGE", image);
         let result = run(&mut cmd);
         let down = lab::down();
         eprintln!(
