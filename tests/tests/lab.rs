@@ -727,7 +727,9 @@ fn memcg_unreclaimable(dir: &std::path::Path) -> u64 {
 }
 
 /// Of a container's cgroup and its pod's (both carrying the pod's one container's limit), the one
-/// whose limit the kernel hit (`memory.failcnt` above 0): the container's when both were.
+/// whose limit the kernel hit (`memory.failcnt` above 0): the container's when it was; once the
+/// kubelet has removed the container's cgroup, the pod's when the pod's limit was hit, else the
+/// container's (an OOM kill needs one of the two).
 fn limit_that_fired(container_cgroup: &str) -> String {
     let pod_cgroup = container_cgroup
         .rsplit_once('/')
@@ -735,18 +737,21 @@ fn limit_that_fired(container_cgroup: &str) -> String {
         .0
         .to_string();
     let failcnt = |cg: &str| {
-        memcg_u64(
-            &PathBuf::from("/sys/fs/cgroup/memory").join(cg.trim_start_matches('/')),
-            "memory.failcnt",
-        )
+        let path = PathBuf::from("/sys/fs/cgroup/memory")
+            .join(cg.trim_start_matches('/'))
+            .join("memory.failcnt");
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().parse::<u64>().expect("memory.failcnt"))
     };
-    let (pod_fails, container_fails) = (failcnt(&pod_cgroup), failcnt(container_cgroup));
-    eprintln!("memory.failcnt: pod {pod_fails}, container {container_fails}");
-    if container_fails > 0 {
-        container_cgroup.to_string()
-    } else {
-        assert!(pod_fails > 0, "no limit hit by the kernel's count");
-        pod_cgroup
+    let pod_fails = failcnt(&pod_cgroup).expect("the pod's cgroup");
+    let container_fails = failcnt(container_cgroup);
+    eprintln!("memory.failcnt: pod {pod_fails}, container {container_fails:?}");
+    match container_fails {
+        Some(n) if n > 0 => container_cgroup.to_string(),
+        _ if pod_fails > 0 => pod_cgroup,
+        Some(_) => panic!("no limit hit by the kernel's count"),
+        None => container_cgroup.to_string(),
     }
 }
 
