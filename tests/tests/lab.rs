@@ -279,7 +279,7 @@ fn memhog_pod<'a>(lab: &'a Lab, name: &str, limit_mib: u64, args: &[&str]) -> Po
             "terminationGracePeriodSeconds": 0,
             "containers": [{
                 "name": "hog",
-                "image": "oomprobe.lab/memhog:1",
+                "image": lab.s("memhog_image"),
                 "imagePullPolicy": "Never",
                 "args": args,
                 "resources": {
@@ -1182,7 +1182,7 @@ fn lab_pod_oom_kills_are_events_on_the_pod() {
     let container = |n: &str| {
         json!({
             "name": n,
-            "image": "oomprobe.lab/memhog:1",
+            "image": lab.s("memhog_image"),
             "imagePullPolicy": "Never",
             "args": ["200", "--interval-ms", "60"],
             "resources": {
@@ -1517,4 +1517,582 @@ fn lab_a_deleted_condition_comes_back_at_the_next_refresh() {
         "no kubelet OOM flapping seen since the agent started"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The kubelet's memory cgroup directory (cgroup v1).
+fn kubelet_memcg(lab: &Lab) -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup/memory").join(lab.s("kubelet_cgroup").trim_start_matches('/'))
+}
+
+/// `key value` from a cgroup file such as memory.stat or memory.oom_control.
+fn memcg_field(dir: &std::path::Path, file: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {}/{file}", dir.display()))
+}
+
+fn memcg_u64(dir: &std::path::Path, file: &str) -> u64 {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}/{file}: {e}", dir.display()))
+}
+
+/// The kernel's count of OOM kills in a v1 memory cgroup (`memory.oom_control` `oom_kill`).
+fn memcg_oom_kills(dir: &std::path::Path) -> u64 {
+    memcg_field(dir, "memory.oom_control", "oom_kill")
+}
+
+/// What the kernel cannot reclaim of a v1 memory cgroup's charge without swap: anonymous
+/// memory (`memory.stat` `rss`, huge pages included) and kernel memory
+/// (`memory.kmem.usage_in_bytes`). The page cache it also charges is reclaimed at the limit;
+/// these make the OOM kill.
+fn memcg_unreclaimable(dir: &std::path::Path) -> u64 {
+    memcg_field(dir, "memory.stat", "rss") + memcg_u64(dir, "memory.kmem.usage_in_bytes")
+}
+
+/// Of a container's cgroup and its pod's (both carrying the pod's one container's limit), the one
+/// whose limit the kernel hit (`memory.failcnt` above 0): the container's when it was; once the
+/// kubelet has removed the container's cgroup, the pod's when the pod's limit was hit, else the
+/// container's (an OOM kill needs one of the two).
+fn limit_that_fired(container_cgroup: &str) -> String {
+    let pod_cgroup = container_cgroup
+        .rsplit_once('/')
+        .expect("pod cgroup")
+        .0
+        .to_string();
+    let failcnt = |cg: &str| {
+        let path = PathBuf::from("/sys/fs/cgroup/memory")
+            .join(cg.trim_start_matches('/'))
+            .join("memory.failcnt");
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|t| t.trim().parse::<u64>().expect("memory.failcnt"))
+    };
+    let pod_fails = failcnt(&pod_cgroup).expect("the pod's cgroup");
+    let container_fails = failcnt(container_cgroup);
+    eprintln!("memory.failcnt: pod {pod_fails}, container {container_fails:?}");
+    match container_fails {
+        Some(n) if n > 0 => container_cgroup.to_string(),
+        _ if pod_fails > 0 => pod_cgroup,
+        Some(_) => panic!("no limit hit by the kernel's count"),
+        None => container_cgroup.to_string(),
+    }
+}
+
+/// The kubelet pids the supervisor started, in order (its log's `kubelet pid N started`).
+fn supervisor_starts(lab: &Lab) -> Vec<u32> {
+    std::fs::read_to_string(lab.s("supervisor_log"))
+        .expect("supervisor log")
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("supervisor: kubelet pid ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// A process's `/proc/PID/status` field in kB (VmHWM: the kernel's peak RSS).
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .strip_suffix(" kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn node_ready(lab: &Lab) -> bool {
+    let out = lab.kubectl_out(
+        &[
+            "get",
+            "node",
+            lab.node(),
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        None,
+    );
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "True"
+}
+
+/// The kubelet's kube-reserved memory set to a test's value (the kubelet config's
+/// `kubeReserved.memory`, which each kubelet start enforces on its own cgroup, and the cgroup's
+/// `memory.limit_in_bytes` now); the lab's own restored when dropped, also on failure.
+struct KubeReserved<'a> {
+    lab: &'a Lab,
+    original: String,
+}
+
+const LAB_KUBE_RESERVED: &str = "  memory: 1Gi\n";
+const LAB_KUBE_RESERVED_BYTES: u64 = 1 << 30;
+
+impl<'a> KubeReserved<'a> {
+    fn set(lab: &'a Lab, bytes: u64) -> KubeReserved<'a> {
+        assert_eq!(lab.s("kube_reserved_memory"), "1Gi");
+        let path = lab.s("kubelet_config");
+        let original = std::fs::read_to_string(path).expect("kubelet config");
+        let block = format!("kubeReserved:\n{LAB_KUBE_RESERVED}");
+        assert!(original.contains(&block), "{path} has no {block:?}");
+        let guard = KubeReserved { lab, original };
+        std::fs::write(
+            path,
+            guard
+                .original
+                .replace(&block, &format!("kubeReserved:\n  memory: \"{bytes}\"\n")),
+        )
+        .expect("write kubelet config");
+        std::fs::write(
+            kubelet_memcg(lab).join("memory.limit_in_bytes"),
+            bytes.to_string(),
+        )
+        .expect("the kubelet cgroup's limit");
+        guard
+    }
+    /// The lab's kube-reserved back: config and limit.
+    fn restore(&self) {
+        let _ = std::fs::write(self.lab.s("kubelet_config"), &self.original);
+        let _ = std::fs::write(
+            kubelet_memcg(self.lab).join("memory.limit_in_bytes"),
+            LAB_KUBE_RESERVED_BYTES.to_string(),
+        );
+    }
+}
+
+impl Drop for KubeReserved<'_> {
+    fn drop(&mut self) {
+        self.restore();
+        // The next test wants the node Ready; a kubelet started under the small limit may be
+        // restarting still.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(90) && !node_ready(self.lab) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// SIGTERM to the kubelet (what `systemctl restart kubelet` does) and the supervisor's next
+/// kubelet followed for `window` from its start: (its pid, the peak of what its cgroup could not
+/// reclaim, sampled every 20 ms, bytes; its VmHWM, bytes).
+fn restart_and_measure(lab: &Lab, window: Duration) -> (u32, u64, u64) {
+    let dir = kubelet_memcg(lab);
+    let old = lab.kubelet_pid();
+    // SAFETY: a plain signal to the lab's kubelet.
+    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGTERM) }, 0);
+    let new = wait_until("the supervisor's next kubelet", WAIT, || {
+        let p = lab.kubelet_pid();
+        (p != old).then_some(p)
+    });
+    let started = Instant::now();
+    let mut peak = 0;
+    while started.elapsed() < window {
+        peak = peak.max(memcg_unreclaimable(&dir));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let hwm = proc_status_kb(new, "VmHWM").expect("the new kubelet is alive") * 1024;
+    wait_until("node Ready after the restart", WAIT, || {
+        node_ready(lab).then_some(())
+    });
+    (new, peak, hwm)
+}
+
+/// `host-network memhog` pods holding 1 MiB each, all Running.
+fn running_pods<'a>(lab: &'a Lab, prefix: &str, n: usize) -> Vec<Pod<'a>> {
+    let pods: Vec<Pod> = (0..n)
+        .map(|i| memhog_pod(lab, &format!("{prefix}{i}"), 16, &["1", "--hold"]))
+        .collect();
+    wait_until(
+        &format!("{n} pods running"),
+        Duration::from_secs(240),
+        || {
+            let list = lab.get_json(&["pods", "-n", "default"]);
+            let running = list["items"]
+                .as_array()?
+                .iter()
+                .filter(|p| {
+                    p["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(prefix))
+                        && p["status"]["phase"] == "Running"
+                })
+                .count();
+            (running == n).then_some(())
+        },
+    );
+    pods
+}
+
+/// Pods in the OOM cycle test: the restarted kubelet's reconciliation storm re-syncs them all.
+const CYCLE_PODS: usize = 30;
+/// Kernel OOM kills of the kubelet before the test raises its limit.
+const CYCLE_KILLS: u64 = 3;
+
+/// The OOM flap cycle on the real kubelet. With 30 pods running, the kubelet is restarted twice
+/// to measure, in its cgroup, what the kernel cannot reclaim (anon + kernel memory) at steady
+/// state and at the peak of a restart's reconciliation storm; kube-reserved (the kubelet's own
+/// cgroup limit, which each kubelet start enforces) is then set half-way between and the kubelet
+/// restarted: each new kubelet's storm exceeds it and the kernel OOM-kills it, the supervisor
+/// restarts it 2 s later, and after exactly 3 kills (the cgroup's `oom_kill` counter) the limit
+/// goes back to 1 GiB while the kubelet is down. The agent's stages are `active_oom`, then
+/// (`reconciliation_storm`, `re_oom`) twice with `cycles` 2 and 3, `flapping` and the periods
+/// between the kernel's kills, then `reconciliation_storm` and `recovery` with the storm of the
+/// surviving kubelet; its kill records are exactly the kernel's kills, of the pids the
+/// supervisor started.
+#[test]
+#[ignore = "on Kubernetes v1.34.4 a restart's reconciliation storm with 30 pods peaks within 3 MiB of the kubelet's steady state (anon + kmem 34 -> 36/37 MiB, 38 -> 39/38 MiB): no limit fits between; run with --ignored"]
+fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
+    let lab = lab();
+    let dir = kubelet_memcg(&lab);
+    let prefix = format!("lab-cycle-{}-", std::process::id());
+    let pods = running_pods(&lab, &prefix, CYCLE_PODS);
+    // Two restarts at the lab's 1 GiB: the storm's peak; then the steady state of the second.
+    let window = Duration::from_secs(25);
+    let (_, peak1, hwm1) = restart_and_measure(&lab, window);
+    let (pid2, peak2, hwm2) = restart_and_measure(&lab, window);
+    let mut steady = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        steady = steady.max(memcg_unreclaimable(&dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rss_steady = proc_status_kb(pid2, "VmRSS").expect("kubelet alive") * 1024;
+    let peak = peak1.min(peak2);
+    eprintln!(
+        "kubelet cgroup anon+kmem with {CYCLE_PODS} pods: steady {} MiB, restart peaks {} and {} MiB (VmHWM {} and {} MiB, steady VmRSS {} MiB)",
+        steady >> 20,
+        peak1 >> 20,
+        peak2 >> 20,
+        hwm1 >> 20,
+        hwm2 >> 20,
+        rss_steady >> 20
+    );
+    assert!(
+        peak >= steady + (8 << 20),
+        "a restart's storm ({} MiB) is not 8 MiB above the steady state ({} MiB): no limit fits between",
+        peak >> 20,
+        steady >> 20
+    );
+    let limit = (steady + (peak - steady) / 2) & !4095;
+    let token = lab.agent_token();
+    let kubelet = lab.s("kubelet").to_string();
+    let agent = Agent::builder()
+        .args(&[
+            "--kubelet-bin",
+            &kubelet,
+            "--kubepods-root",
+            lab.s("kubepods_root"),
+            "--sample-interval",
+            "1",
+            "--attribution-interval",
+            "1",
+            "--storm-settle",
+            "5",
+        ])
+        .start();
+    agent.wait_for_event(WAIT, "the kubelet found", |v| {
+        v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(pid2))
+    });
+    let reserved = KubeReserved::set(&lab, limit);
+    eprintln!(
+        "kube-reserved and the kubelet cgroup's limit: {limit} B ({} MiB)",
+        limit >> 20
+    );
+    let kills_before = memcg_oom_kills(&dir);
+    let starts_before = supervisor_starts(&lab).len();
+    // The restart that applies the new kube-reserved.
+    // SAFETY: a plain signal to the lab's kubelet.
+    assert_eq!(unsafe { libc::kill(pid2 as i32, libc::SIGTERM) }, 0);
+    let t = Instant::now();
+    loop {
+        let n = memcg_oom_kills(&dir) - kills_before;
+        if n >= CYCLE_KILLS {
+            // While the kubelet is down (RestartSec): the lab's kube-reserved back.
+            reserved.restore();
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90 * CYCLE_KILLS),
+            "{n} kernel OOM kills of the kubelet in {:?} (want {CYCLE_KILLS}); supervisor: {:?}",
+            t.elapsed(),
+            &supervisor_starts(&lab)[starts_before..]
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let raised = Instant::now();
+    let recovery = agent.wait_for_event(Duration::from_secs(120), "recovery", |v| {
+        v["event"] == "stage" && v["stage"] == "recovery"
+    });
+    let kernel_kills = memcg_oom_kills(&dir) - kills_before;
+    assert_eq!(kernel_kills, CYCLE_KILLS, "the kernel's oom_kill counter");
+    let starts = supervisor_starts(&lab)[starts_before..].to_vec();
+    assert_eq!(
+        starts.len() as u64,
+        CYCLE_KILLS + 1,
+        "kubelets started: {starts:?}"
+    );
+    let stopped_after = raised.elapsed();
+
+    // Kill records: exactly the kernel's kills, of the kubelets the supervisor started.
+    let cgroup = lab.s("kubelet_cgroup");
+    let kills: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|v| v["event"] == "kill" && v["victim"]["cgroup"] == cgroup)
+        .collect();
+    let pids: Vec<u64> = kills
+        .iter()
+        .map(|k| k["victim"]["pid"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = starts[..CYCLE_KILLS as usize]
+        .iter()
+        .map(|&p| u64::from(p))
+        .collect();
+    assert_eq!(pids, want, "kill records of the kubelet cgroup");
+    for k in &kills {
+        assert_eq!(k["kind"], "oom_memcg", "{k}");
+        assert_eq!(k["victim"]["comm"], "kubelet", "{k}");
+        assert_eq!(k["oom"]["domain"]["path"], cgroup, "{k}");
+        assert_eq!(
+            k["oom"]["domain"]["limit_bytes"].as_u64(),
+            Some(limit),
+            "{k}"
+        );
+    }
+
+    // The stages from the first kill on, exactly.
+    let stages: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|v| v["event"] == "stage")
+        .collect();
+    let first = stages
+        .iter()
+        .position(|v| v["stage"] == "active_oom")
+        .expect("active_oom");
+    assert!(
+        stages[..first]
+            .iter()
+            .all(|v| v["stage"] == "pre_oom" || v["stage"] == "steady"),
+        "{stages:#?}"
+    );
+    let seq: Vec<&str> = stages[first..]
+        .iter()
+        .map(|v| v["stage"].as_str().unwrap())
+        .collect();
+    let mut want_seq = vec!["active_oom"];
+    for _ in 1..CYCLE_KILLS {
+        want_seq.extend(["reconciliation_storm", "re_oom"]);
+    }
+    want_seq.extend(["reconciliation_storm", "recovery"]);
+    assert_eq!(seq, want_seq, "{stages:#?}");
+    let cycle = &stages[first..];
+    let ktime = |k: &Value| k["ktime_ns"].as_u64().unwrap();
+    for (i, k) in kills.iter().enumerate() {
+        let ev = &cycle[2 * i];
+        assert_eq!(ev["cycles"].as_u64(), Some(i as u64 + 1), "{ev}");
+        assert_eq!(ev["ending"], "kubelet_limit", "{ev}");
+        assert_eq!(ev["ktime_ns"], k["ktime_ns"], "{ev}");
+        if i > 0 {
+            let period = (ktime(k) - ktime(&kills[i - 1])) as f64 / 1e9;
+            assert_eq!(ev["flapping"], true, "{ev}");
+            let got = ev["period_seconds"].as_f64().unwrap();
+            assert!((got - period).abs() < 1e-6, "period {got} vs {period}");
+        }
+        // The storm after kill i is the next kubelet's.
+        let storm = &cycle[2 * i + 1];
+        assert_eq!(
+            storm["storm"]["pid"].as_u64(),
+            Some(u64::from(starts[i + 1])),
+            "{storm}"
+        );
+    }
+    let periods: Vec<f64> = kills
+        .windows(2)
+        .map(|w| (ktime(&w[1]) - ktime(&w[0])) as f64 / 1e9)
+        .collect();
+    let survivor = starts[CYCLE_KILLS as usize];
+    assert_eq!(recovery["cycles"].as_u64(), Some(CYCLE_KILLS), "{recovery}");
+    assert_eq!(recovery["flapping"], true, "{recovery}");
+    let storm = &recovery["storm"];
+    assert_eq!(
+        storm["pid"].as_u64(),
+        Some(u64::from(survivor)),
+        "{recovery}"
+    );
+    let start_rss = storm["start_rss_bytes"].as_u64().unwrap();
+    let peak_rss = storm["peak_rss_bytes"].as_u64().unwrap();
+    let hwm = proc_status_kb(survivor, "VmHWM").expect("the surviving kubelet") * 1024;
+    assert!(
+        start_rss <= peak_rss && peak_rss <= hwm,
+        "storm RSS start {start_rss} peak {peak_rss}, the kernel's VmHWM {hwm}"
+    );
+    assert!(storm["settled_after_ns"].as_u64().is_some(), "{recovery}");
+    // The kube-reserved the agent recommends holds the storm the limit did not.
+    let rec = recovery["recommendations"].to_string();
+    let mib: u64 = rec
+        .split("size kube-reserved memory to at least ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no kube-reserved size in {rec}"));
+    assert!(
+        mib << 20 > limit,
+        "recommended {mib} MiB, not above the {limit} B that failed"
+    );
+    // The surviving kubelet's burst of API requests since its start (client-go's
+    // rest_client_requests_total in its own /metrics).
+    let text = lab.scrape_kubelet(&token);
+    let requests: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("rest_client_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    eprintln!(
+        "cycle: limit {} MiB, {CYCLE_KILLS} kernel OOM kills of {want:?}, periods {periods:.2?} s; recovery {:.1} s after the raise; storm {storm}; kernel VmHWM {} MiB; {requests} API requests by kubelet {survivor} ({:.0} s old); recommendations {rec}",
+        limit >> 20,
+        stopped_after.as_secs_f64(),
+        hwm >> 20,
+        boottime_secs() - proc_start_secs(survivor),
+    );
+    drop(reserved);
+    drop(pods);
+}
+
+/// A child process OOM-killed in a real pod while the container's main process survives: the
+/// container's PID 1 (memhog holding 4 MiB) starts a child (`memhog-child`) that grows past the
+/// container's 32 MiB limit; the kernel kills the child, the larger. The agent's record names the
+/// child (its host pid, read from the container's cgroup while it ran), the pod's UID and the
+/// container id; the kubelet reports nothing: the container stays running with 0 restarts and
+/// no terminated state (the API), and crictl still shows the same main process.
+#[test]
+fn lab_child_process_oom_kill_in_a_pod_is_recorded_the_container_keeps_running() {
+    let lab = lab();
+    let agent = Agent::builder()
+        .args(&["--kubepods-root", lab.s("kubepods_root")])
+        .start();
+    let name = format!("lab-child-{}", std::process::id());
+    let pod = memhog_pod(
+        &lab,
+        &name,
+        32,
+        &["4", "--interval-ms", "200", "--hold", "--child", "200"],
+    );
+    let uid = wait_until("the pod's uid", WAIT, || {
+        let p = lab.get_json(&["pod", &pod.name, "-n", "default"]);
+        p["metadata"]["uid"].as_str().map(str::to_string)
+    });
+    let (crictl_id, main_pid) = wait_until("the container running in crictl", WAIT, || {
+        let ps: Value = serde_json::from_str(&lab.crictl(&[
+            "ps",
+            "--label",
+            &format!("io.kubernetes.pod.uid={uid}"),
+            "-o",
+            "json",
+        ]))
+        .ok()?;
+        let c = ps["containers"].as_array()?.first()?.clone();
+        let id = c["id"].as_str()?.to_string();
+        let info: Value = serde_json::from_str(&lab.crictl(&["inspect", &id])).ok()?;
+        let pid = info["info"]["pid"].as_u64().filter(|p| *p > 0)?;
+        Some((id, pid))
+    });
+    let status = lab.get_json(&["pod", &pod.name, "-n", "default"]);
+    let qos = status["status"]["qosClass"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    let container_cgroup = format!("{}/{qos}/pod{uid}/{crictl_id}", lab.s("kubepods_root"));
+    // The child's host pid: the container cgroup's other process (its pid in the container's pid
+    // namespace is what it prints).
+    let procs = PathBuf::from("/sys/fs/cgroup/memory")
+        .join(container_cgroup.trim_start_matches('/'))
+        .join("cgroup.procs");
+    let (child, child_nspid) = wait_until("the child in the container's cgroup", WAIT, || {
+        let text = std::fs::read_to_string(&procs).ok()?;
+        let pid: u32 = text
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .find(|&p: &u32| u64::from(p) != main_pid)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let nspid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))?
+            .split_whitespace()
+            .last()?
+            .parse()
+            .ok()?;
+        Some((pid, nspid))
+    });
+    let kill = agent.wait_for_kill(WAIT, |v| {
+        v["victim"]["pid"].as_u64() == Some(u64::from(child))
+    });
+    eprintln!("kill record: {kill}");
+    assert_eq!(kill["kind"], "oom_memcg", "{kill}");
+    assert_eq!(kill["victim"]["comm"], "memhog-child", "{kill}");
+    assert_eq!(kill["victim"]["pod"]["pod_uid"], uid.as_str(), "{kill}");
+    assert_eq!(
+        kill["victim"]["pod"]["container_id"],
+        crictl_id.as_str(),
+        "{kill}"
+    );
+    assert_eq!(
+        kill["victim"]["cgroup"],
+        container_cgroup.as_str(),
+        "{kill}"
+    );
+    assert_eq!(kill["sender"]["code"], "SI_KERNEL", "{kill}");
+    // The pod's cgroup (the container and the pause process) carries the same 32 MiB limit as
+    // the container's and reaches it first (seen on this kernel): the kernel's memory.failcnt
+    // says which limit fired.
+    let fired = limit_that_fired(&container_cgroup);
+    assert_eq!(kill["oom"]["domain"]["path"], fired.as_str(), "{kill}");
+    assert_eq!(
+        kill["oom"]["domain"]["limit_bytes"].as_u64(),
+        Some(32 << 20),
+        "{kill}"
+    );
+    // The main process saw its child die of SIGKILL (the container's own log) and runs on.
+    wait_until("the main process's report of its child", WAIT, || {
+        // The runtime's copy of its stdout (the API server cannot reach this lab's kubelet for
+        // `kubectl logs`: its node has no addresses it prefers).
+        let logs = lab.crictl(&["logs", &crictl_id]);
+        logs.contains(&format!("child {child_nspid}\n"))
+            .then_some(())
+            .filter(|_| logs.contains("child exited signal: 9 (SIGKILL)"))
+    });
+    // The kubelet's view after its next relist and status update: running, never restarted,
+    // never terminated. Two consecutive reads a PLEG relist apart agree.
+    std::thread::sleep(Duration::from_secs(3));
+    let p = lab.get_json(&["pod", &pod.name, "-n", "default"]);
+    let cs = &p["status"]["containerStatuses"][0];
+    eprintln!("kubelet: {cs}");
+    assert!(cs["state"]["running"].is_object(), "{cs}");
+    assert_eq!(cs["restartCount"], 0, "{cs}");
+    assert!(cs["lastState"]["terminated"].is_null(), "{cs}");
+    assert_eq!(
+        cs["containerID"].as_str(),
+        Some(format!("containerd://{crictl_id}").as_str())
+    );
+    let info: Value = serde_json::from_str(&lab.crictl(&["inspect", &crictl_id])).unwrap();
+    assert_eq!(info["status"]["state"], "CONTAINER_RUNNING", "{info}");
+    assert_eq!(info["info"]["pid"].as_u64(), Some(main_pid), "{info}");
+    // The agent recorded no kill of the main process.
+    assert!(
+        agent
+            .records()
+            .iter()
+            .all(|v| v["event"] != "kill" || v["victim"]["pid"].as_u64() != Some(main_pid)),
+        "main process {main_pid} recorded killed"
+    );
+    drop(pod);
 }

@@ -72,7 +72,9 @@ const SYSCTLS: &[&str] = &[
     "kernel/keys/root_maxbytes",
 ];
 pub const PAUSE_IMAGE: &str = "oomprobe.lab/pause:3.10";
-pub const MEMHOG_IMAGE: &str = "oomprobe.lab/memhog:1";
+/// The project's memhog (standin/src/bin/memhog.rs); the tag names its archive under
+/// target/lab/images, so a new tag rebuilds it.
+pub const MEMHOG_IMAGE: &str = "oomprobe.lab/memhog:2";
 
 /// The lab's paths.
 pub struct Lab {
@@ -317,6 +319,14 @@ fn oci_archive(
 
 /// The pause image from Kubernetes' own `build/pause/linux/pause.c` (in the module cache of the
 /// pinned release), and the project's memhog, both static.
+/// memhog's image archive, named by its tag (`memhog-2.tar`).
+fn memhog_archive() -> String {
+    format!(
+        "memhog-{}.tar",
+        MEMHOG_IMAGE.rsplit(':').next().unwrap_or("latest")
+    )
+}
+
 fn build_images(lab: &Lab) -> Result<()> {
     let dir = lab.root.join("images");
     fs::create_dir_all(&dir)?;
@@ -336,7 +346,7 @@ fn build_images(lab: &Lab) -> Result<()> {
         .with_context(|| format!("building {}", src.display()))?;
         oci_archive(PAUSE_IMAGE, &[(bin, "/pause")], &["/pause"], &pause_tar)?;
     }
-    let memhog_tar = dir.join("memhog.tar");
+    let memhog_tar = dir.join(memhog_archive());
     if !memhog_tar.exists() {
         run(Command::new("cargo")
             .args([
@@ -968,7 +978,7 @@ pub fn up() -> Result<()> {
         Some(&lab.log("containerd")),
         || sock.exists(),
     )?;
-    for image in ["pause.tar", "memhog.tar"] {
+    for image in ["pause.tar".to_string(), memhog_archive()] {
         run(Command::new("ctr")
             .arg("--address")
             .arg(&sock)
@@ -1017,6 +1027,9 @@ pub fn up() -> Result<()> {
         "kubelet_pidfile": lab.pidfile("kubelet"),
         "supervisor_log": lab.log("supervisor"),
         "kubelet_cgroup": format!("/{CGROUP}/kubelet"),
+        "kubelet_config": lab.run.join("kubelet/config.yaml"),
+        "kube_reserved_memory": KUBE_RESERVED_MEMORY,
+        "memhog_image": MEMHOG_IMAGE,
         "kubepods_root": format!("/{CGROUP}/kubepods"),
         "restart_sec": RESTART_SEC,
     });

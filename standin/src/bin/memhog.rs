@@ -1,10 +1,15 @@
 //! memhog: allocates and touches anonymous memory step by step, printing what it holds.
 //!
 //! usage: memhog TOTAL_MIB [--step-mib N] [--interval-ms N] [--hold] [--oom-score-adj N]
+//!        [--comm NAME] [--child MIB] [--ignore-term]
 //!
 //! After each step it prints `held <KiB>` (anonymous bytes it has written), so a test can compare
 //! what the kernel reports at the kill with what the process held. `--hold` keeps the memory and
-//! sleeps after reaching TOTAL_MIB; otherwise it exits.
+//! sleeps after reaching TOTAL_MIB; otherwise it exits. `--comm` renames the process
+//! (`PR_SET_NAME`, at most 15 bytes). `--child MIB`, once TOTAL_MIB is held: starts a child
+//! memhog (comm `memhog-child`) that allocates MIB at the same interval, prints `child <pid>`,
+//! waits for it, prints `child exited <status>` and goes on (holding, with `--hold`).
+//! `--ignore-term` ignores SIGTERM, so that a stop ends in the runtime's SIGKILL.
 use std::io::Write as _;
 
 fn arg_value(args: &[String], name: &str) -> Option<u64> {
@@ -31,6 +36,23 @@ fn main() {
             }
         }
     }
+    if let Some(i) = args.iter().position(|a| a == "--comm") {
+        let name = args.get(i + 1).map(String::as_str).unwrap_or("");
+        let Ok(c) = std::ffi::CString::new(name) else {
+            eprintln!("memhog: --comm with a NUL byte");
+            std::process::exit(2);
+        };
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string (the kernel copies 16 bytes at most).
+        if unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr(), 0, 0, 0) } != 0 {
+            eprintln!("memhog: PR_SET_NAME: {}", std::io::Error::last_os_error());
+            std::process::exit(2);
+        }
+    }
+    if args.iter().any(|a| a == "--ignore-term") {
+        // SAFETY: SIG_IGN needs no handler.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+    let child_mib = arg_value(&args, "--child");
     let mut blocks: Vec<Vec<u8>> = Vec::new();
     let mut held_kib = 0u64;
     let mut out = std::io::stdout();
@@ -47,6 +69,37 @@ fn main() {
     }
     let _ = writeln!(out, "done {held_kib}");
     let _ = out.flush();
+    if let Some(mib) = child_mib {
+        let child = std::process::Command::new("/proc/self/exe")
+            .args([
+                &mib.to_string(),
+                "--interval-ms",
+                "10",
+                "--comm",
+                "memhog-child",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(mut c) => {
+                let _ = writeln!(out, "child {}", c.id());
+                let _ = out.flush();
+                match c.wait() {
+                    Ok(s) => {
+                        let _ = writeln!(out, "child exited {s}");
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "child wait failed {e}");
+                    }
+                }
+                let _ = out.flush();
+            }
+            Err(e) => {
+                eprintln!("memhog: cannot start the child: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     if hold {
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
