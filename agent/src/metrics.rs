@@ -596,7 +596,13 @@ pub async fn serve(
             .header_read_timeout(limits.header_timeout)
             .max_buf_size(MAX_HEAD_BYTES)
             .keep_alive(false)
-            .serve_connection(TokioIo::new(sock), service);
+            .serve_connection(
+                TokioIo::new(Slotted {
+                    slot: Some(slot),
+                    sock,
+                }),
+                service,
+            );
         let conn = graceful.watch(conn);
         let m = metrics.clone();
         tokio::spawn(async move {
@@ -607,7 +613,6 @@ pub async fn serve(
                 Err(_) => "timeout",
             };
             m.connections.with_label_values(&[result]).inc();
-            drop(slot);
         });
     }
     drop(listener);
@@ -616,6 +621,51 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("metrics endpoint: connections still open after the shutdown grace");
+    }
+}
+
+/// A connection's socket with its slot. The slot is given back before the socket is shut
+/// down or closed, so a client that has seen the connection end can count on its slot being
+/// free again (the endpoint test floods right after 50 connections it saw closed).
+struct Slotted {
+    // Declared first: dropped before the socket.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    sock: tokio::net::TcpStream,
+}
+
+impl tokio::io::AsyncRead for Slotted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().sock).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Slotted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().sock).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().sock).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.slot = None;
+        std::pin::Pin::new(&mut this.sock).poll_shutdown(cx)
     }
 }
 
