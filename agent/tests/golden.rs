@@ -345,6 +345,10 @@ impl Kernel for NoKernel {
 /// each record a batch, the run loop's 250 ms expire tick on the grid of the read times and
 /// one 10 s after the last record; what the pipeline writes to stdout, in `format`.
 fn pipeline_lines(name: &str, format: OutputFormat) -> String {
+    let state_dir = std::env::temp_dir().join(format!(
+        "oomprobe-golden-{}-{name}-{format:?}",
+        std::process::id()
+    ));
     let cfg = PipelineConfig {
         format,
         // No process has this name: the tracker follows no kubelet.
@@ -355,7 +359,8 @@ fn pipeline_lines(name: &str, format: OutputFormat) -> String {
         },
         kubepods_roots: Vec::new(),
         emit_samples: false,
-        state_dir: PathBuf::from("/nonexistent/oomprobe-golden"),
+        // A directory of this run's own (the store may create it), removed below.
+        state_dir: state_dir.clone(),
         cycle: CycleConfig::default(),
         cordon: None,
         report: None,
@@ -401,6 +406,8 @@ fn pipeline_lines(name: &str, format: OutputFormat) -> String {
     });
     let mut out = p.take_output().join("\n");
     out.push('\n');
+    drop(p);
+    let _ = std::fs::remove_dir_all(&state_dir);
     out
 }
 

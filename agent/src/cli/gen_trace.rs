@@ -24,12 +24,25 @@ pub struct GenTraceArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenTraceError {
-    #[error("unknown scenario {0}")]
+    #[error("unknown scenario {0}: healthy, growing-pods, leak-<MB/day>, workload, container_gc, pod_certs_manager, evented_pleg, pod_churn, cgroup_v1_kernel_5_15 or oversubscription")]
     UnknownScenario(String),
+    #[error("--days {0}: a number of days from {MIN_DAYS} to {MAX_DAYS}")]
+    Days(f64),
+    #[error("leak-{0}: a leak rate is a finite number of MB/day, 0 or more")]
+    LeakRate(f64),
+    #[error("cannot write the trace")]
+    Write(#[source] std::io::Error),
 }
+
+/// A trace needs a few hours to say anything; a year of one-minute samples is 525,600 rows.
+const MIN_DAYS: f64 = 0.01;
+const MAX_DAYS: f64 = 366.0;
 
 pub fn run(args: GenTraceArgs) -> Result<(), GenTraceError> {
     use tracegen::Scenario;
+    if !(MIN_DAYS..=MAX_DAYS).contains(&args.days) {
+        return Err(GenTraceError::Days(args.days));
+    }
     let sc = match args.scenario.as_str() {
         "healthy" => Scenario::Healthy,
         "growing-pods" => Scenario::HealthyGrowingPods,
@@ -41,7 +54,8 @@ pub fn run(args: GenTraceArgs) -> Result<(), GenTraceError> {
         "cgroup_v1_kernel_5_15" => Scenario::Cause(Cause::CgroupV1Kernel515),
         "oversubscription" => Scenario::Cause(Cause::Oversubscription),
         other => match other.strip_prefix("leak-").and_then(|r| r.parse().ok()) {
-            Some(rate) => Scenario::Leak(rate),
+            Some(rate) if f64::is_finite(rate) && rate >= 0.0 => Scenario::Leak(rate),
+            Some(rate) => return Err(GenTraceError::LeakRate(rate)),
             None => return Err(GenTraceError::UnknownScenario(other.into())),
         },
     };
@@ -54,6 +68,10 @@ pub fn run(args: GenTraceArgs) -> Result<(), GenTraceError> {
         "label: {}",
         serde_json::to_string(&label).unwrap_or_default()
     );
-    let _ = write!(std::io::stdout(), "{}", csv::write(&samples));
-    Ok(())
+    let mut out = std::io::stdout().lock();
+    match write!(out, "{}", csv::write(&samples)).and_then(|()| out.flush()) {
+        // A reader that went away (`| head`) is not an error of ours.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(GenTraceError::Write(e)),
+        _ => Ok(()),
+    }
 }

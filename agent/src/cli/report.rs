@@ -74,11 +74,17 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
         return Err(ReportError::NoOutput);
     }
     // An output that is one of the inputs would be overwritten before it is read.
+    // Same path, a symlink to it, or a hard link (same device and inode).
     let same = |a: &PathBuf, b: &PathBuf| {
+        use std::os::unix::fs::MetadataExt as _;
         a == b
             || matches!(
                 (std::fs::canonicalize(a), std::fs::canonicalize(b)),
                 (Ok(x), Ok(y)) if x == y
+            )
+            || matches!(
+                (std::fs::metadata(a), std::fs::metadata(b)),
+                (Ok(x), Ok(y)) if (x.dev(), x.ino()) == (y.dev(), y.ino())
             )
     };
     for out in args.html.iter().chain(&args.svg) {
