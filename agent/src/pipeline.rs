@@ -358,6 +358,10 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         let Some(w) = self.memcg.as_mut() else {
             return;
         };
+        // The kernel's reclaim counts first: a cgroup removed since the last sample still has
+        // its last counts reported before it is forgotten.
+        self.memcg_events
+            .extend(w.reclaim(&self.probes.reclaim_stats()));
         for id in w.prune(listed) {
             self.probes.unwatch_memcg(id);
         }
@@ -376,8 +380,6 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
                 .with_label_values(&["watched_memcgs_full", "memcg"])
                 .inc_by(full);
         }
-        self.memcg_events
-            .extend(w.reclaim(&self.probes.reclaim_stats()));
         self.memcg_events.extend(w.poll_v2());
         self.memcg_events.extend(w.poll_psi());
         for kind in w.take_registration_failures() {
