@@ -15,6 +15,12 @@ pub struct KubeletMetrics {
     pub running_containers: Option<f64>,
     /// `kubelet_running_containers{container_state="exited"}`: exited containers the kubelet
     /// still holds (the container GC leak's signature).
+    ///
+    /// The kubelet sets this gauge only for the states its last relist saw
+    /// (`updateRunningPodAndContainerMetrics` in pkg/kubelet/pleg/generic.go, v1.34): a state
+    /// with no container has no series until one appears, so where the gauge serves some
+    /// state but not `running` or `exited`, that count is 0. (Once set, a state's series keeps
+    /// its last non-zero value after its containers are gone: the kubelet never resets it.)
     pub exited_containers: Option<f64>,
 }
 
@@ -169,6 +175,7 @@ pub fn parse(text: &str) -> Option<KubeletMetrics> {
     let mut m = KubeletMetrics::default();
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     let mut any = false;
+    let mut container_states = false;
     for line in text.lines() {
         let Some(SampleLine {
             name,
@@ -207,6 +214,7 @@ pub fn parse(text: &str) -> Option<KubeletMetrics> {
             }
             "kubelet_running_containers" => {
                 any = true;
+                container_states = true;
                 match label(labels, "container_state") {
                     Some("running") => *m.running_containers.get_or_insert(0.0) += v,
                     Some("exited") => *m.exited_containers.get_or_insert(0.0) += v,
@@ -216,6 +224,11 @@ pub fn parse(text: &str) -> Option<KubeletMetrics> {
             n if n.starts_with("kubelet_") => any = true,
             _ => {}
         }
+    }
+    if container_states {
+        // A state without containers has no series (see `exited_containers`).
+        m.running_containers.get_or_insert(0.0);
+        m.exited_containers.get_or_insert(0.0);
     }
     if !buckets.is_empty() {
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -377,6 +390,21 @@ mod tests {
             .filter(|le| le.is_finite())
             .fold(0.0, f64::max);
         assert_eq!(top, 10.0);
+    }
+
+    /// A v1.34 kubelet whose relist saw no exited container serves only the running series
+    /// (lab_kubelet_metrics_through_authn_authz met one after the kubelet's restart): exited
+    /// is 0, not unknown. Without the gauge at all, both stay unknown.
+    #[test]
+    fn a_container_state_without_a_series_counts_zero() {
+        let m = parse("kubelet_running_containers{container_state=\"running\"} 3\n").unwrap();
+        assert_eq!(m.running_containers, Some(3.0));
+        assert_eq!(m.exited_containers, Some(0.0));
+        let m = parse("kubelet_running_containers{container_state=\"exited\"} 4\n").unwrap();
+        assert_eq!(m.running_containers, Some(0.0));
+        assert_eq!(m.exited_containers, Some(4.0));
+        let m = parse("kubelet_cgroup_version 1\n").unwrap();
+        assert_eq!((m.running_containers, m.exited_containers), (None, None));
     }
 
     #[test]

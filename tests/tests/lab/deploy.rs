@@ -646,16 +646,33 @@ fn daemonset_scenario(variant: Variant) {
             .any(|(s, v)| s.contains(&format!("pod_uid=\"{uid}\"")) && *v == 1.0),
         "{by_pod:?}"
     );
-    // Through the uprobes, the kubelet's heap maps by call site (it grew for the pod).
+    // Through the uprobes, the kubelet's heap maps by call site. One pod does not always make
+    // a warm kubelet map heap (CI saw 60 s of reports with none), so pods are added, five at a
+    // time every 10 s, until it does (deleted again, also on failure).
     if variant == Variant::Privileged {
-        let mem = ds.wait_for("a kubelet_memory report with call sites", WAIT, |v| {
+        let has_sites = |v: &Value| {
             v["event"] == "kubelet_memory"
                 && v["pid"].as_u64() == Some(u64::from(kubelet_pid))
                 && v["top_call_sites"]
                     .as_array()
                     .is_some_and(|a| !a.is_empty())
+        };
+        let mut nudges: Vec<Pod> = Vec::new();
+        let mem = wait_until("a kubelet_memory report with call sites", WAIT, || {
+            if let Some(v) = ds.records().into_iter().find(has_sites) {
+                return Some(v);
+            }
+            if nudges.len() < 20 {
+                for _ in 0..5 {
+                    let name = format!("lab-ds-nudge-{}-{}", std::process::id(), nudges.len());
+                    nudges.push(memhog_pod(&lab, &name, 16, &["1", "--hold"]));
+                }
+            }
+            std::thread::sleep(Duration::from_secs(10));
+            None
         });
-        eprintln!("{variant:?}: {mem}");
+        eprintln!("{variant:?}: after {} nudge pods: {mem}", nudges.len());
+        drop(nudges);
     }
     // The agent's peak memory, charged to its container's memory cgroup, over the adoption of
     // the real kubelet, its reports and the kill; the limit never hit (failcnt 0).
