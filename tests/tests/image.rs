@@ -149,3 +149,66 @@ fn image_imports_into_containerd_and_runs_as_nonroot() {
     assert!(!host.is_empty());
     assert_eq!(inside, host);
 }
+
+/// The archive is one multi-architecture image: an OCI image index with an amd64 and an arm64
+/// manifest, each layer holding that architecture's static agent, byte for byte the binary
+/// `cargo xtask build --arch` made (the one the VM matrix boots on that architecture), an ELF
+/// for that machine (`e_machine` 62, x86-64; 183, AArch64).
+#[test]
+fn image_index_carries_each_architectures_agent() {
+    let archive = image_archive();
+    let json = |name: &str| -> Value { serde_json::from_slice(&member(&archive, name)).unwrap() };
+    let blob = |digest: &Value| -> Vec<u8> {
+        let d = digest.as_str().unwrap().strip_prefix("sha256:").unwrap();
+        member(&archive, &format!("blobs/sha256/{d}"))
+    };
+    let index = json("index.json");
+    let top = &index["manifests"][0];
+    assert_eq!(top["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let image_index: Value = serde_json::from_slice(&blob(&top["digest"])).unwrap();
+    let manifests = image_index["manifests"].as_array().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut seen = Vec::new();
+    for m in manifests {
+        let (arch, target, machine) = match m["platform"]["architecture"].as_str().unwrap() {
+            "amd64" => ("amd64", "x86_64-unknown-linux-gnu", 62u16),
+            "arm64" => ("arm64", "aarch64-unknown-linux-gnu", 183),
+            other => panic!("unexpected platform {other}"),
+        };
+        seen.push(arch);
+        let manifest: Value = serde_json::from_slice(&blob(&m["digest"])).unwrap();
+        let config: Value = serde_json::from_slice(&blob(&manifest["config"]["digest"])).unwrap();
+        assert_eq!(config["architecture"], arch);
+        // The layer's /usr/bin/oomprobe, read with tar(1) from the layer blob.
+        let layer = tempfile_with(&blob(&manifest["layers"][0]["digest"]));
+        let binary = member(&layer.0, "usr/bin/oomprobe");
+        let built = std::fs::read(root.join(format!("target/static/{target}/release/oomprobe")))
+            .unwrap_or_else(|e| {
+                panic!("the static {arch} agent (cargo xtask image builds it): {e}")
+            });
+        assert!(
+            binary == built,
+            "{arch}: the layer's agent is not the static build"
+        );
+        assert_eq!(&binary[..4], b"\x7fELF");
+        assert_eq!(
+            u16::from_le_bytes([binary[18], binary[19]]),
+            machine,
+            "{arch}"
+        );
+    }
+    assert_eq!(seen, ["amd64", "arm64"]);
+}
+
+/// A file holding `data`, removed on drop.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+fn tempfile_with(data: &[u8]) -> Scratch {
+    let p = std::env::temp_dir().join(format!("oomprobe-image-layer-{}.tar", std::process::id()));
+    std::fs::write(&p, data).unwrap();
+    Scratch(p)
+}

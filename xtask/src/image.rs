@@ -1,8 +1,10 @@
 //! `cargo xtask image`: the agent's OCI image as an archive, `target/image/oomprobe.tar`, built
 //! without a registry or a container engine, byte for byte reproducible.
 //!
-//! One uncompressed layer holding the static agent (`/usr/bin/oomprobe`, glibc `+crt-static`, the
-//! build the VM matrix boots), `/etc/passwd` and `/etc/group` naming the non-root user 65532 the
+//! A multi-architecture image: amd64 and arm64 under one OCI image index, so one name serves a
+//! mixed fleet and each node's runtime takes its own. Per architecture one uncompressed layer
+//! holding the static agent (`/usr/bin/oomprobe`, glibc `+crt-static`, the build the VM matrix
+//! boots on that architecture), `/etc/passwd` and `/etc/group` naming the non-root user 65532 the
 //! image runs as by default (`probe-points`, `replay`, `report` need no privilege; `run` needs
 //! uid 0 and the capabilities in deploy/README.md, which the DaemonSet sets), and an empty
 //! `/var/lib/oomprobe`. No CA bundle: the agent trusts only the CA files it is given
@@ -11,9 +13,9 @@
 //! Reproducible: every entry has the mtime `SOURCE_DATE_EPOCH` (the environment's, else the
 //! commit time of `HEAD`), uid/gid 0, fixed modes, no user or group names, a fixed order; the
 //! config's `created` is the same instant; the JSON is written with sorted keys. The archive is
-//! an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/`) whose index names the image
-//! `docker.io/library/oomprobe:<version>` (`io.containerd.image.name`), so `ctr images import`
-//! takes it as is.
+//! an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/`) whose `index.json` names the
+//! image index `docker.io/library/oomprobe:<version>` (`io.containerd.image.name`), so `ctr
+//! images import` takes it as is (the host's platform unpacked; `--all-platforms` keeps both).
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
@@ -24,7 +26,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::workspace_root;
+use crate::{vm::Arch, workspace_root};
 
 /// The uid and gid the image runs as unless told otherwise (the "nonroot" id of distroless).
 pub const NONROOT: u32 = 65532;
@@ -154,22 +156,27 @@ fn rfc3339(epoch: u64) -> String {
     )
 }
 
-/// The whole OCI layout archive for `binary`.
-pub fn archive(binary: &[u8], meta: &Meta) -> Result<Vec<u8>> {
+/// The OCI platform of an architecture: the `architecture` (and `variant`) Go and the OCI
+/// image spec use.
+fn platform(arch: Arch) -> Value {
+    match arch {
+        Arch::X86_64 => json!({"architecture": "amd64", "os": "linux"}),
+        Arch::Aarch64 => json!({"architecture": "arm64", "os": "linux", "variant": "v8"}),
+    }
+}
+
+/// One platform's image: its layer, config and manifest blobs, and the manifest's descriptor
+/// (with its platform) for the image index.
+fn platform_image(
+    arch: Arch,
+    binary: &[u8],
+    meta: &Meta,
+    annotations: &Value,
+) -> Result<([Vec<u8>; 3], Value)> {
     let layer = layer(binary, meta.epoch)?;
     let created = rfc3339(meta.epoch);
-    let annotations = json!({
-        "org.opencontainers.image.created": created,
-        "org.opencontainers.image.version": meta.version,
-        "org.opencontainers.image.source": SOURCE,
-        "org.opencontainers.image.revision": meta.revision,
-        "org.opencontainers.image.title": "oomprobe",
-        "org.opencontainers.image.description": "eBPF agent for the kubelet's memory and every SIGKILL on a node",
-        "org.opencontainers.image.licenses": "MIT OR Apache-2.0",
-    });
-    let config = json!({
+    let mut config = json!({
         "created": created,
-        "architecture": "amd64",
         "os": "linux",
         "config": {
             "User": format!("{NONROOT}:{NONROOT}"),
@@ -182,24 +189,68 @@ pub fn archive(binary: &[u8], meta: &Meta) -> Result<Vec<u8>> {
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&layer))]},
         "history": [{"created": created, "created_by": "cargo xtask image"}],
     });
+    let plat = platform(arch);
+    config["architecture"] = plat["architecture"].clone();
+    if let Some(v) = plat.get("variant") {
+        config["variant"] = v.clone();
+    }
     // serde_json's map is a BTreeMap (no preserve_order feature): keys come out sorted.
     let config = serde_json::to_vec(&config)?;
     let manifest = json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "mediaType": MANIFEST,
         "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
         "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", &layer)],
         "annotations": annotations,
     });
     let manifest = serde_json::to_vec(&manifest)?;
-    let mut desc = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
+    let mut desc = descriptor(MANIFEST, &manifest);
+    desc["platform"] = plat;
+    Ok(([layer, config, manifest], desc))
+}
+
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// The whole OCI layout archive: one image per `(architecture, static agent binary)`, under a
+/// multi-architecture image index that `index.json` names `docker.io/library/oomprobe:<version>`
+/// (the layout `docker buildx --output type=oci` writes: `index.json` -> image index ->
+/// per-platform manifests, each descriptor with its `platform`).
+pub fn archive(binaries: &[(Arch, &[u8])], meta: &Meta) -> Result<Vec<u8>> {
+    if binaries.is_empty() {
+        bail!("an image needs at least one architecture's binary");
+    }
+    let annotations = json!({
+        "org.opencontainers.image.created": rfc3339(meta.epoch),
+        "org.opencontainers.image.version": meta.version,
+        "org.opencontainers.image.source": SOURCE,
+        "org.opencontainers.image.revision": meta.revision,
+        "org.opencontainers.image.title": "oomprobe",
+        "org.opencontainers.image.description": "eBPF agent for the kubelet's memory and every SIGKILL on a node",
+        "org.opencontainers.image.licenses": "MIT OR Apache-2.0",
+    });
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    let mut manifests = Vec::new();
+    for &(arch, binary) in binaries {
+        let (b, desc) = platform_image(arch, binary, meta, &annotations)?;
+        blobs.extend(b);
+        manifests.push(desc);
+    }
+    let image_index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": manifests,
+        "annotations": annotations,
+    }))?;
+    let mut desc = descriptor(INDEX, &image_index);
     desc["annotations"] = json!({
         "io.containerd.image.name": format!("docker.io/library/oomprobe:{}", meta.version),
         "org.opencontainers.image.ref.name": meta.version,
     });
+    blobs.push(image_index);
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": INDEX,
         "manifests": [desc],
     }))?;
 
@@ -208,10 +259,11 @@ pub fn archive(binary: &[u8], meta: &Meta) -> Result<Vec<u8>> {
     t.file("index.json", 0o644, &index)?;
     t.dir("blobs/")?;
     t.dir("blobs/sha256/")?;
-    // Blobs by digest, sorted, so the order never depends on anything but their contents.
-    let mut blobs = [&layer, &config, &manifest];
+    // Blobs by digest, sorted and once each, so the order never depends on anything but
+    // their contents.
     blobs.sort_by_key(|b| sha256_hex(b));
-    for b in blobs {
+    blobs.dedup_by_key(|b| sha256_hex(b));
+    for b in &blobs {
         t.file(&format!("blobs/sha256/{}", sha256_hex(b)), 0o644, b)?;
     }
     t.finish()
@@ -266,20 +318,32 @@ pub fn meta() -> Result<Meta> {
     })
 }
 
-/// Builds the static agent and writes the archive; returns its path and sha256.
+/// The architectures every image carries.
+pub const ARCHES: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+
+/// Builds the static agent for every architecture in [`ARCHES`] (the aarch64 one with Debian's
+/// cross gcc, as the arm64 VM row does) and writes the archive; returns its path and sha256.
 pub fn build() -> Result<(PathBuf, String)> {
-    let bins = crate::vm::build_static(crate::vm::Arch::X86_64)?;
-    let binary = std::fs::read(bins.join("oomprobe")).context("the static agent")?;
+    let mut binaries = Vec::new();
+    for arch in ARCHES {
+        let bins = crate::vm::build_static(arch)?;
+        let path = bins.join("oomprobe");
+        let binary =
+            std::fs::read(&path).with_context(|| format!("the static agent {}", path.display()))?;
+        binaries.push((arch, binary));
+    }
     let meta = meta()?;
-    let data = archive(&binary, &meta)?;
+    let refs: Vec<(Arch, &[u8])> = binaries.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+    let data = archive(&refs, &meta)?;
     let out = workspace_root().join(ARCHIVE);
     write_atomic(&out, &data)?;
     let sum = sha256_hex(&data);
     eprintln!(
-        "image: {} ({} bytes, sha256:{sum}), docker.io/library/oomprobe:{} at {} (epoch {})",
+        "image: {} ({} bytes, sha256:{sum}), docker.io/library/oomprobe:{} for {} at {} (epoch {})",
         out.display(),
         data.len(),
         meta.version,
+        ARCHES.map(Arch::debian).join(", "),
         meta.revision,
         meta.epoch
     );
@@ -333,28 +397,31 @@ mod tests {
     #[test]
     fn two_builds_are_identical() {
         let bin = b"\x7fELF not really".to_vec();
-        let a = archive(&bin, &meta()).unwrap();
+        let a = archive(&[(Arch::X86_64, &bin)], &meta()).unwrap();
         // A second build, a second later, from a copy of the binary: nothing of the build
         // machine's clock or files may leak in.
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        let b = archive(&bin.clone(), &meta()).unwrap();
+        let b = archive(&[(Arch::X86_64, &bin.clone())], &meta()).unwrap();
         assert_eq!(sha256_hex(&a), sha256_hex(&b));
         // A different epoch changes the archive: the mtimes really come from it.
-        let c = archive(&bin, &Meta { epoch: 1, ..meta() }).unwrap();
+        let c = archive(&[(Arch::X86_64, &bin)], &Meta { epoch: 1, ..meta() }).unwrap();
         assert_ne!(sha256_hex(&a), sha256_hex(&c));
+        assert!(archive(&[], &meta()).is_err());
     }
 
     #[test]
-    fn layout_is_what_containerd_imports() {
-        let bin = b"agent".to_vec();
-        let a = archive(&bin, &meta()).unwrap();
+    fn layout_is_a_multi_arch_index_containerd_imports() {
+        let amd64 = b"agent amd64".to_vec();
+        let arm64 = b"agent arm64".to_vec();
+        let a = archive(&[(Arch::X86_64, &amd64), (Arch::Aarch64, &arm64)], &meta()).unwrap();
         let es = entries(&a);
         let names: Vec<&str> = es.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(
             &names[..4],
             ["oci-layout", "index.json", "blobs/", "blobs/sha256/"]
         );
-        assert_eq!(names.len(), 7, "{names:?}");
+        // Per architecture a layer, a config and a manifest; one image index.
+        assert_eq!(names.len(), 4 + 2 * 3 + 1, "{names:?}");
         for e in &es {
             assert_eq!((e.1, e.2, e.3), (1_795_941_325, 0, 0), "{}", e.0);
             if let Some(d) = e.0.strip_prefix("blobs/sha256/").filter(|d| !d.is_empty()) {
@@ -366,44 +433,73 @@ mod tests {
             es.iter().find(|e| e.0 == name).unwrap().5.clone()
         };
         let index: Value = serde_json::from_slice(&es[1].5).unwrap();
-        let m = &index["manifests"][0];
+        assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+        let top = &index["manifests"][0];
+        assert_eq!(top["mediaType"], INDEX);
         assert_eq!(
-            m["annotations"]["io.containerd.image.name"],
+            top["annotations"]["io.containerd.image.name"],
             "docker.io/library/oomprobe:0.1.0"
         );
-        let manifest: Value = serde_json::from_slice(&blob(m["digest"].as_str().unwrap())).unwrap();
-        assert_eq!(m["size"], blob(m["digest"].as_str().unwrap()).len());
-        for k in ["version", "source", "revision"] {
-            assert!(
-                manifest["annotations"][format!("org.opencontainers.image.{k}")].is_string(),
-                "annotation {k}"
-            );
-        }
-        assert_eq!(
-            manifest["annotations"]["org.opencontainers.image.revision"],
-            meta().revision
-        );
-        let config: Value =
-            serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
-        assert_eq!(config["config"]["User"], "65532:65532");
-        assert_eq!(config["created"], "2026-11-29T08:35:25Z");
-        assert_eq!(
-            config["config"]["Labels"]["org.opencontainers.image.version"],
-            "0.1.0"
-        );
-        let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
-        assert_eq!(
-            config["rootfs"]["diff_ids"][0],
-            format!("sha256:{}", sha256_hex(&layer))
-        );
-        let files = entries(&layer);
-        let bin_entry = files
+        let image_index: Value =
+            serde_json::from_slice(&blob(top["digest"].as_str().unwrap())).unwrap();
+        assert_eq!(top["size"], blob(top["digest"].as_str().unwrap()).len());
+        let platforms: Vec<(String, Value)> = image_index["manifests"]
+            .as_array()
+            .unwrap()
             .iter()
-            .find(|e| e.0 == "usr/bin/oomprobe")
-            .expect("binary in the layer");
-        assert_eq!((bin_entry.4, &bin_entry.5), (0o755, &bin));
-        let state = files.iter().find(|e| e.0 == "var/lib/oomprobe/").unwrap();
-        assert_eq!((state.2, state.3), (65532, 65532));
+            .map(|m| {
+                (
+                    m["platform"]["architecture"].as_str().unwrap().to_string(),
+                    m.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            platforms.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(),
+            ["amd64", "arm64"]
+        );
+        for ((arch, m), bin) in platforms.iter().zip([&amd64, &arm64]) {
+            assert_eq!(m["mediaType"], MANIFEST);
+            assert_eq!(m["platform"]["os"], "linux");
+            let manifest: Value =
+                serde_json::from_slice(&blob(m["digest"].as_str().unwrap())).unwrap();
+            assert_eq!(m["size"], blob(m["digest"].as_str().unwrap()).len());
+            for k in ["version", "source", "revision"] {
+                assert!(
+                    manifest["annotations"][format!("org.opencontainers.image.{k}")].is_string(),
+                    "annotation {k}"
+                );
+            }
+            assert_eq!(
+                manifest["annotations"]["org.opencontainers.image.revision"],
+                meta().revision
+            );
+            let config: Value =
+                serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap()))
+                    .unwrap();
+            assert_eq!(config["architecture"], arch.as_str());
+            assert_eq!(config["variant"], m["platform"]["variant"]);
+            assert_eq!(config["config"]["User"], "65532:65532");
+            assert_eq!(config["created"], "2026-11-29T08:35:25Z");
+            assert_eq!(
+                config["config"]["Labels"]["org.opencontainers.image.version"],
+                "0.1.0"
+            );
+            let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+            assert_eq!(
+                config["rootfs"]["diff_ids"][0],
+                format!("sha256:{}", sha256_hex(&layer))
+            );
+            let files = entries(&layer);
+            let bin_entry = files
+                .iter()
+                .find(|e| e.0 == "usr/bin/oomprobe")
+                .expect("binary in the layer");
+            assert_eq!((bin_entry.4, &bin_entry.5), (0o755, bin));
+            let state = files.iter().find(|e| e.0 == "var/lib/oomprobe/").unwrap();
+            assert_eq!((state.2, state.3), (65532, 65532));
+        }
+        assert_eq!(platforms[1].1["platform"]["variant"], "v8");
     }
 
     #[test]
