@@ -337,7 +337,30 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&d);
+    remove_at_exit(d.clone());
     d
+}
+
+/// Paths removed when the test binary exits (the harness ends with `exit`, also after failed
+/// tests, so `atexit` handlers run): scratch directories leave nothing in /tmp.
+static AT_EXIT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes `path` (a directory tree or a file) when the test binary exits.
+pub fn remove_at_exit(path: PathBuf) {
+    extern "C" fn cleanup() {
+        let paths = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+        for p in paths {
+            if std::fs::remove_dir_all(&p).is_err() {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    // SAFETY: `cleanup` is a plain extern "C" function that neither unwinds nor calls exit.
+    REGISTER.call_once(|| unsafe {
+        libc::atexit(cleanup);
+    });
+    AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()).push(path);
 }
 
 /// Value of a metric sample line `name{labels} value` in a scrape.

@@ -1148,21 +1148,16 @@ fn lab_flap_cordons_and_reports_through_the_deploy_rbac() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A real pod with two containers, each OOM-killed at its 48 MiB limit: the agent (as the
-/// service account, `--report events`) publishes one `ContainerOOMKilled` Event on the pod, found
-/// by its UID, that counts both kills (a series of 2), with the kill record's facts in its note;
-/// read back with `kubectl get events --field-selector involvedObject.uid=UID`.
-#[test]
-fn lab_pod_oom_kills_are_events_on_the_pod() {
-    let lab = lab();
-    let since = now_rfc3339();
+/// An agent publishing Events (`--report events`) as the service account of deploy/'s RBAC,
+/// with a bound token whose Secret the returned guard deletes (and uncordons the node).
+fn events_agent<'a>(lab: &'a Lab, tag: &str) -> (NodeGuard<'a>, Agent) {
     lab.apply_agent_rbac();
-    let secret = format!("oomprobe-podev-{}", std::process::id());
-    let _guard = NodeGuard {
-        lab: &lab,
+    let secret = format!("oomprobe-{tag}-{}", std::process::id());
+    let guard = NodeGuard {
+        lab,
         secrets: vec![secret.clone()],
     };
-    let dir = scratch_dir("lab-podev");
+    let dir = scratch_dir(&format!("lab-{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     let token_file = dir.join("token");
     std::fs::write(&token_file, lab.bound_token(&secret)).unwrap();
@@ -1177,7 +1172,18 @@ fn lab_pod_oom_kills_are_events_on_the_pod() {
     .collect();
     args.extend(lab.api_args(&token_file));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::builder().args(&args).start();
+    (guard, Agent::builder().args(&args).start())
+}
+
+/// A real pod with two containers, each OOM-killed at its 48 MiB limit: the agent (as the
+/// service account, `--report events`) publishes one `ContainerOOMKilled` Event on the pod, found
+/// by its UID, that counts both kills (a series of 2), with the kill record's facts in its note;
+/// read back with `kubectl get events --field-selector involvedObject.uid=UID`.
+#[test]
+fn lab_pod_oom_kills_are_events_on_the_pod() {
+    let lab = lab();
+    let since = now_rfc3339();
+    let (_guard, agent) = events_agent(&lab, "podev");
     let name = format!("lab-podev-{}", std::process::id());
     let container = |n: &str| {
         json!({
@@ -1264,7 +1270,6 @@ fn lab_pod_oom_kills_are_events_on_the_pod() {
     assert_eq!(evs[0]["series"]["count"], 2, "{}", evs[0]);
     assert_eq!(evs[0]["regarding"]["uid"], uid.as_str());
     drop(pod);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The service account's token file rewritten under a running agent (TokenRequest tokens bound
@@ -2094,5 +2099,114 @@ fn lab_child_process_oom_kill_in_a_pod_is_recorded_the_container_keeps_running()
             .all(|v| v["event"] != "kill" || v["victim"]["pid"].as_u64() != Some(main_pid)),
         "main process {main_pid} recorded killed"
     );
+    drop(pod);
+}
+
+/// Eviction, for real: the kubelet's eviction manager evicts a pod whose container wrote more
+/// than its `ephemeral-storage` limit (a per-pod threshold, so the machine is never starved of
+/// memory or disk). The kubelet kills it with a grace period of 0, raised to its 2 s minimum;
+/// memhog as the container's pid 1 ignores the SIGTERM, so the runtime sends the SIGKILL. The
+/// agent's record names the runtime as the sender (a `signal` kill, not an OOM kill), the pod
+/// and the container crictl reports; the kubelet reports the pod `Failed` with reason `Evicted`;
+/// the agent's Event on the pod is `ContainerEvicted`, not `ContainerOOMKilled`.
+#[test]
+fn lab_kubelet_eviction_is_recorded_as_the_runtimes_sigkill() {
+    let lab = lab();
+    let since = now_rfc3339();
+    let (_guard, agent) = events_agent(&lab, "evict");
+    let name = format!("lab-evict-{}", std::process::id());
+    lab.apply(&json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "hostNetwork": true,
+            "enableServiceLinks": false,
+            "automountServiceAccountToken": false,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 30,
+            "containers": [{
+                "name": "hog",
+                "image": lab.s("memhog_image"),
+                "imagePullPolicy": "Never",
+                "args": ["1", "--hold", "--ignore-term", "--fill", "/fill", "16"],
+                "resources": {
+                    "requests": {"memory": "16Mi", "cpu": "10m", "ephemeral-storage": "1Mi"},
+                    "limits": {"memory": "32Mi", "ephemeral-storage": "1Mi"},
+                },
+            }],
+        },
+    }));
+    let pod = Pod {
+        lab: &lab,
+        name: name.clone(),
+    };
+    let (uid, cid) = wait_until("the pod's container", WAIT, || {
+        let p = lab.get_json(&["pod", &pod.name, "-n", "default"]);
+        let uid = p["metadata"]["uid"].as_str()?.to_string();
+        let cid = p["status"]["containerStatuses"][0]["containerID"]
+            .as_str()?
+            .strip_prefix("containerd://")?
+            .to_string();
+        Some((uid, cid))
+    });
+    let info: Value = serde_json::from_str(&lab.crictl(&["inspect", &cid])).expect("inspect");
+    let pid = info["info"]["pid"].as_u64().expect("the container's pid");
+    // The kubelet's eviction manager runs every 10 s on stats containerd collects every 10 s.
+    let status = wait_until("the kubelet's eviction", Duration::from_secs(120), || {
+        let p = lab.get_json(&["pod", &pod.name, "-n", "default"]);
+        (p["status"]["reason"] == "Evicted"
+            && p["status"]["containerStatuses"][0]["state"]["terminated"].is_object())
+        .then_some(p)
+    });
+    eprintln!("kubelet: {}", status["status"]);
+    assert_eq!(status["status"]["phase"], "Failed");
+    let message = status["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("ephemeral"), "{message}");
+    let terminated = &status["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 137, "{terminated}");
+    let kill = wait_until("the agent's record of the eviction's SIGKILL", WAIT, || {
+        agent
+            .kills(|k| k.0["victim"]["pod"]["pod_uid"] == uid.as_str())
+            .into_iter()
+            .next()
+    });
+    let k = &kill.0;
+    eprintln!("agent: {k}");
+    assert_eq!(k["kind"], "signal", "{k}");
+    assert_eq!(k["oom"], Value::Null, "{k}");
+    assert_eq!(k["victim"]["pid"].as_u64(), Some(pid), "{k}");
+    assert_eq!(k["victim"]["comm"], "memhog", "{k}");
+    assert_eq!(k["victim"]["pod"]["container_id"], cid.as_str(), "{k}");
+    assert_eq!(k["sender"]["code"], "SI_USER", "{k}");
+    let sender = k["sender"]["comm"].as_str().unwrap();
+    assert!(
+        ["containerd-shim", "runc"]
+            .iter()
+            .any(|c| sender.starts_with(c)),
+        "the eviction's SIGKILL came from {sender}, not the runtime: {k}"
+    );
+    assert_eq!(k["exit_code"], 9, "{k}");
+    // Exactly one SIGKILL recorded for the pod.
+    assert_eq!(
+        agent
+            .kills(|k| k.0["victim"]["pod"]["pod_uid"] == uid.as_str())
+            .len(),
+        1
+    );
+    let selector = format!("involvedObject.uid={uid}");
+    let event = wait_until("the agent's Event on the evicted pod", WAIT, || {
+        let list = lab.get_json(&["events", "-n", "default", "--field-selector", &selector]);
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["reportingComponent"] == "oomprobe")
+            .cloned()
+    });
+    eprintln!("{event}");
+    assert_eq!(event["reason"], "ContainerEvicted", "{event}");
+    assert_eq!(event["action"], "Kill", "{event}");
+    let evs = lab.oomprobe_events("default", "Pod", &name, &since);
+    assert_eq!(evs.len(), 1, "{evs:?}");
     drop(pod);
 }

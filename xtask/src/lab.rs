@@ -74,7 +74,7 @@ const SYSCTLS: &[&str] = &[
 pub const PAUSE_IMAGE: &str = "oomprobe.lab/pause:3.10";
 /// The project's memhog (standin/src/bin/memhog.rs); the tag names its archive under
 /// target/lab/images, so a new tag rebuilds it.
-pub const MEMHOG_IMAGE: &str = "oomprobe.lab/memhog:2";
+pub const MEMHOG_IMAGE: &str = "oomprobe.lab/memhog:3";
 
 /// The lab's paths.
 pub struct Lab {

@@ -1,7 +1,7 @@
 //! memhog: allocates and touches anonymous memory step by step, printing what it holds.
 //!
 //! usage: memhog TOTAL_MIB [--step-mib N] [--interval-ms N] [--hold] [--oom-score-adj N]
-//!        [--comm NAME] [--child MIB] [--ignore-term]
+//!        [--comm NAME] [--child MIB] [--ignore-term] [--fill PATH MIB]
 //!
 //! After each step it prints `held <KiB>` (anonymous bytes it has written), so a test can compare
 //! what the kernel reports at the kill with what the process held. `--hold` keeps the memory and
@@ -10,6 +10,8 @@
 //! memhog (comm `memhog-child`) that allocates MIB at the same interval, prints `child <pid>`,
 //! waits for it, prints `child exited <status>` and goes on (holding, with `--hold`).
 //! `--ignore-term` ignores SIGTERM, so that a stop ends in the runtime's SIGKILL.
+//! `--fill PATH MIB`, once TOTAL_MIB is held: writes MIB MiB to the file PATH (synced) and
+//! prints `filled <KiB>` (disk use, for a kubelet's ephemeral-storage eviction).
 use std::io::Write as _;
 
 fn arg_value(args: &[String], name: &str) -> Option<u64> {
@@ -69,6 +71,26 @@ fn main() {
     }
     let _ = writeln!(out, "done {held_kib}");
     let _ = out.flush();
+    if let Some(i) = args.iter().position(|a| a == "--fill") {
+        let mib = args.get(i + 2).and_then(|m| m.parse::<u64>().ok());
+        let (Some(path), Some(mib)) = (args.get(i + 1), mib) else {
+            eprintln!("memhog: --fill PATH MIB");
+            std::process::exit(2);
+        };
+        let chunk = vec![0xa5u8; 1 << 20];
+        let written = std::fs::File::create(path).and_then(|mut f| {
+            for _ in 0..mib {
+                f.write_all(&chunk)?;
+            }
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            eprintln!("memhog: cannot fill {path}: {e}");
+            std::process::exit(2);
+        }
+        let _ = writeln!(out, "filled {}", mib * 1024);
+        let _ = out.flush();
+    }
     if let Some(mib) = child_mib {
         let child = std::process::Command::new("/proc/self/exe")
             .args([
