@@ -2108,7 +2108,8 @@ fn lab_child_process_oom_kill_in_a_pod_is_recorded_the_container_keeps_running()
 /// memhog as the container's pid 1 ignores the SIGTERM, so the runtime sends the SIGKILL. The
 /// agent's record names the runtime as the sender (a `signal` kill, not an OOM kill), the pod
 /// and the container crictl reports; the kubelet reports the pod `Failed` with reason `Evicted`;
-/// the agent's Event on the pod is `ContainerEvicted`, not `ContainerOOMKilled`.
+/// the agent's Event on the pod is `ContainerEvicted`, not `ContainerOOMKilled`. The runtime's
+/// SIGKILL at the end of a deleted pod's grace period is recorded too, with no Event.
 #[test]
 fn lab_kubelet_eviction_is_recorded_as_the_runtimes_sigkill() {
     let lab = lab();
@@ -2208,5 +2209,55 @@ fn lab_kubelet_eviction_is_recorded_as_the_runtimes_sigkill() {
     assert_eq!(event["action"], "Kill", "{event}");
     let evs = lab.oomprobe_events("default", "Pod", &name, &since);
     assert_eq!(evs.len(), 1, "{evs:?}");
+    drop(pod);
+
+    // The same SIGKILL from the runtime, ending a deleted pod's 2 s grace period, is no
+    // eviction: recorded, but no ContainerEvicted Event (the pod has a deletionTimestamp).
+    let name = format!("lab-deleted-{}", std::process::id());
+    let pod = memhog_pod(&lab, &name, 16, &["1", "--hold", "--ignore-term"]);
+    let uid = wait_until("the pod running", WAIT, || {
+        let p = lab.get_json(&["pod", &pod.name, "-n", "default"]);
+        p["status"]["containerStatuses"][0]["state"]["running"]
+            .is_object()
+            .then(|| p["metadata"]["uid"].as_str().unwrap().to_string())
+    });
+    let out = lab.kubectl_out(
+        &[
+            "delete",
+            "pod",
+            &name,
+            "-n",
+            "default",
+            "--grace-period=2",
+            "--wait=false",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let kill = wait_until("the deleted pod's SIGKILL", WAIT, || {
+        agent
+            .kills(|k| k.0["victim"]["pod"]["pod_uid"] == uid.as_str())
+            .into_iter()
+            .next()
+    });
+    let sender = kill.0["sender"]["comm"].as_str().unwrap().to_string();
+    assert!(
+        ["containerd-shim", "runc"]
+            .iter()
+            .any(|c| sender.starts_with(c)),
+        "{}",
+        kill.0
+    );
+    // Longer than the agent waits for an Evicted status (15 s).
+    std::thread::sleep(Duration::from_secs(20));
+    let selector = format!("involvedObject.uid={uid}");
+    let list = lab.get_json(&["events", "-n", "default", "--field-selector", &selector]);
+    let ours: Vec<&Value> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reportingComponent"] == "oomprobe")
+        .collect();
+    assert!(ours.is_empty(), "a deleted pod's kill published: {ours:?}");
     drop(pod);
 }

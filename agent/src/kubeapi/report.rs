@@ -45,6 +45,10 @@ const POD_CACHE: usize = 1024;
 const POD_MISS_TTL: Duration = Duration::from_secs(60);
 /// The node's pods are listed at most once per this long.
 const POD_LIST_EVERY: Duration = Duration::from_secs(5);
+/// How long a runtime's SIGKILL waits for its pod's status to say `Evicted`.
+const EVICTION_WAIT: Duration = Duration::from_secs(15);
+/// How often the pod's status is read meanwhile.
+const EVICTION_POLL: Duration = Duration::from_secs(1);
 
 /// What `--report` turns on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,7 +85,9 @@ pub enum Fact {
     Kill {
         rec: Box<KillRecord>,
         is_kubelet: bool,
-        /// The sender is the kubelet or the container runtime (an eviction), see the cycle.
+        /// The sender is the kubelet or the container runtime: an eviction candidate, published
+        /// as `ContainerEvicted` only once the pod's status says `Evicted` (see
+        /// [`Worker::evicted`]).
         evicted: bool,
     },
     Stage(Box<StageEvent>),
@@ -201,11 +207,15 @@ impl Worker {
                         self.event(e, node).await;
                     }
                 }
+                let uid = rec.victim.pod.as_ref().map(|p| p.pod_uid.clone());
+                let Some(pod) = self.pod_ref(uid.as_deref().unwrap_or("")).await else {
+                    return;
+                };
+                // A runtime's SIGKILL is also how a deleted pod's grace period or a failed
+                // liveness probe ends: only the kubelet's own status tells an eviction.
+                let evicted = evicted && self.evicted(&pod).await;
                 if let Some(e) = pod_kill_event(&rec, evicted) {
-                    let uid = rec.victim.pod.as_ref().map(|p| p.pod_uid.clone());
-                    if let Some(pod) = self.pod_ref(uid.as_deref().unwrap_or("")).await {
-                        self.event(e, pod).await;
-                    }
+                    self.event(e, pod).await;
                 }
             }
             Fact::Stage(ev) => {
@@ -300,6 +310,49 @@ impl Worker {
                 self.count("pod_lookup", "not_found");
                 None
             }
+        }
+    }
+
+    /// Whether the kubelet evicted `pod`: its status `reason` is `Evicted` (set by the kubelet's
+    /// eviction manager when the kill completes, synced to the API within seconds). Polled once
+    /// per [`EVICTION_POLL`] for up to [`EVICTION_WAIT`]; a pod being deleted
+    /// (`deletionTimestamp`, an API-initiated delete or drain) or gone is not a kubelet
+    /// eviction. Uses the report overlay's `list pods` (a field selector on the name).
+    async fn evicted(&mut self, pod: &ObjectReference) -> bool {
+        let (Some(ns), Some(name), Some(uid)) = (&pod.namespace, &pod.name, &pod.uid) else {
+            return false;
+        };
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let lp = ListParams::default().fields(&format!("metadata.name={name}"));
+        let deadline = Instant::now() + EVICTION_WAIT;
+        loop {
+            match api.list(&lp).await {
+                Ok(list) => {
+                    let Some(p) = list
+                        .items
+                        .into_iter()
+                        .find(|p| p.metadata.uid.as_deref() == Some(uid))
+                    else {
+                        return false;
+                    };
+                    if p.metadata.deletion_timestamp.is_some() {
+                        return false;
+                    }
+                    if p.status.and_then(|s| s.reason).as_deref() == Some("Evicted") {
+                        return true;
+                    }
+                }
+                Err(e) => {
+                    self.count("pod_lookup", "failed");
+                    let e = super::ApiError::from(e);
+                    tracing::warn!(error = %crate::error_chain(&e), pod = %name, "cannot read the pod's status");
+                    return false;
+                }
+            }
+            if Instant::now() + EVICTION_POLL > deadline {
+                return false;
+            }
+            tokio::time::sleep(EVICTION_POLL).await;
         }
     }
 
