@@ -2168,7 +2168,7 @@ fn lab_kubelet_eviction_is_recorded_as_the_runtimes_sigkill() {
     assert_eq!(terminated["exitCode"], 137, "{terminated}");
     let kill = wait_until("the agent's record of the eviction's SIGKILL", WAIT, || {
         agent
-            .kills(|k| k.0["victim"]["pod"]["pod_uid"] == uid.as_str())
+            .kills(|k| k.0["victim"]["pod"]["container_id"] == cid.as_str())
             .into_iter()
             .next()
     });
@@ -2188,12 +2188,16 @@ fn lab_kubelet_eviction_is_recorded_as_the_runtimes_sigkill() {
         "the eviction's SIGKILL came from {sender}, not the runtime: {k}"
     );
     assert_eq!(k["exit_code"], 9, "{k}");
-    // Exactly one SIGKILL recorded for the pod.
-    assert_eq!(
-        agent
-            .kills(|k| k.0["victim"]["pod"]["pod_uid"] == uid.as_str())
-            .len(),
-        1
+    // Exactly one SIGKILL of the container; the pod's other is its sandbox's pause process,
+    // stopped by the runtime after it.
+    let kills = agent.kills(|k| k.0["victim"]["pod"]["pod_uid"] == uid.as_str());
+    let (ours, others): (Vec<_>, Vec<_>) = kills
+        .iter()
+        .partition(|k| k.0["victim"]["pod"]["container_id"] == cid.as_str());
+    assert_eq!(ours.len(), 1, "{kills:?}");
+    assert!(
+        others.iter().all(|k| k.0["victim"]["comm"] == "pause"),
+        "{kills:?}"
     );
     let selector = format!("involvedObject.uid={uid}");
     let event = wait_until("the agent's Event on the evicted pod", WAIT, || {
@@ -2236,7 +2240,9 @@ fn lab_kubelet_eviction_is_recorded_as_the_runtimes_sigkill() {
     assert!(out.status.success(), "{out:?}");
     let kill = wait_until("the deleted pod's SIGKILL", WAIT, || {
         agent
-            .kills(|k| k.0["victim"]["pod"]["pod_uid"] == uid.as_str())
+            .kills(|k| {
+                k.0["victim"]["pod"]["pod_uid"] == uid.as_str() && k.0["victim"]["comm"] == "memhog"
+            })
             .into_iter()
             .next()
     });
