@@ -43,7 +43,16 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
+    // A usage error exits 1 like every other refusal (clap's own default is 2, which
+    // `diagnose` uses for "some check is BAD"); --help and --version still exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            std::process::exit(1);
+        }
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -60,10 +69,7 @@ fn main() {
             Command::Report(args) => cli::report::run(args).map_err(anyhow::Error::from),
             Command::Diagnose(args) => cli::diagnose::run(*args).await.map_err(anyhow::Error::from),
             Command::GenTrace(args) => cli::gen_trace::run(args).map_err(anyhow::Error::from),
-            Command::BenchDetect(args) => {
-                cli::bench_detect::run(args);
-                Ok(())
-            }
+            Command::BenchDetect(args) => cli::bench_detect::run(args).map_err(anyhow::Error::from),
         }
     });
     if let Err(e) = result {
@@ -71,8 +77,12 @@ fn main() {
     }
 }
 
-/// One line naming the problem and its causes, then a non-zero exit.
+/// One line naming the problem and its causes, then a non-zero exit: 1, or 141 without a
+/// word when standard output's reader went away (`| head`), as for a tool killed by SIGPIPE.
 fn fail(e: &(dyn std::error::Error + 'static)) -> ! {
+    if cli::is_broken_pipe(e) {
+        std::process::exit(141);
+    }
     eprintln!("oomprobe: error: {}", oomprobe::error_chain(e));
     std::process::exit(1);
 }

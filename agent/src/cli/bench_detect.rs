@@ -1,6 +1,5 @@
 //! `oomprobe bench-detect`: the detectors scored on a generated corpus against the baselines
 //! (development).
-use std::io::Write as _;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchDetectArgs {
@@ -10,7 +9,10 @@ pub struct BenchDetectArgs {
     pub seed: u64,
 }
 
-pub fn run(args: BenchDetectArgs) {
+/// Errors: writing the table failed.
+pub fn run(args: BenchDetectArgs) -> Result<(), super::StdoutError> {
     let r = crate::detect::offline::score::score(args.seed, args.scale);
-    let _ = writeln!(std::io::stdout(), "{}", r.table);
+    let mut out = super::Stdout::lock();
+    out.line(&r.table)?;
+    out.finish()
 }

@@ -1,6 +1,6 @@
 //! `oomprobe diagnose`: one-shot and read-only, the field guide's quick checks done natively,
 //! each with a verdict in the guide's good/bad terms, and the OOM cycle stage the node shows now.
-use std::{io::Write as _, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use serde::Serialize;
 
@@ -243,7 +243,7 @@ async fn memory_pressure(args: &DiagnoseArgs) -> Check {
     }
 }
 
-pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
+pub async fn run(args: DiagnoseArgs) -> Result<(), super::StdoutError> {
     let mut checks = Vec::new();
     let h = Hierarchy::detect();
     let pid = find_pid(&args.kubelet_name);
@@ -515,7 +515,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
         },
         "the OOM cycle stage the node shows now",
     ));
-    let mut out = std::io::stdout().lock();
+    let mut out = super::Stdout::lock();
     for c in &checks {
         let line = match args.format {
             OutputFormat::Json => serde_json::to_string(c).unwrap_or_default(),
@@ -527,10 +527,8 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
                 c.detail
             ),
         };
-        // A reader that went away (`| head`) is not an error of ours.
-        if writeln!(out, "{line}").is_err() {
-            break;
-        }
+        // A reader that went away (`| head`) ends the program quietly (see `main`).
+        out.line(line)?;
     }
-    Ok(())
+    out.finish()
 }

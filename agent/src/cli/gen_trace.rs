@@ -1,7 +1,5 @@
 //! `oomprobe gen-trace SCENARIO`: a generated, labelled kubelet series as CSV on stdout (the
 //! label on stderr), for testing the detectors.
-use std::io::Write as _;
-
 use crate::detect::{
     classify::Cause,
     offline::{csv, tracegen},
@@ -30,8 +28,8 @@ pub enum GenTraceError {
     Days(f64),
     #[error("leak-{0}: a leak rate is a finite number of MB/day, 0 or more")]
     LeakRate(f64),
-    #[error("cannot write the trace")]
-    Write(#[source] std::io::Error),
+    #[error(transparent)]
+    Write(super::StdoutError),
 }
 
 /// A trace needs a few hours to say anything; a year of one-minute samples is 525,600 rows.
@@ -68,10 +66,9 @@ pub fn run(args: GenTraceArgs) -> Result<(), GenTraceError> {
         "label: {}",
         serde_json::to_string(&label).unwrap_or_default()
     );
-    let mut out = std::io::stdout().lock();
-    match write!(out, "{}", csv::write(&samples)).and_then(|()| out.flush()) {
-        // A reader that went away (`| head`) is not an error of ours.
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(GenTraceError::Write(e)),
-        _ => Ok(()),
-    }
+    // A reader that went away (`| head`) ends the program quietly (see `main`).
+    let mut out = super::Stdout::lock();
+    out.text(&csv::write(&samples))
+        .and_then(|()| out.finish())
+        .map_err(GenTraceError::Write)
 }

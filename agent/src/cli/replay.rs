@@ -1,7 +1,7 @@
 //! `oomprobe replay FILE`: the detectors offline over a recorded series, printing a verdict each
 //! time it changes (evaluated hourly, and at the end). A gzip-compressed CSV is read as is.
 use std::{
-    io::{Read as _, Write as _},
+    io::Read as _,
     path::{Path, PathBuf},
 };
 
@@ -34,6 +34,8 @@ pub enum ReplayError {
         #[source]
         source: csv::CsvError,
     },
+    #[error(transparent)]
+    Stdout(#[from] super::StdoutError),
 }
 
 fn show(format: OutputFormat, v: &Verdict) -> String {
@@ -120,20 +122,26 @@ pub fn run(args: ReplayArgs) -> Result<(), ReplayError> {
         tracing::warn!(columns = ?unknown, "ignoring unknown columns");
     }
     let mut engine = Engine::default();
-    let mut out = std::io::stdout().lock();
+    let mut out = super::Stdout::lock();
     let mut last: Option<(String, String)> = None;
+    let mut failed = None;
     evaluate_each(&mut engine, &samples, args.every, |v| {
         let key = (format!("{:?}", v.subject), v.cause.as_str().to_string());
-        if last.as_ref() != Some(&key) {
-            let _ = writeln!(out, "{}", show(args.format, v));
+        if failed.is_none() && last.as_ref() != Some(&key) {
+            failed = out.line(show(args.format, v)).err();
             last = Some(key);
         }
     });
-    Ok(())
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    Ok(out.finish()?)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
     use super::*;
     use crate::detect::Subject;
 

@@ -1,0 +1,129 @@
+//! The unprivileged verbs run as a user would run them: the built binary, bad input, a full
+//! disk or a closed pipe on standard output. Each case asserts the exit status and the one
+//! error line the binary prints.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+fn oomprobe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_oomprobe"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// A directory of this test's own, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("oomprobe-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The one `oomprobe: error:` line of a refusal, after asserting exit status 1.
+fn refusal(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(o));
+    let lines: Vec<String> = stderr(o)
+        .lines()
+        .filter(|l| l.starts_with("oomprobe: error:") || l.starts_with("error:"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line: {}", stderr(o));
+    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
+    lines[0].clone()
+}
+
+/// Runs with standard output on /dev/full.
+fn to_dev_full(c: &mut Command) -> Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    c.stdout(full).stderr(Stdio::piped()).output().unwrap()
+}
+
+/// Runs with standard output on a pipe whose reader is already gone.
+fn to_closed_pipe(c: &mut Command) -> Output {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+fn trace(dir: &Scratch, scenario: &str, days: &str) -> PathBuf {
+    let o = oomprobe()
+        .args(["gen-trace", scenario, "--days", days])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = dir.path(&format!("{scenario}.csv"));
+    std::fs::write(&p, &o.stdout).unwrap();
+    p
+}
+
+fn write_csv(dir: &Scratch, name: &str, text: &str) -> PathBuf {
+    let p = dir.path(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const NO_SPACE: &str =
+    "oomprobe: error: cannot write to standard output: No space left on device (os error 28)";
+
+// bench-detect writes through the same `cli::Stdout` (a debug build needs minutes for even
+// --scale 1, so it is not run here).
+#[test]
+fn a_full_disk_on_stdout_is_an_error_for_every_verb() {
+    let dir = Scratch::new("full");
+    let csv = trace(&dir, "leak-50", "1");
+    let state = dir.path("state");
+    for args in [
+        vec!["replay", arg(&csv)],
+        vec!["replay", arg(&csv), "--format", "json"],
+        vec!["gen-trace", "healthy", "--days", "1"],
+        vec!["diagnose", "--state-dir", arg(&state)],
+    ] {
+        let o = to_dev_full(oomprobe().args(&args));
+        assert_eq!(refusal(&o), NO_SPACE, "{args:?}");
+    }
+}
+
+#[test]
+fn a_closed_pipe_on_stdout_exits_141_without_a_word() {
+    let dir = Scratch::new("pipe");
+    let csv = trace(&dir, "leak-50", "1");
+    let state = dir.path("state");
+    for args in [
+        vec!["replay", arg(&csv)],
+        vec!["gen-trace", "healthy", "--days", "1"],
+        vec!["diagnose", "--state-dir", arg(&state)],
+    ] {
+        let o = to_closed_pipe(oomprobe().args(&args));
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("error"), "{args:?}: {}", stderr(&o));
+    }
+}
