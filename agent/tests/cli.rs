@@ -127,3 +127,27 @@ fn a_closed_pipe_on_stdout_exits_141_without_a_word() {
         assert!(!stderr(&o).contains("error"), "{args:?}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn report_reads_a_gzip_csv_as_replay_does() {
+    let dir = Scratch::new("gz");
+    let csv = trace(&dir, "leak-50", "1");
+    let gz = dir.path("leak.csv.gz");
+    let o = Command::new("gzip")
+        .args(["-c", arg(&csv)])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    std::fs::write(&gz, &o.stdout).unwrap();
+    let (plain_svg, gz_svg) = (dir.path("plain.svg"), dir.path("gz.svg"));
+    for (input, out) in [(&csv, &plain_svg), (&gz, &gz_svg)] {
+        let o = oomprobe()
+            .args(["report", "--csv", arg(input), "--svg", arg(out)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let plain = std::fs::read(&plain_svg).unwrap();
+    assert!(plain.starts_with(b"<svg"), "{:?}", &plain[..16]);
+    assert_eq!(plain, std::fs::read(&gz_svg).unwrap());
+}

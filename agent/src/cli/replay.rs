@@ -70,24 +70,26 @@ fn show(format: OutputFormat, v: &Verdict) -> String {
     }
 }
 
-/// The file's text, gunzipped when it starts with the gzip magic.
+/// The file's text, gunzipped when it starts with the gzip magic (`report --csv` reads
+/// through this too). Errors: the file cannot be read, is not valid gzip, or not UTF-8.
 pub fn read_text(file: &Path) -> Result<String, ReplayError> {
-    let err = |source| ReplayError::Read {
+    read_series(file).map_err(|source| ReplayError::Read {
         path: file.display().to_string(),
         source,
-    };
-    let raw = std::fs::read(file).map_err(err)?;
+    })
+}
+
+/// [`read_text`]'s reader with a plain I/O error.
+pub fn read_series(file: &Path) -> std::io::Result<String> {
+    let raw = std::fs::read(file)?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(err)?;
+        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out)?;
         out
     } else {
         raw
     };
-    String::from_utf8(bytes)
-        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Evaluates the detectors as replay does: every `every` seconds of series (at least 60) and

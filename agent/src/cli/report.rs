@@ -13,7 +13,8 @@ pub struct ReportArgs {
     /// Where `oomprobe run` persists its series (`series.bin`).
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: PathBuf,
-    /// A series as CSV (the `replay` format) instead of the state directory.
+    /// A series as CSV (the `replay` format, plain or gzip-compressed) instead of the state
+    /// directory.
     #[arg(long)]
     pub csv: Option<PathBuf>,
     /// The agent's JSON event log (`oomprobe run --format json > FILE`): kills, stages, verdicts.
@@ -101,7 +102,12 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
     }
     let (samples, from) = match &args.csv {
         Some(p) => {
-            let (s, _) = csv::parse(&read(p)?).map_err(|source| ReportError::Csv {
+            // Plain or gzip-compressed, read as `replay` reads it.
+            let text = super::replay::read_series(p).map_err(|source| ReportError::Read {
+                path: p.display().to_string(),
+                source,
+            })?;
+            let (s, _) = csv::parse(&text).map_err(|source| ReportError::Csv {
                 path: p.display().to_string(),
                 source,
             })?;
