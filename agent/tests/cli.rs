@@ -151,3 +151,34 @@ fn report_reads_a_gzip_csv_as_replay_does() {
     assert!(plain.starts_with(b"<svg"), "{:?}", &plain[..16]);
     assert_eq!(plain, std::fs::read(&gz_svg).unwrap());
 }
+
+#[test]
+fn out_of_range_flags_are_refused_with_the_range() {
+    let dir = Scratch::new("range");
+    let csv = write_csv(&dir, "a.csv", "time,kubelet_rss_bytes,pods\n1,2,3\n");
+    for (args, want) in [
+        (
+            vec!["replay", arg(&csv), "--every", "0"],
+            "error: invalid value '0' for '--every <EVERY>': 0 is not in 60..=31622400",
+        ),
+        (
+            vec!["replay", arg(&csv), "--every=-5"],
+            "error: invalid value '-5' for '--every <EVERY>': -5 is not in 60..=31622400",
+        ),
+        (
+            vec!["bench-detect", "--scale", "0"],
+            "error: invalid value '0' for '--scale <SCALE>': 0 is not in 1..=1000",
+        ),
+        (
+            vec!["bench-detect", "--scale", "18446744073709551615"],
+            "error: invalid value '18446744073709551615' for '--scale <SCALE>': 18446744073709551615 is not in 1..=1000",
+        ),
+        (
+            vec!["bench-detect", "--seed", "18446744073709551615"],
+            "error: invalid value '18446744073709551615' for '--seed <SEED>': 18446744073709551615 is not in 0..=4294967295",
+        ),
+    ] {
+        let o = oomprobe().args(&args).output().unwrap();
+        assert_eq!(refusal(&o), want, "{args:?}");
+    }
+}

@@ -15,8 +15,9 @@ pub struct ReplayArgs {
     pub file: PathBuf,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
-    /// Seconds of series between evaluations.
-    #[arg(long, default_value_t = 3600)]
+    /// Seconds of series between evaluations, 60 to 31622400 (366 days).
+    #[arg(long, default_value_t = 3600,
+          value_parser = clap::value_parser!(i64).range(60..=31_622_400))]
     pub every: i64,
 }
 
