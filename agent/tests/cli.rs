@@ -182,3 +182,72 @@ fn out_of_range_flags_are_refused_with_the_range() {
         assert_eq!(refusal(&o), want, "{args:?}");
     }
 }
+
+fn golden(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/golden")
+        .join(name)
+}
+
+#[test]
+fn report_draws_the_event_log_alone() {
+    let dir = Scratch::new("events");
+    let events = golden("ring-synth.expected.jsonl");
+    let kills = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(r#"{"event":"kill""#))
+        .count();
+    assert_eq!(kills, 14);
+    let svg = dir.path("k.svg");
+    let o = oomprobe()
+        .args(["report", "--events", arg(&events), "--state-dir"])
+        .arg(dir.path("no-state"))
+        .args(["--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(text.matches(r#"<g class="kill""#).count(), kills);
+    // Without --events the missing store is still refused.
+    let o = oomprobe()
+        .args(["report", "--state-dir"])
+        .arg(dir.path("no-state"))
+        .args(["--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert!(refusal(&o).contains("no series store at"), "{}", stderr(&o));
+}
+
+#[test]
+fn report_names_a_corrupt_store_and_what_is_wrong() {
+    let dir = Scratch::new("corrupt");
+    let svg = dir.path("c.svg");
+    let store = dir.path("series.bin");
+    for (bytes, why) in [
+        (
+            &b"hello, not a store"[..],
+            "it does not start with the series magic \"OOMPSERI\" (not written by oomprobe run)",
+        ),
+        (&b""[..], "the file is empty"),
+        (
+            &b"OOMPSERI\x07\0\0\0\x10\0\0\0"[..],
+            "unknown format version 7 (this agent reads 1 and 2)",
+        ),
+    ] {
+        std::fs::write(&store, bytes).unwrap();
+        let o = oomprobe()
+            .args(["report", "--state-dir", arg(&dir.0), "--svg", arg(&svg)])
+            .output()
+            .unwrap();
+        assert_eq!(
+            refusal(&o),
+            format!(
+                "oomprobe: error: series store {} is corrupt: {why}",
+                store.display()
+            )
+        );
+        // Read only: the store is left as it was.
+        assert_eq!(std::fs::read(&store).unwrap(), bytes);
+    }
+}
