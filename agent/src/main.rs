@@ -20,6 +20,11 @@ enum Command {
     /// Print the uprobe points a kubelet binary offers (symbol, file offset, source).
     ProbePoints(cli::probe_points::ProbePointsArgs),
     /// One-shot, read-only: the field guide's quick checks and the cycle stage the node shows.
+    ///
+    /// Exit status: 0 no check is BAD (all good or unknown), 1 could not run (usage error,
+    /// standard output unwritable), 2 at least one check is BAD. Stages: steady, pre_oom,
+    /// reconciliation_storm, active_oom_or_down (no kubelet process, a kubepods cgroup tree),
+    /// no_kubelet (no kubelet process, no kubepods tree).
     Diagnose(Box<cli::diagnose::DiagnoseArgs>),
     /// Run the leak detectors over a recorded series (CSV), printing verdict changes.
     Replay(cli::replay::ReplayArgs),
@@ -63,17 +68,36 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => cli::run::run(*args).await.map_err(anyhow::Error::from),
-            Command::ProbePoints(args) => cli::probe_points::run(args).map_err(anyhow::Error::from),
-            Command::Replay(args) => cli::replay::run(args).map_err(anyhow::Error::from),
-            Command::Report(args) => cli::report::run(args).map_err(anyhow::Error::from),
-            Command::Diagnose(args) => cli::diagnose::run(*args).await.map_err(anyhow::Error::from),
-            Command::GenTrace(args) => cli::gen_trace::run(args).map_err(anyhow::Error::from),
-            Command::BenchDetect(args) => cli::bench_detect::run(args).map_err(anyhow::Error::from),
+            Command::Run(args) => cli::run::run(*args)
+                .await
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
+            Command::ProbePoints(args) => cli::probe_points::run(args)
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
+            Command::Replay(args) => cli::replay::run(args)
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
+            Command::Report(args) => cli::report::run(args)
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
+            Command::Diagnose(args) => match cli::diagnose::run(*args).await {
+                Ok(true) => Ok(2),
+                Ok(false) => Ok(0),
+                Err(e) => Err(anyhow::Error::from(e)),
+            },
+            Command::GenTrace(args) => cli::gen_trace::run(args)
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
+            Command::BenchDetect(args) => cli::bench_detect::run(args)
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
         }
     });
-    if let Err(e) = result {
-        fail(e.as_ref());
+    match result {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => fail(e.as_ref()),
     }
 }
 

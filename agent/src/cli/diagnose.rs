@@ -243,7 +243,9 @@ async fn memory_pressure(args: &DiagnoseArgs) -> Check {
     }
 }
 
-pub async fn run(args: DiagnoseArgs) -> Result<(), super::StdoutError> {
+/// Runs every check and prints them. Returns whether any check is BAD (`main` exits 2 then).
+/// Errors: standard output cannot be written.
+pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
     let mut checks = Vec::new();
     let h = Hierarchy::detect();
     let pid = find_pid(&args.kubelet_name);
@@ -327,7 +329,18 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), super::StdoutError> {
             }
         }
         None => {
-            stage = "active_oom_or_down";
+            // A kubepods tree means a kubelet set this node up: it is down (or being
+            // OOM-killed) now. Without one nothing says a kubelet ever ran here.
+            let kubepods = h.as_ref().is_some_and(|h| {
+                crate::sampler::KUBEPODS_ROOTS
+                    .iter()
+                    .any(|r| h.dir(r).is_dir())
+            });
+            stage = if kubepods {
+                "active_oom_or_down"
+            } else {
+                "no_kubelet"
+            };
             checks.push(check(
                 "kubelet_rss",
                 "-",
@@ -508,12 +521,17 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), super::StdoutError> {
     checks.push(check(
         "stage",
         stage,
-        if stage == "steady" {
-            Health::Good
-        } else {
-            Health::Bad
+        match stage {
+            "steady" => Health::Good,
+            "no_kubelet" => Health::Unknown,
+            _ => Health::Bad,
         },
-        "the OOM cycle stage the node shows now",
+        match stage {
+            "no_kubelet" => {
+                "no kubelet process and no kubepods cgroup tree: not a node, or pass --kubelet-name"
+            }
+            _ => "the OOM cycle stage the node shows now",
+        },
     ));
     let mut out = super::Stdout::lock();
     for c in &checks {
@@ -530,5 +548,6 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), super::StdoutError> {
         // A reader that went away (`| head`) ends the program quietly (see `main`).
         out.line(line)?;
     }
-    out.finish()
+    out.finish()?;
+    Ok(checks.iter().any(|c| c.verdict == Health::Bad))
 }
