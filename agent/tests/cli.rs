@@ -309,3 +309,41 @@ fn diagnose_without_a_kubelet_exits_2_and_names_the_stage() {
         assert_eq!(stage["verdict"], "unknown");
     }
 }
+
+/// A dynamically linked C/Rust binary (this test's own): the points of the libc it loads,
+/// exactly those the agent would attach (`Binary::needed_libc`, then the libc's points).
+#[test]
+fn probe_points_of_a_dynamic_binary_are_its_libcs() {
+    use oomprobe::kubelet::symbols::Binary;
+    let exe = std::env::current_exe().unwrap();
+    let libc = Binary::open(&exe)
+        .unwrap()
+        .needed_libc(Path::new("/"))
+        .expect("this test binary loads libc.so.6");
+    let want: Vec<String> = Binary::open(&libc)
+        .unwrap()
+        .probe_points()
+        .unwrap()
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap())
+        .collect();
+    assert!(
+        want.iter().any(|p| p.contains(r#""role":"libc_mmap""#)),
+        "{want:?}"
+    );
+    let o = oomprobe()
+        .args(["probe-points", "--format", "json", arg(&exe)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Vec<String> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, want);
+    let o = to_dev_full(oomprobe().args(["probe-points", arg(&exe)]));
+    assert_eq!(refusal(&o), NO_SPACE);
+    let o = to_closed_pipe(oomprobe().args(["probe-points", arg(&exe)]));
+    assert_eq!(o.status.code(), Some(141), "{}", stderr(&o));
+}

@@ -1,6 +1,6 @@
 //! `oomprobe probe-points BINARY`: what would be attached in a kubelet build, so an operator can
 //! check a binary before rollout. Read-only; needs no privileges.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::OutputFormat;
 use crate::kubelet::symbols::{Binary, SymbolError};
@@ -23,7 +23,21 @@ pub enum ProbePointsError {
 
 pub fn run(args: ProbePointsArgs) -> Result<(), ProbePointsError> {
     let bin = Binary::open(&args.binary)?;
-    let points = bin.probe_points()?;
+    let points = match bin.probe_points() {
+        // Not Go and without mmap/brk of its own: the agent probes the libc the binary
+        // loads (DT_NEEDED), as `kubelet::tracker` does; the same points are shown here.
+        Err(e @ SymbolError::NothingToProbe { .. }) => {
+            let Some(libc) = bin.needed_libc(Path::new("/")) else {
+                return Err(e.into());
+            };
+            tracing::info!(
+                libc = %libc.display(),
+                "not a Go binary: the points are in the libc it loads, attached for its process only"
+            );
+            Binary::open(&libc)?.probe_points()?
+        }
+        other => other?,
+    };
     let mut out = super::Stdout::lock();
     for p in &points {
         let line = match args.format {
