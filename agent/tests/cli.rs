@@ -177,6 +177,14 @@ fn out_of_range_flags_are_refused_with_the_range() {
             vec!["bench-detect", "--seed", "18446744073709551615"],
             "error: invalid value '18446744073709551615' for '--seed <SEED>': 18446744073709551615 is not in 0..=4294967295",
         ),
+        (
+            vec!["gen-trace", "leak-1e300"],
+            "oomprobe: error: leak-1e300: a leak rate is a number of MB/day from 0 to 1000000",
+        ),
+        (
+            vec!["gen-trace", "leak-NaN"],
+            "oomprobe: error: leak-NaN: a leak rate is a number of MB/day from 0 to 1000000",
+        ),
     ] {
         let o = oomprobe().args(&args).output().unwrap();
         assert_eq!(refusal(&o), want, "{args:?}");
