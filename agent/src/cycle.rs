@@ -34,6 +34,21 @@ pub enum Stage {
     ReOom,
 }
 
+impl Stage {
+    /// The stage's name as in JSON (`steady`, `pre_oom`, `active_oom`,
+    /// `reconciliation_storm`, `recovery`, `re_oom`), for the text output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Steady => "steady",
+            Stage::PreOom => "pre_oom",
+            Stage::ActiveOom => "active_oom",
+            Stage::ReconciliationStorm => "reconciliation_storm",
+            Stage::Recovery => "recovery",
+            Stage::ReOom => "re_oom",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CycleConfig {
     /// A kubelet OOM kill within this long of the previous one is flapping.

@@ -20,6 +20,11 @@ enum Command {
     /// Print the uprobe points a kubelet binary offers (symbol, file offset, source).
     ProbePoints(cli::probe_points::ProbePointsArgs),
     /// One-shot, read-only: the field guide's quick checks and the cycle stage the node shows.
+    ///
+    /// Exit status: 0 no check is BAD (all good or unknown), 1 could not run (usage error,
+    /// standard output unwritable), 2 at least one check is BAD. Stages: steady, pre_oom,
+    /// reconciliation_storm, active_oom_or_down (no kubelet process, a kubepods cgroup tree),
+    /// no_kubelet (no kubelet process, no kubepods tree).
     Diagnose(Box<cli::diagnose::DiagnoseArgs>),
     /// Run the leak detectors over a recorded series (CSV), printing verdict changes.
     Replay(cli::replay::ReplayArgs),
@@ -43,7 +48,16 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
+    // A usage error exits 1 like every other refusal (clap's own default is 2, which
+    // `diagnose` uses for "some check is BAD"); --help and --version still exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            std::process::exit(1);
+        }
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -54,25 +68,45 @@ fn main() {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => cli::run::run(*args).await.map_err(anyhow::Error::from),
-            Command::ProbePoints(args) => cli::probe_points::run(args).map_err(anyhow::Error::from),
-            Command::Replay(args) => cli::replay::run(args).map_err(anyhow::Error::from),
-            Command::Report(args) => cli::report::run(args).map_err(anyhow::Error::from),
-            Command::Diagnose(args) => cli::diagnose::run(*args).await.map_err(anyhow::Error::from),
-            Command::GenTrace(args) => cli::gen_trace::run(args).map_err(anyhow::Error::from),
-            Command::BenchDetect(args) => {
-                cli::bench_detect::run(args);
-                Ok(())
-            }
+            Command::Run(args) => cli::run::run(*args)
+                .await
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
+            Command::ProbePoints(args) => cli::probe_points::run(args)
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
+            Command::Replay(args) => cli::replay::run(args)
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
+            Command::Report(args) => cli::report::run(args)
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
+            Command::Diagnose(args) => match cli::diagnose::run(*args).await {
+                Ok(true) => Ok(2),
+                Ok(false) => Ok(0),
+                Err(e) => Err(anyhow::Error::from(e)),
+            },
+            Command::GenTrace(args) => cli::gen_trace::run(args)
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
+            Command::BenchDetect(args) => cli::bench_detect::run(args)
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
         }
     });
-    if let Err(e) = result {
-        fail(e.as_ref());
+    match result {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => fail(e.as_ref()),
     }
 }
 
-/// One line naming the problem and its causes, then a non-zero exit.
+/// One line naming the problem and its causes, then a non-zero exit: 1, or 141 without a
+/// word when standard output's reader went away (`| head`), as for a tool killed by SIGPIPE.
 fn fail(e: &(dyn std::error::Error + 'static)) -> ! {
+    if cli::is_broken_pipe(e) {
+        std::process::exit(141);
+    }
     eprintln!("oomprobe: error: {}", oomprobe::error_chain(e));
     std::process::exit(1);
 }

@@ -79,8 +79,10 @@ impl Output {
             )),
             Output::Stage(ev) => {
                 let mut line = format!(
-                    "STAGE {:?} cycles={} flapping={}",
-                    ev.stage, ev.cycles, ev.flapping
+                    "STAGE {} cycles={} flapping={}",
+                    ev.stage.as_str(),
+                    ev.cycles,
+                    ev.flapping
                 );
                 if let Some(e) = ev.ending {
                     line.push_str(&format!(" ending={}", e.as_str()));

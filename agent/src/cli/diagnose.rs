@@ -1,6 +1,6 @@
 //! `oomprobe diagnose`: one-shot and read-only, the field guide's quick checks done natively,
 //! each with a verdict in the guide's good/bad terms, and the OOM cycle stage the node shows now.
-use std::{io::Write as _, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use serde::Serialize;
 
@@ -243,7 +243,9 @@ async fn memory_pressure(args: &DiagnoseArgs) -> Check {
     }
 }
 
-pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
+/// Runs every check and prints them. Returns whether any check is BAD (`main` exits 2 then).
+/// Errors: standard output cannot be written.
+pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
     let mut checks = Vec::new();
     let h = Hierarchy::detect();
     let pid = find_pid(&args.kubelet_name);
@@ -327,7 +329,18 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
             }
         }
         None => {
-            stage = "active_oom_or_down";
+            // A kubepods tree means a kubelet set this node up: it is down (or being
+            // OOM-killed) now. Without one nothing says a kubelet ever ran here.
+            let kubepods = h.as_ref().is_some_and(|h| {
+                crate::sampler::KUBEPODS_ROOTS
+                    .iter()
+                    .any(|r| h.dir(r).is_dir())
+            });
+            stage = if kubepods {
+                "active_oom_or_down"
+            } else {
+                "no_kubelet"
+            };
             checks.push(check(
                 "kubelet_rss",
                 "-",
@@ -508,14 +521,19 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
     checks.push(check(
         "stage",
         stage,
-        if stage == "steady" {
-            Health::Good
-        } else {
-            Health::Bad
+        match stage {
+            "steady" => Health::Good,
+            "no_kubelet" => Health::Unknown,
+            _ => Health::Bad,
         },
-        "the OOM cycle stage the node shows now",
+        match stage {
+            "no_kubelet" => {
+                "no kubelet process and no kubepods cgroup tree: not a node, or pass --kubelet-name"
+            }
+            _ => "the OOM cycle stage the node shows now",
+        },
     ));
-    let mut out = std::io::stdout().lock();
+    let mut out = super::Stdout::lock();
     for c in &checks {
         let line = match args.format {
             OutputFormat::Json => serde_json::to_string(c).unwrap_or_default(),
@@ -527,10 +545,9 @@ pub async fn run(args: DiagnoseArgs) -> Result<(), std::io::Error> {
                 c.detail
             ),
         };
-        // A reader that went away (`| head`) is not an error of ours.
-        if writeln!(out, "{line}").is_err() {
-            break;
-        }
+        // A reader that went away (`| head`) ends the program quietly (see `main`).
+        out.line(line)?;
     }
-    Ok(())
+    out.finish()?;
+    Ok(checks.iter().any(|c| c.verdict == Health::Bad))
 }

@@ -1,7 +1,5 @@
 //! `oomprobe gen-trace SCENARIO`: a generated, labelled kubelet series as CSV on stdout (the
 //! label on stderr), for testing the detectors.
-use std::io::Write as _;
-
 use crate::detect::{
     classify::Cause,
     offline::{csv, tracegen},
@@ -28,15 +26,18 @@ pub enum GenTraceError {
     UnknownScenario(String),
     #[error("--days {0}: a number of days from {MIN_DAYS} to {MAX_DAYS}")]
     Days(f64),
-    #[error("leak-{0}: a leak rate is a finite number of MB/day, 0 or more")]
-    LeakRate(f64),
-    #[error("cannot write the trace")]
-    Write(#[source] std::io::Error),
+    #[error("leak-{0}: a leak rate is a number of MB/day from 0 to {MAX_LEAK_MB_PER_DAY}")]
+    LeakRate(String),
+    #[error(transparent)]
+    Write(super::StdoutError),
 }
 
 /// A trace needs a few hours to say anything; a year of one-minute samples is 525,600 rows.
 const MIN_DAYS: f64 = 0.01;
 const MAX_DAYS: f64 = 366.0;
+/// A terabyte a day: far beyond any node's memory within the trace's first hours; larger
+/// rates only overflow the series' byte counts.
+const MAX_LEAK_MB_PER_DAY: f64 = 1_000_000.0;
 
 pub fn run(args: GenTraceArgs) -> Result<(), GenTraceError> {
     use tracegen::Scenario;
@@ -54,8 +55,11 @@ pub fn run(args: GenTraceArgs) -> Result<(), GenTraceError> {
         "cgroup_v1_kernel_5_15" => Scenario::Cause(Cause::CgroupV1Kernel515),
         "oversubscription" => Scenario::Cause(Cause::Oversubscription),
         other => match other.strip_prefix("leak-").and_then(|r| r.parse().ok()) {
-            Some(rate) if f64::is_finite(rate) && rate >= 0.0 => Scenario::Leak(rate),
-            Some(rate) => return Err(GenTraceError::LeakRate(rate)),
+            Some(rate) if (0.0..=MAX_LEAK_MB_PER_DAY).contains(&rate) => Scenario::Leak(rate),
+            Some(_) => {
+                let rate = other.trim_start_matches("leak-").chars().take(64).collect();
+                return Err(GenTraceError::LeakRate(rate));
+            }
             None => return Err(GenTraceError::UnknownScenario(other.into())),
         },
     };
@@ -68,10 +72,9 @@ pub fn run(args: GenTraceArgs) -> Result<(), GenTraceError> {
         "label: {}",
         serde_json::to_string(&label).unwrap_or_default()
     );
-    let mut out = std::io::stdout().lock();
-    match write!(out, "{}", csv::write(&samples)).and_then(|()| out.flush()) {
-        // A reader that went away (`| head`) is not an error of ours.
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(GenTraceError::Write(e)),
-        _ => Ok(()),
-    }
+    // A reader that went away (`| head`) ends the program quietly (see `main`).
+    let mut out = super::Stdout::lock();
+    out.text(&csv::write(&samples))
+        .and_then(|()| out.finish())
+        .map_err(GenTraceError::Write)
 }

@@ -10,6 +10,55 @@ pub mod run;
 
 pub use crate::output::OutputFormat;
 
+/// Writing a verb's output to standard output failed: a full disk (`>/dev/full`: "No space
+/// left on device") or a reader that went away (`| head`: a broken pipe, which `main` turns
+/// into a quiet exit with status 141, as a tool killed by SIGPIPE shows in a shell).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to standard output")]
+pub struct StdoutError(#[source] pub std::io::Error);
+
+/// Standard output for a verb's lines: each `line` written as it comes (the lock is line
+/// buffered), `finish` flushes; every write error is returned, none ignored.
+pub struct Stdout(std::io::StdoutLock<'static>);
+
+impl Stdout {
+    pub fn lock() -> Stdout {
+        Stdout(std::io::stdout().lock())
+    }
+
+    /// Writes `text` and a newline. Errors: the write failed ([`StdoutError`]).
+    pub fn line(&mut self, text: impl std::fmt::Display) -> Result<(), StdoutError> {
+        use std::io::Write as _;
+        writeln!(self.0, "{text}").map_err(StdoutError)
+    }
+
+    /// Writes `text` as is. Errors: the write failed ([`StdoutError`]).
+    pub fn text(&mut self, text: &str) -> Result<(), StdoutError> {
+        use std::io::Write as _;
+        self.0.write_all(text.as_bytes()).map_err(StdoutError)
+    }
+
+    /// Flushes what is buffered. Errors: the write failed ([`StdoutError`]).
+    pub fn finish(mut self) -> Result<(), StdoutError> {
+        use std::io::Write as _;
+        self.0.flush().map_err(StdoutError)
+    }
+}
+
+/// Whether `e` or one of its causes is a broken pipe (the reader of standard output is gone).
+pub fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
 /// A byte count as the kubelet writes quantities: plain bytes, or with a `Ki`/`Mi`/`Gi`/`Ti`
 /// (powers of 1024) or `k`/`M`/`G`/`T` (powers of 1000) suffix. `100Mi` is 104857600.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {

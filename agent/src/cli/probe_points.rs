@@ -1,6 +1,6 @@
 //! `oomprobe probe-points BINARY`: what would be attached in a kubelet build, so an operator can
 //! check a binary before rollout. Read-only; needs no privileges.
-use std::{io::Write as _, path::PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::OutputFormat;
 use crate::kubelet::symbols::{Binary, SymbolError};
@@ -13,10 +13,32 @@ pub struct ProbePointsArgs {
     pub format: OutputFormat,
 }
 
-pub fn run(args: ProbePointsArgs) -> Result<(), SymbolError> {
+#[derive(Debug, thiserror::Error)]
+pub enum ProbePointsError {
+    #[error(transparent)]
+    Symbol(#[from] SymbolError),
+    #[error(transparent)]
+    Stdout(#[from] super::StdoutError),
+}
+
+pub fn run(args: ProbePointsArgs) -> Result<(), ProbePointsError> {
     let bin = Binary::open(&args.binary)?;
-    let points = bin.probe_points()?;
-    let mut out = std::io::stdout().lock();
+    let points = match bin.probe_points() {
+        // Not Go and without mmap/brk of its own: the agent probes the libc the binary
+        // loads (DT_NEEDED), as `kubelet::tracker` does; the same points are shown here.
+        Err(e @ SymbolError::NothingToProbe { .. }) => {
+            let Some(libc) = bin.needed_libc(Path::new("/")) else {
+                return Err(e.into());
+            };
+            tracing::info!(
+                libc = %libc.display(),
+                "not a Go binary: the points are in the libc it loads, attached for its process only"
+            );
+            Binary::open(&libc)?.probe_points()?
+        }
+        other => other?,
+    };
+    let mut out = super::Stdout::lock();
     for p in &points {
         let line = match args.format {
             OutputFormat::Json => serde_json::to_string(p).unwrap_or_default(),
@@ -29,7 +51,7 @@ pub fn run(args: ProbePointsArgs) -> Result<(), SymbolError> {
                 p.role.as_str()
             ),
         };
-        let _ = writeln!(out, "{line}");
+        out.line(line)?;
     }
-    Ok(())
+    Ok(out.finish()?)
 }

@@ -1,7 +1,7 @@
 //! `oomprobe replay FILE`: the detectors offline over a recorded series, printing a verdict each
 //! time it changes (evaluated hourly, and at the end). A gzip-compressed CSV is read as is.
 use std::{
-    io::{Read as _, Write as _},
+    io::Read as _,
     path::{Path, PathBuf},
 };
 
@@ -15,8 +15,9 @@ pub struct ReplayArgs {
     pub file: PathBuf,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
-    /// Seconds of series between evaluations.
-    #[arg(long, default_value_t = 3600)]
+    /// Seconds of series between evaluations, 60 to 31622400 (366 days).
+    #[arg(long, default_value_t = 3600,
+          value_parser = clap::value_parser!(i64).range(60..=31_622_400))]
     pub every: i64,
 }
 
@@ -34,6 +35,8 @@ pub enum ReplayError {
         #[source]
         source: csv::CsvError,
     },
+    #[error(transparent)]
+    Stdout(#[from] super::StdoutError),
 }
 
 fn show(format: OutputFormat, v: &Verdict) -> String {
@@ -68,24 +71,26 @@ fn show(format: OutputFormat, v: &Verdict) -> String {
     }
 }
 
-/// The file's text, gunzipped when it starts with the gzip magic.
+/// The file's text, gunzipped when it starts with the gzip magic (`report --csv` reads
+/// through this too). Errors: the file cannot be read, is not valid gzip, or not UTF-8.
 pub fn read_text(file: &Path) -> Result<String, ReplayError> {
-    let err = |source| ReplayError::Read {
+    read_series(file).map_err(|source| ReplayError::Read {
         path: file.display().to_string(),
         source,
-    };
-    let raw = std::fs::read(file).map_err(err)?;
+    })
+}
+
+/// [`read_text`]'s reader with a plain I/O error.
+pub fn read_series(file: &Path) -> std::io::Result<String> {
+    let raw = std::fs::read(file)?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(err)?;
+        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out)?;
         out
     } else {
         raw
     };
-    String::from_utf8(bytes)
-        .map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Evaluates the detectors as replay does: every `every` seconds of series (at least 60) and
@@ -120,20 +125,26 @@ pub fn run(args: ReplayArgs) -> Result<(), ReplayError> {
         tracing::warn!(columns = ?unknown, "ignoring unknown columns");
     }
     let mut engine = Engine::default();
-    let mut out = std::io::stdout().lock();
+    let mut out = super::Stdout::lock();
     let mut last: Option<(String, String)> = None;
+    let mut failed = None;
     evaluate_each(&mut engine, &samples, args.every, |v| {
         let key = (format!("{:?}", v.subject), v.cause.as_str().to_string());
-        if last.as_ref() != Some(&key) {
-            let _ = writeln!(out, "{}", show(args.format, v));
+        if failed.is_none() && last.as_ref() != Some(&key) {
+            failed = out.line(show(args.format, v)).err();
             last = Some(key);
         }
     });
-    Ok(())
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    Ok(out.finish()?)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
     use super::*;
     use crate::detect::Subject;
 

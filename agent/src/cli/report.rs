@@ -13,7 +13,8 @@ pub struct ReportArgs {
     /// Where `oomprobe run` persists its series (`series.bin`).
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: PathBuf,
-    /// A series as CSV (the `replay` format) instead of the state directory.
+    /// A series as CSV (the `replay` format, plain or gzip-compressed) instead of the state
+    /// directory.
     #[arg(long)]
     pub csv: Option<PathBuf>,
     /// The agent's JSON event log (`oomprobe run --format json > FILE`): kills, stages, verdicts.
@@ -52,7 +53,9 @@ pub enum ReportError {
     NoStore(String),
     #[error("series store")]
     Store(#[source] crate::detect::store::StoreError),
-    #[error("no series in {0} and no events: nothing to draw")]
+    #[error("series store {path} is corrupt: {why}")]
+    Corrupt { path: String, why: String },
+    #[error("no series samples and no kill in {0}: nothing to draw")]
     Empty(String),
     #[error("cannot write {path}")]
     Write {
@@ -101,7 +104,12 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
     }
     let (samples, from) = match &args.csv {
         Some(p) => {
-            let (s, _) = csv::parse(&read(p)?).map_err(|source| ReportError::Csv {
+            // Plain or gzip-compressed, read as `replay` reads it.
+            let text = super::replay::read_series(p).map_err(|source| ReportError::Read {
+                path: p.display().to_string(),
+                source,
+            })?;
+            let (s, _) = csv::parse(&text).map_err(|source| ReportError::Csv {
                 path: p.display().to_string(),
                 source,
             })?;
@@ -109,13 +117,30 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
         }
         None => {
             let path = args.state_dir.join("series.bin");
-            if !path.exists() {
-                return Err(ReportError::NoStore(path.display().to_string()));
+            match &args.events {
+                // The event log alone: its kills and stages, without the memory line.
+                Some(events) if !path.exists() => {
+                    tracing::warn!(store = %path.display(), "no series store: drawing the event log's kills and stages only");
+                    (Vec::new(), events.display().to_string())
+                }
+                None if !path.exists() => {
+                    return Err(ReportError::NoStore(path.display().to_string()))
+                }
+                _ => {
+                    // Read only: a report never rewrites the agent's store.
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    let loaded =
+                        crate::detect::store::load(&path, now).map_err(ReportError::Store)?;
+                    if loaded.corrupt {
+                        let bytes = std::fs::read(&path).unwrap_or_default();
+                        return Err(ReportError::Corrupt {
+                            path: path.display().to_string(),
+                            why: crate::detect::store::corrupt_reason(&bytes),
+                        });
+                    }
+                    (loaded.samples, path.display().to_string())
+                }
             }
-            // Read only: a report never rewrites the agent's store.
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            let loaded = crate::detect::store::load(&path, now).map_err(ReportError::Store)?;
-            (loaded.samples, path.display().to_string())
         }
     };
     let events = match &args.events {

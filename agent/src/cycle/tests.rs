@@ -712,3 +712,21 @@ fn kubelet_kills_out_of_order_give_the_period_between_them() {
     assert_eq!(ev.period_seconds, Some(6.0));
     assert!(ev.flapping);
 }
+
+/// The text output's stage names are the JSON ones.
+#[test]
+fn stage_text_names_are_the_json_names() {
+    for s in [
+        Stage::Steady,
+        Stage::PreOom,
+        Stage::ActiveOom,
+        Stage::ReconciliationStorm,
+        Stage::Recovery,
+        Stage::ReOom,
+    ] {
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            format!("\"{}\"", s.as_str())
+        );
+    }
+}

@@ -214,6 +214,27 @@ fn layout(d: &[u8]) -> Option<Layout> {
     }
 }
 
+/// What makes `d` not a store file [`parse`] can read (it returned `corrupt`), in a few
+/// words for an error message; never quotes the bytes beyond the format's own fields.
+pub fn corrupt_reason(d: &[u8]) -> String {
+    if d.is_empty() {
+        return "the file is empty".into();
+    }
+    if d.len() < 8 || &d[..8] != MAGIC {
+        return format!(
+            "it does not start with the series magic {:?} (not written by oomprobe run)",
+            std::str::from_utf8(MAGIC).unwrap_or_default()
+        );
+    }
+    match u32_at(d, 8) {
+        None => "the header is cut short".into(),
+        Some(v @ (1 | 2)) => {
+            format!("its format {v} header is invalid (record size or column names)")
+        }
+        Some(v) => format!("unknown format version {v} (this agent reads 1 and 2)"),
+    }
+}
+
 /// Keeps 14 days: every sample of the last 6 h, one per minute back to 74 h, one per 30
 /// minutes before that.
 pub fn bound(samples: &mut Vec<Sample>) {

@@ -52,6 +52,10 @@ pub enum ApiError {
     Url(String, #[source] hyper::http::uri::InvalidUri),
     #[error("cannot read kubeconfig {0}")]
     Kubeconfig(PathBuf, #[source] kube::config::KubeconfigError),
+    /// The file is not a kubeconfig's YAML. The parser's own message quotes the file's
+    /// lines, which may hold a token: only the position is kept.
+    #[error("{path} is not a kubeconfig: its YAML does not parse{at} (contents not shown: a kubeconfig may hold credentials)")]
+    NotKubeconfig { path: PathBuf, at: String },
     #[error("in-cluster configuration")]
     InCluster(#[source] kube::config::InClusterError),
     #[error("{what} file {path} does not exist")]
@@ -101,8 +105,15 @@ impl ApiSource {
     /// The kube-rs configuration.
     pub async fn config(&self) -> Result<Config, ApiError> {
         let mut cfg = if let Some(path) = &self.kubeconfig {
-            let kc =
-                Kubeconfig::read_from(path).map_err(|e| ApiError::Kubeconfig(path.clone(), e))?;
+            let kc = Kubeconfig::read_from(path).map_err(|e| match e {
+                kube::config::KubeconfigError::Parse(p) => ApiError::NotKubeconfig {
+                    path: path.clone(),
+                    at: p.location().map_or(String::new(), |l| {
+                        format!(" at line {}, column {}", l.line(), l.column())
+                    }),
+                },
+                e => ApiError::Kubeconfig(path.clone(), e),
+            })?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .map_err(|e| ApiError::Kubeconfig(path.clone(), e))?
@@ -371,6 +382,36 @@ mod tests {
             seen.lock().unwrap().last().unwrap().as_deref(),
             Some("Bearer rotated-token")
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A file that is not a kubeconfig (a bare token, broken YAML) is refused naming the
+    /// position only: the parser's message would quote the token.
+    #[tokio::test]
+    async fn a_file_that_is_not_a_kubeconfig_is_never_quoted() {
+        let d = scratch("notkc");
+        let kc = d.join("kubeconfig");
+        for (text, at) in [
+            ("eyJhbGciOiJSUzI1NiJ9.s3cret\n", "line 1, column 1"),
+            (
+                "apiVersion: v1\nusers:\n- s3cret-token\n  bad: [\n",
+                "line 3, column 3",
+            ),
+        ] {
+            std::fs::write(&kc, text).unwrap();
+            let src = ApiSource {
+                kubeconfig: Some(kc.clone()),
+                ..Default::default()
+            };
+            let e = crate::error_chain(&src.config().await.unwrap_err());
+            assert_eq!(
+                e,
+                format!(
+                    "{} is not a kubeconfig: its YAML does not parse at {at} (contents not shown: a kubeconfig may hold credentials)",
+                    kc.display()
+                )
+            );
+        }
         let _ = std::fs::remove_dir_all(&d);
     }
 }

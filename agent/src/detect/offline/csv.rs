@@ -17,6 +17,30 @@ pub enum CsvError {
     DuplicateColumn { line: u64, name: String },
     #[error("line {line}: {reason}")]
     Row { line: u64, reason: String },
+    #[error("no rows: the file has a header (line {header_line}) but no samples under it")]
+    NoRows { header_line: u64 },
+}
+
+/// The longest piece of input quoted in an error message, in characters.
+const QUOTE_MAX: usize = 64;
+
+/// `cell` cut as [`quote`] cuts it, without quotes.
+fn clip(cell: &str) -> String {
+    if cell.chars().count() <= QUOTE_MAX {
+        return cell.to_string();
+    }
+    let head: String = cell.chars().take(QUOTE_MAX).collect();
+    format!("{head}... ({} bytes)", cell.len())
+}
+
+/// `cell` as an error message quotes it: Debug-escaped, cut to [`QUOTE_MAX`] characters with
+/// the full length in bytes said, so a huge cell does not flood the terminal or a log.
+fn quote(cell: &str) -> String {
+    if cell.chars().count() <= QUOTE_MAX {
+        return format!("{cell:?}");
+    }
+    let head: String = cell.chars().take(QUOTE_MAX).collect();
+    format!("{head:?}... ({} bytes)", cell.len())
 }
 
 /// The latest time accepted (9999-12-31T23:59:59Z).
@@ -82,7 +106,15 @@ pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
     let col = |name: &str| header.iter().position(|h| h == name);
     let (Some(t), Some(rss), Some(pods)) = (col("time"), col("kubelet_rss_bytes"), col("pods"))
     else {
-        return Err(CsvError::Header(header.join(",")));
+        let mut all = header.join(",");
+        if all.chars().count() > QUOTE_MAX {
+            all = format!(
+                "{}... ({} columns)",
+                all.chars().take(QUOTE_MAX).collect::<String>(),
+                header.len()
+            );
+        }
+        return Err(CsvError::Header(all));
     };
     let unknown: Vec<String> = header
         .iter()
@@ -105,23 +137,36 @@ pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
                 header.len()
             )));
         }
+        if [t, rss, pods].iter().any(|c| *c >= cells.len()) {
+            return Err(row_err(format!(
+                "{} cells; the header's {} columns are {}: time, kubelet_rss_bytes and pods must have a cell",
+                cells.len(),
+                header.len(),
+                quote(&header.join(","))
+            )));
+        }
         let get = |c: usize| cells.get(c).unwrap_or("");
-        let time = parse_time(get(t)).ok_or_else(|| row_err(format!("bad time {:?}", get(t))))?;
+        let time =
+            parse_time(get(t)).ok_or_else(|| row_err(format!("bad time {}", quote(get(t)))))?;
         let num = |c: usize, what: &str| -> Result<f64, CsvError> {
             let cell = get(c);
             let v = cell
                 .parse::<f64>()
-                .map_err(|_| row_err(format!("bad {what} {cell:?}")))?;
+                .map_err(|_| row_err(format!("bad {what} {}", quote(cell))))?;
             if !v.is_finite() {
-                return Err(row_err(format!("{what} is not a finite number ({cell})")));
+                return Err(row_err(format!(
+                    "{what} is not a finite number ({})",
+                    clip(cell)
+                )));
             }
             if v < 0.0 {
-                return Err(row_err(format!("{what} is negative ({cell})")));
+                return Err(row_err(format!("{what} is negative ({})", clip(cell))));
             }
             // Kernel byte counters are u64: anything beyond is not a measurement.
             if what.ends_with("_bytes") && v > u64::MAX as f64 {
                 return Err(row_err(format!(
-                    "{what} is beyond a 64-bit byte count ({cell})"
+                    "{what} is beyond a 64-bit byte count ({})",
+                    clip(cell)
                 )));
             }
             Ok(v)
@@ -144,6 +189,9 @@ pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
             return Err(row_err("time goes backwards".into()));
         }
         out.push(s);
+    }
+    if out.is_empty() {
+        return Err(CsvError::NoRows { header_line });
     }
     Ok((out, unknown))
 }
@@ -225,7 +273,34 @@ mod tests {
         assert_eq!((s[0].goroutines, s[1].goroutines), (None, Some(7.0)));
         // A required cell missing from a short row is a clear error.
         let e = parse("time,kubelet_rss_bytes,pods\n5,1\n").unwrap_err();
-        assert_eq!(e.to_string(), "line 2: bad pods \"\"");
+        assert_eq!(
+            e.to_string(),
+            "line 2: 2 cells; the header's 3 columns are \"time,kubelet_rss_bytes,pods\": time, kubelet_rss_bytes and pods must have a cell"
+        );
+        // A header and no rows says so.
+        let e = parse("\ntime,kubelet_rss_bytes,pods\n\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no rows: the file has a header (line 2) but no samples under it"
+        );
+        // A huge cell is quoted cut to 64 characters.
+        let big = "9".repeat(100) + "x";
+        let e = parse(&format!("time,kubelet_rss_bytes,pods\n5,{big},2\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "line 2: bad kubelet_rss_bytes \"{}\"... (101 bytes)",
+                "9".repeat(64)
+            )
+        );
+        let e = parse(&format!("{big},b\n1,2\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the header must have time, kubelet_rss_bytes and pods (it has: {}... (2 columns))",
+                "9".repeat(64)
+            )
+        );
     }
 
     #[test]

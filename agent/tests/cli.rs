@@ -1,0 +1,357 @@
+//! The unprivileged verbs run as a user would run them: the built binary, bad input, a full
+//! disk or a closed pipe on standard output. Each case asserts the exit status and the one
+//! error line the binary prints.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+fn oomprobe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_oomprobe"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+/// A directory of this test's own, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("oomprobe-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The one `oomprobe: error:` line of a refusal, after asserting exit status 1.
+fn refusal(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(o));
+    let lines: Vec<String> = stderr(o)
+        .lines()
+        .filter(|l| l.starts_with("oomprobe: error:") || l.starts_with("error:"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line: {}", stderr(o));
+    assert!(!stderr(o).contains("panicked"), "{}", stderr(o));
+    lines[0].clone()
+}
+
+/// Runs with standard output on /dev/full.
+fn to_dev_full(c: &mut Command) -> Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    c.stdout(full).stderr(Stdio::piped()).output().unwrap()
+}
+
+/// Runs with standard output on a pipe whose reader is already gone.
+fn to_closed_pipe(c: &mut Command) -> Output {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+fn trace(dir: &Scratch, scenario: &str, days: &str) -> PathBuf {
+    let o = oomprobe()
+        .args(["gen-trace", scenario, "--days", days])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let p = dir.path(&format!("{scenario}.csv"));
+    std::fs::write(&p, &o.stdout).unwrap();
+    p
+}
+
+fn write_csv(dir: &Scratch, name: &str, text: &str) -> PathBuf {
+    let p = dir.path(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const NO_SPACE: &str =
+    "oomprobe: error: cannot write to standard output: No space left on device (os error 28)";
+
+// bench-detect writes through the same `cli::Stdout` (a debug build needs minutes for even
+// --scale 1, so it is not run here).
+#[test]
+fn a_full_disk_on_stdout_is_an_error_for_every_verb() {
+    let dir = Scratch::new("full");
+    let csv = trace(&dir, "leak-50", "1");
+    let state = dir.path("state");
+    for args in [
+        vec!["replay", arg(&csv)],
+        vec!["replay", arg(&csv), "--format", "json"],
+        vec!["gen-trace", "healthy", "--days", "1"],
+        vec!["diagnose", "--state-dir", arg(&state)],
+    ] {
+        let o = to_dev_full(oomprobe().args(&args));
+        assert_eq!(refusal(&o), NO_SPACE, "{args:?}");
+    }
+}
+
+#[test]
+fn a_closed_pipe_on_stdout_exits_141_without_a_word() {
+    let dir = Scratch::new("pipe");
+    let csv = trace(&dir, "leak-50", "1");
+    let state = dir.path("state");
+    for args in [
+        vec!["replay", arg(&csv)],
+        vec!["gen-trace", "healthy", "--days", "1"],
+        vec!["diagnose", "--state-dir", arg(&state)],
+    ] {
+        let o = to_closed_pipe(oomprobe().args(&args));
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("error"), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn report_reads_a_gzip_csv_as_replay_does() {
+    let dir = Scratch::new("gz");
+    let csv = trace(&dir, "leak-50", "1");
+    let gz = dir.path("leak.csv.gz");
+    let o = Command::new("gzip")
+        .args(["-c", arg(&csv)])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    std::fs::write(&gz, &o.stdout).unwrap();
+    let (plain_svg, gz_svg) = (dir.path("plain.svg"), dir.path("gz.svg"));
+    for (input, out) in [(&csv, &plain_svg), (&gz, &gz_svg)] {
+        let o = oomprobe()
+            .args(["report", "--csv", arg(input), "--svg", arg(out)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let plain = std::fs::read(&plain_svg).unwrap();
+    assert!(plain.starts_with(b"<svg"), "{:?}", &plain[..16]);
+    assert_eq!(plain, std::fs::read(&gz_svg).unwrap());
+}
+
+#[test]
+fn out_of_range_flags_are_refused_with_the_range() {
+    let dir = Scratch::new("range");
+    let csv = write_csv(&dir, "a.csv", "time,kubelet_rss_bytes,pods\n1,2,3\n");
+    for (args, want) in [
+        (
+            vec!["replay", arg(&csv), "--every", "0"],
+            "error: invalid value '0' for '--every <EVERY>': 0 is not in 60..=31622400",
+        ),
+        (
+            vec!["replay", arg(&csv), "--every=-5"],
+            "error: invalid value '-5' for '--every <EVERY>': -5 is not in 60..=31622400",
+        ),
+        (
+            vec!["bench-detect", "--scale", "0"],
+            "error: invalid value '0' for '--scale <SCALE>': 0 is not in 1..=1000",
+        ),
+        (
+            vec!["bench-detect", "--scale", "18446744073709551615"],
+            "error: invalid value '18446744073709551615' for '--scale <SCALE>': 18446744073709551615 is not in 1..=1000",
+        ),
+        (
+            vec!["bench-detect", "--seed", "18446744073709551615"],
+            "error: invalid value '18446744073709551615' for '--seed <SEED>': 18446744073709551615 is not in 0..=4294967295",
+        ),
+        (
+            vec!["gen-trace", "leak-1e300"],
+            "oomprobe: error: leak-1e300: a leak rate is a number of MB/day from 0 to 1000000",
+        ),
+        (
+            vec!["gen-trace", "leak-NaN"],
+            "oomprobe: error: leak-NaN: a leak rate is a number of MB/day from 0 to 1000000",
+        ),
+    ] {
+        let o = oomprobe().args(&args).output().unwrap();
+        assert_eq!(refusal(&o), want, "{args:?}");
+    }
+}
+
+fn golden(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/golden")
+        .join(name)
+}
+
+#[test]
+fn report_draws_the_event_log_alone() {
+    let dir = Scratch::new("events");
+    let events = golden("ring-synth.expected.jsonl");
+    let kills = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(r#"{"event":"kill""#))
+        .count();
+    assert_eq!(kills, 14);
+    let svg = dir.path("k.svg");
+    let o = oomprobe()
+        .args(["report", "--events", arg(&events), "--state-dir"])
+        .arg(dir.path("no-state"))
+        .args(["--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(text.matches(r#"<g class="kill""#).count(), kills);
+    // Without --events the missing store is still refused.
+    let o = oomprobe()
+        .args(["report", "--state-dir"])
+        .arg(dir.path("no-state"))
+        .args(["--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert!(refusal(&o).contains("no series store at"), "{}", stderr(&o));
+}
+
+#[test]
+fn report_names_a_corrupt_store_and_what_is_wrong() {
+    let dir = Scratch::new("corrupt");
+    let svg = dir.path("c.svg");
+    let store = dir.path("series.bin");
+    for (bytes, why) in [
+        (
+            &b"hello, not a store"[..],
+            "it does not start with the series magic \"OOMPSERI\" (not written by oomprobe run)",
+        ),
+        (&b""[..], "the file is empty"),
+        (
+            &b"OOMPSERI\x07\0\0\0\x10\0\0\0"[..],
+            "unknown format version 7 (this agent reads 1 and 2)",
+        ),
+    ] {
+        std::fs::write(&store, bytes).unwrap();
+        let o = oomprobe()
+            .args(["report", "--state-dir", arg(&dir.0), "--svg", arg(&svg)])
+            .output()
+            .unwrap();
+        assert_eq!(
+            refusal(&o),
+            format!(
+                "oomprobe: error: series store {} is corrupt: {why}",
+                store.display()
+            )
+        );
+        // Read only: the store is left as it was.
+        assert_eq!(std::fs::read(&store).unwrap(), bytes);
+    }
+}
+
+/// The exit contract: 2 when any check is BAD (the checks are printed), and the stage of a
+/// machine without a kubelet process: `active_oom_or_down` where a kubepods cgroup tree says a
+/// kubelet set this node up, else `no_kubelet` (unknown). A --kubeconfig that is not one is
+/// never quoted.
+#[test]
+fn diagnose_without_a_kubelet_exits_2_and_names_the_stage() {
+    let dir = Scratch::new("diag");
+    let kc = write_csv(&dir, "kubeconfig", "eyJhbGciOiJSUzI1NiJ9.s3cret\n");
+    let o = oomprobe()
+        .args([
+            "diagnose",
+            "--format",
+            "json",
+            "--kubelet-name",
+            "no-such-kubelet",
+        ])
+        .args([
+            "--state-dir",
+            arg(&dir.path("state")),
+            "--kubeconfig",
+            arg(&kc),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let stdout = String::from_utf8(o.stdout.clone()).unwrap();
+    assert!(
+        !stdout.contains("s3cret") && !stderr(&o).contains("s3cret"),
+        "{stdout}"
+    );
+    let checks: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |name: &str| checks.iter().find(|c| c["check"] == name).unwrap().clone();
+    assert_eq!(find("kubelet_rss")["verdict"], "bad");
+    assert_eq!(
+        find("memory_pressure")["detail"],
+        format!(
+            "{} is not a kubeconfig: its YAML does not parse at line 1, column 1 (contents not shown: a kubeconfig may hold credentials)",
+            kc.display()
+        )
+    );
+    let kubepods = oomprobe::cgroup::Hierarchy::detect().is_some_and(|h| {
+        oomprobe::sampler::KUBEPODS_ROOTS
+            .iter()
+            .any(|r| h.dir(r).is_dir())
+    });
+    let stage = find("stage");
+    if kubepods {
+        assert_eq!(stage["value"], "active_oom_or_down");
+        assert_eq!(stage["verdict"], "bad");
+    } else {
+        assert_eq!(stage["value"], "no_kubelet");
+        assert_eq!(stage["verdict"], "unknown");
+    }
+}
+
+/// A dynamically linked C/Rust binary (this test's own): the points of the libc it loads,
+/// exactly those the agent would attach (`Binary::needed_libc`, then the libc's points).
+#[test]
+fn probe_points_of_a_dynamic_binary_are_its_libcs() {
+    use oomprobe::kubelet::symbols::Binary;
+    let exe = std::env::current_exe().unwrap();
+    let libc = Binary::open(&exe)
+        .unwrap()
+        .needed_libc(Path::new("/"))
+        .expect("this test binary loads libc.so.6");
+    let want: Vec<String> = Binary::open(&libc)
+        .unwrap()
+        .probe_points()
+        .unwrap()
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap())
+        .collect();
+    assert!(
+        want.iter().any(|p| p.contains(r#""role":"libc_mmap""#)),
+        "{want:?}"
+    );
+    let o = oomprobe()
+        .args(["probe-points", "--format", "json", arg(&exe)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got: Vec<String> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(got, want);
+    let o = to_dev_full(oomprobe().args(["probe-points", arg(&exe)]));
+    assert_eq!(refusal(&o), NO_SPACE);
+    let o = to_closed_pipe(oomprobe().args(["probe-points", arg(&exe)]));
+    assert_eq!(o.status.code(), Some(141), "{}", stderr(&o));
+}
