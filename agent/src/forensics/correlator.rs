@@ -127,6 +127,16 @@ impl<N: Node> Correlator<N> {
         self.pending.len() + self.groups.len()
     }
 
+    /// Entries in the correlator's caches, by `oomprobe_map_entries{map}` name.
+    pub fn state_sizes(&self) -> [(&'static str, usize); 4] {
+        [
+            ("agent_domain_cache", self.domain_cache.len()),
+            ("agent_oom_control_by_pid", self.oc_by_pid.len()),
+            ("agent_oom_control_by_trigger", self.oc_by_trigger.len()),
+            ("agent_early_victim_mm", self.early_mm.len()),
+        ]
+    }
+
     /// Feeds one event; returns a record when a kill is complete.
     pub fn on_event(&mut self, ev: Event) -> Option<KillRecord> {
         self.on_event_at(ev, None)
