@@ -153,7 +153,7 @@ impl Metrics {
         let map_entries = gauge_vec(
             &registry,
             "oomprobe_map_entries",
-            "Entries in the state that follows processes and cgroups, as of the last sample: the kernel maps (KUBELET_TGIDS, KUBELET_UPROBED, WATCHED_MEMCGS, RECLAIM_STATS, ALLOC_STATS, STACKS) and the agent's own (agent_memcgs, agent_memcg_notified, agent_memcg_tasks, agent_pending_kills, agent_uprobed_pids).",
+            "Entries in the state that follows processes and cgroups, as of the last sample: the kernel maps (KUBELET_TGIDS, KUBELET_UPROBED, WATCHED_MEMCGS, RECLAIM_STATS, ALLOC_STATS, STACKS) and the agent's own collections (agent_*: memcg watcher, pending kills, uprobed pids, kubelet tracker, correlator caches, cycle, series samples, tokio tasks).",
             &["map"],
         );
         let kubelet_metrics_errors = counter_vec(
