@@ -486,6 +486,14 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         if orphans > seen.get() {
             seen.inc_by(orphans - seen.get());
         }
+        let cleared = self.correlator.stats.cache_cleared;
+        let seen = self
+            .metrics
+            .dropped
+            .with_label_values(&["correlator_cache_full", "oom"]);
+        if cleared > seen.get() {
+            seen.inc_by(cleared - seen.get());
+        }
         self.settle().await;
     }
 

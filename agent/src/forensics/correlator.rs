@@ -59,6 +59,10 @@ struct Pending {
 pub struct CorrelatorStats {
     /// Exit or victim events whose SIGKILL was never seen (lost upstream).
     pub orphans: u64,
+    /// Entries let go when one of the correlator's side caches (early victim readings, OOM
+    /// controls by pid and by trigger) passed [`CACHE_MAX`] and was cleared: a reading that
+    /// may then miss its kill (`oomprobe_events_dropped_total{reason="correlator_cache_full"}`).
+    pub cache_cleared: u64,
     pub timeouts: u64,
     /// SIGKILLs to processes already dying, not recorded as kills.
     pub ignored: u64,
@@ -87,6 +91,19 @@ pub struct Correlator<N: Node> {
     /// Newest quiet mark of the ring readers (CLOCK_MONOTONIC ns): every event stamped
     /// earlier has been fed.
     quiet_ns: u64,
+}
+
+/// Entries each of the correlator's side caches holds at most.
+pub const CACHE_MAX: usize = 4096;
+
+/// Clears `m` when it holds more than [`CACHE_MAX`] entries; the number let go.
+fn bound_cache<K, V>(m: &mut HashMap<K, V>) -> u64 {
+    if m.len() <= CACHE_MAX {
+        return 0;
+    }
+    let n = m.len() as u64;
+    m.clear();
+    n
 }
 
 /// An OOM control serves a later group member of the same trigger for this long.
@@ -162,9 +179,7 @@ impl<N: Node> Correlator<N> {
                     None => {
                         // Both programs run in the same signal_generate call; this one's record
                         // may come first.
-                        if self.early_mm.len() > 4096 {
-                            self.early_mm.clear();
-                        }
+                        self.stats.cache_cleared += bound_cache(&mut self.early_mm);
                         self.early_mm.insert(m.tid, m);
                     }
                 }
@@ -172,9 +187,7 @@ impl<N: Node> Correlator<N> {
             }
             Event::OomControl(oc) => {
                 // Arrives before the SIGKILL it explains; kept until mark_victim names the pid.
-                if self.oc_by_pid.len() > 4096 {
-                    self.oc_by_pid.clear();
-                }
+                self.stats.cache_cleared += bound_cache(&mut self.oc_by_pid);
                 self.oc_by_pid.insert(oc.chosen_pid, oc);
                 None
             }
@@ -261,9 +274,7 @@ impl<N: Node> Correlator<N> {
                 .filter(|oc| v.ktime_ns.saturating_sub(oc.ktime_ns) < OC_MEMBER_NS)
                 .cloned(),
         };
-        if self.oc_by_trigger.len() > 4096 {
-            self.oc_by_trigger.clear();
-        }
+        self.stats.cache_cleared += bound_cache(&mut self.oc_by_trigger);
         let key = trigger.clone().or(victim_cg.clone()).unwrap_or_default();
         // The kernel's counters (tracepoint tier): the level of the trigger's chain whose
         // failcnt / OOM count rose is the domain.
