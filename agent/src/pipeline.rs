@@ -486,7 +486,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         if orphans > seen.get() {
             seen.inc_by(orphans - seen.get());
         }
-        let cleared = self.correlator.stats.cache_cleared;
+        let cleared = self.correlator.cache_cleared;
         let seen = self
             .metrics
             .dropped

@@ -59,10 +59,6 @@ struct Pending {
 pub struct CorrelatorStats {
     /// Exit or victim events whose SIGKILL was never seen (lost upstream).
     pub orphans: u64,
-    /// Entries let go when one of the correlator's side caches (early victim readings, OOM
-    /// controls by pid and by trigger) passed [`CACHE_MAX`] and was cleared: a reading that
-    /// may then miss its kill (`oomprobe_events_dropped_total{reason="correlator_cache_full"}`).
-    pub cache_cleared: u64,
     pub timeouts: u64,
     /// SIGKILLs to processes already dying, not recorded as kills.
     pub ignored: u64,
@@ -79,6 +75,10 @@ pub struct Correlator<N: Node> {
     oc_by_pid: HashMap<u32, crate::kernel::events::OomControlRecord>,
     now_mono_ns: Option<u64>,
     pub stats: CorrelatorStats,
+    /// Entries let go when one of the side caches (early victim readings, OOM controls by pid
+    /// and by trigger) passed [`CACHE_MAX`] and was cleared: readings that may then miss their
+    /// kill (`oomprobe_events_dropped_total{reason="correlator_cache_full"}`).
+    pub cache_cleared: u64,
     /// Victim readings that arrived before their SIGKILL record, by tid.
     early_mm: HashMap<u32, VictimMmRecord>,
     /// The kernel's OOM control of the latest kill by each trigger tid (kprobe tier), for the
@@ -119,6 +119,7 @@ impl<N: Node> Correlator<N> {
             oc_by_pid: HashMap::new(),
             now_mono_ns: None,
             stats: CorrelatorStats::default(),
+            cache_cleared: 0,
             early_mm: HashMap::new(),
             oc_by_trigger: HashMap::new(),
             groups: GroupBuffer::default(),
@@ -179,7 +180,7 @@ impl<N: Node> Correlator<N> {
                     None => {
                         // Both programs run in the same signal_generate call; this one's record
                         // may come first.
-                        self.stats.cache_cleared += bound_cache(&mut self.early_mm);
+                        self.cache_cleared += bound_cache(&mut self.early_mm);
                         self.early_mm.insert(m.tid, m);
                     }
                 }
@@ -187,7 +188,7 @@ impl<N: Node> Correlator<N> {
             }
             Event::OomControl(oc) => {
                 // Arrives before the SIGKILL it explains; kept until mark_victim names the pid.
-                self.stats.cache_cleared += bound_cache(&mut self.oc_by_pid);
+                self.cache_cleared += bound_cache(&mut self.oc_by_pid);
                 self.oc_by_pid.insert(oc.chosen_pid, oc);
                 None
             }
@@ -274,7 +275,7 @@ impl<N: Node> Correlator<N> {
                 .filter(|oc| v.ktime_ns.saturating_sub(oc.ktime_ns) < OC_MEMBER_NS)
                 .cloned(),
         };
-        self.stats.cache_cleared += bound_cache(&mut self.oc_by_trigger);
+        self.cache_cleared += bound_cache(&mut self.oc_by_trigger);
         let key = trigger.clone().or(victim_cg.clone()).unwrap_or_default();
         // The kernel's counters (tracepoint tier): the level of the trigger's chain whose
         // failcnt / OOM count rose is the domain.

@@ -499,5 +499,5 @@ fn early_victim_readings_are_bounded_and_the_overflow_counted() {
     let early = |c: &Correlator<Recorded>| c.state_sizes()[3];
     // CACHE_MAX + 1 held when the next came: cleared, that one kept.
     assert_eq!(early(&c), ("agent_early_victim_mm", 1));
-    assert_eq!(c.stats.cache_cleared, CACHE_MAX as u64 + 1);
+    assert_eq!(c.cache_cleared, CACHE_MAX as u64 + 1);
 }
