@@ -149,6 +149,13 @@ pub struct StageEvent {
 /// `collateral_caused_omitted`.
 pub const MAX_CAUSED: usize = 256;
 
+/// Collateral kills kept per cycle (while the kubelet is down or starting); more are counted
+/// in `oomprobe_events_dropped_total{reason="collateral_full"}` ([`Cycle::take_dropped`]).
+pub const MAX_COLLATERAL: usize = 256;
+
+/// Kubelet OOM kill times kept: the flap check and the period read the last two.
+const KEPT_KILLS: usize = 2;
+
 /// Whether the kernel made this kill for the kubelet's allocations: an OOM kill (not of the
 /// kubelet) whose trigger (the record's `sender`) is a kubelet process (`sender_is_kubelet`) and
 /// whose OOM domain, for a memcg OOM, contains the kubelet's memory cgroup; or a memcg OOM of a
@@ -214,6 +221,8 @@ pub struct Cycle {
     collateral: BTreeMap<String, Vec<Collateral>>,
     collateral_caused: BTreeMap<String, Vec<Collateral>>,
     caused_omitted: u64,
+    /// Collateral kills not kept since the last [`Cycle::take_dropped`] ([`MAX_COLLATERAL`]).
+    collateral_dropped: u64,
     /// The last samples of the kubelet being followed (one pid), for the rates.
     window: VecDeque<Observation>,
     window_pid: u32,
@@ -254,6 +263,7 @@ impl Cycle {
             collateral: BTreeMap::new(),
             collateral_caused: BTreeMap::new(),
             caused_omitted: 0,
+            collateral_dropped: 0,
             window: VecDeque::new(),
             window_pid: 0,
             headroom: None,
@@ -269,6 +279,18 @@ impl Cycle {
 
     pub fn cycles(&self) -> u32 {
         self.cycles
+    }
+
+    /// Entries in the stage machine's collections, by `oomprobe_map_entries{map}` name.
+    pub fn state_sizes(&self) -> [(&'static str, usize); 5] {
+        let n = |m: &BTreeMap<String, Vec<Collateral>>| m.values().map(Vec::len).sum();
+        [
+            ("agent_cycle_kills", self.kills.len()),
+            ("agent_cycle_collateral", n(&self.collateral)),
+            ("agent_cycle_collateral_caused", n(&self.collateral_caused)),
+            ("agent_cycle_rss_history", self.rss_history.len()),
+            ("agent_cycle_window", self.window.len()),
+        ]
     }
 
     // The last two kills' kernel times may arrive out of order (per-CPU rings): the time
@@ -395,6 +417,10 @@ impl Cycle {
             });
             self.cycles += 1;
             self.kills.push(rec.ktime_ns);
+            if self.kills.len() > KEPT_KILLS {
+                let extra = self.kills.len() - KEPT_KILLS;
+                self.kills.drain(..extra);
+            }
             let reoom = matches!(
                 self.stage,
                 Stage::ReconciliationStorm | Stage::Recovery | Stage::ReOom
@@ -462,12 +488,22 @@ impl Cycle {
             self.stage,
             Stage::ActiveOom | Stage::ReOom | Stage::ReconciliationStorm
         ) {
-            self.collateral
-                .entry(pod_key(rec))
-                .or_default()
-                .push(collateral(rec));
+            let total: usize = self.collateral.values().map(Vec::len).sum();
+            if total >= MAX_COLLATERAL {
+                self.collateral_dropped = self.collateral_dropped.saturating_add(1);
+            } else {
+                self.collateral
+                    .entry(pod_key(rec))
+                    .or_default()
+                    .push(collateral(rec));
+            }
         }
         None
+    }
+
+    /// Collateral kills not kept (beyond [`MAX_COLLATERAL`]) since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.collateral_dropped)
     }
 
     /// A new kubelet process started.

@@ -20,6 +20,8 @@ pub mod report; // `oomprobe report`: an episode drawn as SVG/HTML
 pub mod pipeline; // the run loop as a type: one method per stage
 pub mod metrics; // Prometheus metrics and their endpoint
 pub mod cli; // one file per verb
+#[cfg(feature = "heap-count")]
+pub mod heap_count; // the soak bench's counting allocator
 
 /// The kernel programs, built by build.rs from probe-ebpf.
 pub static EBPF_OBJECT: &[u8] =

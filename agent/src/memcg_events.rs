@@ -311,6 +311,19 @@ impl Watcher {
         (self.ids.len(), self.notified.len(), tasks)
     }
 
+    /// Entries of the watcher's other per-cgroup state: reclaim counts last reported and the
+    /// notification rate limiter's, by `oomprobe_map_entries{map}` name.
+    pub fn more_sizes(&self) -> [(&'static str, usize); 3] {
+        [
+            ("agent_memcg_last_reclaim", self.last_reclaim.len()),
+            ("agent_memcg_last_emit", self.last_emit.len()),
+            (
+                "agent_memcg_task_slots",
+                self.tasks.values().map(Vec::len).sum(),
+            ),
+        ]
+    }
+
     /// Cgroups not watched since the last call because `WATCHED_MEMCGS` was full.
     pub fn take_full(&mut self) -> u64 {
         std::mem::take(&mut self.full)

@@ -64,6 +64,9 @@ pub struct Metrics {
     cycles: IntGauge,
     flapping: IntGauge,
     last_kernel: Mutex<HashMap<u32, u64>>,
+    /// `oomprobe_heap_bytes{what}` (built with `heap-count` only).
+    #[cfg(feature = "heap-count")]
+    heap: IntGaugeVec,
 }
 
 /// Pods with their own `oomprobe_pod_kills_total` series at most.
@@ -150,7 +153,7 @@ impl Metrics {
         let map_entries = gauge_vec(
             &registry,
             "oomprobe_map_entries",
-            "Entries in the state that follows processes and cgroups, as of the last sample: the kernel maps (KUBELET_TGIDS, KUBELET_UPROBED, WATCHED_MEMCGS, RECLAIM_STATS, ALLOC_STATS, STACKS) and the agent's own (agent_memcgs, agent_memcg_notified, agent_memcg_tasks, agent_pending_kills, agent_uprobed_pids).",
+            "Entries in the state that follows processes and cgroups, as of the last sample: the kernel maps (KUBELET_TGIDS, KUBELET_UPROBED, WATCHED_MEMCGS, RECLAIM_STATS, ALLOC_STATS, STACKS) and the agent's own collections (agent_*: memcg watcher, pending kills, uprobed pids, kubelet tracker, correlator caches, cycle, series samples, tokio tasks).",
             &["map"],
         );
         let kubelet_metrics_errors = counter_vec(
@@ -271,6 +274,13 @@ impl Metrics {
             "Kernel enum values the decoder does not know (a newer kernel, or a bad record), by field (signal.result, signal.sender_reclaim_kind, oom_control.constraint) and value; the record is kept, the field reported as unknown.",
             &["field", "value"],
         );
+        #[cfg(feature = "heap-count")]
+        let heap = gauge_vec(
+            &registry,
+            "oomprobe_heap_bytes",
+            "The Rust heap as the counting allocator sees it (soak builds only): what = live (bytes held), allocations (a count since start).",
+            &["what"],
+        );
         Metrics {
             registry,
             decode_errors,
@@ -303,6 +313,8 @@ impl Metrics {
             cycles,
             flapping,
             last_kernel: Mutex::new(HashMap::new()),
+            #[cfg(feature = "heap-count")]
+            heap,
         }
     }
 
@@ -354,6 +366,18 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// `oomprobe_heap_bytes`: the counting allocator's live bytes and allocation count.
+    #[cfg(feature = "heap-count")]
+    pub fn observe_heap(&self) {
+        let v = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.heap
+            .with_label_values(&["live"])
+            .set(v(crate::heap_count::live_bytes()));
+        self.heap
+            .with_label_values(&["allocations"])
+            .set(v(crate::heap_count::allocations()));
     }
 
     /// Folds the kernel's cumulative per-CPU counters in as deltas.

@@ -407,6 +407,30 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         }
         g.with_label_values(&["agent_pending_kills"])
             .set(self.correlator.pending_len() as i64);
+        let series = match &self.series {
+            Series::Stored(st) => st.samples().len(),
+            Series::Memory(m) => m.len(),
+        };
+        let tasks =
+            tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
+        let more = [
+            ("agent_series_samples", series),
+            ("agent_tokio_tasks", tasks),
+        ];
+        let all = self
+            .tracker
+            .state_sizes()
+            .into_iter()
+            .chain(self.correlator.state_sizes())
+            .chain(self.cycle.state_sizes())
+            .chain(self.memcg.iter().flat_map(|w| w.more_sizes()))
+            .chain(more);
+        for (map, n) in all {
+            g.with_label_values(&[map])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        #[cfg(feature = "heap-count")]
+        self.metrics.observe_heap();
     }
 
     /// The next notification (cgroup, kind) of a watched memory cgroup; never, without one.
@@ -462,6 +486,14 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         if orphans > seen.get() {
             seen.inc_by(orphans - seen.get());
         }
+        let cleared = self.correlator.cache_cleared;
+        let seen = self
+            .metrics
+            .dropped
+            .with_label_values(&["correlator_cache_full", "oom"]);
+        if cleared > seen.get() {
+            seen.inc_by(cleared - seen.get());
+        }
         self.settle().await;
     }
 
@@ -501,6 +533,13 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
                 self.kubelet_cgroup.as_deref(),
             );
             self.stage_events.extend(self.cycle.on_kill(&rec, party));
+            let dropped = self.cycle.take_dropped();
+            if dropped > 0 {
+                self.metrics
+                    .dropped
+                    .with_label_values(&["collateral_full", "kill"])
+                    .inc_by(dropped);
+            }
             if let Some(r) = &self.report {
                 r.send(Fact::Kill {
                     evicted: crate::cycle::is_runtime_kill(&rec),
@@ -513,7 +552,19 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             self.kills += 1;
         }
         for (tgid, exec_ktime) in std::mem::take(&mut self.kubelet_execs) {
-            if let Some(start) = self.tracker.on_exec(tgid, &mut self.probes) {
+            // The symbol read of a new binary runs here, on the loop: a slow one is logged
+            // (the soak reports the longest).
+            let began = std::time::Instant::now();
+            let adopted = self.tracker.on_exec(tgid, &mut self.probes);
+            let took = began.elapsed();
+            if took >= std::time::Duration::from_millis(20) {
+                tracing::info!(
+                    pid = tgid,
+                    adoption_ms = took.as_millis() as u64,
+                    "kubelet adoption held the event loop"
+                );
+            }
+            if let Some(start) = adopted {
                 let now = kubelet_now(start.pid, None, &self.tracker, &self.probes);
                 self.out.push(Output::KubeletStart(start));
                 self.stage_events

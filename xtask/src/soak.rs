@@ -53,13 +53,28 @@ fn map_entries(body: &str) -> Vec<(String, i64)> {
         .filter(|l| {
             l.starts_with("oomprobe_map_entries{")
                 || l.starts_with("oomprobe_events_dropped_total{")
+                || l.starts_with("oomprobe_heap_bytes{")
         })
         .filter_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;
             Some((k.to_string(), v.parse::<f64>().ok()? as i64))
         })
+        .chain(std::iter::once((
+            "metrics series (all families)".to_string(),
+            body.lines().filter(|l| l.starts_with("oomprobe_")).count() as i64,
+        )))
         .collect()
 }
+
+/// The counting allocator's live heap bytes in a reading (0 without it).
+fn heap_live(r: &Reading) -> i64 {
+    r.maps
+        .iter()
+        .find(|(k, _)| k == HEAP_LIVE)
+        .map_or(0, |(_, v)| *v)
+}
+
+const HEAP_LIVE: &str = "oomprobe_heap_bytes{what=\"live\"}";
 
 fn read(pid: u32, start: Instant) -> Result<Reading> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -138,7 +153,15 @@ pub fn minutes(flag: Option<u64>) -> Result<u64> {
 
 pub fn run(minutes: u64) -> Result<()> {
     crate::build()?;
-    crate::run(Command::new("cargo").args(["build", "--release", "-p", "oomprobe"]))?;
+    // With the counting allocator (`oomprobe_heap_bytes`): heap growth told apart from RSS.
+    crate::run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "oomprobe",
+        "--features",
+        "heap-count",
+    ]))?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the soak makes real OOM kills and loads eBPF: run it as root");
@@ -196,10 +219,23 @@ fn soak(
     });
     let err = agent.stderr.take().context("stderr")?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    // Kubelet adoptions that held the agent's loop >= 20 ms (its own log line): count, longest.
+    let slow_adoptions = Arc::new(AtomicU64::new(0));
+    let longest_adoption_ms = Arc::new(AtomicU64::new(0));
+    let (slow, longest) = (slow_adoptions.clone(), longest_adoption_ms.clone());
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             if line.contains("oomprobe ready") {
                 let _ = ready_tx.send(());
+            }
+            if let Some(rest) = line.split("adoption_ms=").nth(1) {
+                let ms: u64 = rest
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(0);
+                slow.fetch_add(1, Ordering::Relaxed);
+                longest.fetch_max(ms, Ordering::Relaxed);
             }
         }
     });
@@ -249,13 +285,19 @@ fn soak(
             last_read = Instant::now();
             let r = read(pid, start)?;
             eprintln!(
-                "soak {:>6.0} s: RSS {} KiB, fds {}, threads {}, kill records {}",
+                "soak {:>6.0} s: RSS {} KiB, heap {} KiB, fds {}, threads {}, kill records {}",
                 r.at_s,
                 r.rss_kib,
+                heap_live(&r) / 1024,
                 r.fds,
                 r.threads,
                 records.load(Ordering::Relaxed)
             );
+            if std::env::var_os("OOMPROBE_SOAK_VERBOSE").is_some() {
+                for (k, v) in &r.maps {
+                    eprintln!("    {k} {v}");
+                }
+            }
             readings.push(r);
         }
         if let Some(left) = Duration::from_secs(1).checked_sub(tick.elapsed()) {
@@ -280,6 +322,13 @@ fn soak(
         .map(|r| (r.at_s / 3600.0, r.rss_kib as f64))
         .collect();
     let kib_per_hour = slope(&points);
+    let heap_points: Vec<(f64, f64)> = readings
+        .iter()
+        .filter(|r| r.at_s >= warm)
+        .map(|r| (r.at_s / 3600.0, heap_live(r) as f64 / 1024.0))
+        .collect();
+    let heap_kib_per_hour = slope(&heap_points);
+    let plateau = points.iter().map(|p| p.1).fold(0.0f64, f64::max);
     println!(
         "\nsoak: {minutes} min, {pods_made} pod cgroups created and removed ({} cgroups), {execs} execs as `kubelet` (all SIGKILLed: {sigkills}), {ooms} OOM kills; {} kill records ({} without an exit)",
         pods_made * 3,
@@ -293,8 +342,18 @@ fn soak(
         points.len()
     );
     println!(
+        "  RSS after the first {warm:.0} s: max {plateau:.0} KiB; heap (counting allocator): {} KiB at the start, {} KiB at the end, slope {heap_kib_per_hour:+.1} KiB/hour",
+        heap_live(&first) / 1024,
+        heap_live(&last) / 1024,
+    );
+    println!(
         "  fds: {} -> {}; threads: {} -> {}",
         first.fds, last.fds, first.threads, last.threads
+    );
+    println!(
+        "  kubelet adoptions that held the agent's loop >= 20 ms: {} (longest {} ms)",
+        slow_adoptions.load(Ordering::Relaxed),
+        longest_adoption_ms.load(Ordering::Relaxed)
     );
     println!("  state (start -> end):");
     let mut keys: Vec<&String> = first

@@ -484,6 +484,67 @@ fn caused_collateral_is_bounded_and_counted() {
     assert_eq!(ev.collateral_caused_omitted, 5);
 }
 
+/// While the kubelet is down, collateral kills are kept up to MAX_COLLATERAL; the rest are
+/// counted for `oomprobe_events_dropped_total{reason="collateral_full"}`, once.
+#[test]
+fn collateral_is_bounded_and_its_overflow_counted() {
+    let mut c = Cycle::new(CycleConfig::default());
+    let down = kill(
+        S,
+        KillKind::OomMemcg,
+        (KUBELET, "kubelet", "/kubelet.slice"),
+        (KUBELET, "kubelet"),
+        Some(("/kubelet.slice", 512 * MIB)),
+        -999,
+    );
+    assert_eq!(
+        c.on_kill(&down, Party::Kubelet).map(|e| e.stage),
+        Some(Stage::ActiveOom)
+    );
+    for i in 0..(MAX_COLLATERAL as u32 + 7) {
+        let rec = kill(
+            u64::from(i + 2) * S,
+            KillKind::Signal,
+            (2000 + i, "w", POD[0]),
+            (1, "containerd"),
+            None,
+            0,
+        );
+        assert!(c.on_kill(&rec, Party::Other).is_none());
+    }
+    let kept = c
+        .state_sizes()
+        .into_iter()
+        .find(|(m, _)| *m == "agent_cycle_collateral");
+    assert_eq!(kept, Some(("agent_cycle_collateral", MAX_COLLATERAL)));
+    assert_eq!(c.take_dropped(), 7);
+    assert_eq!(c.take_dropped(), 0);
+}
+
+/// A node that flaps for days keeps two kubelet kill times, and still measures the period
+/// between the last two.
+#[test]
+fn kubelet_kill_times_are_bounded() {
+    let mut c = Cycle::new(CycleConfig::default());
+    let mut last = None;
+    for i in 0..1000u64 {
+        let rec = kill(
+            i * 90 * S,
+            KillKind::OomMemcg,
+            (KUBELET + i as u32, "kubelet", "/kubelet.slice"),
+            (KUBELET + i as u32, "kubelet"),
+            Some(("/kubelet.slice", 512 * MIB)),
+            -999,
+        );
+        last = c.on_kill(&rec, Party::Kubelet);
+    }
+    let ev = last.expect("a stage event per kubelet OOM kill");
+    assert_eq!(ev.period_seconds, Some(90.0));
+    assert!(ev.flapping);
+    assert_eq!(ev.cycles, 1000);
+    assert_eq!(c.state_sizes()[0], ("agent_cycle_kills", 2));
+}
+
 #[test]
 fn slope_is_least_squares() {
     assert_eq!(slope(&[(0.0, 1.0)]), None);

@@ -75,6 +75,10 @@ pub struct Correlator<N: Node> {
     oc_by_pid: HashMap<u32, crate::kernel::events::OomControlRecord>,
     now_mono_ns: Option<u64>,
     pub stats: CorrelatorStats,
+    /// Entries let go when one of the side caches (early victim readings, OOM controls by pid
+    /// and by trigger) passed [`CACHE_MAX`] and was cleared: readings that may then miss their
+    /// kill (`oomprobe_events_dropped_total{reason="correlator_cache_full"}`).
+    pub cache_cleared: u64,
     /// Victim readings that arrived before their SIGKILL record, by tid.
     early_mm: HashMap<u32, VictimMmRecord>,
     /// The kernel's OOM control of the latest kill by each trigger tid (kprobe tier), for the
@@ -87,6 +91,19 @@ pub struct Correlator<N: Node> {
     /// Newest quiet mark of the ring readers (CLOCK_MONOTONIC ns): every event stamped
     /// earlier has been fed.
     quiet_ns: u64,
+}
+
+/// Entries each of the correlator's side caches holds at most.
+pub const CACHE_MAX: usize = 4096;
+
+/// Clears `m` when it holds more than [`CACHE_MAX`] entries; the number let go.
+fn bound_cache<K, V>(m: &mut HashMap<K, V>) -> u64 {
+    if m.len() <= CACHE_MAX {
+        return 0;
+    }
+    let n = m.len() as u64;
+    m.clear();
+    n
 }
 
 /// An OOM control serves a later group member of the same trigger for this long.
@@ -102,6 +119,7 @@ impl<N: Node> Correlator<N> {
             oc_by_pid: HashMap::new(),
             now_mono_ns: None,
             stats: CorrelatorStats::default(),
+            cache_cleared: 0,
             early_mm: HashMap::new(),
             oc_by_trigger: HashMap::new(),
             groups: GroupBuffer::default(),
@@ -125,6 +143,16 @@ impl<N: Node> Correlator<N> {
 
     pub fn pending_len(&self) -> usize {
         self.pending.len() + self.groups.len()
+    }
+
+    /// Entries in the correlator's caches, by `oomprobe_map_entries{map}` name.
+    pub fn state_sizes(&self) -> [(&'static str, usize); 4] {
+        [
+            ("agent_domain_cache", self.domain_cache.len()),
+            ("agent_oom_control_by_pid", self.oc_by_pid.len()),
+            ("agent_oom_control_by_trigger", self.oc_by_trigger.len()),
+            ("agent_early_victim_mm", self.early_mm.len()),
+        ]
     }
 
     /// Feeds one event; returns a record when a kill is complete.
@@ -152,9 +180,7 @@ impl<N: Node> Correlator<N> {
                     None => {
                         // Both programs run in the same signal_generate call; this one's record
                         // may come first.
-                        if self.early_mm.len() > 4096 {
-                            self.early_mm.clear();
-                        }
+                        self.cache_cleared += bound_cache(&mut self.early_mm);
                         self.early_mm.insert(m.tid, m);
                     }
                 }
@@ -162,9 +188,7 @@ impl<N: Node> Correlator<N> {
             }
             Event::OomControl(oc) => {
                 // Arrives before the SIGKILL it explains; kept until mark_victim names the pid.
-                if self.oc_by_pid.len() > 4096 {
-                    self.oc_by_pid.clear();
-                }
+                self.cache_cleared += bound_cache(&mut self.oc_by_pid);
                 self.oc_by_pid.insert(oc.chosen_pid, oc);
                 None
             }
@@ -251,9 +275,7 @@ impl<N: Node> Correlator<N> {
                 .filter(|oc| v.ktime_ns.saturating_sub(oc.ktime_ns) < OC_MEMBER_NS)
                 .cloned(),
         };
-        if self.oc_by_trigger.len() > 4096 {
-            self.oc_by_trigger.clear();
-        }
+        self.cache_cleared += bound_cache(&mut self.oc_by_trigger);
         let key = trigger.clone().or(victim_cg.clone()).unwrap_or_default();
         // The kernel's counters (tracepoint tier): the level of the trigger's chain whose
         // failcnt / OOM count rose is the domain.

@@ -487,3 +487,17 @@ fn text_line_names_everything() {
         "{line}"
     );
 }
+
+/// Victim readings whose SIGKILL never comes (its record lost) are kept up to CACHE_MAX; past
+/// it the cache is let go and every reading it held counted.
+#[test]
+fn early_victim_readings_are_bounded_and_the_overflow_counted() {
+    let mut c = Correlator::new(Recorded::default(), Clock::with_offset(0));
+    for tid in 1..=(CACHE_MAX as u32 + 2) {
+        c.on_event(Event::VictimMm(mm(tid, u64::from(tid), "/x", 0)));
+    }
+    let early = |c: &Correlator<Recorded>| c.state_sizes()[3];
+    // CACHE_MAX + 1 held when the next came: cleared, that one kept.
+    assert_eq!(early(&c), ("agent_early_victim_mm", 1));
+    assert_eq!(c.cache_cleared, CACHE_MAX as u64 + 1);
+}

@@ -100,15 +100,20 @@ pub struct KubeletStart {
     pub restarts: u64,
 }
 
+/// Pids remembered as kubelets after they are gone.
+pub const SEEN_MAX: usize = 4096;
+
 pub struct Tracker {
     target: Target,
     probed: HashMap<FileKey, Probed>,
     procs: BTreeMap<u32, Proc>,
-    /// Kill kinds of kubelet processes, by pid.
-    kills: HashMap<u32, String>,
+    /// The kill kind of the last kubelet followed (`last_pid`), the one a restart's
+    /// `previous_end` reads: one entry at most, whatever the node's churn.
+    last_kill: Option<(u32, String)>,
     last_pid: Option<u32>,
-    /// Every pid followed as a kubelet (kill records arrive after the process is gone).
-    seen: std::collections::BTreeSet<u32>,
+    /// Pids followed as a kubelet, oldest first (kill records arrive after the process is
+    /// gone): at most [`SEEN_MAX`], the oldest dead ones leave first.
+    seen: std::collections::VecDeque<u32>,
     pub restarts: u64,
     pub fallbacks: u64,
 }
@@ -217,7 +222,7 @@ impl Tracker {
             target,
             probed: HashMap::new(),
             procs: BTreeMap::new(),
-            kills: HashMap::new(),
+            last_kill: None,
             last_pid: None,
             seen: Default::default(),
             restarts: 0,
@@ -250,6 +255,18 @@ impl Tracker {
 
     pub fn pids(&self) -> Vec<u32> {
         self.procs.keys().copied().collect()
+    }
+
+    /// Entries in the tracker's own collections, by `oomprobe_map_entries{map}` name:
+    /// followed processes, probed files (binaries and per-process libcs), kill kinds kept for a
+    /// restart's `previous_end`, pids ever followed.
+    pub fn state_sizes(&self) -> [(&'static str, usize); 4] {
+        [
+            ("agent_kubelet_procs", self.procs.len()),
+            ("agent_kubelet_probed", self.probed.len()),
+            ("agent_kubelet_kills", usize::from(self.last_kill.is_some())),
+            ("agent_kubelet_seen", self.seen.len()),
+        ]
     }
 
     fn matches(&self, pid: u32) -> bool {
@@ -312,10 +329,25 @@ impl Tracker {
             .sum()
     }
 
+    /// A kill record: kept when it killed the last kubelet followed (the only one a restart
+    /// asks about); other kubelets' kills are in their records already.
     pub fn on_kill(&mut self, rec: &KillRecord) {
-        if self.seen.contains(&rec.victim.pid) {
-            self.kills
-                .insert(rec.victim.pid, rec.kind.as_str().to_string());
+        if self.last_pid == Some(rec.victim.pid) {
+            self.last_kill = Some((rec.victim.pid, rec.kind.as_str().to_string()));
+        }
+    }
+
+    /// Adds `pid` to the pids followed; past [`SEEN_MAX`] the oldest that is no longer followed
+    /// leaves (a followed process stays: the kernel's KUBELET_TGIDS holds far fewer).
+    fn remember(&mut self, pid: u32) {
+        if !self.seen.contains(&pid) {
+            self.seen.push_back(pid);
+        }
+        while self.seen.len() > SEEN_MAX {
+            let Some(i) = self.seen.iter().position(|p| !self.procs.contains_key(p)) else {
+                break;
+            };
+            self.seen.remove(i);
         }
     }
 
@@ -340,10 +372,7 @@ impl Tracker {
             return None;
         }
         let bias = load_bias(pid, &exe);
-        if self.seen.len() > 4096 {
-            self.seen.clear();
-        }
-        self.seen.insert(pid);
+        self.remember(pid);
         self.procs.insert(
             pid,
             Proc {
@@ -353,11 +382,9 @@ impl Tracker {
             },
         );
         let previous_pid = self.last_pid.filter(|p| *p != pid && !alive(*p));
-        let previous_end = previous_pid.map(|p| {
-            self.kills
-                .get(&p)
-                .cloned()
-                .unwrap_or_else(|| "exited".into())
+        let previous_end = previous_pid.map(|p| match self.last_kill.take() {
+            Some((pid, kind)) if pid == p => kind,
+            _ => "exited".into(),
         });
         if previous_pid.is_some() {
             self.restarts += 1;
@@ -599,5 +626,102 @@ impl KubeletReport {
             self.mode,
             sites.join(" ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forensics::{
+        record::{Memory, Sender, Victim},
+        KillKind,
+    };
+
+    fn tracker() -> Tracker {
+        Tracker::new(Target {
+            name: "kubelet".into(),
+            pid: None,
+            binary: None,
+        })
+    }
+
+    fn follow(t: &mut Tracker, pid: u32) {
+        t.remember(pid);
+        let key = FileKey {
+            dev: 1,
+            ino: 2,
+            mtime_ns: 3,
+            pid: None,
+        };
+        let exe = PathBuf::from("/usr/bin/kubelet");
+        t.procs.insert(pid, Proc { exe, bias: 0, key });
+    }
+
+    fn signal_kill(pid: u32) -> KillRecord {
+        KillRecord {
+            time: String::new(),
+            ktime_ns: 1,
+            kind: KillKind::Signal,
+            victim: Victim {
+                pid,
+                tid: pid,
+                comm: "kubelet".into(),
+                cgroup: None,
+                pod: None,
+            },
+            sender: Sender {
+                pid: 1,
+                tid: 1,
+                comm: "systemd".into(),
+                code: "SI_USER".into(),
+                cgroup: None,
+            },
+            memory: Memory {
+                anon_rss_kb: None,
+                file_rss_kb: None,
+                shmem_rss_kb: None,
+                total_vm_kb: None,
+                pgtables_kb: None,
+                source: None,
+            },
+            oom: None,
+            exit_after_ns: Some(1),
+            exit_code: Some(9),
+            extra_sigkills: 0,
+            delivery: "delivered",
+            seen_after_ns: None,
+        }
+    }
+
+    /// 10,000 kubelet pids over a node's life: SEEN_MAX remembered, the oldest dead ones
+    /// gone first, the ones still followed kept however old.
+    #[test]
+    fn pids_remembered_are_bounded_and_keep_the_followed() {
+        let mut t = tracker();
+        follow(&mut t, 1);
+        follow(&mut t, 2);
+        for pid in 3..10_003 {
+            t.remember(pid);
+        }
+        assert_eq!(t.state_sizes()[3], ("agent_kubelet_seen", SEEN_MAX));
+        assert!(t.is_kubelet(1) && t.is_kubelet(2), "followed pids stay");
+        assert!(t.is_kubelet(10_002) && t.is_kubelet(10_002 - SEEN_MAX as u32 + 3));
+        assert!(!t.is_kubelet(10_002 - SEEN_MAX as u32 + 2));
+        assert!(!t.is_kubelet(3));
+    }
+
+    /// Kills of many kubelet processes keep one kind: the last followed one's, which a
+    /// restart reports as `previous_end`.
+    #[test]
+    fn kill_kinds_kept_are_the_last_kubelets_only() {
+        let mut t = tracker();
+        for pid in 100..5_100 {
+            follow(&mut t, pid);
+            t.last_pid = Some(pid);
+            t.on_kill(&signal_kill(pid));
+            t.on_kill(&signal_kill(pid + 100_000));
+        }
+        assert_eq!(t.state_sizes()[2], ("agent_kubelet_kills", 1));
+        assert_eq!(t.last_kill, Some((5_099, "signal".to_string())));
     }
 }
