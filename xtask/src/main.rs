@@ -50,15 +50,23 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = vm::Arch::X86_64)]
         arch: vm::Arch,
     },
-    /// A stand-in kubelet leaks inside a memory cgroup until the kernel OOM-kills it; the agent
-    /// reports the kill.
+    /// The field guide's story in about a minute: the Go stand-in kubelet leaks in a memory
+    /// cgroup, restarted by the demo as systemd would; the agent attributes the growth, warns
+    /// before the limit, records the kills, the storm, the re-OOM and the flapping, and the
+    /// picture is written at the end (root; cgroups and processes removed, also on Ctrl-C).
     Demo {
         /// Memory limit of the demo cgroup, MiB.
-        #[arg(long, default_value_t = 96)]
+        #[arg(long, default_value_t = 64)]
         limit_mib: u64,
-        /// The stand-in kubelet's leak rate, MiB/s.
-        #[arg(long, default_value_t = 24)]
+        /// The first stand-in kubelet's leak rate, MiB/s (the restarted one leaks 4x as fast).
+        #[arg(long, default_value_t = 6)]
         leak_mib_per_sec: u64,
+        /// Do not build first (the binaries in target/ are used as they are).
+        #[arg(long)]
+        no_build: bool,
+        /// Directory for the event log, the agent's state and the picture (default target/demo).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Benchmarks: kill-to-record latency and coverage against bpftrace and a kmsg reader.
     Bench {
@@ -409,7 +417,14 @@ fn main() {
             Cmd::Demo {
                 limit_mib,
                 leak_mib_per_sec,
-            } => demo::run(limit_mib, leak_mib_per_sec),
+                no_build,
+                out,
+            } => demo::run(demo::Demo {
+                limit_mib,
+                leak_mib_per_sec,
+                no_build,
+                out,
+            }),
             Cmd::Bench {
                 only,
                 sequential,
