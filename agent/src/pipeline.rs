@@ -595,7 +595,11 @@ impl LiveInputs {
             ev.containers = s.containers;
             ev.kubelet_metrics = Some(m);
         }
-        if let Some(api) = self.api.as_ref().and_then(|a| a.lock().ok().map(|l| l.clone())) {
+        if let Some(api) = self
+            .api
+            .as_ref()
+            .and_then(|a| a.lock().ok().map(|l| l.clone()))
+        {
             s.memory_pressure = api.memory_pressure;
             s.pending_csrs = api.pending_csrs;
         }
@@ -626,3 +630,7 @@ fn kubelet_now(
         node_total_bytes: sample.and_then(|s| s.node_mem_total_bytes),
     }
 }
+
+#[cfg(test)]
+#[path = "pipeline_live_tests.rs"]
+mod live_tests;

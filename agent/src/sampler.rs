@@ -101,7 +101,10 @@ impl PlegWindow {
         }
         let prev = self.prev.replace(buckets.to_vec())?;
         let same_layout = prev.len() == buckets.len()
-            && prev.iter().zip(buckets).all(|(a, b)| a.0 == b.0 && b.1 >= a.1);
+            && prev
+                .iter()
+                .zip(buckets)
+                .all(|(a, b)| a.0 == b.0 && b.1 >= a.1);
         let diff: Vec<(f64, f64)> = if same_layout {
             prev.iter()
                 .zip(buckets)

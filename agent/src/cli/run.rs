@@ -180,14 +180,18 @@ async fn pipeline_config(
     // The classifier's API inputs (MemoryPressure, pending CSRs), read-only, whenever an API
     // server is configured or the agent runs in a cluster.
     let api_inputs = match args.api.source().available() {
-        true => args.api.client("the leak classifier's API inputs").await.map(|client| {
-            crate::kubeapi::inputs::spawn_poller(
-                client,
-                args.api.node(),
-                std::time::Duration::from_secs(API_INPUTS_EVERY_S),
-                metrics.kube_api_inputs_errors.clone(),
-            )
-        }),
+        true => args
+            .api
+            .client("the leak classifier's API inputs")
+            .await
+            .map(|client| {
+                crate::kubeapi::inputs::spawn_poller(
+                    client,
+                    args.api.node(),
+                    std::time::Duration::from_secs(API_INPUTS_EVERY_S),
+                    metrics.kube_api_inputs_errors.clone(),
+                )
+            }),
         false => {
             tracing::info!("no API server: MemoryPressure and pending CSRs are not observed (the leak verdict says so)");
             None

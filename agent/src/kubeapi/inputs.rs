@@ -96,8 +96,9 @@ pub fn spawn_poller(
                 Ok(v) => {
                     got.memory_pressure = v;
                     if v.is_none() {
-                        got.memory_pressure_error =
-                            Some(format!("node {node} has no True/False MemoryPressure condition"));
+                        got.memory_pressure_error = Some(format!(
+                            "node {node} has no True/False MemoryPressure condition"
+                        ));
                     }
                 }
                 Err(e) => {

@@ -396,6 +396,8 @@ mod tests {
             contradicts: vec![],
             next_checks: vec![],
             findings: vec![],
+            inputs: Default::default(),
+            cannot_tell: vec![],
         }))
     }
 
