@@ -273,7 +273,7 @@ fn pleg_slow_check(buckets: &[(f64, f64)]) -> Option<Check> {
 /// The feature gates the known leaks depend on, from the kubelet's kubernetes_feature_enabled.
 fn feature_gates_check(m: &kubelet_metrics::KubeletMetrics) -> Check {
     let name = |v: Option<f64>| match v {
-        Some(v) if v == 1.0 => "on",
+        Some(1.0) => "on",
         Some(_) => "off",
         None => "not served",
     };

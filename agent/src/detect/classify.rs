@@ -308,7 +308,7 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
                         "goroutines {:+.0}/day, {pleg}, EventedPLEG gate {}",
                         g.map_or(0.0, |s| s.mid),
                         match gate_v {
-                            Some(v) if v == 1.0 => "on",
+                            Some(1.0) => "on",
                             Some(_) => "off",
                             None => "not observed",
                         }
