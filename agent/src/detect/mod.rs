@@ -26,7 +26,9 @@ pub const BYTES_PER_POD: f64 = 11.0 * MIB;
 pub struct Finding {
     pub detector: &'static str,
     pub firing: bool,
-    /// The detector's main figure (bytes/day for trends, a count or seconds otherwise).
+    /// The detector's main figure (bytes/day for trends, a count or seconds otherwise;
+    /// `pleg_relist`: the share (0-1) of the last hour's relists slower than 10 s, or the p99
+    /// in seconds for a series without relist counts).
     pub value: f64,
     pub evidence: String,
 }
