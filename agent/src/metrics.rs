@@ -47,6 +47,8 @@ pub struct Metrics {
     pub map_entries: IntGaugeVec,
     pub kubelet_restarts: IntGauge,
     pub kubelet_metrics_errors: IntCounterVec,
+    /// `oomprobe_kube_api_inputs_errors_total{input}`.
+    pub kube_api_inputs_errors: IntCounterVec,
     pub memcg_events: IntCounterVec,
     /// `oomprobe_kube_reports_total{kind,result}`.
     pub kube_reports: IntCounterVec,
@@ -161,6 +163,12 @@ impl Metrics {
             "oomprobe_kubelet_metrics_errors_total",
             "Failed scrapes of the kubelet's /metrics, by reason (connect, timeout, status, garbage, scheme).",
             &["reason"],
+        );
+        let kube_api_inputs_errors = counter_vec(
+            &registry,
+            "oomprobe_kube_api_inputs_errors_total",
+            "Failed reads of the leak classifier's API inputs, by input (memory_pressure, pending_csrs).",
+            &["input"],
         );
         let memcg_events = counter_vec(
             &registry,
@@ -298,6 +306,7 @@ impl Metrics {
             map_entries,
             kubelet_restarts,
             kubelet_metrics_errors,
+            kube_api_inputs_errors,
             memcg_events,
             kube_reports,
             connections,

@@ -54,6 +54,9 @@ pub struct PipelineConfig {
     /// Where the cordon PATCH's result goes (the run loop hands it to
     /// [`Pipeline::on_cordon_result`]).
     pub cordon_done: tokio::sync::mpsc::Sender<Result<(), ApiError>>,
+    /// The classifier's API inputs (MemoryPressure, pending CSRs) as last polled, when an API
+    /// server is reachable ([`crate::kubeapi::inputs::spawn_poller`]).
+    pub api_inputs: Option<crate::kubeapi::inputs::Latest>,
 }
 
 /// The sampled series: persisted when the store opened, else in memory (bounded).
@@ -104,6 +107,9 @@ pub struct Pipeline<K: Kernel = Probes, N: Node = LiveNode> {
     memcg: Option<Watcher>,
     /// The kubelet's own /metrics, as the scraper last read them.
     kubelet_metrics: Latest,
+    /// What the live inputs keep between samples (pod churn, PLEG relist windows) and the
+    /// API's inputs.
+    live: LiveInputs,
     series: Series,
     engine: Engine,
     last_verdict: Option<(Subject, Cause)>,
@@ -182,6 +188,10 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             memcg: hierarchy.clone().map(Watcher::new),
             hierarchy,
             kubelet_metrics,
+            live: LiveInputs {
+                api: cfg.api_inputs,
+                ..Default::default()
+            },
             series: Series::open(&cfg.state_dir, &metrics),
             engine: Engine::default(),
             last_verdict: None,
@@ -321,7 +331,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         self.sampling = None;
         let Sampled { s, ev, pid, trees } = done;
         let latest = self.kubelet_metrics.lock().ok().and_then(|l| l.clone());
-        let (s, ev) = with_kubelet_metrics(s, ev, latest);
+        let (s, ev) = self.live.complete(s, ev, latest);
         self.metrics.observe_sample(&ev);
         self.watch_memcgs(&trees);
         if ev.kubelet_cgroup.is_some() {
@@ -592,24 +602,60 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
     }
 }
 
-/// The sample with what the kubelet's own /metrics add (goroutines, PLEG, evictions...).
-fn with_kubelet_metrics(
-    mut s: Sample,
-    mut ev: SampleEvent,
-    latest: Option<KubeletMetrics>,
-) -> (Sample, SampleEvent) {
-    if let Some(m) = latest {
-        s.goroutines = m.goroutines;
-        s.pleg_relist_p99_seconds = m.pleg_relist_p99_seconds;
-        s.evictions_memory_total = m.evictions_memory_total;
-        s.cgroup_version = m.cgroup_version.or(s.cgroup_version);
-        s.exited_containers = m.exited_containers.or(s.exited_containers);
-        s.containers = m.running_containers.or(s.containers);
-        ev.exited_containers = s.exited_containers;
-        ev.containers = s.containers;
-        ev.kubelet_metrics = Some(m);
+/// The live sampling path's state between samples: what turns the sampler's walk, the
+/// kubelet's latest scrape and the API's latest poll into the classifier's inputs.
+#[derive(Debug, Default)]
+pub struct LiveInputs {
+    /// Pod cgroups created and removed between the sampler's walks.
+    pub churn: crate::sampler::PodChurn,
+    /// The PLEG histogram's buckets at the previous sample.
+    pub pleg: crate::sampler::PlegWindow,
+    /// MemoryPressure and pending CSRs, when an API server is reachable.
+    pub api: Option<crate::kubeapi::inputs::Latest>,
+}
+
+impl LiveInputs {
+    /// The sample with what the live sources add: pod churn from the walk (no I/O), the
+    /// kubelet's own /metrics (goroutines, PLEG relists since the previous sample, evictions,
+    /// containers, feature gates), the API's MemoryPressure and pending CSRs.
+    pub fn complete(
+        &mut self,
+        mut s: Sample,
+        mut ev: SampleEvent,
+        latest: Option<KubeletMetrics>,
+    ) -> (Sample, SampleEvent) {
+        s.pod_churn_per_hour = self.churn.observe(s.t, &ev.pod_cgroups);
+        if let Some(m) = latest {
+            s.goroutines = m.goroutines;
+            if let Some(r) = self.pleg.observe(&m.pleg_relist_buckets) {
+                s.pleg_relists = Some(r.relists);
+                s.pleg_relists_slower_1s = r.slower_1s;
+                s.pleg_relists_slower_5s = r.slower_5s;
+                s.pleg_relists_slower_10s = r.slower_10s;
+                s.pleg_relist_p99_seconds = r.p99_seconds;
+            }
+            // The real kubelet serves no kubelet_evictions series until it has evicted: a
+            // scrape without one is zero evictions.
+            s.evictions_memory_total = Some(m.evictions_memory_total.unwrap_or(0.0));
+            s.cgroup_version = m.cgroup_version.or(s.cgroup_version);
+            s.exited_containers = m.exited_containers.or(s.exited_containers);
+            s.containers = m.running_containers.or(s.containers);
+            s.gate_evented_pleg = m.gate_evented_pleg;
+            s.gate_pod_certificate_request = m.gate_pod_certificate_request;
+            ev.exited_containers = s.exited_containers;
+            ev.containers = s.containers;
+            ev.kubelet_metrics = Some(m);
+        }
+        if let Some(api) = self
+            .api
+            .as_ref()
+            .and_then(|a| a.lock().ok().map(|l| l.clone()))
+        {
+            s.memory_pressure = api.memory_pressure;
+            s.pending_csrs = api.pending_csrs;
+        }
+        (s, ev)
     }
-    (s, ev)
 }
 
 /// What the cycle stage machine needs of the kubelet now.
@@ -635,3 +681,7 @@ fn kubelet_now(
         node_total_bytes: sample.and_then(|s| s.node_mem_total_bytes),
     }
 }
+
+#[cfg(test)]
+#[path = "pipeline_live_tests.rs"]
+mod live_tests;

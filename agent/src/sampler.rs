@@ -38,6 +38,95 @@ pub struct SampleEvent {
     pub exited_containers: Option<f64>,
     /// From the kubelet's /metrics, when configured and reachable.
     pub kubelet_metrics: Option<crate::kubelet::metrics::KubeletMetrics>,
+    /// The pod cgroups this sample's walk found (paths in the memory hierarchy): what
+    /// [`PodChurn`] compares between samples.
+    #[serde(skip)]
+    pub pod_cgroups: Vec<String>,
+}
+
+/// Pod churn from the sampler's walks of the kubepods tree: pod cgroups that appeared or
+/// disappeared between two walks, per hour. No I/O of its own. A pod created and removed
+/// between two walks (shorter-lived than the sample interval) is not seen.
+#[derive(Debug, Default)]
+pub struct PodChurn {
+    prev: Option<(i64, std::collections::HashSet<String>)>,
+}
+
+impl PodChurn {
+    /// Pods created + removed per hour since the previous walk (`t` unix seconds); None for
+    /// the first walk, and when time did not move forward (the set is taken as the new start).
+    pub fn observe(&mut self, t: i64, pods: &[String]) -> Option<f64> {
+        let now: std::collections::HashSet<String> = pods.iter().cloned().collect();
+        let rate = match &self.prev {
+            Some((t0, before)) if t > *t0 => {
+                let created = now.difference(before).count();
+                let removed = before.difference(&now).count();
+                let changes = created.saturating_add(removed) as f64;
+                Some(changes * 3600.0 / (t - t0) as f64)
+            }
+            _ => None,
+        };
+        self.prev = Some((t, now));
+        rate
+    }
+}
+
+/// PLEG relists since the previous scrape, from the kubelet's cumulative
+/// `kubelet_pleg_relist_duration_seconds_bucket` counters: how many, and how many slower than
+/// 1, 5 and 10 s (the real kubelet's buckets, `metrics.DefBuckets`, have `le` 1, 5 and 10; 10 s
+/// is the top finite one, so a lifetime p99 can never say "above 10 s").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlegRelists {
+    pub relists: f64,
+    pub slower_1s: Option<f64>,
+    pub slower_5s: Option<f64>,
+    pub slower_10s: Option<f64>,
+    /// p99 of these relists (seconds, at most the top finite bucket); None without relists.
+    pub p99_seconds: Option<f64>,
+}
+
+/// The previous scrape's buckets, to difference the next against.
+#[derive(Debug, Default)]
+pub struct PlegWindow {
+    prev: Option<Vec<(f64, f64)>>,
+}
+
+impl PlegWindow {
+    /// The relists between the previous buckets and `buckets` (sorted by `le`, `+Inf` last).
+    /// None for the first scrape and for an empty histogram. A counter that went down (the
+    /// kubelet restarted) or a changed bucket layout counts the new buckets from zero.
+    pub fn observe(&mut self, buckets: &[(f64, f64)]) -> Option<PlegRelists> {
+        if buckets.is_empty() {
+            return None;
+        }
+        let prev = self.prev.replace(buckets.to_vec())?;
+        let same_layout = prev.len() == buckets.len()
+            && prev
+                .iter()
+                .zip(buckets)
+                .all(|(a, b)| a.0 == b.0 && b.1 >= a.1);
+        let diff: Vec<(f64, f64)> = if same_layout {
+            prev.iter()
+                .zip(buckets)
+                .map(|(a, b)| (b.0, b.1 - a.1))
+                .collect()
+        } else {
+            buckets.to_vec()
+        };
+        let total = diff.last()?.1;
+        let slower = |le: f64| {
+            diff.iter()
+                .find(|b| b.0 == le)
+                .map(|b| (total - b.1).max(0.0))
+        };
+        Some(PlegRelists {
+            relists: total,
+            slower_1s: slower(1.0),
+            slower_5s: slower(5.0),
+            slower_10s: slower(10.0),
+            p99_seconds: crate::kubelet::metrics::histogram_quantile(&diff, 0.99),
+        })
+    }
 }
 
 pub fn kubelet_memory(pid: u32) -> Option<KubeletMemory> {
@@ -225,6 +314,7 @@ pub fn sample(
         containers: None,
         exited_containers: None,
         kubelet_metrics: None,
+        pod_cgroups: pods.into_iter().map(|(p, _)| p).collect(),
     };
     (s, ev)
 }

@@ -366,6 +366,7 @@ fn pipeline_lines(name: &str, format: OutputFormat) -> String {
         report: None,
         // No cordon is armed: nothing is ever sent.
         cordon_done: tokio::sync::mpsc::channel(1).0,
+        api_inputs: None,
     };
     let clock = Clock::with_offset(1_780_000_000_000_000_000);
     let mut p = Pipeline::with_parts(

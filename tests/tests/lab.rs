@@ -514,6 +514,17 @@ fn lab_kubelet_metrics_through_authn_authz() {
             .ends_with(&format!("{crictl_running} running")),
         "{x}"
     );
+    // The real kubelet's gates (v1.34 defaults: both alpha, off), and the share of slow
+    // relists since it started: the classifier's inputs, none of them unknown.
+    let gates = find("feature_gates");
+    assert_eq!(
+        gates["value"], "EventedPLEG off, PodCertificateRequest off",
+        "{gates}"
+    );
+    let slow = find("pleg_relists_slow");
+    for c in [&g, &pleg, &slow, &gates, &x] {
+        assert_ne!(c["verdict"], "unknown", "{c}");
+    }
     drop(pod);
 }
 
@@ -1402,6 +1413,7 @@ fn lab_agent_rbac_is_what_the_agent_calls() {
         (vec!["patch", &node], "yes"),
         (vec!["patch", &node, "--subresource=status"], "yes"),
         (vec!["list", "pods", "--all-namespaces"], "yes"),
+        (vec!["list", "certificatesigningrequests"], "yes"),
         (
             vec!["create", "events.events.k8s.io", "-n", "default"],
             "yes",
@@ -1412,6 +1424,17 @@ fn lab_agent_rbac_is_what_the_agent_calls() {
         ),
         // Nothing else.
         (vec!["list", "nodes"], "no"),
+        (vec!["get", "certificatesigningrequests"], "no"),
+        (vec!["watch", "certificatesigningrequests"], "no"),
+        (
+            vec![
+                "update",
+                "certificatesigningrequests",
+                "--subresource=approval",
+            ],
+            "no",
+        ),
+        (vec!["delete", "certificatesigningrequests"], "no"),
         (vec!["update", &node], "no"),
         (vec!["delete", &node], "no"),
         (vec!["update", &node, "--subresource=status"], "no"),

@@ -243,6 +243,60 @@ async fn memory_pressure(args: &DiagnoseArgs) -> Check {
     }
 }
 
+/// The share of the kubelet's PLEG relists slower than 1, 5 and 10 s since it started (one
+/// scrape: the cumulative buckets; the agent's series has them per sample interval).
+fn pleg_slow_check(buckets: &[(f64, f64)]) -> Option<Check> {
+    let total = buckets.last()?.1;
+    let share = |le: f64| {
+        let at = buckets.iter().find(|b| b.0 == le)?.1;
+        (total > 0.0).then(|| (total - at).max(0.0) / total)
+    };
+    let (s1, s5, s10) = (share(1.0), share(5.0), share(10.0));
+    let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1}%", v * 100.0));
+    let stressed = s10.is_some_and(|v| v > 0.01);
+    Some(check(
+        "pleg_relists_slow",
+        format!("{} / {} / {}", pct(s1), pct(s5), pct(s10)),
+        if total <= 0.0 {
+            Health::Unknown
+        } else if stressed {
+            Health::Bad
+        } else {
+            Health::Good
+        },
+        format!(
+            "of {total:.0} PLEG relists since the kubelet started, the share slower than 1 s / 5 s / 10 s (over 1% above 10 s: the runtime or kubelet is stressed)"
+        ),
+    ))
+}
+
+/// The feature gates the known leaks depend on, from the kubelet's kubernetes_feature_enabled.
+fn feature_gates_check(m: &kubelet_metrics::KubeletMetrics) -> Check {
+    let name = |v: Option<f64>| match v {
+        Some(1.0) => "on",
+        Some(_) => "off",
+        None => "not served",
+    };
+    let on = m.gate_evented_pleg == Some(1.0) || m.gate_pod_certificate_request == Some(1.0);
+    let known = m.gate_evented_pleg.is_some() && m.gate_pod_certificate_request.is_some();
+    check(
+        "feature_gates",
+        format!(
+            "EventedPLEG {}, PodCertificateRequest {}",
+            name(m.gate_evented_pleg),
+            name(m.gate_pod_certificate_request)
+        ),
+        if on {
+            Health::Bad
+        } else if known {
+            Health::Good
+        } else {
+            Health::Unknown
+        },
+        "kubernetes_feature_enabled of the kubelet: EventedPLEG on goes with the goroutine leak (kubernetes#132266), PodCertificateRequest on with the pod certificate manager's (kubernetes#133501)",
+    )
+}
+
 /// Runs every check and prints them. Returns whether any check is BAD (`main` exits 2 then).
 /// Errors: standard output cannot be written.
 pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
@@ -397,6 +451,10 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                             },
                         ));
                     }
+                    if let Some(c) = pleg_slow_check(&m.pleg_relist_buckets) {
+                        checks.push(c);
+                    }
+                    checks.push(feature_gates_check(&m));
                     if let Some(x) = m.exited_containers {
                         let running = m.running_containers.unwrap_or(0.0);
                         let piling = x > 100.0 || x > 2.0 * running.max(1.0);
@@ -511,10 +569,15 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                 Subject::Kubelet | Subject::Workload => Health::Bad,
             },
             format!(
-                "{:.0} MB/day over {} samples; {}",
+                "{:.0} MB/day over {} samples; {}{}",
                 verdict.slope_bytes_per_day / 1e6,
                 st.samples.len(),
-                verdict.supports.join("; ")
+                verdict.supports.join("; "),
+                verdict
+                    .cannot_tell
+                    .iter()
+                    .map(|c| format!("; {c}"))
+                    .collect::<String>()
             ),
         ));
     }

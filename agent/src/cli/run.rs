@@ -177,6 +177,26 @@ async fn pipeline_config(
         }),
         false => None,
     };
+    // The classifier's API inputs (MemoryPressure, pending CSRs), read-only, whenever an API
+    // server is configured or the agent runs in a cluster.
+    let api_inputs = match args.api.source().available() {
+        true => args
+            .api
+            .client("the leak classifier's API inputs")
+            .await
+            .map(|client| {
+                crate::kubeapi::inputs::spawn_poller(
+                    client,
+                    args.api.node(),
+                    std::time::Duration::from_secs(API_INPUTS_EVERY_S),
+                    metrics.kube_api_inputs_errors.clone(),
+                )
+            }),
+        false => {
+            tracing::info!("no API server: MemoryPressure and pending CSRs are not observed (the leak verdict says so)");
+            None
+        }
+    };
     PipelineConfig {
         format: args.format,
         target: Target {
@@ -200,8 +220,12 @@ async fn pipeline_config(
         cordon,
         report,
         cordon_done,
+        api_inputs,
     }
 }
+
+/// Seconds between polls of the classifier's API inputs (a node GET and a CSR list).
+const API_INPUTS_EVERY_S: u64 = 60;
 
 /// Loads and attaches the probes, publishes which hooks are on.
 fn load(args: &RunArgs, metrics: &Metrics) -> Result<Probes, RunError> {

@@ -1,8 +1,10 @@
 //! The field guide's known causes, each with the evidence for and against it and what to check
 //! next, in the guide's terms.
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use super::{column_slope, window, Finding, Sample, Subject, HOUR};
+use super::{column_slope, pleg_slow_shares, window, Finding, Sample, Subject, HOUR};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,6 +50,97 @@ pub struct Classification {
     pub supports: Vec<String>,
     pub contradicts: Vec<String>,
     pub next_checks: Vec<String>,
+}
+
+/// Per cause, each input it is computed from: `observed`, or `missing: <why>`.
+pub type Inputs = BTreeMap<&'static str, BTreeMap<&'static str, String>>;
+
+/// The series columns each cause is computed from, with the live source of each.
+pub const CAUSE_INPUTS: &[(Cause, &[&str])] = &[
+    (Cause::ContainerGc, &["exited_containers", "containers"]),
+    (
+        Cause::PodCertsManager,
+        &["gate_pod_certificate_request", "pending_csrs"],
+    ),
+    (
+        Cause::EventedPleg,
+        &["goroutines", "pleg_relists", "gate_evented_pleg"],
+    ),
+    (Cause::PodChurn, &["pod_churn_per_hour"]),
+    (Cause::CgroupV1Kernel515, &["cgroup_version", "kernel"]),
+    (
+        Cause::Oversubscription,
+        &["evictions_memory_total", "memory_pressure"],
+    ),
+    (Cause::WorkloadLeak, &["workload_working_set_bytes"]),
+];
+
+/// Where the live agent gets a column (what to fix when it is missing).
+pub fn source(column: &str) -> &'static str {
+    match column {
+        "exited_containers" | "containers" => {
+            "kubelet_running_containers of the kubelet's /metrics (--kubelet-metrics)"
+        }
+        "gate_pod_certificate_request" | "gate_evented_pleg" => {
+            "kubernetes_feature_enabled of the kubelet's /metrics (--kubelet-metrics)"
+        }
+        "goroutines" => "go_goroutines of the kubelet's /metrics (--kubelet-metrics)",
+        "pleg_relists" => {
+            "kubelet_pleg_relist_duration_seconds of the kubelet's /metrics, two scrapes apart (--kubelet-metrics)"
+        }
+        "evictions_memory_total" => "kubelet_evictions of the kubelet's /metrics (--kubelet-metrics)",
+        "pending_csrs" => {
+            "certificatesigningrequests from the API server (in a cluster, or --kubeconfig/--kube-api; RBAC list certificatesigningrequests)"
+        }
+        "memory_pressure" => {
+            "the node's MemoryPressure condition from the API server (in a cluster, or --kubeconfig/--kube-api; RBAC get nodes)"
+        }
+        "pod_churn_per_hour" => "the kubepods cgroup tree, two samples apart",
+        "cgroup_version" => "the memory cgroup hierarchy or kubelet_cgroup_version",
+        "kernel" => "/proc/sys/kernel/osrelease",
+        "workload_working_set_bytes" => "the kubepods cgroup tree",
+        _ => "the agent's sampler",
+    }
+}
+
+/// The inputs of every cause over the classifier's 72 h window, and the causes that cannot be
+/// told for want of one (`<cause>: cannot tell, missing <column> (<source>)`).
+pub fn inputs(series: &[Sample]) -> (Inputs, Vec<String>) {
+    let w = window(series, 72 * HOUR);
+    let seen = |c: &str| w.iter().any(|s| s.optional(c).is_some());
+    let mut out = Inputs::new();
+    let mut cannot = Vec::new();
+    for (cause, cols) in CAUSE_INPUTS {
+        let m = out.entry(cause.as_str()).or_default();
+        for &c in *cols {
+            let status = if seen(c) {
+                "observed".to_string()
+            } else {
+                format!(
+                    "missing: no sample of the last 72 h has it; from {}",
+                    source(c)
+                )
+            };
+            m.insert(c, status);
+        }
+        // What the cause cannot be told without (a gate that is off needs no CSR count).
+        let gate_on = last(w, |s| s.gate_pod_certificate_request) == Some(1.0);
+        let needed: Vec<&str> = match cause {
+            Cause::PodCertsManager if gate_on => cols.to_vec(),
+            Cause::PodCertsManager => vec!["gate_pod_certificate_request"],
+            Cause::EventedPleg => vec!["goroutines"],
+            Cause::ContainerGc => vec!["exited_containers"],
+            _ => cols.to_vec(),
+        };
+        for c in needed.into_iter().filter(|c| !seen(c)) {
+            cannot.push(format!(
+                "{}: cannot tell, missing {c} (from {})",
+                cause.as_str(),
+                source(c)
+            ));
+        }
+    }
+    (out, cannot)
 }
 
 fn last(series: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
@@ -111,13 +204,17 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
             }
         }
         Subject::Workload => {
-            let pressure = mean(window(series, 6 * HOUR), |s| s.memory_pressure).unwrap_or(0.0);
+            let pressure_seen = mean(window(series, 6 * HOUR), |s| s.memory_pressure);
+            let pressure = pressure_seen.unwrap_or(0.0);
             if firing("evictions") && (pressure > 0.1 || !firing("workload_trend")) {
                 Classification {
                     cause: Cause::Oversubscription,
                     supports: vec![
                         "memory evictions keep happening (kubelet_evictions_total{eviction_signal=\"memory.available\"} rising)".into(),
-                        format!("MemoryPressure true {:.0}% of the last 6 h", pressure * 100.0),
+                        match pressure_seen {
+                            Some(p) => format!("MemoryPressure true {:.0}% of the last 6 h", p * 100.0),
+                            None => "MemoryPressure not observed in the last 6 h (no API server)".into(),
+                        },
                     ],
                     contradicts: vec!["kubelet RSS baseline is flat".into()],
                     next_checks: vec![
@@ -168,9 +265,15 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
                     score: 0.9 + f64::from(u8::from(backing_up)) * 2.0,
                     supports: vec![
                         "PodCertificateRequest feature gate enabled".into(),
-                        format!("pending CSRs {:+.0}/day", csr.map_or(0.0, |s| s.mid)),
+                        match csr {
+                            Some(c) => format!("pending CSRs {:+.0}/day", c.mid),
+                            None => "pending CSRs not observed (cannot tell whether they back up)".into(),
+                        },
                     ],
-                    contradicts: if backing_up { vec![] } else { vec!["CSR queue is not backing up".into()] },
+                    contradicts: match (backing_up, csr) {
+                        (false, Some(_)) => vec!["CSR queue is not backing up".into()],
+                        _ => vec![],
+                    },
                     next: "check pending CSRs; upgrade to v1.35.0+ or disable the PodCertificateRequest gate (kubernetes#133501)",
                 });
             }
@@ -178,17 +281,37 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
             let g = column_slope(series, 72 * HOUR, |s| s.goroutines, 0.5);
             let g_climbing = g.is_some_and(|s| s.low > 0.0 && s.mid > 20.0);
             if g.is_some() {
-                let pleg = last(w, |s| s.pleg_relist_p99_seconds).unwrap_or(0.0);
-                let gate = last(w, |s| s.gate_evented_pleg) == Some(1.0);
+                // PLEG stressed: over 1% of the last 6 h's relists slower than 5 s (p99 above
+                // 5 s); without relist counts (recorded CSVs), the p99 column above 2 s.
+                let (pleg_stressed, pleg) = match pleg_slow_shares(window(series, 6 * HOUR)) {
+                    Some((n, [_, s5, s10])) => (
+                        s5 > 0.01,
+                        format!(
+                            "{:.1}% of {n:.0} PLEG relists in 6 h slower than 5 s ({:.1}% than 10 s)",
+                            s5 * 100.0,
+                            s10 * 100.0
+                        ),
+                    ),
+                    None => match last(w, |s| s.pleg_relist_p99_seconds) {
+                        Some(p) => (p > 2.0, format!("PLEG relist p99 {p:.1} s")),
+                        None => (false, "PLEG relists not observed".into()),
+                    },
+                };
+                let gate_v = last(w, |s| s.gate_evented_pleg);
+                let gate = gate_v == Some(1.0);
                 cands.push(Candidate {
                     cause: Cause::EventedPleg,
                     score: f64::from(u8::from(g_climbing)) * 2.0
-                        + f64::from(u8::from(pleg > 2.0))
+                        + f64::from(u8::from(pleg_stressed))
                         + f64::from(u8::from(gate)) * 0.9,
                     supports: vec![format!(
-                        "goroutines {:+.0}/day, PLEG relist p99 {pleg:.1} s, EventedPLEG gate {}",
+                        "goroutines {:+.0}/day, {pleg}, EventedPLEG gate {}",
                         g.map_or(0.0, |s| s.mid),
-                        if gate { "on" } else { "off/unknown" }
+                        match gate_v {
+                            Some(1.0) => "on",
+                            Some(_) => "off",
+                            None => "not observed",
+                        }
                     )],
                     contradicts: if g_climbing { vec![] } else { vec!["goroutine count is flat".into()] },
                     next: "check the EventedPLEG gate and the goroutine trend; --feature-gates=EventedPLEG=false (kubernetes#132266)",

@@ -73,6 +73,12 @@ pub struct Verdict {
     pub contradicts: Vec<String>,
     pub next_checks: Vec<String>,
     pub findings: Vec<Finding>,
+    /// Per cause, the series columns it is computed from: `observed` in the last 72 h, or
+    /// `missing: <why>` with the live source that would give it.
+    pub inputs: classify::Inputs,
+    /// Causes that cannot be told for want of an input: `<cause>: cannot tell, missing
+    /// <column> (from <source>)`. Such a cause is never named.
+    pub cannot_tell: Vec<String>,
 }
 
 /// Runs every detector and the classifier.
@@ -178,6 +184,7 @@ impl Engine {
             low_since,
         });
         let c = classify::classify(subject, series, &findings);
+        let (inputs, cannot_tell) = classify::inputs(series);
         Verdict {
             time,
             subject,
@@ -193,6 +200,8 @@ impl Engine {
             contradicts: c.contradicts,
             next_checks: c.next_checks,
             findings,
+            inputs,
+            cannot_tell,
         }
     }
 

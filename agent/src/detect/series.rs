@@ -17,23 +17,41 @@ pub struct Sample {
     pub kubelet_limit_bytes: Option<f64>,
     pub node_mem_available_bytes: Option<f64>,
     pub node_mem_total_bytes: Option<f64>,
+    /// `go_goroutines` of the kubelet's own registry.
     pub goroutines: Option<f64>,
+    /// p99 of the PLEG relists completed since the previous sample (live: from the differences
+    /// of `kubelet_pleg_relist_duration_seconds_bucket` between two scrapes; the real kubelet's
+    /// top finite bucket is 10 s, so this never exceeds 10), seconds.
     pub pleg_relist_p99_seconds: Option<f64>,
     /// `kubelet_evictions_total{eviction_signal="memory.available"}` (a counter).
     pub evictions_memory_total: Option<f64>,
     /// Sum of the pod cgroups' working sets.
     pub workload_working_set_bytes: Option<f64>,
-    /// Pods created + deleted per hour.
+    /// Pods created + deleted per hour (live: pod cgroups that appeared or disappeared since the
+    /// previous sample's walk of the kubepods tree, per hour of the interval).
     pub pod_churn_per_hour: Option<f64>,
+    /// This node's kubelet CertificateSigningRequests (signers kubelet-serving and
+    /// kube-apiserver-client-kubelet) with neither an Approved nor a Denied condition.
     pub pending_csrs: Option<f64>,
     pub cgroup_version: Option<f64>,
     /// Kernel major.minor as a decimal, e.g. 5.15 (`KernelVersion::series_value`): a label, compared for equality.
     pub kernel: Option<f64>,
+    /// `kubernetes_feature_enabled{name="PodCertificateRequest"}` of the kubelet: 1 on, 0 off.
     pub gate_pod_certificate_request: Option<f64>,
+    /// `kubernetes_feature_enabled{name="EventedPLEG"}` of the kubelet: 1 on, 0 off.
     pub gate_evented_pleg: Option<f64>,
     /// A counter of kubelet restarts (a step marks a restart).
     pub kubelet_restarts: Option<f64>,
+    /// The node's MemoryPressure condition: 1 True, 0 False (from the API server).
     pub memory_pressure: Option<f64>,
+    /// PLEG relists completed since the previous sample (a count, from the differences of
+    /// `kubelet_pleg_relist_duration_seconds_count`'s buckets between two scrapes).
+    pub pleg_relists: Option<f64>,
+    /// Of those, the relists slower than 1 s, 5 s and 10 s (bucket `le="1"`, `"5"`, `"10"`
+    /// against `+Inf`).
+    pub pleg_relists_slower_1s: Option<f64>,
+    pub pleg_relists_slower_5s: Option<f64>,
+    pub pleg_relists_slower_10s: Option<f64>,
 }
 
 /// The optional CSV columns, in the order `Sample` declares them (README documents them).
@@ -56,6 +74,10 @@ pub const OPTIONAL_COLUMNS: &[&str] = &[
     "gate_evented_pleg",
     "kubelet_restarts",
     "memory_pressure",
+    "pleg_relists",
+    "pleg_relists_slower_1s",
+    "pleg_relists_slower_5s",
+    "pleg_relists_slower_10s",
 ];
 
 impl Sample {
@@ -79,6 +101,10 @@ impl Sample {
             "gate_evented_pleg" => &mut self.gate_evented_pleg,
             "kubelet_restarts" => &mut self.kubelet_restarts,
             "memory_pressure" => &mut self.memory_pressure,
+            "pleg_relists" => &mut self.pleg_relists,
+            "pleg_relists_slower_1s" => &mut self.pleg_relists_slower_1s,
+            "pleg_relists_slower_5s" => &mut self.pleg_relists_slower_5s,
+            "pleg_relists_slower_10s" => &mut self.pleg_relists_slower_10s,
             _ => return None,
         })
     }

@@ -6,6 +6,7 @@
 //! trims it, re-read when it changes and at least once a minute), so a rotated service account
 //! token (kubelet-projected, rotated hourly) is picked up by the next request without a restart.
 pub mod facts;
+pub mod inputs;
 pub mod report;
 pub mod token;
 

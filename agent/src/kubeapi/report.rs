@@ -449,6 +449,8 @@ mod tests {
             contradicts: vec![],
             next_checks: vec![],
             findings: vec![],
+            inputs: Default::default(),
+            cannot_tell: vec![],
         }))
     }
 

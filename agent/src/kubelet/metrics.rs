@@ -1,5 +1,5 @@
 //! The kubelet's own `/metrics`: goroutines, PLEG relist duration, memory evictions, cgroup
-//! version, running and exited containers. Garbage, errors and timeouts are reported, never fatal.
+//! version, running and exited containers, the feature gates the leak causes depend on. Garbage, errors and timeouts are reported, never fatal.
 use std::time::Duration;
 
 use serde::Serialize;
@@ -7,8 +7,13 @@ use serde::Serialize;
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct KubeletMetrics {
     pub goroutines: Option<f64>,
-    /// p99 estimated from the histogram buckets.
+    /// p99 estimated from the histogram buckets, since the kubelet started (a lifetime figure:
+    /// the live series uses the differences between scrapes, see `sampler::PlegWindow`).
     pub pleg_relist_p99_seconds: Option<f64>,
+    /// `kubelet_pleg_relist_duration_seconds_bucket` as (le seconds, cumulative count), sorted
+    /// by `le`, `+Inf` last; empty when the kubelet serves no such histogram.
+    #[serde(skip)]
+    pub pleg_relist_buckets: Vec<(f64, f64)>,
     pub evictions_memory_total: Option<f64>,
     pub cgroup_version: Option<f64>,
     /// `kubelet_running_containers{container_state="running"}`.
@@ -22,6 +27,10 @@ pub struct KubeletMetrics {
     /// state but not `running` or `exited`, that count is 0. (Once set, a state's series keeps
     /// its last non-zero value after its containers are gone: the kubelet never resets it.)
     pub exited_containers: Option<f64>,
+    /// `kubernetes_feature_enabled{name="EventedPLEG"}`: 1 on, 0 off; None when not served.
+    pub gate_evented_pleg: Option<f64>,
+    /// `kubernetes_feature_enabled{name="PodCertificateRequest"}`: 1 on, 0 off.
+    pub gate_pod_certificate_request: Option<f64>,
 }
 
 /// How the kubelet's serving certificate is checked.
@@ -221,6 +230,11 @@ pub fn parse(text: &str) -> Option<KubeletMetrics> {
                     _ => {}
                 }
             }
+            "kubernetes_feature_enabled" => match label(labels, "name") {
+                Some("EventedPLEG") => m.gate_evented_pleg = Some(v),
+                Some("PodCertificateRequest") => m.gate_pod_certificate_request = Some(v),
+                _ => {}
+            },
             n if n.starts_with("kubelet_") => any = true,
             _ => {}
         }
@@ -233,6 +247,7 @@ pub fn parse(text: &str) -> Option<KubeletMetrics> {
     if !buckets.is_empty() {
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         m.pleg_relist_p99_seconds = histogram_quantile(&buckets, 0.99);
+        m.pleg_relist_buckets = buckets;
     }
     any.then_some(m)
 }

@@ -319,6 +319,12 @@ fn generate_with(scenario: Scenario, days: f64, seed: u64, shaped: bool) -> (Vec
             gate_evented_pleg: Some(f64::from(u8::from(gate_epleg))),
             kubelet_restarts: Some(restarts),
             memory_pressure: Some(pressure),
+            // The generator models the PLEG as a p99 only (the classifier's fallback when no
+            // relist counts were recorded).
+            pleg_relists: None,
+            pleg_relists_slower_1s: None,
+            pleg_relists_slower_5s: None,
+            pleg_relists_slower_10s: None,
         });
     }
     let label = Label {
