@@ -427,7 +427,7 @@ pub fn svg(ep: &Episode) -> String {
             if pod.is_empty() {
                 String::new()
             } else {
-                format!(" pod {pod}")
+                format!(" pod {}", esc(pod))
             },
             x(k.t) - 3.0,
             py0 - 14.0,
@@ -554,6 +554,28 @@ not json
         // steady has no band; the three others do.
         assert_eq!(s.matches("class=\"stage\"").count(), 3);
         assert!(s.contains(r#"data-pod="aa-bb""#));
+    }
+
+    /// Every string from the event log is escaped: a pod UID taken from a cgroup name a
+    /// workload chose (`pod_identity` takes what follows `pod`), a comm, a kind, a stage.
+    #[test]
+    fn hostile_strings_from_the_event_log_are_escaped() {
+        let events = r#"{"event":"kill","time":"2026-11-28T21:20:20Z","ktime_ns":1020000000000,"kind":"<k>","victim":{"pid":77,"comm":"<c>&","pod":{"pod_uid":"\"><img src=x onerror=alert(1)>"}}}
+{"event":"stage","ktime_ns":1000000000000,"stage":"<s>"}"#;
+        let samples: Vec<Sample> = (0..10)
+            .map(|i| Sample {
+                t: 1_795_900_000 + i * 10,
+                kubelet_rss_bytes: 50e6,
+                ..Default::default()
+            })
+            .collect();
+        let ep = Episode::new(&samples, events);
+        assert_eq!(ep.kills.len(), 1);
+        for out in [svg(&ep), html(&ep)] {
+            assert!(!out.contains("<img"), "{out}");
+            assert!(!out.contains("<k>") && !out.contains("<c>") && !out.contains("<s>"));
+            assert!(out.contains("&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"));
+        }
     }
 
     #[test]
