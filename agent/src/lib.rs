@@ -20,6 +20,7 @@ pub mod report; // `oomprobe report`: an episode drawn as SVG/HTML
 pub mod pipeline; // the run loop as a type: one method per stage
 pub mod metrics; // Prometheus metrics and their endpoint
 pub mod cli; // one file per verb
+pub mod files; // operator-named files (kubeconfig, tokens, CAs) read bounded
 #[cfg(feature = "heap-count")]
 pub mod heap_count; // the soak bench's counting allocator
 

@@ -46,9 +46,9 @@ impl KubeletMetricsArgs {
 
     /// The token, read now (it may be rotated on disk).
     pub fn token(&self) -> Option<String> {
-        self.kubelet_metrics_token_file
-            .as_ref()
-            .and_then(|f| std::fs::read_to_string(f).ok())
+        self.kubelet_metrics_token_file.as_ref().and_then(|f| {
+            crate::files::read_to_string(std::path::Path::new(f), crate::files::MAX_BYTES).ok()
+        })
     }
 }
 

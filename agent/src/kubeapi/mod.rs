@@ -61,6 +61,14 @@ pub enum ApiError {
     InCluster(#[source] kube::config::InClusterError),
     #[error("{what} file {path} does not exist")]
     Missing { what: &'static str, path: PathBuf },
+    /// A device, a FIFO, a directory, or a file larger than [`crate::files::MAX_BYTES`].
+    #[error("cannot use {what} file {path}")]
+    BadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot build the API client")]
     Client(#[source] kube::Error),
     #[error("API server answered {code} {reason}: {message}")]
@@ -106,6 +114,13 @@ impl ApiSource {
     /// The kube-rs configuration.
     pub async fn config(&self) -> Result<Config, ApiError> {
         let mut cfg = if let Some(path) = &self.kubeconfig {
+            crate::files::check(path, crate::files::MAX_BYTES).map_err(|source| {
+                ApiError::BadFile {
+                    what: "kubeconfig",
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             let kc = Kubeconfig::read_from(path).map_err(|e| match e {
                 kube::config::KubeconfigError::Parse(p) => ApiError::NotKubeconfig {
                     path: path.clone(),
@@ -141,6 +156,13 @@ impl ApiSource {
                     path: ca.clone(),
                 });
             }
+            crate::files::check(ca, crate::files::MAX_BYTES).map_err(|source| {
+                ApiError::BadFile {
+                    what: "CA",
+                    path: ca.clone(),
+                    source,
+                }
+            })?;
             cfg.root_cert_file = Some(ca.clone());
         }
         // Agent calls are small; an API server that hangs or drops packets must not hold a

@@ -103,7 +103,7 @@ impl TokenFile {
 
     /// The file's token as an `Authorization` value.
     pub fn read(&self) -> Result<HeaderValue, TokenError> {
-        let text = std::fs::read_to_string(&self.path)
+        let text = crate::files::read_to_string(&self.path, crate::files::MAX_BYTES)
             .map_err(|e| TokenError::Read(self.path.clone(), e))?;
         // client-go: strings.TrimSpace of the file's content.
         let token = text.trim();

@@ -90,7 +90,8 @@ pub fn client(tls: &TlsOptions, timeout: Duration) -> Result<reqwest::Client, Me
         .danger_accept_invalid_certs(tls.insecure);
     if let Some(ca) = &tls.ca_file {
         let name = ca.display().to_string();
-        let pem = std::fs::read(ca).map_err(|e| MetricsError::Ca(name.clone(), e))?;
+        let pem = crate::files::read(ca, crate::files::MAX_BYTES)
+            .map_err(|e| MetricsError::Ca(name.clone(), e))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| MetricsError::CaPem(name.clone(), e))?;
         if certs.is_empty() {
