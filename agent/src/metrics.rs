@@ -161,7 +161,7 @@ impl Metrics {
         let kubelet_metrics_errors = counter_vec(
             &registry,
             "oomprobe_kubelet_metrics_errors_total",
-            "Failed scrapes of the kubelet's /metrics, by reason (connect, timeout, status, garbage, scheme).",
+            "Failed scrapes of the kubelet's /metrics, by reason (connect, timeout, status, garbage, scheme; invalid_value: a scrape with values no kubelet gives, set aside).",
             &["reason"],
         );
         let kube_api_inputs_errors = counter_vec(

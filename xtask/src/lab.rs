@@ -1154,6 +1154,38 @@ pub fn supervise() -> Result<()> {
     Ok(())
 }
 
+/// Where [`swap_kubelet`] keeps the lab's own kubelet while another build runs at its path.
+fn saved_kubelet(lab: &Lab) -> PathBuf {
+    lab.k8s_bin("kubelet").with_extension("lab-saved")
+}
+
+/// Replaces the kubelet binary at its path (the one the supervisor execs) with `other`, as an
+/// upgrade does: the running kubelet keeps its old inode, the supervisor's next start execs the
+/// new one. The lab's own build is kept aside and put back by [`restore_kubelet`] (`lab down`).
+pub fn swap_kubelet(lab: &Lab, other: &Path) -> Result<()> {
+    let bin = lab.k8s_bin("kubelet");
+    let saved = saved_kubelet(lab);
+    if !saved.exists() {
+        fs::rename(&bin, &saved).with_context(|| format!("cannot set {} aside", bin.display()))?;
+    }
+    let tmp = bin.with_extension("swap-partial");
+    fs::copy(other, &tmp).with_context(|| format!("cannot copy {}", other.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+    fs::rename(&tmp, &bin)?;
+    Ok(())
+}
+
+/// Puts the lab's own kubelet build back at its path after [`swap_kubelet`] (also after a crash
+/// of the command that swapped it: `lab down` and `lab up` call this).
+pub fn restore_kubelet(lab: &Lab) -> Result<()> {
+    let saved = saved_kubelet(lab);
+    if saved.exists() {
+        fs::rename(&saved, lab.k8s_bin("kubelet"))
+            .with_context(|| format!("cannot restore {}", saved.display()))?;
+    }
+    Ok(())
+}
+
 /// Processes of the lab: the recorded pids and anything whose command line names the lab's run
 /// directory (containerd's shims carry its socket path, the supervisor runs from the xtask).
 fn lab_processes(lab: &Lab) -> Vec<u32> {
@@ -1269,6 +1301,7 @@ fn down_inner(lab: &Lab, report: bool) -> Result<()> {
     // The supervisor first, so nothing restarts the kubelet.
     stop_named(lab, "supervisor", Duration::from_secs(15));
     stop_named(lab, "kubelet", Duration::from_secs(10));
+    restore_kubelet(lab)?;
     // Pods: stop and remove every sandbox through the runtime (shims exit, rootfs unmounted,
     // container cgroups removed by runc).
     let sock = lab.containerd_sock();

@@ -428,6 +428,14 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
             };
             match got {
                 Ok(m) => {
+                    if !m.invalid.is_empty() {
+                        checks.push(check(
+                            "kubelet_metrics_invalid",
+                            m.invalid.join(", "),
+                            Health::Unknown,
+                            "values no kubelet gives (NaN, negative, a fractional count, a gate other than 0/1): set aside, those checks are not made",
+                        ));
+                    }
                     if let Some(g) = m.goroutines {
                         checks.push(check(
                             "kubelet_goroutines",
@@ -558,7 +566,19 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
     if approaching && stage == "steady" {
         stage = "pre_oom";
     }
-    if let Some(st) = store.filter(|st| !st.samples.is_empty()) {
+    let store = store.filter(|st| !st.samples.is_empty());
+    if store.is_none() {
+        checks.push(check(
+            "leak_verdict",
+            "no history".to_string(),
+            Health::Unknown,
+            format!(
+                "no series in {}: the leak verdict needs the history the agent keeps (oomprobe run --state-dir); a single reading cannot tell a leak",
+                store_path.display()
+            ),
+        ));
+    }
+    if let Some(st) = store {
         let verdict = Engine::default().evaluate(&st.samples);
         checks.push(check(
             "leak_verdict",

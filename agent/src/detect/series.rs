@@ -80,6 +80,48 @@ pub const OPTIONAL_COLUMNS: &[&str] = &[
     "pleg_relists_slower_10s",
 ];
 
+/// Why a value cannot be a measurement of `column` (`None`: it can). Every column is finite and
+/// not negative; byte counts fit a u64 (the kernel's counters); counts (`pods`, containers,
+/// goroutines, CSRs, restarts, relists, evictions) are whole numbers up to 2^53 (exact in an
+/// f64); `gate_*` and `memory_pressure` are 0 or 1; `cgroup_version` is 1 or 2. Shared by the
+/// CSV reader (`oomprobe replay`) and the store decoder, so both refuse the same values.
+pub fn invalid_value(column: &str, v: f64) -> Option<String> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if !v.is_finite() {
+        return Some("is not a finite number".into());
+    }
+    if v < 0.0 {
+        return Some("is negative".into());
+    }
+    if column.ends_with("_bytes") && v > u64::MAX as f64 {
+        return Some("is beyond a 64-bit byte count".into());
+    }
+    let count = matches!(
+        column,
+        "pods"
+            | "containers"
+            | "exited_containers"
+            | "goroutines"
+            | "evictions_memory_total"
+            | "pending_csrs"
+            | "kubelet_restarts"
+            | "pleg_relists"
+            | "pleg_relists_slower_1s"
+            | "pleg_relists_slower_5s"
+            | "pleg_relists_slower_10s"
+    );
+    if count && (v.fract() != 0.0 || v > EXACT) {
+        return Some("is not a whole count".into());
+    }
+    if (column.starts_with("gate_") || column == "memory_pressure") && v != 0.0 && v != 1.0 {
+        return Some("is neither 0 nor 1".into());
+    }
+    if column == "cgroup_version" && v != 1.0 && v != 2.0 {
+        return Some("is neither 1 nor 2".into());
+    }
+    None
+}
+
 impl Sample {
     pub fn optional_mut(&mut self, column: &str) -> Option<&mut Option<f64>> {
         Some(match column {

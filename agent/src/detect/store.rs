@@ -132,7 +132,7 @@ fn decode(b: &[u8], names: &[Option<String>]) -> Result<Sample, Invalid> {
         if v.is_nan() {
             continue;
         }
-        if !v.is_finite() || v < 0.0 {
+        if super::series::invalid_value(name, v).is_some() {
             return Err(Invalid::Value(name.clone(), v));
         }
         match name.as_str() {

@@ -31,6 +31,12 @@ pub struct KubeletMetrics {
     pub gate_evented_pleg: Option<f64>,
     /// `kubernetes_feature_enabled{name="PodCertificateRequest"}`: 1 on, 0 off.
     pub gate_pod_certificate_request: Option<f64>,
+    /// Metrics whose value no kubelet gives (NaN, negative, a fractional count, a gate other
+    /// than 0/1, a cgroup version other than 1/2, a histogram whose cumulative counts fall):
+    /// set aside as not served, named here (`oomprobe_kubelet_metrics_errors_total{reason=
+    /// "invalid_value"}`; `diagnose` names them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invalid: Vec<&'static str>,
 }
 
 /// How the kubelet's serving certificate is checked.
@@ -245,8 +251,58 @@ pub fn parse(text: &str) -> Option<KubeletMetrics> {
         m.running_containers.get_or_insert(0.0);
         m.exited_containers.get_or_insert(0.0);
     }
+    // Values no kubelet gives are not served (the series' own domains, shared with the store
+    // and replay: crate::detect::series::invalid_value).
+    let invalid = &mut m.invalid;
+    for (metric, column, slot) in [
+        ("go_goroutines", "goroutines", &mut m.goroutines),
+        (
+            "kubelet_evictions_total",
+            "evictions_memory_total",
+            &mut m.evictions_memory_total,
+        ),
+        (
+            "kubelet_cgroup_version",
+            "cgroup_version",
+            &mut m.cgroup_version,
+        ),
+        (
+            "kubelet_running_containers{container_state=\"running\"}",
+            "containers",
+            &mut m.running_containers,
+        ),
+        (
+            "kubelet_running_containers{container_state=\"exited\"}",
+            "exited_containers",
+            &mut m.exited_containers,
+        ),
+        (
+            "kubernetes_feature_enabled{name=\"EventedPLEG\"}",
+            "gate_evented_pleg",
+            &mut m.gate_evented_pleg,
+        ),
+        (
+            "kubernetes_feature_enabled{name=\"PodCertificateRequest\"}",
+            "gate_pod_certificate_request",
+            &mut m.gate_pod_certificate_request,
+        ),
+    ] {
+        if slot.is_some_and(|v| crate::detect::series::invalid_value(column, v).is_some()) {
+            *slot = None;
+            invalid.push(metric);
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let bad_histogram = buckets
+        .iter()
+        .any(|(le, c)| le.is_nan() || !c.is_finite() || *c < 0.0)
+        || buckets.windows(2).any(|w| w[1].1 < w[0].1);
+    if bad_histogram {
+        buckets.clear();
+        m.invalid
+            .push("kubelet_pleg_relist_duration_seconds_bucket");
+    }
     if !buckets.is_empty() {
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         m.pleg_relist_p99_seconds = histogram_quantile(&buckets, 0.99);
         m.pleg_relist_buckets = buckets;
     }
@@ -353,7 +409,16 @@ pub fn spawn_scraper(
                 },
             };
             let value = match got {
-                Ok(m) => Some(m),
+                Ok(m) => {
+                    if !m.invalid.is_empty() {
+                        errors.with_label_values(&["invalid_value"]).inc();
+                        if failures.is_multiple_of(60) {
+                            tracing::warn!(metrics = ?m.invalid, "kubelet metrics with values no kubelet gives: set aside");
+                        }
+                        failures += 1;
+                    }
+                    Some(m)
+                }
                 Err(e) => {
                     errors.with_label_values(&[e.reason()]).inc();
                     if failures.is_multiple_of(60) {
@@ -446,6 +511,45 @@ mod tests {
         let m = parse("kubelet_running_containers{container_state=\"exited\",note=\"a}b\"} 7\n")
             .unwrap();
         assert_eq!(m.exited_containers, Some(7.0));
+    }
+
+    /// NaN goroutines, a negative eviction count, a gate of 7, cgroup version 3, half a
+    /// container and a histogram whose cumulative counts fall are set aside and named; the
+    /// good values of the same scrape are kept.
+    #[test]
+    fn values_no_kubelet_gives_are_set_aside() {
+        let text = "go_goroutines NaN\n\
+            kubelet_evictions_total{eviction_signal=\"memory.available\"} -3\n\
+            kubelet_cgroup_version 3\n\
+            kubelet_running_containers{container_state=\"running\"} 2.5\n\
+            kubelet_running_containers{container_state=\"exited\"} 4\n\
+            kubernetes_feature_enabled{name=\"EventedPLEG\",stage=\"ALPHA\"} 7\n\
+            kubernetes_feature_enabled{name=\"PodCertificateRequest\",stage=\"ALPHA\"} 1\n\
+            kubelet_pleg_relist_duration_seconds_bucket{le=\"1\"} 10\n\
+            kubelet_pleg_relist_duration_seconds_bucket{le=\"+Inf\"} 5\n";
+        let m = parse(text).unwrap();
+        assert_eq!(
+            m.invalid,
+            [
+                "go_goroutines",
+                "kubelet_evictions_total",
+                "kubelet_cgroup_version",
+                "kubelet_running_containers{container_state=\"running\"}",
+                "kubernetes_feature_enabled{name=\"EventedPLEG\"}",
+                "kubelet_pleg_relist_duration_seconds_bucket",
+            ]
+        );
+        assert_eq!(m.goroutines, None);
+        assert_eq!(m.evictions_memory_total, None);
+        assert_eq!(m.cgroup_version, None);
+        assert_eq!(m.running_containers, None);
+        assert_eq!(m.exited_containers, Some(4.0));
+        assert_eq!(m.gate_evented_pleg, None);
+        assert_eq!(m.gate_pod_certificate_request, Some(1.0));
+        assert_eq!(m.pleg_relist_p99_seconds, None);
+        assert!(m.pleg_relist_buckets.is_empty());
+        // The recorded real kubelet has none.
+        assert!(parse(RECORDED).unwrap().invalid.is_empty());
     }
 
     #[test]

@@ -153,23 +153,10 @@ pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
             let v = cell
                 .parse::<f64>()
                 .map_err(|_| row_err(format!("bad {what} {}", quote(cell))))?;
-            if !v.is_finite() {
-                return Err(row_err(format!(
-                    "{what} is not a finite number ({})",
-                    clip(cell)
-                )));
+            match crate::detect::series::invalid_value(what, v) {
+                Some(why) => Err(row_err(format!("{what} {why} ({})", clip(cell)))),
+                None => Ok(v),
             }
-            if v < 0.0 {
-                return Err(row_err(format!("{what} is negative ({})", clip(cell))));
-            }
-            // Kernel byte counters are u64: anything beyond is not a measurement.
-            if what.ends_with("_bytes") && v > u64::MAX as f64 {
-                return Err(row_err(format!(
-                    "{what} is beyond a 64-bit byte count ({})",
-                    clip(cell)
-                )));
-            }
-            Ok(v)
         };
         let mut s = Sample {
             t: time,
@@ -349,6 +336,41 @@ mod tests {
                 assert_eq!(r.unwrap_err().to_string(), want, "{row}");
             }
         }
+    }
+
+    /// Values no real node gives (the trial's: cgroup version 7, a feature gate of 5, a
+    /// pressure of 0.5, 1.5 pods, 2^64 goroutines) are refused with the line.
+    #[test]
+    fn refuses_values_outside_a_columns_domain() {
+        let h = "time,kubelet_rss_bytes,pods,cgroup_version,gate_evented_pleg,memory_pressure,goroutines\n60,1,2,1,0,0,10\n";
+        for (row, want) in [
+            (
+                "120,1,2,7,0,0,10",
+                "line 3: cgroup_version is neither 1 nor 2 (7)",
+            ),
+            (
+                "120,1,2,2,5,0,10",
+                "line 3: gate_evented_pleg is neither 0 nor 1 (5)",
+            ),
+            (
+                "120,1,2,2,1,0.5,10",
+                "line 3: memory_pressure is neither 0 nor 1 (0.5)",
+            ),
+            (
+                "120,1,1.5,2,1,1,10",
+                "line 3: pods is not a whole count (1.5)",
+            ),
+            (
+                "120,1,2,2,1,1,18446744073709551616",
+                "line 3: goroutines is not a whole count (18446744073709551616)",
+            ),
+        ] {
+            let r = parse(&format!("{h}{row}\n"));
+            assert_eq!(r.unwrap_err().to_string(), want, "{row}");
+        }
+        let (ok, _) = parse(&format!("{h}120,1,2,2,1,1,9007199254740992\n")).unwrap();
+        assert_eq!(ok[1].cgroup_version, Some(2.0));
+        assert_eq!(ok[1].goroutines, Some(9007199254740992.0));
     }
 
     #[test]
