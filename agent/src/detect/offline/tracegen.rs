@@ -299,7 +299,7 @@ fn generate_with(scenario: Scenario, days: f64, seed: u64, shaped: bool) -> (Vec
             t,
             kubelet_rss_bytes: rss.max(50.0 * MIB),
             pods: pods_now,
-            containers: Some(pods_now * 1.5),
+            containers: Some((pods_now * 1.5).round()),
             exited_containers: Some(exited.max(0.0).round()),
             kubelet_cgroup_bytes: Some(rss * 1.05),
             kubelet_limit_bytes: None,
