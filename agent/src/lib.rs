@@ -28,13 +28,66 @@ pub mod heap_count; // the soak bench's counting allocator
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe-ebpf"));
 
-/// An error and its causes on one line: `a: b: c`.
+/// An error and its causes on one line: `a: b: c`. A cause whose text the line already holds
+/// (an error that prints its source itself, as reqwest's and some wrappers do) is not repeated.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut line = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        line.push_str(&format!(": {s}"));
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(&format!(": {text}"));
+        }
         source = s.source();
     }
     line.replace('\n', " ")
+}
+
+/// `url` as it may be shown in logs and errors: credentials (`user:password@`), the query and
+/// the fragment (where tokens travel) replaced by `***`; a string that is not a URL is shown as
+/// `<not a URL>` rather than echoed (it may be a secret pasted in the wrong flag).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if !u.username().is_empty() || u.password().is_some() {
+                let _ = u.set_username("***");
+                let _ = u.set_password(None);
+            }
+            if u.query().is_some() {
+                u.set_query(Some("***"));
+            }
+            if u.fragment().is_some() {
+                u.set_fragment(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<not a URL>".into(),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_queries_and_non_urls_are_not_shown() {
+        assert_eq!(
+            redact_url("https://admin:s3cret@10.0.0.1:10250/metrics?token=abc#x"),
+            "https://***@10.0.0.1:10250/metrics?***#***"
+        );
+        assert_eq!(
+            redact_url("https://127.0.0.1:10250/metrics"),
+            "https://127.0.0.1:10250/metrics"
+        );
+        assert_eq!(redact_url("eyJhbGciOiJSUzI1NiJ9.secret"), "<not a URL>");
+    }
+
+    #[test]
+    fn a_cause_already_in_the_line_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("disk on fire"));
+        assert_eq!(error_chain(&e), "outer: disk on fire");
+    }
 }

@@ -484,7 +484,12 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                 }
                 Err(e) => {
                     let why = crate::error_chain(&e);
-                    checks.push(check("kubelet_metrics", url.clone(), Health::Unknown, why))
+                    checks.push(check(
+                        "kubelet_metrics",
+                        crate::redact_url(url),
+                        Health::Unknown,
+                        why,
+                    ))
                 }
             }
         }

@@ -106,7 +106,7 @@ impl ApiSource {
     pub fn describe(&self) -> String {
         match (&self.kubeconfig, &self.api) {
             (Some(k), _) => format!("kubeconfig {}", k.display()),
-            (None, Some(a)) => a.clone(),
+            (None, Some(a)) => crate::redact_url(a),
             (None, None) => "in-cluster".into(),
         }
     }

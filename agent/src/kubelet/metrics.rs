@@ -345,14 +345,18 @@ pub async fn fetch(
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<KubeletMetrics, MetricsError> {
+    // Errors name the URL without credentials or query (crate::redact_url); reqwest's own
+    // errors are stripped of it.
+    let shown = crate::redact_url(url);
     let classify = |e: reqwest::Error| {
+        let e = e.without_url();
         if e.is_timeout() {
-            MetricsError::Timeout(url.to_string(), timeout)
+            MetricsError::Timeout(shown.clone(), timeout)
         } else if e.is_connect() || e.is_builder() {
-            MetricsError::Http(url.to_string(), e)
+            MetricsError::Http(shown.clone(), e)
         } else {
             // Connected, but what came back is not an HTTP answer (or broke off mid-body).
-            MetricsError::Protocol(url.to_string(), e)
+            MetricsError::Protocol(shown.clone(), e)
         }
     };
     let mut req = client.get(url);
@@ -362,16 +366,16 @@ pub async fn fetch(
     let mut r = req.send().await.map_err(classify)?;
     let status = r.status();
     if !status.is_success() {
-        return Err(MetricsError::Status(url.to_string(), status.to_string()));
+        return Err(MetricsError::Status(shown, status.to_string()));
     }
     let mut body = Vec::new();
     while let Some(chunk) = r.chunk().await.map_err(classify)? {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(MetricsError::Garbage(url.to_string()));
+            return Err(MetricsError::Garbage(shown));
         }
         body.extend_from_slice(&chunk);
     }
-    parse(&String::from_utf8_lossy(&body)).ok_or_else(|| MetricsError::Garbage(url.to_string()))
+    parse(&String::from_utf8_lossy(&body)).ok_or(MetricsError::Garbage(shown))
 }
 
 /// The latest scrape: `None` until one succeeds and after one fails.
