@@ -2,7 +2,7 @@
 //! when present and in `.gopclntab` when the binary is stripped (Kubernetes release binaries are
 //! built with `-s -w`); libc's `mmap`/`munmap`/`brk`/`sbrk` for non-Go builds. Also the function
 //! table used to symbolize captured stacks.
-use std::path::Path;
+use std::{os::unix::fs::OpenOptionsExt as _, path::Path};
 
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 use serde::Serialize;
@@ -19,6 +19,10 @@ pub enum SymbolError {
     NotAFile { path: String },
     #[error("{path} is empty")]
     Empty { path: String },
+    #[error(
+        "{path} is cut short: {len} bytes, its ELF header places the section headers up to byte {needs} (a partial copy or download?)"
+    )]
+    Truncated { path: String, len: u64, needs: u64 },
     #[error("{path} is not an ELF object this agent can read")]
     NotElf {
         path: String,
@@ -77,6 +81,20 @@ pub fn unsupported_features(arch: &str) -> &'static [&'static str] {
 /// [`unsupported_features`]).
 pub fn go_call_sites_supported() -> bool {
     !unsupported_features(std::env::consts::ARCH).contains(&"kubelet_go_call_sites")
+}
+
+/// For a little-endian ELF64 header whose section header table (`e_shoff` + `e_shnum` *
+/// `e_shentsize`) ends beyond `data`: where it ends. None for anything else.
+fn truncated_elf64(data: &[u8]) -> Option<u64> {
+    let h = data.get(..64)?;
+    if h[..4] != *b"\x7fELF" || h[4] != 2 || h[5] != 1 {
+        return None;
+    }
+    let shoff = u64::from_le_bytes(h[0x28..0x30].try_into().ok()?);
+    let shentsize = u64::from(u16::from_le_bytes(h[0x3a..0x3c].try_into().ok()?));
+    let shnum = u64::from(u16::from_le_bytes(h[0x3c..0x3e].try_into().ok()?));
+    let end = shoff.checked_add(shentsize.checked_mul(shnum)?)?;
+    (end > data.len() as u64).then_some(end)
 }
 
 /// What a probe point measures.
@@ -389,7 +407,13 @@ impl Binary {
             path: path.display().to_string(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(read_err)?;
+        // O_NONBLOCK: opening a FIFO for reading must not wait for a writer (it is refused
+        // just below as not a file); the flag has no effect on a regular file's reads.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read_err)?;
         // mmap's own errors for these are ENODEV and EINVAL: say what is wrong instead.
         let meta = file.metadata().map_err(read_err)?;
         if !meta.is_file() {
@@ -422,9 +446,16 @@ impl Binary {
     }
 
     fn elf(&self) -> Result<object::File<'_>, SymbolError> {
-        object::File::parse(&*self.data).map_err(|source| SymbolError::NotElf {
-            path: self.path.clone(),
-            source,
+        object::File::parse(&*self.data).map_err(|source| match truncated_elf64(&self.data) {
+            Some(needs) => SymbolError::Truncated {
+                path: self.path.clone(),
+                len: self.data.len() as u64,
+                needs,
+            },
+            None => SymbolError::NotElf {
+                path: self.path.clone(),
+                source,
+            },
         })
     }
 
@@ -620,6 +651,22 @@ mod tests {
         h[54] = 56; // e_phentsize
         h[58] = 64; // e_shentsize
         h
+    }
+
+    /// A binary cut short (a partial copy) says so, with its length and where its headers end.
+    #[test]
+    fn a_truncated_binary_says_it_is_cut_short() {
+        let mut h = elf_header(62);
+        h[0x28..0x30].copy_from_slice(&100_000u64.to_le_bytes()); // e_shoff
+        h[0x3c..0x3e].copy_from_slice(&30u16.to_le_bytes()); // e_shnum
+        h.resize(3000, 0);
+        let e = Binary::from_bytes("/x/kubelet", h)
+            .go_functions()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/x/kubelet is cut short: 3000 bytes, its ELF header places the section headers up to byte 101920 (a partial copy or download?)"
+        );
     }
 
     #[test]
