@@ -186,6 +186,25 @@ fn utc(t: f64) -> String {
         .unwrap_or_default()
 }
 
+/// An axis label for `t`: the time of day, with the date (`MM-DD`) when the axis spans more
+/// than a day (a multi-day history otherwise shows the same hours twice).
+fn axis_label(t: f64, span: f64) -> String {
+    if span <= 86_400.0 {
+        return utc(t);
+    }
+    time::OffsetDateTime::from_unix_timestamp(t as i64)
+        .map(|d| {
+            format!(
+                "{:02}-{:02} {:02}:{:02}",
+                u8::from(d.month()),
+                d.day(),
+                d.hour(),
+                d.minute()
+            )
+        })
+        .unwrap_or_default()
+}
+
 fn mib(b: f64) -> String {
     format!("{:.0} MiB", b / 1048576.0)
 }
@@ -299,7 +318,7 @@ pub fn svg(ep: &Episode) -> String {
             r##"<line x1="{xx:.1}" x2="{xx:.1}" y1="{py0:.1}" y2="{:.1}"/><text x="{xx:.1}" y="{:.1}" text-anchor="middle" stroke="none" fill="#374151">{}</text>"##,
             py0 + 5.0,
             py0 + 18.0,
-            utc(t),
+            axis_label(t, t_end - t0),
             xx = x(t)
         );
     }
@@ -356,7 +375,12 @@ pub fn svg(ep: &Episode) -> String {
     );
     let series: Vec<(i64, f64)> = ep.memory.iter().map(|m| (m.0, m.1)).collect();
     let bucket = ((span / 24.0) as i64).max(10);
-    let base = baseline(&series, bucket, 0.1);
+    // Baseline points are bucket times: keep those on the axis (a last bucket's time may lie
+    // past the last sample).
+    let base: Vec<(f64, f64)> = baseline(&series, bucket, 0.1)
+        .into_iter()
+        .filter(|(t, _)| (t0..=t_end).contains(t))
+        .collect();
     if base.len() >= 2 {
         let pts: Vec<String> = base
             .iter()
@@ -441,16 +465,37 @@ pub fn svg(ep: &Episode) -> String {
         );
     }
     s.push_str("</g>");
-    // Legend.
-    let _ = write!(
-        s,
-        r##"<g id="legend" font-size="11"><text x="{LEFT}" y="18" fill="#2563eb">kubelet RSS</text><text x="{:.0}" y="18" fill="#111827">baseline</text><text x="{:.0}" y="18" fill="#7c3aed">leak slope</text><text x="{:.0}" y="18" fill="#dc2626">limit, time-to-OOM band</text><text x="{:.0}" y="18" fill="#b91c1c">kills</text><text x="{:.0}" y="18" fill="#9a3412">stages: pre_oom, active_oom, storm, recovery</text></g>"##,
-        LEFT + 90.0,
-        LEFT + 160.0,
-        LEFT + 240.0,
-        LEFT + 400.0,
-        LEFT + 450.0
-    );
+    // Legend: only what the chart shows.
+    let mut legend: Vec<(&str, &str)> = vec![("#2563eb", "kubelet RSS")];
+    if s.contains(r#"id="baseline""#) {
+        legend.push(("#111827", "baseline"));
+    }
+    if s.contains(r#"id="leak-slope""#) {
+        legend.push(("#7c3aed", "leak slope"));
+    }
+    match (limit > 0.0, s.contains(r#"id="time-to-oom-band""#)) {
+        (true, true) => legend.push(("#dc2626", "limit, time-to-OOM band")),
+        (true, false) => legend.push(("#dc2626", "limit")),
+        (false, true) => legend.push(("#dc2626", "time-to-OOM band")),
+        (false, false) => {}
+    }
+    if !ep.kills.is_empty() {
+        legend.push(("#b91c1c", "kills"));
+    }
+    if ep.stages.iter().any(|(_, st)| stage_color(st).is_some()) {
+        legend.push(("#9a3412", "stages: pre_oom, active_oom, storm, recovery"));
+    }
+    s.push_str(r#"<g id="legend" font-size="11">"#);
+    let mut lx = LEFT;
+    for (color, text) in legend {
+        let _ = write!(
+            s,
+            r#"<text x="{lx:.0}" y="18" fill="{color}">{text}</text>"#
+        );
+        // About 6 px per character at 11 px, and a gap.
+        lx += 6.0 * text.len() as f64 + 16.0;
+    }
+    s.push_str("</g>");
     s.push_str("</svg>\n");
     s
 }
@@ -554,6 +599,39 @@ not json
         // steady has no band; the three others do.
         assert_eq!(s.matches("class=\"stage\"").count(), 3);
         assert!(s.contains(r#"data-pod="aa-bb""#));
+    }
+
+    /// A history without events (`report --csv` alone) draws no slope, band, kills or stages,
+    /// and its legend lists none of them; a five-day axis carries dates; the baseline stays on
+    /// the axis.
+    #[test]
+    fn legend_lists_only_what_is_drawn_and_long_axes_have_dates() {
+        let samples: Vec<Sample> = (0..5 * 24 * 6)
+            .map(|i| Sample {
+                t: 1_790_000_000 + i * 600,
+                kubelet_rss_bytes: 2e8 + (i % 7) as f64 * 1e6,
+                pods: 10.0,
+                ..Default::default()
+            })
+            .collect();
+        let s = svg(&Episode::new(&samples, ""));
+        let legend = &s[s.find(r#"<g id="legend""#).unwrap()..];
+        assert!(legend.contains(">kubelet RSS<") && legend.contains(">baseline<"));
+        for absent in ["leak slope", "time-to-OOM", "kills", "stages", "limit"] {
+            assert!(!legend.contains(absent), "{absent} in the legend");
+        }
+        // 1790000000 is 2026-09-21 14:13:20 UTC; the first tick carries the date.
+        assert!(s.contains(">09-21 14:13<"), "no dated tick");
+        let end = LEFT + (W - LEFT - RIGHT) + 0.05;
+        let base = &s[s.find(r#"id="baseline" points=""#).unwrap() + 22..];
+        let base = &base[..base.find('"').unwrap()];
+        for p in base.split(' ') {
+            let x: f64 = p.split(',').next().unwrap().parse().unwrap();
+            assert!(
+                (LEFT - 0.05..=end).contains(&x),
+                "baseline point {p} off the axis"
+            );
+        }
     }
 
     /// Every string from the event log is escaped: a pod UID taken from a cgroup name a
