@@ -45,7 +45,10 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // kube-rs logs its own ERROR line for each failed request; the agent reports
+                // every API failure itself with its whole cause chain, so the default leaves
+                // kube-rs's out (RUST_LOG=kube_client=debug brings them back).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off")),
         )
         .init();
     // A usage error exits 1 like every other refusal (clap's own default is 2, which
