@@ -130,6 +130,36 @@ impl ApiSource {
                 },
                 e => ApiError::Kubeconfig(path.clone(), e),
             })?;
+            // Files the kubeconfig names (made absolute by kube-rs) are read by kube-rs
+            // without a bound: each must be a regular file of at most MAX_BYTES first.
+            let named = kc
+                .clusters
+                .iter()
+                .filter_map(|c| c.cluster.as_ref())
+                .filter_map(|c| c.certificate_authority.as_deref().map(|p| ("CA", p)))
+                .chain(
+                    kc.auth_infos
+                        .iter()
+                        .filter_map(|a| a.auth_info.as_ref())
+                        .flat_map(|a| {
+                            [
+                                ("client certificate", a.client_certificate.as_deref()),
+                                ("client key", a.client_key.as_deref()),
+                                ("token", a.token_file.as_deref()),
+                            ]
+                        })
+                        .filter_map(|(what, p)| p.map(|p| (what, p))),
+                );
+            for (what, file) in named {
+                let file = PathBuf::from(file);
+                crate::files::check(&file, crate::files::MAX_BYTES).map_err(|source| {
+                    ApiError::BadFile {
+                        what,
+                        path: file.clone(),
+                        source,
+                    }
+                })?;
+            }
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .map_err(|e| ApiError::Kubeconfig(path.clone(), e))?
@@ -433,6 +463,50 @@ mod tests {
                     "{} is not a kubeconfig: its YAML does not parse at {at} (contents not shown: a kubeconfig may hold credentials)",
                     kc.display()
                 )
+            );
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A kubeconfig that names /dev/zero as its CA or a FIFO as its token file is refused
+    /// before kube-rs reads either (it read /dev/zero until the OOM killer came).
+    #[tokio::test]
+    async fn files_a_kubeconfig_names_are_bounded() {
+        let d = scratch("kcfiles");
+        let kc = d.join("kubeconfig");
+        let fifo = d.join("token-fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a plain mkfifo on a path in this test's scratch directory.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for (cluster, user, what, path) in [
+            (
+                "certificate-authority: /dev/zero",
+                "token: x",
+                "CA",
+                "/dev/zero".to_string(),
+            ),
+            (
+                "insecure-skip-tls-verify: true",
+                &*format!("tokenFile: {}", fifo.display()),
+                "token",
+                fifo.display().to_string(),
+            ),
+        ] {
+            std::fs::write(
+                &kc,
+                format!(
+                    "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:1\n    {cluster}\nusers:\n- name: u\n  user:\n    {user}\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n"
+                ),
+            )
+            .unwrap();
+            let src = ApiSource {
+                kubeconfig: Some(kc.clone()),
+                ..Default::default()
+            };
+            let e = crate::error_chain(&src.config().await.unwrap_err());
+            assert_eq!(
+                e,
+                format!("cannot use {what} file {path}: not a regular file")
             );
         }
         let _ = std::fs::remove_dir_all(&d);
