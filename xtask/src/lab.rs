@@ -126,19 +126,40 @@ fn go_env(cmd: &mut Command) -> &mut Command {
 }
 
 /// `-s -w` plus the version stamps Kubernetes' own build sets (hack/lib/version.sh).
-fn k8s_ldflags() -> String {
-    let minor = K8S_VERSION.split('.').nth(1).unwrap_or("0");
+fn k8s_ldflags(version: &str) -> String {
+    let minor = version.split('.').nth(1).unwrap_or("0");
     let mut ld = String::from("-s -w");
     for pkg in [
         "k8s.io/client-go/pkg/version",
         "k8s.io/component-base/version",
     ] {
         ld.push_str(&format!(
-            " -X {pkg}.gitVersion={K8S_VERSION} -X {pkg}.gitMajor=1 -X {pkg}.gitMinor={minor} \
+            " -X {pkg}.gitVersion={version} -X {pkg}.gitMajor=1 -X {pkg}.gitMinor={minor} \
              -X {pkg}.gitTreeState=clean -X {pkg}.buildDate=1970-01-01T00:00:00Z"
         ));
     }
     ld
+}
+
+/// The second kubelet of the lab (`lab/go/k8s-1.36`): a release inside the range of
+/// kubernetes#139823 (1.36.0-1.36.2: `startPodSync` makes a child context of the pod worker's
+/// on every sync and never cancels the one it replaces, so each sync leaks one), for
+/// `cargo xtask lab record --second-kubelet leak`. Fixed in v1.36.3.
+pub const LEAK_KUBELET_VERSION: &str = "v1.36.1";
+
+/// Builds (cached) the [`LEAK_KUBELET_VERSION`] kubelet; its path.
+pub fn ensure_leak_kubelet() -> Result<PathBuf> {
+    let out = Lab::new()
+        .root
+        .join(format!("bin/kubelet-{LEAK_KUBELET_VERSION}"));
+    go_build(
+        "k8s-1.36",
+        &["k8s.io/kubernetes/cmd/kubelet"],
+        &["kubelet"],
+        &out,
+        &k8s_ldflags(LEAK_KUBELET_VERSION),
+    )?;
+    Ok(out.join("kubelet"))
 }
 
 /// Builds one Go module's commands into `out` unless all are there (a versioned directory, so a
@@ -213,7 +234,7 @@ pub fn ensure_built() -> Result<()> {
         &pkgs,
         &k8s,
         lab.k8s_bin("kubelet").parent().expect("versioned dir"),
-        &k8s_ldflags(),
+        &k8s_ldflags(K8S_VERSION),
     )?;
     go_build(
         "etcd",

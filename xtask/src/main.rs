@@ -174,7 +174,8 @@ enum LabCmd {
         /// kubelet's own, 1 min).
         #[arg(long)]
         sync_frequency: Option<u64>,
-        /// Another kubelet build put at the same path after the first part (an upgrade).
+        /// Another kubelet build put at the same path after the first part (an upgrade);
+        /// `leak`: the lab's build of v1.36.1, a release with kubernetes#139823's leak.
         #[arg(long)]
         second_kubelet: Option<PathBuf>,
         /// Minutes with the second kubelet.

@@ -28,6 +28,7 @@ use crate::{
 };
 
 /// What `cargo xtask lab record` was asked for.
+#[derive(Clone)]
 pub struct Record {
     /// Minutes with the lab's own kubelet.
     pub minutes: u64,
@@ -35,7 +36,8 @@ pub struct Record {
     pub pods: u32,
     /// The kubelet's `syncFrequency` in seconds (unset: its default, 1 min).
     pub sync_frequency: Option<u64>,
-    /// A second kubelet build that replaces the first at the same path.
+    /// A second kubelet build that replaces the first at the same path (`leak`: the lab's
+    /// [`lab::LEAK_KUBELET_VERSION`] build).
     pub second_kubelet: Option<PathBuf>,
     /// Minutes with the second kubelet.
     pub second_minutes: u64,
@@ -187,11 +189,15 @@ pub fn record(args: &Record) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("lab record runs the lab and the agent (eBPF): run as root");
     }
+    let mut args = Record { ..args.clone() };
     if let Some(p) = &args.second_kubelet {
-        if !p.is_file() {
+        if p.as_os_str() == "leak" {
+            args.second_kubelet = Some(lab::ensure_leak_kubelet()?);
+        } else if !p.is_file() {
             bail!("--second-kubelet {}: not a file", p.display());
         }
     }
+    let args = &args;
     crate::build()?;
     lab::up()?;
     let result = record_inner(args);
