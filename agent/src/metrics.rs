@@ -155,7 +155,7 @@ impl Metrics {
         let map_entries = gauge_vec(
             &registry,
             "oomprobe_map_entries",
-            "Entries in the state that follows processes and cgroups, as of the last sample: the kernel maps (KUBELET_TGIDS, KUBELET_UPROBED, WATCHED_MEMCGS, RECLAIM_STATS, ALLOC_STATS, STACKS) and the agent's own collections (agent_*: memcg watcher, pending kills, uprobed pids, kubelet tracker, correlator caches, cycle, series samples, tokio tasks).",
+            "Entries in the state that follows processes and cgroups, as of the last sample: the kernel maps (KUBELET_TGIDS, KUBELET_UPROBED, WATCHED_MEMCGS, RECLAIM_STATS, ALLOC_STATS, STACKS, and GO_STACKS on arm64) and the agent's own collections (agent_*: memcg watcher, pending kills, uprobed pids, kubelet tracker, correlator caches, cycle, series samples, tokio tasks).",
             &["map"],
         );
         let kubelet_metrics_errors = counter_vec(

@@ -31,6 +31,9 @@ pub mod maps {
     pub const ALLOC_STATS: &str = "ALLOC_STATS";
     /// Stack traces of allocation call sites (user stacks).
     pub const STACKS: &str = "STACKS";
+    /// Hash: walked stack id -> [`super::WalkedStack`], the Go allocator's user stacks as the
+    /// arm64 eBPF object walks them itself (see [`super::WalkedStack`]); absent on x86-64.
+    pub const GO_STACKS: &str = "GO_STACKS";
     /// Hash: memcg kernfs id -> 1 for the cgroups whose reclaim is counted (kubelet, pods).
     pub const WATCHED_MEMCGS: &str = "WATCHED_MEMCGS";
     /// Per-CPU hash: memcg kernfs id -> [`super::ReclaimStats`].
@@ -78,6 +81,46 @@ pub mod programs {
 pub const KUBELET_TGIDS_MAX: u32 = 64;
 pub const ALLOC_STATS_MAX: u32 = 16384;
 pub const STACKS_MAX: u32 = 4096;
+
+/// Return addresses kept of a walked stack (the program counter at the entry point first).
+pub const WALKED_STACK_DEPTH: usize = 64;
+/// [`AllocKey::stack_id`]s from this value up name a [`WalkedStack`] in `GO_STACKS`; below it
+/// (and non-negative) a `bpf_get_stackid` stack in `STACKS`, whose ids are `u32`.
+pub const WALKED_STACK_ID_MIN: i64 = 1 << 62;
+
+/// The `GO_STACKS` key of a walked stack whose return addresses hash to `hash`: positive and
+/// at least [`WALKED_STACK_ID_MIN`], so never a `STACKS` id nor the no-stack marker.
+pub const fn walked_stack_id(hash: u64) -> i64 {
+    ((hash >> 2) as i64) | WALKED_STACK_ID_MIN
+}
+
+/// A user stack walked by the eBPF program along the frame-pointer chain (arm64, Go entry
+/// points): `pcs[0]` the program counter at the entry point, `pcs[1]` the link register (the
+/// caller's return address, not yet saved at the first instruction), then the return address of
+/// each frame record, innermost first. Only `pcs[..len]` is meaningful.
+///
+/// Why not `bpf_get_stackid`: the Go runtime maps heap on the system stack (g0), and
+/// `systemstack` keeps the frame-pointer chain linked from g0's frames back to the goroutine's
+/// (R29 is carried across the switch, `runtime/asm_arm64.s`). x86-64's kernel walk follows that
+/// link; arm64's (`unwind_user_frame`, `arch/arm64/kernel/stacktrace.c`, 6.12) stops at a frame
+/// record that is not above the current one, which the step from a g0 stack to a goroutine stack
+/// at a lower address is. This walk has no such check and is bounded by the depth instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkedStack {
+    pub len: u64,
+    pub pcs: [u64; WALKED_STACK_DEPTH],
+}
+
+impl WalkedStack {
+    /// The meaningful return addresses, innermost first.
+    pub fn frames(&self) -> &[u64] {
+        let n = usize::try_from(self.len)
+            .unwrap_or(WALKED_STACK_DEPTH)
+            .min(WALKED_STACK_DEPTH);
+        &self.pcs[..n]
+    }
+}
 
 /// Which argument holds the byte count at an allocator entry point (in the attach cookie). The
 /// eBPF object maps it to its architecture's register, chosen when the object is built
@@ -129,7 +172,8 @@ pub struct AllocKey {
     pub tgid: u32,
     /// Entry-point index from the cookie.
     pub point: u32,
-    /// `bpf_get_stackid` of the user stack, negative when unavailable.
+    /// `bpf_get_stackid` of the user stack (a `STACKS` id), or from [`WALKED_STACK_ID_MIN`] up
+    /// a `GO_STACKS` key; negative when unavailable.
     pub stack_id: i64,
     /// First return address into the kubelet's code found on the stack (scan entry points
     /// only), else 0.
@@ -217,7 +261,8 @@ pub enum Counter {
     /// allocations are not counted.
     KubeletTgidsFull = 9,
     /// `bpf_get_stackid` failed for an allocation (`STACKS` bucket taken by another stack, or
-    /// the stack unreadable): the bytes are counted without a call stack.
+    /// the stack unreadable), or a walked stack found `GO_STACKS` full (arm64): the bytes are
+    /// counted without a call stack.
     StackCaptureFailed = 10,
     /// `RECLAIM_STATS` refused a watched memory cgroup (full): its reclaim is not counted.
     ReclaimStatsFull = 11,
@@ -688,6 +733,7 @@ const _: () = assert!(size_of::<Config>() == 35 * 4 + TASK_COMM_LEN);
 const _: () = assert!(size_of::<OomControlEvent>() == 16 + 16 + 16 + size_of::<CgroupPath>());
 const _: () = assert!(size_of::<AllocKey>() == 24);
 const _: () = assert!(size_of::<KubeletText>() == 16);
+const _: () = assert!(size_of::<WalkedStack>() == 8 + 8 * WALKED_STACK_DEPTH);
 const _: () = assert!(size_of::<AllocVal>() == 16);
 const _: () = assert!(size_of::<ReclaimStats>() == 24);
 const _: () = assert!(size_of::<ReclaimFlight>() == 16);
@@ -707,4 +753,36 @@ mod user {
     unsafe impl aya::Pod for KubeletText {}
     unsafe impl aya::Pod for AllocVal {}
     unsafe impl aya::Pod for ReclaimStats {}
+    unsafe impl aya::Pod for WalkedStack {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_walked_stack_yields_its_first_len_addresses_and_never_reads_past_the_array() {
+        let mut st = WalkedStack {
+            len: 3,
+            pcs: [0xdead; WALKED_STACK_DEPTH],
+        };
+        st.pcs[..3].copy_from_slice(&[0x10, 0x20, 0x30]);
+        assert_eq!(st.frames(), &[0x10, 0x20, 0x30]);
+        // A length the kernel side cannot write (it stops at the depth) is clamped, not trusted.
+        st.len = u64::MAX;
+        assert_eq!(st.frames().len(), WALKED_STACK_DEPTH);
+        st.len = 0;
+        assert!(st.frames().is_empty());
+    }
+
+    #[test]
+    fn walked_stack_ids_cannot_collide_with_stack_map_ids_or_the_no_stack_marker() {
+        // STACKS ids are u32; -1 is "no stack".
+        for hash in [0, 1, u64::from(u32::MAX), 1 << 63, u64::MAX] {
+            let id = walked_stack_id(hash);
+            assert!(id >= WALKED_STACK_ID_MIN, "{hash:#x} -> {id:#x}");
+            assert!(id > i64::from(u32::MAX));
+        }
+        assert_ne!(walked_stack_id(0x1234 << 2), walked_stack_id(0x1235 << 2));
+    }
 }

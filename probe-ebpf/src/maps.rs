@@ -84,3 +84,16 @@ pub static OOM_BASELINE: LruHashMap<u32, probe_common::exact::MemcgBaseline> =
 /// Never written: the addresses of its per-CPU slots give the kernel's per-CPU offsets.
 #[map]
 pub static PCPU_PROBE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Go allocator stacks walked by the program itself on arm64 (`probe_common::WalkedStack` says
+/// why), keyed by a hash of the return addresses with `WALKED_STACK_ID_MIN` set.
+#[cfg(bpf_target_arch = "aarch64")]
+#[map]
+pub static GO_STACKS: aya_ebpf::maps::HashMap<i64, probe_common::WalkedStack> =
+    aya_ebpf::maps::HashMap::with_max_entries(probe_common::STACKS_MAX, 0);
+
+/// Where a stack is walked (520 bytes: more than the BPF stack holds).
+#[cfg(bpf_target_arch = "aarch64")]
+#[map]
+pub static WALK_SCRATCH: PerCpuArray<probe_common::WalkedStack> =
+    PerCpuArray::with_max_entries(1, 0);

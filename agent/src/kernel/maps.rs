@@ -1,7 +1,9 @@
 //! Reading and writing the kernel programs' maps: the kubelet tgids and memcgs to watch, the
 //! allocator and reclaim counters, captured stacks, the event ring and the drop counters.
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
-use probe_common::{maps, AllocKey, AllocVal, Counter, KubeletText};
+use probe_common::{
+    maps, AllocKey, AllocVal, Counter, KubeletText, WalkedStack, WALKED_STACK_ID_MIN,
+};
 
 use super::probes::{ProbeError, Probes};
 
@@ -51,10 +53,11 @@ impl Probes {
                     kept.iter().map(|k| k.stack_id).collect();
                 for k in &gone {
                     let _ = stats.remove(k);
-                    if let Ok(id) = u32::try_from(k.stack_id) {
-                        if !still.contains(&k.stack_id) && !orphaned_stacks.contains(&id) {
-                            orphaned_stacks.push(id);
-                        }
+                    if k.stack_id >= 0
+                        && !still.contains(&k.stack_id)
+                        && !orphaned_stacks.contains(&k.stack_id)
+                    {
+                        orphaned_stacks.push(k.stack_id);
                     }
                 }
             }
@@ -135,15 +138,29 @@ impl Probes {
                 out.push((maps::STACKS, m.stack_ids().count()));
             }
         }
+        // arm64's object only (the Go stacks it walks itself).
+        if let Some(map) = self.ebpf.map(maps::GO_STACKS) {
+            if let Ok(m) = HashMap::<_, i64, WalkedStack>::try_from(map) {
+                out.push((maps::GO_STACKS, m.keys().count()));
+            }
+        }
         out.push(("agent_uprobed_pids", self.pid_links.len()));
         out
     }
 
-    /// Removes captured stacks `ids` from `STACKS` (their allocation counters are gone).
-    pub fn forget_stacks(&mut self, ids: &[u32]) {
+    /// Removes captured stacks `ids` from `STACKS`, and walked ones from `GO_STACKS` (their
+    /// allocation counters are gone).
+    pub fn forget_stacks(&mut self, ids: &[i64]) {
         if let Some(map) = self.ebpf.map_mut(maps::STACKS) {
             if let Ok(mut m) = StackTraceMap::try_from(map) {
-                for id in ids {
+                for id in ids.iter().filter_map(|&id| u32::try_from(id).ok()) {
+                    let _ = m.remove(&id);
+                }
+            }
+        }
+        if let Some(map) = self.ebpf.map_mut(maps::GO_STACKS) {
+            if let Ok(mut m) = HashMap::<_, i64, WalkedStack>::try_from(map) {
+                for id in ids.iter().filter(|&&id| id >= WALKED_STACK_ID_MIN) {
                     let _ = m.remove(id);
                 }
             }
@@ -198,6 +215,18 @@ impl Probes {
 
     /// Instruction pointers of a captured user stack, innermost first.
     pub fn stack(&self, stack_id: i64) -> Vec<u64> {
+        if stack_id >= WALKED_STACK_ID_MIN {
+            let Some(map) = self.ebpf.map(maps::GO_STACKS) else {
+                return Vec::new();
+            };
+            let Ok(stacks) = HashMap::<_, i64, WalkedStack>::try_from(map) else {
+                return Vec::new();
+            };
+            return stacks
+                .get(&stack_id, 0)
+                .map(|st| st.frames().to_vec())
+                .unwrap_or_default();
+        }
         let (Some(map), Ok(id)) = (self.ebpf.map(maps::STACKS), u32::try_from(stack_id)) else {
             return Vec::new();
         };

@@ -429,7 +429,7 @@ pub trait Kernel {
         Vec::new()
     }
     /// Removes captured stacks whose counters are gone.
-    fn forget_stacks(&mut self, _ids: &[u32]) {}
+    fn forget_stacks(&mut self, _ids: &[i64]) {}
     /// Per watched memory cgroup id, the reclaim counters.
     fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)>;
     /// Allocator counters per (tgid, point, stack).
@@ -467,7 +467,7 @@ impl Kernel for Probes {
     fn map_entries(&self) -> Vec<(&'static str, usize)> {
         Probes::map_entries(self)
     }
-    fn forget_stacks(&mut self, ids: &[u32]) {
+    fn forget_stacks(&mut self, ids: &[i64]) {
         Probes::forget_stacks(self, ids)
     }
     fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)> {

@@ -65,22 +65,14 @@ pub fn uprobe_arch() -> Option<object::Architecture> {
 /// by the `feature` label of `oomprobe_feature_unsupported`: the kubelet allocator uprobes read
 /// the Go register ABI and the C ABI from registers known for x86_64 and aarch64 only.
 ///
-/// `kubelet_go_call_sites` on aarch64: the Go runtime maps heap on the system stack, and the
-/// arm64 kernel's user stack walk stops at a frame pointer that does not climb, so in the VM
-/// matrix only 42.6 of 64 MiB reached the leaking function. The bytes per entry point are
-/// exact there; Go call sites are not reported rather than reported wrong.
+/// Go call sites on aarch64 come from the stack the eBPF program walks itself
+/// (`probe_common::WalkedStack`: the kernel's arm64 walk stops where the Go runtime's system
+/// stack links back to the goroutine's, which left 42.6 of 64 MiB on the leaking function).
 pub fn unsupported_features(arch: &str) -> &'static [&'static str] {
     match arch {
-        "x86_64" => &[],
-        "aarch64" => &["kubelet_go_call_sites"],
+        "x86_64" | "aarch64" => &[],
         _ => &["kubelet_alloc_uprobes"],
     }
-}
-
-/// Whether Go call sites are attributed on this build's architecture (see
-/// [`unsupported_features`]).
-pub fn go_call_sites_supported() -> bool {
-    !unsupported_features(std::env::consts::ARCH).contains(&"kubelet_go_call_sites")
 }
 
 /// For a little-endian ELF64 header whose section header table (`e_shoff` + `e_shnum` *
@@ -137,14 +129,6 @@ impl Role {
         matches!(
             self,
             Role::LibcMmap | Role::LibcMunmap | Role::LibcBrk | Role::LibcSbrk
-        )
-    }
-
-    /// A Go runtime entry point.
-    pub fn in_go_runtime(self) -> bool {
-        matches!(
-            self,
-            Role::GoHeapMap | Role::GoSysAlloc | Role::GoFree | Role::GoUnused
         )
     }
 
@@ -695,7 +679,7 @@ mod tests {
     #[test]
     fn the_allocator_uprobes_are_unsupported_only_without_a_register_map() {
         assert!(unsupported_features("x86_64").is_empty());
-        assert_eq!(unsupported_features("aarch64"), &["kubelet_go_call_sites"]);
+        assert!(unsupported_features("aarch64").is_empty());
         assert_eq!(unsupported_features("riscv64"), &["kubelet_alloc_uprobes"]);
         assert_eq!(
             unsupported_features("powerpc64"),

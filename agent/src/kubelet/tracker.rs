@@ -531,19 +531,16 @@ fn attribute(
     let mut sites: HashMap<String, (u64, u64)> = HashMap::new();
     let (mut mapped, mut released) = (0u64, 0u64);
     for (k, v) in stats {
-        let (name, grows, go) = match k.point as u16 {
-            POINT_SYSCALL_MMAP => ("syscall_mmap".to_string(), true, false),
-            POINT_SYSCALL_MUNMAP => ("syscall_munmap".to_string(), false, false),
+        let (name, grows) = match k.point as u16 {
+            POINT_SYSCALL_MMAP => ("syscall_mmap".to_string(), true),
+            POINT_SYSCALL_MUNMAP => ("syscall_munmap".to_string(), false),
             i => match probed.points.get(i as usize) {
-                Some(p) => (p.symbol.clone(), p.role.grows(), p.role.in_go_runtime()),
+                Some(p) => (p.symbol.clone(), p.role.grows()),
                 None => continue,
             },
         };
         *by_point.entry(name).or_default() += v.bytes;
-        if grows && go && !crate::kubelet::symbols::go_call_sites_supported() {
-            // Counted by entry point only (oomprobe_feature_unsupported says why).
-            mapped += v.bytes;
-        } else if grows {
+        if grows {
             mapped += v.bytes;
             let site = call_site(
                 &stack(k.stack_id),

@@ -76,13 +76,15 @@ pub fn uprobe_alloc(ctx: ProbeContext) -> u32 {
     let Some(regs) = entry_regs(&ctx) else {
         return 0;
     };
-    let bytes = match ((cookie >> 16) & 0xff) as u32 {
+    let reg = ((cookie >> 16) & 0xff) as u32;
+    let bytes = match reg {
         r if r == ArgReg::GoArg0 as u32 => regs.go0,
         r if r == ArgReg::GoArg1 as u32 => regs.go1,
         r if r == ArgReg::CArg0 as u32 => regs.c0,
         _ => regs.c1,
     };
-    let stack_id = stack_id(ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64));
+    let go = reg == ArgReg::GoArg0 as u32 || reg == ArgReg::GoArg1 as u32;
+    let stack_id = entry_stack_id(&ctx, go);
     let site = if cookie & COOKIE_SCAN_STACK != 0 {
         match regs.link {
             // arm64: the caller's return address is still in the link register at entry.
@@ -154,6 +156,93 @@ fn entry_regs(ctx: &ProbeContext) -> Option<EntryRegs> {
 #[inline(always)]
 fn entry_regs(_ctx: &ProbeContext) -> Option<EntryRegs> {
     None
+}
+
+/// The user stack at an allocator entry point: the kernel's walk (`bpf_get_stackid`) on
+/// x86-64, which follows Go's frame-pointer chain from the system stack (g0) back to the
+/// goroutine's frames.
+#[cfg(not(bpf_target_arch = "aarch64"))]
+#[inline(always)]
+fn entry_stack_id(ctx: &ProbeContext, _go: bool) -> i64 {
+    stack_id(ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64))
+}
+
+/// arm64: Go entry points walk the frame-pointer chain here (the kernel's walk stops where the
+/// chain steps from the system stack down to the goroutine's: `probe_common::WalkedStack`);
+/// C entry points keep the kernel's walk.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn entry_stack_id(ctx: &ProbeContext, go: bool) -> i64 {
+    if go {
+        walk_go_stack(ctx)
+    } else {
+        stack_id(ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64))
+    }
+}
+
+/// Walks Go's frame records from X29 (each `{previous X29, return address}`, the AAPCS64 layout
+/// Go's arm64 prologue keeps) into `GO_STACKS`; returns the stack's id there, or -1 with the
+/// failure counted. The walk ends at a null, misaligned or unreadable frame pointer, a null
+/// return address (the goroutine's outermost frame) or the depth; it does not require frames to
+/// climb, so it crosses from g0's stack to the goroutine's as x86-64's kernel walk does.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn walk_go_stack(ctx: &ProbeContext) -> i64 {
+    use probe_common::{walked_stack_id, WALKED_STACK_DEPTH};
+
+    use crate::maps::{GO_STACKS, WALK_SCRATCH};
+
+    let Some(st) = WALK_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::StackCaptureFailed);
+        return -1;
+    };
+    let (pc, lr, mut fp) = unsafe {
+        let regs = ctx.regs as *const aya_ebpf::bindings::user_pt_regs;
+        (
+            core::ptr::read_volatile(&raw const (*regs).pc),
+            core::ptr::read_volatile(&raw const (*regs).regs[30]),
+            core::ptr::read_volatile(&raw const (*regs).regs[29]),
+        )
+    };
+    // Per-CPU scratch: no other writer while this program runs on this CPU.
+    let pcs = unsafe { &mut (*st).pcs };
+    pcs[0] = pc;
+    pcs[1] = lr;
+    let mut hash = fnv1a(fnv1a(FNV_OFFSET, pc), lr);
+    let mut len = 2;
+    for i in 2..WALKED_STACK_DEPTH {
+        if fp == 0 || fp & 7 != 0 {
+            break;
+        }
+        let Ok([next, ret]) = (unsafe { bpf_probe_read_user::<[u64; 2]>(fp as *const _) }) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        pcs[i] = ret;
+        hash = fnv1a(hash, ret);
+        len = i + 1;
+        fp = next;
+    }
+    unsafe { (*st).len = len as u64 };
+    // Equal stacks hash equal and share an entry; the tag keeps the id out of `STACKS`' range.
+    let id = walked_stack_id(hash);
+    if GO_STACKS.insert(&id, unsafe { &*st }, 0).is_err() {
+        count(Counter::StackCaptureFailed);
+        return -1;
+    }
+    id
+}
+
+#[cfg(bpf_target_arch = "aarch64")]
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over one 64-bit word.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn fnv1a(hash: u64, word: u64) -> u64 {
+    (hash ^ word).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
 /// The first word on the user stack (from the entry point's stack pointer) that points into
