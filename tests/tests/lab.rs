@@ -607,6 +607,123 @@ fn lab_kubelet_kill_9_is_followed_and_reprobed() {
     });
 }
 
+/// The lab's kubelet replaced by another release's build at the same path, as an upgrade does
+/// (`kubelet_second` of env.json, v1.36.1, moved over the path the supervisor execs, the lab's
+/// own build set aside as `kubelet_saved`); put back on drop, the kubelet restarted on it.
+struct SwappedKubelet<'a> {
+    lab: &'a Lab,
+}
+
+impl SwappedKubelet<'_> {
+    fn swap(lab: &Lab) -> SwappedKubelet<'_> {
+        let bin = PathBuf::from(lab.s("kubelet"));
+        let saved = PathBuf::from(lab.s("kubelet_saved"));
+        assert!(!saved.exists(), "{} is there already", saved.display());
+        std::fs::rename(&bin, &saved).unwrap();
+        let tmp = bin.with_extension("swap-partial");
+        std::fs::copy(lab.s("kubelet_second"), &tmp).unwrap();
+        std::fs::rename(&tmp, &bin).unwrap();
+        SwappedKubelet { lab }
+    }
+}
+
+impl Drop for SwappedKubelet<'_> {
+    fn drop(&mut self) {
+        let saved = PathBuf::from(self.lab.s("kubelet_saved"));
+        if saved.exists() {
+            std::fs::rename(&saved, self.lab.s("kubelet")).unwrap();
+        }
+        // The lab's own release again for the tests after this one.
+        let old = self.lab.kubelet_pid();
+        // SAFETY: SIGTERM to the lab's kubelet (the supervisor starts the next).
+        unsafe { libc::kill(old as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(90)
+            && (self.lab.kubelet_pid() == old || !node_ready(self.lab))
+        {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// The kubelet stopped gracefully (SIGTERM, as `systemctl restart kubelet`), then upgraded (a
+/// v1.36.1 build moved over the v1.34.4 binary's path, then SIGTERM): each new kubelet is
+/// followed within a second of its exec, its `previous_end` is `exited`, and its allocator is
+/// re-probed (uprobe-mode `kubelet_memory` for the new pid, the v1.36.1 build's own probe
+/// points); the node reports the new kubeletVersion.
+#[test]
+fn lab_kubelet_graceful_stop_and_upgrade_are_followed_and_reprobed() {
+    let lab = lab();
+    let kubelet = lab.s("kubelet").to_string();
+    let agent = Agent::builder()
+        .args(&[
+            "--kubelet-bin",
+            &kubelet,
+            "--kubepods-root",
+            lab.s("kubepods_root"),
+            "--attribution-interval",
+            "1",
+        ])
+        .start();
+    let first = lab.kubelet_pid();
+    agent.wait_for_event(WAIT, "the kubelet found", |v| {
+        v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(first))
+    });
+    let restart = |old: u32, what: &str| -> u32 {
+        // SAFETY: SIGTERM to the lab's kubelet.
+        assert_eq!(unsafe { libc::kill(old as i32, libc::SIGTERM) }, 0);
+        let new = wait_until(what, WAIT, || {
+            let p = lab.kubelet_pid();
+            (p != old).then_some(p)
+        });
+        let start = agent.wait_for_event(WAIT, what, |v| {
+            v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(new))
+        });
+        let seen = boottime_secs();
+        let exec = proc_start_secs(new);
+        eprintln!("{what}: kubelet {new} started at {exec:.3} s, followed at {seen:.3} s");
+        assert!(
+            seen - exec < 1.0,
+            "{what}: kubelet {new} followed {:.3} s after its start",
+            seen - exec
+        );
+        assert_eq!(
+            start["previous_pid"].as_u64(),
+            Some(u64::from(old)),
+            "{start}"
+        );
+        assert_eq!(start["previous_end"], "exited", "{start}");
+        assert_eq!(start["exe"], kubelet, "{start}");
+        let mem = agent.wait_for_event(WAIT, "kubelet_memory for the new kubelet", |v| {
+            v["event"] == "kubelet_memory"
+                && v["pid"].as_u64() == Some(u64::from(new))
+                && v["mode"] == "uprobes"
+        });
+        eprintln!("{start}\n{mem}");
+        new
+    };
+    let version = || {
+        lab.kubectl(&[
+            "get",
+            "node",
+            lab.node(),
+            "-o",
+            "jsonpath={.status.nodeInfo.kubeletVersion}",
+        ])
+    };
+    let second = restart(first, "the kubelet after a graceful stop");
+    let _swapped = SwappedKubelet::swap(&lab);
+    let third = restart(second, "the upgraded kubelet");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{third}/exe")).unwrap(),
+        PathBuf::from(&kubelet)
+    );
+    let want = lab.s("kubelet_second_version").to_string();
+    wait_until("the node reports the new kubelet's version", WAIT, || {
+        (version().trim() == want).then_some(())
+    });
+}
+
 /// CLOCK_MONOTONIC now (the kernel's `bpf_ktime_get_ns`), nanoseconds.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

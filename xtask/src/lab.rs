@@ -236,6 +236,7 @@ pub fn ensure_built() -> Result<()> {
         lab.k8s_bin("kubelet").parent().expect("versioned dir"),
         &k8s_ldflags(K8S_VERSION),
     )?;
+    ensure_leak_kubelet()?;
     go_build(
         "etcd",
         &["."],
@@ -1040,6 +1041,11 @@ pub fn up() -> Result<()> {
         "kubeconfig": lab.kubeconfig(),
         "kubectl": lab.k8s_bin("kubectl"),
         "kubelet": lab.k8s_bin("kubelet"),
+        // Another release's kubelet for the upgrade test (a new binary at the same path), and
+        // where the lab's own build waits meanwhile (`lab down` puts it back).
+        "kubelet_second": lab.root.join(format!("bin/kubelet-{LEAK_KUBELET_VERSION}/kubelet")),
+        "kubelet_second_version": LEAK_KUBELET_VERSION,
+        "kubelet_saved": saved_kubelet(&lab),
         "crictl": lab.crictl_bin(),
         "runtime_endpoint": format!("unix://{}", sock.display()),
         "ca": lab.pki("ca.crt"),
