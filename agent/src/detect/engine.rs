@@ -126,7 +126,7 @@ impl Default for Engine {
                 },
             },
             // The scores of a 100 MB/day leak in its first day after the call wander between
-            // about 6 and 10 around the threshold (9); a leak is released after 3 h under 5.
+            // about 6 and 10 around the call's threshold (10); a leak is released after 3 h under 5.
             release_score: 5.0,
             release_after_s: 3 * HOUR,
             latch: None,

@@ -534,27 +534,3 @@ mod tests {
         assert_eq!(PredictLinear.score(&g), 1.0);
     }
 }
-
-#[cfg(test)]
-mod experiment {
-    use super::*;
-
-    /// Scratch: curves of detector variants on the calibration seeds (not a test).
-    #[test]
-    #[ignore = "scratch experiment"]
-    fn variants_on_calibration_seeds() {
-        let scale: usize = std::env::var("EXP_SCALE").map_or(6, |v| v.parse().unwrap());
-        let auto = ChangePoint {
-            hac_auto: true,
-            ..ChangePoint::default()
-        };
-        for c in [Corpus::Shapes, Corpus::Generator] {
-            let cal = corpus(c, CALIBRATION_SEED, scale);
-            for (name, cp) in [("default", ChangePoint::default()), ("hac_auto", auto)] {
-                let rule = Oomprobe("x", cp);
-                let tls: Vec<Timeline> = cal.iter().map(|(tr, l)| timeline(&rule, tr, l)).collect();
-                println!("{} {name}\n{}", c.name(), curve_table(&tls, 9.0));
-            }
-        }
-    }
-}
