@@ -31,7 +31,15 @@ pub enum Mode {
 
 struct Probed {
     points: Vec<ProbePoint>,
+    /// The functions call sites are named from. A Go kubelet's table is large (116,743
+    /// functions, 12.2 MiB of heap for v1.36.1): one read from the executable itself
+    /// (`reloadable`) is held while a followed process runs the file or the file is the last
+    /// kubelet's (for its restart), and read again from the next process of the file after
+    /// that, while the entry (its uprobes, attached once for every process of the file) stays.
     funcs: Option<Arc<FuncTable>>,
+    /// `funcs` is the file's own Go table (not a per-process libc's): dropped when no followed
+    /// process runs the file and another file's kubelet came after it, reloaded at the next.
+    reloadable: bool,
     mode: Mode,
 }
 
@@ -111,6 +119,8 @@ pub struct Tracker {
     /// `previous_end` reads: one entry at most, whatever the node's churn.
     last_kill: Option<(u32, String)>,
     last_pid: Option<u32>,
+    /// The file the last kubelet followed runs: its function table stays for a restart.
+    last_file: Option<FileKey>,
     /// Pids followed as a kubelet, oldest first (kill records arrive after the process is
     /// gone): at most [`SEEN_MAX`], the oldest dead ones leave first.
     seen: std::collections::VecDeque<u32>,
@@ -224,6 +234,7 @@ impl Tracker {
             procs: BTreeMap::new(),
             last_kill: None,
             last_pid: None,
+            last_file: None,
             seen: Default::default(),
             restarts: 0,
             fallbacks: 0,
@@ -358,8 +369,10 @@ impl Tracker {
             tracing::warn!(pid, "kubelet candidate vanished before it could be probed");
             return None;
         };
-        // Already probed (another process of the same file, a restart): nothing to read.
+        // Already probed (another process of the same file, a restart): the uprobes are
+        // attached; only a function table let go since is read again.
         let key = if self.probed.contains_key(&exe_key) {
+            self.reload_funcs(exe_key, &file);
             exe_key
         } else {
             self.probe_new(pid, &file, exe_key, probes)
@@ -369,6 +382,7 @@ impl Tracker {
             // What was attached for this process alone goes with it.
             self.probed.retain(|k, _| k.pid != Some(pid));
             probes.unwatch_tgid(pid);
+            self.release_funcs(key);
             return None;
         }
         let bias = load_bias(pid, &exe);
@@ -390,6 +404,9 @@ impl Tracker {
             self.restarts += 1;
         }
         self.last_pid = Some(pid);
+        if let Some(before) = self.last_file.replace(key).filter(|k| *k != key) {
+            self.release_funcs(before);
+        }
         tracing::info!(pid, exe = %exe.display(), restarts = self.restarts, "following kubelet");
         Some(KubeletStart {
             pid,
@@ -487,14 +504,53 @@ impl Tracker {
                 Mode::Syscalls
             }
         };
+        // Only the executable's own table is read without a pid (the configured binary, a Go
+        // kubelet); a libc and the binary's ELF symbols are per process and leave with it.
+        let reloadable = pid.is_none() && funcs.is_some();
         self.probed.insert(
             key,
             Probed {
                 points,
                 funcs,
+                reloadable,
                 mode,
             },
         );
+    }
+
+    /// Lets go of the function table of file `key` when no followed process runs it and it is
+    /// not the last kubelet's file (a one-off `kubelet --version` of another build, the binary
+    /// a kubelet upgraded in place ran): the table of every kubelet binary ever seen would
+    /// otherwise stay for the agent's life. The last kubelet's stays, so a restart of the same
+    /// binary reads nothing.
+    fn release_funcs(&mut self, key: FileKey) {
+        if self.last_file == Some(key) || self.procs.values().any(|p| p.key == key) {
+            return;
+        }
+        if let Some(p) = self.probed.get_mut(&key).filter(|p| p.reloadable) {
+            p.funcs = None;
+        }
+    }
+
+    /// Reads the Go function table of file `key` again from `file` (a process running it)
+    /// when [`Tracker::release_funcs`] let it go.
+    fn reload_funcs(&mut self, key: FileKey, file: &Path) {
+        let Some(p) = self
+            .probed
+            .get_mut(&key)
+            .filter(|p| p.reloadable && p.funcs.is_none())
+        else {
+            return;
+        };
+        match Binary::open(file).and_then(|b| b.go_functions()) {
+            Ok(Some(funcs)) => p.funcs = Some(Arc::new(funcs)),
+            Ok(None) => {
+                tracing::warn!(binary = %file.display(), "no Go function table any more: call sites unknown")
+            }
+            Err(e) => {
+                tracing::warn!(binary = %file.display(), error = %e, "cannot read the function table again: call sites unknown")
+            }
+        }
     }
 
     /// Attribution reports for every followed kubelet; forgets processes that are gone.
@@ -511,10 +567,13 @@ impl Tracker {
         }
         let dead: Vec<u32> = self.procs.keys().copied().filter(|p| !alive(*p)).collect();
         for pid in dead {
-            self.procs.remove(&pid);
+            let gone = self.procs.remove(&pid);
             // Its own libc probes (detached by unwatch_tgid) and their cache entry.
             self.probed.retain(|k, _| k.pid != Some(pid));
             probes.unwatch_tgid(pid);
+            if let Some(p) = gone {
+                self.release_funcs(p.key);
+            }
         }
         out
     }
@@ -688,6 +747,132 @@ mod tests {
             delivery: "delivered",
             seen_after_ns: None,
         }
+    }
+
+    /// A kernel that accepts everything and counts the allocator uprobe attachments.
+    #[derive(Default)]
+    struct Accepting {
+        attached: usize,
+    }
+
+    impl Kernel for Accepting {
+        fn attach_allocator(
+            &mut self,
+            _binary: &Path,
+            points: &[ProbePoint],
+            _pid: Option<u32>,
+        ) -> Result<usize, crate::kernel::probes::ProbeError> {
+            self.attached += points.len();
+            Ok(points.len())
+        }
+        fn attach_syscalls(&mut self) -> Result<(), crate::kernel::probes::ProbeError> {
+            Ok(())
+        }
+        fn watch_tgid(
+            &mut self,
+            _tgid: u32,
+            _text: KubeletText,
+        ) -> Result<(), crate::kernel::probes::ProbeError> {
+            Ok(())
+        }
+        fn unwatch_tgid(&mut self, _tgid: u32) {}
+        fn watch_memcg(&mut self, _id: u64) -> bool {
+            true
+        }
+        fn reclaim_stats(&self) -> Vec<(u64, probe_common::ReclaimStats)> {
+            Vec::new()
+        }
+        fn alloc_stats(&self) -> Vec<(AllocKey, AllocVal)> {
+            Vec::new()
+        }
+        fn stack(&self, _stack_id: i64) -> Vec<u64> {
+            Vec::new()
+        }
+        fn counters(&self) -> Vec<(probe_common::Counter, u64)> {
+            Vec::new()
+        }
+    }
+
+    /// `gofmt` of the Go toolchain (in PATH or /usr/local/go/bin): a real Go executable that
+    /// waits on its stdin.
+    fn gofmt() -> Option<PathBuf> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/local/go/bin")])
+            .map(|d| d.join("gofmt"))
+            .find(|p| p.is_file())
+    }
+
+    /// The soak's 12 MiB step: a process running a Go kubelet binary once (v1.36.1, built on
+    /// the node during the soak) left that binary's function table in the probe cache for the
+    /// agent's life, after the soak's stand-in kubelets (another binary) took over. Now the
+    /// table stays while the file is the last kubelet's (a restart reads nothing), goes once
+    /// another file's kubelet came and none of its own runs, and the next process of it reads
+    /// it again; the file's entry and its uprobes (attached once for every process of the file)
+    /// stay throughout.
+    #[test]
+    fn a_go_binarys_function_table_goes_when_another_kubelet_took_over() {
+        let Some(bin) = gofmt() else {
+            eprintln!("SKIPPED: no gofmt (Go toolchain) in PATH or /usr/local/go/bin: this test needs a real Go executable to follow");
+            return;
+        };
+        let run = |program: &Path, args: &[&str]| {
+            std::process::Command::new(program)
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{}: {e}", program.display()))
+        };
+        let stop = |mut c: std::process::Child| {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        };
+        let mut t = tracker();
+        let mut k = Accepting::default();
+        let first = run(&bin, &[]);
+        let start = t.on_exec(first.id(), &mut k).expect("gofmt followed");
+        assert_eq!(start.pid, first.id());
+        assert_eq!(t.probed.len(), 1);
+        let key = *t.probed.keys().next().unwrap();
+        assert_eq!(
+            key.pid, None,
+            "a Go executable is probed for all its processes"
+        );
+        let table = t.probed[&key]
+            .funcs
+            .clone()
+            .expect("Go function table read");
+        assert!(table.len() > 1000, "{} functions", table.len());
+        assert!(k.attached > 0, "allocator uprobes attached");
+        stop(first);
+        t.report(&mut k);
+        assert_eq!(t.state_sizes()[0], ("agent_kubelet_procs", 0));
+        assert!(
+            t.probed[&key].funcs.is_some(),
+            "the last kubelet's table stays for its restart"
+        );
+
+        // Another binary's kubelet (the soak's stand-in, a libc one) takes over.
+        let other = run(Path::new("sleep"), &["60"]);
+        t.on_exec(other.id(), &mut k).expect("sleep followed");
+        assert!(
+            t.probed.contains_key(&key),
+            "the file's entry and uprobes stay"
+        );
+        assert!(t.probed[&key].funcs.is_none(), "the table went");
+        assert_eq!(Arc::strong_count(&table), 1, "nothing else holds the table");
+        stop(other);
+        t.report(&mut k);
+        assert_eq!(t.probed.len(), 1, "the libc probes left with their process");
+        let attached = k.attached;
+
+        let again = run(&bin, &[]);
+        t.on_exec(again.id(), &mut k).expect("gofmt followed again");
+        let reread = t.probed[&key].funcs.clone().expect("table read again");
+        assert_eq!(reread.len(), table.len());
+        assert_eq!(k.attached, attached, "uprobes not attached twice");
+        stop(again);
     }
 
     /// 10,000 kubelet pids over a node's life: SEEN_MAX remembered, the oldest dead ones
