@@ -657,16 +657,20 @@ pub enum Party {
 }
 
 impl Party {
-    /// `is_kubelet`: whether a pid is or was a followed kubelet; `kubelet_cgroup`: its memory
-    /// cgroup as last sampled.
+    /// `is_kubelet(pid, comm)`: whether a process is or was a followed kubelet;
+    /// `kubelet_cgroup`: its memory cgroup as last sampled.
     pub fn of(
         rec: &KillRecord,
-        is_kubelet: impl Fn(u32) -> bool,
+        is_kubelet: impl Fn(u32, &str) -> bool,
         kubelet_cgroup: Option<&str>,
     ) -> Party {
-        if is_kubelet(rec.victim.pid) {
+        if is_kubelet(rec.victim.pid, &rec.victim.comm) {
             Party::Kubelet
-        } else if caused_by_kubelet(rec, is_kubelet(rec.sender.pid), kubelet_cgroup) {
+        } else if caused_by_kubelet(
+            rec,
+            is_kubelet(rec.sender.pid, &rec.sender.comm),
+            kubelet_cgroup,
+        ) {
             Party::CausedByKubelet
         } else {
             Party::Other

@@ -539,7 +539,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             self.tracker.on_kill(&rec);
             let party = Party::of(
                 &rec,
-                |pid| self.tracker.is_kubelet(pid),
+                |pid, comm| self.tracker.is_kubelet(pid, comm),
                 self.kubelet_cgroup.as_deref(),
             );
             self.stage_events.extend(self.cycle.on_kill(&rec, party));

@@ -95,7 +95,7 @@ const POD: [&str; 3] = [
 ];
 
 fn party(rec: &KillRecord) -> Party {
-    Party::of(rec, |p| p == KUBELET, Some("/kubelet.slice"))
+    Party::of(rec, |p, _| p == KUBELET, Some("/kubelet.slice"))
 }
 
 /// The node-wide ending (1.5 GiB, three workloads of 300 MiB at oom_score_adj 0, an
@@ -661,7 +661,11 @@ fn replay(stream: &str) -> Replayed {
                     delivery: "delivered",
                     seen_after_ns: u(&v["seen_after_ns"]),
                 };
-                let party = Party::of(&rec, |p| kubelets.contains(&p), kubelet_cgroup.as_deref());
+                let party = Party::of(
+                    &rec,
+                    |p, _| kubelets.contains(&p),
+                    kubelet_cgroup.as_deref(),
+                );
                 replayed.extend(c.on_kill(&rec, party).map(|e| (rec.ktime_ns, e)));
                 kills.push(rec);
             }

@@ -121,9 +121,11 @@ pub struct Tracker {
     last_pid: Option<u32>,
     /// The file the last kubelet followed runs: its function table stays for a restart.
     last_file: Option<FileKey>,
-    /// Pids followed as a kubelet, oldest first (kill records arrive after the process is
-    /// gone): at most [`SEEN_MAX`], the oldest dead ones leave first.
-    seen: std::collections::VecDeque<u32>,
+    /// Pids followed as a kubelet with their comm at adoption (None: unreadable), oldest first
+    /// (kill records arrive after the process is gone): at most [`SEEN_MAX`], the oldest dead
+    /// ones leave first. The comm guards against pid reuse: a dead kubelet's pid handed to
+    /// another process (pid_max wraps on a busy node) is not that kubelet.
+    seen: std::collections::VecDeque<(u32, Option<String>)>,
     pub restarts: u64,
     pub fallbacks: u64,
 }
@@ -317,9 +319,15 @@ impl Tracker {
         self.adopt(tgid, probes)
     }
 
-    /// Whether `pid` is or was a followed kubelet.
-    pub fn is_kubelet(&self, pid: u32) -> bool {
-        self.seen.contains(&pid)
+    /// Whether `pid` with `comm` (the kill record's, the kernel's `task->comm`) is or was a
+    /// followed kubelet: followed now, or remembered with the same comm (a reused pid of a
+    /// dead kubelet names another program).
+    pub fn is_kubelet(&self, pid: u32, comm: &str) -> bool {
+        self.procs.contains_key(&pid)
+            || self
+                .seen
+                .iter()
+                .any(|(p, c)| *p == pid && c.as_deref().is_none_or(|c| c == comm))
     }
 
     /// Bytes the kubelet `pid`'s allocator mapped since it was followed.
@@ -351,11 +359,22 @@ impl Tracker {
     /// Adds `pid` to the pids followed; past [`SEEN_MAX`] the oldest that is no longer followed
     /// leaves (a followed process stays: the kernel's KUBELET_TGIDS holds far fewer).
     fn remember(&mut self, pid: u32) {
-        if !self.seen.contains(&pid) {
-            self.seen.push_back(pid);
-        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()
+            .map(|c| c.trim_end_matches('\n').to_string());
+        self.remember_as(pid, comm);
+    }
+
+    fn remember_as(&mut self, pid: u32, comm: Option<String>) {
+        // A pid remembered before is a new process now: its entry is replaced.
+        self.seen.retain(|(p, _)| *p != pid);
+        self.seen.push_back((pid, comm));
         while self.seen.len() > SEEN_MAX {
-            let Some(i) = self.seen.iter().position(|p| !self.procs.contains_key(p)) else {
+            let Some(i) = self
+                .seen
+                .iter()
+                .position(|(p, _)| !self.procs.contains_key(p))
+            else {
                 break;
             };
             self.seen.remove(i);
@@ -812,10 +831,10 @@ mod tests {
     /// stay throughout.
     #[test]
     fn a_go_binarys_function_table_goes_when_another_kubelet_took_over() {
-        let Some(bin) = gofmt() else {
-            eprintln!("SKIPPED: no gofmt (Go toolchain) in PATH or /usr/local/go/bin: this test needs a real Go executable to follow");
-            return;
-        };
+        // The machine's Go (`cargo xtask setup` checks it): without it this test fails loudly.
+        let bin = gofmt().expect(
+            "no gofmt (Go toolchain) in PATH or /usr/local/go/bin: this test needs a real Go executable to follow",
+        );
         let run = |program: &Path, args: &[&str]| {
             std::process::Command::new(program)
                 .args(args)
@@ -883,13 +902,28 @@ mod tests {
         follow(&mut t, 1);
         follow(&mut t, 2);
         for pid in 3..10_003 {
-            t.remember(pid);
+            t.remember_as(pid, Some("kubelet".into()));
         }
         assert_eq!(t.state_sizes()[3], ("agent_kubelet_seen", SEEN_MAX));
-        assert!(t.is_kubelet(1) && t.is_kubelet(2), "followed pids stay");
-        assert!(t.is_kubelet(10_002) && t.is_kubelet(10_002 - SEEN_MAX as u32 + 3));
-        assert!(!t.is_kubelet(10_002 - SEEN_MAX as u32 + 2));
-        assert!(!t.is_kubelet(3));
+        let k = |pid: u32| t.is_kubelet(pid, "kubelet");
+        assert!(k(1) && k(2), "followed pids stay");
+        assert!(k(10_002) && k(10_002 - SEEN_MAX as u32 + 3));
+        assert!(!k(10_002 - SEEN_MAX as u32 + 2));
+        assert!(!k(3));
+    }
+
+    /// A dead kubelet's pid reused by another program (pid_max wraps on a busy node) is not
+    /// taken for the kubelet: its kill is someone else's (found by the 30-minute soak, where
+    /// memhogs' OOM kills on reused stand-in pids became kubelet kills and collateral).
+    #[test]
+    fn a_reused_pid_of_a_dead_kubelet_is_not_the_kubelet() {
+        let mut t = tracker();
+        t.remember_as(40_001, Some("kubelet".into()));
+        assert!(t.is_kubelet(40_001, "kubelet"));
+        assert!(!t.is_kubelet(40_001, "memhog"));
+        // Unknown comm at adoption (the process was gone): the pid alone decides.
+        t.remember_as(40_002, None);
+        assert!(t.is_kubelet(40_002, "memhog"));
     }
 
     /// Kills of many kubelet processes keep one kind: the last followed one's, which a
