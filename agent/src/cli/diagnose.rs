@@ -554,7 +554,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
             None
         }
         Some(Err(e)) => {
-            tracing::warn!(error = %e, "series store unreadable: no leak verdict");
+            tracing::warn!(error = %crate::error_chain(&e), "series store unreadable: no leak verdict");
             None
         }
         None => None,

@@ -1,9 +1,6 @@
 //! `oomprobe replay FILE`: the detectors offline over a recorded series, printing a verdict each
 //! time it changes (evaluated hourly, and at the end). A gzip-compressed CSV is read as is.
-use std::{
-    io::Read as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use super::OutputFormat;
 use crate::detect::{offline::csv, Engine, Verdict};
@@ -81,15 +78,9 @@ pub fn read_text(file: &Path) -> Result<String, ReplayError> {
 }
 
 /// [`read_text`]'s reader with a plain I/O error.
+/// Only a regular file of at most [`crate::files::MAX_SERIES_BYTES`], plain or decompressed.
 pub fn read_series(file: &Path) -> std::io::Result<String> {
-    let raw = std::fs::read(file)?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out)?;
-        out
-    } else {
-        raw
-    };
+    let bytes = crate::files::read_maybe_gzip(file, crate::files::MAX_SERIES_BYTES)?;
     String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 

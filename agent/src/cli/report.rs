@@ -51,8 +51,8 @@ pub enum ReportError {
     },
     #[error("no series store at {0}: give the agent's --state-dir (default /var/lib/oomprobe), or a CSV with --csv FILE")]
     NoStore(String),
-    #[error("series store")]
-    Store(#[source] crate::detect::store::StoreError),
+    #[error(transparent)]
+    Store(crate::detect::store::StoreError),
     #[error("series store {path} is corrupt: {why}")]
     Corrupt { path: String, why: String },
     #[error("no series samples and no kill in {0}: nothing to draw")]
@@ -66,9 +66,11 @@ pub enum ReportError {
 }
 
 fn read(path: &PathBuf) -> Result<String, ReportError> {
-    std::fs::read_to_string(path).map_err(|source| ReportError::Read {
-        path: path.display().to_string(),
-        source,
+    crate::files::read_to_string(path, crate::files::MAX_SERIES_BYTES).map_err(|source| {
+        ReportError::Read {
+            path: path.display().to_string(),
+            source,
+        }
     })
 }
 

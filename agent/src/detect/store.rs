@@ -65,7 +65,17 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// Larger than any store this agent writes ([`MAX_STORE_BYTES`]).
+    #[error(
+        "series store {path} is {len} bytes, larger than any store the agent writes ({MAX_STORE_BYTES} at most): not read"
+    )]
+    TooLarge { path: String, len: u64 },
 }
+
+/// The largest store file read: 64 MiB. The live store holds at most 14 days (every sample of
+/// 6 h, one a minute to 74 h, one per 30 min before): at a 1 s sample interval about 26,000
+/// records of 200 bytes, 5 MiB; the bound leaves room for columns added later.
+pub const MAX_STORE_BYTES: u64 = 64 << 20;
 
 pub struct Store {
     path: PathBuf,
@@ -284,9 +294,23 @@ pub fn load(path: &Path, now: i64) -> Result<Loaded, StoreError> {
         path: path.display().to_string(),
         source,
     };
+    // A device or FIFO is refused before it is opened (a FIFO's open waits for a writer).
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    if meta.len() > MAX_STORE_BYTES {
+        return Err(StoreError::TooLarge {
+            path: path.display().to_string(),
+            len: meta.len(),
+        });
+    }
     let mut data = Vec::new();
     File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
+        .and_then(|f| f.take(MAX_STORE_BYTES + 1).read_to_end(&mut data))
         .map_err(io)?;
     let _file = tracing::warn_span!("series_store", path = %path.display()).entered();
     Ok(parse(&data, now))
@@ -363,7 +387,20 @@ impl Store {
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let (samples, invalid) = if path.exists() {
-            let loaded = load(path, now)?;
+            let loaded = match load(path, now) {
+                Err(StoreError::TooLarge { len, .. }) => {
+                    // Not a store this agent wrote: kept aside, never read or deleted.
+                    let aside = path.with_extension(format!("too-large-{now}"));
+                    tracing::warn!(path = %path.display(), bytes = len, set_aside = %aside.display(), "series store larger than any this agent writes; kept aside, starting a new one");
+                    std::fs::rename(path, &aside).map_err(io)?;
+                    Loaded {
+                        samples: Vec::new(),
+                        invalid: 0,
+                        corrupt: false,
+                    }
+                }
+                other => other?,
+            };
             if loaded.corrupt {
                 let aside = path.with_extension(format!("corrupt-{now}"));
                 tracing::warn!(
@@ -450,6 +487,44 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// A store larger than any the agent writes is not read: `load` says so, and the agent's
+    /// `Store::open` keeps it aside (renamed, its bytes intact) and starts a new one; a FIFO is
+    /// refused without being opened.
+    #[test]
+    fn an_oversized_store_is_kept_aside_and_a_fifo_refused() {
+        let d = tmpdir("big");
+        let p = d.join("series.bin");
+        let f = File::create(&p).unwrap();
+        f.set_len(MAX_STORE_BYTES + 1).unwrap();
+        drop(f);
+        let Err(e) = load(&p, 2_000_000_000) else {
+            panic!("an oversized store was read")
+        };
+        assert!(matches!(e, StoreError::TooLarge { len, .. } if len == MAX_STORE_BYTES + 1));
+        let store = Store::open(&p).unwrap();
+        assert!(store.samples().is_empty());
+        let aside: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("too-large-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(aside[0].metadata().unwrap().len(), MAX_STORE_BYTES + 1);
+        drop(store);
+        let fifo = d.join("fifo.bin");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a path in this test's directory.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let Err(e) = load(&fifo, 2_000_000_000) else {
+            panic!("a FIFO was read")
+        };
+        assert_eq!(
+            crate::error_chain(&e),
+            format!("series store {}: not a regular file", fifo.display())
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     fn sample(t: i64) -> Sample {
