@@ -65,7 +65,7 @@ pub enum ReportError {
     },
 }
 
-fn read(path: &PathBuf) -> Result<String, ReportError> {
+fn read(path: &std::path::Path) -> Result<String, ReportError> {
     crate::files::read_to_string(path, crate::files::MAX_SERIES_BYTES).map_err(|source| {
         ReportError::Read {
             path: path.display().to_string(),
