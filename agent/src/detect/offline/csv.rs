@@ -106,6 +106,20 @@ pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
     let col = |name: &str| header.iter().position(|h| h == name);
     let (Some(t), Some(rss), Some(pods)) = (col("time"), col("kubelet_rss_bytes"), col("pods"))
     else {
+        // A first line with no column this reader knows is not a series header: it may be a
+        // token or a key given as the wrong file, so it is described, never quoted.
+        let known = header.iter().any(|h| {
+            h == "time"
+                || h == "kubelet_rss_bytes"
+                || h == "pods"
+                || OPTIONAL_COLUMNS.contains(&h.as_str())
+        });
+        if !known {
+            return Err(CsvError::Header(format!(
+                "no known column in its first line of {} cells (contents not shown: this may not be a series at all)",
+                header.len()
+            )));
+        }
         let mut all = header.join(",");
         if all.chars().count() > QUOTE_MAX {
             all = format!(
@@ -227,6 +241,15 @@ mod tests {
     #[test]
     fn clear_errors() {
         assert!(matches!(parse("a,b\n1,2\n"), Err(CsvError::Header(_))));
+        // A file that is not a series (a token given as the wrong file) is never quoted.
+        assert_eq!(
+            parse("eyJhbGciOiJSUzI1NiJ9.s3cret\n").unwrap_err().to_string(),
+            "the header must have time, kubelet_rss_bytes and pods (it has: no known column in its first line of 1 cells (contents not shown: this may not be a series at all))"
+        );
+        assert_eq!(
+            parse("time,pods\n1,2\n").unwrap_err().to_string(),
+            "the header must have time, kubelet_rss_bytes and pods (it has: time,pods)"
+        );
         let e = parse("time,kubelet_rss_bytes,pods\nnope,1,2\n").unwrap_err();
         assert_eq!(e.to_string(), "line 2: bad time \"nope\"");
         let e = parse("time,kubelet_rss_bytes,pods\n5,1,2\n4,1,2\n").unwrap_err();
@@ -280,7 +303,7 @@ mod tests {
                 "9".repeat(64)
             )
         );
-        let e = parse(&format!("{big},b\n1,2\n")).unwrap_err();
+        let e = parse(&format!("{big},pods\n1,2\n")).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
