@@ -36,7 +36,7 @@ pub enum SymbolError {
     /// The binary's ELF machine (`e_machine`) is not the architecture whose registers this
     /// agent's uprobes read: its arguments would be read from the wrong registers.
     #[error(
-        "{path} is a {binary} binary; this agent's uprobes read {agent} registers: not probed"
+        "{path} is built for {binary}; this agent's uprobes read {agent} registers: not probed"
     )]
     ForeignArch {
         path: String,
