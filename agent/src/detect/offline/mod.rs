@@ -3,3 +3,4 @@
 pub mod tracegen;
 pub mod csv;
 pub mod score;
+pub mod realnoise;

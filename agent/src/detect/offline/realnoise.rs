@@ -1,0 +1,386 @@
+//! The real-noise corpus (issue 14 part 3): multi-day traces whose noise, sawtooth, steps and
+//! restarts are a recorded real kubelet's, with known leak ramps added.
+//!
+//! From a recorded series (the agent's own store file or a CSV, read by `oomprobe replay`'s
+//! reader) and a seed, deterministically:
+//! 1. **One sample a minute.** The recording is cut to the first sample of each wall-clock
+//!    minute (what the store keeps from 6 h back to 74 h, the bulk of the detector's window);
+//!    the per-interval PLEG relist counts of the minute's samples are summed.
+//! 2. **Hour-long blocks.** Every window of 60 consecutive minutes without a gap (no two
+//!    samples more than [`MAX_GAP_S`] apart) is a block: a moving-block bootstrap, so a
+//!    recording of `h` hours gives about `60 (h - 1)` overlapping blocks. A block keeps its
+//!    absolute values (RSS, pods, goroutines...): the level of the output stays within the
+//!    levels the kubelet really had, with no random walk.
+//! 3. **Matched joins.** Blocks are drawn with replacement; after the first, [`CANDIDATES`]
+//!    blocks are drawn uniformly and the one whose opening trough (10% quantile of its first 10
+//!    minutes) is nearest the previous block's closing trough is taken (a matched-block
+//!    bootstrap, Carlstein et al. 1998): the joins are about as continuous as the recording.
+//! 4. **Restarts preserved.** A block holding a kubelet restart (a `kubelet_restarts` step, or
+//!    RSS halving) keeps it, so restarts occur at the recording's rate; the counters
+//!    (`kubelet_restarts`, `evictions_memory_total`) are rebuilt from each block's own steps,
+//!    so they only step where the recording did.
+//! 5. **Re-timed** onto a 60 s grid from a Monday 00:00 UTC, one block per clock hour.
+//! 6. **Leaks added.** A leak of `r` MB/day starting uniformly 0.5-2 days in (as the
+//!    generator's) adds `r * (t - start)` to the kubelet's RSS and cgroup bytes (and takes it
+//!    from the node's available memory), restarting from zero after each restart the detector
+//!    would see ([`crate::detect::restart_times`]): a leak's bytes go with the process.
+//!
+//! Pods stay as recorded: the corpus has no healthy growing-pod traces.
+use super::tracegen::{Label, Rng, Scenario, STEP_S};
+use crate::detect::{classify::Cause, restart_times, series::quantile, Sample, Subject};
+
+/// Where bench-detect looks for the recorded real kubelet series by default (relative to the
+/// agent crate).
+pub const DEFAULT_SERIES: &str = "src/detect/testdata/lab-series/kubelet-v1.34.4-lab.series.bin.gz";
+/// Samples further apart than this end a block (the agent was down or the scrape failed).
+pub const MAX_GAP_S: i64 = 180;
+/// Minutes per block.
+pub const BLOCK_MIN: usize = 60;
+/// Blocks drawn per join; the best-matched one is used.
+pub const CANDIDATES: usize = 4;
+/// The fewest gap-free hours a recording must hold.
+pub const MIN_HOURS: usize = 2;
+/// The first output sample's time (a Monday 00:00 UTC, hour-aligned: one block per hour bucket).
+const T0: i64 = 1_789_948_800;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RealNoiseError {
+    #[error(
+        "the recorded series has {minutes} one-minute samples in gap-free runs, the longest {longest} min: the real-noise corpus needs {MIN_HOURS} h without a gap over {MAX_GAP_S} s"
+    )]
+    TooShort { minutes: usize, longest: usize },
+}
+
+/// One hour of the recording.
+#[derive(Debug, Clone)]
+struct Block {
+    /// Index of the block's first minute in [`RealNoise::minutes`].
+    start: usize,
+    open: f64,
+    close: f64,
+}
+
+/// A recording prepared for tiling.
+#[derive(Debug, Clone)]
+pub struct RealNoise {
+    minutes: Vec<Sample>,
+    blocks: Vec<Block>,
+    /// What the recording held: span (s), samples, restarts seen by the detector.
+    pub span_s: i64,
+    pub samples: usize,
+    pub restarts: usize,
+}
+
+/// First sample of each minute; the minute's PLEG relist counts summed.
+fn per_minute(series: &[Sample]) -> Vec<Sample> {
+    let mut out: Vec<Sample> = Vec::new();
+    for s in series {
+        match out.last_mut() {
+            Some(m) if m.t.div_euclid(60) == s.t.div_euclid(60) => {
+                for (acc, v) in [
+                    (&mut m.pleg_relists, s.pleg_relists),
+                    (&mut m.pleg_relists_slower_1s, s.pleg_relists_slower_1s),
+                    (&mut m.pleg_relists_slower_5s, s.pleg_relists_slower_5s),
+                    (&mut m.pleg_relists_slower_10s, s.pleg_relists_slower_10s),
+                ] {
+                    if let Some(v) = v {
+                        *acc = Some(acc.unwrap_or(0.0) + v);
+                    }
+                }
+            }
+            _ => out.push(s.clone()),
+        }
+    }
+    out
+}
+
+fn trough(s: &[Sample]) -> f64 {
+    let v: Vec<f64> = s.iter().map(|x| x.kubelet_rss_bytes).collect();
+    quantile(&v, crate::detect::BASELINE_Q)
+}
+
+impl RealNoise {
+    /// Prepares a recorded series (time-ordered, as the store and CSV readers give it).
+    /// Errors: fewer than [`MIN_HOURS`] gap-free hours.
+    pub fn new(series: &[Sample]) -> Result<RealNoise, RealNoiseError> {
+        let minutes = per_minute(series);
+        // Gap-free runs of minutes.
+        let mut blocks = Vec::new();
+        let (mut run_start, mut longest, mut in_runs) = (0, 0, 0);
+        for i in 0..=minutes.len() {
+            let broken =
+                i == minutes.len() || (i > 0 && minutes[i].t - minutes[i - 1].t > MAX_GAP_S);
+            if !broken {
+                continue;
+            }
+            let len = i - run_start;
+            longest = longest.max(len);
+            if len >= BLOCK_MIN {
+                in_runs += len;
+                for start in run_start..=i - BLOCK_MIN {
+                    let b = &minutes[start..start + BLOCK_MIN];
+                    blocks.push(Block {
+                        start,
+                        open: trough(&b[..10]),
+                        close: trough(&b[BLOCK_MIN - 10..]),
+                    });
+                }
+            }
+            run_start = i;
+        }
+        if longest < MIN_HOURS * BLOCK_MIN {
+            return Err(RealNoiseError::TooShort {
+                minutes: in_runs,
+                longest,
+            });
+        }
+        Ok(RealNoise {
+            span_s: series.last().map_or(0, |l| l.t) - series.first().map_or(0, |f| f.t),
+            samples: series.len(),
+            restarts: restart_times(series).len(),
+            minutes,
+            blocks,
+        })
+    }
+
+    /// Distinct (overlapping) hour blocks the recording gives.
+    pub fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// A healthy trace of `days` tiled from the recording (module docs).
+    pub fn tile(&self, days: f64, rng: &mut Rng) -> Vec<Sample> {
+        let hours = (days * 24.0).round() as usize;
+        let pick = |rng: &mut Rng| (rng.next_u64() % self.blocks.len() as u64) as usize;
+        let mut out: Vec<Sample> = Vec::with_capacity(hours * BLOCK_MIN);
+        let (mut restarts, mut evictions) = (0.0, 0.0);
+        let mut prev: Option<&Block> = None;
+        for h in 0..hours {
+            let b = match prev {
+                None => &self.blocks[pick(rng)],
+                Some(p) => (0..CANDIDATES)
+                    .map(|_| &self.blocks[pick(rng)])
+                    .min_by(|a, b| {
+                        (a.open - p.close)
+                            .abs()
+                            .total_cmp(&(b.open - p.close).abs())
+                    })
+                    .unwrap_or(p),
+            };
+            let src = &self.minutes[b.start..b.start + BLOCK_MIN];
+            for (k, s) in src.iter().enumerate() {
+                let mut x = s.clone();
+                x.t = T0 + ((h * BLOCK_MIN + k) as i64) * STEP_S;
+                // Counters step only where the recording stepped.
+                if k > 0 {
+                    let step = |f: fn(&Sample) -> Option<f64>| match (f(&src[k - 1]), f(s)) {
+                        (Some(a), Some(b)) if b > a => b - a,
+                        _ => 0.0,
+                    };
+                    restarts += step(|s| s.kubelet_restarts);
+                    evictions += step(|s| s.evictions_memory_total);
+                }
+                x.kubelet_restarts = s.kubelet_restarts.map(|_| restarts);
+                x.evictions_memory_total = s.evictions_memory_total.map(|_| evictions);
+                out.push(x);
+            }
+            prev = Some(b);
+        }
+        out
+    }
+
+    /// One labelled trace: healthy, or with a leak of `leak_mb_per_day` added (module docs).
+    pub fn trace(
+        &self,
+        leak_mb_per_day: Option<f64>,
+        days: f64,
+        seed: u64,
+    ) -> (Vec<Sample>, Label) {
+        let mut rng = Rng::new(seed ^ 0x5EA1_0014);
+        let mut tr = self.tile(days, &mut rng);
+        let Some(mb) = leak_mb_per_day else {
+            let label = Label {
+                scenario: Scenario::Healthy,
+                subject: Subject::None,
+                cause: Cause::None,
+                leak_start: None,
+                leak_bytes_per_day: 0.0,
+            };
+            return (tr, label);
+        };
+        let start = T0 + (rng.range(0.5, 2.0) * 86_400.0) as i64;
+        add_leak(&mut tr, start, mb * 1e6);
+        let label = Label {
+            scenario: Scenario::Leak(mb),
+            subject: Subject::Kubelet,
+            cause: Cause::Unknown,
+            leak_start: Some(start),
+            leak_bytes_per_day: mb * 1e6,
+        };
+        (tr, label)
+    }
+}
+
+/// Adds a kubelet leak of `per_day` bytes/day from `start`, from zero again after each restart
+/// the detector sees.
+pub fn add_leak(tr: &mut [Sample], start: i64, per_day: f64) {
+    let restarts = restart_times(tr);
+    for s in tr.iter_mut().filter(|s| s.t >= start) {
+        let from = restarts
+            .iter()
+            .rev()
+            .find(|&&r| r <= s.t)
+            .map_or(start, |&r| r.max(start));
+        let add = per_day * (s.t - from) as f64 / 86_400.0;
+        s.kubelet_rss_bytes += add;
+        if let Some(c) = &mut s.kubelet_cgroup_bytes {
+            *c += add;
+        }
+        if let Some(a) = &mut s.node_mem_available_bytes {
+            *a = (*a - add).max(0.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::store::Store;
+
+    /// Six hours at the agent's 10 s interval through the real store code: a 90 MB kubelet
+    /// with a GC sawtooth (a 2-minute period, 8 MB), a kubelet restart at 3 h (RSS back to
+    /// 40 MB, warming up over an hour), a 10-minute gap at 4 h 30.
+    fn recorded() -> Vec<Sample> {
+        let d = std::env::temp_dir().join(format!("oomprobe-realnoise-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let p = d.join("series.bin");
+        let t0 = 1_790_000_000 - 1_790_000_000 % 60;
+        {
+            let mut st = Store::open(&p).unwrap();
+            for i in 0..6 * 360i64 {
+                let t = t0 + i * 10;
+                if (270 * 6..280 * 6).contains(&i) {
+                    continue;
+                }
+                let after = i >= 180 * 6;
+                let warm = if after {
+                    40e6 + 50e6 * (1.0 - (-((i - 1080) as f64) / 360.0).exp())
+                } else {
+                    90e6
+                };
+                st.append(Sample {
+                    t,
+                    kubelet_rss_bytes: warm + (i % 12) as f64 * 0.7e6,
+                    pods: 3.0,
+                    goroutines: Some(145.0 + (i % 5) as f64),
+                    kubelet_restarts: Some(f64::from(u8::from(after))),
+                    pleg_relists: Some(10.0),
+                    pleg_relists_slower_1s: Some(0.0),
+                    ..Default::default()
+                })
+                .unwrap();
+            }
+        }
+        let loaded = crate::detect::store::load(&p, t0 + 86_400).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+        loaded.samples
+    }
+
+    #[test]
+    fn blocks_come_from_gap_free_hours_at_one_sample_a_minute() {
+        let rec = recorded();
+        assert_eq!(rec.len(), 6 * 360 - 60);
+        let rn = RealNoise::new(&rec).unwrap();
+        assert_eq!(rn.restarts, 1);
+        // 270 minutes before the gap give 211 windows of 60; 80 after it give 21.
+        assert_eq!(rn.minutes.len(), 350);
+        assert_eq!(rn.blocks(), 211 + 21);
+        // Six 10 s intervals' relists summed into each minute.
+        assert_eq!(rn.minutes[5].pleg_relists, Some(60.0));
+        assert!(RealNoise::new(&rec[..100 * 6]).is_err());
+        assert_eq!(
+            RealNoise::new(&rec[..100 * 6]).unwrap_err().to_string(),
+            "the recorded series has 100 one-minute samples in gap-free runs, the longest 100 min: the real-noise corpus needs 2 h without a gap over 180 s"
+        );
+    }
+
+    #[test]
+    fn tiles_are_real_minutes_with_counters_rebuilt_and_deterministic() {
+        let rn = RealNoise::new(&recorded()).unwrap();
+        let (a, la) = rn.trace(None, 7.0, 3);
+        let (b, _) = rn.trace(None, 7.0, 3);
+        assert_eq!(a, b);
+        assert_eq!(la.subject, Subject::None);
+        assert_eq!(a.len(), 7 * 1440);
+        assert!(a.windows(2).all(|w| w[1].t - w[0].t == 60));
+        // Every output minute is a recorded minute (time and counters aside).
+        for x in a.iter().step_by(97) {
+            assert!(
+                rn.minutes
+                    .iter()
+                    .any(|m| m.kubelet_rss_bytes == x.kubelet_rss_bytes
+                        && m.goroutines == x.goroutines
+                        && m.pods == x.pods),
+                "{x:?}"
+            );
+        }
+        // The restart counter steps once per block that held the recorded restart, never
+        // at a join.
+        let steps = a
+            .windows(2)
+            .filter(|w| w[1].kubelet_restarts > w[0].kubelet_restarts)
+            .count();
+        assert!(steps > 0);
+        let at_joins = a
+            .windows(2)
+            .filter(|w| w[1].t % 3600 == T0 % 3600 && w[1].kubelet_restarts > w[0].kubelet_restarts)
+            .count();
+        assert_eq!(at_joins, 0);
+        // Matched joins: the mean jump at a join is close to the mean jump within a block
+        // (no more than three times it), as it would not be with blocks drawn blindly.
+        let jump = |w: &[Sample]| (w[1].kubelet_rss_bytes - w[0].kubelet_rss_bytes).abs();
+        let (mut join, mut inside) = (Vec::new(), Vec::new());
+        for (i, w) in a.windows(2).enumerate() {
+            if (i + 1) % BLOCK_MIN == 0 {
+                join.push(jump(w))
+            } else {
+                inside.push(jump(w))
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        assert!(
+            mean(&join) < 3.0 * mean(&inside),
+            "{} {}",
+            mean(&join),
+            mean(&inside)
+        );
+    }
+
+    #[test]
+    fn leaks_are_added_from_their_start_and_restart_with_the_kubelet() {
+        let rn = RealNoise::new(&recorded()).unwrap();
+        let (h, _) = rn.trace(None, 6.0, 9);
+        let (l, label) = rn.trace(Some(100.0), 6.0, 9);
+        let start = label.leak_start.unwrap();
+        assert!((T0 + 43_200..=T0 + 172_800).contains(&start));
+        assert_eq!(label.leak_bytes_per_day, 100e6);
+        let restarts = restart_times(&h);
+        for (a, b) in h.iter().zip(&l) {
+            let from = restarts
+                .iter()
+                .rev()
+                .find(|&&r| r <= a.t)
+                .map_or(start, |&r| r.max(start));
+            let want = if a.t >= start {
+                100e6 * (a.t - from) as f64 / 86_400.0
+            } else {
+                0.0
+            };
+            assert!(
+                (b.kubelet_rss_bytes - a.kubelet_rss_bytes - want).abs() < 1e-3,
+                "t={}",
+                a.t
+            );
+        }
+    }
+}
