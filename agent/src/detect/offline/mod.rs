@@ -4,3 +4,4 @@ pub mod tracegen;
 pub mod csv;
 pub mod score;
 pub mod realnoise;
+pub mod causes;

@@ -243,14 +243,19 @@ pub fn add_leak(tr: &mut [Sample], start: i64, per_day: f64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::detect::store::Store;
 
     /// Six hours at the agent's 10 s interval through the real store code: a 90 MB kubelet
     /// with a GC sawtooth (a 2-minute period, 8 MB), a kubelet restart at 3 h (RSS back to
     /// 40 MB, warming up over an hour), a 10-minute gap at 4 h 30.
-    fn recorded() -> Vec<Sample> {
+    pub(crate) fn recorded() -> Vec<Sample> {
+        static ONCE: std::sync::OnceLock<Vec<Sample>> = std::sync::OnceLock::new();
+        ONCE.get_or_init(write_and_load).clone()
+    }
+
+    fn write_and_load() -> Vec<Sample> {
         let d = std::env::temp_dir().join(format!("oomprobe-realnoise-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         let p = d.join("series.bin");
