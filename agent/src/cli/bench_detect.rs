@@ -46,7 +46,8 @@ pub enum BenchDetectError {
 
 /// The real-noise corpus's source: `--real-series` or the committed recording.
 fn real_noise(arg: Option<PathBuf>) -> Result<RealNoise, BenchDetectError> {
-    let path = arg.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_SERIES));
+    let path =
+        arg.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_SERIES));
     if !path.exists() {
         return Err(BenchDetectError::NoRealSeries {
             path: path.display().to_string(),

@@ -415,9 +415,14 @@ pub fn score(seed: u64, scale: usize, real: &RealNoise) -> Report {
             .map(|(tr, l)| timeline(rules[0].as_ref(), tr, l))
             .collect();
         table.push_str(&format!(
-            "\noomprobe threshold curve on the calibration seeds {}..{} (the default was chosen on these):\n{}",
+            "\noomprobe threshold curve on the calibration seeds {}..{} (the default was chosen on these{}):\n{}",
             CALIBRATION_SEED + 1,
             CALIBRATION_SEED + cal.len() as u64,
+            if matches!(c, Corpus::Real(_)) {
+                " for the generator; here tiled from the same recording as the report traces, so not independent data"
+            } else {
+                ""
+            },
             curve_table(&cal_tls, ChangePoint::default().t_threshold)
         ));
         let (subj, cause, confusion) = match c {
