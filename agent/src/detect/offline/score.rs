@@ -458,12 +458,16 @@ pub fn score(seed: u64, scale: usize, real: &RealNoise) -> Report {
     report
 }
 
+/// One corpus in the side-by-side table: its name, each rule's figures, the detector's
+/// (right, total) subject and cause calls.
+type Column = (&'static str, Vec<Figures>, (usize, usize), (usize, usize));
+
 /// The corpora's headline figures next to each other: per rule, the 100 MB/day leak's median
 /// and p95 delay and how many were found, and false alerts per 1,000 healthy node-days; then
 /// the detector's kubelet-vs-workload and cause accuracy.
 fn side_by_side(
     rules: &[Box<dyn Rule>],
-    side: &[(&str, Vec<Figures>, (usize, usize), (usize, usize))],
+    side: &[Column],
     real: &RealNoise,
 ) -> String {
     let mut s = format!(
