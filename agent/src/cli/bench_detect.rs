@@ -21,6 +21,13 @@ pub struct BenchDetectArgs {
     /// recording committed in the repository (agent/src/detect/testdata/lab-series/).
     #[arg(long)]
     pub real_series: Option<PathBuf>,
+    /// Only the recording's samples at or after this unix time (seconds): keep the healthy part
+    /// of a recording (e.g. before the lab replaced the kubelet by a leaking version).
+    #[arg(long)]
+    pub real_from: Option<i64>,
+    /// Only the recording's samples before this unix time (seconds).
+    #[arg(long)]
+    pub real_to: Option<i64>,
 }
 
 /// The largest `--scale`: 25 times the default, already hours of work.
@@ -45,7 +52,11 @@ pub enum BenchDetectError {
 }
 
 /// The real-noise corpus's source: `--real-series` or the committed recording.
-fn real_noise(arg: Option<PathBuf>) -> Result<RealNoise, BenchDetectError> {
+fn real_noise(
+    arg: Option<PathBuf>,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<RealNoise, BenchDetectError> {
     let path =
         arg.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_SERIES));
     if !path.exists() {
@@ -54,7 +65,8 @@ fn real_noise(arg: Option<PathBuf>) -> Result<RealNoise, BenchDetectError> {
         });
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let (samples, _) = super::replay::read_input(&path, now).map_err(BenchDetectError::Read)?;
+    let (mut samples, _) = super::replay::read_input(&path, now).map_err(BenchDetectError::Read)?;
+    samples.retain(|s| from.is_none_or(|f| s.t >= f) && to.is_none_or(|t| s.t < t));
     RealNoise::new(&samples).map_err(|source| BenchDetectError::RealNoise {
         path: path.display().to_string(),
         source,
@@ -63,7 +75,7 @@ fn real_noise(arg: Option<PathBuf>) -> Result<RealNoise, BenchDetectError> {
 
 /// Errors: the real series is missing, unreadable or too short; writing the table failed.
 pub fn run(args: BenchDetectArgs) -> Result<(), BenchDetectError> {
-    let real = real_noise(args.real_series)?;
+    let real = real_noise(args.real_series, args.real_from, args.real_to)?;
     let r = crate::detect::offline::score::score(args.seed, args.scale, &real);
     let mut out = super::Stdout::lock();
     out.line(&r.table)?;
@@ -76,7 +88,7 @@ mod tests {
 
     #[test]
     fn a_missing_real_series_is_a_clear_error_not_a_skip() {
-        let e = real_noise(Some("/nonexistent/series.bin".into())).unwrap_err();
+        let e = real_noise(Some("/nonexistent/series.bin".into()), None, None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "the real-noise corpus needs a recorded kubelet series: /nonexistent/series.bin does not exist (pass --real-series PATH: an agent's series.bin or a replay CSV)"

@@ -6,9 +6,12 @@
 //! 1. **One sample a minute.** The recording is cut to the first sample of each wall-clock
 //!    minute (what the store keeps from 6 h back to 74 h, the bulk of the detector's window);
 //!    the per-interval PLEG relist counts of the minute's samples are summed.
-//! 2. **Hour-long blocks.** Every window of 60 consecutive minutes without a gap (no two
-//!    samples more than [`MAX_GAP_S`] apart) is a block: a moving-block bootstrap, so a
-//!    recording of `h` hours gives about `60 (h - 1)` overlapping blocks. A block keeps its
+//! 2. **Hour-long blocks** (10-minute ones when the recording has no 2 h without a gap, as the
+//!    first lab recording has not). Every window of that many consecutive minutes without a gap
+//!    (no two samples more than [`MAX_GAP_S`] apart) is a block: a moving-block bootstrap, so a
+//!    gap-free recording of `m` minutes gives `m - block + 1` overlapping blocks. With 10-minute
+//!    blocks an hour of output is six recorded windows chained: the within-hour noise,
+//!    sawtooth and steps are real, the hour-to-hour wander is the chain's. A block keeps its
 //!    absolute values (RSS, pods, goroutines...): the level of the output stays within the
 //!    levels the kubelet really had, with no random walk.
 //! 3. **Matched joins.** Blocks are drawn with replacement; after the first, [`CANDIDATES`]
@@ -19,7 +22,7 @@
 //!    RSS halving) keeps it, so restarts occur at the recording's rate; the counters
 //!    (`kubelet_restarts`, `evictions_memory_total`) are rebuilt from each block's own steps,
 //!    so they only step where the recording did.
-//! 5. **Re-timed** onto a 60 s grid from a Monday 00:00 UTC, one block per clock hour.
+//! 5. **Re-timed** onto a 60 s grid from a Monday 00:00 UTC, blocks aligned on clock hours.
 //! 6. **Leaks added.** A leak of `r` MB/day starting uniformly 0.5-2 days in (as the
 //!    generator's) adds `r * (t - start)` to the kubelet's RSS and cgroup bytes (and takes it
 //!    from the node's available memory), restarting from zero after each restart the detector
@@ -34,19 +37,20 @@ use crate::detect::{classify::Cause, restart_times, series::quantile, Sample, Su
 pub const DEFAULT_SERIES: &str = "src/detect/testdata/lab-series/kubelet-v1.34.4-lab.series.bin.gz";
 /// Samples further apart than this end a block (the agent was down or the scrape failed).
 pub const MAX_GAP_S: i64 = 180;
-/// Minutes per block.
+/// Minutes per block when the recording has twice that without a gap.
 pub const BLOCK_MIN: usize = 60;
+/// Minutes per block otherwise.
+pub const SHORT_BLOCK_MIN: usize = 10;
 /// Blocks drawn per join; the best-matched one is used.
 pub const CANDIDATES: usize = 4;
-/// The fewest gap-free hours a recording must hold.
-pub const MIN_HOURS: usize = 2;
 /// The first output sample's time (a Monday 00:00 UTC, hour-aligned: one block per hour bucket).
 const T0: i64 = 1_789_948_800;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RealNoiseError {
     #[error(
-        "the recorded series has {minutes} one-minute samples in gap-free runs, the longest {longest} min: the real-noise corpus needs {MIN_HOURS} h without a gap over {MAX_GAP_S} s"
+        "the recorded series has {minutes} one-minute samples, the longest gap-free run {longest} min: the real-noise corpus needs {} min without a gap over {MAX_GAP_S} s",
+        2 * SHORT_BLOCK_MIN
     )]
     TooShort { minutes: usize, longest: usize },
 }
@@ -65,6 +69,8 @@ struct Block {
 pub struct RealNoise {
     minutes: Vec<Sample>,
     blocks: Vec<Block>,
+    /// Minutes per block.
+    pub block_min: usize,
     /// What the recording held: span (s), samples, restarts seen by the detector.
     pub span_s: i64,
     pub samples: usize,
@@ -101,40 +107,46 @@ fn trough(s: &[Sample]) -> f64 {
 
 impl RealNoise {
     /// Prepares a recorded series (time-ordered, as the store and CSV readers give it).
-    /// Errors: fewer than [`MIN_HOURS`] gap-free hours.
+    /// Errors: no gap-free run of twice [`SHORT_BLOCK_MIN`].
     pub fn new(series: &[Sample]) -> Result<RealNoise, RealNoiseError> {
         let minutes = per_minute(series);
-        // Gap-free runs of minutes.
-        let mut blocks = Vec::new();
-        let (mut run_start, mut longest, mut in_runs) = (0, 0, 0);
-        for i in 0..=minutes.len() {
-            let broken =
-                i == minutes.len() || (i > 0 && minutes[i].t - minutes[i - 1].t > MAX_GAP_S);
-            if !broken {
-                continue;
+        // Gap-free runs of minutes: (start, end).
+        let mut runs = Vec::new();
+        let mut run_start = 0;
+        for i in 1..=minutes.len() {
+            if i == minutes.len() || minutes[i].t - minutes[i - 1].t > MAX_GAP_S {
+                runs.push((run_start, i));
+                run_start = i;
             }
-            let len = i - run_start;
-            longest = longest.max(len);
-            if len >= BLOCK_MIN {
-                in_runs += len;
-                for start in run_start..=i - BLOCK_MIN {
-                    let b = &minutes[start..start + BLOCK_MIN];
-                    blocks.push(Block {
-                        start,
-                        open: trough(&b[..10]),
-                        close: trough(&b[BLOCK_MIN - 10..]),
-                    });
-                }
-            }
-            run_start = i;
         }
-        if longest < MIN_HOURS * BLOCK_MIN {
+        let longest = runs.iter().map(|(a, b)| b - a).max().unwrap_or(0);
+        let block_min = if longest >= 2 * BLOCK_MIN {
+            BLOCK_MIN
+        } else {
+            SHORT_BLOCK_MIN
+        };
+        if longest < 2 * block_min {
             return Err(RealNoiseError::TooShort {
-                minutes: in_runs,
+                minutes: minutes.len(),
                 longest,
             });
         }
+        // The opening and closing troughs: the first and last 10 minutes (a sixth of a short
+        // block).
+        let edge = (block_min / 6).max(1);
+        let mut blocks = Vec::new();
+        for &(a, b) in runs.iter().filter(|(a, b)| b - a >= block_min) {
+            for start in a..=b - block_min {
+                let w = &minutes[start..start + block_min];
+                blocks.push(Block {
+                    start,
+                    open: trough(&w[..edge]),
+                    close: trough(&w[block_min - edge..]),
+                });
+            }
+        }
         Ok(RealNoise {
+            block_min,
             span_s: series.last().map_or(0, |l| l.t) - series.first().map_or(0, |f| f.t),
             samples: series.len(),
             restarts: restart_times(series).len(),
@@ -150,9 +162,10 @@ impl RealNoise {
 
     /// A healthy trace of `days` tiled from the recording (module docs).
     pub fn tile(&self, days: f64, rng: &mut Rng) -> Vec<Sample> {
-        let hours = (days * 24.0).round() as usize;
+        let bm = self.block_min;
+        let hours = (days * 1440.0).round() as usize / bm;
         let pick = |rng: &mut Rng| (rng.next_u64() % self.blocks.len() as u64) as usize;
-        let mut out: Vec<Sample> = Vec::with_capacity(hours * BLOCK_MIN);
+        let mut out: Vec<Sample> = Vec::with_capacity(hours * bm);
         let (mut restarts, mut evictions) = (0.0, 0.0);
         let mut prev: Option<&Block> = None;
         for h in 0..hours {
@@ -167,10 +180,10 @@ impl RealNoise {
                     })
                     .unwrap_or(p),
             };
-            let src = &self.minutes[b.start..b.start + BLOCK_MIN];
+            let src = &self.minutes[b.start..b.start + bm];
             for (k, s) in src.iter().enumerate() {
                 let mut x = s.clone();
-                x.t = T0 + ((h * BLOCK_MIN + k) as i64) * STEP_S;
+                x.t = T0 + ((h * bm + k) as i64) * STEP_S;
                 // Counters step only where the recording stepped.
                 if k > 0 {
                     let step = |f: fn(&Sample) -> Option<f64>| match (f(&src[k - 1]), f(s)) {
@@ -302,10 +315,14 @@ pub(crate) mod tests {
         assert_eq!(rn.blocks(), 211 + 21);
         // Six 10 s intervals' relists summed into each minute.
         assert_eq!(rn.minutes[5].pleg_relists, Some(60.0));
-        assert!(RealNoise::new(&rec[..100 * 6]).is_err());
+        assert_eq!(rn.block_min, 60);
+        // Under 2 h without a gap: 10-minute blocks; under 20 minutes: an error.
+        let short = RealNoise::new(&rec[..100 * 6]).unwrap();
+        assert_eq!((short.block_min, short.blocks()), (10, 91));
+        assert_eq!(short.tile(1.0, &mut Rng::new(1)).len(), 1440);
         assert_eq!(
-            RealNoise::new(&rec[..100 * 6]).unwrap_err().to_string(),
-            "the recorded series has 100 one-minute samples in gap-free runs, the longest 100 min: the real-noise corpus needs 2 h without a gap over 180 s"
+            RealNoise::new(&rec[..19 * 6]).unwrap_err().to_string(),
+            "the recorded series has 19 one-minute samples, the longest gap-free run 19 min: the real-noise corpus needs 20 min without a gap over 180 s"
         );
     }
 

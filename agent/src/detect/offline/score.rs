@@ -465,17 +465,14 @@ type Column = (&'static str, Vec<Figures>, (usize, usize), (usize, usize));
 /// The corpora's headline figures next to each other: per rule, the 100 MB/day leak's median
 /// and p95 delay and how many were found, and false alerts per 1,000 healthy node-days; then
 /// the detector's kubelet-vs-workload and cause accuracy.
-fn side_by_side(
-    rules: &[Box<dyn Rule>],
-    side: &[Column],
-    real: &RealNoise,
-) -> String {
+fn side_by_side(rules: &[Box<dyn Rule>], side: &[Column], real: &RealNoise) -> String {
     let mut s = format!(
-        "== side by side (100 MB/day: median h / p95 h / found; false alerts per 1,000 healthy node-days)\n   real-noise source: {:.1} h recorded, {} samples, {} kubelet restart(s), {} hour blocks\n{:<20}",
+        "== side by side (100 MB/day: median h / p95 h / found; false alerts per 1,000 healthy node-days)\n   real-noise source: {:.2} h recorded, {} samples, {} kubelet restart(s), {} blocks of {} min\n{:<20}",
         real.span_s as f64 / 3600.0,
         real.samples,
         real.restarts,
         real.blocks(),
+        real.block_min,
         "rule"
     );
     for (name, ..) in side {
