@@ -50,7 +50,7 @@ const T0: i64 = 1_789_948_800;
 pub enum RealNoiseError {
     #[error(
         "the recorded series has {minutes} one-minute samples, the longest gap-free run {longest} min: the real-noise corpus needs {} min without a gap over {MAX_GAP_S} s",
-        2 * SHORT_BLOCK_MIN
+        SHORT_BLOCK_MIN * 3 / 2
     )]
     TooShort { minutes: usize, longest: usize },
 }
@@ -107,7 +107,7 @@ fn trough(s: &[Sample]) -> f64 {
 
 impl RealNoise {
     /// Prepares a recorded series (time-ordered, as the store and CSV readers give it).
-    /// Errors: no gap-free run of twice [`SHORT_BLOCK_MIN`].
+    /// Errors: no gap-free run of 1.5 [`SHORT_BLOCK_MIN`] (at least 6 distinct blocks).
     pub fn new(series: &[Sample]) -> Result<RealNoise, RealNoiseError> {
         let minutes = per_minute(series);
         // Gap-free runs of minutes: (start, end).
@@ -125,7 +125,7 @@ impl RealNoise {
         } else {
             SHORT_BLOCK_MIN
         };
-        if longest < 2 * block_min {
+        if longest < block_min * 3 / 2 {
             return Err(RealNoiseError::TooShort {
                 minutes: minutes.len(),
                 longest,
@@ -316,13 +316,13 @@ pub(crate) mod tests {
         // Six 10 s intervals' relists summed into each minute.
         assert_eq!(rn.minutes[5].pleg_relists, Some(60.0));
         assert_eq!(rn.block_min, 60);
-        // Under 2 h without a gap: 10-minute blocks; under 20 minutes: an error.
+        // Under 2 h without a gap: 10-minute blocks; under 15 minutes: an error.
         let short = RealNoise::new(&rec[..100 * 6]).unwrap();
         assert_eq!((short.block_min, short.blocks()), (10, 91));
         assert_eq!(short.tile(1.0, &mut Rng::new(1)).len(), 1440);
         assert_eq!(
-            RealNoise::new(&rec[..19 * 6]).unwrap_err().to_string(),
-            "the recorded series has 19 one-minute samples, the longest gap-free run 19 min: the real-noise corpus needs 20 min without a gap over 180 s"
+            RealNoise::new(&rec[..14 * 6]).unwrap_err().to_string(),
+            "the recorded series has 14 one-minute samples, the longest gap-free run 14 min: the real-noise corpus needs 15 min without a gap over 180 s"
         );
     }
 
