@@ -18,8 +18,11 @@
 //!    blocks are drawn uniformly and the one whose opening trough (10% quantile of its first 10
 //!    minutes) is nearest the previous block's closing trough is taken (a matched-block
 //!    bootstrap, Carlstein et al. 1998): the joins are about as continuous as the recording.
-//! 4. **Restarts preserved.** A block holding a kubelet restart (a `kubelet_restarts` step, or
-//!    RSS halving) keeps it, so restarts occur at the recording's rate; the counters
+//! 4. **Restarts preserved, at a realistic rate.** A block holding a kubelet restart (a
+//!    `kubelet_restarts` step, or RSS halving) keeps it whole (the drop and what follows are
+//!    the real kubelet's), but such blocks are drawn only at a per-trace restart rate drawn in
+//!    0-0.15 a day (the generator's), not at the recording's: the lab recording restarts its
+//!    kubelet on purpose several times an hour, which would reset every added leak. The counters
 //!    (`kubelet_restarts`, `evictions_memory_total`) are rebuilt from each block's own steps,
 //!    so they only step where the recording did.
 //! 5. **Re-timed** onto a 60 s grid from a Monday 00:00 UTC, blocks aligned on clock hours.
@@ -62,6 +65,8 @@ struct Block {
     start: usize,
     open: f64,
     close: f64,
+    /// The kubelet restarted inside the block.
+    restart: bool,
 }
 
 /// A recording prepared for tiling.
@@ -142,6 +147,7 @@ impl RealNoise {
                     start,
                     open: trough(&w[..edge]),
                     close: trough(&w[block_min - edge..]),
+                    restart: !restart_times(w).is_empty(),
                 });
             }
         }
@@ -164,15 +170,24 @@ impl RealNoise {
     pub fn tile(&self, days: f64, rng: &mut Rng) -> Vec<Sample> {
         let bm = self.block_min;
         let hours = (days * 1440.0).round() as usize / bm;
-        let pick = |rng: &mut Rng| (rng.next_u64() % self.blocks.len() as u64) as usize;
+        let (with, without): (Vec<&Block>, Vec<&Block>) =
+            self.blocks.iter().partition(|b| b.restart);
+        let pool = |restart: bool| match (restart, with.is_empty(), without.is_empty()) {
+            (true, false, _) | (false, _, true) => &with,
+            _ => &without,
+        };
+        let per_block = rng.range(0.0, 0.15) * bm as f64 / 1440.0;
+        let pick =
+            |rng: &mut Rng, from: &Vec<&Block>| (rng.next_u64() % from.len() as u64) as usize;
         let mut out: Vec<Sample> = Vec::with_capacity(hours * bm);
         let (mut restarts, mut evictions) = (0.0, 0.0);
         let mut prev: Option<&Block> = None;
         for h in 0..hours {
-            let b = match prev {
-                None => &self.blocks[pick(rng)],
+            let from = pool(prev.is_some() && rng.chance(per_block));
+            let b: &Block = match prev {
+                None => from[pick(rng, from)],
                 Some(p) => (0..CANDIDATES)
-                    .map(|_| &self.blocks[pick(rng)])
+                    .map(|_| from[pick(rng, from)])
                     .min_by(|a, b| {
                         (a.open - p.close)
                             .abs()
