@@ -1,14 +1,17 @@
 //! `oomprobe replay FILE`: the detectors offline over a recorded series, printing a verdict each
-//! time it changes (evaluated hourly, and at the end). A gzip-compressed CSV is read as is.
+//! time it changes (evaluated hourly, and at the end). The file is the agent's own series store
+//! (`series.bin` under `--state-dir`, told by its `OOMPSERI` magic) or a CSV, either plain or
+//! gzip-compressed; the file is only read.
 use std::path::{Path, PathBuf};
 
 use super::OutputFormat;
-use crate::detect::{offline::csv, Engine, Verdict};
+use crate::detect::{offline::csv, store, Engine, Sample, Verdict};
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// CSV with at least `time,kubelet_rss_bytes,pods` (see the README for optional columns),
-    /// plain or gzip-compressed.
+    /// The agent's series store (`series.bin` in its --state-dir) or a CSV with at least
+    /// `time,kubelet_rss_bytes,pods` (see the README for optional columns), plain or
+    /// gzip-compressed; told apart by content.
     pub file: PathBuf,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
@@ -32,13 +35,80 @@ pub enum ReplayError {
         #[source]
         source: csv::CsvError,
     },
+    #[error("{path}: not a series store this agent can read: {reason}")]
+    Store { path: String, reason: String },
+    #[error("{path}: the series store holds no valid sample ({invalid} invalid records dropped)")]
+    EmptyStore { path: String, invalid: u64 },
+    #[error("{path}: neither a series store (no OOMPSERI magic) nor CSV text (not UTF-8)")]
+    NotText { path: String },
     #[error(transparent)]
     Stdout(#[from] super::StdoutError),
 }
 
+/// Where a replayed series came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// The agent's series store; `invalid`: records dropped because a value was invalid.
+    Store { invalid: u64 },
+    /// A CSV; `unknown`: its columns the detectors do not read.
+    Csv { unknown: Vec<String> },
+}
+
+/// Reads a series for replay: the agent's store file or a CSV (each plain or gzip-compressed),
+/// told apart by the store's magic. The store is decoded as the live agent loads it
+/// ([`store::parse`]: the same validation and the same bounded resolution), so the verdict at
+/// its last sample is the live agent's on that file. `now` refuses store records dated more
+/// than a day after it. Never writes to `file`. Errors: unreadable, a corrupt or foreign
+/// store, a store without a valid sample, a CSV error, bytes that are neither.
+pub fn read_input(file: &Path, now: i64) -> Result<(Vec<Sample>, Source), ReplayError> {
+    let path = file.display().to_string();
+    let bytes = read_bytes(file).map_err(|source| ReplayError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    if store::is_store(&bytes) {
+        let loaded = store::parse(&bytes, now);
+        if loaded.corrupt {
+            return Err(ReplayError::Store {
+                reason: store::corrupt_reason(&bytes),
+                path,
+            });
+        }
+        if loaded.samples.is_empty() {
+            return Err(ReplayError::EmptyStore {
+                path,
+                invalid: loaded.invalid,
+            });
+        }
+        return Ok((
+            loaded.samples,
+            Source::Store {
+                invalid: loaded.invalid,
+            },
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| ReplayError::NotText { path: path.clone() })?;
+    let (samples, unknown) =
+        csv::parse(&text).map_err(|source| ReplayError::Csv { path, source })?;
+    Ok((samples, Source::Csv { unknown }))
+}
+
 fn show(format: OutputFormat, v: &Verdict) -> String {
     match format {
-        OutputFormat::Json => serde_json::to_string(v).unwrap_or_default(),
+        // The live agent's verdict line (`"event":"verdict"` first, then the verdict's fields).
+        OutputFormat::Json => {
+            #[derive(serde::Serialize)]
+            struct Line<'a> {
+                event: &'static str,
+                #[serde(flatten)]
+                verdict: &'a Verdict,
+            }
+            serde_json::to_string(&Line {
+                event: "verdict",
+                verdict: v,
+            })
+            .unwrap_or_default()
+        }
         OutputFormat::Text => {
             let mut s = format!(
                 "{} subject={} cause={} slope={:.0}MB/day",
@@ -77,18 +147,23 @@ pub fn read_text(file: &Path) -> Result<String, ReplayError> {
     })
 }
 
-/// [`read_text`]'s reader with a plain I/O error.
-/// Only a regular file of at most [`crate::files::MAX_SERIES_BYTES`], plain or decompressed.
+/// [`read_text`]'s reader with a plain I/O error (see [`read_bytes`]).
 pub fn read_series(file: &Path) -> std::io::Result<String> {
-    let bytes = crate::files::read_maybe_gzip(file, crate::files::MAX_SERIES_BYTES)?;
-    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    String::from_utf8(read_bytes(file)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The file's bytes, gunzipped when it starts with the gzip magic: only a regular file of at
+/// most [`crate::files::MAX_SERIES_BYTES`], plain or decompressed (a gzip bomb is refused).
+pub fn read_bytes(file: &Path) -> std::io::Result<Vec<u8>> {
+    crate::files::read_maybe_gzip(file, crate::files::MAX_SERIES_BYTES)
 }
 
 /// Evaluates the detectors as replay does: every `every` seconds of series (at least 60) and
 /// at the last sample, calling `f` with each verdict.
 pub fn evaluate_each(
     engine: &mut Engine,
-    samples: &[crate::detect::Sample],
+    samples: &[Sample],
     every: i64,
     mut f: impl FnMut(&Verdict),
 ) {
@@ -106,14 +181,19 @@ pub fn evaluate_each(
 }
 
 pub fn run(args: ReplayArgs) -> Result<(), ReplayError> {
-    let path = args.file.display().to_string();
-    let text = read_text(&args.file)?;
-    let (samples, unknown) = csv::parse(&text).map_err(|source| ReplayError::Csv {
-        path: path.clone(),
-        source,
-    })?;
-    if !unknown.is_empty() {
-        tracing::warn!(columns = ?unknown, "ignoring unknown columns");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (samples, source) = read_input(&args.file, now)?;
+    match source {
+        Source::Csv { unknown } if !unknown.is_empty() => {
+            tracing::warn!(columns = ?unknown, "ignoring unknown columns");
+        }
+        Source::Store { invalid } if invalid > 0 => {
+            tracing::warn!(
+                records = invalid,
+                "series store records with invalid values were not replayed"
+            );
+        }
+        _ => {}
     }
     let mut engine = Engine::default();
     let mut out = super::Stdout::lock();
@@ -164,6 +244,137 @@ mod tests {
             });
             assert_eq!(n, 96, "{name}");
         }
+    }
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("oomprobe-replay-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Three days at one sample a minute: flat at 400 MB (a 30 MB sawtooth) for 36 h, then a
+    /// 200 MB/day leak; integer values, so the CSV writer's rounding changes nothing.
+    fn leaking_samples() -> Vec<Sample> {
+        (0..3 * 1440i64)
+            .map(|i| {
+                let t = 1_790_000_000 + i * 60;
+                let leak = (i - 36 * 60).max(0) as f64 * 200e6 / 1440.0;
+                Sample {
+                    t,
+                    kubelet_rss_bytes: (400e6 + (i % 10) as f64 * 3e6 + leak).round(),
+                    pods: 30.0,
+                    goroutines: Some(150.0),
+                    node_mem_available_bytes: Some(4e9),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+
+    fn verdicts(samples: &[Sample]) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        evaluate_each(&mut Engine::default(), samples, 3600, |v| {
+            out.push(v.clone())
+        });
+        out
+    }
+
+    /// A store written by the live agent's own `Store` replays to the verdicts the detectors
+    /// give on the samples the agent holds after reopening it, and to the same verdicts as
+    /// the same samples written as CSV; the file is left byte for byte as it was.
+    #[test]
+    fn the_agents_store_file_replays_as_the_live_agent_and_the_csv_do() {
+        let d = tmpdir("store");
+        let p = d.join("series.bin");
+        {
+            let mut st = store::Store::open(&p).unwrap();
+            for s in leaking_samples() {
+                st.append(s).unwrap();
+            }
+        }
+        let before = std::fs::read(&p).unwrap();
+        let (samples, source) = read_input(&p, 1_800_000_000).unwrap();
+        assert_eq!(source, Source::Store { invalid: 0 });
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            before,
+            "replay wrote to its input"
+        );
+        assert_eq!(samples, leaking_samples());
+        // What the live agent evaluates after a restart: the store as it reopens it.
+        std::fs::copy(&p, d.join("copy.bin")).unwrap();
+        let live = store::Store::open(&d.join("copy.bin")).unwrap();
+        assert_eq!(live.samples(), &samples[..]);
+        let from_store = verdicts(&samples);
+        assert_eq!(from_store.len(), 72);
+        let last = from_store.last().unwrap();
+        assert_eq!(last.subject, Subject::Kubelet, "{:?}", last.findings);
+        assert_eq!(&Engine::default().evaluate(live.samples()), last);
+        // The same series as CSV (gzip-compressed too) gives the same verdicts.
+        let text = csv::write(&samples);
+        std::fs::write(d.join("s.csv"), &text).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&before).unwrap();
+        std::fs::write(d.join("series.bin.gz"), gz.finish().unwrap()).unwrap();
+        let (csv_samples, src) = read_input(&d.join("s.csv"), 1_800_000_000).unwrap();
+        assert_eq!(src, Source::Csv { unknown: vec![] });
+        assert_eq!(verdicts(&csv_samples), from_store);
+        let (gz_samples, _) = read_input(&d.join("series.bin.gz"), 1_800_000_000).unwrap();
+        assert_eq!(gz_samples, samples);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_and_foreign_files_are_clear_errors_and_left_alone() {
+        let d = tmpdir("corrupt");
+        let good = {
+            let p = d.join("series.bin");
+            let mut st = store::Store::open(&p).unwrap();
+            st.append(leaking_samples()[0].clone()).unwrap();
+            drop(st);
+            std::fs::read(&p).unwrap()
+        };
+        let mut future = good.clone();
+        future[8] = 9;
+        // The one record's RSS (the first column after t) made negative.
+        let mut no_valid = good.clone();
+        let at = good.len() - 8 * (2 + crate::detect::series::OPTIONAL_COLUMNS.len()) + 8;
+        no_valid[at..at + 8].copy_from_slice(&(-1.0f64).to_le_bytes());
+        for (name, bytes, want) in [
+            (
+                "future.bin",
+                future,
+                "future.bin: not a series store this agent can read: unknown format version 9 (this agent reads 1 and 2)",
+            ),
+            (
+                "short.bin",
+                b"OOMPSERI\x02".to_vec(),
+                "short.bin: not a series store this agent can read: the header is cut short",
+            ),
+            (
+                "invalid.bin",
+                no_valid,
+                "invalid.bin: the series store holds no valid sample (1 invalid records dropped)",
+            ),
+            (
+                "foreign.bin",
+                vec![0xff, 0xfe, 0x00, 0x01],
+                "foreign.bin: neither a series store (no OOMPSERI magic) nor CSV text (not UTF-8)",
+            ),
+        ] {
+            let p = d.join(name);
+            std::fs::write(&p, &bytes).unwrap();
+            let e = read_input(&p, 1_800_000_000).unwrap_err().to_string();
+            assert_eq!(e, format!("{}/{want}", d.display()), "{name}");
+            assert_eq!(std::fs::read(&p).unwrap(), bytes, "{name} was modified");
+            let left: Vec<_> = std::fs::read_dir(&d).unwrap().flatten().collect();
+            assert!(
+                left.iter().all(|e| !e.file_name().to_string_lossy().contains("corrupt-")),
+                "replay set a file aside"
+            );
+        }
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

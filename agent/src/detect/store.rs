@@ -224,6 +224,12 @@ fn layout(d: &[u8]) -> Option<Layout> {
     }
 }
 
+/// True when `d` starts as a store file does (its magic): `replay` tells a store from a CSV by
+/// content, not by name.
+pub fn is_store(d: &[u8]) -> bool {
+    d.starts_with(MAGIC)
+}
+
 /// What makes `d` not a store file [`parse`] can read (it returned `corrupt`), in a few
 /// words for an error message; never quotes the bytes beyond the format's own fields.
 pub fn corrupt_reason(d: &[u8]) -> String {

@@ -3,3 +3,5 @@
 pub mod tracegen;
 pub mod csv;
 pub mod score;
+pub mod realnoise;
+pub mod causes;
