@@ -50,21 +50,46 @@ pub struct SampleEvent {
 #[derive(Debug, Default)]
 pub struct PodChurn {
     prev: Option<(i64, std::collections::HashSet<String>)>,
+    /// Pod cgroups created + removed between walks, by the later walk's time, for the last
+    /// hour.
+    changes: std::collections::VecDeque<(i64, usize)>,
 }
 
+/// The window over which [`PodChurn`] counts: one hour.
+const CHURN_WINDOW_S: i64 = 3600;
+
 impl PodChurn {
-    /// Pods created + removed per hour since the previous walk (`t` unix seconds); None for
-    /// the first walk, and when time did not move forward (the set is taken as the new start).
+    /// Pods created + removed over the last hour of walks (`t` unix seconds), per hour. A
+    /// trailing count, so that any one sample
+    /// carries the hour's churn: the store keeps one sample a minute past 6 h, and a per-walk
+    /// rate (a Deployment scaled in one 10 s step, then nothing) was lost to that thinning
+    /// (recorded on the lab: 15 of 181 samples non-zero, every one-a-minute sample 0). None
+    /// for the first walk and when time did not move forward (the set is taken as the new
+    /// start).
     pub fn observe(&mut self, t: i64, pods: &[String]) -> Option<f64> {
         let now: std::collections::HashSet<String> = pods.iter().cloned().collect();
         let rate = match &self.prev {
             Some((t0, before)) if t > *t0 => {
                 let created = now.difference(before).count();
                 let removed = before.difference(&now).count();
-                let changes = created.saturating_add(removed) as f64;
-                Some(changes * 3600.0 / (t - t0) as f64)
+                self.changes.push_back((t, created.saturating_add(removed)));
+                while self
+                    .changes
+                    .front()
+                    .is_some_and(|(ti, _)| *ti <= t.saturating_sub(CHURN_WINDOW_S))
+                {
+                    self.changes.pop_front();
+                }
+                // Counted, not extrapolated: in the agent's first hour the rate is what that
+                // part of an hour saw (a node's first minutes, pods starting, are not an
+                // hour's churn).
+                let n: usize = self.changes.iter().map(|(_, c)| c).sum();
+                Some(n as f64)
             }
-            _ => None,
+            _ => {
+                self.changes.clear();
+                None
+            }
         };
         self.prev = Some((t, now));
         rate
@@ -317,6 +342,33 @@ pub fn sample(
         pod_cgroups: pods.into_iter().map(|(p, _)| p).collect(),
     };
     (s, ev)
+}
+
+#[cfg(test)]
+mod churn_tests {
+    use super::PodChurn;
+
+    /// A Deployment scaled from 30 to 10 pods in one 10 s step, then nothing for an hour:
+    /// every sample of that hour says 20 per hour (so the store's one-a-minute thinning keeps
+    /// it), and the hour after, 0.
+    #[test]
+    fn churn_is_the_last_hours_count_in_every_sample() {
+        let pods = |n: usize| {
+            (0..n)
+                .map(|i| format!("/kubepods/pod{i}"))
+                .collect::<Vec<_>>()
+        };
+        let mut c = PodChurn::default();
+        assert_eq!(c.observe(0, &pods(30)), None);
+        assert_eq!(c.observe(10, &pods(10)), Some(20.0));
+        for t in (20..3610).step_by(10) {
+            assert_eq!(c.observe(t, &pods(10)), Some(20.0), "at {t} s");
+        }
+        assert_eq!(c.observe(3610, &pods(10)), Some(0.0));
+        // Time that does not move forward starts over.
+        assert_eq!(c.observe(3610, &pods(12)), None);
+        assert_eq!(c.observe(3620, &pods(13)), Some(1.0));
+    }
 }
 
 #[cfg(test)]
