@@ -245,9 +245,14 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
             if let (Some(sl), Some(now)) = (exited, exited_now) {
                 let piling = sl.low > 0.0 && sl.mid > 10.0;
                 let many = now > 100.0 || now > 2.0 * running.max(1.0);
+                // "Many" counts only with the pile growing: the real kubelet's gauge keeps a
+                // state's last value (v1.34, `updateRunningPodAndContainerMetrics`), so after a
+                // scale-down exited outnumbers running without any leak (recorded on the lab:
+                // 20 exited vs 10 running), and alone it named container_gc over every other
+                // cause.
                 cands.push(Candidate {
                     cause: Cause::ContainerGc,
-                    score: f64::from(u8::from(piling)) * 2.0 + f64::from(u8::from(many)),
+                    score: f64::from(u8::from(piling)) * (2.0 + f64::from(u8::from(many))),
                     supports: vec![format!(
                         "{now:.0} exited containers vs {running:.0} running, {:+.0}/day",
                         sl.mid
