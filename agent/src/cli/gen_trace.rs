@@ -24,6 +24,10 @@ pub struct GenTraceArgs {
 pub enum GenTraceError {
     #[error("unknown scenario {0}: healthy, growing-pods, leak-<MB/day>, workload, container_gc, pod_certs_manager, evented_pleg, pod_churn, cgroup_v1_kernel_5_15 or oversubscription")]
     UnknownScenario(String),
+    #[error(
+        "--days {days}: this trace's leak starts {hours:.1} h in, after its last sample; give --days {need} or more"
+    )]
+    TooShort { days: f64, hours: f64, need: f64 },
     #[error("--days {0}: a number of days from {MIN_DAYS} to {MAX_DAYS}")]
     Days(f64),
     #[error("leak-{0}: a leak rate is a number of MB/day from 0 to {MAX_LEAK_MB_PER_DAY}")]
@@ -68,10 +72,22 @@ pub fn run(args: GenTraceArgs) -> Result<(), GenTraceError> {
     } else {
         tracegen::generate(sc, args.days, args.seed)
     };
-    eprintln!(
-        "label: {}",
-        serde_json::to_string(&label).unwrap_or_default()
-    );
+    // A leak that starts after the last sample is not in the trace: the label would claim one.
+    if let (Some(start), Some(last)) = (label.leak_start, samples.last()) {
+        if start > last.t {
+            let first = samples.first().map_or(last.t, |s| s.t);
+            let hours = (start - first) as f64 / 3600.0;
+            return Err(GenTraceError::TooShort {
+                days: args.days,
+                hours,
+                need: ((start - first) as f64 / 86_400.0 + 1.0).ceil(),
+            });
+        }
+    }
+    // The scenario as it was asked for (the generator's own enum names differ).
+    let mut shown = serde_json::to_value(&label).unwrap_or_default();
+    shown["scenario"] = serde_json::Value::String(args.scenario.clone());
+    eprintln!("label: {shown}");
     // A reader that went away (`| head`) ends the program quietly (see `main`).
     let mut out = super::Stdout::lock();
     out.text(&csv::write(&samples))

@@ -20,6 +20,7 @@ pub enum Cause {
     /// kubernetes#131906: memory rises after heavy pod churn.
     PodChurn,
     /// runc on cgroup v1 with Linux 5.15.
+    #[serde(rename = "cgroup_v1_kernel_5_15")]
     CgroupV1Kernel515,
     /// Evicted pods reschedule and pressure the node again.
     Oversubscription,
@@ -382,6 +383,24 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cause's JSON name is the name the text output, the README and `inputs` use.
+    #[test]
+    fn json_names_are_the_documented_names() {
+        for c in [
+            Cause::None,
+            Cause::ContainerGc,
+            Cause::PodCertsManager,
+            Cause::EventedPleg,
+            Cause::PodChurn,
+            Cause::CgroupV1Kernel515,
+            Cause::Oversubscription,
+            Cause::WorkloadLeak,
+            Cause::Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str(), "{c:?}");
+        }
+    }
 
     fn sample(t: i64) -> Sample {
         Sample {
