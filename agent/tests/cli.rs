@@ -99,7 +99,7 @@ const NO_SPACE: &str =
 #[test]
 fn a_full_disk_on_stdout_is_an_error_for_every_verb() {
     let dir = Scratch::new("full");
-    let csv = trace(&dir, "leak-50", "1");
+    let csv = trace(&dir, "leak-50", "3");
     let state = dir.path("state");
     for args in [
         vec!["replay", arg(&csv)],
@@ -115,7 +115,7 @@ fn a_full_disk_on_stdout_is_an_error_for_every_verb() {
 #[test]
 fn a_closed_pipe_on_stdout_exits_141_without_a_word() {
     let dir = Scratch::new("pipe");
-    let csv = trace(&dir, "leak-50", "1");
+    let csv = trace(&dir, "leak-50", "3");
     let state = dir.path("state");
     for args in [
         vec!["replay", arg(&csv)],
@@ -131,7 +131,7 @@ fn a_closed_pipe_on_stdout_exits_141_without_a_word() {
 #[test]
 fn report_reads_a_gzip_csv_as_replay_does() {
     let dir = Scratch::new("gz");
-    let csv = trace(&dir, "leak-50", "1");
+    let csv = trace(&dir, "leak-50", "3");
     let gz = dir.path("leak.csv.gz");
     let o = Command::new("gzip")
         .args(["-c", arg(&csv)])
