@@ -355,3 +355,35 @@ fn probe_points_of_a_dynamic_binary_are_its_libcs() {
     let o = to_closed_pipe(oomprobe().args(["probe-points", arg(&exe)]));
     assert_eq!(o.status.code(), Some(141), "{}", stderr(&o));
 }
+
+/// A --kubelet-metrics-token-file that cannot be read is named in the kubelet_metrics check
+/// and no request goes out (it used to go out without an Authorization header, unremarked).
+#[test]
+fn diagnose_names_a_bad_token_file_and_sends_nothing() {
+    let dir = Scratch::new("diagtoken");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    let o = oomprobe()
+        .args(["diagnose", "--format", "json", "--kubelet-metrics", &url])
+        .args(["--kubelet-metrics-token-file", "/dev/zero"])
+        .args(["--state-dir", arg(&dir.path("state"))])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(1), "{}", stderr(&o));
+    let check = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|c| c["check"] == "kubelet_metrics")
+        .unwrap();
+    assert_eq!(
+        check["detail"],
+        "cannot read bearer token file /dev/zero: not a regular file"
+    );
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "a request went out without the token"
+    );
+}

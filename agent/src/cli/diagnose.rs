@@ -420,11 +420,17 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
     ));
     match &args.kubelet_metrics.kubelet_metrics {
         Some(url) => {
-            let token = args.kubelet_metrics.token();
             let timeout = Duration::from_secs(5);
-            let got = match kubelet_metrics::client(&args.kubelet_metrics.tls(), timeout) {
-                Ok(c) => kubelet_metrics::fetch(&c, url, token.as_deref(), timeout).await,
-                Err(e) => Err(e),
+            // A token file that cannot be read is the check's error, by name: no request
+            // goes out without the credentials asked for.
+            let got = match (
+                args.kubelet_metrics.token(),
+                kubelet_metrics::client(&args.kubelet_metrics.tls(), timeout),
+            ) {
+                (Ok(token), Ok(c)) => {
+                    kubelet_metrics::fetch(&c, url, token.as_deref(), timeout).await
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
             };
             match got {
                 Ok(m) => {

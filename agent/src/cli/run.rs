@@ -143,6 +143,8 @@ pub enum RunError {
     },
     #[error("cannot watch the event ring buffer")]
     Ring(#[source] std::io::Error),
+    #[error(transparent)]
+    KubeletMetricsToken(#[from] crate::kubelet::metrics::MetricsError),
 }
 
 /// The pipeline's configuration from the arguments (the API client, when the cordon or the
@@ -274,8 +276,11 @@ fn protect_from_oom_killer() {
     }
 }
 
-pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    // Refused before anything is loaded: a recording that cannot be written is a usage error.
+/// The refusals made before anything is loaded, as usage errors: a bearer token file for
+/// --kubelet-metrics that cannot be read now (later, each scrape re-reads it and counts a
+/// failure), and a ring recording that cannot be created (returned, ready to write).
+fn preflight(args: &RunArgs) -> Result<Option<crate::kernel::ring::Recorder>, RunError> {
+    args.kubelet_metrics.token()?;
     let recorder = match &args.record_ring {
         Some(path) => Some(
             crate::kernel::ring::Recorder::create(path).map_err(|source| RunError::RecordRing {
@@ -285,6 +290,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         ),
         None => None,
     };
+    Ok(recorder)
+}
+
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let recorder = preflight(&args)?;
     if !args.no_oom_score_adj {
         protect_from_oom_killer();
     }
@@ -370,4 +380,39 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let _ = s.await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    pub(super) fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).map(|c| c.run)
+    }
+
+    /// A token file that is bad at start is refused before anything is loaded.
+    #[test]
+    fn a_bad_token_file_is_refused_at_start() {
+        let args = parse(&[
+            "--kubelet-metrics",
+            "http://127.0.0.1:1/metrics",
+            "--kubelet-metrics-token-file",
+            "/dev/zero",
+        ])
+        .unwrap();
+        let e = preflight(&args).map(|_| ()).unwrap_err();
+        assert_eq!(
+            crate::error_chain(&e),
+            "cannot read bearer token file /dev/zero: not a regular file"
+        );
+        assert!(preflight(&parse(&[]).unwrap()).unwrap().is_none());
+    }
 }
