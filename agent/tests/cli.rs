@@ -387,3 +387,47 @@ fn diagnose_names_a_bad_token_file_and_sends_nothing() {
         "a request went out without the token"
     );
 }
+
+/// A kubelet whose name is longer than the kernel's 15-byte comm is found by its full name.
+#[test]
+fn diagnose_finds_a_kubelet_with_a_long_name() {
+    let dir = Scratch::new("longname");
+    let exe = dir.path("averyverylongkubeletname");
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let mut child = Command::new(&exe).arg("30").spawn().unwrap();
+    let o = oomprobe()
+        .args(["diagnose", "--format", "json"])
+        .args(["--kubelet-name", "averyverylongkubeletname"])
+        .args(["--state-dir", arg(&dir.path("state"))])
+        .output()
+        .unwrap();
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rss = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|c| c["check"] == "kubelet_rss")
+        .unwrap();
+    assert_eq!(rss["verdict"], "good", "{rss}");
+    assert!(
+        rss["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("pid {pid}:")),
+        "{rss}"
+    );
+}
+
+/// Flag values that mean nothing are refused at parsing, naming the flag.
+#[test]
+fn meaningless_diagnose_flags_are_refused() {
+    for (args, want) in [(
+        vec!["diagnose", "--kubelet-name", ""],
+        "error: invalid value '' for '--kubelet-name <KUBELET_NAME>': a process name cannot be empty",
+    )] {
+        let o = oomprobe().args(&args).output().unwrap();
+        assert_eq!(refusal(&o), want, "{args:?}");
+    }
+}

@@ -17,8 +17,9 @@ use crate::{
 pub struct DiagnoseArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
-    /// The kubelet's process name.
-    #[arg(long, default_value = "kubelet")]
+    /// The kubelet's process name; as the kernel keeps process names, only its first 15
+    /// bytes are compared.
+    #[arg(long, default_value = "kubelet", value_parser = super::parse_process_name)]
     pub kubelet_name: String,
     #[command(flatten)]
     pub kubelet_metrics: super::endpoints::KubeletMetricsArgs,
@@ -144,11 +145,12 @@ fn check(
     }
 }
 
+/// The first process whose comm is `name` cut as the kernel cuts it (15 bytes).
 fn find_pid(name: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim_end() == name).then_some(pid)
+        let comm = crate::kubelet::tracker::comm_of(pid)?;
+        crate::kubelet::tracker::comm_matches(&comm, name).then_some(pid)
     })
 }
 

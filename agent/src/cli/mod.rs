@@ -59,6 +59,14 @@ pub fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// A process name for `--kubelet-name`: not empty (no process has an empty comm).
+pub fn parse_process_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("a process name cannot be empty".into());
+    }
+    Ok(s.to_string())
+}
+
 /// A byte count as the kubelet writes quantities: plain bytes, or with a `Ki`/`Mi`/`Gi`/`Ti`
 /// (powers of 1024) or `k`/`M`/`G`/`T` (powers of 1000) suffix. `100Mi` is 104857600.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {

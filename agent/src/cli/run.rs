@@ -39,8 +39,9 @@ pub struct RunArgs {
     /// constraint), `tracepoint` (always works), or `auto` (kprobe where the kernel allows).
     #[arg(long, value_enum, default_value_t = crate::kernel::probes::HookTier::Auto)]
     pub hook_tier: crate::kernel::probes::HookTier,
-    /// The kubelet's process name.
-    #[arg(long, default_value = "kubelet")]
+    /// The kubelet's process name (comm); as the kernel keeps process names, only its first
+    /// 15 bytes are compared.
+    #[arg(long, default_value = "kubelet", value_parser = super::parse_process_name)]
     pub kubelet_name: String,
     /// Follow this pid as the kubelet (in addition to processes named --kubelet-name).
     #[arg(long)]
