@@ -423,11 +423,61 @@ fn diagnose_finds_a_kubelet_with_a_long_name() {
 /// Flag values that mean nothing are refused at parsing, naming the flag.
 #[test]
 fn meaningless_diagnose_flags_are_refused() {
-    for (args, want) in [(
-        vec!["diagnose", "--kubelet-name", ""],
-        "error: invalid value '' for '--kubelet-name <KUBELET_NAME>': a process name cannot be empty",
-    )] {
+    for (args, want) in [
+        (
+            vec!["diagnose", "--kubelet-name", ""],
+            "error: invalid value '' for '--kubelet-name <KUBELET_NAME>': a process name cannot be empty",
+        ),
+        (
+            vec!["diagnose", "--kubepods-root", ""],
+            "error: invalid value '' for '--kubepods-root <KUBEPODS_ROOT>': a cgroup path cannot be empty",
+        ),
+    ] {
         let o = oomprobe().args(&args).output().unwrap();
         assert_eq!(refusal(&o), want, "{args:?}");
     }
+}
+
+/// Pods under a `--kubepods-root` of the operator's are counted, and its tree says a kubelet
+/// set this node up (diagnose used to look only under /kubepods and /kubepods.slice).
+#[test]
+fn diagnose_counts_pods_under_the_kubepods_root_given() {
+    let memory = Path::new("/sys/fs/cgroup/memory");
+    let unified = Path::new("/sys/fs/cgroup");
+    let base = if memory.is_dir() { memory } else { unified };
+    let root = format!("/oomprobe-cli-{}-kubepods", std::process::id());
+    let pod = base
+        .join(&root[1..])
+        .join("pod0b4f3a5c-1111-2222-3333-444455556666");
+    let container = pod.join("c0ffee");
+    std::fs::create_dir_all(&container).unwrap_or_else(|e| {
+        panic!(
+            "this test needs root to create the cgroup {}: {e}",
+            container.display()
+        )
+    });
+    let dir = Scratch::new("podsroot");
+    let o = oomprobe()
+        .args([
+            "diagnose",
+            "--format",
+            "json",
+            "--kubelet-name",
+            "no-such-kubelet",
+        ])
+        .args(["--kubepods-root", &root])
+        .args(["--state-dir", arg(&dir.path("state"))])
+        .output()
+        .unwrap();
+    std::fs::remove_dir(&container).unwrap();
+    std::fs::remove_dir(&pod).unwrap();
+    std::fs::remove_dir(base.join(&root[1..])).unwrap();
+    let checks: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |name: &str| checks.iter().find(|c| c["check"] == name).unwrap().clone();
+    assert_eq!(find("containers")["value"], "1 pods, 1 running containers");
+    assert_eq!(find("stage")["value"], "active_oom_or_down");
 }

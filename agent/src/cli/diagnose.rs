@@ -29,6 +29,10 @@ pub struct DiagnoseArgs {
     /// recent growth rates.
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: PathBuf,
+    /// Cgroup paths (in the memory hierarchy) under which pods live; repeatable (as `run`'s):
+    /// the pods and containers counted, and whether a kubelet set this node up.
+    #[arg(long, default_values_t = crate::sampler::KUBEPODS_ROOTS.iter().map(|s| s.to_string()), value_parser = super::parse_cgroup_path)]
+    pub kubepods_root: Vec<String>,
     /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), in
     /// bytes or with a Ki/Mi/Gi suffix.
     #[arg(long, default_value = "100Mi", value_parser = super::parse_bytes)]
@@ -387,11 +391,9 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         None => {
             // A kubepods tree means a kubelet set this node up: it is down (or being
             // OOM-killed) now. Without one nothing says a kubelet ever ran here.
-            let kubepods = h.as_ref().is_some_and(|h| {
-                crate::sampler::KUBEPODS_ROOTS
-                    .iter()
-                    .any(|r| h.dir(r).is_dir())
-            });
+            let kubepods = h
+                .as_ref()
+                .is_some_and(|h| args.kubepods_root.iter().any(|r| h.dir(r).is_dir()));
             stage = if kubepods {
                 "active_oom_or_down"
             } else {
@@ -509,11 +511,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         )),
     }
     if let Some(h) = h.as_ref() {
-        let roots: Vec<String> = crate::sampler::KUBEPODS_ROOTS
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let pods = pod_cgroups(h, &roots);
+        let pods = pod_cgroups(h, &args.kubepods_root);
         let containers: usize = pods
             .iter()
             .map(|(p, _)| {

@@ -67,6 +67,15 @@ pub fn parse_process_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A cgroup path for `--kubepods-root`: not empty (an empty one would be the whole
+/// hierarchy).
+pub fn parse_cgroup_path(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("a cgroup path cannot be empty".into());
+    }
+    Ok(s.to_string())
+}
+
 /// A byte count as the kubelet writes quantities: plain bytes, or with a `Ki`/`Mi`/`Gi`/`Ti`
 /// (powers of 1024) or `k`/`M`/`G`/`T` (powers of 1000) suffix. `100Mi` is 104857600.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {

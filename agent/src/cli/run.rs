@@ -81,7 +81,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: std::path::PathBuf,
     /// Cgroup paths (in the memory hierarchy) under which pods live; repeatable.
-    #[arg(long, default_values_t = crate::sampler::KUBEPODS_ROOTS.iter().map(|s| s.to_string()))]
+    #[arg(long, default_values_t = crate::sampler::KUBEPODS_ROOTS.iter().map(|s| s.to_string()), value_parser = super::parse_cgroup_path)]
     pub kubepods_root: Vec<String>,
     /// Also write each sample to the JSON stream (a `sample` event).
     #[arg(long)]
