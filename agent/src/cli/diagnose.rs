@@ -180,6 +180,35 @@ fn uptime_of(pid: u32) -> Option<f64> {
 
 use procfs::Current as _;
 
+/// The kernel's OOM kills since boot (`/proc/vmstat` `oom_kill`): informational, never BAD. A
+/// count since boot says nothing of the node now (one container's OOM kill last week would
+/// make every later run exit 2); the kubelet's own kills and the stage are the verdicts.
+fn node_oom_kills_check(vmstat: &str) -> Check {
+    let n: Option<u64> = vmstat
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok());
+    match n {
+        Some(0) => check(
+            "node_oom_kills",
+            "0",
+            Health::Good,
+            "kernel OOM kills since boot (/proc/vmstat oom_kill)",
+        ),
+        Some(n) => check(
+            "node_oom_kills",
+            n.to_string(),
+            Health::Unknown,
+            "kernel OOM kills since boot (/proc/vmstat oom_kill): informational, a count since boot is no verdict on the node now (kubelet_oom_kills and stage are; the agent records each kill)",
+        ),
+        None => check(
+            "node_oom_kills",
+            "-",
+            Health::Unknown,
+            "no oom_kill in /proc/vmstat (a kernel before 4.13)",
+        ),
+    }
+}
+
 /// The node's MemoryPressure condition from the API server, if reachable.
 async fn memory_pressure(args: &DiagnoseArgs) -> Check {
     let source = args.api.source();
@@ -408,20 +437,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         }
     }
     let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
-    let node_ooms: u64 = vmstat
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-        .unwrap_or(0);
-    checks.push(check(
-        "node_oom_kills",
-        node_ooms.to_string(),
-        if node_ooms == 0 {
-            Health::Good
-        } else {
-            Health::Bad
-        },
-        "kernel OOM kills since boot (/proc/vmstat oom_kill)",
-    ));
+    checks.push(node_oom_kills_check(&vmstat));
     match &args.kubelet_metrics.kubelet_metrics {
         Some(url) => {
             let timeout = Duration::from_secs(5);
@@ -644,4 +660,22 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
     }
     out.finish()?;
     Ok(checks.iter().any(|c| c.verdict == Health::Bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kernel OOM kills since boot are reported, never BAD: one kill since boot no longer
+    /// makes every run exit 2.
+    #[test]
+    fn node_oom_kills_since_boot_are_informational() {
+        let c = node_oom_kills_check("pgfault 10\noom_kill 3\nthp_fault_alloc 0\n");
+        assert_eq!((c.value.as_str(), c.verdict), ("3", Health::Unknown));
+        assert!(c.detail.contains("informational"), "{}", c.detail);
+        let c = node_oom_kills_check("oom_kill 0\n");
+        assert_eq!((c.value.as_str(), c.verdict), ("0", Health::Good));
+        let c = node_oom_kills_check("pgfault 10\n");
+        assert_eq!((c.value.as_str(), c.verdict), ("-", Health::Unknown));
+    }
 }
