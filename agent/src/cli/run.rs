@@ -32,8 +32,8 @@ pub struct RunArgs {
     /// Exit after this many kill records (scripts, demos).
     #[arg(long)]
     pub max_kills: Option<u64>,
-    /// Exit after this many seconds.
-    #[arg(long)]
+    /// Exit after this many seconds (1 to 31622400, a year).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
     pub duration: Option<u64>,
     /// How OOM kills are hooked: `kprobe` (oom_kill_process: the kernel's OOM domain and
     /// constraint), `tracepoint` (always works), or `auto` (kprobe where the kernel allows).
@@ -49,11 +49,11 @@ pub struct RunArgs {
     /// Follow processes running this executable as the kubelet.
     #[arg(long)]
     pub kubelet_bin: Option<std::path::PathBuf>,
-    /// Seconds between kubelet memory attribution reports.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds between kubelet memory attribution reports (1 to 86400).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub attribution_interval: u64,
-    /// Seconds between samples of the kubelet's and the node's memory.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds between samples of the kubelet's and the node's memory (1 to 86400).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub sample_interval: u64,
     /// Ring-buffer reader threads, one pinned per CPU up to this many: a reader on a CPU
     /// other than the OOM-killing task's sees the kill without waiting for that task to leave
@@ -71,8 +71,8 @@ pub struct RunArgs {
     /// resolved).
     #[arg(long, value_enum, default_value_t = SyscallTracepoints::Always)]
     pub syscall_tracepoints: SyscallTracepoints,
-    /// Seconds between leak detector evaluations.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds between leak detector evaluations (1 to 86400).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub detect_interval: u64,
     /// Also write every raw ring record, as read, to this file (the golden test's framing).
     #[arg(long)]
@@ -253,8 +253,9 @@ fn load(args: &RunArgs, metrics: &Metrics) -> Result<Probes, RunError> {
     Ok(probes)
 }
 
+/// A tick every `seconds` (at least 1: the flags' ranges).
 fn every(seconds: u64) -> tokio::time::Interval {
-    tokio::time::interval(Duration::from_secs(seconds.max(1)))
+    tokio::time::interval(Duration::from_secs(seconds))
 }
 
 /// The score the agent gives itself: the kernel's OOM killer never picks a task at -1000, so a
@@ -331,7 +332,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     )
     .map_err(RunError::Ring)?;
     tracing::debug!(cpus = ?readers.cpus, "ring-buffer readers started");
-    let scrape_every = Duration::from_secs(args.sample_interval.max(1));
+    let scrape_every = Duration::from_secs(args.sample_interval);
     let errors = metrics.kubelet_metrics_errors.clone();
     let kubelet_metrics = args.kubelet_metrics.spawn_scraper(scrape_every, errors);
     // The cordon's PATCH runs in a task; its result comes back here.
@@ -415,5 +416,36 @@ mod tests {
             "cannot read bearer token file /dev/zero: not a regular file"
         );
         assert!(preflight(&parse(&[]).unwrap()).unwrap().is_none());
+    }
+
+    /// Values that mean nothing are refused at parsing, naming the flag and the range (0 used
+    /// to be taken as 1 second, or as "stop at once").
+    #[test]
+    fn meaningless_values_are_refused() {
+        for (flag, value, want) in [
+            ("--sample-interval", "0", "0 is not in 1..=86400"),
+            ("--attribution-interval", "0", "0 is not in 1..=86400"),
+            ("--detect-interval", "0", "0 is not in 1..=86400"),
+            ("--detect-interval", "86401", "86401 is not in 1..=86400"),
+            ("--duration", "0", "0 is not in 1..=31622400"),
+            (
+                "--duration",
+                "18446744073709551615",
+                "18446744073709551615 is not in 1..=31622400",
+            ),
+            ("--kubelet-name", "", "a process name cannot be empty"),
+            ("--kubepods-root", "", "a cgroup path cannot be empty"),
+        ] {
+            let e = parse(&[flag, value]).map(|_| ()).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{flag}");
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("error: invalid value '{value}' for '{flag} "))
+                    && text.contains(want),
+                "{flag} {value}: {text}"
+            );
+        }
+        let a = parse(&["--sample-interval", "1", "--duration", "31622400"]).unwrap();
+        assert_eq!((a.sample_interval, a.duration), (1, Some(31_622_400)));
     }
 }
