@@ -432,9 +432,23 @@ fn meaningless_diagnose_flags_are_refused() {
             vec!["diagnose", "--kubepods-root", ""],
             "error: invalid value '' for '--kubepods-root <KUBEPODS_ROOT>': a cgroup path cannot be empty",
         ),
+        (
+            vec!["diagnose", "--eviction-hard-memory", "0"],
+            "error: invalid value '0' for '--eviction-hard-memory <EVICTION_HARD_MEMORY>': \"0\": must be positive, as the kubelet requires (a kubelet without a memory.available threshold: 0%)",
+        ),
     ] {
         let o = oomprobe().args(&args).output().unwrap();
         assert_eq!(refusal(&o), want, "{args:?}");
+    }
+    // What the kubelet accepts is accepted (both used to be refused).
+    let dir = Scratch::new("evict");
+    for v in ["1.5Gi", "10%"] {
+        let o = oomprobe()
+            .args(["diagnose", "--eviction-hard-memory", v])
+            .args(["--state-dir", arg(&dir.path("state"))])
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(1), "{v}: {}", stderr(&o));
     }
 }
 

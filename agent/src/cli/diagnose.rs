@@ -33,10 +33,11 @@ pub struct DiagnoseArgs {
     /// the pods and containers counted, and whether a kubelet set this node up.
     #[arg(long, default_values_t = crate::sampler::KUBEPODS_ROOTS.iter().map(|s| s.to_string()), value_parser = super::parse_cgroup_path)]
     pub kubepods_root: Vec<String>,
-    /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), in
-    /// bytes or with a Ki/Mi/Gi suffix.
-    #[arg(long, default_value = "100Mi", value_parser = super::parse_bytes)]
-    pub eviction_hard_memory: u64,
+    /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), as
+    /// the kubelet writes it: bytes or a quantity (`100Mi`, `1.5Gi`, `2G`), or a percentage of
+    /// the node's MemTotal (`10%`; `0%` is no threshold).
+    #[arg(long, default_value = "100Mi", value_parser = super::parse_eviction_hard)]
+    pub eviction_hard_memory: super::EvictionHard,
 }
 
 /// How far back the persisted series counts for the growth rates.
@@ -582,13 +583,23 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         None => None,
     };
     let recent = store.as_ref().map_or(&[][..], |st| &st.samples[..]);
-    let (ending, approaching) = ending_check(
-        live,
-        recent,
-        now_unix,
-        args.eviction_hard_memory,
-        limit_near,
-    );
+    let (ending, approaching) = match args.eviction_hard_memory.bytes(node_total_bytes) {
+        Some(eviction_hard_bytes) => {
+            ending_check(live, recent, now_unix, eviction_hard_bytes, limit_near)
+        }
+        None => (
+            check(
+                "ending",
+                "-",
+                Health::Unknown,
+                format!(
+                    "--eviction-hard-memory {} needs the node's MemTotal: /proc/meminfo unreadable",
+                    args.eviction_hard_memory
+                ),
+            ),
+            false,
+        ),
+    };
     checks.push(ending);
     if approaching && stage == "steady" {
         stage = "pre_oom";

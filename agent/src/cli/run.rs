@@ -92,10 +92,12 @@ pub struct RunArgs {
     /// Seconds the restarted kubelet's RSS must stay flat for the storm to count as settled.
     #[arg(long, default_value_t = 120)]
     pub storm_settle: u64,
-    /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), in
-    /// bytes or with a Ki/Mi/Gi suffix: Pre-OOM on node memory measures MemAvailable against it.
-    #[arg(long, default_value = "100Mi", value_parser = super::parse_bytes)]
-    pub eviction_hard_memory: u64,
+    /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), as
+    /// the kubelet writes it: bytes or a quantity (`100Mi`, `1.5Gi`, `2G`), or a percentage of
+    /// the node's MemTotal (`10%`; `0%` is no threshold): Pre-OOM on node memory measures
+    /// MemAvailable against it.
+    #[arg(long, default_value = "100Mi", value_parser = super::parse_eviction_hard)]
+    pub eviction_hard_memory: super::EvictionHard,
     /// Pre-OOM on node memory when, while the kubelet grows, MemAvailable reaches the eviction
     /// threshold within this many seconds at the current rate.
     #[arg(long, default_value_t = 600)]
@@ -146,12 +148,15 @@ pub enum RunError {
     Ring(#[source] std::io::Error),
     #[error(transparent)]
     KubeletMetricsToken(#[from] crate::kubelet::metrics::MetricsError),
+    #[error("--eviction-hard-memory {0} needs the node's MemTotal: /proc/meminfo unreadable")]
+    MemTotal(super::EvictionHard, #[source] procfs::ProcError),
 }
 
 /// The pipeline's configuration from the arguments (the API client, when the cordon or the
 /// reports need it).
 async fn pipeline_config(
     args: &RunArgs,
+    eviction_hard_bytes: u64,
     metrics: &Metrics,
     cordon_done: tokio::sync::mpsc::Sender<Result<(), crate::kubeapi::ApiError>>,
 ) -> PipelineConfig {
@@ -214,7 +219,7 @@ async fn pipeline_config(
             flap_window_ns: args.flap_window.saturating_mul(1_000_000_000),
             settle_ns: args.storm_settle.saturating_mul(1_000_000_000),
             node: NodeRule {
-                eviction_hard_bytes: args.eviction_hard_memory,
+                eviction_hard_bytes,
                 horizon_seconds: args.pre_oom_horizon as f64,
                 ..Default::default()
             },
@@ -278,11 +283,31 @@ fn protect_from_oom_killer() {
     }
 }
 
+/// What the refusals made before anything is loaded leave ready.
+struct Preflight {
+    recorder: Option<crate::kernel::ring::Recorder>,
+    eviction_hard_bytes: u64,
+}
+
 /// The refusals made before anything is loaded, as usage errors: a bearer token file for
 /// --kubelet-metrics that cannot be read now (later, each scrape re-reads it and counts a
-/// failure), and a ring recording that cannot be created (returned, ready to write).
-fn preflight(args: &RunArgs) -> Result<Option<crate::kernel::ring::Recorder>, RunError> {
+/// failure), an eviction percentage without the node's MemTotal, and a ring recording that
+/// cannot be created (returned, ready to write).
+fn preflight(args: &RunArgs) -> Result<Preflight, RunError> {
     args.kubelet_metrics.token()?;
+    let threshold = args.eviction_hard_memory;
+    let eviction_hard_bytes = match threshold.bytes(None) {
+        Some(b) => b,
+        None => {
+            use procfs::Current as _;
+            let total = procfs::Meminfo::current()
+                .map_err(|e| RunError::MemTotal(threshold, e))?
+                .mem_total;
+            let b = threshold.bytes(Some(total)).unwrap_or(0);
+            tracing::info!(threshold = %threshold, mem_total = total, bytes = b, "eviction threshold from the node's memory");
+            b
+        }
+    };
     let recorder = match &args.record_ring {
         Some(path) => Some(
             crate::kernel::ring::Recorder::create(path).map_err(|source| RunError::RecordRing {
@@ -292,11 +317,17 @@ fn preflight(args: &RunArgs) -> Result<Option<crate::kernel::ring::Recorder>, Ru
         ),
         None => None,
     };
-    Ok(recorder)
+    Ok(Preflight {
+        recorder,
+        eviction_hard_bytes,
+    })
 }
 
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    let recorder = preflight(&args)?;
+    let Preflight {
+        recorder,
+        eviction_hard_bytes,
+    } = preflight(&args)?;
     if !args.no_oom_score_adj {
         protect_from_oom_killer();
     }
@@ -337,7 +368,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let kubelet_metrics = args.kubelet_metrics.spawn_scraper(scrape_every, errors);
     // The cordon's PATCH runs in a task; its result comes back here.
     let (cordon_done, mut cordon_result) = tokio::sync::mpsc::channel(4);
-    let cfg = pipeline_config(&args, &metrics, cordon_done).await;
+    let cfg = pipeline_config(&args, eviction_hard_bytes, &metrics, cordon_done).await;
     let mut p = Pipeline::new(cfg, probes, metrics, kubelet_metrics);
     tracing::info!(
         hooks = p.probes().attached.len(),
@@ -415,7 +446,26 @@ mod tests {
             crate::error_chain(&e),
             "cannot read bearer token file /dev/zero: not a regular file"
         );
-        assert!(preflight(&parse(&[]).unwrap()).unwrap().is_none());
+        let ok = preflight(&parse(&[]).unwrap()).unwrap();
+        assert!(ok.recorder.is_none());
+        assert_eq!(ok.eviction_hard_bytes, 100 << 20);
+    }
+
+    /// `--eviction-hard-memory` as the kubelet takes it: a decimal quantity, or a percentage
+    /// of this node's MemTotal (both used to be refused).
+    #[test]
+    fn eviction_thresholds_resolve_to_bytes() {
+        let bytes = |v: &str| {
+            preflight(&parse(&["--eviction-hard-memory", v]).unwrap())
+                .unwrap()
+                .eviction_hard_bytes
+        };
+        assert_eq!(bytes("1.5Gi"), 1_610_612_736);
+        assert_eq!(bytes("0%"), 0);
+        use procfs::Current as _;
+        let total = procfs::Meminfo::current().unwrap().mem_total;
+        assert_eq!(bytes("10%"), (total as f64 * 0.1) as u64);
+        assert!(bytes("10%") > 0);
     }
 
     /// Values that mean nothing are refused at parsing, naming the flag and the range (0 used
@@ -445,6 +495,10 @@ mod tests {
                 "{flag} {value}: {text}"
             );
         }
+        let e = parse(&["--eviction-hard-memory", "0"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.to_string().contains("must be positive"), "{e}");
         let a = parse(&["--sample-interval", "1", "--duration", "31622400"]).unwrap();
         assert_eq!((a.sample_interval, a.duration), (1, Some(31_622_400)));
     }
