@@ -170,8 +170,14 @@ pub fn parse_duration(s: &str) -> Result<f64, String> {
     if !(n.is_finite() && n > 0.0) {
         return Err(format!("{s}: must be positive"));
     }
+    if n * mul > MAX_SINCE_SECONDS {
+        return Err(format!("{s}: at most 3650d"));
+    }
     Ok(n * mul)
 }
+
+/// The longest `--since`: ten years, far beyond any series kept.
+const MAX_SINCE_SECONDS: f64 = 3650.0 * 86400.0;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -672,5 +678,11 @@ not json
         assert!(parse_duration("6x").is_err());
         assert!(parse_duration("-1h").is_err());
         assert!(parse_duration("h").is_err());
+        assert_eq!(parse_duration("3650d"), Ok(315_360_000.0));
+        assert_eq!(
+            parse_duration("18446744073709551616s"),
+            Err("18446744073709551616s: at most 3650d".into())
+        );
+        assert_eq!(parse_duration("3651d"), Err("3651d: at most 3650d".into()));
     }
 }

@@ -355,3 +355,143 @@ fn probe_points_of_a_dynamic_binary_are_its_libcs() {
     let o = to_closed_pipe(oomprobe().args(["probe-points", arg(&exe)]));
     assert_eq!(o.status.code(), Some(141), "{}", stderr(&o));
 }
+
+/// A --kubelet-metrics-token-file that cannot be read is named in the kubelet_metrics check
+/// and no request goes out (it used to go out without an Authorization header, unremarked).
+#[test]
+fn diagnose_names_a_bad_token_file_and_sends_nothing() {
+    let dir = Scratch::new("diagtoken");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    let o = oomprobe()
+        .args(["diagnose", "--format", "json", "--kubelet-metrics", &url])
+        .args(["--kubelet-metrics-token-file", "/dev/zero"])
+        .args(["--state-dir", arg(&dir.path("state"))])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(1), "{}", stderr(&o));
+    let check = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|c| c["check"] == "kubelet_metrics")
+        .unwrap();
+    assert_eq!(
+        check["detail"],
+        "cannot read bearer token file /dev/zero: not a regular file"
+    );
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "a request went out without the token"
+    );
+}
+
+/// A kubelet whose name is longer than the kernel's 15-byte comm is found by its full name.
+#[test]
+fn diagnose_finds_a_kubelet_with_a_long_name() {
+    let dir = Scratch::new("longname");
+    let exe = dir.path("averyverylongkubeletname");
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let mut child = Command::new(&exe).arg("30").spawn().unwrap();
+    let o = oomprobe()
+        .args(["diagnose", "--format", "json"])
+        .args(["--kubelet-name", "averyverylongkubeletname"])
+        .args(["--state-dir", arg(&dir.path("state"))])
+        .output()
+        .unwrap();
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rss = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|c| c["check"] == "kubelet_rss")
+        .unwrap();
+    assert_eq!(rss["verdict"], "good", "{rss}");
+    assert!(
+        rss["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("pid {pid}:")),
+        "{rss}"
+    );
+}
+
+/// Flag values that mean nothing are refused at parsing, naming the flag.
+#[test]
+fn meaningless_diagnose_flags_are_refused() {
+    for (args, want) in [
+        (
+            vec!["diagnose", "--kubelet-name", ""],
+            "error: invalid value '' for '--kubelet-name <KUBELET_NAME>': a process name cannot be empty",
+        ),
+        (
+            vec!["diagnose", "--kubepods-root", ""],
+            "error: invalid value '' for '--kubepods-root <KUBEPODS_ROOT>': a cgroup path cannot be empty",
+        ),
+        (
+            vec!["diagnose", "--eviction-hard-memory", "0"],
+            "error: invalid value '0' for '--eviction-hard-memory <EVICTION_HARD_MEMORY>': \"0\": must be positive, as the kubelet requires (a kubelet without a memory.available threshold: 0%)",
+        ),
+    ] {
+        let o = oomprobe().args(&args).output().unwrap();
+        assert_eq!(refusal(&o), want, "{args:?}");
+    }
+    // What the kubelet accepts is accepted (both used to be refused).
+    let dir = Scratch::new("evict");
+    for v in ["1.5Gi", "10%"] {
+        let o = oomprobe()
+            .args(["diagnose", "--eviction-hard-memory", v])
+            .args(["--state-dir", arg(&dir.path("state"))])
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(1), "{v}: {}", stderr(&o));
+    }
+}
+
+/// Pods under a `--kubepods-root` of the operator's are counted, and its tree says a kubelet
+/// set this node up (diagnose used to look only under /kubepods and /kubepods.slice).
+#[test]
+fn diagnose_counts_pods_under_the_kubepods_root_given() {
+    let memory = Path::new("/sys/fs/cgroup/memory");
+    let unified = Path::new("/sys/fs/cgroup");
+    let base = if memory.is_dir() { memory } else { unified };
+    let root = format!("/oomprobe-cli-{}-kubepods", std::process::id());
+    let pod = base
+        .join(&root[1..])
+        .join("pod0b4f3a5c-1111-2222-3333-444455556666");
+    let container = pod.join("c0ffee");
+    std::fs::create_dir_all(&container).unwrap_or_else(|e| {
+        panic!(
+            "this test needs root to create the cgroup {}: {e}",
+            container.display()
+        )
+    });
+    let dir = Scratch::new("podsroot");
+    let o = oomprobe()
+        .args([
+            "diagnose",
+            "--format",
+            "json",
+            "--kubelet-name",
+            "no-such-kubelet",
+        ])
+        .args(["--kubepods-root", &root])
+        .args(["--state-dir", arg(&dir.path("state"))])
+        .output()
+        .unwrap();
+    std::fs::remove_dir(&container).unwrap();
+    std::fs::remove_dir(&pod).unwrap();
+    std::fs::remove_dir(base.join(&root[1..])).unwrap();
+    let checks: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |name: &str| checks.iter().find(|c| c["check"] == name).unwrap().clone();
+    assert_eq!(find("containers")["value"], "1 pods, 1 running containers");
+    assert_eq!(find("stage")["value"], "active_oom_or_down");
+}

@@ -17,8 +17,9 @@ use crate::{
 pub struct DiagnoseArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
-    /// The kubelet's process name.
-    #[arg(long, default_value = "kubelet")]
+    /// The kubelet's process name; as the kernel keeps process names, only its first 15
+    /// bytes are compared.
+    #[arg(long, default_value = "kubelet", value_parser = super::parse_process_name)]
     pub kubelet_name: String,
     #[command(flatten)]
     pub kubelet_metrics: super::endpoints::KubeletMetricsArgs,
@@ -28,10 +29,15 @@ pub struct DiagnoseArgs {
     /// recent growth rates.
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: PathBuf,
-    /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), in
-    /// bytes or with a Ki/Mi/Gi suffix.
-    #[arg(long, default_value = "100Mi", value_parser = super::parse_bytes)]
-    pub eviction_hard_memory: u64,
+    /// Cgroup paths (in the memory hierarchy) under which pods live; repeatable (as `run`'s):
+    /// the pods and containers counted, and whether a kubelet set this node up.
+    #[arg(long, default_values_t = crate::sampler::KUBEPODS_ROOTS.iter().map(|s| s.to_string()), value_parser = super::parse_cgroup_path)]
+    pub kubepods_root: Vec<String>,
+    /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), as
+    /// the kubelet writes it: bytes or a quantity (`100Mi`, `1.5Gi`, `2G`), or a percentage of
+    /// the node's MemTotal (`10%`; `0%` is no threshold).
+    #[arg(long, default_value = "100Mi", value_parser = super::parse_eviction_hard)]
+    pub eviction_hard_memory: super::EvictionHard,
 }
 
 /// How far back the persisted series counts for the growth rates.
@@ -144,11 +150,12 @@ fn check(
     }
 }
 
+/// The first process whose comm is `name` cut as the kernel cuts it (15 bytes).
 fn find_pid(name: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim_end() == name).then_some(pid)
+        let comm = crate::kubelet::tracker::comm_of(pid)?;
+        crate::kubelet::tracker::comm_matches(&comm, name).then_some(pid)
     })
 }
 
@@ -173,6 +180,35 @@ fn uptime_of(pid: u32) -> Option<f64> {
 }
 
 use procfs::Current as _;
+
+/// The kernel's OOM kills since boot (`/proc/vmstat` `oom_kill`): informational, never BAD. A
+/// count since boot says nothing of the node now (one container's OOM kill last week would
+/// make every later run exit 2); the kubelet's own kills and the stage are the verdicts.
+fn node_oom_kills_check(vmstat: &str) -> Check {
+    let n: Option<u64> = vmstat
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok());
+    match n {
+        Some(0) => check(
+            "node_oom_kills",
+            "0",
+            Health::Good,
+            "kernel OOM kills since boot (/proc/vmstat oom_kill)",
+        ),
+        Some(n) => check(
+            "node_oom_kills",
+            n.to_string(),
+            Health::Unknown,
+            "kernel OOM kills since boot (/proc/vmstat oom_kill): informational, a count since boot is no verdict on the node now (kubelet_oom_kills and stage are; the agent records each kill)",
+        ),
+        None => check(
+            "node_oom_kills",
+            "-",
+            Health::Unknown,
+            "no oom_kill in /proc/vmstat (a kernel before 4.13)",
+        ),
+    }
+}
 
 /// The node's MemoryPressure condition from the API server, if reachable.
 async fn memory_pressure(args: &DiagnoseArgs) -> Check {
@@ -385,11 +421,9 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         None => {
             // A kubepods tree means a kubelet set this node up: it is down (or being
             // OOM-killed) now. Without one nothing says a kubelet ever ran here.
-            let kubepods = h.as_ref().is_some_and(|h| {
-                crate::sampler::KUBEPODS_ROOTS
-                    .iter()
-                    .any(|r| h.dir(r).is_dir())
-            });
+            let kubepods = h
+                .as_ref()
+                .is_some_and(|h| args.kubepods_root.iter().any(|r| h.dir(r).is_dir()));
             stage = if kubepods {
                 "active_oom_or_down"
             } else {
@@ -404,27 +438,20 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         }
     }
     let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
-    let node_ooms: u64 = vmstat
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-        .unwrap_or(0);
-    checks.push(check(
-        "node_oom_kills",
-        node_ooms.to_string(),
-        if node_ooms == 0 {
-            Health::Good
-        } else {
-            Health::Bad
-        },
-        "kernel OOM kills since boot (/proc/vmstat oom_kill)",
-    ));
+    checks.push(node_oom_kills_check(&vmstat));
     match &args.kubelet_metrics.kubelet_metrics {
         Some(url) => {
-            let token = args.kubelet_metrics.token();
             let timeout = Duration::from_secs(5);
-            let got = match kubelet_metrics::client(&args.kubelet_metrics.tls(), timeout) {
-                Ok(c) => kubelet_metrics::fetch(&c, url, token.as_deref(), timeout).await,
-                Err(e) => Err(e),
+            // A token file that cannot be read is the check's error, by name: no request
+            // goes out without the credentials asked for.
+            let got = match (
+                args.kubelet_metrics.token(),
+                kubelet_metrics::client(&args.kubelet_metrics.tls(), timeout),
+            ) {
+                (Ok(token), Ok(c)) => {
+                    kubelet_metrics::fetch(&c, url, token.as_deref(), timeout).await
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
             };
             match got {
                 Ok(m) => {
@@ -501,11 +528,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         )),
     }
     if let Some(h) = h.as_ref() {
-        let roots: Vec<String> = crate::sampler::KUBEPODS_ROOTS
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let pods = pod_cgroups(h, &roots);
+        let pods = pod_cgroups(h, &args.kubepods_root);
         let containers: usize = pods
             .iter()
             .map(|(p, _)| {
@@ -560,13 +583,23 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         None => None,
     };
     let recent = store.as_ref().map_or(&[][..], |st| &st.samples[..]);
-    let (ending, approaching) = ending_check(
-        live,
-        recent,
-        now_unix,
-        args.eviction_hard_memory,
-        limit_near,
-    );
+    let (ending, approaching) = match args.eviction_hard_memory.bytes(node_total_bytes) {
+        Some(eviction_hard_bytes) => {
+            ending_check(live, recent, now_unix, eviction_hard_bytes, limit_near)
+        }
+        None => (
+            check(
+                "ending",
+                "-",
+                Health::Unknown,
+                format!(
+                    "--eviction-hard-memory {} needs the node's MemTotal: /proc/meminfo unreadable",
+                    args.eviction_hard_memory
+                ),
+            ),
+            false,
+        ),
+    };
     checks.push(ending);
     if approaching && stage == "steady" {
         stage = "pre_oom";
@@ -638,4 +671,22 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
     }
     out.finish()?;
     Ok(checks.iter().any(|c| c.verdict == Health::Bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kernel OOM kills since boot are reported, never BAD: one kill since boot no longer
+    /// makes every run exit 2.
+    #[test]
+    fn node_oom_kills_since_boot_are_informational() {
+        let c = node_oom_kills_check("pgfault 10\noom_kill 3\nthp_fault_alloc 0\n");
+        assert_eq!((c.value.as_str(), c.verdict), ("3", Health::Unknown));
+        assert!(c.detail.contains("informational"), "{}", c.detail);
+        let c = node_oom_kills_check("oom_kill 0\n");
+        assert_eq!((c.value.as_str(), c.verdict), ("0", Health::Good));
+        let c = node_oom_kills_check("pgfault 10\n");
+        assert_eq!((c.value.as_str(), c.verdict), ("-", Health::Unknown));
+    }
 }

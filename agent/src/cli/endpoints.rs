@@ -2,7 +2,10 @@
 //! `/metrics` and the Kubernetes API (in-cluster by default).
 use std::path::PathBuf;
 
-use crate::{kubeapi::ApiSource, kubelet::metrics::TlsOptions};
+use crate::{
+    kubeapi::ApiSource,
+    kubelet::metrics::{MetricsError, TlsOptions},
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KubeletMetricsArgs {
@@ -10,9 +13,10 @@ pub struct KubeletMetricsArgs {
     /// e.g. https://$NODE_IP:10250/metrics. Failures are reported, never fatal.
     #[arg(long)]
     pub kubelet_metrics: Option<String>,
-    /// Bearer token file for --kubelet-metrics.
+    /// Bearer token file for --kubelet-metrics (a regular file of at most 4 MiB, not empty;
+    /// re-read before each scrape).
     #[arg(long)]
-    pub kubelet_metrics_token_file: Option<String>,
+    pub kubelet_metrics_token_file: Option<PathBuf>,
     /// CA (PEM) of the kubelet's serving certificate.
     #[arg(long)]
     pub kubelet_metrics_ca_file: Option<PathBuf>,
@@ -44,11 +48,23 @@ impl KubeletMetricsArgs {
         crate::kubelet::metrics::spawn_scraper(url, token, self.tls(), every, errors)
     }
 
-    /// The token, read now (it may be rotated on disk).
-    pub fn token(&self) -> Option<String> {
-        self.kubelet_metrics_token_file.as_ref().and_then(|f| {
-            crate::files::read_to_string(std::path::Path::new(f), crate::files::MAX_BYTES).ok()
-        })
+    /// The token, read now (it may be rotated on disk); None without a token file.
+    /// Errors ([`MetricsError::Token`], naming the file): the file is missing, not a regular
+    /// file, larger than [`crate::files::MAX_BYTES`], not UTF-8, or holds only whitespace.
+    pub fn token(&self) -> Result<Option<String>, MetricsError> {
+        let Some(f) = &self.kubelet_metrics_token_file else {
+            return Ok(None);
+        };
+        let bad = |e| MetricsError::Token(f.display().to_string(), e);
+        let text = crate::files::read_to_string(f, crate::files::MAX_BYTES).map_err(bad)?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(bad(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "empty: no token",
+            )));
+        }
+        Ok(Some(token.to_string()))
     }
 }
 
@@ -103,5 +119,67 @@ impl KubeApiArgs {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_token(file: Option<&str>) -> KubeletMetricsArgs {
+        KubeletMetricsArgs {
+            kubelet_metrics: Some("http://127.0.0.1:1/metrics".into()),
+            kubelet_metrics_token_file: file.map(PathBuf::from),
+            kubelet_metrics_ca_file: None,
+            kubelet_metrics_insecure: false,
+        }
+    }
+
+    /// Every bad token file is an error naming the file and what is wrong, never a request
+    /// without the token.
+    #[test]
+    fn a_bad_token_file_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("oomprobe-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("blank");
+        std::fs::write(&empty, " \n").unwrap();
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'x'; 5 << 20]).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let good = dir.join("good");
+        std::fs::write(&good, "s3cret\n").unwrap();
+        let missing = dir.join("missing");
+        let name = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        for (file, why) in [
+            (
+                name(&missing),
+                "No such file or directory (os error 2)".into(),
+            ),
+            (name(&dir), "not a regular file".to_string()),
+            (name(&fifo), "not a regular file".into()),
+            ("/dev/zero".into(), "not a regular file".into()),
+            (name(&empty), "empty: no token".into()),
+            (
+                name(&big),
+                "5242880 bytes, more than the 4194304 read".into(),
+            ),
+        ] {
+            let e = with_token(Some(&file)).token().unwrap_err();
+            assert_eq!(e.reason(), "token", "{file}");
+            assert_eq!(
+                crate::error_chain(&e),
+                format!("cannot read bearer token file {file}: {why}")
+            );
+        }
+        assert_eq!(
+            with_token(Some(&name(&good))).token().unwrap(),
+            Some("s3cret".into())
+        );
+        assert_eq!(with_token(None).token().unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -59,33 +59,150 @@ pub fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A byte count as the kubelet writes quantities: plain bytes, or with a `Ki`/`Mi`/`Gi`/`Ti`
-/// (powers of 1024) or `k`/`M`/`G`/`T` (powers of 1000) suffix. `100Mi` is 104857600.
+/// A process name for `--kubelet-name`: not empty (no process has an empty comm).
+pub fn parse_process_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("a process name cannot be empty".into());
+    }
+    Ok(s.to_string())
+}
+
+/// A cgroup path for `--kubepods-root`: not empty (an empty one would be the whole
+/// hierarchy).
+pub fn parse_cgroup_path(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("a cgroup path cannot be empty".into());
+    }
+    Ok(s.to_string())
+}
+
+/// A byte count as a Kubernetes `resource.Quantity`: a decimal number (`1.5`, `100`), then
+/// `Ki`/`Mi`/`Gi`/`Ti`/`Pi`/`Ei` (powers of 1024), `k`/`M`/`G`/`T`/`P`/`E` (powers of 1000),
+/// an exponent (`e9`, `E6`) or nothing (bytes). A fraction of a byte rounds up, as the
+/// quantity's integer value does. `100Mi` is 104857600, `1.5Gi` 1610612736.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected bytes, e.g. 104857600 or 100Mi"))?;
-    let mult: u64 = match unit {
+    let t = s.trim();
+    let bad = || format!("{s:?}: expected bytes, e.g. 104857600, 100Mi or 1.5Gi");
+    let digits_end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+        return Err(bad());
+    }
+    // The number as an integer mantissa and a power of ten that divides it.
+    let mut mantissa: u128 = 0;
+    for d in int.bytes().chain(frac.bytes()) {
+        mantissa = mantissa
+            .checked_mul(10)
+            .and_then(|m| m.checked_add(u128::from(d - b'0')))
+            .ok_or_else(|| format!("{s:?}: too large"))?;
+    }
+    let mut divide = u32::try_from(frac.len()).map_err(|_| bad())?;
+    let mult: u128 = match unit {
         "" => 1,
         "Ki" => 1 << 10,
         "Mi" => 1 << 20,
         "Gi" => 1 << 30,
         "Ti" => 1 << 40,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        "k" => 10u128.pow(3),
+        "M" => 10u128.pow(6),
+        "G" => 10u128.pow(9),
+        "T" => 10u128.pow(12),
+        "P" => 10u128.pow(15),
+        "E" => 10u128.pow(18),
+        e if e.starts_with(['e', 'E']) => {
+            let exp: i32 = e[1..].parse().map_err(|_| bad())?;
+            if exp >= 0 {
+                10u128
+                    .checked_pow(exp.unsigned_abs())
+                    .ok_or_else(|| format!("{s:?}: too large"))?
+            } else {
+                divide = divide
+                    .checked_add(exp.unsigned_abs())
+                    .ok_or_else(bad)?;
+                1
+            }
+        }
         _ => {
             return Err(format!(
-                "{s:?}: unknown unit {unit:?} (Ki, Mi, Gi, Ti, k, M, G, T)"
+                "{s:?}: unknown unit {unit:?} (Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E, or an exponent e<N>)"
             ))
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?}: too large"))
+    let scaled = mantissa
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: too large"))?;
+    let bytes = match 10u128.checked_pow(divide) {
+        Some(d) => scaled.div_ceil(d),
+        // More than 38 decimals: less than one byte, or nothing.
+        None => u128::from(scaled > 0),
+    };
+    u64::try_from(bytes).map_err(|_| format!("{s:?}: too large"))
+}
+
+/// The kubelet's hard eviction threshold on memory.available, as its `--eviction-hard`
+/// writes it: a quantity of bytes, or a percentage of the node's memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EvictionHard {
+    Bytes(u64),
+    /// Percent of the node's memory (MemTotal), above 0 and below 100.
+    Percent(f64),
+    /// `0%` or `100%`: the kubelet sets no threshold (it ignores those two), so node memory
+    /// runs out at the kernel's OOM point, MemAvailable 0.
+    None,
+}
+
+impl EvictionHard {
+    /// The threshold in bytes on a node of `mem_total` bytes; None for a percentage when the
+    /// node's memory is not known.
+    pub fn bytes(self, mem_total: Option<u64>) -> Option<u64> {
+        match self {
+            EvictionHard::Bytes(b) => Some(b),
+            EvictionHard::None => Some(0),
+            // Below 100% of a u64: the product fits.
+            EvictionHard::Percent(p) => mem_total.map(|t| (t as f64 * p / 100.0) as u64),
+        }
+    }
+}
+
+impl std::fmt::Display for EvictionHard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EvictionHard::Bytes(b) => write!(f, "{b}"),
+            EvictionHard::Percent(p) => write!(f, "{p}%"),
+            EvictionHard::None => f.write_str("0%"),
+        }
+    }
+}
+
+/// `--eviction-hard-memory` as the kubelet reads `memory.available<...`
+/// (`parseThresholdStatement` in pkg/kubelet/eviction/api/types.go): a positive quantity
+/// (zero is refused, as the kubelet refuses it), or a percentage from 0% to 100% (those two
+/// mean no threshold).
+pub fn parse_eviction_hard(s: &str) -> Result<EvictionHard, String> {
+    let t = s.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        let v: f64 = p
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && (0.0..=100.0).contains(v))
+            .ok_or_else(|| format!("{s:?}: a percentage is from 0% to 100%"))?;
+        return Ok(if v == 0.0 || v == 100.0 {
+            EvictionHard::None
+        } else {
+            EvictionHard::Percent(v)
+        });
+    }
+    match parse_bytes(t)? {
+        0 => Err(format!(
+            "{s:?}: must be positive, as the kubelet requires (a kubelet without a memory.available threshold: 0%)"
+        )),
+        b => Ok(EvictionHard::Bytes(b)),
+    }
 }
 
 #[cfg(test)]
@@ -100,5 +217,49 @@ mod tests {
         assert!(parse_bytes("100MB").is_err());
         assert!(parse_bytes("Mi").is_err());
         assert!(parse_bytes("99999999999Ti").is_err());
+        // Decimal quantities, as resource.Quantity reads them (a fraction of a byte rounds up).
+        assert_eq!(parse_bytes("1.5Gi"), Ok(1_610_612_736));
+        assert_eq!(parse_bytes("0.5Mi"), Ok(524_288));
+        assert_eq!(parse_bytes(".5k"), Ok(500));
+        assert_eq!(parse_bytes("1.5"), Ok(2));
+        assert_eq!(parse_bytes("2.5G"), Ok(2_500_000_000));
+        assert_eq!(parse_bytes("1e9"), Ok(1_000_000_000));
+        assert_eq!(parse_bytes("15E-1"), Ok(2));
+        assert_eq!(parse_bytes("1Ei"), Ok(1 << 60));
+        assert_eq!(parse_bytes("16Ei"), Err("\"16Ei\": too large".into()));
+        assert_eq!(parse_bytes("1e400"), Err("\"1e400\": too large".into()));
+        for bad in ["", ".", "1.2.3", "-1Gi", "1.5Gb", "1 Gi", "e9", "1e", "1m"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_bytes("1.5Gb"),
+            Err("\"1.5Gb\": unknown unit \"Gb\" (Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E, or an exponent e<N>)".into())
+        );
+    }
+
+    #[test]
+    fn eviction_thresholds_as_the_kubelet_reads_them() {
+        use super::{parse_eviction_hard, EvictionHard};
+        assert_eq!(
+            parse_eviction_hard("1.5Gi"),
+            Ok(EvictionHard::Bytes(1_610_612_736))
+        );
+        assert_eq!(parse_eviction_hard("10%"), Ok(EvictionHard::Percent(10.0)));
+        assert_eq!(parse_eviction_hard("7.5%"), Ok(EvictionHard::Percent(7.5)));
+        assert_eq!(parse_eviction_hard("0%"), Ok(EvictionHard::None));
+        assert_eq!(parse_eviction_hard("100%"), Ok(EvictionHard::None));
+        assert_eq!(
+            parse_eviction_hard("0"),
+            Err("\"0\": must be positive, as the kubelet requires (a kubelet without a memory.available threshold: 0%)".into())
+        );
+        assert!(parse_eviction_hard("0Mi").is_err());
+        for bad in ["101%", "-5%", "NaN%", "inf%", "%", "10 %x"] {
+            assert!(parse_eviction_hard(bad).is_err(), "{bad:?}");
+        }
+        let total = Some(8 << 30);
+        assert_eq!(EvictionHard::Percent(10.0).bytes(total), Some(858_993_459));
+        assert_eq!(EvictionHard::Percent(10.0).bytes(None), None);
+        assert_eq!(EvictionHard::None.bytes(None), Some(0));
+        assert_eq!(EvictionHard::Bytes(5).bytes(None), Some(5));
     }
 }

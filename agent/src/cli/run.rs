@@ -32,15 +32,16 @@ pub struct RunArgs {
     /// Exit after this many kill records (scripts, demos).
     #[arg(long)]
     pub max_kills: Option<u64>,
-    /// Exit after this many seconds.
-    #[arg(long)]
+    /// Exit after this many seconds (1 to 31622400, a year).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
     pub duration: Option<u64>,
     /// How OOM kills are hooked: `kprobe` (oom_kill_process: the kernel's OOM domain and
     /// constraint), `tracepoint` (always works), or `auto` (kprobe where the kernel allows).
     #[arg(long, value_enum, default_value_t = crate::kernel::probes::HookTier::Auto)]
     pub hook_tier: crate::kernel::probes::HookTier,
-    /// The kubelet's process name.
-    #[arg(long, default_value = "kubelet")]
+    /// The kubelet's process name (comm); as the kernel keeps process names, only its first
+    /// 15 bytes are compared.
+    #[arg(long, default_value = "kubelet", value_parser = super::parse_process_name)]
     pub kubelet_name: String,
     /// Follow this pid as the kubelet (in addition to processes named --kubelet-name).
     #[arg(long)]
@@ -48,11 +49,11 @@ pub struct RunArgs {
     /// Follow processes running this executable as the kubelet.
     #[arg(long)]
     pub kubelet_bin: Option<std::path::PathBuf>,
-    /// Seconds between kubelet memory attribution reports.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds between kubelet memory attribution reports (1 to 86400).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub attribution_interval: u64,
-    /// Seconds between samples of the kubelet's and the node's memory.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds between samples of the kubelet's and the node's memory (1 to 86400).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub sample_interval: u64,
     /// Ring-buffer reader threads, one pinned per CPU up to this many: a reader on a CPU
     /// other than the OOM-killing task's sees the kill without waiting for that task to leave
@@ -70,8 +71,8 @@ pub struct RunArgs {
     /// resolved).
     #[arg(long, value_enum, default_value_t = SyscallTracepoints::Always)]
     pub syscall_tracepoints: SyscallTracepoints,
-    /// Seconds between leak detector evaluations.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds between leak detector evaluations (1 to 86400).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub detect_interval: u64,
     /// Also write every raw ring record, as read, to this file (the golden test's framing).
     #[arg(long)]
@@ -80,7 +81,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "/var/lib/oomprobe")]
     pub state_dir: std::path::PathBuf,
     /// Cgroup paths (in the memory hierarchy) under which pods live; repeatable.
-    #[arg(long, default_values_t = crate::sampler::KUBEPODS_ROOTS.iter().map(|s| s.to_string()))]
+    #[arg(long, default_values_t = crate::sampler::KUBEPODS_ROOTS.iter().map(|s| s.to_string()), value_parser = super::parse_cgroup_path)]
     pub kubepods_root: Vec<String>,
     /// Also write each sample to the JSON stream (a `sample` event).
     #[arg(long)]
@@ -91,10 +92,12 @@ pub struct RunArgs {
     /// Seconds the restarted kubelet's RSS must stay flat for the storm to count as settled.
     #[arg(long, default_value_t = 120)]
     pub storm_settle: u64,
-    /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), in
-    /// bytes or with a Ki/Mi/Gi suffix: Pre-OOM on node memory measures MemAvailable against it.
-    #[arg(long, default_value = "100Mi", value_parser = super::parse_bytes)]
-    pub eviction_hard_memory: u64,
+    /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), as
+    /// the kubelet writes it: bytes or a quantity (`100Mi`, `1.5Gi`, `2G`), or a percentage of
+    /// the node's MemTotal (`10%`; `0%` is no threshold): Pre-OOM on node memory measures
+    /// MemAvailable against it.
+    #[arg(long, default_value = "100Mi", value_parser = super::parse_eviction_hard)]
+    pub eviction_hard_memory: super::EvictionHard,
     /// Pre-OOM on node memory when, while the kubelet grows, MemAvailable reaches the eviction
     /// threshold within this many seconds at the current rate.
     #[arg(long, default_value_t = 600)]
@@ -143,12 +146,17 @@ pub enum RunError {
     },
     #[error("cannot watch the event ring buffer")]
     Ring(#[source] std::io::Error),
+    #[error(transparent)]
+    KubeletMetricsToken(#[from] crate::kubelet::metrics::MetricsError),
+    #[error("--eviction-hard-memory {0} needs the node's MemTotal: /proc/meminfo unreadable")]
+    MemTotal(super::EvictionHard, #[source] procfs::ProcError),
 }
 
 /// The pipeline's configuration from the arguments (the API client, when the cordon or the
 /// reports need it).
 async fn pipeline_config(
     args: &RunArgs,
+    eviction_hard_bytes: u64,
     metrics: &Metrics,
     cordon_done: tokio::sync::mpsc::Sender<Result<(), crate::kubeapi::ApiError>>,
 ) -> PipelineConfig {
@@ -211,7 +219,7 @@ async fn pipeline_config(
             flap_window_ns: args.flap_window.saturating_mul(1_000_000_000),
             settle_ns: args.storm_settle.saturating_mul(1_000_000_000),
             node: NodeRule {
-                eviction_hard_bytes: args.eviction_hard_memory,
+                eviction_hard_bytes,
                 horizon_seconds: args.pre_oom_horizon as f64,
                 ..Default::default()
             },
@@ -250,8 +258,9 @@ fn load(args: &RunArgs, metrics: &Metrics) -> Result<Probes, RunError> {
     Ok(probes)
 }
 
+/// A tick every `seconds` (at least 1: the flags' ranges).
 fn every(seconds: u64) -> tokio::time::Interval {
-    tokio::time::interval(Duration::from_secs(seconds.max(1)))
+    tokio::time::interval(Duration::from_secs(seconds))
 }
 
 /// The score the agent gives itself: the kernel's OOM killer never picks a task at -1000, so a
@@ -274,8 +283,31 @@ fn protect_from_oom_killer() {
     }
 }
 
-pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    // Refused before anything is loaded: a recording that cannot be written is a usage error.
+/// What the refusals made before anything is loaded leave ready.
+struct Preflight {
+    recorder: Option<crate::kernel::ring::Recorder>,
+    eviction_hard_bytes: u64,
+}
+
+/// The refusals made before anything is loaded, as usage errors: a bearer token file for
+/// --kubelet-metrics that cannot be read now (later, each scrape re-reads it and counts a
+/// failure), an eviction percentage without the node's MemTotal, and a ring recording that
+/// cannot be created (returned, ready to write).
+fn preflight(args: &RunArgs) -> Result<Preflight, RunError> {
+    args.kubelet_metrics.token()?;
+    let threshold = args.eviction_hard_memory;
+    let eviction_hard_bytes = match threshold.bytes(None) {
+        Some(b) => b,
+        None => {
+            use procfs::Current as _;
+            let total = procfs::Meminfo::current()
+                .map_err(|e| RunError::MemTotal(threshold, e))?
+                .mem_total;
+            let b = threshold.bytes(Some(total)).unwrap_or(0);
+            tracing::info!(threshold = %threshold, mem_total = total, bytes = b, "eviction threshold from the node's memory");
+            b
+        }
+    };
     let recorder = match &args.record_ring {
         Some(path) => Some(
             crate::kernel::ring::Recorder::create(path).map_err(|source| RunError::RecordRing {
@@ -285,6 +317,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         ),
         None => None,
     };
+    Ok(Preflight {
+        recorder,
+        eviction_hard_bytes,
+    })
+}
+
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let Preflight {
+        recorder,
+        eviction_hard_bytes,
+    } = preflight(&args)?;
     if !args.no_oom_score_adj {
         protect_from_oom_killer();
     }
@@ -320,12 +363,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     )
     .map_err(RunError::Ring)?;
     tracing::debug!(cpus = ?readers.cpus, "ring-buffer readers started");
-    let scrape_every = Duration::from_secs(args.sample_interval.max(1));
+    let scrape_every = Duration::from_secs(args.sample_interval);
     let errors = metrics.kubelet_metrics_errors.clone();
     let kubelet_metrics = args.kubelet_metrics.spawn_scraper(scrape_every, errors);
     // The cordon's PATCH runs in a task; its result comes back here.
     let (cordon_done, mut cordon_result) = tokio::sync::mpsc::channel(4);
-    let cfg = pipeline_config(&args, &metrics, cordon_done).await;
+    let cfg = pipeline_config(&args, eviction_hard_bytes, &metrics, cordon_done).await;
     let mut p = Pipeline::new(cfg, probes, metrics, kubelet_metrics);
     tracing::info!(
         hooks = p.probes().attached.len(),
@@ -370,4 +413,93 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let _ = s.await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    pub(super) fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).map(|c| c.run)
+    }
+
+    /// A token file that is bad at start is refused before anything is loaded.
+    #[test]
+    fn a_bad_token_file_is_refused_at_start() {
+        let args = parse(&[
+            "--kubelet-metrics",
+            "http://127.0.0.1:1/metrics",
+            "--kubelet-metrics-token-file",
+            "/dev/zero",
+        ])
+        .unwrap();
+        let e = preflight(&args).map(|_| ()).unwrap_err();
+        assert_eq!(
+            crate::error_chain(&e),
+            "cannot read bearer token file /dev/zero: not a regular file"
+        );
+        let ok = preflight(&parse(&[]).unwrap()).unwrap();
+        assert!(ok.recorder.is_none());
+        assert_eq!(ok.eviction_hard_bytes, 100 << 20);
+    }
+
+    /// `--eviction-hard-memory` as the kubelet takes it: a decimal quantity, or a percentage
+    /// of this node's MemTotal (both used to be refused).
+    #[test]
+    fn eviction_thresholds_resolve_to_bytes() {
+        let bytes = |v: &str| {
+            preflight(&parse(&["--eviction-hard-memory", v]).unwrap())
+                .unwrap()
+                .eviction_hard_bytes
+        };
+        assert_eq!(bytes("1.5Gi"), 1_610_612_736);
+        assert_eq!(bytes("0%"), 0);
+        use procfs::Current as _;
+        let total = procfs::Meminfo::current().unwrap().mem_total;
+        assert_eq!(bytes("10%"), (total as f64 * 0.1) as u64);
+        assert!(bytes("10%") > 0);
+    }
+
+    /// Values that mean nothing are refused at parsing, naming the flag and the range (0 used
+    /// to be taken as 1 second, or as "stop at once").
+    #[test]
+    fn meaningless_values_are_refused() {
+        for (flag, value, want) in [
+            ("--sample-interval", "0", "0 is not in 1..=86400"),
+            ("--attribution-interval", "0", "0 is not in 1..=86400"),
+            ("--detect-interval", "0", "0 is not in 1..=86400"),
+            ("--detect-interval", "86401", "86401 is not in 1..=86400"),
+            ("--duration", "0", "0 is not in 1..=31622400"),
+            (
+                "--duration",
+                "18446744073709551615",
+                "18446744073709551615 is not in 1..=31622400",
+            ),
+            ("--kubelet-name", "", "a process name cannot be empty"),
+            ("--kubepods-root", "", "a cgroup path cannot be empty"),
+        ] {
+            let e = parse(&[flag, value]).map(|_| ()).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{flag}");
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("error: invalid value '{value}' for '{flag} "))
+                    && text.contains(want),
+                "{flag} {value}: {text}"
+            );
+        }
+        let e = parse(&["--eviction-hard-memory", "0"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.to_string().contains("must be positive"), "{e}");
+        let a = parse(&["--sample-interval", "1", "--duration", "31622400"]).unwrap();
+        assert_eq!((a.sample_interval, a.duration), (1, Some(31_622_400)));
+    }
 }

@@ -51,6 +51,8 @@ pub struct TlsOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    #[error("cannot read bearer token file {0}")]
+    Token(String, #[source] std::io::Error),
     #[error("cannot read CA file {0}")]
     Ca(String, #[source] std::io::Error),
     #[error("bad CA file {0}")]
@@ -73,6 +75,7 @@ impl MetricsError {
     /// The `reason` label of `oomprobe_kubelet_metrics_errors_total`.
     pub fn reason(&self) -> &'static str {
         match self {
+            MetricsError::Token(..) => "token",
             MetricsError::Ca(..)
             | MetricsError::CaPem(..)
             | MetricsError::Client(_)
@@ -378,15 +381,34 @@ pub async fn fetch(
     parse(&String::from_utf8_lossy(&body)).ok_or(MetricsError::Garbage(shown))
 }
 
+/// One scrape of the scraper's loop: the token read first (a bad token file is the error,
+/// nothing is sent), the client built once (a CA file that cannot be read is retried at the
+/// next tick).
+async fn scrape_once(
+    http: &mut Option<reqwest::Client>,
+    url: &str,
+    token: Result<Option<String>, MetricsError>,
+    tls: &TlsOptions,
+    timeout: Duration,
+) -> Result<KubeletMetrics, MetricsError> {
+    let token = token?;
+    let c = match http {
+        Some(c) => c,
+        None => http.insert(client(tls, timeout)?),
+    };
+    fetch(c, url, token.as_deref(), timeout).await
+}
+
 /// The latest scrape: `None` until one succeeds and after one fails.
 pub type Latest = std::sync::Arc<std::sync::Mutex<Option<KubeletMetrics>>>;
 
 /// Scrapes `url` every `every` in a task of its own; each failure is counted in `errors`
 /// (`oomprobe_kubelet_metrics_errors_total{reason}`) and logged (the first, then every 60th).
-/// `token` is read before each scrape (it may be rotated on disk).
+/// `token` is read before each scrape (it may be rotated on disk); a token file that cannot
+/// be read is such a failure (`reason="token"`), and no request goes out without it.
 pub fn spawn_scraper(
     url: String,
-    token: impl Fn() -> Option<String> + Send + 'static,
+    token: impl Fn() -> Result<Option<String>, MetricsError> + Send + 'static,
     tls: TlsOptions,
     every: Duration,
     errors: prometheus::IntCounterVec,
@@ -400,18 +422,7 @@ pub fn spawn_scraper(
         let mut http = None;
         loop {
             tick.tick().await;
-            // Built once (a CA file that cannot be read is retried at the next tick).
-            let got = match &http {
-                Some(c) => fetch(c, &url, token().as_deref(), timeout).await,
-                None => match client(&tls, timeout) {
-                    Ok(c) => {
-                        let got = fetch(&c, &url, token().as_deref(), timeout).await;
-                        http = Some(c);
-                        got
-                    }
-                    Err(e) => Err(e),
-                },
-            };
+            let got = scrape_once(&mut http, &url, token(), &tls, timeout).await;
             let value = match got {
                 Ok(m) => {
                     if !m.invalid.is_empty() {
@@ -729,5 +740,47 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.reason(), "connect");
         assert!(e.to_string().contains("cannot reach"));
+    }
+
+    /// A token file that cannot be read is counted under `reason="token"` at each scrape and
+    /// no request goes out (it used to go out without an Authorization header).
+    #[tokio::test]
+    async fn a_bad_token_is_counted_and_nothing_is_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+        let errors = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("errors_total", "test"),
+            &["reason"],
+        )
+        .unwrap();
+        let token = || {
+            let e = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file");
+            Err(MetricsError::Token("/dev/zero".into(), e))
+        };
+        let latest = spawn_scraper(
+            url,
+            token,
+            TlsOptions::default(),
+            Duration::from_millis(10),
+            errors.clone(),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while errors.with_label_values(&["token"]).get() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no token error counted"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            listener.accept().map(|_| ()).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "a request went out without the token"
+        );
+        assert!(latest.lock().unwrap().is_none());
+        for other in ["connect", "timeout", "status", "garbage"] {
+            assert_eq!(errors.with_label_values(&[other]).get(), 0, "{other}");
+        }
     }
 }

@@ -130,10 +130,25 @@ pub struct Tracker {
     pub fallbacks: u64,
 }
 
-fn comm_of(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string())
+/// The process's name (comm) as `/proc/PID/comm` shows it, without the newline; bytes that
+/// are not UTF-8 (a name the kernel cut inside a character) read as U+FFFD.
+pub fn comm_of(pid: u32) -> Option<String> {
+    let b = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+    let b = b.strip_suffix(b"\n").unwrap_or(&b);
+    Some(String::from_utf8_lossy(b).into_owned())
+}
+
+/// `name` as the kernel keeps it in a process's comm: cut to its first 15 bytes
+/// (`TASK_COMM_LEN` - 1), as [`comm_of`] reads it. `averyverylongkubeletname` runs as
+/// `averyverylongku`.
+pub fn comm_name(name: &str) -> std::borrow::Cow<'_, str> {
+    let b = name.as_bytes();
+    String::from_utf8_lossy(&b[..b.len().min(probe_common::TASK_COMM_LEN - 1)])
+}
+
+/// Whether a process named `comm` (as [`comm_of`] reads it) runs under the name `name`.
+pub fn comm_matches(comm: &str, name: &str) -> bool {
+    comm == comm_name(name)
 }
 
 /// The executable's path as the process sees it (in its own mount namespace): for display and
@@ -289,7 +304,7 @@ impl Tracker {
         if let Some(bin) = &self.target.binary {
             return exe_of(pid).is_some_and(|e| &e == bin);
         }
-        comm_of(pid).is_some_and(|c| c == self.target.name)
+        comm_of(pid).is_some_and(|c| comm_matches(&c, &self.target.name))
     }
 
     /// Looks for kubelet processes not yet followed (start-up, and periodically: a kubelet that
@@ -359,10 +374,7 @@ impl Tracker {
     /// Adds `pid` to the pids followed; past [`SEEN_MAX`] the oldest that is no longer followed
     /// leaves (a followed process stays: the kernel's KUBELET_TGIDS holds far fewer).
     fn remember(&mut self, pid: u32) {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .ok()
-            .map(|c| c.trim_end_matches('\n').to_string());
-        self.remember_as(pid, comm);
+        self.remember_as(pid, comm_of(pid));
     }
 
     fn remember_as(&mut self, pid: u32, comm: Option<String>) {
@@ -718,6 +730,36 @@ mod tests {
             pid: None,
             binary: None,
         })
+    }
+
+    /// The kernel keeps 15 bytes of a process name: a kubelet run as
+    /// `averyverylongkubeletname` is found under that name (it used to be missed).
+    #[test]
+    fn a_long_name_matches_the_comm_the_kernel_cut() {
+        assert_eq!(comm_name("averyverylongkubeletname"), "averyverylongku");
+        assert_eq!(comm_name("kubelet"), "kubelet");
+        // Cut inside a character as the kernel cuts it: 14 ASCII bytes and the first of 'é'.
+        assert_eq!(comm_name("abcdefghijklmné"), "abcdefghijklmn\u{FFFD}");
+        let dir = std::env::temp_dir().join(format!("oomprobe-comm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("averyverylongkubeletname");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        let pid = child.id();
+        let comm = comm_of(pid);
+        let t = Tracker::new(Target {
+            name: "averyverylongkubeletname".into(),
+            pid: None,
+            binary: None,
+        });
+        let found = t.matches(pid);
+        let other = tracker().matches(pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(comm.as_deref(), Some("averyverylongku"));
+        assert!(found, "pid {pid} not matched");
+        assert!(!other);
     }
 
     fn follow(t: &mut Tracker, pid: u32) {
