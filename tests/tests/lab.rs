@@ -566,34 +566,7 @@ fn lab_kubelet_kill_9_is_followed_and_reprobed() {
     );
     assert_eq!(kill["sender"]["code"], "SI_USER", "{kill}");
     assert_eq!(kill["victim"]["cgroup"], lab.s("kubelet_cgroup"), "{kill}");
-    let new = wait_until("the supervisor's new kubelet", WAIT, || {
-        let p = lab.kubelet_pid();
-        (p != old).then_some(p)
-    });
-    let start = agent.wait_for_event(WAIT, "the new kubelet followed", |v| {
-        v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(new))
-    });
-    let seen = boottime_secs();
-    let exec = proc_start_secs(new);
-    eprintln!("new kubelet {new} started at {exec:.3} s, followed at {seen:.3} s (since boot)");
-    assert!(
-        seen - exec < 1.0,
-        "kubelet {new} followed {:.3} s after its start (more than a second)",
-        seen - exec
-    );
-    assert_eq!(
-        start["previous_pid"].as_u64(),
-        Some(u64::from(old)),
-        "{start}"
-    );
-    assert_eq!(start["previous_end"], "signal", "{start}");
-    // Re-probed: its allocator's uprobes report for the new pid.
-    let mem = agent.wait_for_event(WAIT, "kubelet_memory for the new kubelet", |v| {
-        v["event"] == "kubelet_memory"
-            && v["pid"].as_u64() == Some(u64::from(new))
-            && v["mode"] == "uprobes"
-    });
-    eprintln!("{start}\n{mem}");
+    followed_and_reprobed(&lab, &agent, old, "signal", "the kubelet after kill -9");
     // The node comes back Ready under the new kubelet.
     wait_until("node Ready again", WAIT, || {
         let s = lab.kubectl(&[
@@ -605,6 +578,46 @@ fn lab_kubelet_kill_9_is_followed_and_reprobed() {
         ]);
         (s.trim() == "True").then_some(())
     });
+}
+
+/// After the kubelet `old` ended (`previous_end`: how the agent must say it did), the
+/// supervisor's next kubelet: followed (`kubelet_start` naming `old`) within a second of its
+/// exec, and re-probed (uprobe-mode `kubelet_memory` for its pid). Its pid and start event.
+fn followed_and_reprobed(
+    lab: &Lab,
+    agent: &Agent,
+    old: u32,
+    previous_end: &str,
+    what: &str,
+) -> (u32, Value) {
+    let new = wait_until(what, WAIT, || {
+        let p = lab.kubelet_pid();
+        (p != old).then_some(p)
+    });
+    let start = agent.wait_for_event(WAIT, what, |v| {
+        v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(new))
+    });
+    let seen = boottime_secs();
+    let exec = proc_start_secs(new);
+    eprintln!("{what}: kubelet {new} started at {exec:.3} s, followed at {seen:.3} s (since boot)");
+    assert!(
+        seen - exec < 1.0,
+        "{what}: kubelet {new} followed {:.3} s after its start (more than a second)",
+        seen - exec
+    );
+    assert_eq!(
+        start["previous_pid"].as_u64(),
+        Some(u64::from(old)),
+        "{start}"
+    );
+    assert_eq!(start["previous_end"], previous_end, "{start}");
+    let mem = agent.wait_for_event(WAIT, "kubelet_memory for the new kubelet", |v| {
+        v["event"] == "kubelet_memory"
+            && v["pid"].as_u64() == Some(u64::from(new))
+            && v["mode"] == "uprobes"
+    });
+    eprintln!("{start}\n{mem}");
+    (new, start)
 }
 
 /// The lab's kubelet replaced by another release's build at the same path, as an upgrade does
@@ -672,34 +685,8 @@ fn lab_kubelet_graceful_stop_and_upgrade_are_followed_and_reprobed() {
     let restart = |old: u32, what: &str| -> u32 {
         // SAFETY: SIGTERM to the lab's kubelet.
         assert_eq!(unsafe { libc::kill(old as i32, libc::SIGTERM) }, 0);
-        let new = wait_until(what, WAIT, || {
-            let p = lab.kubelet_pid();
-            (p != old).then_some(p)
-        });
-        let start = agent.wait_for_event(WAIT, what, |v| {
-            v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(new))
-        });
-        let seen = boottime_secs();
-        let exec = proc_start_secs(new);
-        eprintln!("{what}: kubelet {new} started at {exec:.3} s, followed at {seen:.3} s");
-        assert!(
-            seen - exec < 1.0,
-            "{what}: kubelet {new} followed {:.3} s after its start",
-            seen - exec
-        );
-        assert_eq!(
-            start["previous_pid"].as_u64(),
-            Some(u64::from(old)),
-            "{start}"
-        );
-        assert_eq!(start["previous_end"], "exited", "{start}");
+        let (new, start) = followed_and_reprobed(&lab, &agent, old, "exited", what);
         assert_eq!(start["exe"], kubelet, "{start}");
-        let mem = agent.wait_for_event(WAIT, "kubelet_memory for the new kubelet", |v| {
-            v["event"] == "kubelet_memory"
-                && v["pid"].as_u64() == Some(u64::from(new))
-                && v["mode"] == "uprobes"
-        });
-        eprintln!("{start}\n{mem}");
         new
     };
     let version = || {

@@ -73,16 +73,8 @@ impl Case {
     }
 }
 
-/// The causes with a signature.
-pub const CAUSES: [Cause; 7] = [
-    Cause::ContainerGc,
-    Cause::PodCertsManager,
-    Cause::EventedPleg,
-    Cause::PodChurn,
-    Cause::CgroupV1Kernel515,
-    Cause::Oversubscription,
-    Cause::WorkloadLeak,
-];
+/// The causes with a signature: every cause the classifier names.
+pub const CAUSES: [Cause; 7] = Cause::NAMED;
 
 /// Every case: each cause at each onset offset, then the mixtures.
 pub fn cases() -> Vec<Case> {

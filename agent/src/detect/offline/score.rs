@@ -510,14 +510,11 @@ fn side_by_side(rules: &[Box<dyn Rule>], side: &[Column], real: &RealNoise) -> S
 
 /// Subject and cause accuracy: the verdict at the end of each labelled trace.
 fn accuracy(c: Corpus, seed: u64, scale: usize) -> ((usize, usize), (usize, usize), String) {
-    let causes = [
-        Cause::ContainerGc,
-        Cause::PodCertsManager,
-        Cause::EventedPleg,
-        Cause::PodChurn,
-        Cause::CgroupV1Kernel515,
-        Cause::Oversubscription,
-    ];
+    // The kubelet causes of the generator (the workload leak is its own scenario).
+    let causes: Vec<Cause> = Cause::NAMED
+        .into_iter()
+        .filter(|c| *c != Cause::WorkloadLeak)
+        .collect();
     let mut s = seed;
     let mut next = || {
         s += 1;
