@@ -860,7 +860,7 @@ fn lab_allocator_bytes_track_the_kubelets_own_memstats() {
     drop(pods);
 }
 /// Probe points resolve from `.gopclntab` in every stripped Kubernetes binary the lab built (the
-/// kubelet linked with cgo, the others too), and the heap-map point is a Go function entry: its
+/// kubelet linked with cgo, the others too, and the v1.36.1 kubelet of a second release), and the heap-map point is a Go function entry: its
 /// first instruction is the stack-bound check `cmp rsp, [r14+0x10]` (49 3b 66 10).
 #[test]
 fn lab_probe_points_resolve_in_the_built_kubernetes_binaries() {
@@ -869,14 +869,22 @@ fn lab_probe_points_resolve_in_the_built_kubernetes_binaries() {
         .parent()
         .expect("bin dir")
         .to_path_buf();
-    for name in [
+    // The five v1.34.4 binaries and the v1.36.1 kubelet (a second release).
+    let second = PathBuf::from(lab.s("kubelet_second"));
+    let binaries = [
         "kubelet",
         "kube-apiserver",
         "kube-controller-manager",
         "kube-scheduler",
         "kubectl",
-    ] {
-        let path = dir.join(name);
+    ]
+    .map(|n| (n.to_string(), dir.join(n)))
+    .into_iter()
+    .chain([(
+        format!("kubelet {}", lab.s("kubelet_second_version")),
+        second,
+    )]);
+    for (name, path) in binaries {
         let out = Command::new(bin("oomprobe"))
             .args(["probe-points", "--format", "json"])
             .arg(&path)
