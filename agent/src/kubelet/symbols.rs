@@ -223,7 +223,12 @@ impl FuncTable {
             return None;
         }
         let i = self.funcs.partition_point(|(a, _)| *a <= addr);
-        self.funcs.get(i.checked_sub(1)?).map(|(_, n)| n.as_str())
+        let name = self.funcs.get(i.checked_sub(1)?).map(|(_, n)| n.as_str())?;
+        // The linker's markers (`go:textfipsstart`, `go:textfipsend`, ...) are not functions:
+        // an address after one, before the next Go function, is not Go code (in a cgo kubelet,
+        // the C of cgo's mmap trampoline: a v1.36.1 kubelet's 56 MB of start-up maps were
+        // named `go:textfipsend` on the lab).
+        (!name.starts_with("go:")).then_some(name)
     }
 }
 
@@ -635,6 +640,26 @@ mod tests {
         h[54] = 56; // e_phentsize
         h[58] = 64; // e_shentsize
         h
+    }
+
+    /// An address past a linker marker is not attributed to it (nor to the function before).
+    #[test]
+    fn linker_markers_are_not_functions() {
+        let t = FuncTable {
+            funcs: vec![
+                (0x1000, "main.a".into()),
+                (0x2000, "go:textfipsend".into()),
+                (0x3000, "main.b".into()),
+            ],
+            end: 0x4000,
+        };
+        assert_eq!(t.symbolize(0x1500), Some("main.a"));
+        assert_eq!(t.symbolize(0x2500), None);
+        assert_eq!(t.symbolize(0x3500), Some("main.b"));
+        assert_eq!(
+            crate::kubelet::tracker::call_site(&[0x2500, 0x3500], 0, Some(&t), 0),
+            "main.b"
+        );
     }
 
     /// A binary cut short (a partial copy) says so, with its length and where its headers end.
