@@ -163,37 +163,7 @@ enum LabCmd {
     /// Record the real kubelet through the agent's own store while the lab idles, churns pods,
     /// kills (-9) and restarts (SIGTERM) the kubelet; optionally then replaces the kubelet by
     /// another build at the same path. Brings the lab up and down itself.
-    Record {
-        /// Minutes with the lab's own kubelet.
-        #[arg(long, default_value_t = 60)]
-        minutes: u64,
-        /// Pods (pause containers) of the steady phases and the churn's upper level.
-        #[arg(long, default_value_t = 30)]
-        pods: u32,
-        /// The kubelet's syncFrequency in seconds for the whole recording (default: the
-        /// kubelet's own, 1 min).
-        #[arg(long)]
-        sync_frequency: Option<u64>,
-        /// Another kubelet build put at the same path after the first part (an upgrade);
-        /// `leak`: the lab's build of v1.36.1, a release with kubernetes#139823's leak.
-        #[arg(long)]
-        second_kubelet: Option<PathBuf>,
-        /// Minutes with the second kubelet.
-        #[arg(long, default_value_t = 30)]
-        second_minutes: u64,
-        /// The kubelet's syncFrequency (seconds) from the second part on (the control first).
-        #[arg(long)]
-        second_sync_frequency: Option<u64>,
-        /// Minutes of the control: the lab's kubelet with the second part's settings and pods.
-        #[arg(long, default_value_t = 10)]
-        control_minutes: u64,
-        /// Pods during the control and the second kubelet.
-        #[arg(long, default_value_t = 30)]
-        second_pods: u32,
-        /// Output directory (series.bin.gz, timeline.jsonl, agent.jsonl, meta.json).
-        #[arg(long, default_value = "target/lab-record")]
-        out: PathBuf,
-    },
+    Record(record::Record),
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -439,29 +409,7 @@ fn main() {
                 LabCmd::Down => lab::down(),
                 LabCmd::Status => lab::status(),
                 LabCmd::Supervise => lab::supervise(),
-                LabCmd::Record {
-                    minutes,
-                    pods,
-                    sync_frequency,
-                    second_kubelet,
-                    second_minutes,
-                    second_sync_frequency,
-                    control_minutes,
-                    second_pods,
-                    out,
-                } => setup::ensure().and_then(|()| {
-                    record::record(&record::Record {
-                        minutes,
-                        pods,
-                        sync_frequency,
-                        second_kubelet,
-                        second_minutes,
-                        second_sync_frequency,
-                        control_minutes,
-                        second_pods,
-                        out: workspace_root().join(out),
-                    })
-                }),
+                LabCmd::Record(args) => setup::ensure().and_then(|()| record::record(&args)),
             },
             Cmd::Build { arch } => match arch {
                 vm::Arch::X86_64 => build(),

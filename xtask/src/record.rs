@@ -28,26 +28,39 @@ use crate::{
 };
 
 /// What `cargo xtask lab record` was asked for.
-#[derive(Clone)]
+#[derive(Clone, clap::Args)]
 pub struct Record {
     /// Minutes with the lab's own kubelet.
+    #[arg(long, default_value_t = 60)]
     pub minutes: u64,
-    /// Pods of the steady phases (pause containers, host network).
+    /// Pods (pause containers) of the steady phases and the churn's upper level.
+    #[arg(long, default_value_t = 30)]
     pub pods: u32,
-    /// The kubelet's `syncFrequency` in seconds (unset: its default, 1 min).
+    /// The kubelet's syncFrequency in seconds for the whole recording (default: the kubelet's
+    /// own, 1 min).
+    #[arg(long)]
     pub sync_frequency: Option<u64>,
-    /// A second kubelet build that replaces the first at the same path (`leak`: the lab's
-    /// [`lab::LEAK_KUBELET_VERSION`] build).
+    /// Another kubelet build put at the same path after the first part (an upgrade); `leak`:
+    /// the lab's build of [`lab::LEAK_KUBELET_VERSION`], a release with kubernetes#139823's
+    /// leak.
+    #[arg(long)]
     pub second_kubelet: Option<PathBuf>,
     /// Minutes with the second kubelet.
+    #[arg(long, default_value_t = 30)]
     pub second_minutes: u64,
-    /// `syncFrequency` (seconds) from the second part on: first `control_minutes` with the lab's
-    /// own kubelet (the control), then the second kubelet with the same settings.
+    /// The kubelet's syncFrequency (seconds) from the second part on: first `control_minutes`
+    /// with the lab's own kubelet (the control), then the second kubelet with the same settings.
+    #[arg(long)]
     pub second_sync_frequency: Option<u64>,
-    /// Minutes of the control (the lab's kubelet with the second part's settings and pods).
+    /// Minutes of the control: the lab's kubelet with the second part's settings and pods.
+    #[arg(long, default_value_t = 10)]
     pub control_minutes: u64,
-    /// Pods during the second part.
+    /// Pods during the control and the second kubelet.
+    #[arg(long, default_value_t = 30)]
     pub second_pods: u32,
+    /// Output directory (series.bin.gz, timeline.jsonl, agent.jsonl, meta.json), relative to
+    /// the workspace.
+    #[arg(long, default_value = "target/lab-record")]
     pub out: PathBuf,
 }
 
@@ -189,7 +202,8 @@ pub fn record(args: &Record) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("lab record runs the lab and the agent (eBPF): run as root");
     }
-    let mut args = Record { ..args.clone() };
+    let mut args = args.clone();
+    args.out = workspace_root().join(&args.out);
     if let Some(p) = &args.second_kubelet {
         if p.as_os_str() == "leak" {
             args.second_kubelet = Some(lab::ensure_leak_kubelet()?);
