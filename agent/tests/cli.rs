@@ -395,6 +395,14 @@ fn diagnose_finds_a_kubelet_with_a_long_name() {
     let exe = dir.path("averyverylongkubeletname");
     std::fs::copy("/bin/sleep", &exe).unwrap();
     let mut child = Command::new(&exe).arg("30").spawn().unwrap();
+    // The comm is set by exec after spawn has returned (vfork): wait for it.
+    let comm = format!("/proc/{}/comm", child.id());
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&comm).ok().as_deref() != Some("averyverylongku\n")
+        && t0.elapsed().as_secs() < 5
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     let o = oomprobe()
         .args(["diagnose", "--format", "json"])
         .args(["--kubelet-name", "averyverylongkubeletname"])

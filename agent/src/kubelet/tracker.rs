@@ -746,7 +746,14 @@ mod tests {
         std::fs::copy("/bin/sleep", &exe).unwrap();
         let mut child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
         let pid = child.id();
-        let comm = comm_of(pid);
+        // spawn returns when the vfork'd child has released the parent's memory, which exec
+        // does before it sets the new comm: until then the comm is this test thread's.
+        let t0 = std::time::Instant::now();
+        let mut comm = comm_of(pid);
+        while comm.as_deref() != Some("averyverylongku") && t0.elapsed().as_secs() < 5 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            comm = comm_of(pid);
+        }
         let t = Tracker::new(Target {
             name: "averyverylongkubeletname".into(),
             pid: None,
