@@ -859,9 +859,62 @@ fn lab_allocator_bytes_track_the_kubelets_own_memstats() {
     );
     drop(pods);
 }
-/// Probe points resolve from `.gopclntab` in every stripped Kubernetes binary the lab built (the
-/// kubelet linked with cgo, the others too, and the v1.36.1 kubelet of a second release), and the heap-map point is a Go function entry: its
-/// first instruction is the stack-bound check `cmp rsp, [r14+0x10]` (49 3b 66 10).
+/// Go's own reader of `binary`, from the Go release `go` (`GOTOOLCHAIN`, e.g. `go1.27.3`: the
+/// release that built it, which knows its tables): the version in its buildinfo (`go version`)
+/// and the function containing each of `addrs` (`go tool addr2line`).
+fn go_reads(binary: &std::path::Path, go: &str, addrs: &[u64]) -> (String, Vec<String>) {
+    let version = Command::new("go")
+        .arg("version")
+        .arg(binary)
+        .env("GOTOOLCHAIN", go)
+        .output()
+        .expect("run `go version` (the machine's Go, checked by cargo xtask setup)");
+    assert!(version.status.success(), "go version {}", binary.display());
+    // "PATH: go1.27.3"
+    let version = String::from_utf8_lossy(&version.stdout)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut child = Command::new("go")
+        .args(["tool", "addr2line"])
+        .arg(binary)
+        .env("GOTOOLCHAIN", go)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run `go tool addr2line`");
+    let input: String = addrs.iter().map(|a| format!("{a:#x}\n")).collect();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "GOTOOLCHAIN={go} go tool addr2line {}",
+        binary.display()
+    );
+    // Two lines per address: the function, then file:line.
+    let funcs = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    (version, funcs)
+}
+
+/// Probe points resolve from `.gopclntab` in every stripped Kubernetes binary the lab built: the
+/// five of v1.34.4 (the kubelet linked with cgo, the others too), the v1.36.1 kubelet (a second
+/// release) and the v1.34.4 kubelet built by a second Go toolchain (`kubelet_third`, go1.27.3),
+/// each built by the Go env.json names (its buildinfo says so, and there are two). Each point
+/// (but kubectl's, see below) is the entry of the function it names by the reader of the Go that
+/// built the binary (`go tool addr2line`: its address is in that function, the byte before is
+/// not), and every heap-map point's first instruction is the stack-bound check
+/// `cmp rsp, [r14+0x10]` (49 3b 66 10).
 #[test]
 fn lab_probe_points_resolve_in_the_built_kubernetes_binaries() {
     let lab = lab();
@@ -869,25 +922,34 @@ fn lab_probe_points_resolve_in_the_built_kubernetes_binaries() {
         .parent()
         .expect("bin dir")
         .to_path_buf();
-    // The five v1.34.4 binaries and the v1.36.1 kubelet (a second release).
-    let second = PathBuf::from(lab.s("kubelet_second"));
-    let binaries = [
+    let go = lab.s("go_version");
+    let binaries: Vec<(String, PathBuf, &str)> = [
         "kubelet",
         "kube-apiserver",
         "kube-controller-manager",
         "kube-scheduler",
         "kubectl",
     ]
-    .map(|n| (n.to_string(), dir.join(n)))
-    .into_iter()
-    .chain([(
-        format!("kubelet {}", lab.s("kubelet_second_version")),
-        second,
-    )]);
-    for (name, path) in binaries {
+    .iter()
+    .map(|n| (format!("{n} {go}"), dir.join(n), go))
+    .chain(["second", "third"].map(|k| {
+        let go = lab.s(&format!("kubelet_{k}_go_version"));
+        (
+            format!("kubelet {} {go}", lab.s(&format!("kubelet_{k}_version"))),
+            PathBuf::from(lab.s(&format!("kubelet_{k}"))),
+            go,
+        )
+    }))
+    .collect();
+    assert_ne!(
+        lab.s("kubelet_third_go_version"),
+        go,
+        "the third kubelet is built by a second Go toolchain"
+    );
+    for (name, path, go) in &binaries {
         let out = Command::new(bin("oomprobe"))
             .args(["probe-points", "--format", "json"])
-            .arg(&path)
+            .arg(path)
             .output()
             .expect("probe-points");
         assert!(
@@ -899,15 +961,52 @@ fn lab_probe_points_resolve_in_the_built_kubernetes_binaries() {
             .lines()
             .map(|l| serde_json::from_str(l).expect("json"))
             .collect();
-        for role in ["go_heap_map", "go_sys_alloc", "go_free", "go_unused"] {
-            let p = points
-                .iter()
-                .find(|p| p["role"] == role)
-                .unwrap_or_else(|| panic!("{name}: no {role} in {points:?}"));
+        let found: Vec<&Value> = ["go_heap_map", "go_sys_alloc", "go_free", "go_unused"]
+            .iter()
+            .map(|role| {
+                points
+                    .iter()
+                    .find(|p| p["role"] == *role)
+                    .unwrap_or_else(|| panic!("{name}: no {role} in {points:?}"))
+            })
+            .collect();
+        let mut addrs: Vec<u64> = found
+            .iter()
+            .map(|p| p["address"].as_u64().unwrap())
+            .collect();
+        let before: Vec<u64> = addrs.iter().map(|a| a - 1).collect();
+        addrs.extend(before);
+        let (version, funcs) = go_reads(path, go, &addrs);
+        assert_eq!(
+            version,
+            *go,
+            "{name}: {} is built by {version}",
+            path.display()
+        );
+        for (i, p) in found.iter().enumerate() {
             assert_eq!(p["source"], "pclntab", "{name} is stripped: {p}");
+            // Go's reader (cmd/internal/objfile) takes `.text`'s address as the start of Go's
+            // code; the cgo kubectl's external link put 0x100 bytes of C first (its module
+            // data's `text` is `.text` + 0x100, which the agent reads), so Go names the
+            // function 0x100 bytes further on there.
+            if name.starts_with("kubectl ") {
+                continue;
+            }
+            let symbol = p["symbol"].as_str().unwrap();
+            assert_eq!(
+                funcs[i], symbol,
+                "{name}: Go places {:#x} in {}: {p}",
+                addrs[i], funcs[i]
+            );
+            assert_ne!(
+                funcs[found.len() + i],
+                symbol,
+                "{name}: {symbol} starts before {:#x}",
+                addrs[i]
+            );
         }
-        let map = points.iter().find(|p| p["role"] == "go_heap_map").unwrap();
-        let data = std::fs::read(&path).unwrap();
+        let map = found[0];
+        let data = std::fs::read(path).unwrap();
         let off = map["offset"].as_u64().unwrap() as usize;
         assert_eq!(
             &data[off..off + 4],

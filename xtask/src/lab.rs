@@ -6,7 +6,9 @@
 //!   staging module), etcd from `go.etcd.io/etcd/server/v3` at [`ETCD_VERSION`] (`lab/go/etcd`)
 //!   and crictl from `sigs.k8s.io/cri-tools` (`lab/go/crictl`), all `-trimpath -ldflags "-s -w"`
 //!   like release builds, cached under `target/lab/bin/<name>-<version>/` (a warm `lab up`
-//!   builds nothing). containerd, runc and the CNI plugins are Debian's.
+//!   builds nothing), all by the machine's Go (`GOTOOLCHAIN=local`). Two more kubelets
+//!   ([`Kubelet`]): [`LEAK_KUBELET`] (a second release, same Go) and [`OTHER_GO_KUBELET`] (the
+//!   same release, a second Go toolchain). containerd, runc and the CNI plugins are Debian's.
 //! - Everything listens on 127.0.0.1 only; certificates come from rcgen (`run/pki`); state lives
 //!   under `target/lab/run/` (removed by `lab down`); the admin kubeconfig is
 //!   `target/lab/kubeconfig`.
@@ -117,9 +119,11 @@ impl Lab {
     }
 }
 
-fn go_env(cmd: &mut Command) -> &mut Command {
+/// The environment of the lab's go commands; `toolchain` is their `GOTOOLCHAIN` (`local`: the
+/// machine's Go).
+fn go_env<'a>(cmd: &'a mut Command, toolchain: &str) -> &'a mut Command {
     cmd.env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
+        .env("GOTOOLCHAIN", toolchain)
         // Release kubelets are built with cgo (hack/lib/golang.sh leaves it out of
         // KUBE_STATIC_BINARIES); one cgo build for all five keeps the build single.
         .env("CGO_ENABLED", "1")
@@ -141,25 +145,85 @@ fn k8s_ldflags(version: &str) -> String {
     ld
 }
 
+/// A kubelet the lab builds beside its own five binaries: `k8s.io/kubernetes/cmd/kubelet` of the
+/// module `lab/go/<module>` (whose go.mod pins `version`), by the Go toolchain `toolchain`,
+/// `-trimpath -ldflags "-s -w"` with the version stamps, like the lab's own.
+pub struct Kubelet {
+    /// The directory under `lab/go/` whose go.mod pins the release.
+    pub module: &'static str,
+    /// The Kubernetes release (`gitVersion`).
+    pub version: &'static str,
+    /// `GOTOOLCHAIN` of its build: `local` (the machine's Go, as every other lab binary) or a Go
+    /// release such as `go1.27.3`, which the go command fetches from the Go module proxy like a
+    /// module the first time (into the module cache), whatever the module's go.mod says.
+    pub toolchain: &'static str,
+}
+
 /// The second kubelet of the lab (`lab/go/k8s-1.36`): a release inside the range of
 /// kubernetes#139823 (1.36.0-1.36.2: `startPodSync` makes a child context of the pod worker's
-/// on every sync and never cancels the one it replaces, so each sync leaks one), for
-/// `cargo xtask lab record --second-kubelet leak`. Fixed in v1.36.3.
-pub const LEAK_KUBELET_VERSION: &str = "v1.36.1";
+/// on every sync and never cancels the one it replaces, so each sync leaks one), for the upgrade
+/// test and `cargo xtask lab record --second-kubelet leak`. Fixed in v1.36.3.
+pub const LEAK_KUBELET: Kubelet = Kubelet {
+    module: "k8s-1.36",
+    version: "v1.36.1",
+    toolchain: "local",
+};
 
-/// Builds (cached) the [`LEAK_KUBELET_VERSION`] kubelet; its path.
-pub fn ensure_leak_kubelet() -> Result<PathBuf> {
-    let out = Lab::new()
-        .root
-        .join(format!("bin/kubelet-{LEAK_KUBELET_VERSION}"));
-    go_build(
-        "k8s-1.36",
-        &["k8s.io/kubernetes/cmd/kubelet"],
-        &["kubelet"],
-        &out,
-        &k8s_ldflags(LEAK_KUBELET_VERSION),
-    )?;
-    Ok(out.join("kubelet"))
+/// The third kubelet: the lab's own release ([`K8S_VERSION`], the same module `lab/go/k8s`)
+/// built by a second Go toolchain, so the probe-point test covers two releases with one
+/// toolchain and two toolchains with one source. go1.27.3 is the one other Go this machine kind
+/// may fetch (from the Go module proxy, about 76 MB).
+pub const OTHER_GO_KUBELET: Kubelet = Kubelet {
+    module: "k8s",
+    version: K8S_VERSION,
+    toolchain: "go1.27.3",
+};
+
+impl Kubelet {
+    /// Where it is cached: `target/lab/bin/kubelet-<version>/kubelet`, with `-<toolchain>`
+    /// after the version unless built by the machine's Go.
+    pub fn path(&self) -> PathBuf {
+        let dir = match self.toolchain {
+            "local" => format!("kubelet-{}", self.version),
+            t => format!("kubelet-{}-{t}", self.version),
+        };
+        Lab::new().root.join("bin").join(dir).join("kubelet")
+    }
+
+    /// Builds it unless cached; its path.
+    pub fn ensure(&self) -> Result<PathBuf> {
+        let path = self.path();
+        go_build(
+            self.module,
+            &["k8s.io/kubernetes/cmd/kubelet"],
+            &["kubelet"],
+            path.parent().expect("versioned dir"),
+            &k8s_ldflags(self.version),
+            self.toolchain,
+        )?;
+        Ok(path)
+    }
+
+    /// The Go release that builds it (`go env GOVERSION` under its `GOTOOLCHAIN`: `go1.26.8`).
+    pub fn go_version(&self) -> Result<String> {
+        go_version(self.module, self.toolchain)
+    }
+}
+
+/// `go env GOVERSION` in `lab/go/<module>` under `GOTOOLCHAIN=toolchain` (e.g. `go1.26.8`).
+fn go_version(module: &str, toolchain: &str) -> Result<String> {
+    let out = go_env(&mut Command::new("go"), toolchain)
+        .args(["env", "GOVERSION"])
+        .current_dir(workspace_root().join("lab/go").join(module))
+        .output()
+        .context("cannot run `go` (the machine's Go, checked by cargo xtask setup)")?;
+    if !out.status.success() {
+        bail!(
+            "go env GOVERSION (GOTOOLCHAIN={toolchain}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Builds one Go module's commands into `out` unless all are there (a versioned directory, so a
@@ -170,6 +234,7 @@ fn go_build(
     names: &[&str],
     out: &Path,
     ldflags: &str,
+    toolchain: &str,
 ) -> Result<()> {
     if names.iter().all(|n| out.join(n).exists()) {
         return Ok(());
@@ -179,19 +244,22 @@ fn go_build(
     fs::create_dir_all(&tmp)?;
     let started = Instant::now();
     eprintln!(
-        "lab: building {} ({module}), cold this takes long",
+        "lab: building {} ({module}, GOTOOLCHAIN={toolchain}), cold this takes long",
         names.join(" ")
     );
     let mut out_arg = tmp.clone().into_os_string();
     out_arg.push("/");
-    let status = go_env(Command::new("go").args(["build", "-trimpath", "-ldflags", ldflags, "-o"]))
-        .arg(out_arg)
-        .args(packages)
-        .current_dir(workspace_root().join("lab/go").join(module))
-        .status()
-        .context("cannot run `go` (the machine's Go, checked by cargo xtask setup)")?;
+    let status = go_env(
+        Command::new("go").args(["build", "-trimpath", "-ldflags", ldflags, "-o"]),
+        toolchain,
+    )
+    .arg(out_arg)
+    .args(packages)
+    .current_dir(workspace_root().join("lab/go").join(module))
+    .status()
+    .context("cannot run `go` (the machine's Go, checked by cargo xtask setup)")?;
     if !status.success() {
-        bail!("go build in lab/go/{module} failed ({status})");
+        bail!("go build in lab/go/{module} (GOTOOLCHAIN={toolchain}) failed ({status})");
     }
     let _ = fs::remove_dir_all(out);
     fs::rename(&tmp, out)?;
@@ -235,14 +303,17 @@ pub fn ensure_built() -> Result<()> {
         &k8s,
         lab.k8s_bin("kubelet").parent().expect("versioned dir"),
         &k8s_ldflags(K8S_VERSION),
+        "local",
     )?;
-    ensure_leak_kubelet()?;
+    LEAK_KUBELET.ensure()?;
+    OTHER_GO_KUBELET.ensure()?;
     go_build(
         "etcd",
         &["."],
         &["etcd"],
         lab.etcd_bin().parent().expect("versioned dir"),
         "-s -w",
+        "local",
     )?;
     go_build(
         "crictl",
@@ -250,6 +321,7 @@ pub fn ensure_built() -> Result<()> {
         &["crictl"],
         lab.crictl_bin().parent().expect("versioned dir"),
         "-s -w",
+        "local",
     )?;
     build_images(&lab)
 }
@@ -354,7 +426,7 @@ fn build_images(lab: &Lab) -> Result<()> {
     fs::create_dir_all(&dir)?;
     let pause_tar = dir.join("pause.tar");
     if !pause_tar.exists() {
-        let out = go_env(&mut Command::new("go"))
+        let out = go_env(&mut Command::new("go"), "local")
             .args(["list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"])
             .current_dir(workspace_root().join("lab/go/k8s"))
             .output()?;
@@ -1043,8 +1115,15 @@ pub fn up() -> Result<()> {
         "kubelet": lab.k8s_bin("kubelet"),
         // Another release's kubelet for the upgrade test (a new binary at the same path), and
         // where the lab's own build waits meanwhile (`lab down` puts it back).
-        "kubelet_second": lab.root.join(format!("bin/kubelet-{LEAK_KUBELET_VERSION}/kubelet")),
-        "kubelet_second_version": LEAK_KUBELET_VERSION,
+        "kubelet_second": LEAK_KUBELET.path(),
+        "kubelet_second_version": LEAK_KUBELET.version,
+        // The Go releases that build them: the lab's own binaries and the second kubelet the
+        // machine's Go, the third kubelet (the lab's release) a second toolchain.
+        "go_version": go_version("k8s", "local")?,
+        "kubelet_second_go_version": LEAK_KUBELET.go_version()?,
+        "kubelet_third": OTHER_GO_KUBELET.path(),
+        "kubelet_third_version": OTHER_GO_KUBELET.version,
+        "kubelet_third_go_version": OTHER_GO_KUBELET.go_version()?,
         "kubelet_saved": saved_kubelet(&lab),
         "crictl": lab.crictl_bin(),
         "runtime_endpoint": format!("unix://{}", sock.display()),

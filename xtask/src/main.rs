@@ -33,7 +33,9 @@ enum Cmd {
     /// Install and check the toolchain (llvm-22-dev, nightly rust-src, bpf-linker on LLVM 22).
     Setup {
         /// Also what the Kubernetes lab needs: Debian's containerd, runc and CNI plugins, and
-        /// the lab's Kubernetes, etcd and crictl builds and images (`lab up` does the same).
+        /// the lab's Kubernetes, etcd and crictl builds and images (`lab up` does the same),
+        /// among them a kubelet built by go1.27.3 (`GOTOOLCHAIN` on that build only: the go
+        /// command fetches it from the Go module proxy once).
         #[arg(long)]
         lab: bool,
     },

@@ -41,7 +41,7 @@ pub struct Record {
     #[arg(long)]
     pub sync_frequency: Option<u64>,
     /// Another kubelet build put at the same path after the first part (an upgrade); `leak`:
-    /// the lab's build of [`lab::LEAK_KUBELET_VERSION`], a release with kubernetes#139823's
+    /// the lab's kubelet v1.36.1 ([`lab::LEAK_KUBELET`]), a release with kubernetes#139823's
     /// leak.
     #[arg(long)]
     pub second_kubelet: Option<PathBuf>,
@@ -206,7 +206,7 @@ pub fn record(args: &Record) -> Result<()> {
     args.out = workspace_root().join(&args.out);
     if let Some(p) = &args.second_kubelet {
         if p.as_os_str() == "leak" {
-            args.second_kubelet = Some(lab::ensure_leak_kubelet()?);
+            args.second_kubelet = Some(lab::LEAK_KUBELET.ensure()?);
         } else if !p.is_file() {
             bail!("--second-kubelet {}: not a file", p.display());
         }
