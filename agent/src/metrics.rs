@@ -46,6 +46,8 @@ pub struct Metrics {
     /// `oomprobe_map_entries{map}`.
     pub map_entries: IntGaugeVec,
     pub kubelet_restarts: IntGauge,
+    /// `oomprobe_kubelet_candidates_rejected_total{reason}`.
+    pub kubelet_rejected: IntCounterVec,
     pub kubelet_metrics_errors: IntCounterVec,
     /// `oomprobe_kube_api_inputs_errors_total{input}`.
     pub kube_api_inputs_errors: IntCounterVec,
@@ -199,6 +201,15 @@ impl Metrics {
             "oomprobe_kubelet_restarts",
             "Kubelet restarts seen since the agent started (a new kubelet process after one died).",
         );
+        let kubelet_rejected = counter_vec(
+            &registry,
+            "oomprobe_kubelet_candidates_rejected_total",
+            "Processes that exec'd under the kubelet's name (--kubelet-name) and were not followed, by reason (binary: another executable than --kubelet-bin; pid: the --kubelet-pid process still runs). Each executable is also logged once.",
+            &["reason"],
+        );
+        for r in crate::kubelet::tracker::Rejected::ALL {
+            kubelet_rejected.with_label_values(&[r.as_str()]);
+        }
         let kubelet_bytes = gauge_vec(
             &registry,
             "oomprobe_kubelet_allocator_bytes",
@@ -305,6 +316,7 @@ impl Metrics {
             kubelet_series: Default::default(),
             map_entries,
             kubelet_restarts,
+            kubelet_rejected,
             kubelet_metrics_errors,
             kube_api_inputs_errors,
             memcg_events,

@@ -581,6 +581,15 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
                     .extend(self.cycle.on_kubelet_start(exec_ktime, now));
             }
         }
+        for (why, n) in self.tracker.rejected() {
+            let c = self
+                .metrics
+                .kubelet_rejected
+                .with_label_values(&[why.as_str()]);
+            if n > c.get() {
+                c.inc_by(n - c.get());
+            }
+        }
         for ev in std::mem::take(&mut self.memcg_events) {
             self.metrics
                 .memcg_events

@@ -346,3 +346,224 @@ fn kubelet_restart_is_followed_within_a_second() {
     });
     drop(second);
 }
+
+/// Copies `from` to `to` (a new file, its own inode), parents created.
+fn copy_to(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("{} -> {}: {e}", from.display(), to.display()));
+}
+
+/// `oomprobe_kubelet_candidates_rejected_total{reason}` now.
+fn rejected(agent: &Agent, reason: &str) -> f64 {
+    let series = format!("oomprobe_kubelet_candidates_rejected_total{{reason=\"{reason}\"}}");
+    oomprobe_tests::metric(&agent.scrape(), &series)
+        .unwrap_or_else(|| panic!("no {series} in the scrape"))
+}
+
+/// `oomprobe_map_entries{map="KUBELET_TGIDS"}` once it equals `n` (sampled every second).
+fn wait_tgids(agent: &Agent, n: f64) {
+    let series = "oomprobe_map_entries{map=\"KUBELET_TGIDS\"}";
+    let t = Instant::now();
+    let mut last = None;
+    while t.elapsed() < WAIT {
+        last = oomprobe_tests::metric(&agent.scrape(), series);
+        if last == Some(n) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{series} is {last:?}, not {n}");
+}
+
+/// Records the agent wrote about `pid` (kubelet_start, kubelet_memory...).
+fn records_of(agent: &Agent, pid: u32) -> Vec<Value> {
+    agent
+        .records()
+        .into_iter()
+        .filter(|v| v["pid"].as_u64() == Some(u64::from(pid)))
+        .collect()
+}
+
+/// With `--kubelet-bin`, a process named `kubelet` running another file (the stand-in copied to
+/// a second path, as a `kubelet --version` of another build on a node) is not followed: no
+/// `kubelet_start` or `kubelet_memory` for it, out of the kernel's `KUBELET_TGIDS`, counted in
+/// `oomprobe_kubelet_candidates_rejected_total{reason="binary"}` and logged once for its file.
+/// The stand-in at the path is followed, and after an upgrade (another build renamed over the
+/// path, then a restart) the new file's kubelet is followed and re-probed.
+#[test]
+fn kubelet_bin_follows_its_file_and_its_upgrade_not_another_kubelet() {
+    let dir = oomprobe_tests::scratch_dir("kubelet-bin");
+    let bin = dir.join("node/kubelet");
+    let other = dir.join("other/kubelet");
+    copy_to(&standin_kubelet("go"), &bin);
+    copy_to(&standin_kubelet("go"), &other);
+    let agent = Agent::builder()
+        .metrics(19483)
+        .args(&[
+            "--kubelet-bin",
+            bin.to_str().unwrap(),
+            "--attribution-interval",
+            "1",
+            "--sample-interval",
+            "1",
+        ])
+        .start();
+    agent.wait_for_log(WAIT, "no kubelet running yet");
+    assert_eq!(rejected(&agent, "binary"), 0.0);
+    let cg = ScratchCgroup::create(&cgroup_name("kubeletbin"), Some(512 * MIB)).unwrap();
+    let args = ["-chunk-kib", "64", "-interval-ms", "10"];
+
+    let stranger = spawn_path_in(&cg, &other, &args);
+    let kubelet = spawn_path_in(&cg, &bin, &args);
+    let pid = kubelet.pid();
+    // Execs are handled in order: once the kubelet's report is out, the stranger's exec was
+    // decided long before.
+    agent.wait_for_event(
+        WAIT,
+        "kubelet_memory for the kubelet at --kubelet-bin",
+        |v| {
+            v["event"] == "kubelet_memory"
+                && v["pid"].as_u64() == Some(u64::from(pid))
+                && v["mode"] == "uprobes"
+        },
+    );
+    wait_tgids(&agent, 1.0);
+    assert_eq!(records_of(&agent, stranger.pid()), Vec::<Value>::new());
+    assert_eq!(rejected(&agent, "binary"), 1.0);
+    assert_eq!(rejected(&agent, "pid"), 0.0);
+    let logged = |agent: &Agent| -> Vec<String> {
+        agent
+            .stderr()
+            .into_iter()
+            .filter(|l| l.contains("not the kubelet"))
+            .collect()
+    };
+    let lines = logged(&agent);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains(other.to_str().unwrap()), "{lines:?}");
+    assert!(
+        lines[0].contains(&format!("pid={}", stranger.pid())),
+        "{lines:?}"
+    );
+
+    // A second process of the other file: counted, not logged again.
+    let stranger2 = spawn_path_in(&cg, &other, &args);
+    let t = Instant::now();
+    while rejected(&agent, "binary") < 2.0 && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rejected(&agent, "binary"), 2.0);
+    assert_eq!(logged(&agent).len(), 1, "{:?}", logged(&agent));
+
+    // The upgrade: the stripped build renamed over the path (a new inode), the kubelet killed,
+    // the supervisor's next one runs the new file.
+    let new = dir.join("node/kubelet.new");
+    copy_to(&standin_kubelet("go-stripped"), &new);
+    std::fs::rename(&new, &bin).unwrap();
+    let mut kubelet = kubelet;
+    let status = Command::new("/bin/kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(kubelet.wait_signal(), Some(9));
+    let upgraded = spawn_path_in(&cg, &bin, &args);
+    let start = agent.wait_for_event(WAIT, "kubelet_start for the upgraded kubelet", |v| {
+        v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(upgraded.pid()))
+    });
+    assert_eq!(
+        start["previous_pid"].as_u64(),
+        Some(u64::from(pid)),
+        "{start}"
+    );
+    assert_eq!(start["previous_end"], "signal", "{start}");
+    assert_eq!(start["restarts"].as_u64(), Some(1), "{start}");
+    assert_eq!(start["exe"], bin.to_str().unwrap(), "{start}");
+    agent.wait_for_event(WAIT, "kubelet_memory for the upgraded kubelet", |v| {
+        v["event"] == "kubelet_memory"
+            && v["pid"].as_u64() == Some(u64::from(upgraded.pid()))
+            && v["mode"] == "uprobes"
+            && v["mapped_bytes"].as_u64().unwrap_or(0) > 0
+    });
+    wait_tgids(&agent, 1.0);
+    for s in [&stranger, &stranger2] {
+        assert_eq!(records_of(&agent, s.pid()), Vec::<Value>::new());
+    }
+    assert_eq!(rejected(&agent, "binary"), 2.0);
+}
+
+/// With `--kubelet-pid`, that process is the only kubelet while it runs: another process named
+/// `kubelet` (the same stand-in) is not followed beside it (counted under `reason="pid"`); once
+/// it is gone, the next one by name is followed as its restart.
+#[test]
+fn kubelet_pid_is_the_only_kubelet_until_it_is_gone() {
+    let kubelet = standin_kubelet("go");
+    let cg = ScratchCgroup::create(&cgroup_name("kubeletpid"), Some(512 * MIB)).unwrap();
+    let args = ["-chunk-kib", "64", "-interval-ms", "10"];
+    let mut pinned = spawn_path_in(&cg, &kubelet, &args);
+    let pid = pinned.pid();
+    let agent = Agent::builder()
+        .metrics(19484)
+        .args(&[
+            "--kubelet-pid",
+            &pid.to_string(),
+            "--attribution-interval",
+            "1",
+            "--sample-interval",
+            "1",
+        ])
+        .start();
+    agent.wait_for_event(WAIT, "kubelet_start for the pinned pid", |v| {
+        v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(pid))
+    });
+    let other = spawn_path_in(&cg, &kubelet, &args);
+    let t = Instant::now();
+    while rejected(&agent, "pid") < 1.0 && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rejected(&agent, "pid"), 1.0);
+    wait_tgids(&agent, 1.0);
+    // Reports (and scans, each second) go on: for the pinned one only.
+    later_report(&agent, pid);
+    assert_eq!(records_of(&agent, other.pid()), Vec::<Value>::new());
+
+    let status = Command::new("/bin/kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(pinned.wait_signal(), Some(9));
+    let next = spawn_path_in(&cg, &kubelet, &args);
+    let start = agent.wait_for_event(WAIT, "kubelet_start for the next kubelet", |v| {
+        v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(next.pid()))
+    });
+    assert_eq!(
+        start["previous_pid"].as_u64(),
+        Some(u64::from(pid)),
+        "{start}"
+    );
+    assert_eq!(start["previous_end"], "signal", "{start}");
+    // The other process, named kubelet and still running, stays rejected: a scan after the
+    // pinned one is gone does not take it by name.
+    later_report(&agent, next.pid());
+    later_report(&agent, next.pid());
+    assert_eq!(records_of(&agent, other.pid()), Vec::<Value>::new());
+    assert_eq!(rejected(&agent, "pid"), 1.0);
+}
+
+/// Waits for a `kubelet_memory` for `pid` written after now (reports and scans run each
+/// `--attribution-interval`).
+fn later_report(agent: &Agent, pid: u32) {
+    let n = agent.records().len();
+    let t = Instant::now();
+    while !agent
+        .records()
+        .into_iter()
+        .skip(n)
+        .any(|v| v["event"] == "kubelet_memory" && v["pid"].as_u64() == Some(u64::from(pid)))
+    {
+        assert!(t.elapsed() < WAIT, "no later kubelet_memory for {pid}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -39,14 +39,25 @@ pub struct RunArgs {
     /// constraint), `tracepoint` (always works), or `auto` (kprobe where the kernel allows).
     #[arg(long, value_enum, default_value_t = crate::kernel::probes::HookTier::Auto)]
     pub hook_tier: crate::kernel::probes::HookTier,
-    /// The kubelet's process name (comm); as the kernel keeps process names, only its first
-    /// 15 bytes are compared.
+    /// The kubelet's process name (comm): the kernel reports each exec under this name, and
+    /// without --kubelet-pid and --kubelet-bin every process of this name is a kubelet. As the
+    /// kernel keeps process names, only its first 15 bytes are compared.
     #[arg(long, default_value = "kubelet", value_parser = super::parse_process_name)]
     pub kubelet_name: String,
-    /// Follow this pid as the kubelet (in addition to processes named --kubelet-name).
+    /// Follow this process as the kubelet, whatever its name or executable; while it runs it
+    /// is the only kubelet (a process exec'ing under --kubelet-name is not followed, counted in
+    /// oomprobe_kubelet_candidates_rejected_total{reason="pid"}). Once it is gone, the next
+    /// kubelet is found by --kubelet-bin, else by --kubelet-name (its restart, previous_pid
+    /// this pid), and the pid is not matched again; processes rejected while it ran stay so.
     #[arg(long)]
     pub kubelet_pid: Option<u32>,
-    /// Follow processes running this executable as the kubelet.
+    /// Only processes running this executable are kubelets: the same file (device and inode,
+    /// the path stat'ed again at each exec, so a new binary renamed over it by an upgrade is
+    /// followed), or the file that was there before (a kubelet still running the replaced
+    /// binary). A process under --kubelet-name running another file is not followed: counted
+    /// in oomprobe_kubelet_candidates_rejected_total{reason="binary"}, logged once per file.
+    /// The binary is probed before any kubelet runs it. A kubelet at this path exec'd under
+    /// another name than --kubelet-name is found by the scan every --attribution-interval.
     #[arg(long)]
     pub kubelet_bin: Option<std::path::PathBuf>,
     /// Seconds between kubelet memory attribution reports (1 to 86400).

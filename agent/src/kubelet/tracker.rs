@@ -12,13 +12,141 @@ use serde::Serialize;
 use super::symbols::{Binary, FuncTable, ProbePoint};
 use crate::{forensics::KillRecord, kernel::probes::Kernel};
 
-/// How the kubelet is identified.
+/// How the kubelet is identified. The kernel reports every exec under `name` (and counts its
+/// allocations from then on); the agent then keeps or rejects it by `pid` and `binary`, and a
+/// periodic scan of `/proc` finds kubelets that exec'd under another name or before the agent.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Process name (comm), `kubelet` by default.
+    /// Process name (comm), `kubelet` by default; as the kernel keeps it, only its first 15
+    /// bytes count. With neither `pid` nor `binary` (or once the `pid` process is gone and no
+    /// `binary` is given), every process of this name is a kubelet.
     pub name: String,
+    /// `--kubelet-pid`: this process is the kubelet, whatever its name or executable, and
+    /// while it runs the only one. Once it is gone (its pid no longer names a process with the
+    /// start time it had) its successors are found by `binary`, else by `name`, and the pid
+    /// is never matched again (a reused pid is another program).
     pub pid: Option<u32>,
+    /// `--kubelet-bin`: only processes running this file are kubelets, compared by device and
+    /// inode with the path re-read at each decision (an upgrade renames a new file over it),
+    /// or still running the file that was there (`/proc/PID/exe` reads `PATH (deleted)`).
+    /// When the agent cannot stat the path, the executable's path as the kernel shows it.
     pub binary: Option<PathBuf>,
+}
+
+/// Why a process that exec'd under the kubelet's name is not followed
+/// (`oomprobe_kubelet_candidates_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// It runs another executable than `--kubelet-bin` (`binary`).
+    Binary,
+    /// The `--kubelet-pid` process still runs, the only kubelet (`pid`).
+    Pid,
+}
+
+impl Rejected {
+    pub const ALL: [Rejected; 2] = [Rejected::Binary, Rejected::Pid];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Binary => "binary",
+            Rejected::Pid => "pid",
+        }
+    }
+}
+
+/// Executables whose rejection was logged (once each): at most this many, oldest out.
+pub const REJECTED_LOGGED_MAX: usize = 64;
+
+/// Rejected processes remembered while they run (a scan does not take them later): at most
+/// this many, oldest out (`KUBELET_TGIDS_MAX`, the processes the kernel follows by name).
+pub const REJECTED_PROCS_MAX: usize = probe_common::KUBELET_TGIDS_MAX as usize;
+
+/// A file by device and inode, as `stat(2)` finds it (following symlinks and `/proc/PID/exe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// Whether a process runs the configured kubelet binary `bin`: `link` is its `/proc/PID/exe`
+/// as read (the path the kernel shows, ` (deleted)` appended once the file was replaced or
+/// removed), `exe` the file that link opens, `bin_now` the file at `bin` now. The same file;
+/// or the one that was at `bin` before it was replaced (a kubelet still running its old
+/// binary after an upgrade's rename); or, when the agent cannot stat `bin`, the same path.
+/// A process of another mount namespace whose own file has the same path is not it.
+fn is_binary(
+    link: Option<&Path>,
+    exe: Option<FileId>,
+    bin: &Path,
+    bin_now: Option<FileId>,
+) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    if exe.is_some() && exe == bin_now {
+        return true;
+    }
+    let Some(link) = link.map(|l| l.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let bin = bin.as_os_str().as_bytes();
+    link.strip_suffix(b" (deleted)") == Some(bin) || (bin_now.is_none() && link == bin)
+}
+
+/// Whether `pid` runs the file at `bin` (see [`is_binary`]), `bin` stat'ed now.
+fn runs_binary(pid: u32, bin: &Path) -> bool {
+    let link = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    is_binary(
+        link.as_deref(),
+        FileId::of(&exe_file(pid)),
+        bin,
+        FileId::of(bin),
+    )
+}
+
+/// A process's start time (`/proc/PID/stat` field 22, clock ticks since boot): with the pid,
+/// what tells a process from a later one given the same pid.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The comm (field 2) may hold spaces and parentheses: fields after its last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// The `--kubelet-pid` process, while it runs.
+#[derive(Debug)]
+struct Pinned {
+    pid: u32,
+    /// Its start time ([`start_time`]), read at first sight.
+    start: Option<u64>,
+}
+
+impl Pinned {
+    /// Whether the process still runs: its pid names a process with the start time first seen.
+    fn running(&mut self) -> bool {
+        match (self.start, start_time(self.pid)) {
+            (_, None) => false,
+            (None, now) => {
+                self.start = now;
+                true
+            }
+            (first, now) => first == now,
+        }
+    }
 }
 
 /// How a kubelet process's allocations are seen.
@@ -126,6 +254,18 @@ pub struct Tracker {
     /// ones leave first. The comm guards against pid reuse: a dead kubelet's pid handed to
     /// another process (pid_max wraps on a busy node) is not that kubelet.
     seen: std::collections::VecDeque<(u32, Option<String>)>,
+    /// `--kubelet-pid` until that process is gone.
+    pinned: Option<Pinned>,
+    /// Processes rejected, by [`Rejected`] (its index in [`Rejected::ALL`]).
+    rejected: [u64; 2],
+    /// Executables whose rejection was logged, oldest first, at most [`REJECTED_LOGGED_MAX`]
+    /// (`None`: unreadable, the process was gone).
+    rejected_logged: std::collections::VecDeque<Option<FileId>>,
+    /// Processes rejected at their exec that still run, by pid and [`start_time`], oldest
+    /// first, at most [`REJECTED_PROCS_MAX`]: not the kubelet for their life (a scan after the
+    /// `--kubelet-pid` process is gone would otherwise take one by name); a new exec decides
+    /// again.
+    rejected_procs: std::collections::VecDeque<(u32, Option<u64>)>,
     pub restarts: u64,
     pub fallbacks: u64,
 }
@@ -246,15 +386,19 @@ fn libc_of(pid: u32) -> Option<PathBuf> {
 impl Tracker {
     pub fn new(target: Target) -> Tracker {
         Tracker {
-            target,
             probed: HashMap::new(),
             procs: BTreeMap::new(),
             last_kill: None,
             last_pid: None,
             last_file: None,
             seen: Default::default(),
+            pinned: target.pid.map(|pid| Pinned { pid, start: None }),
+            rejected: [0; 2],
+            rejected_logged: Default::default(),
+            rejected_procs: Default::default(),
             restarts: 0,
             fallbacks: 0,
+            target,
         }
     }
 
@@ -287,30 +431,68 @@ impl Tracker {
 
     /// Entries in the tracker's own collections, by `oomprobe_map_entries{map}` name:
     /// followed processes, probed files (binaries and per-process libcs), kill kinds kept for a
-    /// restart's `previous_end`, pids ever followed.
-    pub fn state_sizes(&self) -> [(&'static str, usize); 4] {
+    /// restart's `previous_end`, pids ever followed, rejected processes still running,
+    /// executables whose rejection was logged.
+    pub fn state_sizes(&self) -> [(&'static str, usize); 6] {
         [
             ("agent_kubelet_procs", self.procs.len()),
             ("agent_kubelet_probed", self.probed.len()),
             ("agent_kubelet_kills", usize::from(self.last_kill.is_some())),
             ("agent_kubelet_seen", self.seen.len()),
+            ("agent_kubelet_rejected", self.rejected_procs.len()),
+            ("agent_kubelet_rejected_logged", self.rejected_logged.len()),
         ]
     }
 
-    fn matches(&self, pid: u32) -> bool {
-        if self.target.pid == Some(pid) {
-            return true;
+    /// Whether `pid` was rejected at its exec (and is still that process).
+    fn was_rejected(&self, pid: u32) -> bool {
+        self.rejected_procs
+            .iter()
+            .any(|(p, start)| *p == pid && start.is_some() && *start == start_time(pid))
+    }
+
+    /// Processes that exec'd under the kubelet's name and were not followed, by reason (a
+    /// count since the agent started).
+    pub fn rejected(&self) -> [(Rejected, u64); 2] {
+        Rejected::ALL.map(|r| (r, self.rejected[r as usize]))
+    }
+
+    /// The `--kubelet-pid` process while it runs; once it is gone, `None` from then on.
+    fn pinned_running(&mut self) -> Option<u32> {
+        let pin = self.pinned.as_mut()?;
+        if pin.running() {
+            return Some(pin.pid);
         }
+        let pid = pin.pid;
+        self.pinned = None;
+        let by = match &self.target.binary {
+            Some(bin) => format!("--kubelet-bin {}", bin.display()),
+            None => format!("--kubelet-name {}", self.target.name),
+        };
+        tracing::info!(pid, successors_by = %by, "the --kubelet-pid process is gone: the next kubelet is found by the binary, else the name");
+        None
+    }
+
+    /// Whether `pid` is a kubelet by `--kubelet-bin`, else by name (a scan's question; the
+    /// `--kubelet-pid` process is decided before).
+    fn matches(&self, pid: u32) -> bool {
         if let Some(bin) = &self.target.binary {
-            return exe_of(pid).is_some_and(|e| &e == bin);
+            return runs_binary(pid, bin);
         }
         comm_of(pid).is_some_and(|c| comm_matches(&c, &self.target.name))
     }
 
     /// Looks for kubelet processes not yet followed (start-up, and periodically: a kubelet that
-    /// was not running is picked up when it appears).
+    /// was not running is picked up when it appears). While the `--kubelet-pid` process runs,
+    /// only that one.
     pub fn scan(&mut self, probes: &mut impl Kernel) -> Vec<KubeletStart> {
         let mut found = Vec::new();
+        if let Some(pid) = self.pinned_running() {
+            if !self.procs.contains_key(&pid) {
+                found.extend(self.adopt(pid, probes));
+            }
+            return found;
+        }
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return found;
         };
@@ -319,19 +501,77 @@ impl Tracker {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if pid != me && !self.procs.contains_key(&pid) && self.matches(pid) {
+            if pid != me
+                && !self.procs.contains_key(&pid)
+                && self.matches(pid)
+                && !self.was_rejected(pid)
+            {
                 found.extend(self.adopt(pid, probes));
             }
         }
         found
     }
 
-    /// A kubelet exec'd (seen in the kernel, which already counts its allocations).
+    /// A process exec'd under the kubelet's name (seen in the kernel, which put it in
+    /// `KUBELET_TGIDS` and counts its allocations): followed when it is the kubelet by
+    /// `--kubelet-pid` and `--kubelet-bin` ([`Target`]); otherwise it leaves the kernel's maps
+    /// with what they counted for it, is counted under [`Tracker::rejected`], and its
+    /// executable is logged once.
     pub fn on_exec(&mut self, tgid: u32, probes: &mut impl Kernel) -> Option<KubeletStart> {
         if self.procs.contains_key(&tgid) {
             return None;
         }
+        let why = match self.pinned_running() {
+            Some(pin) if pin == tgid => None,
+            Some(_) => Some(Rejected::Pid),
+            None => self
+                .target
+                .binary
+                .as_deref()
+                .filter(|bin| !runs_binary(tgid, bin))
+                .map(|_| Rejected::Binary),
+        };
+        if let Some(why) = why {
+            self.reject(tgid, why, probes);
+            return None;
+        }
         self.adopt(tgid, probes)
+    }
+
+    /// `pid` exec'd under the kubelet's name but is not the kubelet: out of the kernel's maps,
+    /// counted, its executable logged once.
+    fn reject(&mut self, pid: u32, why: Rejected, probes: &mut impl Kernel) {
+        probes.unwatch_tgid(pid);
+        self.rejected[why as usize] += 1;
+        self.rejected_procs.retain(|(p, _)| *p != pid);
+        if self.rejected_procs.len() >= REJECTED_PROCS_MAX {
+            self.rejected_procs.pop_front();
+        }
+        self.rejected_procs.push_back((pid, start_time(pid)));
+        let file = FileId::of(&exe_file(pid));
+        if self.rejected_logged.contains(&file) {
+            return;
+        }
+        if self.rejected_logged.len() >= REJECTED_LOGGED_MAX {
+            self.rejected_logged.pop_front();
+        }
+        self.rejected_logged.push_back(file);
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map_or_else(|_| "?".into(), |l| l.display().to_string());
+        match why {
+            Rejected::Binary => tracing::info!(
+                pid,
+                exe,
+                kubelet_bin = %self.target.binary.as_deref().unwrap_or(Path::new("")).display(),
+                "not the kubelet: a process named like it runs another executable than --kubelet-bin (logged once per executable; oomprobe_kubelet_candidates_rejected_total counts each)"
+            ),
+            Rejected::Pid => tracing::info!(
+                pid,
+                exe,
+                kubelet_pid = self.pinned.as_ref().map_or(0, |p| p.pid),
+                "not the kubelet: a process named like it exec'd while the --kubelet-pid process runs (logged once per executable; oomprobe_kubelet_candidates_rejected_total counts each)"
+            ),
+        }
     }
 
     /// Whether `pid` with `comm` (the kill record's, the kernel's `task->comm`) is or was a
@@ -398,6 +638,8 @@ impl Tracker {
         let file = exe_file(pid);
         let (Some(exe), Ok(exe_key)) = (exe_of(pid), FileKey::of(&file, None)) else {
             tracing::warn!(pid, "kubelet candidate vanished before it could be probed");
+            // Its kernel entries went at its exit, but not what it allocated meanwhile.
+            probes.unwatch_tgid(pid);
             return None;
         };
         // Already probed (another process of the same file, a restart): the uprobes are
@@ -417,6 +659,7 @@ impl Tracker {
             return None;
         }
         let bias = load_bias(pid, &exe);
+        self.rejected_procs.retain(|(p, _)| *p != pid);
         self.remember(pid);
         self.procs.insert(
             pid,
@@ -584,8 +827,11 @@ impl Tracker {
         }
     }
 
-    /// Attribution reports for every followed kubelet; forgets processes that are gone.
+    /// Attribution reports for every followed kubelet; forgets processes that are gone
+    /// (followed or rejected).
     pub fn report(&mut self, probes: &mut impl Kernel) -> Vec<KubeletReport> {
+        self.rejected_procs
+            .retain(|(pid, start)| start.is_some() && *start == start_time(*pid));
         let stats = probes.alloc_stats();
         let mut out = Vec::new();
         for (&pid, proc_) in &self.procs {
@@ -817,10 +1063,12 @@ mod tests {
         }
     }
 
-    /// A kernel that accepts everything and counts the allocator uprobe attachments.
+    /// A kernel that accepts everything, counts the allocator uprobe attachments and keeps
+    /// `KUBELET_TGIDS`'s keys (a test inserts an exec'd pid, as the kernel's exec hook does).
     #[derive(Default)]
     struct Accepting {
         attached: usize,
+        tgids: std::collections::BTreeSet<u32>,
     }
 
     impl Kernel for Accepting {
@@ -838,12 +1086,15 @@ mod tests {
         }
         fn watch_tgid(
             &mut self,
-            _tgid: u32,
+            tgid: u32,
             _text: KubeletText,
         ) -> Result<(), crate::kernel::probes::ProbeError> {
+            self.tgids.insert(tgid);
             Ok(())
         }
-        fn unwatch_tgid(&mut self, _tgid: u32) {}
+        fn unwatch_tgid(&mut self, tgid: u32) {
+            self.tgids.remove(&tgid);
+        }
         fn watch_memcg(&mut self, _id: u64) -> bool {
             true
         }
@@ -988,5 +1239,264 @@ mod tests {
         }
         assert_eq!(t.state_sizes()[2], ("agent_kubelet_kills", 1));
         assert_eq!(t.last_kill, Some((5_099, "signal".to_string())));
+    }
+
+    /// A scratch directory of this test process, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let d = std::env::temp_dir().join(format!("oomprobe-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Scratch(d)
+        }
+
+        /// A copy of sleep(1) at `rel` (a new file, its own inode).
+        fn sleep_at(&self, rel: &str) -> PathBuf {
+            let p = self.0.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::copy("/bin/sleep", &p).unwrap();
+            p
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Processes killed and reaped on drop.
+    #[derive(Default)]
+    struct Procs(Vec<std::process::Child>);
+
+    impl Procs {
+        /// Runs `program 60` and waits until it has exec'd (its `/proc/PID/exe` is `program`:
+        /// spawn returns at the vfork release, before exec completes); its pid.
+        fn run(&mut self, program: &Path) -> u32 {
+            let child = std::process::Command::new(program)
+                .arg("60")
+                .spawn()
+                .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+            let pid = child.id();
+            self.0.push(child);
+            let t0 = std::time::Instant::now();
+            while exe_of(pid).as_deref() != Some(program) {
+                assert!(t0.elapsed().as_secs() < 5, "{pid} never exec'd {program:?}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            pid
+        }
+
+        /// Kills and reaps `pid`.
+        fn stop(&mut self, pid: u32) {
+            let i = self.0.iter().position(|c| c.id() == pid).unwrap();
+            let mut c = self.0.remove(i);
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    impl Drop for Procs {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// The kernel's exec hook put `pid` in KUBELET_TGIDS (it exec'd under the kubelet's name);
+    /// the tracker decides.
+    fn exec(t: &mut Tracker, k: &mut Accepting, pid: u32) -> Option<KubeletStart> {
+        k.tgids.insert(pid);
+        t.on_exec(pid, k)
+    }
+
+    /// The soak's 12 MiB step: with `--kubelet-bin`, a process named like the kubelet but
+    /// running another file (a `kubelet --version` of another build) was followed, probed and
+    /// counted as a restart. Now it is rejected: counted, out of the kernel's map, nothing
+    /// probed, no restart, its executable logged once. The file at the path is followed,
+    /// also once an upgrade renamed a new file over it, and the process still running the
+    /// replaced file is still the kubelet.
+    #[test]
+    fn with_kubelet_bin_only_processes_of_that_file_are_followed_across_an_upgrade() {
+        let dir = Scratch::new("adopt-bin");
+        let bin = dir.sleep_at("a/kl");
+        let other = dir.sleep_at("b/kl");
+        let mut ps = Procs::default();
+        let mut k = Accepting::default();
+        let mut t = Tracker::new(Target {
+            name: "kl".into(),
+            pid: None,
+            binary: Some(bin.clone()),
+        });
+        let stranger = ps.run(&other);
+        assert!(
+            exec(&mut t, &mut k, stranger).is_none(),
+            "{other:?} followed"
+        );
+        let stranger2 = ps.run(&other);
+        assert!(exec(&mut t, &mut k, stranger2).is_none());
+        assert_eq!(t.rejected(), [(Rejected::Binary, 2), (Rejected::Pid, 0)]);
+        assert!(k.tgids.is_empty(), "left in KUBELET_TGIDS: {:?}", k.tgids);
+        assert_eq!(k.attached, 0, "nothing probed for it");
+        assert_eq!(
+            t.state_sizes(),
+            [
+                ("agent_kubelet_procs", 0),
+                ("agent_kubelet_probed", 0),
+                ("agent_kubelet_kills", 0),
+                ("agent_kubelet_seen", 0),
+                ("agent_kubelet_rejected", 2),
+                ("agent_kubelet_rejected_logged", 1),
+            ]
+        );
+        assert!(!t.matches(stranger), "a scan would adopt it");
+
+        let first = ps.run(&bin);
+        let start = exec(&mut t, &mut k, first).expect("the kubelet at --kubelet-bin");
+        assert_eq!((start.pid, start.previous_pid), (first, None));
+        assert_eq!(start.exe, bin.display().to_string());
+        assert!(t.matches(first));
+
+        // An upgrade: a new file renamed over the path (a new inode), the next kubelet runs it.
+        let new = dir.sleep_at("a/kl.new");
+        std::fs::rename(&new, &bin).unwrap();
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{first}/exe")).unwrap(),
+            PathBuf::from(format!("{} (deleted)", bin.display()))
+        );
+        assert!(
+            t.matches(first),
+            "the kubelet still running the replaced file"
+        );
+        ps.stop(first);
+        let upgraded = ps.run(&bin);
+        let start = exec(&mut t, &mut k, upgraded).expect("the upgraded kubelet");
+        assert_eq!(start.previous_pid, Some(first));
+        assert_eq!(start.previous_end.as_deref(), Some("exited"));
+        assert_eq!(t.restarts, 1);
+        assert!(k.tgids.contains(&upgraded));
+        assert!(exec(&mut t, &mut k, ps.run(&other)).is_none());
+        assert_eq!(t.rejected(), [(Rejected::Binary, 3), (Rejected::Pid, 0)]);
+        assert_eq!(t.restarts, 1);
+    }
+
+    /// With `--kubelet-pid`, that process is the only kubelet while it runs (another process
+    /// named like it used to be followed beside it); once it is gone, the next one by name is
+    /// its restart.
+    #[test]
+    fn with_kubelet_pid_only_that_process_until_it_is_gone() {
+        let dir = Scratch::new("adopt-pid");
+        let bin = dir.sleep_at("kl");
+        let mut ps = Procs::default();
+        let mut k = Accepting::default();
+        let pinned = ps.run(&bin);
+        let mut t = Tracker::new(Target {
+            name: "kl".into(),
+            pid: Some(pinned),
+            binary: None,
+        });
+        let found = t.scan(&mut k);
+        assert_eq!(
+            found.iter().map(|s| s.pid).collect::<Vec<_>>(),
+            [pinned],
+            "a scan finds the pinned process only"
+        );
+        let other = ps.run(&bin);
+        assert!(exec(&mut t, &mut k, other).is_none(), "followed beside it");
+        assert_eq!(t.rejected(), [(Rejected::Binary, 0), (Rejected::Pid, 1)]);
+        assert_eq!(k.tgids.iter().copied().collect::<Vec<_>>(), [pinned]);
+        assert!(t.scan(&mut k).is_empty());
+
+        ps.stop(pinned);
+        t.report(&mut k);
+        assert!(k.tgids.is_empty());
+        // Named like the kubelet, but rejected at its exec: not taken by name now.
+        assert!(t.scan(&mut k).is_empty(), "the rejected process taken");
+        assert!(t.pinned.is_none(), "the pin is retired for good");
+        let next = ps.run(&bin);
+        let start = exec(&mut t, &mut k, next).expect("the restarted kubelet, by name");
+        assert_eq!(start.previous_pid, Some(pinned));
+        assert_eq!(start.previous_end.as_deref(), Some("exited"));
+        assert_eq!(t.restarts, 1);
+        assert_eq!(t.state_sizes()[4], ("agent_kubelet_rejected", 1));
+        ps.stop(other);
+        t.report(&mut k);
+        assert_eq!(
+            t.state_sizes()[4],
+            ("agent_kubelet_rejected", 0),
+            "gone with it"
+        );
+    }
+
+    /// A pid reused after the pinned process: not it (the start time differs).
+    #[test]
+    fn a_pinned_pid_reused_by_another_process_is_not_the_kubelet() {
+        let me = std::process::id();
+        let mut first = Pinned {
+            pid: me,
+            start: None,
+        };
+        assert!(first.running());
+        let started = start_time(me).expect("own start time");
+        assert_eq!(first.start, Some(started));
+        assert!(first.running());
+        let mut reused = Pinned {
+            pid: me,
+            start: Some(started + 1),
+        };
+        assert!(!reused.running());
+    }
+
+    /// A candidate gone before the agent read it: what the kernel counted for it goes too.
+    #[test]
+    fn a_candidate_gone_before_adoption_leaves_the_kernel_maps() {
+        let dir = Scratch::new("adopt-gone");
+        let bin = dir.sleep_at("kl");
+        let mut ps = Procs::default();
+        let mut k = Accepting::default();
+        let mut t = tracker();
+        let pid = ps.run(&bin);
+        ps.stop(pid);
+        assert!(exec(&mut t, &mut k, pid).is_none());
+        assert!(k.tgids.is_empty(), "left in the kernel maps");
+    }
+
+    /// The executable comparison: the same file (device and inode) whatever its path; the file
+    /// that was at the path before an upgrade replaced it; the path only when it cannot be
+    /// stat'ed; never another file at the same path (another mount namespace's).
+    #[test]
+    fn the_binary_is_the_file_at_the_path_or_the_one_it_replaced() {
+        let f = |ino| Some(FileId { dev: 8, ino });
+        let bin = Path::new("/usr/bin/kubelet");
+        let link = |s: &str| Some(PathBuf::from(s));
+        let same = link("/usr/bin/kubelet");
+        assert!(is_binary(same.as_deref(), f(1), bin, f(1)));
+        // A symlink to it, or a hard link: the file decides.
+        assert!(is_binary(
+            link("/opt/k8s/kubelet").as_deref(),
+            f(1),
+            bin,
+            f(1)
+        ));
+        // The same path, another file: another mount namespace's kubelet, not this one.
+        assert!(!is_binary(same.as_deref(), f(2), bin, f(1)));
+        // Still running the file an upgrade renamed a new one over.
+        let deleted = link("/usr/bin/kubelet (deleted)");
+        assert!(is_binary(deleted.as_deref(), f(1), bin, f(2)));
+        assert!(!is_binary(
+            link("/usr/local/bin/kubelet (deleted)").as_deref(),
+            f(1),
+            bin,
+            f(2)
+        ));
+        // The path cannot be stat'ed by the agent: the path the kernel shows.
+        assert!(is_binary(same.as_deref(), f(1), bin, None));
+        assert!(!is_binary(link("/tmp/kubelet").as_deref(), f(1), bin, None));
+        // The process is gone.
+        assert!(!is_binary(None, None, bin, f(1)));
     }
 }
