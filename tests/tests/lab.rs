@@ -1920,31 +1920,6 @@ impl Drop for KubeReserved<'_> {
     }
 }
 
-/// SIGTERM to the kubelet (what `systemctl restart kubelet` does) and the supervisor's next
-/// kubelet followed for `window` from its start: (its pid, the peak of what its cgroup could not
-/// reclaim, sampled every 20 ms, bytes; its VmHWM, bytes).
-fn restart_and_measure(lab: &Lab, window: Duration) -> (u32, u64, u64) {
-    let dir = kubelet_memcg(lab);
-    let old = lab.kubelet_pid();
-    // SAFETY: a plain signal to the lab's kubelet.
-    assert_eq!(unsafe { libc::kill(old as i32, libc::SIGTERM) }, 0);
-    let new = wait_until("the supervisor's next kubelet", WAIT, || {
-        let p = lab.kubelet_pid();
-        (p != old).then_some(p)
-    });
-    let started = Instant::now();
-    let mut peak = 0;
-    while started.elapsed() < window {
-        peak = peak.max(memcg_unreclaimable(&dir));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let hwm = proc_status_kb(new, "VmHWM").expect("the new kubelet is alive") * 1024;
-    wait_until("node Ready after the restart", WAIT, || {
-        node_ready(lab).then_some(())
-    });
-    (new, peak, hwm)
-}
-
 /// `host-network memhog` pods holding 1 MiB each, all Running.
 fn running_pods<'a>(lab: &'a Lab, prefix: &str, n: usize) -> Vec<Pod<'a>> {
     let pods: Vec<Pod> = (0..n)
@@ -1971,57 +1946,32 @@ fn running_pods<'a>(lab: &'a Lab, prefix: &str, n: usize) -> Vec<Pod<'a>> {
     pods
 }
 
-/// Pods in the OOM cycle test: the restarted kubelet's reconciliation storm re-syncs them all.
+/// Pods running before the OOM cycle test sets the kubelet's limit.
 const CYCLE_PODS: usize = 30;
+/// Pods the test then creates at once: the churn that pushes the kubelet over its limit.
+const CYCLE_CHURN_PODS: usize = 30;
+/// The kubelet's limit above its measured steady state (anon + kernel memory).
+const CYCLE_HEADROOM: u64 = 4 << 20;
 /// Kernel OOM kills of the kubelet before the test raises its limit.
 const CYCLE_KILLS: u64 = 3;
 
-/// The OOM flap cycle on the real kubelet. With 30 pods running, the kubelet is restarted twice
-/// to measure, in its cgroup, what the kernel cannot reclaim (anon + kernel memory) at steady
-/// state and at the peak of a restart's reconciliation storm; kube-reserved (the kubelet's own
-/// cgroup limit, which each kubelet start enforces) is then set half-way between and the kubelet
-/// restarted: each new kubelet's storm exceeds it and the kernel OOM-kills it, the supervisor
-/// restarts it 2 s later, and after exactly 3 kills (the cgroup's `oom_kill` counter) the limit
-/// goes back to 1 GiB while the kubelet is down. The agent's stages are `active_oom`, then
-/// (`reconciliation_storm`, `re_oom`) twice with `cycles` 2 and 3, `flapping` and the periods
-/// between the kernel's kills, then `reconciliation_storm` and `recovery` with the storm of the
-/// surviving kubelet; its kill records are exactly the kernel's kills, of the pids the
-/// supervisor started.
+/// The OOM flap cycle on the real kubelet, as it happens on a node: with 30 pods running, the
+/// kubelet's kube-reserved (its own cgroup's limit, which each kubelet start enforces) is set
+/// 4 MiB above what its cgroup cannot reclaim at steady state (anon + kernel memory, the peak of
+/// 10 s sampled every 20 ms); then 30 more pods are created at once. Their sync pushes the
+/// kubelet over its limit and the kernel OOM-kills it; the supervisor restarts it 2 s later, and
+/// the new kubelet, with 60 pods to reconcile, no longer fits either. After exactly 3 kills (the
+/// cgroup's `oom_kill` counter) the limit goes back to 1 GiB while the kubelet is down. The
+/// agent's stages are `active_oom`, then (`reconciliation_storm`, `re_oom`) twice with `cycles` 2
+/// and 3, `flapping` and the periods between the kernel's kills, then `reconciliation_storm` and
+/// `recovery` with the storm of the surviving kubelet; its kill records are exactly the kernel's
+/// kills, of the running kubelet and then of the pids the supervisor started.
 #[test]
-#[ignore = "on Kubernetes v1.34.4 a restart's reconciliation storm with 30 pods peaks within 3 MiB of the kubelet's steady state (anon + kmem 34 -> 36/37 MiB, 38 -> 39/38 MiB): no limit fits between; run with --ignored"]
 fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
     let lab = lab();
     let dir = kubelet_memcg(&lab);
     let prefix = format!("lab-cycle-{}-", std::process::id());
-    let pods = running_pods(&lab, &prefix, CYCLE_PODS);
-    // Two restarts at the lab's 1 GiB: the storm's peak; then the steady state of the second.
-    let window = Duration::from_secs(25);
-    let (_, peak1, hwm1) = restart_and_measure(&lab, window);
-    let (pid2, peak2, hwm2) = restart_and_measure(&lab, window);
-    let mut steady = 0;
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(5) {
-        steady = steady.max(memcg_unreclaimable(&dir));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let rss_steady = proc_status_kb(pid2, "VmRSS").expect("kubelet alive") * 1024;
-    let peak = peak1.min(peak2);
-    eprintln!(
-        "kubelet cgroup anon+kmem with {CYCLE_PODS} pods: steady {} MiB, restart peaks {} and {} MiB (VmHWM {} and {} MiB, steady VmRSS {} MiB)",
-        steady >> 20,
-        peak1 >> 20,
-        peak2 >> 20,
-        hwm1 >> 20,
-        hwm2 >> 20,
-        rss_steady >> 20
-    );
-    assert!(
-        peak >= steady + (8 << 20),
-        "a restart's storm ({} MiB) is not 8 MiB above the steady state ({} MiB): no limit fits between",
-        peak >> 20,
-        steady >> 20
-    );
-    let limit = (steady + (peak - steady) / 2) & !4095;
+    let mut pods = running_pods(&lab, &prefix, CYCLE_PODS);
     let token = lab.agent_token();
     let kubelet = lab.s("kubelet").to_string();
     let agent = Agent::builder()
@@ -2038,19 +1988,33 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
             "5",
         ])
         .start();
+    let first = lab.kubelet_pid();
     agent.wait_for_event(WAIT, "the kubelet found", |v| {
-        v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(pid2))
+        v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(first))
     });
-    let reserved = KubeReserved::set(&lab, limit);
-    eprintln!(
-        "kube-reserved and the kubelet cgroup's limit: {limit} B ({} MiB)",
-        limit >> 20
-    );
+    let mut steady = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        steady = steady.max(memcg_unreclaimable(&dir));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rss_steady = proc_status_kb(first, "VmRSS").expect("kubelet alive") * 1024;
+    let limit = (steady + CYCLE_HEADROOM + 4095) & !4095;
     let kills_before = memcg_oom_kills(&dir);
     let starts_before = supervisor_starts(&lab).len();
-    // The restart that applies the new kube-reserved.
-    // SAFETY: a plain signal to the lab's kubelet.
-    assert_eq!(unsafe { libc::kill(pid2 as i32, libc::SIGTERM) }, 0);
+    let reserved = KubeReserved::set(&lab, limit);
+    eprintln!(
+        "kubelet cgroup anon+kmem with {CYCLE_PODS} pods: steady {} MiB (VmRSS {} MiB); kube-reserved and the cgroup's limit: {limit} B ({} MiB)",
+        steady >> 20,
+        rss_steady >> 20,
+        limit >> 20
+    );
+    // The churn: more pods at once, created through the API server.
+    let churn = format!("lab-cycle-{}-churn-", std::process::id());
+    pods.extend(
+        (0..CYCLE_CHURN_PODS)
+            .map(|i| memhog_pod(&lab, &format!("{churn}{i}"), 16, &["1", "--hold"])),
+    );
     let t = Instant::now();
     loop {
         let n = memcg_oom_kills(&dir) - kills_before;
@@ -2060,9 +2024,11 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
             break;
         }
         assert!(
-            t.elapsed() < Duration::from_secs(90 * CYCLE_KILLS),
-            "{n} kernel OOM kills of the kubelet in {:?} (want {CYCLE_KILLS}); supervisor: {:?}",
+            t.elapsed() < Duration::from_secs(120 * CYCLE_KILLS),
+            "{n} kernel OOM kills of the kubelet in {:?} (want {CYCLE_KILLS}; limit {} MiB, now {} MiB anon+kmem); supervisor: {:?}",
             t.elapsed(),
+            limit >> 20,
+            memcg_unreclaimable(&dir) >> 20,
             &supervisor_starts(&lab)[starts_before..]
         );
         std::thread::sleep(Duration::from_millis(5));
@@ -2076,7 +2042,7 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
     let starts = supervisor_starts(&lab)[starts_before..].to_vec();
     assert_eq!(
         starts.len() as u64,
-        CYCLE_KILLS + 1,
+        CYCLE_KILLS,
         "kubelets started: {starts:?}"
     );
     let stopped_after = raised.elapsed();
@@ -2092,9 +2058,10 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
         .iter()
         .map(|k| k["victim"]["pid"].as_u64().unwrap())
         .collect();
-    let want: Vec<u64> = starts[..CYCLE_KILLS as usize]
-        .iter()
-        .map(|&p| u64::from(p))
+    // The kubelet that was running, then each one the supervisor started but the last.
+    let want: Vec<u64> = std::iter::once(first)
+        .chain(starts[..CYCLE_KILLS as usize - 1].iter().copied())
+        .map(u64::from)
         .collect();
     assert_eq!(pids, want, "kill records of the kubelet cgroup");
     for k in &kills {
@@ -2151,7 +2118,7 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
         let storm = &cycle[2 * i + 1];
         assert_eq!(
             storm["storm"]["pid"].as_u64(),
-            Some(u64::from(starts[i + 1])),
+            Some(u64::from(starts[i])),
             "{storm}"
         );
     }
@@ -2159,7 +2126,7 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
         .windows(2)
         .map(|w| (ktime(&w[1]) - ktime(&w[0])) as f64 / 1e9)
         .collect();
-    let survivor = starts[CYCLE_KILLS as usize];
+    let survivor = starts[CYCLE_KILLS as usize - 1];
     assert_eq!(recovery["cycles"].as_u64(), Some(CYCLE_KILLS), "{recovery}");
     assert_eq!(recovery["flapping"], true, "{recovery}");
     let storm = &recovery["storm"];
