@@ -1965,7 +1965,9 @@ const CYCLE_KILLS: u64 = 3;
 /// agent's stages are `active_oom`, then (`reconciliation_storm`, `re_oom`) twice with `cycles` 2
 /// and 3, `flapping` and the periods between the kernel's kills, then `reconciliation_storm` and
 /// `recovery` with the storm of the surviving kubelet; its kill records are exactly the kernel's
-/// kills, of the running kubelet and then of the pids the supervisor started.
+/// kills, of the running kubelet and then of the pids the supervisor started. With `--act cordon
+/// --act-confirm` and deploy/'s RBAC the agent cordons the real node exactly once, after the
+/// flapping (second) kill, as a watch of the node on the API server sees it.
 #[test]
 fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
     let lab = lab();
@@ -1974,20 +1976,40 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
     let mut pods = running_pods(&lab, &prefix, CYCLE_PODS);
     let token = lab.agent_token();
     let kubelet = lab.s("kubelet").to_string();
-    let agent = Agent::builder()
-        .args(&[
-            "--kubelet-bin",
-            &kubelet,
-            "--kubepods-root",
-            lab.s("kubepods_root"),
-            "--sample-interval",
-            "1",
-            "--attribution-interval",
-            "1",
-            "--storm-settle",
-            "5",
-        ])
-        .start();
+    // The cordon through the real API server, as deploy/'s cordon overlay grants it.
+    lab.apply_agent_rbac();
+    let secret = format!("oomprobe-cycle-{}", std::process::id());
+    let _node = NodeGuard {
+        lab: &lab,
+        secrets: vec![secret.clone()],
+    };
+    lab.kubectl(&["uncordon", lab.node()]);
+    let scratch = scratch_dir("lab-cycle");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let token_file = scratch.join("token");
+    std::fs::write(&token_file, lab.bound_token(&secret)).unwrap();
+    let watch = NodeWatch::start(&lab);
+    let mut args: Vec<String> = [
+        "--kubelet-bin",
+        &kubelet,
+        "--kubepods-root",
+        lab.s("kubepods_root"),
+        "--sample-interval",
+        "1",
+        "--attribution-interval",
+        "1",
+        "--storm-settle",
+        "5",
+        "--act",
+        "cordon",
+        "--act-confirm",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(lab.api_args(&token_file));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::builder().args(&args).start();
     let first = lab.kubelet_pid();
     agent.wait_for_event(WAIT, "the kubelet found", |v| {
         v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(first))
@@ -2157,6 +2179,41 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
         Some(u64::from(survivor)),
         "{recovery}"
     );
+    // The cordon: exactly once in the episode, at the flapping re-OOM (the second kill), as
+    // the API server's watch of the node saw it and as the agent recorded it.
+    let actions: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|v| v["event"] == "action")
+        .collect();
+    assert_eq!(actions.len(), 1, "{actions:#?}");
+    assert_eq!(actions[0]["action"], "cordon", "{actions:#?}");
+    assert_eq!(actions[0]["dry_run"], false, "{actions:#?}");
+    assert_eq!(actions[0]["ok"], true, "{actions:#?}");
+    let lines = watch.lines();
+    let unschedulable: Vec<bool> = lines.iter().map(|(_, l)| l.starts_with("true|")).collect();
+    let cordons = unschedulable
+        .iter()
+        .enumerate()
+        .filter(|&(i, &u)| u && (i == 0 || !unschedulable[i - 1]))
+        .count();
+    assert_eq!(cordons, 1, "cordoned {cordons} times: {lines:#?}");
+    let (cordoned_at, _) = lines
+        .iter()
+        .find(|(_, l)| l.starts_with("true|"))
+        .expect("cordoned");
+    let (i0, m0) = (Instant::now(), monotonic_ns());
+    let mono = m0 - i0.saturating_duration_since(*cordoned_at).as_nanos() as u64;
+    assert!(
+        mono >= ktime(&kills[1]),
+        "cordoned before the flapping kill: {lines:#?}"
+    );
+    let node = lab.get_json(&["node", lab.node()]);
+    assert_eq!(node["spec"]["unschedulable"], true, "{}", node["spec"]);
+    eprintln!(
+        "flapping kill (SIGKILL in the kernel) -> cordon seen by a watch: {:.1} ms",
+        (mono - ktime(&kills[1])) as f64 / 1e6
+    );
     let start_rss = storm["start_rss_bytes"].as_u64().unwrap();
     let peak_rss = storm["peak_rss_bytes"].as_u64().unwrap();
     let hwm = proc_status_kb(survivor, "VmHWM").expect("the surviving kubelet") * 1024;
@@ -2207,6 +2264,7 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
     );
     drop(reserved);
     drop(pods);
+    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 /// A child process OOM-killed in a real pod while the container's main process survives: the
