@@ -1373,6 +1373,22 @@ fn lab_flap_cordons_and_reports_through_the_deploy_rbac() {
 /// An agent publishing Events (`--report events`) as the service account of deploy/'s RBAC,
 /// with a bound token whose Secret the returned guard deletes (and uncordons the node).
 fn events_agent<'a>(lab: &'a Lab, tag: &str) -> (NodeGuard<'a>, Agent) {
+    api_agent(
+        lab,
+        tag,
+        &[
+            "--kubepods-root",
+            lab.s("kubepods_root"),
+            "--report",
+            "events",
+        ],
+    )
+}
+
+/// An agent with `args` talking to the lab's API server as the service account of deploy/'s
+/// RBAC (base, cordon and report overlays), with a token bound to a Secret the returned guard
+/// deletes (it also uncordons the node).
+fn api_agent<'a>(lab: &'a Lab, tag: &str, args: &[&str]) -> (NodeGuard<'a>, Agent) {
     lab.apply_agent_rbac();
     let secret = format!("oomprobe-{tag}-{}", std::process::id());
     let guard = NodeGuard {
@@ -1383,15 +1399,7 @@ fn events_agent<'a>(lab: &'a Lab, tag: &str) -> (NodeGuard<'a>, Agent) {
     std::fs::create_dir_all(&dir).unwrap();
     let token_file = dir.join("token");
     std::fs::write(&token_file, lab.bound_token(&secret)).unwrap();
-    let mut args: Vec<String> = [
-        "--kubepods-root",
-        lab.s("kubepods_root"),
-        "--report",
-        "events",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     args.extend(lab.api_args(&token_file));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     (guard, Agent::builder().args(&args).start())
@@ -1977,39 +1985,27 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
     let token = lab.agent_token();
     let kubelet = lab.s("kubelet").to_string();
     // The cordon through the real API server, as deploy/'s cordon overlay grants it.
-    lab.apply_agent_rbac();
-    let secret = format!("oomprobe-cycle-{}", std::process::id());
-    let _node = NodeGuard {
-        lab: &lab,
-        secrets: vec![secret.clone()],
-    };
     lab.kubectl(&["uncordon", lab.node()]);
-    let scratch = scratch_dir("lab-cycle");
-    std::fs::create_dir_all(&scratch).unwrap();
-    let token_file = scratch.join("token");
-    std::fs::write(&token_file, lab.bound_token(&secret)).unwrap();
     let watch = NodeWatch::start(&lab);
-    let mut args: Vec<String> = [
-        "--kubelet-bin",
-        &kubelet,
-        "--kubepods-root",
-        lab.s("kubepods_root"),
-        "--sample-interval",
-        "1",
-        "--attribution-interval",
-        "1",
-        "--storm-settle",
-        "5",
-        "--act",
-        "cordon",
-        "--act-confirm",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(lab.api_args(&token_file));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::builder().args(&args).start();
+    let (_node, agent) = api_agent(
+        &lab,
+        "cycle",
+        &[
+            "--kubelet-bin",
+            &kubelet,
+            "--kubepods-root",
+            lab.s("kubepods_root"),
+            "--sample-interval",
+            "1",
+            "--attribution-interval",
+            "1",
+            "--storm-settle",
+            "5",
+            "--act",
+            "cordon",
+            "--act-confirm",
+        ],
+    );
     let first = lab.kubelet_pid();
     agent.wait_for_event(WAIT, "the kubelet found", |v| {
         v["event"] == "kubelet_start" && v["pid"].as_u64() == Some(u64::from(first))
@@ -2264,7 +2260,6 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
     );
     drop(reserved);
     drop(pods);
-    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 /// A child process OOM-killed in a real pod while the container's main process survives: the
