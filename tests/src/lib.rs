@@ -640,3 +640,44 @@ impl Kill {
             .unix_timestamp_nanos()
     }
 }
+
+/// Go's own pclntab reader (`go tool addr2line`) on `binary`: the function containing each of
+/// `addrs`, in order. `toolchain` is the Go release to run (`GOTOOLCHAIN`, e.g. `go1.27.3`: the
+/// one that built the binary knows its tables); `None` the machine's Go (checked by `cargo xtask
+/// setup`). Panics when the tool fails: the caller's test needs the answer.
+pub fn go_functions_at(
+    binary: &std::path::Path,
+    toolchain: Option<&str>,
+    addrs: &[u64],
+) -> Vec<String> {
+    use std::io::Write as _;
+    let mut cmd = std::process::Command::new("go");
+    cmd.args(["tool", "addr2line"])
+        .arg(binary)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    if let Some(go) = toolchain {
+        cmd.env("GOTOOLCHAIN", go);
+    }
+    let mut child = cmd.spawn().expect("run `go tool addr2line`");
+    let input: String = addrs.iter().map(|a| format!("{a:#x}\n")).collect();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "GOTOOLCHAIN={} go tool addr2line {}",
+        toolchain.unwrap_or("(the machine's)"),
+        binary.display()
+    );
+    // Two lines per address: the function, then file:line.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}

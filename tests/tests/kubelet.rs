@@ -5,7 +5,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use oomprobe_tests::{bin, cgroup_name, spawn_path_in, standin_kubelet, Agent, ScratchCgroup, MIB};
+use oomprobe_tests::{
+    bin, cgroup_name, go_functions_at, spawn_path_in, standin_kubelet, Agent, ScratchCgroup, MIB,
+};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -30,38 +32,6 @@ fn probe_points(binary: &std::path::Path) -> Vec<Value> {
 
 fn role<'a>(points: &'a [Value], role: &str) -> Option<&'a Value> {
     points.iter().find(|p| p["role"] == role)
-}
-
-/// Go's own pclntab reader (`go tool addr2line`, the machine's Go) on `binary`: the function
-/// containing each address.
-fn go_functions_at(binary: &std::path::Path, addrs: &[u64]) -> Vec<String> {
-    use std::io::Write as _;
-    let mut child = Command::new("go")
-        .args(["tool", "addr2line"])
-        .arg(binary)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run `go tool addr2line` (the machine's Go, checked by cargo xtask setup)");
-    let input: String = addrs.iter().map(|a| format!("{a:#x}\n")).collect();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "go tool addr2line {}",
-        binary.display()
-    );
-    // Two lines per address: the function, then file:line.
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .step_by(2)
-        .map(str::to_string)
-        .collect()
 }
 
 /// The file offset of `addr` through `binary`'s PT_LOAD segments, as readelf lists them.
@@ -109,8 +79,8 @@ fn probe_points_resolve_on_real_stripped_kubernetes_binaries() {
             .map(|p| p["address"].as_u64().unwrap())
             .collect();
         let before: Vec<u64> = addrs.iter().map(|a| a - 1).collect();
-        let at = go_functions_at(&path, &addrs);
-        let prev = go_functions_at(&path, &before);
+        let at = go_functions_at(&path, None, &addrs);
+        let prev = go_functions_at(&path, None, &before);
         for (i, p) in found.iter().enumerate() {
             assert_eq!(p["source"], "pclntab", "kubectl 1.{v} is stripped: {p}");
             let symbol = p["symbol"].as_str().unwrap();

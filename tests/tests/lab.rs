@@ -11,8 +11,8 @@ use std::{
 };
 
 use oomprobe_tests::{
-    bin, cgroup_name, metric, scratch_dir, spawn_path_in, standin_kubelet, Agent, ScratchCgroup,
-    MIB,
+    bin, cgroup_name, go_functions_at, metric, scratch_dir, spawn_path_in, standin_kubelet, Agent,
+    ScratchCgroup, MIB,
 };
 use serde_json::{json, Value};
 
@@ -877,33 +877,7 @@ fn go_reads(binary: &std::path::Path, go: &str, addrs: &[u64]) -> (String, Vec<S
         .next()
         .unwrap_or_default()
         .to_string();
-    let mut child = Command::new("go")
-        .args(["tool", "addr2line"])
-        .arg(binary)
-        .env("GOTOOLCHAIN", go)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run `go tool addr2line`");
-    let input: String = addrs.iter().map(|a| format!("{a:#x}\n")).collect();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "GOTOOLCHAIN={go} go tool addr2line {}",
-        binary.display()
-    );
-    // Two lines per address: the function, then file:line.
-    let funcs = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .step_by(2)
-        .map(str::to_string)
-        .collect();
+    let funcs = go_functions_at(binary, Some(go), addrs);
     (version, funcs)
 }
 
