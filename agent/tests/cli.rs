@@ -191,6 +191,78 @@ fn out_of_range_flags_are_refused_with_the_range() {
     }
 }
 
+/// `--real-series` repeats, each file read and checked in turn (named by its path as given);
+/// `--real-from`/`--real-to` cut every one of them. All refused before any scoring.
+#[test]
+fn bench_detect_names_the_recording_it_cannot_use() {
+    let lab = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/detect/testdata/lab-series/kubelet-v1.34.4-lab.series.bin.gz");
+    let lab = arg(&lab);
+    let o = oomprobe()
+        .args([
+            "bench-detect",
+            "--real-series",
+            lab,
+            "--real-series",
+            "/nonexistent/2.bin",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refusal(&o),
+        "oomprobe: error: the real-noise corpus needs a recorded kubelet series: /nonexistent/2.bin does not exist (pass --real-series PATH: an agent's series.bin or a replay CSV)"
+    );
+    let dir = Scratch::new("bench-short");
+    let short = write_csv(
+        &dir,
+        "short.csv",
+        &(0..14)
+            .map(|m| format!("{},90000000,3\n", 1_790_000_000 + m * 60))
+            .fold("time,kubelet_rss_bytes,pods\n".to_string(), |a, l| a + &l),
+    );
+    let o = oomprobe()
+        .args([
+            "bench-detect",
+            "--real-series",
+            lab,
+            "--real-series",
+            arg(&short),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refusal(&o),
+        format!(
+            "oomprobe: error: {} has 14 one-minute samples, the longest gap-free run 14 min: the real-noise corpus needs 15 min without a gap over 180 s",
+            short.display()
+        )
+    );
+    // The window applies to every file: 20 minutes of 2030 pass it, the lab recording (2026)
+    // does not.
+    let late = write_csv(
+        &dir,
+        "late.csv",
+        &(0..20)
+            .map(|m| format!("{},90000000,3\n", 1_900_000_000 + m * 60))
+            .fold("time,kubelet_rss_bytes,pods\n".to_string(), |a, l| a + &l),
+    );
+    let o = oomprobe()
+        .args([
+            "bench-detect",
+            "--real-series",
+            arg(&late),
+            "--real-series",
+            lab,
+        ])
+        .args(["--real-from", "1900000000"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refusal(&o),
+        format!("oomprobe: error: {lab} has 0 one-minute samples, the longest gap-free run 0 min: the real-noise corpus needs 15 min without a gap over 180 s")
+    );
+}
+
 fn golden(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/golden")

@@ -16,16 +16,20 @@ pub struct BenchDetectArgs {
     #[arg(long, default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(0..=u64::from(u32::MAX)))]
     pub seed: u64,
-    /// The recorded real kubelet series the real-noise corpus is tiled from: the agent's series
-    /// store (`series.bin`) or a replay CSV, plain or gzip-compressed. Default: the lab
-    /// recording committed in the repository (agent/src/detect/testdata/lab-series/).
+    /// A recorded real kubelet series the real-noise corpus is tiled from: the agent's series
+    /// store (`series.bin`) or a replay CSV, plain or gzip-compressed. Repeat it to pool
+    /// separate recordings (blocks from all, never joined across a gap between them except at
+    /// a matched join; in the order given). Default: every healthy v1.34.4 lab recording
+    /// committed in the repository (`DEFAULT_SERIES`, under
+    /// agent/src/detect/testdata/lab-series/).
     #[arg(long)]
-    pub real_series: Option<PathBuf>,
-    /// Only the recording's samples at or after this unix time (seconds): keep the healthy part
-    /// of a recording (e.g. before the lab replaced the kubelet by a leaking version).
+    pub real_series: Vec<PathBuf>,
+    /// Only each recording's samples at or after this unix time (seconds): keep the healthy
+    /// part of a recording (e.g. before the lab replaced the kubelet by a leaking version).
+    /// Applies to every `--real-series` file alike (no per-file windows).
     #[arg(long)]
     pub real_from: Option<i64>,
-    /// Only the recording's samples before this unix time (seconds).
+    /// Only each recording's samples before this unix time (seconds); every file alike.
     #[arg(long)]
     pub real_to: Option<i64>,
 }
@@ -39,41 +43,59 @@ pub enum BenchDetectError {
         "the real-noise corpus needs a recorded kubelet series: {path} does not exist (pass --real-series PATH: an agent's series.bin or a replay CSV)"
     )]
     NoRealSeries { path: String },
-    #[error("the real-noise corpus's series")]
-    Read(#[source] super::replay::ReplayError),
-    #[error("{path}")]
-    RealNoise {
+    #[error("the real-noise corpus's series {path}")]
+    Read {
         path: String,
         #[source]
-        source: RealNoiseError,
+        source: super::replay::ReplayError,
     },
+    /// Names the file (its path as given) when one is too short.
+    #[error(transparent)]
+    RealNoise(#[from] RealNoiseError),
     #[error(transparent)]
     Stdout(#[from] super::StdoutError),
 }
 
-/// The real-noise corpus's source: `--real-series` or the committed recording.
+/// The real-noise corpus's sources, pooled in the order given: the `--real-series` files, or
+/// when there are none every committed recording of [`DEFAULT_SERIES`]; each cut to
+/// `[from, to)` (unix s). Each recording is named by its path (as given, or the committed
+/// file's from the agent crate).
 fn real_noise(
-    arg: Option<PathBuf>,
+    paths: Vec<PathBuf>,
     from: Option<i64>,
     to: Option<i64>,
 ) -> Result<RealNoise, BenchDetectError> {
-    let path =
-        arg.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_SERIES));
-    if !path.exists() {
-        return Err(BenchDetectError::NoRealSeries {
-            path: path.display().to_string(),
-        });
-    }
+    let paths = if paths.is_empty() {
+        DEFAULT_SERIES
+            .iter()
+            .map(|p| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p))
+            .collect()
+    } else {
+        paths
+    };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let (mut samples, _) = super::replay::read_input(&path, now).map_err(BenchDetectError::Read)?;
-    samples.retain(|s| from.is_none_or(|f| s.t >= f) && to.is_none_or(|t| s.t < t));
-    RealNoise::new(&samples).map_err(|source| BenchDetectError::RealNoise {
-        path: path.display().to_string(),
-        source,
-    })
+    let mut recordings = Vec::with_capacity(paths.len());
+    for path in &paths {
+        let name = path.display().to_string();
+        if !path.exists() {
+            return Err(BenchDetectError::NoRealSeries { path: name });
+        }
+        let (mut samples, _) =
+            super::replay::read_input(path, now).map_err(|source| BenchDetectError::Read {
+                path: name.clone(),
+                source,
+            })?;
+        samples.retain(|s| from.is_none_or(|f| s.t >= f) && to.is_none_or(|t| s.t < t));
+        recordings.push((name, samples));
+    }
+    let named: Vec<(&str, &[crate::detect::Sample])> = recordings
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_slice()))
+        .collect();
+    Ok(RealNoise::from_recordings(&named)?)
 }
 
-/// Errors: the real series is missing, unreadable or too short; writing the table failed.
+/// Errors: a real series is missing, unreadable or too short; writing the table failed.
 pub fn run(args: BenchDetectArgs) -> Result<(), BenchDetectError> {
     let real = real_noise(args.real_series, args.real_from, args.real_to)?;
     let r = crate::detect::offline::score::score(args.seed, args.scale, &real);
@@ -88,10 +110,33 @@ mod tests {
 
     #[test]
     fn a_missing_real_series_is_a_clear_error_not_a_skip() {
-        let e = real_noise(Some("/nonexistent/series.bin".into()), None, None).unwrap_err();
+        let e = real_noise(vec!["/nonexistent/series.bin".into()], None, None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "the real-noise corpus needs a recorded kubelet series: /nonexistent/series.bin does not exist (pass --real-series PATH: an agent's series.bin or a replay CSV)"
         );
+    }
+
+    /// Without `--real-series`, every committed recording of `DEFAULT_SERIES`, named by its
+    /// path; a file given twice is two recordings.
+    #[test]
+    fn the_default_is_every_committed_recording_and_files_pool() {
+        let rn = real_noise(Vec::new(), None, None).unwrap();
+        let names: Vec<String> = rn.recordings.iter().map(|r| r.name.clone()).collect();
+        let want: Vec<String> = DEFAULT_SERIES
+            .iter()
+            .map(|p| format!("{}/{p}", env!("CARGO_MANIFEST_DIR")))
+            .collect();
+        assert_eq!(names, want);
+        assert_eq!(rn.recordings[0].blocks, 32);
+        let lab = PathBuf::from(&want[0]);
+        let two = real_noise(vec![lab.clone(), lab], None, None).unwrap();
+        let per: Vec<(usize, usize)> = two
+            .recordings
+            .iter()
+            .map(|r| (r.samples, r.blocks))
+            .collect();
+        assert_eq!(per, [(241, 32), (241, 32)]);
+        assert_eq!((two.blocks(), two.block_min), (64, 10));
     }
 }

@@ -1,15 +1,17 @@
 //! The real-noise corpus (issue 14 part 3): multi-day traces whose noise, sawtooth, steps and
 //! restarts are a recorded real kubelet's, with known leak ramps added.
 //!
-//! From a recorded series (the agent's own store file or a CSV, read by `oomprobe replay`'s
-//! reader) and a seed, deterministically:
-//! 1. **One sample a minute.** The recording is cut to the first sample of each wall-clock
+//! From one or more separate recorded series (the agent's own store file or a CSV, read by
+//! `oomprobe replay`'s reader; [`RealNoise::from_recordings`]) and a seed, deterministically:
+//! 1. **One sample a minute.** Each recording is cut to the first sample of each wall-clock
 //!    minute (what the store keeps from 6 h back to 74 h, the bulk of the detector's window);
 //!    the per-interval PLEG relist counts of the minute's samples are summed.
-//! 2. **Hour-long blocks** (10-minute ones when the recording has no 2 h without a gap, as the
-//!    first lab recording has not). Every window of that many consecutive minutes without a gap
-//!    (no two samples more than [`MAX_GAP_S`] apart) is a block: a moving-block bootstrap, so a
-//!    gap-free recording of `m` minutes gives `m - block + 1` overlapping blocks. With 10-minute
+//! 2. **Hour-long blocks** (10-minute ones when a recording of the pool has no 2 h without a
+//!    gap, as the lab recordings have not). Every window of that many consecutive minutes of one
+//!    recording without a gap (no two samples more than [`MAX_GAP_S`] apart) is a block: a
+//!    moving-block bootstrap, so a gap-free recording of `m` minutes gives `m - block + 1`
+//!    overlapping blocks; the pool's blocks are all its recordings' (no block spans two
+//!    recordings), each equally likely. With 10-minute
 //!    blocks an hour of output is six recorded windows chained: the within-hour noise,
 //!    sawtooth and steps are real, the hour-to-hour wander is the chain's. A block keeps its
 //!    absolute values (RSS, pods, goroutines...): the level of the output stays within the
@@ -18,6 +20,7 @@
 //!    blocks are drawn uniformly and the one whose opening trough (10% quantile of its first 10
 //!    minutes) is nearest the previous block's closing trough is taken (a matched-block
 //!    bootstrap, Carlstein et al. 1998): the joins are about as continuous as the recording.
+//!    Two recordings meet only at such a join.
 //! 4. **Restarts preserved, at a realistic rate.** A block holding a kubelet restart (a
 //!    `kubelet_restarts` step, or RSS halving) keeps it whole (the drop and what follows are
 //!    the real kubelet's), but such blocks are drawn only at a per-trace restart rate drawn in
@@ -35,12 +38,14 @@
 use super::tracegen::{Label, Rng, Scenario, STEP_S};
 use crate::detect::{classify::Cause, restart_times, series::quantile, Sample, Subject};
 
-/// Where bench-detect looks for the recorded real kubelet series by default (relative to the
-/// agent crate).
-pub const DEFAULT_SERIES: &str = "src/detect/testdata/lab-series/kubelet-v1.34.4-lab.series.bin.gz";
+/// The recorded real kubelet series bench-detect pools by default (paths relative to the agent
+/// crate): every committed healthy v1.34.4 recording of the lab, in this order (the order is
+/// part of the corpus: the blocks are numbered through it). A new recording is appended here.
+pub const DEFAULT_SERIES: &[&str] =
+    &["src/detect/testdata/lab-series/kubelet-v1.34.4-lab.series.bin.gz"];
 /// Samples further apart than this end a block (the agent was down or the scrape failed).
 pub const MAX_GAP_S: i64 = 180;
-/// Minutes per block when the recording has twice that without a gap.
+/// Minutes per block when every recording of the pool has twice that without a gap.
 pub const BLOCK_MIN: usize = 60;
 /// Minutes per block otherwise.
 pub const SHORT_BLOCK_MIN: usize = 10;
@@ -51,17 +56,25 @@ const T0: i64 = 1_789_948_800;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RealNoiseError {
+    #[error("the real-noise corpus needs at least one recorded series")]
+    NoRecording,
+    /// `name` is the recording's name as passed to [`RealNoise::from_recordings`].
     #[error(
-        "the recorded series has {minutes} one-minute samples, the longest gap-free run {longest} min: the real-noise corpus needs {} min without a gap over {MAX_GAP_S} s",
+        "{name} has {minutes} one-minute samples, the longest gap-free run {longest} min: the real-noise corpus needs {} min without a gap over {MAX_GAP_S} s",
         SHORT_BLOCK_MIN * 3 / 2
     )]
-    TooShort { minutes: usize, longest: usize },
+    TooShort {
+        name: String,
+        minutes: usize,
+        longest: usize,
+    },
 }
 
-/// One hour of the recording.
+/// One block (an hour or 10 minutes) of one recording.
 #[derive(Debug, Clone)]
 struct Block {
-    /// Index of the block's first minute in [`RealNoise::minutes`].
+    /// Index of the block's first minute in [`RealNoise::minutes`] (its last minute is in the
+    /// same recording's range, [`Recording::minutes`]).
     start: usize,
     open: f64,
     close: f64,
@@ -69,14 +82,34 @@ struct Block {
     restart: bool,
 }
 
-/// A recording prepared for tiling.
+/// One recording of the pool, as it was read and what it gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recording {
+    /// As passed to [`RealNoise::from_recordings`] (bench-detect: the file's path).
+    pub name: String,
+    /// Its first to last sample (s), its samples, the kubelet restarts the detector sees in it
+    /// ([`crate::detect::restart_times`]).
+    pub span_s: i64,
+    pub samples: usize,
+    pub restarts: usize,
+    /// Its minutes' range in the pool's minutes: `[from, to)`.
+    minutes: (usize, usize),
+    /// Distinct (overlapping) blocks it gives.
+    pub blocks: usize,
+}
+
+/// One or more recordings prepared for tiling.
 #[derive(Debug, Clone)]
 pub struct RealNoise {
+    /// Every recording's minutes, one recording after the other.
     minutes: Vec<Sample>,
+    /// Every recording's blocks, in recording order.
     blocks: Vec<Block>,
-    /// Minutes per block.
+    /// Minutes per block, one for the pool ([`RealNoise::from_recordings`]).
     pub block_min: usize,
-    /// What the recording held: span (s), samples, restarts seen by the detector.
+    /// The recordings, in the order given.
+    pub recordings: Vec<Recording>,
+    /// Summed over the recordings: spans (s), samples, restarts seen by the detector.
     pub span_s: i64,
     pub samples: usize,
     pub restarts: usize,
@@ -111,90 +144,123 @@ fn trough(s: &[Sample]) -> f64 {
 }
 
 impl RealNoise {
-    /// Prepares a recorded series (time-ordered, as the store and CSV readers give it).
+    /// Prepares one recorded series (time-ordered, as the store and CSV readers give it):
+    /// [`RealNoise::from_recordings`] with that one recording, named "the recorded series".
     /// Errors: no gap-free run of 1.5 [`SHORT_BLOCK_MIN`] (at least 6 distinct blocks).
     pub fn new(series: &[Sample]) -> Result<RealNoise, RealNoiseError> {
-        let minutes = per_minute(series);
-        // Gap-free runs of minutes: (start, end).
-        let mut runs = Vec::new();
-        let mut run_start = 0;
-        for i in 1..=minutes.len() {
-            if i == minutes.len() || minutes[i].t - minutes[i - 1].t > MAX_GAP_S {
-                runs.push((run_start, i));
-                run_start = i;
-            }
+        RealNoise::from_recordings(&[("the recorded series", series)])
+    }
+
+    /// Pools several separate recordings, each `(name, series)` with its series time-ordered
+    /// (as the store and CSV readers give it); the name is only reported ([`Recording`]).
+    ///
+    /// Each recording is cut to minutes and into gap-free runs on its own: no block spans two
+    /// recordings (nor a gap inside one), even when their times follow each other or overlap
+    /// (the same file twice gives every block twice). Blocks of different recordings meet only
+    /// at a join, chosen by the trough rule like any other (module docs, 3.). Every block of
+    /// the pool is equally likely to be drawn, so a recording weighs by its gap-free minutes.
+    ///
+    /// The block length is decided over the pool: [`BLOCK_MIN`] when every recording has
+    /// 2 h without a gap, else [`SHORT_BLOCK_MIN`] for all. One length, because the tiling
+    /// chains equal blocks on an hour-aligned grid; the short one as soon as one recording
+    /// needs it, because with hour blocks a recording under 1 h gives none and would be
+    /// dropped from the pool without a word, and one of 1-2 h would give a few near-identical
+    /// windows drawn as often as a long recording's distinct ones. Alone, a recording gets the
+    /// length [`RealNoise::new`] always gave it: one recording gives the same corpus as before
+    /// pooling, for the same seed.
+    ///
+    /// Deterministic: a function of the recordings (in this order) and, in
+    /// [`RealNoise::tile`]/[`RealNoise::trace`], the seed.
+    ///
+    /// Errors: [`RealNoiseError::NoRecording`] for an empty slice; [`RealNoiseError::TooShort`]
+    /// naming the first recording without a gap-free run of 1.5 [`SHORT_BLOCK_MIN`] (each
+    /// recording gives at least 6 distinct blocks).
+    pub fn from_recordings(recordings: &[(&str, &[Sample])]) -> Result<RealNoise, RealNoiseError> {
+        if recordings.is_empty() {
+            return Err(RealNoiseError::NoRecording);
         }
-        let longest = runs.iter().map(|(a, b)| b - a).max().unwrap_or(0);
-        let block_min = if longest >= 2 * BLOCK_MIN {
+        // Per recording: its minutes and their gap-free runs (start, end), in its own indices.
+        let mut cut = Vec::with_capacity(recordings.len());
+        for &(name, series) in recordings {
+            let minutes = per_minute(series);
+            let mut runs = Vec::new();
+            let mut run_start = 0;
+            for i in 1..=minutes.len() {
+                if i == minutes.len() || minutes[i].t - minutes[i - 1].t > MAX_GAP_S {
+                    runs.push((run_start, i));
+                    run_start = i;
+                }
+            }
+            let longest = runs.iter().map(|(a, b)| b - a).max().unwrap_or(0);
+            if longest < SHORT_BLOCK_MIN * 3 / 2 {
+                return Err(RealNoiseError::TooShort {
+                    name: name.to_string(),
+                    minutes: minutes.len(),
+                    longest,
+                });
+            }
+            cut.push((minutes, runs, longest));
+        }
+        let block_min = if cut.iter().all(|(_, _, longest)| *longest >= 2 * BLOCK_MIN) {
             BLOCK_MIN
         } else {
             SHORT_BLOCK_MIN
         };
-        if longest < block_min * 3 / 2 {
-            return Err(RealNoiseError::TooShort {
-                minutes: minutes.len(),
-                longest,
-            });
-        }
         // The opening and closing troughs: the first and last 10 minutes (a sixth of a short
         // block).
         let edge = (block_min / 6).max(1);
+        let mut all_minutes = Vec::new();
         let mut blocks = Vec::new();
-        for &(a, b) in runs.iter().filter(|(a, b)| b - a >= block_min) {
-            for start in a..=b - block_min {
-                let w = &minutes[start..start + block_min];
-                blocks.push(Block {
-                    start,
-                    open: trough(&w[..edge]),
-                    close: trough(&w[block_min - edge..]),
-                    restart: !restart_times(w).is_empty(),
-                });
+        let mut sources = Vec::with_capacity(recordings.len());
+        for ((name, series), (minutes, runs, _)) in recordings.iter().zip(cut) {
+            let offset = all_minutes.len();
+            let before = blocks.len();
+            for &(a, b) in runs.iter().filter(|(a, b)| b - a >= block_min) {
+                for start in a..=b - block_min {
+                    let w = &minutes[start..start + block_min];
+                    blocks.push(Block {
+                        start: offset + start,
+                        open: trough(&w[..edge]),
+                        close: trough(&w[block_min - edge..]),
+                        restart: !restart_times(w).is_empty(),
+                    });
+                }
             }
+            sources.push(Recording {
+                name: name.to_string(),
+                span_s: series.last().map_or(0, |l| l.t) - series.first().map_or(0, |f| f.t),
+                samples: series.len(),
+                restarts: restart_times(series).len(),
+                minutes: (offset, offset + minutes.len()),
+                blocks: blocks.len() - before,
+            });
+            all_minutes.extend(minutes);
         }
         Ok(RealNoise {
             block_min,
-            span_s: series.last().map_or(0, |l| l.t) - series.first().map_or(0, |f| f.t),
-            samples: series.len(),
-            restarts: restart_times(series).len(),
-            minutes,
+            span_s: sources.iter().map(|r| r.span_s).sum(),
+            samples: sources.iter().map(|r| r.samples).sum(),
+            restarts: sources.iter().map(|r| r.restarts).sum(),
+            recordings: sources,
+            minutes: all_minutes,
             blocks,
         })
     }
 
-    /// Distinct (overlapping) hour blocks the recording gives.
+    /// Distinct (overlapping) blocks the recordings give, all of them.
     pub fn blocks(&self) -> usize {
         self.blocks.len()
     }
 
-    /// A healthy trace of `days` tiled from the recording (module docs).
+    /// A healthy trace of `days` tiled from the recordings (module docs): `days * 1440 /
+    /// block_min` blocks (rounded down) of one sample a minute.
     pub fn tile(&self, days: f64, rng: &mut Rng) -> Vec<Sample> {
         let bm = self.block_min;
-        let hours = (days * 1440.0).round() as usize / bm;
-        let (with, without): (Vec<&Block>, Vec<&Block>) =
-            self.blocks.iter().partition(|b| b.restart);
-        let pool = |restart: bool| match (restart, with.is_empty(), without.is_empty()) {
-            (true, false, _) | (false, _, true) => &with,
-            _ => &without,
-        };
-        let per_block = rng.range(0.0, 0.15) * bm as f64 / 1440.0;
-        let pick =
-            |rng: &mut Rng, from: &Vec<&Block>| (rng.next_u64() % from.len() as u64) as usize;
-        let mut out: Vec<Sample> = Vec::with_capacity(hours * bm);
+        let drawn = self.draw(days, rng);
+        let mut out: Vec<Sample> = Vec::with_capacity(drawn.len() * bm);
         let (mut restarts, mut evictions) = (0.0, 0.0);
-        let mut prev: Option<&Block> = None;
-        for h in 0..hours {
-            let from = pool(prev.is_some() && rng.chance(per_block));
-            let b: &Block = match prev {
-                None => from[pick(rng, from)],
-                Some(p) => (0..CANDIDATES)
-                    .map(|_| from[pick(rng, from)])
-                    .min_by(|a, b| {
-                        (a.open - p.close)
-                            .abs()
-                            .total_cmp(&(b.open - p.close).abs())
-                    })
-                    .unwrap_or(p),
-            };
+        for (h, &i) in drawn.iter().enumerate() {
+            let b = &self.blocks[i];
             let src = &self.minutes[b.start..b.start + bm];
             for (k, s) in src.iter().enumerate() {
                 let mut x = s.clone();
@@ -212,6 +278,42 @@ impl RealNoise {
                 x.evictions_memory_total = s.evictions_memory_total.map(|_| evictions);
                 out.push(x);
             }
+        }
+        out
+    }
+
+    /// The blocks a tile of `days` chains (indices in [`RealNoise::blocks`], in output order):
+    /// the first uniformly, each next the best-matched of [`CANDIDATES`] (module docs, 3.-4.).
+    fn draw(&self, days: f64, rng: &mut Rng) -> Vec<usize> {
+        let bm = self.block_min;
+        let hours = (days * 1440.0).round() as usize / bm;
+        let (with, without): (Vec<usize>, Vec<usize>) =
+            (0..self.blocks.len()).partition(|&i| self.blocks[i].restart);
+        let pool = |restart: bool| match (restart, with.is_empty(), without.is_empty()) {
+            (true, false, _) | (false, _, true) => &with,
+            _ => &without,
+        };
+        let per_block = rng.range(0.0, 0.15) * bm as f64 / 1440.0;
+        let pick = |rng: &mut Rng, from: &Vec<usize>| (rng.next_u64() % from.len() as u64) as usize;
+        let mut out = Vec::with_capacity(hours);
+        let mut prev: Option<usize> = None;
+        for _ in 0..hours {
+            let from = pool(prev.is_some() && rng.chance(per_block));
+            let b = match prev {
+                None => from[pick(rng, from)],
+                Some(p) => {
+                    let close = self.blocks[p].close;
+                    (0..CANDIDATES)
+                        .map(|_| from[pick(rng, from)])
+                        .min_by(|&a, &b| {
+                            (self.blocks[a].open - close)
+                                .abs()
+                                .total_cmp(&(self.blocks[b].open - close).abs())
+                        })
+                        .unwrap_or(p)
+                }
+            };
+            out.push(b);
             prev = Some(b);
         }
         out
@@ -419,5 +521,145 @@ pub(crate) mod tests {
                 a.t
             );
         }
+    }
+
+    /// The recording's two gap-free runs as two separate recordings.
+    fn split_at_the_gap() -> (Vec<Sample>, Vec<Sample>) {
+        let rec = recorded();
+        let cut = rec
+            .windows(2)
+            .position(|w| w[1].t - w[0].t > MAX_GAP_S)
+            .unwrap()
+            + 1;
+        (rec[..cut].to_vec(), rec[cut..].to_vec())
+    }
+
+    /// The recording each drawn block is from, checking it lies inside that recording's
+    /// minutes, and that the tile is those blocks' recorded minutes in order.
+    fn recordings_drawn(rn: &RealNoise, days: f64, seed: u64) -> Vec<usize> {
+        let drawn = rn.draw(days, &mut Rng::new(seed));
+        assert_eq!(
+            rn.tile(days, &mut Rng::new(seed)).len(),
+            drawn.len() * rn.block_min
+        );
+        let tile = rn.tile(days, &mut Rng::new(seed));
+        drawn
+            .iter()
+            .enumerate()
+            .map(|(h, &i)| {
+                let b = &rn.blocks[i];
+                let r = rn
+                    .recordings
+                    .iter()
+                    .position(|r| (r.minutes.0..r.minutes.1).contains(&b.start))
+                    .unwrap();
+                let end = b.start + rn.block_min;
+                assert!(
+                    end <= rn.recordings[r].minutes.1,
+                    "block {i} spans two recordings"
+                );
+                let w = &rn.minutes[b.start..end];
+                assert!(w.windows(2).all(|p| p[1].t - p[0].t <= MAX_GAP_S));
+                for (k, m) in w.iter().enumerate() {
+                    let x = &tile[h * rn.block_min + k];
+                    assert_eq!(
+                        (x.kubelet_rss_bytes, x.goroutines, x.pleg_relists),
+                        (m.kubelet_rss_bytes, m.goroutines, m.pleg_relists)
+                    );
+                }
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pooled_recordings_give_blocks_from_each_never_one_across_them() {
+        let (a, b) = split_at_the_gap();
+        assert_eq!((a.len(), b.len()), (270 * 6, 80 * 6));
+        // Alone, the 270 gap-free minutes give hour blocks; pooled with 80 minutes (no 2 h
+        // without a gap), the pool's blocks are 10 minutes: 261 + 71.
+        assert_eq!(RealNoise::new(&a).unwrap().block_min, BLOCK_MIN);
+        let rn = RealNoise::from_recordings(&[("a", &a), ("b", &b)]).unwrap();
+        assert_eq!(rn.block_min, SHORT_BLOCK_MIN);
+        let per: Vec<(&str, usize, usize, usize)> = rn
+            .recordings
+            .iter()
+            .map(|r| (r.name.as_str(), r.samples, r.restarts, r.blocks))
+            .collect();
+        assert_eq!(per, [("a", 1620, 1, 261), ("b", 480, 0, 71)]);
+        assert_eq!((rn.blocks(), rn.samples, rn.restarts), (332, 2100, 1));
+        // The two pieces abut in time, yet no block runs from one into the other.
+        assert_eq!(rn.recordings[0].minutes, (0, 270));
+        assert_eq!(rn.recordings[1].minutes, (270, 350));
+        let from = recordings_drawn(&rn, 7.0, 5);
+        assert_eq!(from.len(), 7 * 144);
+        let of = |r: usize| from.iter().filter(|&&x| x == r).count();
+        let across = from.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!((of(0), of(1), across), (806, 202, 233));
+        // Deterministic: the same recordings and seed give the same trace.
+        let (x, lx) = rn.trace(Some(50.0), 7.0, 5);
+        let (y, ly) = rn.trace(Some(50.0), 7.0, 5);
+        assert_eq!((x, lx.leak_start), (y, ly.leak_start));
+        // A recording too short is named; an empty pool is an error.
+        assert_eq!(
+            RealNoise::from_recordings(&[("a", &a), ("short", &b[..14 * 6])])
+                .unwrap_err()
+                .to_string(),
+            "short has 14 one-minute samples, the longest gap-free run 14 min: the real-noise corpus needs 15 min without a gap over 180 s"
+        );
+        assert_eq!(
+            RealNoise::from_recordings(&[]).unwrap_err(),
+            RealNoiseError::NoRecording
+        );
+    }
+
+    /// Joins between recordings follow the trough rule like any other: with the second
+    /// recording 1 GB above the first, a block of one follows a block of the other only when
+    /// no candidate of the same recording was drawn, far less often than blind draws would.
+    #[test]
+    fn recordings_meet_only_at_matched_joins() {
+        let (a, mut b) = split_at_the_gap();
+        for s in &mut b {
+            s.kubelet_rss_bytes += 1e9;
+        }
+        let rn = RealNoise::from_recordings(&[("a", &a), ("b", &b)]).unwrap();
+        let from = recordings_drawn(&rn, 7.0, 5);
+        let of_b = from.iter().filter(|&&x| x == 1).count();
+        let across = from.windows(2).filter(|w| w[0] != w[1]).count();
+        // Blind draws would change recording at about 2 * 261/332 * 71/332 = 34% of the 1,007
+        // joins (343); with the levels alike, matched joins change it at 233 (test above).
+        assert_eq!((of_b, across), (7, 7));
+    }
+
+    /// The committed lab recording twice: two recordings with the same times, kept apart
+    /// (their minutes not merged), every block twice, tiles drawing from both copies.
+    #[test]
+    fn the_committed_recording_pooled_twice() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_SERIES[0]);
+        let (rec, _) = crate::cli::replay::read_input(&path, i64::MAX / 2).unwrap();
+        let one = RealNoise::new(&rec).unwrap();
+        let two = RealNoise::from_recordings(&[("first", &rec), ("second", &rec)]).unwrap();
+        assert_eq!(two.block_min, one.block_min);
+        assert_eq!(two.minutes.len(), 2 * one.minutes.len());
+        assert_eq!(two.blocks(), 2 * one.blocks());
+        assert_eq!(two.recordings[0].blocks, one.blocks());
+        assert_eq!(two.recordings[1].blocks, one.blocks());
+        assert_eq!(
+            (rec.len(), one.block_min, one.minutes.len(), one.blocks()),
+            (241, SHORT_BLOCK_MIN, 41, 32)
+        );
+        let from = recordings_drawn(&two, 7.0, 11);
+        let of = |r: usize| from.iter().filter(|&&x| x == r).count();
+        assert_eq!((of(0), of(1)), (510, 498));
+        // The same file twice is the same corpus: each block is there twice and a draw picks
+        // by index modulo the pool's size, so the two copies are picked alike.
+        let (x, lx) = two.trace(Some(100.0), 6.0, 2);
+        let (y, ly) = one.trace(Some(100.0), 6.0, 2);
+        assert_eq!((x, lx.leak_start), (y, ly.leak_start));
+        // One recording through the pool is the corpus it always was.
+        let solo = RealNoise::from_recordings(&[("only", &rec)]).unwrap();
+        let (x, lx) = solo.trace(Some(100.0), 6.0, 2);
+        let (y, ly) = one.trace(Some(100.0), 6.0, 2);
+        assert_eq!((x, lx.leak_start), (y, ly.leak_start));
     }
 }

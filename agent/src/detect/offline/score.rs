@@ -28,8 +28,8 @@ pub enum Corpus<'a> {
     Generator,
     /// The same traces with the healthy shapes of issue 17.
     Shapes,
-    /// A recorded real kubelet's series, tiled, with known leaks added (no growing-pod traces:
-    /// its healthy traces are all the recording's).
+    /// Recorded real kubelet series (one or more, pooled), tiled, with known leaks added (no
+    /// growing-pod traces: its healthy traces are all the recordings').
     Real(&'a RealNoise),
 }
 
@@ -419,7 +419,7 @@ pub fn score(seed: u64, scale: usize, real: &RealNoise) -> Report {
             CALIBRATION_SEED + 1,
             CALIBRATION_SEED + cal.len() as u64,
             if matches!(c, Corpus::Real(_)) {
-                " for the generator; here tiled from the same recording as the report traces, so not independent data"
+                " for the generator; here tiled from the same recording(s) as the report traces, so not independent data"
             } else {
                 ""
             },
@@ -467,14 +467,26 @@ type Column = (&'static str, Vec<Figures>, (usize, usize), (usize, usize));
 /// the detector's kubelet-vs-workload and cause accuracy.
 fn side_by_side(rules: &[Box<dyn Rule>], side: &[Column], real: &RealNoise) -> String {
     let mut s = format!(
-        "== side by side (100 MB/day: median h / p95 h / found; false alerts per 1,000 healthy node-days)\n   real-noise source: {:.2} h recorded, {} samples, {} kubelet restart(s), {} blocks of {} min\n{:<20}",
+        "== side by side (100 MB/day: median h / p95 h / found; false alerts per 1,000 healthy node-days)\n   real-noise source: {} recording(s), {:.2} h recorded, {} samples, {} kubelet restart(s), {} blocks of {} min\n",
+        real.recordings.len(),
         real.span_s as f64 / 3600.0,
         real.samples,
         real.restarts,
         real.blocks(),
         real.block_min,
-        "rule"
     );
+    // Which recordings were pooled, each with the blocks it gave.
+    for r in &real.recordings {
+        s.push_str(&format!(
+            "   recording {}: {:.2} h, {} samples, {} kubelet restart(s), {} blocks\n",
+            r.name,
+            r.span_s as f64 / 3600.0,
+            r.samples,
+            r.restarts,
+            r.blocks
+        ));
+    }
+    s.push_str(&format!("{:<20}", "rule"));
     for (name, ..) in side {
         s.push_str(&format!(" | {name:<34}"));
     }
