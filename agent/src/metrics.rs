@@ -54,6 +54,8 @@ pub struct Metrics {
     pub memcg_events: IntCounterVec,
     /// `oomprobe_kube_reports_total{kind,result}`.
     pub kube_reports: IntCounterVec,
+    /// `oomprobe_kills_classified_total{reason}`.
+    pub kills_classified: IntCounterVec,
     /// `oomprobe_metrics_connections_total{result}`.
     pub connections: IntCounterVec,
     pub memcg_registration_failures: IntCounterVec,
@@ -181,9 +183,16 @@ impl Metrics {
         let kube_reports = counter_vec(
             &registry,
             "oomprobe_kube_reports_total",
-            "Writes to the Kubernetes API by --report, by kind (event, condition, pod_lookup, queue) and result (sent, failed, rate_limited, not_found, dropped).",
+            "Writes to the Kubernetes API by --report, and the pod lookups of the eviction classification, by kind (event, condition, pod_lookup, queue, classification) and result (sent, failed, rate_limited, not_found, dropped).",
             &["kind", "result"],
         );
+        let kills_classified = counter_vec(
+            &registry,
+            "oomprobe_kills_classified_total",
+            "Kill records the agent followed with a kill_classified record once the Kubernetes API confirmed what the kill was, by reason (evicted: a kubelet or runtime SIGKILL of a pod whose status then said Evicted).",
+            &["reason"],
+        );
+        kills_classified.with_label_values(&["evicted"]);
         let connections = counter_vec(
             &registry,
             "oomprobe_metrics_connections_total",
@@ -321,6 +330,7 @@ impl Metrics {
             kube_api_inputs_errors,
             memcg_events,
             kube_reports,
+            kills_classified,
             connections,
             memcg_registration_failures,
             kubelet_bytes,

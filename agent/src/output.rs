@@ -1,7 +1,7 @@
 //! What the agent writes: one [`Output`] enum for every event of the stream, its JSON form (one
 //! object a line, internally tagged by `event`) and its text form, and the [`Sink`] that routes
-//! each by its type: in the text format, kills, attribution, verdicts and stage changes are
-//! stdout lines; the rest goes to the log.
+//! each by its type: in the text format, kills (and their classification), attribution,
+//! verdicts and stage changes are stdout lines; the rest goes to the log.
 use std::io::Write as _;
 
 use serde::Serialize;
@@ -11,6 +11,7 @@ use crate::{
     cycle::StageEvent,
     detect::Verdict,
     forensics::KillRecord,
+    kubeapi::report::KillClassified,
     kubelet::tracker::{KubeletReport, KubeletStart},
     memcg_events::MemcgEvent,
     sampler::SampleEvent,
@@ -33,6 +34,8 @@ pub enum OutputFormat {
 pub enum Output {
     /// A SIGKILL end to end (`"kill"`).
     Kill(Box<KillRecord>),
+    /// What the API confirmed a kill was, after its kill record (`"kill_classified"`).
+    KillClassified(Box<KillClassified>),
     /// A kubelet process (re)started (`"kubelet_start"`).
     KubeletStart(KubeletStart),
     /// The periodic attribution of the kubelet's mapped memory (`"kubelet_memory"`).
@@ -69,6 +72,7 @@ impl Output {
     pub fn text(&self) -> Text {
         match self {
             Output::Kill(rec) => Text::Line(rec.text()),
+            Output::KillClassified(c) => Text::Line(c.text()),
             Output::KubeletMemory(rep) => Text::Line(rep.text()),
             Output::Verdict(v) => Text::Line(format!(
                 "{} LEAK subject={} cause={} slope={:.0}MB/day",
@@ -221,5 +225,39 @@ mod tests {
         );
         assert!(matches!(memcg.text(), Text::Log));
         assert!(matches!(start.text(), Text::Log));
+    }
+
+    /// The follow-up of an eviction's kill record: JSON and text, exactly.
+    #[test]
+    fn a_classified_kill_names_the_kill_the_pod_and_the_evidence() {
+        use crate::kubeapi::report::{ClassifiedPod, ClassifiedSender};
+        let c = Output::KillClassified(Box::new(KillClassified {
+            time: "2026-11-29T22:10:01.123456789Z".into(),
+            ktime_ns: 681688118634,
+            pid: 8557,
+            sender: ClassifiedSender {
+                pid: 8501,
+                comm: "containerd-shim".into(),
+            },
+            pod: ClassifiedPod {
+                pod_uid: "0b6c".into(),
+                namespace: "default".into(),
+                name: "hog".into(),
+                container_id: Some("5f1e".into()),
+            },
+            reason: "evicted",
+            evidence: "pod status reason Evicted: Pod ephemeral local storage usage exceeds the total limit of containers 1Mi. ".into(),
+        }));
+        assert_eq!(
+            c.json(),
+            r#"{"event":"kill_classified","time":"2026-11-29T22:10:01.123456789Z","ktime_ns":681688118634,"pid":8557,"sender":{"pid":8501,"comm":"containerd-shim"},"pod":{"pod_uid":"0b6c","namespace":"default","name":"hog","container_id":"5f1e"},"reason":"evicted","evidence":"pod status reason Evicted: Pod ephemeral local storage usage exceeds the total limit of containers 1Mi. "}"#
+        );
+        let Text::Line(line) = c.text() else {
+            panic!("not a stream line")
+        };
+        assert_eq!(
+            line,
+            "2026-11-29T22:10:01.123456789Z KILL_CLASSIFIED evicted victim=8557 sender=8501(containerd-shim) pod=default/hog container=5f1e pod status reason Evicted: Pod ephemeral local storage usage exceeds the total limit of containers 1Mi. "
+        );
     }
 }

@@ -52,7 +52,9 @@ pub struct PipelineConfig {
     /// The opt-in node conditions and Events (`--report`), when on.
     pub report: Option<Reporter>,
     /// Where the cordon PATCH's result goes (the run loop hands it to
-    /// [`Pipeline::on_cordon_result`]).
+    /// [`Pipeline::on_cordon_result`]). Kills the report worker classifies come back the same
+    /// way, through the channel given to [`Reporter::spawn`], to
+    /// [`Pipeline::on_kill_classified`].
     pub cordon_done: tokio::sync::mpsc::Sender<Result<(), ApiError>>,
     /// The classifier's API inputs (MemoryPressure, pending CSRs) as last polled, when an API
     /// server is reachable ([`crate::kubeapi::inputs::spawn_poller`]).
@@ -505,6 +507,17 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             seen.inc_by(cleared - seen.get());
         }
         self.settle().await;
+    }
+
+    /// The report worker confirmed what a kill was (a kubelet eviction): the follow-up record
+    /// to the stream, counted in `oomprobe_kills_classified_total{reason}`.
+    pub fn on_kill_classified(&mut self, c: crate::kubeapi::report::KillClassified) {
+        self.metrics
+            .kills_classified
+            .with_label_values(&[c.reason])
+            .inc();
+        self.out.push(Output::KillClassified(Box::new(c)));
+        self.out.flush();
     }
 
     /// The cordon PATCH answered: the action to the stream.

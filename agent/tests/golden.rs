@@ -349,34 +349,7 @@ fn pipeline_lines(name: &str, format: OutputFormat) -> String {
         "oomprobe-golden-{}-{name}-{format:?}",
         std::process::id()
     ));
-    let cfg = PipelineConfig {
-        format,
-        // No process has this name: the tracker follows no kubelet.
-        target: Target {
-            name: "oomprobe-golden-no-kubelet".into(),
-            pid: None,
-            binary: None,
-        },
-        kubepods_roots: Vec::new(),
-        emit_samples: false,
-        // A directory of this run's own (the store may create it), removed below.
-        state_dir: state_dir.clone(),
-        cycle: CycleConfig::default(),
-        cordon: None,
-        report: None,
-        // No cordon is armed: nothing is ever sent.
-        cordon_done: tokio::sync::mpsc::channel(1).0,
-        api_inputs: None,
-    };
-    let clock = Clock::with_offset(1_780_000_000_000_000_000);
-    let mut p = Pipeline::with_parts(
-        cfg,
-        NoKernel,
-        (GoneNode, clock),
-        Sink::capturing(format),
-        std::sync::Arc::new(Metrics::new()),
-        Latest::default(),
-    );
+    let (mut p, _) = golden_pipeline(format, &state_dir);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -410,6 +383,97 @@ fn pipeline_lines(name: &str, format: OutputFormat) -> String {
     drop(p);
     let _ = std::fs::remove_dir_all(&state_dir);
     out
+}
+
+/// The pipeline of the golden tests, writing to a capturing sink, with its metrics; the series
+/// store in `state_dir` (the caller removes it).
+fn golden_pipeline(
+    format: OutputFormat,
+    state_dir: &std::path::Path,
+) -> (Pipeline<NoKernel, GoneNode>, std::sync::Arc<Metrics>) {
+    let cfg = PipelineConfig {
+        format,
+        // No process has this name: the tracker follows no kubelet.
+        target: Target {
+            name: "oomprobe-golden-no-kubelet".into(),
+            pid: None,
+            binary: None,
+        },
+        kubepods_roots: Vec::new(),
+        emit_samples: false,
+        // A directory of this run's own (the store may create it), removed by the caller.
+        state_dir: state_dir.to_path_buf(),
+        cycle: CycleConfig::default(),
+        cordon: None,
+        report: None,
+        // No cordon is armed: nothing is ever sent.
+        cordon_done: tokio::sync::mpsc::channel(1).0,
+        api_inputs: None,
+    };
+    let clock = Clock::with_offset(1_780_000_000_000_000_000);
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let p = Pipeline::with_parts(
+        cfg,
+        NoKernel,
+        (GoneNode, clock),
+        Sink::capturing(format),
+        metrics.clone(),
+        Latest::default(),
+    );
+    (p, metrics)
+}
+
+/// The follow-up record of an eviction, as the run loop hands it from the report worker to
+/// the pipeline: written at once after the kill records (one stream line, JSON and text) and
+/// counted in `oomprobe_kills_classified_total{reason="evicted"}`.
+#[test]
+fn a_classified_kill_is_a_stream_line_and_counted() {
+    use oomprobe::kubeapi::report::{ClassifiedPod, ClassifiedSender, KillClassified};
+    let c = KillClassified {
+        time: "2026-11-29T22:10:01.123456789Z".into(),
+        ktime_ns: 681688118634,
+        pid: 8557,
+        sender: ClassifiedSender {
+            pid: 8501,
+            comm: "containerd-shim".into(),
+        },
+        pod: ClassifiedPod {
+            pod_uid: "0b6c".into(),
+            namespace: "default".into(),
+            name: "hog".into(),
+            container_id: Some("5f1e".into()),
+        },
+        reason: "evicted",
+        evidence: "pod status reason Evicted: The node was low on resource: memory. ".into(),
+    };
+    for (format, want) in [
+        (
+            OutputFormat::Json,
+            r#"{"event":"kill_classified","time":"2026-11-29T22:10:01.123456789Z","ktime_ns":681688118634,"pid":8557,"sender":{"pid":8501,"comm":"containerd-shim"},"pod":{"pod_uid":"0b6c","namespace":"default","name":"hog","container_id":"5f1e"},"reason":"evicted","evidence":"pod status reason Evicted: The node was low on resource: memory. "}"#,
+        ),
+        (
+            OutputFormat::Text,
+            "2026-11-29T22:10:01.123456789Z KILL_CLASSIFIED evicted victim=8557 sender=8501(containerd-shim) pod=default/hog container=5f1e pod status reason Evicted: The node was low on resource: memory. ",
+        ),
+    ] {
+        let state_dir = std::env::temp_dir().join(format!(
+            "oomprobe-golden-{}-classified-{format:?}",
+            std::process::id()
+        ));
+        let (mut p, metrics) = golden_pipeline(format, &state_dir);
+        let evicted = metrics.kills_classified.with_label_values(&["evicted"]);
+        assert_eq!(evicted.get(), 0);
+        p.on_kill_classified(c.clone());
+        assert_eq!(p.take_output(), [want]);
+        assert_eq!(evicted.get(), 1);
+        let scrape = metrics.render();
+        assert!(
+            scrape.contains("\noomprobe_kills_classified_total{reason=\"evicted\"} 1\n"),
+            "{scrape}"
+        );
+        drop(p);
+        let _ = std::fs::remove_dir_all(&state_dir);
+    }
 }
 
 #[test]

@@ -2371,8 +2371,10 @@ fn lab_child_process_oom_kill_in_a_pod_is_recorded_the_container_keeps_running()
 /// memhog as the container's pid 1 ignores the SIGTERM, so the runtime sends the SIGKILL. The
 /// agent's record names the runtime as the sender (a `signal` kill, not an OOM kill), the pod
 /// and the container crictl reports; the kubelet reports the pod `Failed` with reason `Evicted`;
-/// the agent's Event on the pod is `ContainerEvicted`, not `ContainerOOMKilled`. The runtime's
-/// SIGKILL at the end of a deleted pod's grace period is recorded too, with no Event.
+/// the agent's Event on the pod is `ContainerEvicted`, not `ContainerOOMKilled`, and its own
+/// stream follows the kill record with a `kill_classified` record (`reason` `evicted`, the
+/// pod's status message as evidence). The runtime's SIGKILL at the end of a deleted pod's grace
+/// period is recorded too, with no Event and no `kill_classified` record.
 #[test]
 fn lab_kubelet_eviction_is_recorded_as_the_runtimes_sigkill() {
     let lab = lab();
@@ -2476,6 +2478,43 @@ fn lab_kubelet_eviction_is_recorded_as_the_runtimes_sigkill() {
     assert_eq!(event["action"], "Kill", "{event}");
     let evs = lab.oomprobe_events("default", "Pod", &name, &since);
     assert_eq!(evs.len(), 1, "{evs:?}");
+    // The agent's own follow-up record of the kill, once the pod's status said Evicted: the
+    // kill record's time, ktime_ns, pid and sender, the pod as the API names it, the status
+    // message the kubelet wrote.
+    let classified = |uid: &str| -> Vec<Value> {
+        agent
+            .records()
+            .into_iter()
+            .filter(|r| r["event"] == "kill_classified" && r["pod"]["pod_uid"] == uid)
+            .collect()
+    };
+    let record = wait_until("the agent's kill_classified record", WAIT, || {
+        classified(&uid)
+            .into_iter()
+            .find(|r| r["pod"]["container_id"] == cid.as_str())
+    });
+    eprintln!("agent: {record}");
+    assert_eq!(
+        record,
+        json!({
+            "event": "kill_classified",
+            "time": k["time"],
+            "ktime_ns": k["ktime_ns"],
+            "pid": pid,
+            "sender": {"pid": k["sender"]["pid"], "comm": sender},
+            "pod": {"pod_uid": uid, "namespace": "default", "name": name, "container_id": cid},
+            "reason": "evicted",
+            "evidence": format!("pod status reason Evicted: {message}"),
+        })
+    );
+    // One per kill: the container's, and the sandbox's pause process if the runtime SIGKILLed
+    // it (also part of the eviction).
+    let records = classified(&uid);
+    let pids: Vec<&Value> = kills.iter().map(|k| &k.0["victim"]["pid"]).collect();
+    assert!(
+        records.len() <= kills.len() && records.iter().all(|r| pids.contains(&&r["pid"])),
+        "{records:?} {kills:?}"
+    );
     drop(pod);
 
     // The same SIGKILL from the runtime, ending a deleted pod's 2 s grace period, is no
@@ -2528,5 +2567,15 @@ fn lab_kubelet_eviction_is_recorded_as_the_runtimes_sigkill() {
         .filter(|e| e["reportingComponent"] == "oomprobe")
         .collect();
     assert!(ours.is_empty(), "a deleted pod's kill published: {ours:?}");
+    // Nor a kill_classified record: a deleted pod's kill is not classified.
+    let records: Vec<Value> = agent
+        .records()
+        .into_iter()
+        .filter(|r| r["event"] == "kill_classified" && r["pod"]["pod_uid"] == uid.as_str())
+        .collect();
+    assert!(
+        records.is_empty(),
+        "a deleted pod's kill classified: {records:?}"
+    );
     drop(pod);
 }

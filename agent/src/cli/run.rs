@@ -170,6 +170,7 @@ async fn pipeline_config(
     eviction_hard_bytes: u64,
     metrics: &Metrics,
     cordon_done: tokio::sync::mpsc::Sender<Result<(), crate::kubeapi::ApiError>>,
+    classified: tokio::sync::mpsc::Sender<crate::kubeapi::report::KillClassified>,
 ) -> PipelineConfig {
     let cordon = match &args.act {
         Some(_) => args.api.client("--act cordon").await.map(|client| {
@@ -184,14 +185,22 @@ async fn pipeline_config(
         None => None,
     };
     let set = ReportSet::from_kinds(&args.report);
-    let report = match set.any() {
-        true => args.api.client("--report").await.map(|client| {
+    // The report worker also classifies kills (a runtime SIGKILL of a pod the kubelet
+    // evicted): it runs whenever an API server is configured or the agent runs in a cluster,
+    // with or without --report.
+    let what = match set.any() {
+        true => "--report",
+        false => "the eviction classification of kills",
+    };
+    let report = match set.any() || args.api.source().available() {
+        true => args.api.client(what).await.map(|client| {
             Reporter::spawn(
                 client,
                 args.api.node(),
                 set,
                 metrics.kube_reports.clone(),
                 std::time::Duration::from_secs(args.condition_refresh),
+                Some(classified),
             )
         }),
         false => None,
@@ -242,6 +251,10 @@ async fn pipeline_config(
         api_inputs,
     }
 }
+
+/// Classified kills waiting for the run loop (the worker classifies one at a time; a full
+/// queue drops and counts `oomprobe_kube_reports_total{kind="classification",result="dropped"}`).
+const CLASSIFIED_QUEUE: usize = 64;
 
 /// Seconds between polls of the classifier's API inputs (a node GET and a CSR list).
 const API_INPUTS_EVERY_S: u64 = 60;
@@ -379,7 +392,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let kubelet_metrics = args.kubelet_metrics.spawn_scraper(scrape_every, errors);
     // The cordon's PATCH runs in a task; its result comes back here.
     let (cordon_done, mut cordon_result) = tokio::sync::mpsc::channel(4);
-    let cfg = pipeline_config(&args, eviction_hard_bytes, &metrics, cordon_done).await;
+    // So does each kill the report worker classifies.
+    let (classified, mut classified_rx) = tokio::sync::mpsc::channel(CLASSIFIED_QUEUE);
+    let cfg = pipeline_config(
+        &args,
+        eviction_hard_bytes,
+        &metrics,
+        cordon_done,
+        classified,
+    )
+    .await;
     let mut p = Pipeline::new(cfg, probes, metrics, kubelet_metrics);
     tracing::info!(
         hooks = p.probes().attached.len(),
@@ -410,6 +432,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             _ = expire_tick.tick() => p.on_expire().await,
             Some((cgroup, kind)) = p.memcg_notification() => p.on_memcg_notification(cgroup, kind).await,
             Some(result) = cordon_result.recv() => p.on_cordon_result(result),
+            Some(c) = classified_rx.recv() => p.on_kill_classified(c),
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             _ = async { match stop_at { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,

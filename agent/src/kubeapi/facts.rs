@@ -476,7 +476,7 @@ pub fn condition_patch(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         cgroup::PodIdentity,
@@ -682,7 +682,7 @@ mod tests {
         assert!(l.allow("x", t3));
     }
 
-    fn kill(kind: KillKind, sender: &str) -> KillRecord {
+    pub(crate) fn kill(kind: KillKind, sender: &str) -> KillRecord {
         KillRecord {
             time: "2026-11-29T00:00:00Z".into(),
             ktime_ns: 5,

@@ -11,6 +11,10 @@
 //!   OOM kill and each cycle stage change, on the pod for each OOM kill or eviction of one of its
 //!   containers (the pod found by its UID among the pods bound to this node).
 //!
+//! The same worker classifies kills, with or without `--report`: a kubelet or runtime SIGKILL
+//! of a pod whose status then says `Evicted` goes back to the pipeline as a
+//! [`KillClassified`] (the stream's `kill_classified` record).
+//!
 //! The pipeline never waits on the API: it hands facts to [`Reporter::send`], which queues
 //! them ([`QUEUE`] deep; a full queue drops and counts) for one worker task that owns the client.
 //! Limits, as client-go's event recorder sets them: per involved object a burst of
@@ -36,6 +40,85 @@ use super::facts::{
     pod_kill_event, stage_event, Condition, Conditions, EventSpec, Limiter,
 };
 use crate::{cycle::StageEvent, detect::Verdict, forensics::KillRecord};
+
+/// The agent's follow-up to a kill record once the API confirmed what the kill was
+/// (`"kill_classified"` in the stream): today only a kubelet eviction, i.e. a SIGKILL from the
+/// kubelet or the container runtime ([`crate::cycle::is_runtime_kill`]) of a container whose
+/// pod's status then said `Evicted` (read for up to [`EVICTION_WAIT`] after the kill). Joined to
+/// its kill record by `ktime_ns` and `pid`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KillClassified {
+    /// The kill record's `time` (the SIGKILL, UTC, RFC 3339 with nanoseconds).
+    pub time: String,
+    /// The kill record's `ktime_ns` (CLOCK_MONOTONIC ns of the SIGKILL).
+    pub ktime_ns: u64,
+    /// The victim's pid (its tgid), as in the kill record's `victim.pid`.
+    pub pid: u32,
+    /// The kill record's sender (the kubelet or the runtime it asked).
+    pub sender: ClassifiedSender,
+    pub pod: ClassifiedPod,
+    /// `evicted`: the kubelet's eviction manager evicted the pod.
+    pub reason: &'static str,
+    /// What the API said: `pod status reason Evicted: <the pod's status message>`.
+    pub evidence: String,
+}
+
+/// [`KillClassified::sender`]: the kill record's `sender.pid` and `sender.comm`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClassifiedSender {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// [`KillClassified::pod`]: the kill record's `victim.pod` UID and container ID, with the
+/// namespace and name the API gives that UID.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClassifiedPod {
+    pub pod_uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub container_id: Option<String>,
+}
+
+impl KillClassified {
+    /// The record for `rec` (whose `victim.pod` names `pod`) evicted with the pod status
+    /// `message`.
+    pub fn evicted(rec: &KillRecord, pod: &ObjectReference, message: &str) -> KillClassified {
+        KillClassified {
+            time: rec.time.clone(),
+            ktime_ns: rec.ktime_ns,
+            pid: rec.victim.pid,
+            sender: ClassifiedSender {
+                pid: rec.sender.pid,
+                comm: rec.sender.comm.clone(),
+            },
+            pod: ClassifiedPod {
+                pod_uid: pod.uid.clone().unwrap_or_default(),
+                namespace: pod.namespace.clone().unwrap_or_default(),
+                name: pod.name.clone().unwrap_or_default(),
+                container_id: rec.victim.pod.as_ref().and_then(|p| p.container_id.clone()),
+            },
+            reason: "evicted",
+            evidence: format!("pod status reason Evicted: {message}"),
+        }
+    }
+
+    /// The text format's line.
+    pub fn text(&self) -> String {
+        format!(
+            "{} KILL_CLASSIFIED {} victim={} sender={}({}) pod={}/{} container={} {}",
+            self.time,
+            self.reason,
+            self.pid,
+            self.sender.pid,
+            self.sender.comm,
+            self.pod.namespace,
+            self.pod.name,
+            self.pod.container_id.as_deref().unwrap_or("?"),
+            self.evidence
+        )
+    }
+}
 
 /// Facts queued for the API worker.
 pub const QUEUE: usize = 256;
@@ -86,7 +169,8 @@ pub enum Fact {
         rec: Box<KillRecord>,
         is_kubelet: bool,
         /// The sender is the kubelet or the container runtime: an eviction candidate, published
-        /// as `ContainerEvicted` only once the pod's status says `Evicted` (see
+        /// as `ContainerEvicted` (with `--report events`) and classified back to the pipeline
+        /// ([`KillClassified`]) only once the pod's status says `Evicted` (see
         /// [`Worker::evicted`]).
         evicted: bool,
     },
@@ -106,15 +190,21 @@ impl Reporter {
     /// `oomprobe_kube_reports_total{kind,result}`.
     /// `refresh`: every condition is re-written this often even when unchanged
     /// ([`super::facts::CONDITION_REFRESH`] by default, `--condition-refresh`).
+    /// `classified`: where each kill confirmed as an eviction goes (the run loop hands it to
+    /// [`crate::pipeline::Pipeline::on_kill_classified`]); with it, runtime SIGKILLs of pods are
+    /// looked up (`list pods`) whatever `set` says. A full channel drops the record (counted
+    /// `{kind="classification",result="dropped"}`).
     pub fn spawn(
         client: Client,
         node: String,
         set: ReportSet,
         counts: IntCounterVec,
         refresh: Duration,
+        classified: Option<mpsc::Sender<KillClassified>>,
     ) -> Reporter {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let worker = Worker::new(client, node, set, counts.clone(), refresh);
+        let mut worker = Worker::new(client, node, set, counts.clone(), refresh);
+        worker.classified = classified;
         tokio::spawn(worker.run(rx));
         Reporter { tx, counts }
     }
@@ -140,6 +230,10 @@ struct Worker {
     /// Pod UID -> (namespace, name), or None when the node's pods had no such UID; when.
     pods: HashMap<String, (Option<(String, String)>, Instant)>,
     last_list: Option<Instant>,
+    /// Where kills confirmed as evictions go, when the pipeline wants them.
+    classified: Option<mpsc::Sender<KillClassified>>,
+    /// A 403 on `list pods` was logged (once: the base RBAC lacks it).
+    forbidden_logged: bool,
 }
 
 impl Worker {
@@ -164,11 +258,13 @@ impl Worker {
             conditions: Conditions::new(refresh),
             pods: HashMap::new(),
             last_list: None,
+            classified: None,
+            forbidden_logged: false,
         }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Fact>) {
-        tracing::info!(node = %self.node, conditions = self.set.node_conditions, events = self.set.events, "reporting to the Kubernetes API");
+        tracing::info!(node = %self.node, conditions = self.set.node_conditions, events = self.set.events, classify_evictions = self.classified.is_some(), "reporting to the Kubernetes API");
         if self.set.node_conditions {
             self.condition(flap_condition_at_start()).await;
         }
@@ -198,14 +294,15 @@ impl Worker {
                 is_kubelet,
                 evicted,
             } => {
-                if !self.set.events {
-                    return;
-                }
-                if is_kubelet {
+                if is_kubelet && self.set.events {
                     if let Some(e) = kubelet_kill_event(&rec) {
                         let node = self.node_ref();
                         self.event(e, node).await;
                     }
+                }
+                let classify = evicted && self.classified.is_some();
+                if !self.set.events && !classify {
+                    return;
                 }
                 let uid = rec.victim.pod.as_ref().map(|p| p.pod_uid.clone());
                 let Some(pod) = self.pod_ref(uid.as_deref().unwrap_or("")).await else {
@@ -213,8 +310,19 @@ impl Worker {
                 };
                 // A runtime's SIGKILL is also how a deleted pod's grace period or a failed
                 // liveness probe ends: only the kubelet's own status tells an eviction.
-                let evicted = evicted && self.evicted(&pod).await;
-                if let Some(e) = pod_kill_event(&rec, evicted) {
+                let message = match evicted {
+                    true => self.evicted(&pod).await,
+                    false => None,
+                };
+                if let (Some(m), Some(tx)) = (&message, &self.classified) {
+                    if tx.try_send(KillClassified::evicted(&rec, &pod, m)).is_err() {
+                        self.count("classification", "dropped");
+                    }
+                }
+                if !self.set.events {
+                    return;
+                }
+                if let Some(e) = pod_kill_event(&rec, message.is_some()) {
                     self.event(e, pod).await;
                 }
             }
@@ -292,7 +400,13 @@ impl Worker {
                 Err(e) => {
                     self.count("pod_lookup", "failed");
                     let e = super::ApiError::from(e);
-                    tracing::warn!(error = %crate::error_chain(&e), "cannot list this node's pods");
+                    let forbidden = matches!(e, super::ApiError::Status { code: 403, .. });
+                    if !forbidden {
+                        tracing::warn!(error = %crate::error_chain(&e), "cannot list this node's pods");
+                    } else if !self.forbidden_logged {
+                        self.forbidden_logged = true;
+                        tracing::warn!(error = %crate::error_chain(&e), "cannot list this node's pods: Events on pods and the eviction classification of kills need list pods (deploy/overlays/report/rbac-report.yaml); further 403s are counted, not logged");
+                    }
                     return None;
                 }
             }
@@ -314,13 +428,14 @@ impl Worker {
     }
 
     /// Whether the kubelet evicted `pod`: its status `reason` is `Evicted` (set by the kubelet's
-    /// eviction manager when the kill completes, synced to the API within seconds). Polled once
-    /// per [`EVICTION_POLL`] for up to [`EVICTION_WAIT`]; a pod being deleted
-    /// (`deletionTimestamp`, an API-initiated delete or drain) or gone is not a kubelet
-    /// eviction. Uses the report overlay's `list pods` (a field selector on the name).
-    async fn evicted(&mut self, pod: &ObjectReference) -> bool {
+    /// eviction manager when the kill completes, synced to the API within seconds); then the
+    /// status `message` (empty if none). Polled once per [`EVICTION_POLL`] for up to
+    /// [`EVICTION_WAIT`]; a pod being deleted (`deletionTimestamp`, an API-initiated delete or
+    /// drain) or gone is not a kubelet eviction (None). Uses the report overlay's `list pods`
+    /// (a field selector on the name).
+    async fn evicted(&mut self, pod: &ObjectReference) -> Option<String> {
         let (Some(ns), Some(name), Some(uid)) = (&pod.namespace, &pod.name, &pod.uid) else {
-            return false;
+            return None;
         };
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let lp = ListParams::default().fields(&format!("metadata.name={name}"));
@@ -328,29 +443,29 @@ impl Worker {
         loop {
             match api.list(&lp).await {
                 Ok(list) => {
-                    let Some(p) = list
+                    // Gone (or another pod of the name): no eviction to tell.
+                    let p = list
                         .items
                         .into_iter()
-                        .find(|p| p.metadata.uid.as_deref() == Some(uid))
-                    else {
-                        return false;
-                    };
+                        .find(|p| p.metadata.uid.as_deref() == Some(uid))?;
                     if p.metadata.deletion_timestamp.is_some() {
-                        return false;
+                        return None;
                     }
-                    if p.status.and_then(|s| s.reason).as_deref() == Some("Evicted") {
-                        return true;
+                    if let Some(s) = p.status {
+                        if s.reason.as_deref() == Some("Evicted") {
+                            return Some(s.message.unwrap_or_default());
+                        }
                     }
                 }
                 Err(e) => {
                     self.count("pod_lookup", "failed");
                     let e = super::ApiError::from(e);
                     tracing::warn!(error = %crate::error_chain(&e), pod = %name, "cannot read the pod's status");
-                    return false;
+                    return None;
                 }
             }
             if Instant::now() + EVICTION_POLL > deadline {
-                return false;
+                return None;
             }
             tokio::time::sleep(EVICTION_POLL).await;
         }
@@ -495,6 +610,7 @@ mod tests {
             set,
             c.clone(),
             Duration::from_secs(1),
+            None,
         );
         let start = Instant::now();
         // The start condition's write, then the retry a second later.
@@ -532,6 +648,163 @@ mod tests {
         );
     }
 
+    /// A minimal API server on loopback: answers the node's pod list (metadata) and each
+    /// namespace's pod list with `pods` (JSON objects with metadata and status); anything
+    /// else 404. Returns its URL and the request lines it was sent.
+    fn fake_api(
+        pods: Vec<serde_json::Value>,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (pods, log) = (pods.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let mut w = conn.try_clone().unwrap();
+                    let mut r = std::io::BufReader::new(conn);
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut len = 0usize;
+                        loop {
+                            let mut h = String::new();
+                            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if h == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                len = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        let _ = r.read_exact(&mut body);
+                        let line = line.trim_end().to_string();
+                        log.lock().unwrap().push(line.clone());
+                        let path = line.split(' ').nth(1).unwrap_or("");
+                        let (code, body) = if path.starts_with("/api/v1/pods?") {
+                            let items: Vec<serde_json::Value> = pods
+                                .iter()
+                                .map(|p| serde_json::json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": p["metadata"]}))
+                                .collect();
+                            (
+                                200,
+                                serde_json::json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
+                            )
+                        } else if path.starts_with("/api/v1/namespaces/default/pods?") {
+                            (
+                                200,
+                                serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
+                            )
+                        } else {
+                            (
+                                404,
+                                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "not here", "reason": "NotFound", "code": 404}),
+                            )
+                        };
+                        let body = body.to_string();
+                        let head = format!(
+                            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if w.write_all(head.as_bytes())
+                            .and_then(|_| w.write_all(body.as_bytes()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    /// Without `--report` (no Events, no conditions), a runtime SIGKILL of a pod whose status
+    /// says `Evicted` comes back as exactly one `kill_classified` record with the pod's name and
+    /// status message; a deleted pod's (a `deletionTimestamp`) and an OOM kill's come back as
+    /// nothing (the worker takes facts in order: nothing arrives between the two evictions);
+    /// no Event is written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runtime_kill_of_an_evicted_pod_is_classified_without_events() {
+        use crate::forensics::KillKind;
+        let (url, seen) = fake_api(vec![
+            serde_json::json!({
+                "metadata": {"name": "p", "namespace": "default", "uid": "abc"},
+                "status": {"phase": "Failed", "reason": "Evicted", "message": "Pod ephemeral local storage usage exceeds the total limit of containers 1Mi. "},
+            }),
+            serde_json::json!({
+                "metadata": {"name": "q", "namespace": "default", "uid": "def", "deletionTimestamp": "2026-11-29T00:00:00Z"},
+                "status": {"phase": "Running"},
+            }),
+        ]);
+        let c = counts();
+        let (tx, mut rx) = mpsc::channel(4);
+        let r = Reporter::spawn(
+            client(&url, Duration::from_secs(5)),
+            "n1".into(),
+            ReportSet::default(),
+            c.clone(),
+            Duration::from_secs(300),
+            Some(tx),
+        );
+        let kill = |uid: &str, kind: KillKind, ktime_ns: u64| {
+            let mut rec = crate::kubeapi::facts::tests::kill(kind, "containerd-shim-runc-v2");
+            rec.ktime_ns = ktime_ns;
+            rec.victim.pod.as_mut().unwrap().pod_uid = uid.into();
+            let evicted = crate::cycle::is_runtime_kill(&rec);
+            Fact::Kill {
+                rec: Box::new(rec),
+                is_kubelet: false,
+                evicted,
+            }
+        };
+        r.send(kill("abc", KillKind::Signal, 5));
+        r.send(kill("def", KillKind::Signal, 6));
+        r.send(kill("abc", KillKind::OomMemcg, 7));
+        r.send(kill("abc", KillKind::Signal, 8));
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::to_string(&first).unwrap(),
+            r#"{"time":"2026-11-29T00:00:00Z","ktime_ns":5,"pid":42,"sender":{"pid":7,"comm":"containerd-shim-runc-v2"},"pod":{"pod_uid":"abc","namespace":"default","name":"p","container_id":"ctr1"},"reason":"evicted","evidence":"pod status reason Evicted: Pod ephemeral local storage usage exceeds the total limit of containers 1Mi. "}"#
+        );
+        let second = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            second,
+            KillClassified {
+                ktime_ns: 8,
+                ..first
+            }
+        );
+        assert_eq!(rx.try_recv().ok(), None);
+        // One node list (cached after), one status read per runtime kill, nothing else.
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            [
+                "GET /api/v1/pods?&fieldSelector=spec.nodeName%3Dn1 HTTP/1.1",
+                "GET /api/v1/namespaces/default/pods?&fieldSelector=metadata.name%3Dp HTTP/1.1",
+                "GET /api/v1/namespaces/default/pods?&fieldSelector=metadata.name%3Dq HTTP/1.1",
+                "GET /api/v1/namespaces/default/pods?&fieldSelector=metadata.name%3Dp HTTP/1.1",
+            ],
+            "{seen:#?}"
+        );
+        assert_eq!(c.with_label_values(&["event", "sent"]).get(), 0);
+    }
+
     /// An API server that accepts the connection and never answers: the worker waits out its
     /// timeout while the pipeline's sends return at once; what the queue cannot hold is dropped
     /// and counted, exactly.
@@ -559,6 +832,7 @@ mod tests {
             set,
             c.clone(),
             Duration::from_secs(300),
+            None,
         );
         // The worker is inside its first write (the start condition) on the held connection.
         let start = Instant::now();
