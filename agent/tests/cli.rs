@@ -227,6 +227,68 @@ fn report_draws_the_event_log_alone() {
     assert!(refusal(&o).contains("no series store at"), "{}", stderr(&o));
 }
 
+/// Kills dated 1970 and 9999 beside a generated day of 2026 are set aside, counted and said
+/// (on stderr, in the page, under the chart); the axis stays on the series' day. An event log
+/// alone whose only kill is implausible has nothing to draw, and says why.
+#[test]
+fn report_sets_aside_events_outside_the_series_span() {
+    let dir = Scratch::new("report-span");
+    // 2026-09-21T14:13:20Z to 2026-09-22T14:12:20Z, one sample a minute.
+    let csv = trace(&dir, "healthy", "1");
+    let kill = |time: &str, pid: u32| {
+        format!(
+            r#"{{"event":"kill","time":"{time}","ktime_ns":{pid}000000000,"kind":"oom_memcg","victim":{{"pid":{pid},"comm":"k{pid}"}}}}"#
+        )
+    };
+    let events = write_csv(
+        &dir,
+        "events.jsonl",
+        &[
+            kill("1970-01-01T00:00:00Z", 1),
+            kill("2026-09-21T20:00:00Z", 2),
+            kill("9999-12-31T23:59:59Z", 3),
+        ]
+        .join("\n"),
+    );
+    let (html, svg) = (dir.path("r.html"), dir.path("r.svg"));
+    let o = oomprobe()
+        .args(["report", "--csv", arg(&csv), "--events", arg(&events)])
+        .args(["--html", arg(&html), "--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = "2 kills set aside, dated outside the series' span (2026-09-21T14:03:20Z to 2026-09-22T14:22:20Z)";
+    assert!(stderr(&o).contains(said), "{}", stderr(&o));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains(&format!(
+            "<p id=\"set-aside\">Not drawn: {}.</p>",
+            said.replace('\'', "'")
+        )),
+        "{page}"
+    );
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(chart.matches(r#"<g class="kill""#).count(), 1);
+    assert!(chart.contains(r#"data-victim="2""#));
+    assert!(chart.contains(r#"<text id="set-aside" data-count="2""#));
+    // The axis: the series' first and last minute, not 8,000 years.
+    assert!(chart.contains(">14:13:20<") && chart.contains(">14:12:20<"), "{chart}");
+    let only = write_csv(&dir, "old.jsonl", &kill("1970-01-01T00:00:00Z", 1));
+    let o = oomprobe()
+        .args(["report", "--events", arg(&only), "--state-dir"])
+        .arg(dir.path("no-state"))
+        .args(["--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    // The window ends a day after now.
+    let e = refusal(&o);
+    let want = format!(
+        "oomprobe: error: no series samples and no kill in {}: nothing to draw (1 kill set aside, dated outside plausible times (2014-01-01T00:00:00Z to ",
+        only.display()
+    );
+    assert!(e.starts_with(&want) && e.ends_with("Z))"), "{e}");
+}
+
 #[test]
 fn report_names_a_corrupt_store_and_what_is_wrong() {
     let dir = Scratch::new("corrupt");

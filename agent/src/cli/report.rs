@@ -55,8 +55,8 @@ pub enum ReportError {
     Store(crate::detect::store::StoreError),
     #[error("series store {path} is corrupt: {why}")]
     Corrupt { path: String, why: String },
-    #[error("no series samples and no kill in {0}: nothing to draw")]
-    Empty(String),
+    #[error("no series samples and no kill in {from}: nothing to draw{}", if set_aside.is_empty() { String::new() } else { format!(" ({set_aside})") })]
+    Empty { from: String, set_aside: String },
     #[error("cannot write {path}")]
     Write {
         path: String,
@@ -149,9 +149,22 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
         Some(p) => read(p)?,
         None => String::new(),
     };
-    let mut ep = Episode::new(&samples, &events);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut ep = Episode::new(&samples, &events, now);
     if ep.memory.is_empty() && ep.kills.is_empty() {
-        return Err(ReportError::Empty(from));
+        return Err(ReportError::Empty {
+            from,
+            set_aside: ep.set_aside.describe(),
+        });
+    }
+    if ep.set_aside.total() > 0 {
+        tracing::warn!(
+            kills = ep.set_aside.kills,
+            stages = ep.set_aside.stages,
+            verdicts = ep.set_aside.verdicts,
+            "{}",
+            ep.set_aside.describe()
+        );
     }
     if let Some(s) = args.since {
         ep = ep.since(s);
