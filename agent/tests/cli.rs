@@ -390,15 +390,20 @@ fn probe_points_of_a_dynamic_binary_are_its_libcs() {
         .unwrap()
         .needed_libc(Path::new("/"))
         .expect("this test binary loads libc.so.6");
-    let want: Vec<String> = Binary::open(&libc)
+    let want: Vec<serde_json::Value> = Binary::open(&libc)
         .unwrap()
         .probe_points()
         .unwrap()
         .iter()
-        .map(|p| serde_json::to_string(p).unwrap())
+        .map(|p| {
+            // The point, and the file its offset is into.
+            let mut v = serde_json::to_value(p).unwrap();
+            v["file"] = libc.to_str().unwrap().into();
+            v
+        })
         .collect();
     assert!(
-        want.iter().any(|p| p.contains(r#""role":"libc_mmap""#)),
+        want.iter().any(|p| p["role"] == "libc_mmap"),
         "{want:?}"
     );
     let o = oomprobe()
@@ -406,16 +411,45 @@ fn probe_points_of_a_dynamic_binary_are_its_libcs() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let got: Vec<String> = String::from_utf8(o.stdout)
+    let got: Vec<serde_json::Value> = String::from_utf8(o.stdout)
         .unwrap()
         .lines()
-        .map(str::to_string)
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(got, want);
+    // The text names the file too, on every line.
+    let o = oomprobe()
+        .args(["probe-points", arg(&exe)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(text.lines().count(), want.len());
+    let tail = format!(" file={}", libc.display());
+    assert!(text.lines().all(|l| l.ends_with(&tail)), "{text}");
     let o = to_dev_full(oomprobe().args(["probe-points", arg(&exe)]));
     assert_eq!(refusal(&o), NO_SPACE);
     let o = to_closed_pipe(oomprobe().args(["probe-points", arg(&exe)]));
     assert_eq!(o.status.code(), Some(141), "{}", stderr(&o));
+}
+
+/// A Go binary's points are into the binary itself: no `file` field, none in the text.
+#[test]
+fn probe_points_of_a_go_binary_name_no_other_file() {
+    let gofmt = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([PathBuf::from("/usr/local/go/bin")])
+        .map(|d| d.join("gofmt"))
+        .find(|p| p.is_file())
+        .expect("no gofmt (Go toolchain) in PATH or /usr/local/go/bin: this test needs a real Go executable");
+    for format in ["json", "text"] {
+        let o = oomprobe()
+            .args(["probe-points", "--format", format, arg(&gofmt)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(out.contains("runtime.sysFree"), "{out}");
+        assert!(!out.contains("file"), "{out}");
+    }
 }
 
 /// A --kubelet-metrics-token-file that cannot be read is named in the kubelet_metrics check
