@@ -102,7 +102,10 @@ impl SetAside {
 fn rfc3339(t: f64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t.floor() as i64)
         .ok()
-        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| format!("{t} s"))
 }
 
@@ -754,7 +757,10 @@ not json
         assert!(s.contains(&esc(said)));
         // The axis stays on the series: its first and last ticks are 21:06:40 and 21:26:30.
         assert!(s.contains(">21:06:40<") && s.contains(">21:26:30<"), "{s}");
-        assert!(html(&ep).contains(&format!("<p id=\"set-aside\">Not drawn: {}.</p>", esc(said))));
+        assert!(html(&ep).contains(&format!(
+            "<p id=\"set-aside\">Not drawn: {}.</p>",
+            esc(said)
+        )));
         // The event log alone: only the plausible years bound it.
         let ep = Episode::new(&[], events, 1_800_000_000);
         assert_eq!(ep.kills.len(), 2);

@@ -165,12 +165,7 @@ pub fn read_bytes(file: &Path) -> std::io::Result<Vec<u8>> {
 /// engine run over what is held every `every` seconds of series (at least 60) and at the last
 /// sample, calling `f` with each verdict. Each evaluation's cost is bounded by the retention,
 /// not by the length of the recording.
-pub fn evaluate_each(
-    engine: &mut Engine,
-    samples: &[Sample],
-    every: i64,
-    f: impl FnMut(&Verdict),
-) {
+pub fn evaluate_each(engine: &mut Engine, samples: &[Sample], every: i64, f: impl FnMut(&Verdict)) {
     evaluate_held(engine, samples, every, f, |_| {});
 }
 
