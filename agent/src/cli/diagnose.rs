@@ -13,6 +13,8 @@ use crate::{
     sampler::{kubelet_memory, pod_cgroups, working_set, KernelVersion},
 };
 
+mod oom_kills;
+
 #[derive(Debug, clap::Args)]
 pub struct DiagnoseArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -501,18 +503,22 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                     ),
                 }
                 if let Some(n) = oom_kills(h, &cg) {
-                    if n > 0 && uptime_of(p).is_some_and(|u| u < 300.0) {
+                    // The counter counts since the cgroup was created: the kernel log dates
+                    // the kills (read only when there is one to date).
+                    let log = if n == 0 {
+                        Ok(oom_kills::KernelLog::default())
+                    } else {
+                        oom_kills::read_kmsg()
+                            .map(|t| oom_kills::parse_kmsg(&t))
+                            .map_err(|e| e.to_string())
+                    };
+                    let now = oom_kills::now_since_boot().unwrap_or(0.0);
+                    let (c, recent) =
+                        oom_kills::check_kills(&cg, n, log.as_ref().map_err(Clone::clone), now);
+                    if recent.map_or(n > 0, |r| r > 0) && uptime_of(p).is_some_and(|u| u < 300.0) {
                         stage = "reconciliation_storm";
                     }
-                    checks.push(
-                        check(
-                            "kubelet_oom_kills",
-                            n.to_string(),
-                            if n == 0 { Health::Good } else { Health::Bad },
-                            format!("OOM kills counted by the kubelet's memory cgroup {cg}"),
-                        )
-                        .quantity(n, "count"),
-                    );
+                    checks.push(c);
                 }
             }
             if let Some(up) = uptime_of(p) {
