@@ -383,6 +383,74 @@ fn diagnose_without_a_kubelet_exits_2_and_names_the_stage() {
     }
 }
 
+/// A `series.bin` that exists but cannot be read (a symlink loop, a directory) is named with
+/// why by diagnose, report and replay; only one that does not exist is "no store".
+#[test]
+fn an_unreadable_store_is_named_not_taken_for_no_store() {
+    let dir = Scratch::new("storeloop");
+    let (lp, dp, np) = (dir.path("loop"), dir.path("dir"), dir.path("none"));
+    for d in [&lp, &dp, &np] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::os::unix::fs::symlink("series.bin", lp.join("series.bin")).unwrap();
+    std::fs::create_dir(dp.join("series.bin")).unwrap();
+    let eloop = "Too many levels of symbolic links (os error 40)";
+    let verdict = |state: &Path| {
+        let o = oomprobe()
+            .args([
+                "diagnose",
+                "--format",
+                "json",
+                "--kubelet-name",
+                "no-such-kubelet",
+            ])
+            .args(["--state-dir", arg(state)])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let v: serde_json::Value = String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|c| c["check"] == "leak_verdict")
+            .unwrap();
+        assert_eq!(v["verdict"], "unknown", "{v}");
+        v["detail"].as_str().unwrap().to_string()
+    };
+    let store = |d: &Path| d.join("series.bin").display().to_string();
+    assert_eq!(
+        verdict(&lp),
+        format!("series store {}: {eloop}: no leak verdict", store(&lp))
+    );
+    assert_eq!(
+        verdict(&dp),
+        format!(
+            "series store {}: not a regular file: no leak verdict",
+            store(&dp)
+        )
+    );
+    assert!(verdict(&np).starts_with(&format!("no series in {}:", store(&np))));
+    let svg = dir.path("r.svg");
+    let events = write_csv(&dir, "events.jsonl", "");
+    for extra in [vec![], vec!["--events", arg(&events)]] {
+        let o = oomprobe()
+            .args(["report", "--state-dir", arg(&lp), "--svg", arg(&svg)])
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert_eq!(
+            refusal(&o),
+            format!("oomprobe: error: series store {}: {eloop}", store(&lp)),
+            "{extra:?}"
+        );
+    }
+    let o = oomprobe().args(["replay", &store(&lp)]).output().unwrap();
+    assert_eq!(
+        refusal(&o),
+        format!("oomprobe: error: cannot read {}: {eloop}", store(&lp))
+    );
+}
+
 /// A dynamically linked C/Rust binary (this test's own): the points of the libc it loads,
 /// exactly those the agent would attach (`Binary::needed_libc`, then the libc's points).
 #[test]

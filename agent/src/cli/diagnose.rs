@@ -713,21 +713,22 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
     );
     let store_path = args.state_dir.join("series.bin");
     let now_unix = time::OffsetDateTime::now_utc().unix_timestamp();
-    // Read only: diagnose never rewrites the running agent's store.
-    let store = match store_path
-        .exists()
-        .then(|| crate::detect::store::load(&store_path, now_unix))
-    {
-        Some(Ok(l)) if !l.corrupt => Some(l),
-        Some(Ok(_)) => {
-            tracing::warn!(path = %store_path.display(), "series store is corrupt or of an unknown format: no leak verdict");
-            None
-        }
-        Some(Err(e)) => {
-            tracing::warn!(error = %crate::error_chain(&e), "series store unreadable: no leak verdict");
-            None
-        }
-        None => None,
+    // Read only: diagnose never rewrites the running agent's store. Only a store that does
+    // not exist (ENOENT) is "no history"; one that cannot be read (a symlink loop, a
+    // permission, an I/O error) or is corrupt is said, with why.
+    let (store, unusable) = match store_path.try_exists() {
+        Ok(false) => (None, None),
+        _ => match crate::detect::store::load(&store_path, now_unix) {
+            Ok(l) if !l.corrupt => (Some(l), None),
+            Ok(_) => {
+                let bytes = std::fs::read(&store_path).unwrap_or_default();
+                let why = crate::detect::store::corrupt_reason(&bytes);
+                let path = store_path.display();
+                let why = format!("series store {path} is corrupt: {why}");
+                (None, Some(("corrupt store", why)))
+            }
+            Err(e) => (None, Some(("unreadable store", crate::error_chain(&e)))),
+        },
     };
     let recent = store.as_ref().map_or(&[][..], |st| &st.samples[..]);
     let (ending, approaching) = match args.eviction_hard_memory.bytes(node_total_bytes) {
@@ -752,7 +753,17 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         stage = "pre_oom";
     }
     let store = store.filter(|st| !st.samples.is_empty());
-    if store.is_none() {
+    if let Some((what, why)) = unusable {
+        checks.push(
+            check(
+                "leak_verdict",
+                what,
+                Health::Unknown,
+                format!("{why}: no leak verdict"),
+            )
+            .typed(serde_json::Value::Null),
+        );
+    } else if store.is_none() {
         checks.push(
             check(
                 "leak_verdict",

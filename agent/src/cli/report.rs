@@ -119,15 +119,16 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
         }
         None => {
             let path = args.state_dir.join("series.bin");
+            // Only a store that does not exist (ENOENT) is "no store"; one that cannot be
+            // read (a symlink loop, a permission) is an error naming why (`store::load`'s).
+            let missing = matches!(path.try_exists(), Ok(false));
             match &args.events {
                 // The event log alone: its kills and stages, without the memory line.
-                Some(events) if !path.exists() => {
+                Some(events) if missing => {
                     tracing::warn!(store = %path.display(), "no series store: drawing the event log's kills and stages only");
                     (Vec::new(), events.display().to_string())
                 }
-                None if !path.exists() => {
-                    return Err(ReportError::NoStore(path.display().to_string()))
-                }
+                None if missing => return Err(ReportError::NoStore(path.display().to_string())),
                 _ => {
                     // Read only: a report never rewrites the agent's store.
                     let now = time::OffsetDateTime::now_utc().unix_timestamp();
