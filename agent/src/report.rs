@@ -753,7 +753,7 @@ not json
         let said = "3 kills, 1 stage, 1 verdict set aside, dated outside the series' span (2026-11-28T20:56:40Z to 2026-11-28T21:36:30Z)";
         assert_eq!(ep.set_aside.describe(), said);
         let s = svg(&ep);
-        assert!(s.contains(&format!(r#"data-count="5""#)), "{s}");
+        assert!(s.contains(r#"data-count="5""#), "{s}");
         assert!(s.contains(&esc(said)));
         // The axis stays on the series: its first and last ticks are 21:06:40 and 21:26:30.
         assert!(s.contains(">21:06:40<") && s.contains(">21:26:30<"), "{s}");

@@ -261,10 +261,7 @@ fn report_sets_aside_events_outside_the_series_span() {
     assert!(stderr(&o).contains(said), "{}", stderr(&o));
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(
-        page.contains(&format!(
-            "<p id=\"set-aside\">Not drawn: {}.</p>",
-            said.replace('\'', "'")
-        )),
+        page.contains(&format!("<p id=\"set-aside\">Not drawn: {said}.</p>")),
         "{page}"
     );
     let chart = std::fs::read_to_string(&svg).unwrap();

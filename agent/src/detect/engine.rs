@@ -232,7 +232,7 @@ impl Engine {
         series: &[Sample],
         now: i64,
         low_since: Option<i64>,
-        findings: &mut Vec<Finding>,
+        findings: &mut [Finding],
     ) -> Option<i64> {
         let change = &self.workload.change;
         let fit = change.fit_column(series, &changepoint::Column::WORKLOAD);
