@@ -50,7 +50,72 @@ pub struct Episode {
     /// Stage events that could not be placed in time (no kill record to relate the kernel's
     /// monotonic clock to UTC).
     pub unplaced_stages: usize,
+    /// Events (kills, stages, the verdict) set aside for their time: outside the series' own
+    /// span ([`Episode::window`]), or, without a series, outside the plausible years.
+    pub set_aside: SetAside,
 }
+
+/// Events not drawn because of their time, and the window they had to fall in.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SetAside {
+    pub kills: usize,
+    pub stages: usize,
+    pub verdicts: usize,
+    /// The window events had to fall in (unix seconds, inclusive).
+    pub window: Option<(f64, f64)>,
+    /// Where the window came from: `the series' span` or `plausible times`.
+    pub reason: &'static str,
+}
+
+impl SetAside {
+    pub fn total(&self) -> usize {
+        self.kills + self.stages + self.verdicts
+    }
+
+    /// One line for a person: how many of what were set aside, and the window, in UTC; empty
+    /// when nothing was.
+    pub fn describe(&self) -> String {
+        let Some((from, to)) = self.window.filter(|_| self.total() > 0) else {
+            return String::new();
+        };
+        let mut what = Vec::new();
+        for (n, one) in [
+            (self.kills, "kill"),
+            (self.stages, "stage"),
+            (self.verdicts, "verdict"),
+        ] {
+            if n > 0 {
+                what.push(format!("{n} {one}{}", if n == 1 { "" } else { "s" }));
+            }
+        }
+        format!(
+            "{} set aside, dated outside {} ({} to {})",
+            what.join(", "),
+            self.reason,
+            rfc3339(from),
+            rfc3339(to)
+        )
+    }
+}
+
+/// `t` (unix seconds) to the second, `2026-11-29T05:26:40Z`.
+fn rfc3339(t: f64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t.floor() as i64)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{t} s"))
+}
+
+/// The earliest plausible event time: 2014-01-01T00:00:00Z, before eBPF's `bpf(2)` (Linux
+/// 3.18, December 2014); no agent can have recorded anything earlier.
+pub const EARLIEST_PLAUSIBLE: f64 = 1_388_534_400.0;
+/// How far past the clock of the machine drawing the report an event may be (clock skew).
+pub const FUTURE_SLACK_S: f64 = 86_400.0;
+/// The least margin around the series' span within which events are kept.
+pub const SPAN_MARGIN_S: f64 = 600.0;
 
 fn unix_of(rfc3339: &str) -> Option<f64> {
     let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
@@ -59,13 +124,44 @@ fn unix_of(rfc3339: &str) -> Option<f64> {
 }
 
 impl Episode {
-    /// From the persisted samples and the agent's JSON event log (`run --format json`).
-    pub fn new(samples: &[Sample], events: &str) -> Episode {
+    /// The times events must fall in to be drawn, and why: with samples, the series' span
+    /// widened on each side by its largest gap between samples (at least [`SPAN_MARGIN_S`]); without,
+    /// [`EARLIEST_PLAUSIBLE`] to `now` (unix seconds) plus [`FUTURE_SLACK_S`].
+    pub fn window(samples: &[Sample], now: i64) -> ((f64, f64), &'static str) {
+        match (samples.first(), samples.last()) {
+            (Some(a), Some(b)) => {
+                let gap = samples
+                    .windows(2)
+                    .map(|w| w[1].t.saturating_sub(w[0].t))
+                    .max()
+                    .unwrap_or(0) as f64;
+                let m = gap.max(SPAN_MARGIN_S);
+                ((a.t as f64 - m, b.t as f64 + m), "the series' span")
+            }
+            _ => (
+                (EARLIEST_PLAUSIBLE, now as f64 + FUTURE_SLACK_S),
+                "plausible times",
+            ),
+        }
+    }
+
+    /// From the persisted samples and the agent's JSON event log (`run --format json`); `now`
+    /// (unix seconds) bounds plausible event times when there are no samples. Events dated
+    /// outside [`Episode::window`] are set aside and counted ([`Episode::set_aside`]), never
+    /// drawn: one wrong clock would otherwise stretch the axis over centuries.
+    pub fn new(samples: &[Sample], events: &str, now: i64) -> Episode {
+        let (window, reason) = Episode::window(samples, now);
+        let inside = |t: f64| t >= window.0 && t <= window.1;
         let mut ep = Episode {
             memory: samples
                 .iter()
                 .map(|s| (s.t, s.kubelet_rss_bytes, s.kubelet_limit_bytes))
                 .collect(),
+            set_aside: SetAside {
+                window: Some(window),
+                reason,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let mut offset: Option<f64> = None;
@@ -81,6 +177,10 @@ impl Episode {
                         ep.skipped_lines += 1;
                         continue;
                     };
+                    if !inside(t) {
+                        ep.set_aside.kills += 1;
+                        continue;
+                    }
                     if let Some(k) = v["ktime_ns"].as_u64() {
                         offset.get_or_insert(t - k as f64 / 1e9);
                     }
@@ -100,7 +200,12 @@ impl Episode {
                 }
                 Some("verdict") => {
                     let f = &v["forecast"];
-                    ep.forecast = v["time"].as_str().and_then(unix_of).map(|t| Forecast {
+                    let t = v["time"].as_str().and_then(unix_of);
+                    if t.is_some_and(|t| !inside(t)) {
+                        ep.set_aside.verdicts += 1;
+                        continue;
+                    }
+                    ep.forecast = t.map(|t| Forecast {
                         t,
                         slope_bytes_per_day: v["slope_bytes_per_day"].as_f64().unwrap_or(0.0),
                         earliest_seconds: f["earliest_seconds"].as_f64(),
@@ -119,6 +224,10 @@ impl Episode {
                 continue;
             };
             let t = off + k as f64 / 1e9;
+            if !inside(t) {
+                ep.set_aside.stages += 1;
+                continue;
+            }
             if let Some(p) = peak {
                 if ep.storm_peak.is_none_or(|(_, b)| p > b) {
                     ep.storm_peak = Some((t, p));
@@ -471,6 +580,16 @@ pub fn svg(ep: &Episode) -> String {
         );
     }
     s.push_str("</g>");
+    // Events not drawn for their time, said under the chart.
+    if ep.set_aside.total() > 0 {
+        let _ = write!(
+            s,
+            r##"<text id="set-aside" data-count="{}" x="{LEFT}" y="{:.1}" font-size="11" fill="#b45309">{}</text>"##,
+            ep.set_aside.total(),
+            H - 4.0,
+            esc(&ep.set_aside.describe())
+        );
+    }
     // Legend: only what the chart shows.
     let mut legend: Vec<(&str, &str)> = vec![("#2563eb", "kubelet RSS")];
     if s.contains(r#"id="baseline""#) {
@@ -535,6 +654,13 @@ pub fn html(ep: &Episode) -> String {
         ep.storm_peak
             .map_or(String::new(), |(_, b)| format!(", storm peak {}", mib(b)))
     );
+    if ep.set_aside.total() > 0 {
+        let _ = writeln!(
+            h,
+            "<p id=\"set-aside\">Not drawn: {}.</p>",
+            esc(&ep.set_aside.describe())
+        );
+    }
     h.push_str(&svg(ep));
     h.push_str("<table id=\"kill-table\"><tr><th>time (UTC)</th><th>kind</th><th>victim</th><th>pod</th></tr>\n");
     for k in &ep.kills {
@@ -572,7 +698,7 @@ mod tests {
 {"event":"stage","ktime_ns":1010000000000,"stage":"reconciliation_storm","storm":{"peak_rss_bytes":80000000}}
 not json
 {"event":"verdict","time":"2026-11-28T21:25:00Z","cause":"unknown","slope_bytes_per_day":2.0e9,"forecast":{"earliest_seconds":120,"expected_seconds":300,"latest_seconds":1500}}"#;
-        Episode::new(&samples, events)
+        Episode::new(&samples, events, 1_800_000_000)
     }
 
     #[test]
@@ -585,6 +711,67 @@ not json
         assert_eq!(ep.stages[0], (ep.kills[0].t - 10.0, "pre_oom".to_string()));
         assert_eq!(ep.storm_peak, Some((ep.kills[0].t + 10.0, 80e6)));
         assert_eq!(ep.forecast.as_ref().unwrap().expected_seconds, Some(300.0));
+    }
+
+    /// Events dated 1970 and 9999 (a wrong clock, a hand-edited log) beside a series of
+    /// 2026 are set aside and counted, and said under the chart and in the page; the axis
+    /// stays on the series. Without a series, the plausible years bound them instead.
+    #[test]
+    fn events_outside_the_series_span_are_set_aside_and_said() {
+        let samples: Vec<Sample> = (0..120)
+            .map(|i| Sample {
+                t: 1_795_900_000 + i * 10,
+                kubelet_rss_bytes: 50e6,
+                ..Default::default()
+            })
+            .collect();
+        // The series: 21:06:40 to 21:26:30 on 2026-11-28, 10 s apart: kept from 20:56:40 to
+        // 21:36:30 (a 10-minute margin).
+        let events = r#"{"event":"kill","time":"1970-01-01T00:00:01Z","ktime_ns":1000000000,"kind":"oom_memcg","victim":{"pid":1,"comm":"a"}}
+{"event":"kill","time":"9999-12-31T23:59:59Z","ktime_ns":2000000000,"kind":"oom_memcg","victim":{"pid":2,"comm":"b"}}
+{"event":"kill","time":"2026-11-28T21:40:00Z","ktime_ns":3000000000,"kind":"signal","victim":{"pid":3,"comm":"c"}}
+{"event":"kill","time":"2026-11-28T21:20:00Z","ktime_ns":1000000000000,"kind":"oom_memcg","victim":{"pid":42,"comm":"kubelet"}}
+{"event":"stage","ktime_ns":990000000000,"stage":"pre_oom"}
+{"event":"stage","ktime_ns":9000000000000,"stage":"recovery"}
+{"event":"verdict","time":"9999-01-01T00:00:00Z","cause":"unknown","slope_bytes_per_day":2.0e9,"forecast":{"earliest_seconds":120,"expected_seconds":300,"latest_seconds":1500}}"#;
+        let ep = Episode::new(&samples, events, 1_800_000_000);
+        let pids: Vec<u64> = ep.kills.iter().map(|k| k.pid).collect();
+        assert_eq!(pids, [42]);
+        // The stage 10 s before the kept kill is placed by it (not by the 1970 kill's clock).
+        assert_eq!(ep.stages, [(ep.kills[0].t - 10.0, "pre_oom".to_string())]);
+        assert_eq!(ep.forecast, None);
+        assert_eq!(
+            ep.set_aside,
+            SetAside {
+                kills: 3,
+                stages: 1,
+                verdicts: 1,
+                window: Some((1_795_899_400.0, 1_795_901_790.0)),
+                reason: "the series' span",
+            }
+        );
+        let said = "3 kills, 1 stage, 1 verdict set aside, dated outside the series' span (2026-11-28T20:56:40Z to 2026-11-28T21:36:30Z)";
+        assert_eq!(ep.set_aside.describe(), said);
+        let s = svg(&ep);
+        assert!(s.contains(r#"data-count="5""#), "{s}");
+        assert!(s.contains(&esc(said)));
+        // The axis stays on the series: its first and last ticks are 21:06:40 and 21:26:30.
+        assert!(s.contains(">21:06:40<") && s.contains(">21:26:30<"), "{s}");
+        assert!(html(&ep).contains(&format!(
+            "<p id=\"set-aside\">Not drawn: {}.</p>",
+            esc(said)
+        )));
+        // The event log alone: only the plausible years bound it.
+        let ep = Episode::new(&[], events, 1_800_000_000);
+        assert_eq!(ep.kills.len(), 2);
+        assert_eq!(
+            ep.set_aside.describe(),
+            "2 kills, 1 verdict set aside, dated outside plausible times (2014-01-01T00:00:00Z to 2027-01-16T08:00:00Z)"
+        );
+        // Nothing set aside, nothing said.
+        let ep = episode();
+        assert_eq!(ep.set_aside.total(), 0);
+        assert!(!svg(&ep).contains("set-aside") && !html(&ep).contains("set-aside"));
     }
 
     #[test]
@@ -620,7 +807,7 @@ not json
                 ..Default::default()
             })
             .collect();
-        let s = svg(&Episode::new(&samples, ""));
+        let s = svg(&Episode::new(&samples, "", 1_800_000_000));
         let legend = &s[s.find(r#"<g id="legend""#).unwrap()..];
         assert!(legend.contains(">kubelet RSS<") && legend.contains(">baseline<"));
         for absent in ["leak slope", "time-to-OOM", "kills", "stages", "limit"] {
@@ -646,14 +833,15 @@ not json
     fn hostile_strings_from_the_event_log_are_escaped() {
         let events = r#"{"event":"kill","time":"2026-11-28T21:20:20Z","ktime_ns":1020000000000,"kind":"<k>","victim":{"pid":77,"comm":"<c>&","pod":{"pod_uid":"\"><img src=x onerror=alert(1)>"}}}
 {"event":"stage","ktime_ns":1000000000000,"stage":"<s>"}"#;
-        let samples: Vec<Sample> = (0..10)
+        // 21:06:40 to 21:26:30: the kill is within the series' span.
+        let samples: Vec<Sample> = (0..120)
             .map(|i| Sample {
                 t: 1_795_900_000 + i * 10,
                 kubelet_rss_bytes: 50e6,
                 ..Default::default()
             })
             .collect();
-        let ep = Episode::new(&samples, events);
+        let ep = Episode::new(&samples, events, 1_800_000_000);
         assert_eq!(ep.kills.len(), 1);
         for out in [svg(&ep), html(&ep)] {
             assert!(!out.contains("<img"), "{out}");

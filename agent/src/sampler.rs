@@ -260,6 +260,28 @@ impl KernelVersion {
         Some(KernelVersion::new(major, minor, patch))
     }
 
+    /// Parses a kernel release as a distribution writes it, strictly: `major.minor.patch`
+    /// then any suffix without whitespace (`5.15.0-1034-aws`, `4.18.0-513.el8.x86_64`,
+    /// `5.15.153.1-microsoft-standard-WSL2`), or `major.minor` alone or followed by a suffix
+    /// starting with `-`, `+`, `_` or `~` (`6.10-rc3`). Anything else (`linux`, `5`, `5.15x`,
+    /// `x5.15.0`) is None. For recorded series, where a wrong cell must be refused.
+    pub fn parse_release(release: &str) -> Option<KernelVersion> {
+        fn number(s: &str) -> Option<(u32, &str)> {
+            let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            Some((s[..end].parse().ok()?, &s[end..]))
+        }
+        if release.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return None;
+        }
+        let (major, rest) = number(release)?;
+        let (minor, rest) = number(rest.strip_prefix('.')?)?;
+        let (patch, suffix_ok) = match rest.strip_prefix('.').and_then(number) {
+            Some((patch, _)) => (patch, true),
+            None => (0, rest.is_empty() || rest.starts_with(['-', '+', '_', '~'])),
+        };
+        suffix_ok.then_some(KernelVersion::new(major, minor, patch))
+    }
+
     /// The running kernel's.
     pub fn running() -> Option<KernelVersion> {
         KernelVersion::parse(&std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?)
@@ -419,6 +441,47 @@ mod tests {
         // The series column keeps its recorded encoding.
         assert_eq!(v("5.15.3").series_value(), 5.15);
         assert_eq!(v("6.1.0").series_value(), 6.1);
+    }
+
+    /// Distribution kernel releases are read (a trial's replay refused `5.15.0-1034-aws`);
+    /// what is not a release is refused.
+    #[test]
+    fn distribution_releases_parse_strictly() {
+        let v = |s: &str| KernelVersion::parse_release(s);
+        for (release, want) in [
+            ("5.15.0-1034-aws", (5, 15, 0)),
+            ("6.1.0-28-cloud-amd64", (6, 1, 0)),
+            ("4.18.0-513.el8.x86_64", (4, 18, 0)),
+            ("5.15.153.1-microsoft-standard-WSL2", (5, 15, 153)),
+            ("6.18.44-fc-v857", (6, 18, 44)),
+            ("6.8.0", (6, 8, 0)),
+            ("5.15.0+", (5, 15, 0)),
+            ("6.10-rc3", (6, 10, 0)),
+            ("6.18", (6, 18, 0)),
+        ] {
+            assert_eq!(
+                v(release),
+                Some(KernelVersion::new(want.0, want.1, want.2)),
+                "{release}"
+            );
+        }
+        for garbage in [
+            "",
+            "linux",
+            "5",
+            "5.",
+            ".15",
+            "5.15x",
+            "x5.15.0",
+            "5.15.0 junk",
+            "5..15",
+            "99999999999.1.0",
+            "-5.15.0",
+            "5.15.\n",
+        ] {
+            assert_eq!(v(garbage), None, "{garbage:?}");
+        }
+        assert_eq!(v("5.15.0-1034-aws").unwrap().series_value(), 5.15);
     }
 
     #[test]

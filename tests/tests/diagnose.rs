@@ -115,7 +115,8 @@ fn diagnose_reports_each_check_in_the_guides_terms() {
         "--node-name",
         "n1",
     ]);
-    assert_eq!(find(&checks, "memory_pressure")["value"], "True");
+    // JSON values are typed (`value` a number with its `unit`, a yes/no a boolean).
+    assert_eq!(find(&checks, "memory_pressure")["value"], true);
     assert_eq!(find(&checks, "memory_pressure")["verdict"], "bad");
     let rss = find(&checks, "kubelet_rss");
     assert_eq!(rss["verdict"], "good");
@@ -126,15 +127,19 @@ fn diagnose_reports_each_check_in_the_guides_terms() {
     // 54 MiB leaked (84% of the 64 MiB limit before the runtime's own pages): near the limit, Pre-OOM.
     // (48 MiB was enough under go1.19, whose runtime held more; go1.26 stays below 80%.)
     assert_eq!(find(&checks, "kubelet_cgroup")["verdict"], "bad");
-    assert_eq!(find(&checks, "kubelet_goroutines")["value"], "610");
+    assert_eq!(find(&checks, "kubelet_goroutines")["value"], 610);
     assert_eq!(find(&checks, "kubelet_goroutines")["verdict"], "bad");
     let exited = find(&checks, "exited_containers");
-    assert_eq!(exited["value"], "212 exited, 45 running");
+    assert_eq!(
+        (&exited["value"], &exited["running_containers"]),
+        (&Value::from(212), &Value::from(45))
+    );
     assert_eq!(exited["verdict"], "bad");
-    assert_eq!(find(&checks, "pleg_relist_p99")["value"], "28.00 s");
+    assert_eq!(find(&checks, "pleg_relist_p99")["value"], 28.0);
+    assert_eq!(find(&checks, "pleg_relist_p99")["unit"], "seconds");
     assert_eq!(find(&checks, "pleg_relist_p99")["verdict"], "bad");
     assert_eq!(find(&checks, "memory_evictions")["verdict"], "bad");
-    assert_eq!(find(&checks, "kubelet_oom_kills")["value"], "0");
+    assert_eq!(find(&checks, "kubelet_oom_kills")["value"], 0);
     assert_eq!(find(&checks, "stage")["value"], "pre_oom");
     assert_eq!(find(&checks, "cgroup_and_kernel")["verdict"], "good");
 }

@@ -499,26 +499,34 @@ fn lab_kubelet_metrics_through_authn_authz() {
             .unwrap_or_else(|| panic!("diagnose has no {name} check: {stdout}"))
             .clone()
     };
+    // JSON values are typed: numbers with their `unit`, yes/no as booleans.
     let g = find("kubelet_goroutines");
-    assert!(
-        g["value"].as_str().unwrap().parse::<u64>().unwrap() > 0,
-        "{g}"
-    );
+    assert!(g["value"].as_u64().unwrap() > 0, "{g}");
     let pleg = find("pleg_relist_p99");
-    assert!(pleg["value"].as_str().unwrap().ends_with(" s"), "{pleg}");
-    let x = find("exited_containers");
     assert!(
-        x["value"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("{crictl_running} running")),
+        pleg["value"].is_f64() && pleg["unit"] == "seconds",
+        "{pleg}"
+    );
+    let x = find("exited_containers");
+    assert_eq!(
+        x["running_containers"].as_u64(),
+        Some(crictl_running as u64),
         "{x}"
     );
     // The real kubelet's gates (v1.34 defaults: both alpha, off), and the share of slow
     // relists since it started: the classifier's inputs, none of them unknown.
     let gates = find("feature_gates");
     assert_eq!(
-        gates["value"], "EventedPLEG off, PodCertificateRequest off",
+        (
+            &gates["value"],
+            &gates["evented_pleg"],
+            &gates["pod_certificate_request"]
+        ),
+        (
+            &Value::Bool(false),
+            &Value::Bool(false),
+            &Value::Bool(false)
+        ),
         "{gates}"
     );
     let slow = find("pleg_relists_slow");

@@ -13,6 +13,8 @@ use crate::{
     sampler::{kubelet_memory, pod_cgroups, working_set, KernelVersion},
 };
 
+mod oom_kills;
+
 #[derive(Debug, clap::Args)]
 pub struct DiagnoseArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -117,7 +119,10 @@ fn ending_check(
     } else {
         Health::Good
     };
-    (check("ending", value, verdict, detail), approaching)
+    let c = check("ending", value, verdict, detail)
+        .typed(h.ending.as_str())
+        .field("seconds_left", h.seconds_left);
+    (c, approaching)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -128,12 +133,64 @@ pub enum Health {
     Unknown,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One check. Printed as text (`value` as a person reads it, `198 of 256 MiB`) or as one JSON
+/// object per line: `check`, `value` typed ([`Check::json`]: a byte count as an integer, a
+/// count as an integer, seconds or a ratio as a float, a yes/no as a boolean, a name as a
+/// string, `null` when not known), `unit` when `value` is a quantity (`bytes`, `count`,
+/// `seconds`, `ratio`), `verdict`, `detail`, then the check's own figures ([`Check::fields`]),
+/// each named with its unit (`limit_bytes`, `seconds_left`, `slower_10s_ratio`).
+#[derive(Debug, Clone)]
 pub struct Check {
     pub check: &'static str,
+    /// The value as the text output prints it.
     pub value: String,
     pub verdict: Health,
     pub detail: String,
+    /// The value as JSON gives it; by default the text, or `null` for `-`.
+    pub json: serde_json::Value,
+    /// The unit of a quantity in `json`.
+    pub unit: Option<&'static str>,
+    /// The check's own figures, printed in JSON after `detail`.
+    pub fields: Vec<(&'static str, serde_json::Value)>,
+}
+
+impl Check {
+    /// The JSON value: a quantity in `unit`.
+    fn quantity(mut self, v: impl Into<serde_json::Value>, unit: &'static str) -> Check {
+        self.json = v.into();
+        self.unit = Some(unit);
+        self
+    }
+
+    /// The JSON value: not a quantity (a boolean, a name, a list).
+    fn typed(mut self, v: impl Into<serde_json::Value>) -> Check {
+        self.json = v.into();
+        self
+    }
+
+    /// One of the check's own figures (`name` says its unit).
+    fn field(mut self, name: &'static str, v: impl Into<serde_json::Value>) -> Check {
+        self.fields.push((name, v.into()));
+        self
+    }
+}
+
+impl Serialize for Check {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("check", self.check)?;
+        m.serialize_entry("value", &self.json)?;
+        if let Some(u) = self.unit {
+            m.serialize_entry("unit", u)?;
+        }
+        m.serialize_entry("verdict", &self.verdict)?;
+        m.serialize_entry("detail", &self.detail)?;
+        for (k, v) in &self.fields {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
 }
 
 fn check(
@@ -142,9 +199,17 @@ fn check(
     verdict: Health,
     detail: impl Into<String>,
 ) -> Check {
+    let value = value.into();
     Check {
         check,
-        value: value.into(),
+        json: if value == "-" {
+            serde_json::Value::Null
+        } else {
+            value.clone().into()
+        },
+        unit: None,
+        fields: Vec::new(),
+        value,
         verdict,
         detail: detail.into(),
     }
@@ -194,19 +259,22 @@ fn node_oom_kills_check(vmstat: &str) -> Check {
             "0",
             Health::Good,
             "kernel OOM kills since boot (/proc/vmstat oom_kill)",
-        ),
+        )
+        .quantity(0, "count"),
         Some(n) => check(
             "node_oom_kills",
             n.to_string(),
             Health::Unknown,
             "kernel OOM kills since boot (/proc/vmstat oom_kill): informational, a count since boot is no verdict on the node now (kubelet_oom_kills and stage are; the agent records each kill)",
-        ),
+        )
+        .quantity(n, "count"),
         None => check(
             "node_oom_kills",
             "-",
             Health::Unknown,
             "no oom_kill in /proc/vmstat (a kernel before 4.13)",
-        ),
+        )
+        .quantity(serde_json::Value::Null, "count"),
     }
 }
 
@@ -263,13 +331,16 @@ async fn memory_pressure(args: &DiagnoseArgs) -> Check {
             "False",
             Health::Good,
             format!("node {node}"),
-        ),
+        )
+        .typed(false),
+        // `True`, or `Unknown` (the node stopped posting status): not known to be false.
         Some(s) => check(
             "memory_pressure",
             s,
             Health::Bad,
             format!("node {node}: MemoryPressure precedes OOM and kubelet instability"),
-        ),
+        )
+        .typed((s == "True").then_some(true)),
         None => check(
             "memory_pressure",
             "-",
@@ -290,20 +361,27 @@ fn pleg_slow_check(buckets: &[(f64, f64)]) -> Option<Check> {
     let (s1, s5, s10) = (share(1.0), share(5.0), share(10.0));
     let pct = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1}%", v * 100.0));
     let stressed = s10.is_some_and(|v| v > 0.01);
-    Some(check(
-        "pleg_relists_slow",
-        format!("{} / {} / {}", pct(s1), pct(s5), pct(s10)),
-        if total <= 0.0 {
-            Health::Unknown
-        } else if stressed {
-            Health::Bad
-        } else {
-            Health::Good
-        },
-        format!(
-            "of {total:.0} PLEG relists since the kubelet started, the share slower than 1 s / 5 s / 10 s (over 1% above 10 s: the runtime or kubelet is stressed)"
-        ),
-    ))
+    Some(
+        check(
+            "pleg_relists_slow",
+            format!("{} / {} / {}", pct(s1), pct(s5), pct(s10)),
+            if total <= 0.0 {
+                Health::Unknown
+            } else if stressed {
+                Health::Bad
+            } else {
+                Health::Good
+            },
+            format!(
+                "of {total:.0} PLEG relists since the kubelet started, the share slower than 1 s / 5 s / 10 s (over 1% above 10 s: the runtime or kubelet is stressed)"
+            ),
+        )
+        .quantity(s10, "ratio")
+        .field("relists", whole(total))
+        .field("slower_1s_ratio", s1)
+        .field("slower_5s_ratio", s5)
+        .field("slower_10s_ratio", s10),
+    )
 }
 
 /// The feature gates the known leaks depend on, from the kubelet's kubernetes_feature_enabled.
@@ -315,6 +393,7 @@ fn feature_gates_check(m: &kubelet_metrics::KubeletMetrics) -> Check {
     };
     let on = m.gate_evented_pleg == Some(1.0) || m.gate_pod_certificate_request == Some(1.0);
     let known = m.gate_evented_pleg.is_some() && m.gate_pod_certificate_request.is_some();
+    let gate = |v: Option<f64>| v.map(|v| v == 1.0);
     check(
         "feature_gates",
         format!(
@@ -331,6 +410,15 @@ fn feature_gates_check(m: &kubelet_metrics::KubeletMetrics) -> Check {
         },
         "kubernetes_feature_enabled of the kubelet: EventedPLEG on goes with the goroutine leak (kubernetes#132266), PodCertificateRequest on with the pod certificate manager's (kubernetes#133501)",
     )
+    // Whether a gate a known leak depends on is on (null: not both served, none on).
+    .typed(if on { Some(true) } else { known.then_some(false) })
+    .field("evented_pleg", gate(m.gate_evented_pleg))
+    .field("pod_certificate_request", gate(m.gate_pod_certificate_request))
+}
+
+/// A count read as f64 (validated whole and finite by the metrics parser) as a JSON integer.
+fn whole(v: f64) -> u64 {
+    v as u64
 }
 
 /// Runs every check and prints them. Returns whether any check is BAD (`main` exits 2 then).
@@ -354,17 +442,24 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                 node_total_bytes,
                 ..Default::default()
             });
-            checks.push(check(
-                "kubelet_rss",
-                format!("{} MiB", m.rss_bytes >> 20),
-                Health::Good,
-                format!(
-                    "pid {p}: anon {} MiB, file {} MiB, shmem {} MiB (a single reading; the trend decides, see leak_verdict)",
-                    m.anon_bytes >> 20,
-                    m.file_bytes >> 20,
-                    m.shmem_bytes >> 20
-                ),
-            ));
+            checks.push(
+                check(
+                    "kubelet_rss",
+                    format!("{} MiB", m.rss_bytes >> 20),
+                    Health::Good,
+                    format!(
+                        "pid {p}: anon {} MiB, file {} MiB, shmem {} MiB (a single reading; the trend decides, see leak_verdict)",
+                        m.anon_bytes >> 20,
+                        m.file_bytes >> 20,
+                        m.shmem_bytes >> 20
+                    ),
+                )
+                .quantity(m.rss_bytes, "bytes")
+                .field("pid", p)
+                .field("anon_bytes", m.anon_bytes)
+                .field("file_bytes", m.file_bytes)
+                .field("shmem_bytes", m.shmem_bytes),
+            );
             if let (Some(h), Some(cg)) = (h.as_ref(), h.as_ref().and_then(|h| h.cgroup_of(p))) {
                 let state = h.memcg(&cg);
                 if let (Some(o), Some(st)) = (live.as_mut(), state.as_ref()) {
@@ -379,43 +474,67 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                         if near {
                             stage = "pre_oom";
                         }
-                        checks.push(check(
-                            "kubelet_cgroup",
-                            format!("{} of {} MiB", usage >> 20, limit >> 20),
-                            if near { Health::Bad } else { Health::Good },
-                            format!("{cg}: working set {} MiB", ws.unwrap_or(0) >> 20),
-                        ));
+                        checks.push(
+                            check(
+                                "kubelet_cgroup",
+                                format!("{} of {} MiB", usage >> 20, limit >> 20),
+                                if near { Health::Bad } else { Health::Good },
+                                format!("{cg}: working set {} MiB", ws.unwrap_or(0) >> 20),
+                            )
+                            .quantity(usage, "bytes")
+                            .field("limit_bytes", limit)
+                            .field("usage_ratio", usage as f64 / limit.max(1) as f64)
+                            .field("working_set_bytes", ws)
+                            .field("cgroup", cg.clone()),
+                        );
                     }
-                    None => checks.push(check(
-                        "kubelet_cgroup",
-                        cg.clone(),
-                        Health::Unknown,
-                        "no memory limit: the kubelet is bounded only by the node (size kube-reserved)",
-                    )),
+                    None => checks.push(
+                        check(
+                            "kubelet_cgroup",
+                            cg.clone(),
+                            Health::Unknown,
+                            "no memory limit: the kubelet is bounded only by the node (size kube-reserved)",
+                        )
+                        .quantity(state.as_ref().and_then(|s| s.usage_bytes), "bytes")
+                        .field("limit_bytes", serde_json::Value::Null)
+                        .field("usage_ratio", serde_json::Value::Null)
+                        .field("working_set_bytes", ws)
+                        .field("cgroup", cg.clone()),
+                    ),
                 }
                 if let Some(n) = oom_kills(h, &cg) {
-                    if n > 0 && uptime_of(p).is_some_and(|u| u < 300.0) {
+                    // The counter counts since the cgroup was created: the kernel log dates
+                    // the kills (read only when there is one to date).
+                    let log = if n == 0 {
+                        Ok(oom_kills::KernelLog::default())
+                    } else {
+                        oom_kills::read_kmsg()
+                            .map(|t| oom_kills::parse_kmsg(&t))
+                            .map_err(|e| e.to_string())
+                    };
+                    let now = oom_kills::now_since_boot().unwrap_or(0.0);
+                    let (c, recent) =
+                        oom_kills::check_kills(&cg, n, log.as_ref().map_err(Clone::clone), now);
+                    if recent.map_or(n > 0, |r| r > 0) && uptime_of(p).is_some_and(|u| u < 300.0) {
                         stage = "reconciliation_storm";
                     }
-                    checks.push(check(
-                        "kubelet_oom_kills",
-                        n.to_string(),
-                        if n == 0 { Health::Good } else { Health::Bad },
-                        format!("OOM kills counted by the kubelet's memory cgroup {cg}"),
-                    ));
+                    checks.push(c);
                 }
             }
             if let Some(up) = uptime_of(p) {
-                checks.push(check(
-                    "kubelet_uptime",
-                    format!("{up:.0} s"),
-                    if up < 300.0 {
-                        Health::Bad
-                    } else {
-                        Health::Good
-                    },
-                    "a kubelet restarted in the last 5 minutes is still reconciling",
-                ));
+                checks.push(
+                    check(
+                        "kubelet_uptime",
+                        format!("{up:.0} s"),
+                        if up < 300.0 {
+                            Health::Bad
+                        } else {
+                            Health::Good
+                        },
+                        "a kubelet restarted in the last 5 minutes is still reconciling",
+                    )
+                    .quantity(up, "seconds"),
+                );
             }
         }
         None => {
@@ -429,12 +548,15 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
             } else {
                 "no_kubelet"
             };
-            checks.push(check(
-                "kubelet_rss",
-                "-",
-                Health::Bad,
-                format!("no process named {} is running", args.kubelet_name),
-            ));
+            checks.push(
+                check(
+                    "kubelet_rss",
+                    "-",
+                    Health::Bad,
+                    format!("no process named {} is running", args.kubelet_name),
+                )
+                .quantity(serde_json::Value::Null, "bytes"),
+            );
         }
     }
     let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
@@ -456,35 +578,44 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
             match got {
                 Ok(m) => {
                     if !m.invalid.is_empty() {
-                        checks.push(check(
-                            "kubelet_metrics_invalid",
-                            m.invalid.join(", "),
-                            Health::Unknown,
-                            "values no kubelet gives (NaN, negative, a fractional count, a gate other than 0/1): set aside, those checks are not made",
-                        ));
+                        checks.push(
+                            check(
+                                "kubelet_metrics_invalid",
+                                m.invalid.join(", "),
+                                Health::Unknown,
+                                "values no kubelet gives (NaN, negative, a fractional count, a gate other than 0/1): set aside, those checks are not made",
+                            )
+                            .typed(m.invalid.clone()),
+                        );
                     }
                     if let Some(g) = m.goroutines {
-                        checks.push(check(
-                            "kubelet_goroutines",
-                            format!("{g:.0}"),
-                            if g > 500.0 { Health::Bad } else { Health::Good },
-                            "above 500, or climbing over days, precedes memory exhaustion",
-                        ));
+                        checks.push(
+                            check(
+                                "kubelet_goroutines",
+                                format!("{g:.0}"),
+                                if g > 500.0 { Health::Bad } else { Health::Good },
+                                "above 500, or climbing over days, precedes memory exhaustion",
+                            )
+                            .quantity(whole(g), "count"),
+                        );
                     }
                     if let Some(p) = m.pleg_relist_p99_seconds {
-                        checks.push(check(
-                            "pleg_relist_p99",
-                            format!("{p:.2} s"),
-                            if p > 10.0 { Health::Bad } else { Health::Good },
-                            match p {
-                                p if p > 180.0 => "above 180 s: the node goes NotReady",
-                                p if p > 10.0 => {
-                                    "sustained above 10 s: the runtime or kubelet is stressed"
-                                }
-                                p if p > 2.0 => "above the normal 1-2 s",
-                                _ => "normal (under 1-2 s)",
-                            },
-                        ));
+                        checks.push(
+                            check(
+                                "pleg_relist_p99",
+                                format!("{p:.2} s"),
+                                if p > 10.0 { Health::Bad } else { Health::Good },
+                                match p {
+                                    p if p > 180.0 => "above 180 s: the node goes NotReady",
+                                    p if p > 10.0 => {
+                                        "sustained above 10 s: the runtime or kubelet is stressed"
+                                    }
+                                    p if p > 2.0 => "above the normal 1-2 s",
+                                    _ => "normal (under 1-2 s)",
+                                },
+                            )
+                            .quantity(p, "seconds"),
+                        );
                     }
                     if let Some(c) = pleg_slow_check(&m.pleg_relist_buckets) {
                         checks.push(c);
@@ -493,20 +624,27 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                     if let Some(x) = m.exited_containers {
                         let running = m.running_containers.unwrap_or(0.0);
                         let piling = x > 100.0 || x > 2.0 * running.max(1.0);
-                        checks.push(check(
-                            "exited_containers",
-                            format!("{x:.0} exited, {running:.0} running"),
-                            if piling { Health::Bad } else { Health::Good },
-                            "exited containers piling up against running ones is the container GC leak's sign (kubernetes#131905): compare crictl ps -a with the running pods",
-                        ));
+                        checks.push(
+                            check(
+                                "exited_containers",
+                                format!("{x:.0} exited, {running:.0} running"),
+                                if piling { Health::Bad } else { Health::Good },
+                                "exited containers piling up against running ones is the container GC leak's sign (kubernetes#131905): compare crictl ps -a with the running pods",
+                            )
+                            .quantity(whole(x), "count")
+                            .field("running_containers", m.running_containers.map(whole)),
+                        );
                     }
                     if let Some(e) = m.evictions_memory_total {
-                        checks.push(check(
-                            "memory_evictions",
-                            format!("{e:.0}"),
-                            if e > 0.0 { Health::Bad } else { Health::Good },
-                            "kubelet_evictions_total{eviction_signal=\"memory.available\"} should be zero under normal load",
-                        ));
+                        checks.push(
+                            check(
+                                "memory_evictions",
+                                format!("{e:.0}"),
+                                if e > 0.0 { Health::Bad } else { Health::Good },
+                                "kubelet_evictions_total{eviction_signal=\"memory.available\"} should be zero under normal load",
+                            )
+                            .quantity(whole(e), "count"),
+                        );
                     }
                 }
                 Err(e) => {
@@ -537,50 +675,60 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                     .unwrap_or(0)
             })
             .sum();
-        checks.push(check(
-            "containers",
-            format!("{} pods, {containers} running containers", pods.len()),
-            Health::Unknown,
-            "from the kubepods cgroup tree; exited containers come from the kubelet's metrics (exited_containers)",
-        ));
+        checks.push(
+            check(
+                "containers",
+                format!("{} pods, {containers} running containers", pods.len()),
+                Health::Unknown,
+                "from the kubepods cgroup tree; exited containers come from the kubelet's metrics (exited_containers)",
+            )
+            .quantity(containers, "count")
+            .field("pods", pods.len()),
+        );
     }
     checks.push(memory_pressure(&args).await);
     let kernel = KernelVersion::running();
     let v = h.as_ref().map(Hierarchy::version);
     let risky = v == Some(1) && kernel.is_some_and(|k| k.is_line(5, 15));
-    checks.push(check(
-        "cgroup_and_kernel",
-        format!(
-            "cgroup v{} kernel {}",
-            v.map_or("?".into(), |v| v.to_string()),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-        ),
-        if risky { Health::Bad } else { Health::Good },
-        if risky {
-            "cgroup v1 on Linux 5.15: a known runc leak; plan the move to cgroup v2"
-        } else {
-            "not the cgroup v1 + 5.15 combination"
-        },
-    ));
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = release.trim();
+    checks.push(
+        check(
+            "cgroup_and_kernel",
+            format!(
+                "cgroup v{} kernel {release}",
+                v.map_or("?".into(), |v| v.to_string()),
+            ),
+            if risky { Health::Bad } else { Health::Good },
+            if risky {
+                "cgroup v1 on Linux 5.15: a known runc leak; plan the move to cgroup v2"
+            } else {
+                "not the cgroup v1 + 5.15 combination"
+            },
+        )
+        // Whether this is the risky combination; the two parts as fields.
+        .typed(risky)
+        .field("cgroup_version", v)
+        .field("kernel", (!release.is_empty()).then(|| release.to_string())),
+    );
     let store_path = args.state_dir.join("series.bin");
     let now_unix = time::OffsetDateTime::now_utc().unix_timestamp();
-    // Read only: diagnose never rewrites the running agent's store.
-    let store = match store_path
-        .exists()
-        .then(|| crate::detect::store::load(&store_path, now_unix))
-    {
-        Some(Ok(l)) if !l.corrupt => Some(l),
-        Some(Ok(_)) => {
-            tracing::warn!(path = %store_path.display(), "series store is corrupt or of an unknown format: no leak verdict");
-            None
-        }
-        Some(Err(e)) => {
-            tracing::warn!(error = %crate::error_chain(&e), "series store unreadable: no leak verdict");
-            None
-        }
-        None => None,
+    // Read only: diagnose never rewrites the running agent's store. Only a store that does
+    // not exist (ENOENT) is "no history"; one that cannot be read (a symlink loop, a
+    // permission, an I/O error) or is corrupt is said, with why.
+    let (store, unusable) = match store_path.try_exists() {
+        Ok(false) => (None, None),
+        _ => match crate::detect::store::load(&store_path, now_unix) {
+            Ok(l) if !l.corrupt => (Some(l), None),
+            Ok(_) => {
+                let bytes = std::fs::read(&store_path).unwrap_or_default();
+                let why = crate::detect::store::corrupt_reason(&bytes);
+                let path = store_path.display();
+                let why = format!("series store {path} is corrupt: {why}");
+                (None, Some(("corrupt store", why)))
+            }
+            Err(e) => (None, Some(("unreadable store", crate::error_chain(&e)))),
+        },
     };
     let recent = store.as_ref().map_or(&[][..], |st| &st.samples[..]);
     let (ending, approaching) = match args.eviction_hard_memory.bytes(node_total_bytes) {
@@ -605,39 +753,59 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         stage = "pre_oom";
     }
     let store = store.filter(|st| !st.samples.is_empty());
-    if store.is_none() {
-        checks.push(check(
-            "leak_verdict",
-            "no history".to_string(),
-            Health::Unknown,
-            format!(
-                "no series in {}: the leak verdict needs the history the agent keeps (oomprobe run --state-dir); a single reading cannot tell a leak",
-                store_path.display()
-            ),
-        ));
+    if let Some((what, why)) = unusable {
+        checks.push(
+            check(
+                "leak_verdict",
+                what,
+                Health::Unknown,
+                format!("{why}: no leak verdict"),
+            )
+            .typed(serde_json::Value::Null),
+        );
+    } else if store.is_none() {
+        checks.push(
+            check(
+                "leak_verdict",
+                "no history".to_string(),
+                Health::Unknown,
+                format!(
+                    "no series in {}: the leak verdict needs the history the agent keeps (oomprobe run --state-dir); a single reading cannot tell a leak",
+                    store_path.display()
+                ),
+            )
+            .typed(serde_json::Value::Null),
+        );
     }
     if let Some(st) = store {
         let verdict = Engine::default().evaluate(&st.samples);
-        checks.push(check(
-            "leak_verdict",
-            format!("{} / {}", verdict.subject.as_str(), verdict.cause.as_str()),
-            match verdict.subject {
-                Subject::None => Health::Good,
-                Subject::InsufficientHistory => Health::Unknown,
-                Subject::Kubelet | Subject::Workload => Health::Bad,
-            },
-            format!(
-                "{:.0} MB/day over {} samples; {}{}",
-                verdict.slope_bytes_per_day / 1e6,
-                st.samples.len(),
-                verdict.supports.join("; "),
-                verdict
-                    .cannot_tell
-                    .iter()
-                    .map(|c| format!("; {c}"))
-                    .collect::<String>()
-            ),
-        ));
+        checks.push(
+            check(
+                "leak_verdict",
+                format!("{} / {}", verdict.subject.as_str(), verdict.cause.as_str()),
+                match verdict.subject {
+                    Subject::None => Health::Good,
+                    Subject::InsufficientHistory => Health::Unknown,
+                    Subject::Kubelet | Subject::Workload => Health::Bad,
+                },
+                format!(
+                    "{:.0} MB/day over {} samples; {}{}",
+                    verdict.slope_bytes_per_day / 1e6,
+                    st.samples.len(),
+                    verdict.supports.join("; "),
+                    verdict
+                        .cannot_tell
+                        .iter()
+                        .map(|c| format!("; {c}"))
+                        .collect::<String>()
+                ),
+            )
+            .typed(verdict.subject.as_str())
+            .field("cause", verdict.cause.as_str())
+            .field("slope_bytes_per_day", verdict.slope_bytes_per_day)
+            .field("samples", st.samples.len())
+            .field("cannot_tell", verdict.cannot_tell.clone()),
+        );
     }
     checks.push(check(
         "stage",

@@ -159,24 +159,37 @@ pub fn read_bytes(file: &Path) -> std::io::Result<Vec<u8>> {
     crate::files::read_maybe_gzip(file, crate::files::MAX_SERIES_BYTES)
 }
 
-/// Evaluates the detectors as replay does: every `every` seconds of series (at least 60) and
-/// at the last sample, calling `f` with each verdict.
-pub fn evaluate_each(
+/// Evaluates the detectors as replay does: `samples` (in time order) fed one by one through
+/// the live agent's retention ([`store::Retained`]: every sample of the last 6 h, one a minute
+/// to 74 h, one per 30 min to 14 days, compacted every [`store::COMPACT_EVERY`] samples), the
+/// engine run over what is held every `every` seconds of series (at least 60) and at the last
+/// sample, calling `f` with each verdict. Each evaluation's cost is bounded by the retention,
+/// not by the length of the recording.
+pub fn evaluate_each(engine: &mut Engine, samples: &[Sample], every: i64, f: impl FnMut(&Verdict)) {
+    evaluate_held(engine, samples, every, f, |_| {});
+}
+
+/// [`evaluate_each`], also calling `held` with the retained series at each evaluation.
+fn evaluate_held(
     engine: &mut Engine,
     samples: &[Sample],
     every: i64,
     mut f: impl FnMut(&Verdict),
+    mut held: impl FnMut(&[Sample]),
 ) {
     let mut next_eval = samples
         .first()
         .map_or(0, |s| s.t.saturating_add(every.max(60)));
-    for i in 0..samples.len() {
+    let mut series = store::Retained::default();
+    for (i, s) in samples.iter().enumerate() {
+        series.push(s.clone());
         let end = i + 1 == samples.len();
-        if samples[i].t < next_eval && !end {
+        if s.t < next_eval && !end {
             continue;
         }
-        next_eval = samples[i].t.saturating_add(every.max(60));
-        f(&engine.evaluate(&samples[..=i]));
+        next_eval = s.t.saturating_add(every.max(60));
+        held(series.samples());
+        f(&engine.evaluate(series.samples()));
     }
 }
 
@@ -244,6 +257,38 @@ mod tests {
             });
             assert_eq!(n, 96, "{name}");
         }
+    }
+
+    /// A recording longer than the agent keeps at full resolution (8 h at one sample a
+    /// second) is evaluated over what the agent would hold: every sample of the last 6 h and
+    /// one a minute before, not the whole recording.
+    #[test]
+    fn replay_holds_what_the_live_agent_holds() {
+        // A whole minute, so the minute slots before the last 6 h are exactly 120.
+        let t0 = 1_789_999_980;
+        let samples: Vec<Sample> = (0..8 * 3600i64)
+            .map(|i| Sample {
+                t: t0 + i,
+                kubelet_rss_bytes: 400e6,
+                pods: 30.0,
+                ..Default::default()
+            })
+            .collect();
+        let mut held = Vec::new();
+        evaluate_held(
+            &mut Engine::default(),
+            &samples,
+            3600,
+            |_| {},
+            |s| held.push((s.len(), s.first().map(|s| s.t), s.last().map(|s| s.t))),
+        );
+        assert_eq!(held.len(), 8);
+        // After 1 h: everything so far (3,601 samples, 10 compactions at 360 changed nothing).
+        assert_eq!(held[0], (3601, Some(t0), Some(t0 + 3600)));
+        // At the end (28,800 samples, a compaction at the last): 6 h + 1 s of samples, and
+        // the first 2 h at one a minute.
+        assert_eq!(held[7], (21_601 + 120, Some(t0), Some(t0 + 8 * 3600 - 1)));
+        assert!(held.iter().all(|h| h.0 <= 21_721 + store::COMPACT_EVERY));
     }
 
     fn tmpdir(tag: &str) -> PathBuf {

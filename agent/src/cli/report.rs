@@ -55,8 +55,8 @@ pub enum ReportError {
     Store(crate::detect::store::StoreError),
     #[error("series store {path} is corrupt: {why}")]
     Corrupt { path: String, why: String },
-    #[error("no series samples and no kill in {0}: nothing to draw")]
-    Empty(String),
+    #[error("no series samples and no kill in {from}: nothing to draw{}", if set_aside.is_empty() { String::new() } else { format!(" ({set_aside})") })]
+    Empty { from: String, set_aside: String },
     #[error("cannot write {path}")]
     Write {
         path: String,
@@ -119,15 +119,16 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
         }
         None => {
             let path = args.state_dir.join("series.bin");
+            // Only a store that does not exist (ENOENT) is "no store"; one that cannot be
+            // read (a symlink loop, a permission) is an error naming why (`store::load`'s).
+            let missing = matches!(path.try_exists(), Ok(false));
             match &args.events {
                 // The event log alone: its kills and stages, without the memory line.
-                Some(events) if !path.exists() => {
+                Some(events) if missing => {
                     tracing::warn!(store = %path.display(), "no series store: drawing the event log's kills and stages only");
                     (Vec::new(), events.display().to_string())
                 }
-                None if !path.exists() => {
-                    return Err(ReportError::NoStore(path.display().to_string()))
-                }
+                None if missing => return Err(ReportError::NoStore(path.display().to_string())),
                 _ => {
                     // Read only: a report never rewrites the agent's store.
                     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -149,9 +150,22 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
         Some(p) => read(p)?,
         None => String::new(),
     };
-    let mut ep = Episode::new(&samples, &events);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut ep = Episode::new(&samples, &events, now);
     if ep.memory.is_empty() && ep.kills.is_empty() {
-        return Err(ReportError::Empty(from));
+        return Err(ReportError::Empty {
+            from,
+            set_aside: ep.set_aside.describe(),
+        });
+    }
+    if ep.set_aside.total() > 0 {
+        tracing::warn!(
+            kills = ep.set_aside.kills,
+            stages = ep.set_aside.stages,
+            verdicts = ep.set_aside.verdicts,
+            "{}",
+            ep.set_aside.describe()
+        );
     }
     if let Some(s) = args.since {
         ep = ep.since(s);

@@ -29,8 +29,8 @@ pub struct RunArgs {
     /// Do not serve metrics.
     #[arg(long)]
     pub no_metrics: bool,
-    /// Exit after this many kill records (scripts, demos).
-    #[arg(long)]
+    /// Exit after this many kill records (scripts, demos), at least 1.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_kills: Option<u64>,
     /// Exit after this many seconds (1 to 31622400, a year).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
@@ -97,11 +97,13 @@ pub struct RunArgs {
     /// Also write each sample to the JSON stream (a `sample` event).
     #[arg(long)]
     pub emit_samples: bool,
-    /// A kubelet OOM kill within this many seconds of the previous one is flapping.
-    #[arg(long, default_value_t = 600)]
+    /// A kubelet OOM kill within this many seconds of the previous one is flapping (1 to
+    /// 86400).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub flap_window: u64,
-    /// Seconds the restarted kubelet's RSS must stay flat for the storm to count as settled.
-    #[arg(long, default_value_t = 120)]
+    /// Seconds the restarted kubelet's RSS must stay flat for the storm to count as settled
+    /// (1 to 86400).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub storm_settle: u64,
     /// The kubelet's hard eviction threshold on memory.available (its `--eviction-hard`), as
     /// the kubelet writes it: bytes or a quantity (`100Mi`, `1.5Gi`, `2G`), or a percentage of
@@ -110,8 +112,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "100Mi", value_parser = super::parse_eviction_hard)]
     pub eviction_hard_memory: super::EvictionHard,
     /// Pre-OOM on node memory when, while the kubelet grows, MemAvailable reaches the eviction
-    /// threshold within this many seconds at the current rate.
-    #[arg(long, default_value_t = 600)]
+    /// threshold within this many seconds at the current rate (1 to 86400).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub pre_oom_horizon: u64,
     /// Leave the agent's own oom_score_adj alone (by default it sets -1000 at start, so a
     /// node-wide OOM never picks the agent that records it).
@@ -517,6 +519,11 @@ mod tests {
                 "18446744073709551615",
                 "18446744073709551615 is not in 1..=31622400",
             ),
+            ("--max-kills", "0", "0 is not in 1..18446744073709551615"),
+            ("--flap-window", "0", "0 is not in 1..=86400"),
+            ("--flap-window", "86401", "86401 is not in 1..=86400"),
+            ("--storm-settle", "0", "0 is not in 1..=86400"),
+            ("--pre-oom-horizon", "0", "0 is not in 1..=86400"),
             ("--kubelet-name", "", "a process name cannot be empty"),
             ("--kubepods-root", "", "a cgroup path cannot be empty"),
         ] {
@@ -535,5 +542,20 @@ mod tests {
         assert!(e.to_string().contains("must be positive"), "{e}");
         let a = parse(&["--sample-interval", "1", "--duration", "31622400"]).unwrap();
         assert_eq!((a.sample_interval, a.duration), (1, Some(31_622_400)));
+        let a = parse(&[
+            "--max-kills",
+            "1",
+            "--flap-window",
+            "86400",
+            "--storm-settle",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.max_kills, a.flap_window, a.storm_settle),
+            (Some(1), 86_400, 1)
+        );
+        let a = parse(&["--pre-oom-horizon", "86400"]).unwrap();
+        assert_eq!(a.pre_oom_horizon, 86_400);
     }
 }

@@ -364,8 +364,17 @@ impl ChangePoint {
                 .filter(|&(d, _)| d > floor)
                 .collect();
             jumps.sort_by(|a, b| b.0.total_cmp(&a.0));
-            jumps.truncate(MAX_STEPS);
-            jumps.into_iter().map(|j| j.1).collect()
+            // A rise over two hourly buckets is one burst, stepped at its larger hour: steps
+            // in consecutive hours make every fit singular (the earlier step's return term is
+            // the later one's times e^(-1/tau) plus the difference of the two steps), so the
+            // column had no fit at all for as long as both stayed among the largest.
+            let mut picked: Vec<f64> = Vec::new();
+            for (_, h) in jumps {
+                if picked.len() < MAX_STEPS && picked.iter().all(|p| (p - h).abs() > 1.5) {
+                    picked.push(h);
+                }
+            }
+            picked
         } else {
             Vec::new()
         };
@@ -794,6 +803,48 @@ mod tests {
             }
         }
         assert!(invert(vec![vec![1.0, 2.0], vec![2.0, 4.0]]).is_none());
+    }
+
+    /// `gen-trace workload` (seed 1) 50 h in: pods jumped 28 to 34 over two hourly buckets 7 h
+    /// before, two jumps in consecutive hours. Steps there made every fit singular and the
+    /// workload column had no fit for 14 hours; a rise over two buckets is now one step.
+    #[test]
+    fn a_rise_over_two_consecutive_hours_is_one_step_not_a_singular_fit() {
+        use crate::detect::{
+            offline::tracegen::{generate, Scenario},
+            Engine,
+        };
+        let (tr, _) = generate(Scenario::WorkloadLeak, 5.0, 1);
+        let end = tr.partition_point(|s| s.t <= 1_790_000_000 + 50 * HOUR);
+        let cp = Engine::default().workload.change;
+        let f = cp
+            .fit_column(&tr[..end], &Column::WORKLOAD)
+            .expect("a fit of the pod working sets");
+        // The pod leak's ~480 MB/day, 26 h since its start.
+        assert!((500e6..650e6).contains(&f.slope.mid), "{f:?}");
+        assert_eq!(f.span_h, 26.0);
+        // Two adjacent steps are singular whatever the data: the design's columns are
+        // dependent (the earlier return term is e^(-1/tau) times the later one plus the two
+        // steps' difference).
+        let rows: Vec<Row> = (0..40)
+            .map(|i| {
+                let w = 2.0 * std::f64::consts::PI * f64::from(i) / 24.0;
+                Row {
+                    base: [1.0, f64::from(i % 5) - 2.0, w.sin(), w.cos()],
+                    h: f64::from(i - 39),
+                    born: f64::NEG_INFINITY,
+                }
+            })
+            .collect();
+        let y: Vec<f64> = (0..40).map(|i| f64::from(i % 7)).collect();
+        let warm = |steps: Vec<f64>| Warmup {
+            data_start: None,
+            restarts: false,
+            steps,
+        };
+        let x = |steps| design(&rows, -20.0, None, None, &warm(steps));
+        assert!(ols(&x(vec![-5.0, -4.0]), &y, None).is_none());
+        assert!(ols(&x(vec![-6.0, -4.0]), &y, None).is_some());
     }
 
     #[test]

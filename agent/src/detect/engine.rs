@@ -85,15 +85,21 @@ pub struct Verdict {
 ///
 /// A kubelet leak, once called, is held (hysteresis) while the change point's gated score stays
 /// above `release_score` and no later series contradicts it: a leak hovering near the threshold
-/// no longer flips between `kubelet` and `none` hour by hour. `evaluate` therefore takes the
-/// series in time order; a series that goes back in time (or is a different one) starts afresh.
+/// no longer flips between `kubelet` and `none` hour by hour. A workload leak is held the same
+/// way (`workload_release_score`): its gates (the late slope persisting) wander hour by hour
+/// on a pod leak, and `gen-trace workload` replayed hourly flipped `workload`/`none` up to 14
+/// times in 5 days. `evaluate` therefore takes the series in time order; a series that goes
+/// back in time (or is a different one) starts afresh.
 pub struct Engine {
     pub kubelet: KubeletLeak,
     pub workload: WorkloadLeak,
     /// The gated score under which a called kubelet leak starts to be released (the call
     /// needs `kubelet.change.t_threshold`).
     pub release_score: f64,
-    /// Seconds of series the score must stay at or under `release_score` before the leak is
+    /// The gated score under which a called workload leak starts to be released (the call
+    /// needs `workload.change.t_threshold`).
+    pub workload_release_score: f64,
+    /// Seconds of series the score must stay at or under its release score before a leak is
     /// released.
     pub release_after_s: i64,
     latch: Option<Latch>,
@@ -108,6 +114,10 @@ struct Latch {
     held: bool,
     /// Since when (unix seconds) the held leak's score has been at or under the release level.
     low_since: Option<i64>,
+    /// A workload leak was called or held there.
+    workload: bool,
+    /// Since when the held workload leak's score has been at or under its release level.
+    workload_low_since: Option<i64>,
 }
 
 impl Default for Engine {
@@ -128,6 +138,8 @@ impl Default for Engine {
             // The scores of a 100 MB/day leak in its first day after the call wander between
             // about 6 and 10 around the call's threshold (10); a leak is released after 3 h under 5.
             release_score: 5.0,
+            // Half the workload call's threshold (5.5), as the kubelet's.
+            workload_release_score: 2.75,
             release_after_s: 3 * HOUR,
             latch: None,
         }
@@ -156,13 +168,17 @@ impl Engine {
         let mut findings: Vec<Finding> = detectors.iter().filter_map(|d| d.check(series)).collect();
         let last_t = series.last().map(|s| s.t);
         let latch = match (self.latch, last_t) {
-            (Some(l), Some(t)) if t >= l.t && l.held => Some(l),
+            (Some(l), Some(t)) if t >= l.t => Some((l, t)),
             _ => None,
         };
         let mut trend = self.kubelet.trend(series);
         let mut low_since = None;
-        if let (Some(l), Some(t)) = (latch, last_t) {
+        if let Some((l, t)) = latch.filter(|(l, _)| l.held) {
             low_since = self.hold(series, t, l.low_since, &mut findings, &mut trend);
+        }
+        let mut workload_low_since = None;
+        if let Some((l, t)) = latch.filter(|(l, _)| l.workload) {
+            workload_low_since = self.hold_workload(series, t, l.workload_low_since, &mut findings);
         }
         let firing = |name: &str| findings.iter().any(|f| f.detector == name && f.firing);
         let history_s = match (series.first(), series.last()) {
@@ -182,6 +198,8 @@ impl Engine {
             t,
             held: subject == Subject::Kubelet,
             low_since,
+            workload: firing("workload_trend"),
+            workload_low_since,
         });
         let c = classify::classify(subject, series, &findings);
         let (inputs, cannot_tell) = classify::inputs(series);
@@ -203,6 +221,49 @@ impl Engine {
             inputs,
             cannot_tell,
         }
+    }
+
+    /// A workload leak called before and not called now: held while the pod working sets'
+    /// best change point's gated score stays above `workload_release_score`, or has been at or
+    /// under it for less than `release_after_s`; the finding then fires with the hold in its
+    /// evidence. Returns since when the score has been low (None when above).
+    fn hold_workload(
+        &self,
+        series: &[Sample],
+        now: i64,
+        low_since: Option<i64>,
+        findings: &mut [Finding],
+    ) -> Option<i64> {
+        let change = &self.workload.change;
+        let fit = change.fit_column(series, &changepoint::Column::WORKLOAD);
+        // No fit (too little history of the column, such as samples without it): nothing to
+        // hold on.
+        let fit = fit?;
+        let f = findings
+            .iter_mut()
+            .find(|f| f.detector == "workload_trend" && !f.firing)?;
+        let score = change.gated_score(&fit);
+        let low = (score <= self.workload_release_score).then(|| low_since.unwrap_or(now));
+        let low_for = low.map_or(0, |l| now.saturating_sub(l));
+        if low_for >= self.release_after_s {
+            return None;
+        }
+        f.firing = true;
+        if score.is_finite() {
+            f.evidence.push_str(&format!(
+                "; leak called earlier and held: score {score:.1} (calling needs {:.1}, released after {} h at or under {:.1})",
+                change.t_threshold,
+                self.release_after_s / 3600,
+                self.workload_release_score
+            ));
+        } else {
+            f.evidence.push_str(&format!(
+                "; leak called earlier and held: its gates not passed for {:.1} h (released after {} h)",
+                low_for as f64 / 3600.0,
+                self.release_after_s / 3600
+            ));
+        }
+        low
     }
 
     /// A kubelet leak called before and not called now: held while the best change point's

@@ -591,6 +591,47 @@ mod tests {
         assert_eq!(flips_without_hold, 1);
     }
 
+    /// `gen-trace workload` replayed hourly (replay's path: the agent's retention): a called
+    /// workload leak is held, so the verdict no longer flips workload/none hour by hour. Seed 1
+    /// keeps one release: 11 h after pods jumped 28 to 34 the late slope does not persist (the
+    /// gate is -inf for longer than the 3 h hold).
+    #[test]
+    fn a_called_workload_leak_is_held_too() {
+        use crate::{
+            cli::replay::evaluate_each,
+            detect::offline::tracegen::{generate, Scenario},
+        };
+        use Subject::{InsufficientHistory as Ins, None as No, Workload as Wl};
+        let changes = |e: &mut Engine, tr: &[Sample]| {
+            let mut out: Vec<Subject> = Vec::new();
+            evaluate_each(e, tr, 3600, |v| {
+                if out.last() != Some(&v.subject) {
+                    out.push(v.subject);
+                }
+            });
+            out
+        };
+        let mut without = Vec::new();
+        for (seed, want) in [
+            (1, vec![Ins, No, Wl, No, Wl]),
+            (2, vec![Ins, No, Wl]),
+            (3, vec![Ins, No, Wl]),
+            (4, vec![Ins, No, Wl, No, Wl]),
+        ] {
+            let (tr, label) = generate(Scenario::WorkloadLeak, 5.0, seed);
+            assert_eq!(label.subject, Subject::Workload);
+            assert_eq!(changes(&mut Engine::default(), &tr), want, "seed {seed}");
+            // Without the hold (a release score above any score: released at once).
+            let mut e = Engine::default();
+            e.workload_release_score = f64::INFINITY;
+            e.release_after_s = 0;
+            without.push(changes(&mut e, &tr).len());
+        }
+        // The flips held back are real: without the hold the verdicts change 13, 9, 15 and 17
+        // times.
+        assert_eq!(without, [13, 9, 15, 17]);
+    }
+
     /// Not "flat" when the baseline rises but no leak is called.
     #[test]
     fn an_uncalled_rise_is_not_called_flat() {

@@ -79,10 +79,49 @@ pub const MAX_STORE_BYTES: u64 = 64 << 20;
 
 pub struct Store {
     path: PathBuf,
-    samples: Vec<Sample>,
+    series: Retained,
     file: File,
-    appended: usize,
     invalid: u64,
+}
+
+/// Samples appended between two compactions ([`bound`]) of the held series.
+pub const COMPACT_EVERY: usize = 360;
+
+/// The series as the live agent holds it in memory: appended in time order and bounded
+/// ([`bound`]) every [`COMPACT_EVERY`] appends, so between compactions it holds at most that
+/// many samples beyond the retention. [`Store`] keeps its samples in one; `replay` feeds a
+/// recorded series through one, so its detectors see what the agent's would (and its cost
+/// stays bounded: at a 1 s interval about 26,000 samples, however long the recording).
+#[derive(Debug, Clone, Default)]
+pub struct Retained {
+    samples: Vec<Sample>,
+    appended: usize,
+}
+
+impl Retained {
+    /// Starts from `samples` (in time order) as they are, e.g. a store just loaded.
+    pub fn new(samples: Vec<Sample>) -> Retained {
+        Retained {
+            samples,
+            appended: 0,
+        }
+    }
+
+    /// Appends `s`; true when this append compacted the series.
+    pub fn push(&mut self, s: Sample) -> bool {
+        self.samples.push(s);
+        self.appended += 1;
+        if self.appended < COMPACT_EVERY {
+            return false;
+        }
+        bound(&mut self.samples);
+        self.appended = 0;
+        true
+    }
+
+    pub fn samples(&self) -> &[Sample] {
+        &self.samples
+    }
 }
 
 /// The columns this agent writes, in record order.
@@ -426,9 +465,8 @@ impl Store {
         };
         let mut store = Store {
             path: path.to_path_buf(),
-            samples,
+            series: Retained::new(samples),
             file: File::create(path.with_extension("tmp")).map_err(io)?,
-            appended: 0,
             invalid,
         };
         store.rewrite()?;
@@ -443,7 +481,7 @@ impl Store {
         };
         let tmp = self.path.with_extension("tmp");
         let mut data = header();
-        for s in &self.samples {
+        for s in self.series.samples() {
             data.extend(encode(s));
         }
         std::fs::write(&tmp, &data).map_err(io)?;
@@ -452,12 +490,11 @@ impl Store {
             .append(true)
             .open(&self.path)
             .map_err(io)?;
-        self.appended = 0;
         Ok(())
     }
 
     pub fn samples(&self) -> &[Sample] {
-        &self.samples
+        self.series.samples()
     }
 
     /// Records dropped on load because a value was invalid (time outside 1970-9999, a byte
@@ -473,11 +510,8 @@ impl Store {
                 path: self.path.display().to_string(),
                 source,
             })?;
-        self.samples.push(s);
-        self.appended += 1;
         // Compact now and then: the in-memory series and the file stay bounded.
-        if self.appended >= 360 {
-            bound(&mut self.samples);
+        if self.series.push(s) {
             self.rewrite()?;
         }
         Ok(())

@@ -1,13 +1,17 @@
 //! Recorded series as CSV: a header with at least `time,kubelet_rss_bytes,pods` (time as RFC 3339
 //! or unix seconds), any of [`crate::detect::series::OPTIONAL_COLUMNS`] after them, empty cells for
-//! missing values. Every value must be a finite number, not negative (byte counts, counts,
+//! missing values; `kernel` also takes a release string (`5.15.0-1034-aws`, read as 5.15 by
+//! [`KernelVersion::parse_release`]). Every value must be a finite number, not negative (byte counts, counts,
 //! seconds, versions and 0/1 flags all are), byte counts within a u64; a row breaking that is
 //! an error naming its line, and so is a row with more cells than the header (a shorter row's
 //! missing cells are empty). A column named twice is an error. Read with the `csv` crate
 //! (quoted cells, CRLF, blank lines skipped, cells trimmed).
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use crate::detect::{series::OPTIONAL_COLUMNS, Sample};
+use crate::{
+    detect::{series::OPTIONAL_COLUMNS, Sample},
+    sampler::KernelVersion,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CsvError {
@@ -142,8 +146,13 @@ pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
             line: error_line(text, &e),
             reason: e.to_string(),
         })?;
-        let line = cells.position().map_or(0, |p| line_at(text, p.byte()));
-        let row_err = |reason: String| CsvError::Row { line, reason };
+        // The line is counted only for an error: counting it for every row re-read the text
+        // from its start each time (quadratic: 40,000 rows took minutes).
+        let at = cells.position().map(|p| p.byte());
+        let row_err = |reason: String| CsvError::Row {
+            line: at.map_or(0, |b| line_at(text, b)),
+            reason,
+        };
         if cells.len() > header.len() {
             return Err(row_err(format!(
                 "{} cells, the header has {} columns",
@@ -164,9 +173,19 @@ pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
             parse_time(get(t)).ok_or_else(|| row_err(format!("bad time {}", quote(get(t)))))?;
         let num = |c: usize, what: &str| -> Result<f64, CsvError> {
             let cell = get(c);
-            let v = cell
-                .parse::<f64>()
-                .map_err(|_| row_err(format!("bad {what} {}", quote(cell))))?;
+            let v = match cell.parse::<f64>() {
+                Ok(v) => v,
+                // A release string as `uname -r` gives it: the series' major.minor.
+                Err(_) if what == "kernel" => KernelVersion::parse_release(cell)
+                    .map(KernelVersion::series_value)
+                    .ok_or_else(|| {
+                        row_err(format!(
+                            "bad kernel {} (a release, 5.15.0-1034-aws, or major.minor as a number, 5.15)",
+                            quote(cell)
+                        ))
+                    })?,
+                Err(_) => return Err(row_err(format!("bad {what} {}", quote(cell)))),
+            };
             match crate::detect::series::invalid_value(what, v) {
                 Some(why) => Err(row_err(format!("{what} {why} ({})", clip(cell)))),
                 None => Ok(v),
@@ -394,6 +413,30 @@ mod tests {
         let (ok, _) = parse(&format!("{h}120,1,2,2,1,1,9007199254740992\n")).unwrap();
         assert_eq!(ok[1].cgroup_version, Some(2.0));
         assert_eq!(ok[1].goroutines, Some(9007199254740992.0));
+    }
+
+    /// A `kernel` cell as a distribution's `uname -r` gives it is read as the series'
+    /// major.minor (it was refused); what is no release is refused with the line.
+    #[test]
+    fn kernel_cells_take_distribution_releases() {
+        let (s, _) = parse(
+            "time,kubelet_rss_bytes,pods,kernel\n\
+             60,1,2,5.15.0-1034-aws\n\
+             120,1,2,\"6.1.0-28-cloud-amd64\"\n\
+             180,1,2,5.15\n\
+             240,1,2,\n",
+        )
+        .unwrap();
+        let k: Vec<Option<f64>> = s.iter().map(|s| s.kernel).collect();
+        assert_eq!(k, [Some(5.15), Some(6.1), Some(5.15), None]);
+        for (cell, want) in [
+            ("linux", "line 2: bad kernel \"linux\" (a release, 5.15.0-1034-aws, or major.minor as a number, 5.15)"),
+            ("5.15x", "line 2: bad kernel \"5.15x\" (a release, 5.15.0-1034-aws, or major.minor as a number, 5.15)"),
+            ("-5.15", "line 2: kernel is negative (-5.15)"),
+        ] {
+            let e = parse(&format!("time,kubelet_rss_bytes,pods,kernel\n60,1,2,{cell}\n")).unwrap_err();
+            assert_eq!(e.to_string(), want, "{cell}");
+        }
     }
 
     #[test]
