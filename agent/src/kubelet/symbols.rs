@@ -303,6 +303,12 @@ pub fn parse_pclntab_in(tab: &[u8], text_section: Option<u64>) -> Result<FuncTab
                 let e = at(functab, &[index(i, 8)?])?;
                 let entry = uint(tab, e, 4).ok_or("functab")?;
                 let funcoff = uint(tab, at(e, &[4])?, 4).ok_or("functab")? as usize;
+                // The `_func` record starts with the same entry offset (`entryOff`): the linker
+                // writes both from one value, so a difference is a damaged table, and a uprobe
+                // at its address could land inside an instruction.
+                if uint(tab, at(functab, &[funcoff])?, 4).ok_or("func")? != entry {
+                    return Err("a function's table entry differs from its record's (damaged)");
+                }
                 let name_off = uint(tab, at(functab, &[funcoff, 4])?, 4).ok_or("func")? as usize;
                 let name = cstr_at(tab, at(funcname, &[name_off])?).ok_or("name")?;
                 let addr = text_start
@@ -321,6 +327,10 @@ pub fn parse_pclntab_in(tab: &[u8], text_section: Option<u64>) -> Result<FuncTab
                 let entry = uint(tab, e, ptr).ok_or("functab")?;
                 let funcoff = usize::try_from(uint(tab, at(e, &[ptr])?, ptr).ok_or("functab")?)
                     .map_err(|_| "func offset")?;
+                // The `_func` record starts with the same entry (see above).
+                if uint(tab, at(functab, &[funcoff])?, ptr).ok_or("func")? != entry {
+                    return Err("a function's table entry differs from its record's (damaged)");
+                }
                 let name_off = uint(tab, at(functab, &[funcoff, ptr])?, 4).ok_or("func")? as usize;
                 let name = cstr_at(tab, at(funcname, &[name_off])?).ok_or("name")?;
                 funcs.push((entry, name));
@@ -752,6 +762,20 @@ mod tests {
         // A relocated header word wins over the section's address.
         let ft = parse_pclntab_in(&table(), Some(0x500000)).unwrap();
         assert_eq!(ft.lookup_name("main.leak"), Some(0x401100));
+    }
+
+    #[test]
+    fn a_table_entry_that_differs_from_its_record_is_damage_not_an_address() {
+        // The trial's case: one function's table entry moved by 3 bytes (its `_func` record
+        // still says 0x100): refused, so no uprobe lands mid-instruction.
+        let mut t = table();
+        let functab = 8 + 8 * 8 + b"runtime.sysMap\0main.leak\0".len();
+        let e = functab + 8;
+        t[e..e + 4].copy_from_slice(&0x103u32.to_le_bytes());
+        assert_eq!(
+            parse_pclntab(&t).unwrap_err(),
+            "a function's table entry differs from its record's (damaged)"
+        );
     }
 
     #[test]
