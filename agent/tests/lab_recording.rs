@@ -124,4 +124,7 @@ fn replay_reads_the_recording() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["event"], "verdict");
     assert_eq!(lines[0]["subject"], "insufficient_history");
+    // Its only evaluation is at the last sample: the final line, with no slope yet.
+    assert_eq!(lines[0]["final"], true);
+    assert_eq!(lines[0]["slope_bytes_per_day"], Value::Null);
 }

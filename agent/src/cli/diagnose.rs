@@ -789,8 +789,10 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                     Subject::Kubelet | Subject::Workload => Health::Bad,
                 },
                 format!(
-                    "{:.0} MB/day over {} samples; {}{}",
-                    verdict.slope_bytes_per_day / 1e6,
+                    "{} over {} samples; {}{}",
+                    verdict
+                        .slope_bytes_per_day
+                        .map_or("slope unknown".into(), |s| format!("{:.0} MB/day", s / 1e6)),
                     st.samples.len(),
                     verdict.supports.join("; "),
                     verdict
