@@ -533,7 +533,8 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                         },
                         "a kubelet restarted in the last 5 minutes is still reconciling",
                     )
-                    .quantity(up, "seconds"),
+                    // Seconds, to one decimal (the clock ticks are 10 ms; more digits are noise).
+                    .quantity((up * 10.0).round() / 10.0, "seconds"),
                 );
             }
         }
@@ -829,7 +830,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         let line = match args.format {
             OutputFormat::Json => serde_json::to_string(c).unwrap_or_default(),
             OutputFormat::Text => format!(
-                "{:<20} {:<8} {:<28} {}",
+                "{:<20} {:<8} {:<28}  {}",
                 c.check,
                 format!("{:?}", c.verdict).to_uppercase(),
                 c.value,

@@ -249,9 +249,7 @@ mod tests {
         assert_eq!(unplaced_stages_warning(&ep), None);
         let page = crate::report::html(&ep);
         assert!(
-            page.contains(
-                r#"<p id="summary">1 sample, 1 kill (1 OOM kill), 1 stage change."#
-            ),
+            page.contains(r#"<p id="summary">1 sample, 1 kill (1 OOM kill), 1 stage change."#),
             "{page}"
         );
     }
