@@ -21,8 +21,8 @@ enum Command {
     ProbePoints(cli::probe_points::ProbePointsArgs),
     /// One-shot, read-only: the field guide's quick checks and the cycle stage the node shows.
     ///
-    /// Exit status: 0 no check is BAD (all good or unknown), 1 could not run (usage error,
-    /// standard output unwritable), 2 at least one check is BAD. Stages: steady, pre_oom,
+    /// Exit status: 0 no check is BAD (all good or unknown), 1 could not run (usage error, a
+    /// --kubeconfig that cannot be used, standard output unwritable), 2 at least one check is BAD. Stages: steady, pre_oom,
     /// reconciliation_storm, active_oom_or_down (no kubelet process, a kubepods cgroup tree),
     /// no_kubelet (no kubelet process, no kubepods tree).
     Diagnose(Box<cli::diagnose::DiagnoseArgs>),

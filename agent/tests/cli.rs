@@ -923,3 +923,34 @@ fn diagnose_counts_pods_under_the_kubepods_root_given() {
     );
     assert_eq!(find("stage")["value"], "active_oom_or_down");
 }
+
+/// A --kubeconfig given by name that cannot be used is refused before any check: exit 1, one
+/// line naming the file, nothing on stdout (not an unknown memory_pressure row).
+#[test]
+fn diagnose_refuses_a_bad_kubeconfig_by_name() {
+    let dir = Scratch::new("kubeconfig");
+    let state = dir.path("state");
+    let missing = dir.path("missing");
+    for (kc, why) in [
+        ("/dev/zero".to_string(), "not a regular file".to_string()),
+        (arg(&dir.0).to_string(), "not a regular file".to_string()),
+        (
+            arg(&missing).to_string(),
+            "No such file or directory (os error 2)".to_string(),
+        ),
+    ] {
+        let o = oomprobe()
+            .args(["diagnose", "--state-dir", arg(&state), "--kubeconfig", &kc])
+            .output()
+            .unwrap();
+        assert_eq!(
+            refusal(&o),
+            format!("oomprobe: error: cannot use kubeconfig file {kc}: {why}")
+        );
+        assert!(
+            o.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+}

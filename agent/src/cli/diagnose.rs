@@ -423,7 +423,24 @@ fn whole(v: f64) -> u64 {
 
 /// Runs every check and prints them. Returns whether any check is BAD (`main` exits 2 then).
 /// Errors: standard output cannot be written.
-pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
+/// Why diagnose could not run (exit status 1).
+#[derive(Debug, thiserror::Error)]
+pub enum DiagnoseError {
+    /// A --kubeconfig given that cannot be used (not a regular file, unreadable, not a
+    /// kubeconfig, a file it names missing): refused before any check, naming the file.
+    #[error(transparent)]
+    Kubeconfig(crate::kubeapi::ApiError),
+    #[error(transparent)]
+    Stdout(#[from] super::StdoutError),
+}
+
+pub async fn run(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
+    // A kubeconfig given by name is input like any other: a bad one is refused (exit 1), not
+    // reported as an unknown memory_pressure. Building the configuration reads files only.
+    let source = args.api.source();
+    if source.kubeconfig.is_some() {
+        source.config().await.map_err(DiagnoseError::Kubeconfig)?;
+    }
     let mut checks = Vec::new();
     let h = Hierarchy::detect();
     let pid = find_pid(&args.kubelet_name);
