@@ -179,11 +179,19 @@ fn out_of_range_flags_are_refused_with_the_range() {
         ),
         (
             vec!["gen-trace", "leak-1e300"],
-            "oomprobe: error: leak-1e300: a leak rate is a number of MB/day from 0 to 1000000",
+            "oomprobe: error: leak-1e300: a leak rate is a number of MB/day above 0 and at most 1000000 (no leak: healthy)",
         ),
         (
             vec!["gen-trace", "leak-NaN"],
-            "oomprobe: error: leak-NaN: a leak rate is a number of MB/day from 0 to 1000000",
+            "oomprobe: error: leak-NaN: a leak rate is a number of MB/day above 0 and at most 1000000 (no leak: healthy)",
+        ),
+        (
+            vec!["gen-trace", "leak-0"],
+            "oomprobe: error: leak-0: a leak rate is a number of MB/day above 0 and at most 1000000 (no leak: healthy)",
+        ),
+        (
+            vec!["gen-trace", "healthy", "--days", "400"],
+            "oomprobe: error: --days 400: a number of days from 0.01 to 366",
         ),
     ] {
         let o = oomprobe().args(&args).output().unwrap();
