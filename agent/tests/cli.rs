@@ -962,3 +962,29 @@ fn diagnose_refuses_a_bad_kubeconfig_by_name() {
         );
     }
 }
+
+/// A stripped static C binary (built here with the C compiler the Rust build links with):
+/// no uprobe point; the refusal says `run` counts such a kubelet's syscalls instead.
+#[test]
+fn probe_points_of_a_stripped_static_c_binary_name_the_syscalls_fallback() {
+    let dir = Scratch::new("static");
+    let src = dir.path("a.c");
+    std::fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let bin = dir.path("a");
+    let cc = Command::new("cc")
+        .args(["-static", "-s", "-o", arg(&bin), arg(&src)])
+        .output()
+        .expect("cc (the C compiler the Rust build links with)");
+    assert!(cc.status.success(), "cc: {}", stderr(&cc));
+    let o = oomprobe()
+        .args(["probe-points", arg(&bin)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refusal(&o),
+        format!(
+            "oomprobe: error: {} is neither a Go binary nor linked with libc's mmap/brk: nothing to probe; `oomprobe run` counts such a kubelet's anonymous mmap/munmap syscalls instead (kubelet_memory mode `syscalls`)",
+            arg(&bin)
+        )
+    );
+}
