@@ -21,12 +21,18 @@ enum Command {
     ProbePoints(cli::probe_points::ProbePointsArgs),
     /// One-shot, read-only: the field guide's quick checks and the cycle stage the node shows.
     ///
-    /// Exit status: 0 no check is BAD (all good or unknown), 1 could not run (usage error,
-    /// standard output unwritable), 2 at least one check is BAD. Stages: steady, pre_oom,
+    /// Exit status: 0 no check is BAD (all good or unknown), 1 could not run (usage error, a
+    /// --kubeconfig that cannot be used, standard output unwritable), 2 at least one check is BAD. Stages: steady, pre_oom,
     /// reconciliation_storm, active_oom_or_down (no kubelet process, a kubepods cgroup tree),
     /// no_kubelet (no kubelet process, no kubepods tree).
     Diagnose(Box<cli::diagnose::DiagnoseArgs>),
-    /// Run the leak detectors over a recorded series (CSV), printing verdict changes.
+    /// Run the leak detectors over a recorded series (the agent's series store, series.bin or
+    /// series.bin.gz, or a CSV), printing verdict changes and always the final evaluation.
+    ///
+    /// A line each time the subject or cause changes, then always the evaluation at the last
+    /// sample, marked final (JSON `"final":true` after `"event":"verdict"`; text `final` after
+    /// the time). The slope is unknown (text `slope=-`, JSON null) while the subject is
+    /// insufficient_history.
     Replay(cli::replay::ReplayArgs),
     /// Draw an episode (SVG, HTML): the kubelet's memory, baseline, leak slope, time-to-OOM
     /// band, kills, stages and the storm's peak, from the persisted series and the event log.

@@ -252,7 +252,7 @@ impl Metrics {
             &registry,
             prometheus::Gauge::new(
                 "oomprobe_kubelet_leak_slope_bytes_per_day",
-                "The kubelet's pod-adjusted memory baseline slope.",
+                "The kubelet's pod-adjusted memory baseline slope (NaN while history is insufficient).",
             )
             .expect("valid metric definition"),
         );
@@ -513,7 +513,7 @@ impl Metrics {
         self.leak
             .with_label_values(&[subject.as_str(), v.cause.as_str()])
             .set(1);
-        self.slope.set(v.slope_bytes_per_day);
+        self.slope.set(v.slope_bytes_per_day.unwrap_or(f64::NAN));
         self.time_to_oom.reset();
         if let Some(f) = &v.forecast {
             self.time_to_oom

@@ -17,6 +17,13 @@ use crate::{
     sampler::SampleEvent,
 };
 
+/// A verdict's slope for a text line: `<MB>MB/day` (decimal MB, whole), or `-` when unknown
+/// (subject `insufficient_history`).
+pub fn slope_text(v: &crate::detect::Verdict) -> String {
+    v.slope_bytes_per_day
+        .map_or_else(|| "-".to_string(), |s| format!("{:.0}MB/day", s / 1e6))
+}
+
 /// The format of the event stream on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum OutputFormat {
@@ -75,11 +82,11 @@ impl Output {
             Output::KillClassified(c) => Text::Line(c.text()),
             Output::KubeletMemory(rep) => Text::Line(rep.text()),
             Output::Verdict(v) => Text::Line(format!(
-                "{} LEAK subject={} cause={} slope={:.0}MB/day",
+                "{} LEAK subject={} cause={} slope={}",
                 v.time,
                 v.subject.as_str(),
                 v.cause.as_str(),
-                v.slope_bytes_per_day / 1e6
+                slope_text(v)
             )),
             Output::Stage(ev) => {
                 let mut line = format!(

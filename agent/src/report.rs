@@ -67,6 +67,11 @@ pub struct SetAside {
     pub reason: &'static str,
 }
 
+/// `1 kill`, `2 kills`, `0 kills`: a count with its noun, singular for one.
+pub fn count(n: usize, one: &str) -> String {
+    format!("{n} {one}{}", if n == 1 { "" } else { "s" })
+}
+
 impl SetAside {
     pub fn total(&self) -> usize {
         self.kills + self.stages + self.verdicts
@@ -85,7 +90,7 @@ impl SetAside {
             (self.verdicts, "verdict"),
         ] {
             if n > 0 {
-                what.push(format!("{n} {one}{}", if n == 1 { "" } else { "s" }));
+                what.push(count(n, one));
             }
         }
         format!(
@@ -639,11 +644,11 @@ pub fn html(ep: &Episode) -> String {
         .count();
     let _ = write!(
         h,
-        "<h1>oomprobe: the kubelet's memory and the kills</h1>\n<p id=\"summary\">{} samples, {} kills ({} OOM kills), {} stage changes{}{}.</p>\n",
-        ep.memory.len(),
-        ep.kills.len(),
-        ooms,
-        ep.stages.len(),
+        "<h1>oomprobe: the kubelet's memory and the kills</h1>\n<p id=\"summary\">{}, {} ({}), {}{}{}.</p>\n",
+        count(ep.memory.len(), "sample"),
+        count(ep.kills.len(), "kill"),
+        count(ooms, "OOM kill"),
+        count(ep.stages.len(), "stage change"),
         ep.forecast.as_ref().map_or(String::new(), |f| format!(
             ", leak slope {:.0} MB/day ({}){}",
             f.slope_bytes_per_day / 1e6,

@@ -179,11 +179,19 @@ fn out_of_range_flags_are_refused_with_the_range() {
         ),
         (
             vec!["gen-trace", "leak-1e300"],
-            "oomprobe: error: leak-1e300: a leak rate is a number of MB/day from 0 to 1000000",
+            "oomprobe: error: leak-1e300: a leak rate is a number of MB/day above 0 and at most 1000000 (no leak: healthy)",
         ),
         (
             vec!["gen-trace", "leak-NaN"],
-            "oomprobe: error: leak-NaN: a leak rate is a number of MB/day from 0 to 1000000",
+            "oomprobe: error: leak-NaN: a leak rate is a number of MB/day above 0 and at most 1000000 (no leak: healthy)",
+        ),
+        (
+            vec!["gen-trace", "leak-0"],
+            "oomprobe: error: leak-0: a leak rate is a number of MB/day above 0 and at most 1000000 (no leak: healthy)",
+        ),
+        (
+            vec!["gen-trace", "healthy", "--days", "400"],
+            "oomprobe: error: --days 400: a number of days from 0.01 to 366",
         ),
     ] {
         let o = oomprobe().args(&args).output().unwrap();
@@ -397,33 +405,38 @@ fn report_names_a_corrupt_store_and_what_is_wrong() {
 /// The exit contract: 2 when any check is BAD (the checks are printed), and the stage of a
 /// machine without a kubelet process: `active_oom_or_down` where a kubepods cgroup tree says a
 /// kubelet set this node up, else `no_kubelet` (unknown). A --kubeconfig that is not one is
-/// never quoted.
+/// refused (exit 1) and never quoted.
 #[test]
 fn diagnose_without_a_kubelet_exits_2_and_names_the_stage() {
     let dir = Scratch::new("diag");
     let kc = write_csv(&dir, "kubeconfig", "eyJhbGciOiJSUzI1NiJ9.s3cret\n");
-    let o = oomprobe()
-        .args([
+    let diagnose = || {
+        let mut c = oomprobe();
+        c.args([
             "diagnose",
             "--format",
             "json",
             "--kubelet-name",
             "no-such-kubelet",
         ])
-        .args([
-            "--state-dir",
-            arg(&dir.path("state")),
-            "--kubeconfig",
-            arg(&kc),
-        ])
+        .args(["--state-dir", arg(&dir.path("state"))]);
+        c
+    };
+    let o = diagnose()
+        .args(["--kubeconfig", arg(&kc)])
         .output()
         .unwrap();
+    assert_eq!(
+        refusal(&o),
+        format!(
+            "oomprobe: error: {} is not a kubeconfig: its YAML does not parse at line 1, column 1 (contents not shown: a kubeconfig may hold credentials)",
+            kc.display()
+        )
+    );
+    assert!(o.stdout.is_empty() && !stderr(&o).contains("s3cret"));
+    let o = diagnose().output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let stdout = String::from_utf8(o.stdout.clone()).unwrap();
-    assert!(
-        !stdout.contains("s3cret") && !stderr(&o).contains("s3cret"),
-        "{stdout}"
-    );
     let checks: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -432,10 +445,7 @@ fn diagnose_without_a_kubelet_exits_2_and_names_the_stage() {
     assert_eq!(find("kubelet_rss")["verdict"], "bad");
     assert_eq!(
         find("memory_pressure")["detail"],
-        format!(
-            "{} is not a kubeconfig: its YAML does not parse at line 1, column 1 (contents not shown: a kubeconfig may hold credentials)",
-            kc.display()
-        )
+        "not checked: no API server (not in a cluster; pass --kubeconfig or --kube-api)"
     );
     let kubepods = oomprobe::cgroup::Hierarchy::detect().is_some_and(|h| {
         oomprobe::sampler::KUBEPODS_ROOTS
@@ -804,7 +814,8 @@ kubernetes_feature_enabled{name=\"PodCertificateRequest\",stage=\"ALPHA\"} 1\n";
         (&verdict["samples"], &verdict["cause"]),
         (&serde_json::json!(120), &serde_json::json!("none"))
     );
-    assert!(verdict["slope_bytes_per_day"].is_f64(), "{verdict}");
+    // Too little history: the slope is unknown, not 0.
+    assert!(verdict["slope_bytes_per_day"].is_null(), "{verdict}");
     assert_eq!(find("memory_pressure")["value"], serde_json::Value::Null);
     assert!(find("stage")["value"].is_string());
     // The text keeps its readable values.
@@ -921,4 +932,61 @@ fn diagnose_counts_pods_under_the_kubepods_root_given() {
         (&serde_json::json!(1), &serde_json::json!(1))
     );
     assert_eq!(find("stage")["value"], "active_oom_or_down");
+}
+
+/// A --kubeconfig given by name that cannot be used is refused before any check: exit 1, one
+/// line naming the file, nothing on stdout (not an unknown memory_pressure row).
+#[test]
+fn diagnose_refuses_a_bad_kubeconfig_by_name() {
+    let dir = Scratch::new("kubeconfig");
+    let state = dir.path("state");
+    let missing = dir.path("missing");
+    for (kc, why) in [
+        ("/dev/zero".to_string(), "not a regular file".to_string()),
+        (arg(&dir.0).to_string(), "not a regular file".to_string()),
+        (
+            arg(&missing).to_string(),
+            "No such file or directory (os error 2)".to_string(),
+        ),
+    ] {
+        let o = oomprobe()
+            .args(["diagnose", "--state-dir", arg(&state), "--kubeconfig", &kc])
+            .output()
+            .unwrap();
+        assert_eq!(
+            refusal(&o),
+            format!("oomprobe: error: cannot use kubeconfig file {kc}: {why}")
+        );
+        assert!(
+            o.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+}
+
+/// A stripped static C binary (built here with the C compiler the Rust build links with):
+/// no uprobe point; the refusal says `run` counts such a kubelet's syscalls instead.
+#[test]
+fn probe_points_of_a_stripped_static_c_binary_name_the_syscalls_fallback() {
+    let dir = Scratch::new("static");
+    let src = dir.path("a.c");
+    std::fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let bin = dir.path("a");
+    let cc = Command::new("cc")
+        .args(["-static", "-s", "-o", arg(&bin), arg(&src)])
+        .output()
+        .expect("cc (the C compiler the Rust build links with)");
+    assert!(cc.status.success(), "cc: {}", stderr(&cc));
+    let o = oomprobe()
+        .args(["probe-points", arg(&bin)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refusal(&o),
+        format!(
+            "oomprobe: error: {} is neither a Go binary nor linked with libc's mmap/brk: nothing to probe; `oomprobe run` counts such a kubelet's anonymous mmap/munmap syscalls instead (kubelet_memory mode `syscalls`)",
+            arg(&bin)
+        )
+    );
 }

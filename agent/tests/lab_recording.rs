@@ -121,7 +121,13 @@ fn replay_reads_the_recording() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert_eq!(lines[0]["event"], "verdict");
-    assert_eq!(lines[0]["subject"], "insufficient_history");
+    // The verdict after 1 h, then the evaluation at the last sample (the same verdict, 70
+    // minutes in), marked final; no slope yet in either.
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (l, last) in lines.iter().zip([false, true]) {
+        assert_eq!(l["event"], "verdict");
+        assert_eq!(l["subject"], "insufficient_history");
+        assert_eq!(l["slope_bytes_per_day"], Value::Null);
+        assert_eq!(l.get("final"), last.then_some(&Value::Bool(true)));
+    }
 }

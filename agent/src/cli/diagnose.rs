@@ -423,7 +423,24 @@ fn whole(v: f64) -> u64 {
 
 /// Runs every check and prints them. Returns whether any check is BAD (`main` exits 2 then).
 /// Errors: standard output cannot be written.
-pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
+/// Why diagnose could not run (exit status 1).
+#[derive(Debug, thiserror::Error)]
+pub enum DiagnoseError {
+    /// A --kubeconfig given that cannot be used (not a regular file, unreadable, not a
+    /// kubeconfig, a file it names missing): refused before any check, naming the file.
+    #[error(transparent)]
+    Kubeconfig(crate::kubeapi::ApiError),
+    #[error(transparent)]
+    Stdout(#[from] super::StdoutError),
+}
+
+pub async fn run(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
+    // A kubeconfig given by name is input like any other: a bad one is refused (exit 1), not
+    // reported as an unknown memory_pressure. Building the configuration reads files only.
+    let source = args.api.source();
+    if source.kubeconfig.is_some() {
+        source.config().await.map_err(DiagnoseError::Kubeconfig)?;
+    }
     let mut checks = Vec::new();
     let h = Hierarchy::detect();
     let pid = find_pid(&args.kubelet_name);
@@ -533,7 +550,8 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                         },
                         "a kubelet restarted in the last 5 minutes is still reconciling",
                     )
-                    .quantity(up, "seconds"),
+                    // Seconds, to one decimal (the clock ticks are 10 ms; more digits are noise).
+                    .quantity((up * 10.0).round() / 10.0, "seconds"),
                 );
             }
         }
@@ -789,8 +807,10 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
                     Subject::Kubelet | Subject::Workload => Health::Bad,
                 },
                 format!(
-                    "{:.0} MB/day over {} samples; {}{}",
-                    verdict.slope_bytes_per_day / 1e6,
+                    "{} over {} samples; {}{}",
+                    verdict
+                        .slope_bytes_per_day
+                        .map_or("slope unknown".into(), |s| format!("{:.0} MB/day", s / 1e6)),
                     st.samples.len(),
                     verdict.supports.join("; "),
                     verdict
@@ -827,7 +847,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, super::StdoutError> {
         let line = match args.format {
             OutputFormat::Json => serde_json::to_string(c).unwrap_or_default(),
             OutputFormat::Text => format!(
-                "{:<20} {:<8} {:<28} {}",
+                "{:<20} {:<8} {:<28}  {}",
                 c.check,
                 format!("{:?}", c.verdict).to_uppercase(),
                 c.value,

@@ -7,9 +7,11 @@ use crate::detect::{
 
 #[derive(Debug, clap::Args)]
 pub struct GenTraceArgs {
-    /// healthy, growing-pods, leak-<MB/day>, workload, or a cause: container_gc,
-    /// pod_certs_manager, evented_pleg, pod_churn, cgroup_v1_kernel_5_15, oversubscription.
+    /// healthy, growing-pods, leak-<MB/day> (above 0, at most 1000000), workload, or a cause:
+    /// container_gc, pod_certs_manager, evented_pleg, pod_churn, cgroup_v1_kernel_5_15,
+    /// oversubscription.
     pub scenario: String,
+    /// Days of series, 0.01 to 366 (one sample a minute).
     #[arg(long, default_value_t = 5.0)]
     pub days: f64,
     #[arg(long, default_value_t = 1)]
@@ -30,7 +32,7 @@ pub enum GenTraceError {
     TooShort { days: f64, hours: f64, need: f64 },
     #[error("--days {0}: a number of days from {MIN_DAYS} to {MAX_DAYS}")]
     Days(f64),
-    #[error("leak-{0}: a leak rate is a number of MB/day from 0 to {MAX_LEAK_MB_PER_DAY}")]
+    #[error("leak-{0}: a leak rate is a number of MB/day above 0 and at most {MAX_LEAK_MB_PER_DAY} (no leak: healthy)")]
     LeakRate(String),
     #[error(transparent)]
     Write(super::StdoutError),
@@ -59,7 +61,8 @@ pub fn run(args: GenTraceArgs) -> Result<(), GenTraceError> {
         "cgroup_v1_kernel_5_15" => Scenario::Cause(Cause::CgroupV1Kernel515),
         "oversubscription" => Scenario::Cause(Cause::Oversubscription),
         other => match other.strip_prefix("leak-").and_then(|r| r.parse().ok()) {
-            Some(rate) if (0.0..=MAX_LEAK_MB_PER_DAY).contains(&rate) => Scenario::Leak(rate),
+            // 0 MB/day is no leak: the label would still say one (use `healthy`).
+            Some(rate) if rate > 0.0 && rate <= MAX_LEAK_MB_PER_DAY => Scenario::Leak(rate),
             Some(_) => {
                 let rate = other.trim_start_matches("leak-").chars().take(64).collect();
                 return Err(GenTraceError::LeakRate(rate));

@@ -19,6 +19,10 @@ pub struct ProbePointsArgs {
 pub enum ProbePointsError {
     #[error(transparent)]
     Symbol(#[from] SymbolError),
+    /// Not Go, no mmap/brk symbol, no libc loaded (a stripped static C binary): no uprobe
+    /// point, and what `oomprobe run` does for such a kubelet instead.
+    #[error("{0}; `oomprobe run` counts such a kubelet's anonymous mmap/munmap syscalls instead (kubelet_memory mode `syscalls`)")]
+    NothingToProbe(SymbolError),
     #[error(transparent)]
     Stdout(#[from] super::StdoutError),
 }
@@ -42,7 +46,7 @@ pub fn run(args: ProbePointsArgs) -> Result<(), ProbePointsError> {
         // loads (DT_NEEDED), as `kubelet::tracker` does; the same points are shown here.
         Err(e @ SymbolError::NothingToProbe { .. }) => {
             let Some(libc) = bin.needed_libc(Path::new("/")) else {
-                return Err(e.into());
+                return Err(ProbePointsError::NothingToProbe(e));
             };
             tracing::info!(
                 libc = %libc.display(),

@@ -1,5 +1,6 @@
 //! `oomprobe replay FILE`: the detectors offline over a recorded series, printing a verdict each
-//! time it changes (evaluated hourly, and at the end). The file is the agent's own series store
+//! time its subject or cause changes (evaluated hourly), then always the evaluation at the last
+//! sample, marked final (JSON `"final":true`, text `final` after the time). The file is the agent's own series store
 //! (`series.bin` under `--state-dir`, told by its `OOMPSERI` magic) or a CSV, either plain or
 //! gzip-compressed; the file is only read.
 use std::path::{Path, PathBuf};
@@ -93,29 +94,35 @@ pub fn read_input(file: &Path, now: i64) -> Result<(Vec<Sample>, Source), Replay
     Ok((samples, Source::Csv { unknown }))
 }
 
-fn show(format: OutputFormat, v: &Verdict) -> String {
+/// One verdict line; `last`: the evaluation at the last sample (JSON `"final":true` after
+/// `"event"`, text `final` after the time), printed whether or not it changed.
+fn show(format: OutputFormat, v: &Verdict, last: bool) -> String {
     match format {
         // The live agent's verdict line (`"event":"verdict"` first, then the verdict's fields).
         OutputFormat::Json => {
             #[derive(serde::Serialize)]
             struct Line<'a> {
                 event: &'static str,
+                #[serde(rename = "final", skip_serializing_if = "std::ops::Not::not")]
+                last: bool,
                 #[serde(flatten)]
                 verdict: &'a Verdict,
             }
             serde_json::to_string(&Line {
                 event: "verdict",
+                last,
                 verdict: v,
             })
             .unwrap_or_default()
         }
         OutputFormat::Text => {
             let mut s = format!(
-                "{} subject={} cause={} slope={:.0}MB/day",
+                "{}{} subject={} cause={} slope={}",
                 v.time,
+                if last { " final" } else { "" },
                 v.subject.as_str(),
                 v.cause.as_str(),
-                v.slope_bytes_per_day / 1e6
+                crate::output::slope_text(v)
             );
             if let Some(f) = &v.forecast {
                 s.push_str(&format!(
@@ -210,19 +217,44 @@ pub fn run(args: ReplayArgs) -> Result<(), ReplayError> {
     }
     let mut engine = Engine::default();
     let mut out = super::Stdout::lock();
-    let mut last: Option<(String, String)> = None;
     let mut failed = None;
-    evaluate_each(&mut engine, &samples, args.every, |v| {
-        let key = (format!("{:?}", v.subject), v.cause.as_str().to_string());
-        if failed.is_none() && last.as_ref() != Some(&key) {
-            failed = out.line(show(args.format, v)).err();
-            last = Some(key);
+    lines(&mut engine, &samples, args.every, args.format, |l| {
+        if failed.is_none() {
+            failed = out.line(l).err();
         }
     });
     if let Some(e) = failed {
         return Err(e.into());
     }
     Ok(out.finish()?)
+}
+
+/// Replay's output lines: a verdict each time its subject or cause changes, then always the
+/// evaluation at the last sample, marked final (so a replay never ends on a stale state).
+fn lines(
+    engine: &mut Engine,
+    samples: &[Sample],
+    every: i64,
+    format: OutputFormat,
+    mut line: impl FnMut(String),
+) {
+    let mut last: Option<(String, String)> = None;
+    let mut pending: Option<Verdict> = None;
+    let mut emit = |v: &Verdict, line: &mut dyn FnMut(String)| {
+        let key = (format!("{:?}", v.subject), v.cause.as_str().to_string());
+        if last.as_ref() != Some(&key) {
+            line(show(format, v, false));
+            last = Some(key);
+        }
+    };
+    evaluate_each(engine, samples, every, |v| {
+        if let Some(p) = pending.replace(v.clone()) {
+            emit(&p, &mut line);
+        }
+    });
+    if let Some(p) = pending {
+        line(show(format, &p, true));
+    }
 }
 
 #[cfg(test)]
@@ -420,6 +452,93 @@ mod tests {
             );
         }
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Replay prints each change, then always the evaluation at the last sample, marked final
+    /// (the series keeps leaking after the call: the final line's slope and time are the last
+    /// sample's, not the stale ones of the change); too little history has an unknown slope.
+    #[test]
+    fn replay_ends_with_the_final_evaluation_and_an_unknown_slope_is_not_zero() {
+        let samples = leaking_samples();
+        let all = verdicts(&samples);
+        let mut text = Vec::new();
+        lines(
+            &mut Engine::default(),
+            &samples,
+            3600,
+            OutputFormat::Text,
+            |l| text.push(l),
+        );
+        let mut json = Vec::new();
+        lines(
+            &mut Engine::default(),
+            &samples,
+            3600,
+            OutputFormat::Json,
+            |l| json.push(l),
+        );
+        assert_eq!(text.len(), json.len());
+        assert!(text.len() >= 3, "{text:#?}");
+        let last = all.last().unwrap();
+        assert_eq!(all.len(), 72);
+        // The first evaluation (1 h of history): no slope.
+        assert_eq!(all[0].subject, Subject::InsufficientHistory);
+        assert_eq!(all[0].slope_bytes_per_day, None);
+        assert!(
+            text[0].starts_with(&format!(
+                "{} subject=insufficient_history cause=none slope=- |",
+                all[0].time
+            )),
+            "{}",
+            text[0]
+        );
+        let first: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
+        assert_eq!(first["slope_bytes_per_day"], serde_json::Value::Null);
+        assert_eq!(first.get("final"), None);
+        assert!(
+            json[0].starts_with(r#"{"event":"verdict","time":"#),
+            "{}",
+            json[0]
+        );
+        // The last line: the evaluation at the last sample, marked final.
+        let end = text.last().unwrap();
+        let slope = last.slope_bytes_per_day.unwrap();
+        assert!(
+            end.starts_with(&format!(
+                "{} final subject={} cause={} slope={:.0}MB/day",
+                last.time,
+                last.subject.as_str(),
+                last.cause.as_str(),
+                slope / 1e6
+            )),
+            "{end}"
+        );
+        let end: serde_json::Value = serde_json::from_str(json.last().unwrap()).unwrap();
+        assert!(json
+            .last()
+            .unwrap()
+            .starts_with(r#"{"event":"verdict","final":true,"time":"#));
+        assert_eq!(end["time"], last.time.as_str());
+        // Its fields are the last evaluation's, byte for byte.
+        let mut want = serde_json::to_value(last).unwrap();
+        want["event"] = "verdict".into();
+        want["final"] = true.into();
+        // Through text both, so floats parse alike.
+        let want: serde_json::Value = serde_json::from_str(&want.to_string()).unwrap();
+        assert_eq!(end, want);
+        // Only the last line is final.
+        assert_eq!(
+            json.iter()
+                .filter(|l| l.contains(r#""final":true"#))
+                .count(),
+            1
+        );
+        assert_eq!(
+            text.iter()
+                .filter(|l| l.contains(" final subject="))
+                .count(),
+            1
+        );
     }
 
     #[test]

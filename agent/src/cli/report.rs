@@ -74,6 +74,26 @@ fn read(path: &std::path::Path) -> Result<String, ReportError> {
     })
 }
 
+/// Why stage events were not drawn, when some were not: no kill record to place the kernel's
+/// clock in UTC, either none in the log or every one set aside for its time.
+fn unplaced_stages_warning(ep: &crate::report::Episode) -> Option<String> {
+    (ep.unplaced_stages > 0).then(|| {
+        if ep.set_aside.kills > 0 && ep.kills.is_empty() {
+            format!(
+                "stage events not drawn: the log's {} set aside (dated outside {}), so none places the kernel clock in UTC",
+                match ep.set_aside.kills {
+                    1 => "kill record was".to_string(),
+                    n => format!("{n} kill records were"),
+                },
+                ep.set_aside.reason
+            )
+        } else {
+            "stage events not drawn: no kill record in the log to place the kernel clock in UTC"
+                .to_string()
+        }
+    })
+}
+
 pub fn run(args: ReportArgs) -> Result<(), ReportError> {
     if args.html.is_none() && args.svg.is_none() {
         return Err(ReportError::NoOutput);
@@ -176,11 +196,8 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
             "event log lines that are not events were skipped"
         );
     }
-    if ep.unplaced_stages > 0 {
-        tracing::warn!(
-            stages = ep.unplaced_stages,
-            "stage events not drawn: no kill record in the log to place the kernel clock in UTC"
-        );
+    if let Some(why) = unplaced_stages_warning(&ep) {
+        tracing::warn!(stages = ep.unplaced_stages, "{why}");
     }
     let write = |path: &PathBuf, text: String| {
         std::fs::write(path, text).map_err(|source| ReportError::Write {
@@ -195,4 +212,45 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
         write(p, html(&ep))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{detect::Sample, report::Episode};
+
+    /// A stage is placed in UTC by a kill record; when the only kill is set aside for its
+    /// time, the warning says so (not that the log has none), and the page's summary counts
+    /// one of each in the singular.
+    #[test]
+    fn stages_unplaced_because_every_kill_was_set_aside_say_so() {
+        let samples = [Sample {
+            t: 1_795_900_000,
+            kubelet_rss_bytes: 50e6,
+            ..Default::default()
+        }];
+        let stage = r#"{"event":"stage","ktime_ns":990000000000,"stage":"pre_oom"}"#;
+        let aside = format!(
+            "{}\n{stage}",
+            r#"{"event":"kill","time":"1970-01-01T00:00:01Z","ktime_ns":1000000000,"kind":"oom_memcg","victim":{"pid":1,"comm":"a"}}"#
+        );
+        let ep = Episode::new(&samples, &aside, 1_800_000_000);
+        assert_eq!(
+            unplaced_stages_warning(&ep).as_deref(),
+            Some("stage events not drawn: the log's kill record was set aside (dated outside the series' span), so none places the kernel clock in UTC")
+        );
+        let ep = Episode::new(&samples, stage, 1_800_000_000);
+        assert_eq!(
+            unplaced_stages_warning(&ep).as_deref(),
+            Some("stage events not drawn: no kill record in the log to place the kernel clock in UTC")
+        );
+        let kept = r#"{"event":"kill","time":"2026-11-28T21:06:40Z","ktime_ns":1000000000000,"kind":"oom_memcg","victim":{"pid":42,"comm":"kubelet"}}"#;
+        let ep = Episode::new(&samples, &format!("{kept}\n{stage}"), 1_800_000_000);
+        assert_eq!(unplaced_stages_warning(&ep), None);
+        let page = crate::report::html(&ep);
+        assert!(
+            page.contains(r#"<p id="summary">1 sample, 1 kill (1 OOM kill), 1 stage change."#),
+            "{page}"
+        );
+    }
 }

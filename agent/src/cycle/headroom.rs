@@ -244,11 +244,14 @@ impl Headroom {
                 left(self.seconds_left),
             ),
             Ending::KubeletLimit => format!(
-                "kubelet uses {} of its {} MiB limit, growing {} MiB/s: {} to its limit",
+                "kubelet uses {} of its {} MiB limit, {}",
                 mib(self.kubelet_usage_bytes.unwrap_or(0)),
                 mib(self.kubelet_limit_bytes.unwrap_or(0)),
-                rate(self.kubelet_growth_bytes_per_second),
-                left(self.seconds_left),
+                match (self.kubelet_growth_bytes_per_second, self.seconds_left) {
+                    (None, _) => "its growth rate unknown, so the time to its limit unknown".into(),
+                    (g, None) => format!("growing {} MiB/s: the time to its limit unknown", rate(g)),
+                    (g, s) => format!("growing {} MiB/s: {} to its limit", rate(g), left(s)),
+                },
             ),
         }
     }

@@ -795,3 +795,28 @@ fn stage_text_names_are_the_json_names() {
         );
     }
 }
+
+/// A single reading has no growth rate: the kubelet-limit ending says the rate and the time
+/// are unknown in words (not `growing ? MiB/s: -`); with a rate it says both.
+#[test]
+fn kubelet_limit_ending_says_an_unknown_rate_plainly() {
+    let at = |s: u64, usage: u64| Observation {
+        ktime_ns: s * S,
+        kubelet_rss_bytes: usage * MIB,
+        kubelet_usage_bytes: Some(usage * MIB),
+        kubelet_limit_bytes: Some(1024 * MIB),
+        node_available_bytes: Some(8000 * MIB),
+        node_total_bytes: Some(8192 * MIB),
+    };
+    let h = Headroom::assess(&[at(0, 59)], 100 * MIB).unwrap();
+    assert_eq!(h.ending, Ending::KubeletLimit);
+    assert_eq!(
+        h.describe(),
+        "kubelet uses 59 of its 1024 MiB limit, its growth rate unknown, so the time to its limit unknown"
+    );
+    let h = Headroom::assess(&[at(0, 59), at(10, 69)], 100 * MIB).unwrap();
+    assert_eq!(
+        h.describe(),
+        "kubelet uses 69 of its 1024 MiB limit, growing 1.0 MiB/s: 955 s to its limit"
+    );
+}

@@ -66,7 +66,9 @@ pub struct Verdict {
     pub time: String,
     pub subject: Subject,
     pub cause: classify::Cause,
-    pub slope_bytes_per_day: f64,
+    /// Bytes/day, the kubelet's baseline slope; `None` (JSON null) when the subject is
+    /// `insufficient_history`: too little history to tell a slope.
+    pub slope_bytes_per_day: Option<f64>,
     pub slope_interval_bytes_per_day: Option<(f64, f64)>,
     pub forecast: Option<Forecast>,
     pub supports: Vec<String>,
@@ -207,8 +209,8 @@ impl Engine {
             time,
             subject,
             cause: c.cause,
-            slope_bytes_per_day: slope
-                .map_or_else(|| trend.map_or(0.0, |t| t.slope.mid), |s| s.mid),
+            slope_bytes_per_day: (subject != Subject::InsufficientHistory)
+                .then(|| slope.map_or_else(|| trend.map_or(0.0, |t| t.slope.mid), |s| s.mid)),
             slope_interval_bytes_per_day: slope.map(|s| (s.low, s.high)),
             forecast: match (subject, &trend) {
                 (Subject::Kubelet, Some(t)) => forecast(series, t),

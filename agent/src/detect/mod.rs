@@ -429,9 +429,9 @@ mod tests {
         assert_eq!(v.subject, Subject::None);
         assert_eq!(v.cause, classify::Cause::None);
         assert!(
-            v.slope_bytes_per_day.abs() < 5e6,
+            v.slope_bytes_per_day.unwrap().abs() < 5e6,
             "{}",
-            v.slope_bytes_per_day
+            v.slope_bytes_per_day.unwrap()
         );
     }
 
@@ -449,9 +449,9 @@ mod tests {
         let v = Engine::default().evaluate(&s);
         assert_eq!(v.subject, Subject::Kubelet);
         assert!(
-            (v.slope_bytes_per_day - 100e6).abs() < 5e6,
+            (v.slope_bytes_per_day.unwrap() - 100e6).abs() < 5e6,
             "{}",
-            v.slope_bytes_per_day
+            v.slope_bytes_per_day.unwrap()
         );
         let f = v.forecast.expect("forecast");
         assert_eq!(f.against, "node_memory");

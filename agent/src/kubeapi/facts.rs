@@ -250,7 +250,9 @@ fn hours(seconds: f64) -> String {
 
 /// `KubeletMemoryLeak` from a verdict: True when the detectors blame the kubelet.
 pub fn leak_condition(v: &Verdict) -> Condition {
-    let slope = format!("{:.0} MB/day", v.slope_bytes_per_day / 1e6);
+    let slope = v
+        .slope_bytes_per_day
+        .map_or("unknown".into(), |s| format!("{:.0} MB/day", s / 1e6));
     match v.subject {
         Subject::Kubelet => {
             let mut message = format!(
@@ -488,7 +490,7 @@ pub(crate) mod tests {
             time: "t".into(),
             subject,
             cause: Cause::ContainerGc,
-            slope_bytes_per_day: 250e6,
+            slope_bytes_per_day: Some(250e6),
             slope_interval_bytes_per_day: None,
             forecast,
             supports: vec![],

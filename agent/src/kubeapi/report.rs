@@ -557,7 +557,7 @@ mod tests {
             time: "t".into(),
             subject: Subject::Kubelet,
             cause: Cause::ContainerGc,
-            slope_bytes_per_day: 250e6,
+            slope_bytes_per_day: Some(250e6),
             slope_interval_bytes_per_day: None,
             forecast: None,
             supports: vec![],
