@@ -1,6 +1,7 @@
 //! The `oomprobe` binary: logging, the runtime, and one verb dispatched to its file in `cli/`.
 use clap::{Parser, Subcommand};
 use oomprobe::cli;
+use std::io::Write as _;
 
 #[derive(Parser)]
 #[command(
@@ -47,7 +48,7 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter(std::io::stderr()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -116,6 +117,28 @@ fn fail(e: &(dyn std::error::Error + 'static)) -> ! {
     if cli::is_broken_pipe(e) {
         std::process::exit(141);
     }
-    eprintln!("oomprobe: error: {}", oomprobe::error_chain(e));
+    // A stderr that cannot be written (a full disk under its log) must not turn the error into
+    // a panic: the exit status still says it.
+    let _ = writeln!(
+        std::io::stderr(),
+        "oomprobe: error: {}",
+        oomprobe::error_chain(e)
+    );
     std::process::exit(1);
+}
+
+/// stderr for the log lines: a line that cannot be written (a full disk under the log file, a
+/// closed descriptor) is dropped rather than panicking the program; the verb's own result and
+/// exit status are unaffected.
+struct LogWriter(std::io::Stderr);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }

@@ -990,3 +990,42 @@ fn probe_points_of_a_stripped_static_c_binary_name_the_syscalls_fallback() {
         )
     );
 }
+
+/// A stderr that cannot be written (a full disk under the log file): an error still exits 1,
+/// a warning does not stop the verb, gen-trace still writes its trace; never a panic (101).
+#[test]
+fn a_full_disk_on_stderr_is_never_a_panic() {
+    let dir = Scratch::new("stderr-full");
+    let csv = write_csv(
+        &dir,
+        "warn.csv",
+        "time,kubelet_rss_bytes,pods,zzz\n1790000000,100000000,3,1\n",
+    );
+    let run = |args: &[&str]| {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        oomprobe()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(full)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        run(&["replay", "/nonexistent/series.csv"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        run(&["probe-points", "/nonexistent/kubelet"]).status.code(),
+        Some(1)
+    );
+    // The unknown column's warning is lost; the replay itself runs.
+    let o = run(&["replay", arg(&csv)]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(!o.stdout.is_empty());
+    let o = run(&["gen-trace", "healthy", "--days", "1"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("time,"));
+}

@@ -1,5 +1,7 @@
 //! `oomprobe gen-trace SCENARIO`: a generated, labelled kubelet series as CSV on stdout (the
 //! label on stderr), for testing the detectors.
+use std::io::Write as _;
+
 use crate::detect::{
     classify::Cause,
     offline::{csv, tracegen},
@@ -90,7 +92,8 @@ pub fn run(args: GenTraceArgs) -> Result<(), GenTraceError> {
     // The scenario as it was asked for (the generator's own enum names differ).
     let mut shown = serde_json::to_value(&label).unwrap_or_default();
     shown["scenario"] = serde_json::Value::String(args.scenario.clone());
-    eprintln!("label: {shown}");
+    // Best effort: a stderr that cannot be written does not stop the trace.
+    let _ = writeln!(std::io::stderr(), "label: {shown}");
     // A reader that went away (`| head`) ends the program quietly (see `main`).
     let mut out = super::Stdout::lock();
     out.text(&csv::write(&samples))
