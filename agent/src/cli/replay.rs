@@ -205,7 +205,10 @@ pub fn run(args: ReplayArgs) -> Result<(), ReplayError> {
     let (samples, source) = read_input(&args.file, now)?;
     match source {
         Source::Csv { unknown } if !unknown.is_empty() => {
-            tracing::warn!(columns = ?unknown, "ignoring unknown columns");
+            // The first 20 names and how many (a header of 20,000 unknown columns printed
+            // them all).
+            let shown: Vec<&String> = unknown.iter().take(20).collect();
+            tracing::warn!(count = unknown.len(), columns = ?shown, "ignoring unknown columns");
         }
         Source::Store { invalid } if invalid > 0 => {
             tracing::warn!(
