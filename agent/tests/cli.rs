@@ -1029,3 +1029,29 @@ fn a_full_disk_on_stderr_is_never_a_panic() {
     assert_eq!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("time,"));
 }
+
+/// `report --html FIFO`: refused at once (opening a FIFO nobody reads blocks forever).
+#[test]
+fn report_refuses_a_fifo_as_its_output() {
+    let dir = Scratch::new("report-fifo");
+    let csv = write_csv(
+        &dir,
+        "s.csv",
+        "time,kubelet_rss_bytes,pods\n1790000000,100000000,3\n1790000060,100000000,3\n",
+    );
+    let fifo = dir.path("out.html");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let o = oomprobe()
+        .args(["report", "--csv", arg(&csv), "--html", arg(&fifo)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refusal(&o),
+        format!(
+            "oomprobe: error: cannot write {}: a FIFO or socket, not a file to write",
+            fifo.display()
+        )
+    );
+}

@@ -200,6 +200,18 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
         tracing::warn!(stages = ep.unplaced_stages, "{why}");
     }
     let write = |path: &PathBuf, text: String| {
+        // A FIFO or socket as the output would block at open until something reads it: refused
+        // (a character device such as /dev/null or /dev/stdout is written as asked).
+        use std::os::unix::fs::FileTypeExt as _;
+        if let Ok(m) = std::fs::metadata(path) {
+            let t = m.file_type();
+            if t.is_fifo() || t.is_socket() {
+                return Err(ReportError::Write {
+                    path: path.display().to_string(),
+                    source: std::io::Error::other("a FIFO or socket, not a file to write"),
+                });
+            }
+        }
         std::fs::write(path, text).map_err(|source| ReportError::Write {
             path: path.display().to_string(),
             source,
