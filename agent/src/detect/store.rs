@@ -301,10 +301,11 @@ pub fn bound(samples: &mut Vec<Sample>) {
         if s.t < last.saturating_sub(KEEP_S) {
             return false;
         }
-        if s.t >= last.saturating_sub(FULL_RES_S) {
-            return true;
-        }
-        let step = if s.t >= last.saturating_sub(MID_RES_S) {
+        // Every sample of the last 6 h, at most one a second (the agent samples at most once a
+        // second; a file with millions of samples at one time would otherwise be kept whole).
+        let step = if s.t >= last.saturating_sub(FULL_RES_S) {
+            1
+        } else if s.t >= last.saturating_sub(MID_RES_S) {
             MID_STEP_S
         } else {
             COARSE_STEP_S
@@ -395,7 +396,13 @@ pub fn parse(data: &[u8], now: i64) -> Loaded {
     let mut invalid = 0u64;
     for rec in body[..whole].chunks(l.record) {
         match decode(rec, &known) {
-            Ok(s) if s.t <= latest => samples.push(s),
+            // A record at the time of the one before it is a repeat ([`bound`] keeps one a
+            // second): not held, so a store of millions of same-time records loads small.
+            Ok(s) if s.t <= latest => {
+                if samples.last().is_none_or(|p: &Sample| p.t != s.t) {
+                    samples.push(s);
+                }
+            }
             Ok(s) => {
                 invalid += 1;
                 tracing::debug!(t = s.t, "series record dated in the future dropped");
@@ -616,6 +623,20 @@ mod tests {
             b"somebody else's file"
         );
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn millions_of_samples_at_one_time_keep_one() {
+        // The bad-input trial's store: records all at one second (replay hung on them).
+        let mut v: Vec<Sample> = (0..100_000).map(|_| sample(1_790_000_000)).collect();
+        v.push(sample(1_790_000_001));
+        bound(&mut v);
+        assert_eq!(v.len(), 2);
+        let mut r = Retained::new(Vec::new());
+        for _ in 0..100_000 {
+            r.push(sample(1_790_000_000));
+        }
+        assert!(r.samples().len() <= COMPACT_EVERY, "{}", r.samples().len());
     }
 
     #[test]

@@ -13,6 +13,12 @@ use crate::{
     sampler::KernelVersion,
 };
 
+/// Rows a series CSV may have: 2,000,000 (23 days at one a second, far past the 14 days the
+/// agent keeps); a sample takes a few hundred bytes in memory, so this bounds a replay's
+/// memory where the 512 MiB file bound alone does not (a file of `0,0,0` rows is 83 million
+/// samples).
+pub const MAX_ROWS: usize = 2_000_000;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CsvError {
     #[error("the header must have time, kubelet_rss_bytes and pods (it has: {0})")]
@@ -156,6 +162,11 @@ pub fn parse(text: &str) -> Result<(Vec<Sample>, Vec<String>), CsvError> {
             line: at.map_or(0, |b| line_at(text, b)),
             reason,
         };
+        if out.len() >= MAX_ROWS {
+            return Err(row_err(format!(
+                "more than {MAX_ROWS} rows (23 days at one a second): thin the series first"
+            )));
+        }
         if cells.len() > header.len() {
             return Err(row_err(format!(
                 "{} cells, the header has {} columns",
