@@ -49,7 +49,7 @@ pub struct RunArgs {
     /// oomprobe_kubelet_candidates_rejected_total{reason="pid"}). Once it is gone, the next
     /// kubelet is found by --kubelet-bin, else by --kubelet-name (its restart, previous_pid
     /// this pid), and the pid is not matched again; processes rejected while it ran stay so.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub kubelet_pid: Option<u32>,
     /// Only processes running this executable are kubelets: the same file (device and inode,
     /// the path stat'ed again at each exec, so a new binary renamed over it by an upgrade is
@@ -69,12 +69,12 @@ pub struct RunArgs {
     /// Ring-buffer reader threads, one pinned per CPU up to this many: a reader on a CPU
     /// other than the OOM-killing task's sees the kill without waiting for that task to leave
     /// the kernel.
-    #[arg(long, default_value_t = 8)]
-    pub ring_readers: usize,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub ring_readers: u16,
     /// SCHED_FIFO priority of the ring-buffer readers (0: normal scheduling). They only drain
     /// the ring and block otherwise; at real-time priority a kill is read within a fraction of
     /// a millisecond even when every CPU is busy.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=99))]
     pub ring_reader_priority: u8,
     /// When the mmap/munmap syscall tracepoints are attached: `always` (a kubelet's allocations
     /// between its exec and its uprobes count; every mmap/munmap on the node pays ~140 ns for
@@ -382,7 +382,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let ring = probes.take_events()?;
     let (readers, mut ring) = crate::kernel::ring::spawn(
         ring,
-        args.ring_readers,
+        usize::from(args.ring_readers),
         args.ring_reader_priority,
         4096,
         recorder,
@@ -524,6 +524,9 @@ mod tests {
             ("--flap-window", "86401", "86401 is not in 1..=86400"),
             ("--storm-settle", "0", "0 is not in 1..=86400"),
             ("--pre-oom-horizon", "0", "0 is not in 1..=86400"),
+            ("--ring-readers", "0", "0 is not in 1..=4096"),
+            ("--ring-reader-priority", "100", "100 is not in 0..=99"),
+            ("--kubelet-pid", "0", "0 is not in 1.."),
             ("--kubelet-name", "", "a process name cannot be empty"),
             ("--kubepods-root", "", "a cgroup path cannot be empty"),
         ] {
