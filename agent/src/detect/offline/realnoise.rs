@@ -41,8 +41,10 @@ use crate::detect::{classify::Cause, restart_times, series::quantile, Sample, Su
 /// The recorded real kubelet series bench-detect pools by default (paths relative to the agent
 /// crate): every committed healthy v1.34.4 recording of the lab, in this order (the order is
 /// part of the corpus: the blocks are numbered through it). A new recording is appended here.
-pub const DEFAULT_SERIES: &[&str] =
-    &["src/detect/testdata/lab-series/kubelet-v1.34.4-lab.series.bin.gz"];
+pub const DEFAULT_SERIES: &[&str] = &[
+    "src/detect/testdata/lab-series/kubelet-v1.34.4-lab.series.bin.gz",
+    "src/detect/testdata/lab-series/kubelet-v1.34.4-lab-2.series.bin.gz",
+];
 /// Samples further apart than this end a block (the agent was down or the scrape failed).
 pub const MAX_GAP_S: i64 = 180;
 /// Minutes per block when every recording of the pool has twice that without a gap.
