@@ -245,27 +245,13 @@ impl Engine {
             .iter_mut()
             .find(|f| f.detector == "workload_trend" && !f.firing)?;
         let score = change.gated_score(&fit);
-        let low = (score <= self.workload_release_score).then(|| low_since.unwrap_or(now));
-        let low_for = low.map_or(0, |l| now.saturating_sub(l));
-        if low_for >= self.release_after_s {
-            return None;
-        }
-        f.firing = true;
-        if score.is_finite() {
-            f.evidence.push_str(&format!(
-                "; leak called earlier and held: score {score:.1} (calling needs {:.1}, released after {} h at or under {:.1})",
-                change.t_threshold,
-                self.release_after_s / 3600,
-                self.workload_release_score
-            ));
-        } else {
-            f.evidence.push_str(&format!(
-                "; leak called earlier and held: its gates not passed for {:.1} h (released after {} h)",
-                low_for as f64 / 3600.0,
-                self.release_after_s / 3600
-            ));
-        }
-        low
+        let release = Release {
+            calling: change.t_threshold,
+            score: self.workload_release_score,
+            after_s: self.release_after_s,
+            unscored: "its gates not passed",
+        };
+        release.hold(f, score, low_since, now).ok().flatten()
     }
 
     /// A kubelet leak called before and not called now: held while the best change point's
@@ -301,26 +287,15 @@ impl Engine {
         let score = fit
             .as_ref()
             .map_or(f64::NEG_INFINITY, |x| self.kubelet.change.gated_score(x));
-        let low = (score <= self.release_score).then(|| low_since.unwrap_or(now));
-        let low_for = low.map_or(0, |l| now.saturating_sub(l));
-        if low_for >= self.release_after_s {
+        let release = Release {
+            calling: self.kubelet.change.t_threshold,
+            score: self.release_score,
+            after_s: self.release_after_s,
+            unscored: "no growing fit",
+        };
+        let Ok(low) = release.hold(f, score, low_since, now) else {
             return None;
-        }
-        f.firing = true;
-        if score.is_finite() {
-            f.evidence.push_str(&format!(
-                "; leak called earlier and held: score {score:.1} (calling needs {:.1}, released after {} h at or under {:.1})",
-                self.kubelet.change.t_threshold,
-                self.release_after_s / 3600,
-                self.release_score
-            ));
-        } else {
-            f.evidence.push_str(&format!(
-                "; leak called earlier and held: no growing fit for {:.1} h (released after {} h)",
-                low_for as f64 / 3600.0,
-                self.release_after_s / 3600
-            ));
-        }
+        };
         if let Some(fit) = fit.filter(|x| x.slope.mid > 0.0) {
             f.value = fit.slope.mid;
             *trend = Some(Trend {
@@ -335,6 +310,52 @@ impl Engine {
             });
         }
         low
+    }
+}
+
+/// When a held leak call is let go: its gated score at or under `score` for `after_s`.
+struct Release {
+    /// The score that calls a leak (for the evidence).
+    calling: f64,
+    score: f64,
+    after_s: i64,
+    /// What the evidence says when there is no score (no fit that passes the gates).
+    unscored: &'static str,
+}
+
+impl Release {
+    /// Holds the call in `f` (firing, the hold said in its evidence) unless the score has been
+    /// low for `after_s`: `Ok(since when it has been low)` (None while above), `Err(())` when
+    /// the call is released.
+    fn hold(
+        &self,
+        f: &mut Finding,
+        score: f64,
+        low_since: Option<i64>,
+        now: i64,
+    ) -> Result<Option<i64>, ()> {
+        let low = (score <= self.score).then(|| low_since.unwrap_or(now));
+        let low_for = low.map_or(0, |l| now.saturating_sub(l));
+        if low_for >= self.after_s {
+            return Err(());
+        }
+        f.firing = true;
+        if score.is_finite() {
+            f.evidence.push_str(&format!(
+                "; leak called earlier and held: score {score:.1} (calling needs {:.1}, released after {} h at or under {:.1})",
+                self.calling,
+                self.after_s / 3600,
+                self.score
+            ));
+        } else {
+            f.evidence.push_str(&format!(
+                "; leak called earlier and held: {} for {:.1} h (released after {} h)",
+                self.unscored,
+                low_for as f64 / 3600.0,
+                self.after_s / 3600
+            ));
+        }
+        Ok(low)
     }
 }
 
