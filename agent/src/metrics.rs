@@ -785,6 +785,11 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 431"), "{r:?}");
         let (r, _) = exchange(addr, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n", limit).await;
         assert!(r.starts_with("HTTP/1.1 405"), "{r:?}");
+        // Counted by each connection's task after its socket is gone (see below).
+        let start = Instant::now();
+        while count(&metrics, "error") < 2 && start.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(count(&metrics, "error"), 2);
 
         // 40 idle connections at once: 16 hold a slot until the header timeout, the other
@@ -805,6 +810,14 @@ mod tests {
             .count();
         assert_eq!(quick, 24, "{lived:?}");
         assert!(lived[39] < Duration::from_millis(1500), "{lived:?}");
+        // A connection's task counts its end after its socket is gone (the client saw the
+        // close first): the counts are read once the 40 are all counted, within a second.
+        let start = Instant::now();
+        while count(&metrics, "refused") + count(&metrics, "timeout") < 40
+            && start.elapsed() < Duration::from_secs(1)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(count(&metrics, "refused"), 24);
         assert_eq!(count(&metrics, "timeout"), 16);
 
