@@ -72,12 +72,19 @@ impl Cordon {
         &self.cfg.node
     }
 
-    /// Reacts to a stage change: cordons once per flap episode; Recovery ends the episode.
+    /// Reacts to a stage change: cordons once per flap episode. An episode is a run of kubelet
+    /// OOM kills each within the flap window of the one before: a `recovery` between two of them
+    /// (a storm that settled before the next kill) does not end it; a kill outside the window
+    /// (`active_oom`/`re_oom` not flapping) or `steady` starts a new one. Nothing is sent on
+    /// `recovery` or `steady`.
     pub fn on_stage(&mut self, ev: &StageEvent) -> Option<Decision> {
-        if ev.stage == Stage::Recovery || ev.stage == Stage::Steady {
+        let kill = matches!(ev.stage, Stage::ActiveOom | Stage::ReOom);
+        if (kill && !ev.flapping) || ev.stage == Stage::Steady {
             self.done = false;
             self.attempts = 0;
             self.next_try = None;
+        }
+        if matches!(ev.stage, Stage::Recovery | Stage::Steady) {
             return None;
         }
         if !ev.flapping || self.done || self.in_flight {
@@ -146,4 +153,89 @@ pub fn spawn_cordon(
         let r = crate::kubeapi::cordon(client, &node).await;
         let _ = done.send(r).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(stage: Stage, flapping: bool) -> StageEvent {
+        StageEvent {
+            ktime_ns: 0,
+            stage,
+            previous: Stage::Steady,
+            cycles: 1,
+            period_seconds: None,
+            flapping,
+            detail: String::new(),
+            storm: None,
+            collateral: Default::default(),
+            collateral_caused: Default::default(),
+            collateral_caused_omitted: 0,
+            ending: None,
+            seconds_left: None,
+            headroom: None,
+            recommendations: vec![],
+        }
+    }
+
+    fn cordon(confirm: bool) -> Cordon {
+        let cfg = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+        Cordon::new(CordonConfig {
+            client: kube::Client::try_from(cfg).unwrap(),
+            node: "n".into(),
+            confirm,
+        })
+    }
+
+    fn sends(c: &mut Cordon, ev: StageEvent) -> bool {
+        match c.on_stage(&ev) {
+            Some(Decision::Send) => {
+                c.on_result(Ok(()));
+                true
+            }
+            Some(Decision::DryRun(_)) => true,
+            None => false,
+        }
+    }
+
+    /// Seen on the real kubelet under CPU load: a restarted kubelet's storm settled (`recovery`)
+    /// 5-14 s before the kernel killed it again within the flap window. One episode, one cordon.
+    #[tokio::test]
+    async fn a_recovery_between_flapping_kills_does_not_start_a_new_episode() {
+        for confirm in [true, false] {
+            let mut c = cordon(confirm);
+            assert!(!sends(&mut c, stage(Stage::ActiveOom, false)));
+            assert!(!sends(&mut c, stage(Stage::ReconciliationStorm, false)));
+            assert!(sends(&mut c, stage(Stage::ReOom, true)));
+            assert!(!sends(&mut c, stage(Stage::ReconciliationStorm, true)));
+            assert!(!sends(&mut c, stage(Stage::Recovery, true)));
+            assert!(!sends(&mut c, stage(Stage::ReOom, true)));
+            assert!(!sends(&mut c, stage(Stage::ReconciliationStorm, true)));
+            assert!(!sends(&mut c, stage(Stage::Recovery, true)));
+            // A kill outside the flap window: a new episode, which cordons at its flapping kill.
+            assert!(!sends(&mut c, stage(Stage::ReOom, false)));
+            assert!(sends(&mut c, stage(Stage::ReOom, true)));
+            // Headroom back (`steady`) ends an episode too.
+            assert!(!sends(&mut c, stage(Stage::Steady, false)));
+            assert!(sends(&mut c, stage(Stage::ReOom, true)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_cordon_is_not_retried_within_its_backoff() {
+        let mut c = cordon(true);
+        assert!(matches!(
+            c.on_stage(&stage(Stage::ReOom, true)),
+            Some(Decision::Send)
+        ));
+        // In flight: nothing more is sent.
+        assert!(c
+            .on_stage(&stage(Stage::ReconciliationStorm, true))
+            .is_none());
+        let ev = c.on_result(Err(crate::kubeapi::ApiError::NoApiServer));
+        assert!(!ev.ok);
+        // Within the 5-minute backoff: nothing sent.
+        assert!(c.on_stage(&stage(Stage::ReOom, true)).is_none());
+    }
 }
