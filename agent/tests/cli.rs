@@ -307,6 +307,37 @@ fn report_draws_the_event_log_alone() {
     assert!(refusal(&o).contains("no series store at"), "{}", stderr(&o));
 }
 
+/// An event log line longer than 1 MiB (a 4 MiB field) is skipped unread and said on stderr
+/// with its count; the other lines are drawn.
+#[test]
+fn report_skips_a_huge_event_line_and_says_so() {
+    let dir = Scratch::new("events-huge");
+    let golden_events = std::fs::read_to_string(golden("ring-synth.expected.jsonl")).unwrap();
+    let huge = format!(
+        r#"{{"event":"kill","time":"2026-11-28T21:20:00Z","kind":"oom_memcg","victim":{{"pid":1,"comm":"{}"}}}}"#,
+        "x".repeat(4 << 20)
+    );
+    let events = dir.path("events.jsonl");
+    std::fs::write(&events, format!("{huge}\n{golden_events}")).unwrap();
+    let svg = dir.path("k.svg");
+    let o = oomprobe()
+        .args(["report", "--events", arg(&events), "--state-dir"])
+        .arg(dir.path("no-state"))
+        .args(["--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "event log lines longer than 1048576 bytes were skipped unread (no agent record is that long) lines=1"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(text.matches(r#"<g class="kill""#).count(), 14);
+}
+
 /// Kills dated 1970 and 9999 beside a generated day of 2026 are set aside, counted and said
 /// (on stderr, in the page, under the chart); the axis stays on the series' day. An event log
 /// alone whose only kill is implausible has nothing to draw, and says why.

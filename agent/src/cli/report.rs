@@ -172,6 +172,14 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut ep = Episode::new(&samples, &events, now);
+    // Said before a refusal for nothing to draw, which these lines may explain.
+    if ep.long_lines > 0 {
+        tracing::warn!(
+            lines = ep.long_lines,
+            "event log lines longer than {} bytes were skipped unread (no agent record is that long)",
+            crate::report::MAX_EVENT_LINE_BYTES
+        );
+    }
     if ep.memory.is_empty() && ep.kills.is_empty() {
         return Err(ReportError::Empty {
             from,
