@@ -898,6 +898,30 @@ fn meaningless_diagnose_flags_are_refused() {
             "error: invalid value '' for '--kubepods-root <KUBEPODS_ROOT>': a cgroup path cannot be empty",
         ),
         (
+            vec!["diagnose", "--kube-api", ""],
+            "error: invalid value '' for '--kube-api <KUBE_API>': a URL cannot be empty (leave the flag out instead)",
+        ),
+        (
+            vec!["run", "--kube-api", ""],
+            "error: invalid value '' for '--kube-api <KUBE_API>': a URL cannot be empty (leave the flag out instead)",
+        ),
+        (
+            vec!["diagnose", "--kubelet-metrics", ""],
+            "error: invalid value '' for '--kubelet-metrics <KUBELET_METRICS>': a URL cannot be empty (leave the flag out instead)",
+        ),
+        (
+            vec!["run", "--kubelet-metrics", " "],
+            "error: invalid value ' ' for '--kubelet-metrics <KUBELET_METRICS>': a URL cannot be empty (leave the flag out instead)",
+        ),
+        (
+            vec!["diagnose", "--node-name", ""],
+            "error: invalid value '' for '--node-name <NODE_NAME>': a node name cannot be empty (without --node-name: the hostname)",
+        ),
+        (
+            vec!["run", "--node-name", "../x"],
+            "error: invalid value '../x' for '--node-name <NODE_NAME>': \"../x\": not a Kubernetes node name (lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit; at most 253 bytes)",
+        ),
+        (
             vec!["diagnose", "--eviction-hard-memory", "0"],
             "error: invalid value '0' for '--eviction-hard-memory <EVICTION_HARD_MEMORY>': \"0\": must be positive, as the kubelet requires (a kubelet without a memory.available threshold: 0%)",
         ),

@@ -67,6 +67,48 @@ pub fn parse_process_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// A node name for `--node-name`: a Kubernetes node name, as the API server requires it (an
+/// RFC 1123 subdomain: lowercase letters, digits, `-` and `.`, starting and ending with a letter
+/// or digit, at most 253 bytes). Not empty: an empty name would silently stand for no node.
+pub fn parse_node_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("a node name cannot be empty (without --node-name: the hostname)".into());
+    }
+    let ok = s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !ok {
+        return Err(format!(
+            "{:?}: not a Kubernetes node name (lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit; at most 253 bytes)",
+            cut(s)
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// An endpoint URL for `--kube-api` or `--kubelet-metrics`: not empty.
+pub fn parse_url(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("a URL cannot be empty (leave the flag out instead)".into());
+    }
+    Ok(s.to_string())
+}
+
+/// `s` cut to 64 characters for an error message (`...` after a cut).
+fn cut(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// A cgroup path for `--kubepods-root`: not empty (an empty one would be the whole
 /// hierarchy).
 pub fn parse_cgroup_path(s: &str) -> Result<String, String> {
@@ -208,6 +250,34 @@ pub fn parse_eviction_hard(s: &str) -> Result<EvictionHard, String> {
 #[cfg(test)]
 mod tests {
     use super::parse_bytes;
+
+    #[test]
+    fn node_names_and_urls_are_not_empty() {
+        use super::{parse_node_name, parse_url};
+        for good in ["node-1", "ip-10-0-0-1.ec2.internal", "a", "0"] {
+            assert_eq!(parse_node_name(good).as_deref(), Ok(good));
+        }
+        assert_eq!(
+            parse_node_name(""),
+            Err("a node name cannot be empty (without --node-name: the hostname)".into())
+        );
+        for bad in [" ", "Node", "-a", "a-", "a..b", ".a", "a/b", "../x", "a b"] {
+            assert!(parse_node_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_node_name(&"a".repeat(254)).is_err());
+        assert!(parse_node_name(&"a".repeat(64)).is_err());
+        let long = parse_node_name(&"A".repeat(300)).unwrap_err();
+        assert!(
+            long.starts_with(&format!("\"{}...\": not a", "A".repeat(64))),
+            "{long}"
+        );
+        for bad in ["", " ", "\t"] {
+            assert_eq!(
+                parse_url(bad),
+                Err("a URL cannot be empty (leave the flag out instead)".into())
+            );
+        }
+    }
 
     #[test]
     fn byte_quantities() {
