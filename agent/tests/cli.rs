@@ -922,6 +922,14 @@ fn meaningless_diagnose_flags_are_refused() {
             "error: invalid value '../x' for '--node-name <NODE_NAME>': \"../x\": not a Kubernetes node name (lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit; at most 253 bytes)",
         ),
         (
+            vec!["diagnose", "--kubepods-root", "../../etc"],
+            "error: invalid value '../../etc' for '--kubepods-root <KUBEPODS_ROOT>': \"../../etc\": a cgroup path is absolute in the memory hierarchy, e.g. /kubepods or /kubepods.slice",
+        ),
+        (
+            vec!["run", "--kubepods-root", "/kubepods/../../etc"],
+            "error: invalid value '/kubepods/../../etc' for '--kubepods-root <KUBEPODS_ROOT>': \"/kubepods/../../etc\": a cgroup path cannot have '.' or '..' components",
+        ),
+        (
             vec!["diagnose", "--eviction-hard-memory", "0"],
             "error: invalid value '0' for '--eviction-hard-memory <EVICTION_HARD_MEMORY>': \"0\": must be positive, as the kubelet requires (a kubelet without a memory.available threshold: 0%)",
         ),

@@ -109,11 +109,29 @@ fn cut(s: &str) -> String {
     }
 }
 
-/// A cgroup path for `--kubepods-root`: not empty (an empty one would be the whole
-/// hierarchy).
+/// A cgroup path for `--kubepods-root`: absolute in the memory hierarchy (`/kubepods`), below
+/// its root (neither empty nor `/`: that would be the whole hierarchy), without `..` (it must
+/// not climb out of the cgroup filesystem: `/../../etc`) or `.` components.
 pub fn parse_cgroup_path(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("a cgroup path cannot be empty".into());
+    }
+    if !s.starts_with('/') {
+        return Err(format!(
+            "{:?}: a cgroup path is absolute in the memory hierarchy, e.g. /kubepods or /kubepods.slice",
+            cut(s)
+        ));
+    }
+    if s.split('/').any(|c| c == ".." || c == ".") {
+        return Err(format!(
+            "{:?}: a cgroup path cannot have '.' or '..' components",
+            cut(s)
+        ));
+    }
+    if s.split('/').all(str::is_empty) {
+        return Err(format!(
+            "{s:?}: the hierarchy's root, not where pods live (e.g. /kubepods or /kubepods.slice)"
+        ));
     }
     Ok(s.to_string())
 }
@@ -250,6 +268,33 @@ pub fn parse_eviction_hard(s: &str) -> Result<EvictionHard, String> {
 #[cfg(test)]
 mod tests {
     use super::parse_bytes;
+
+    #[test]
+    fn cgroup_paths_are_absolute_without_dot_dot() {
+        use super::parse_cgroup_path;
+        for good in [
+            "/kubepods",
+            "/kubepods.slice",
+            "/a/b..c/",
+            "/kubepods//burstable",
+        ] {
+            assert_eq!(parse_cgroup_path(good).as_deref(), Ok(good));
+        }
+        assert_eq!(
+            parse_cgroup_path("../../etc"),
+            Err("\"../../etc\": a cgroup path is absolute in the memory hierarchy, e.g. /kubepods or /kubepods.slice".into())
+        );
+        assert_eq!(
+            parse_cgroup_path("/kubepods/../../../etc"),
+            Err(
+                "\"/kubepods/../../../etc\": a cgroup path cannot have '.' or '..' components"
+                    .into()
+            )
+        );
+        for bad in ["", "kubepods", "/..", "/./kubepods", "/", "//", "/a/.."] {
+            assert!(parse_cgroup_path(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn node_names_and_urls_are_not_empty() {
