@@ -93,12 +93,59 @@ pub fn parse_node_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// An endpoint URL for `--kube-api` or `--kubelet-metrics`: not empty.
+/// An endpoint URL for `--kube-api` or `--kubelet-metrics`: an absolute `http` or `https` URL
+/// with a host. The value is never echoed whole in the error (a token pasted into the wrong
+/// flag must not reach a log): a URL is shown as [`crate::redact_url`] shows it, anything else
+/// not at all.
 pub fn parse_url(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         return Err("a URL cannot be empty (leave the flag out instead)".into());
     }
+    let hint = "an http or https URL, e.g. https://10.0.0.1:10250/metrics";
+    let url = reqwest::Url::parse(s.trim())
+        .map_err(|e| format!("not a URL ({e}; the value is not shown): {hint}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "{}: the scheme must be http or https",
+            crate::redact_url(s.trim())
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{}: no host: {hint}", crate::redact_url(s.trim())));
+    }
     Ok(s.to_string())
+}
+
+/// [`parse_url`] as a clap parser whose error does not echo the value (clap's own error for a
+/// `fn` parser quotes it whole): `invalid value for '--FLAG': WHY`.
+#[derive(Clone, Copy, Debug)]
+pub struct UrlParser;
+
+impl clap::builder::TypedValueParser for UrlParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let flag = arg
+            .and_then(clap::Arg::get_long)
+            .map_or("the URL".to_string(), |l| format!("'--{l}'"));
+        let why = match value.to_str() {
+            Some(s) => match parse_url(s) {
+                Ok(url) => return Ok(url),
+                Err(why) => why,
+            },
+            None => "not UTF-8 (the value is not shown)".to_string(),
+        };
+        let mut cmd = cmd.clone();
+        Err(cmd.error(
+            clap::error::ErrorKind::ValueValidation,
+            format!("invalid value for {flag}: {why}"),
+        ))
+    }
 }
 
 /// `s` cut to 64 characters for an error message (`...` after a cut).
@@ -321,6 +368,24 @@ mod tests {
                 parse_url(bad),
                 Err("a URL cannot be empty (leave the flag out instead)".into())
             );
+        }
+        for good in [
+            "https://10.0.0.1:10250/metrics",
+            "http://127.0.0.1:6443",
+            "https://[::1]:6443",
+        ] {
+            assert_eq!(parse_url(good).as_deref(), Ok(good));
+        }
+        assert_eq!(
+            parse_url("not a url"),
+            Err("not a URL (relative URL without a base; the value is not shown): an http or https URL, e.g. https://10.0.0.1:10250/metrics".into())
+        );
+        assert_eq!(
+            parse_url("ftp://u:secret@host/x?token=abc"),
+            Err("ftp://***@host/x?***: the scheme must be http or https".into())
+        );
+        for bad in ["http://", "10.0.0.1:10250", "file:///etc/passwd", "unix:/x"] {
+            assert!(parse_url(bad).is_err(), "{bad:?}");
         }
     }
 
