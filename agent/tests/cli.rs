@@ -433,6 +433,62 @@ fn report_names_a_corrupt_store_and_what_is_wrong() {
     }
 }
 
+/// A store whose every record is invalid is said to be so, with the count, by `report` (a
+/// refusal) and `diagnose` (the leak verdict's reason), not taken for an empty history.
+#[test]
+fn a_store_of_only_invalid_records_is_named_not_no_history() {
+    let dir = Scratch::new("invalid-store");
+    let store = dir.path("series.bin");
+    {
+        let mut st = oomprobe::detect::store::Store::open(&store).unwrap();
+        for i in 0..3 {
+            st.append(oomprobe::detect::Sample {
+                t: 1_790_000_000 + i * 60,
+                kubelet_rss_bytes: -1.0,
+                pods: 3.0,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+    }
+    let bytes = std::fs::read(&store).unwrap();
+    let why = "holds no valid sample: all 3 records rejected as invalid (a time or a value out of range, or a required value missing)";
+    let svg = dir.path("r.svg");
+    let o = oomprobe()
+        .args(["report", "--state-dir", arg(&dir.0), "--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refusal(&o),
+        format!("oomprobe: error: series store {} {why}", store.display())
+    );
+    let o = oomprobe()
+        .args([
+            "diagnose",
+            "--format",
+            "json",
+            "--kubelet-name",
+            "no-such-kubelet",
+        ])
+        .args(["--state-dir", arg(&dir.0)])
+        .output()
+        .unwrap();
+    let verdict = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|c| c["check"] == "leak_verdict")
+        .unwrap();
+    assert_eq!(verdict["value"], serde_json::Value::Null, "{verdict}");
+    assert_eq!(
+        verdict["detail"],
+        format!("series store {} {why}: no leak verdict", store.display()),
+        "{verdict}"
+    );
+    // Read only: the store is left as it was.
+    assert_eq!(std::fs::read(&store).unwrap(), bytes);
+}
+
 /// The exit contract: 2 when any check is BAD (the checks are printed), and the stage of a
 /// machine without a kubelet process: `active_oom_or_down` where a kubepods cgroup tree says a
 /// kubelet set this node up, else `no_kubelet` (unknown). A --kubeconfig that is not one is

@@ -55,6 +55,8 @@ pub enum ReportError {
     Store(crate::detect::store::StoreError),
     #[error("series store {path} is corrupt: {why}")]
     Corrupt { path: String, why: String },
+    #[error("series store {path} holds no valid sample: all {invalid} records rejected as invalid (a time or a value out of range, or a required value missing)")]
+    Invalid { path: String, invalid: u64 },
     #[error("no series samples and no kill in {from}: nothing to draw{}", if set_aside.is_empty() { String::new() } else { format!(" ({set_aside})") })]
     Empty { from: String, set_aside: String },
     #[error("cannot write {path}")]
@@ -159,6 +161,12 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
                         return Err(ReportError::Corrupt {
                             path: path.display().to_string(),
                             why: crate::detect::store::corrupt_reason(&bytes),
+                        });
+                    }
+                    if loaded.samples.is_empty() && loaded.invalid > 0 {
+                        return Err(ReportError::Invalid {
+                            path: path.display().to_string(),
+                            invalid: loaded.invalid,
                         });
                     }
                     (loaded.samples, path.display().to_string())
