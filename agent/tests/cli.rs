@@ -489,6 +489,58 @@ fn a_store_of_only_invalid_records_is_named_not_no_history() {
     assert_eq!(std::fs::read(&store).unwrap(), bytes);
 }
 
+/// `report --csv` given the agent's store (or bytes that are not text) says what the file is
+/// and which flag reads a store, not a raw UTF-8 error.
+#[test]
+fn report_csv_given_a_store_points_to_state_dir() {
+    let dir = Scratch::new("store-as-csv");
+    let store = dir.path("series.bin");
+    {
+        let mut st = oomprobe::detect::store::Store::open(&store).unwrap();
+        st.append(oomprobe::detect::Sample {
+            t: 1_790_000_000,
+            kubelet_rss_bytes: 5e7,
+            pods: 3.0,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let other = dir.path("copy.bin");
+    std::fs::copy(&store, &other).unwrap();
+    let binary = dir.path("b.csv");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00, 0x01]).unwrap();
+    let svg = dir.path("r.svg");
+    let run = |csv: &Path| {
+        oomprobe()
+            .args(["report", "--csv", arg(csv), "--svg", arg(&svg)])
+            .output()
+            .unwrap()
+    };
+    let is_store = "is not CSV: it is the agent's series store (OOMPSERI magic); report reads a store with --state-dir";
+    assert_eq!(
+        refusal(&run(&store)),
+        format!(
+            "oomprobe: error: {} {is_store} {} (its directory)",
+            store.display(),
+            dir.0.display()
+        )
+    );
+    assert_eq!(
+        refusal(&run(&other)),
+        format!(
+            "oomprobe: error: {} {is_store} DIR, the directory of a file named series.bin (a copy of it, uncompressed); `oomprobe replay FILE` reads it as it is",
+            other.display()
+        )
+    );
+    assert_eq!(
+        refusal(&run(&binary)),
+        format!(
+            "oomprobe: error: {} is not CSV text (not UTF-8; nor the agent's series store, no OOMPSERI magic)",
+            binary.display()
+        )
+    );
+}
+
 /// The exit contract: 2 when any check is BAD (the checks are printed), and the stage of a
 /// machine without a kubelet process: `active_oom_or_down` where a kubepods cgroup tree says a
 /// kubelet set this node up, else `no_kubelet` (unknown). A --kubeconfig that is not one is

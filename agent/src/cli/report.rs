@@ -49,6 +49,10 @@ pub enum ReportError {
         #[source]
         source: csv::CsvError,
     },
+    #[error("{path} is not CSV: it is the agent's series store (OOMPSERI magic); report reads a store with --state-dir {hint}")]
+    StoreAsCsv { path: String, hint: String },
+    #[error("{path} is not CSV text (not UTF-8; nor the agent's series store, no OOMPSERI magic)")]
+    NotText { path: String },
     #[error("no series store at {0}: give the agent's --state-dir (default /var/lib/oomprobe), or a CSV with --csv FILE")]
     NoStore(String),
     #[error(transparent)]
@@ -74,6 +78,17 @@ fn read(path: &std::path::Path) -> Result<String, ReportError> {
             source,
         }
     })
+}
+
+/// How to give `report` the store file `p`: its directory, when the file is that directory's
+/// `series.bin`; else any directory it is copied into as `series.bin`.
+fn store_hint(p: &std::path::Path) -> String {
+    let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+    match (p.file_name().and_then(|n| n.to_str()), dir) {
+        (Some("series.bin"), Some(d)) => format!("{} (its directory)", d.display()),
+        (Some("series.bin"), None) => ". (its directory)".to_string(),
+        _ => "DIR, the directory of a file named series.bin (a copy of it, uncompressed); `oomprobe replay FILE` reads it as it is".to_string(),
+    }
 }
 
 /// Why stage events were not drawn, when some were not: no kill record to place the kernel's
@@ -129,9 +144,18 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
     let (samples, from) = match &args.csv {
         Some(p) => {
             // Plain or gzip-compressed, read as `replay` reads it.
-            let text = super::replay::read_series(p).map_err(|source| ReportError::Read {
+            let bytes = super::replay::read_bytes(p).map_err(|source| ReportError::Read {
                 path: p.display().to_string(),
                 source,
+            })?;
+            if crate::detect::store::is_store(&bytes) {
+                return Err(ReportError::StoreAsCsv {
+                    path: p.display().to_string(),
+                    hint: store_hint(p),
+                });
+            }
+            let text = String::from_utf8(bytes).map_err(|_| ReportError::NotText {
+                path: p.display().to_string(),
             })?;
             let (s, _) = csv::parse(&text).map_err(|source| ReportError::Csv {
                 path: p.display().to_string(),
