@@ -307,6 +307,44 @@ fn report_draws_the_event_log_alone() {
     assert!(refusal(&o).contains("no series store at"), "{}", stderr(&o));
 }
 
+/// A gzip-compressed event log is read as the plain one (told by its magic, not its name);
+/// bytes that are not text are an error naming the file.
+#[test]
+fn report_reads_a_gzip_event_log() {
+    use std::io::Write as _;
+    let dir = Scratch::new("events-gz");
+    let plain = std::fs::read(golden("ring-synth.expected.jsonl")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&plain).unwrap();
+    let events = dir.path("events.jsonl.gz");
+    std::fs::write(&events, gz.finish().unwrap()).unwrap();
+    let svg = dir.path("k.svg");
+    let o = oomprobe()
+        .args(["report", "--events", arg(&events), "--state-dir"])
+        .arg(dir.path("no-state"))
+        .args(["--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(text.matches(r#"<g class="kill""#).count(), 14);
+    let binary = dir.path("b.jsonl");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+    let o = oomprobe()
+        .args(["report", "--events", arg(&binary), "--state-dir"])
+        .arg(dir.path("no-state"))
+        .args(["--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refusal(&o),
+        format!(
+            "oomprobe: error: cannot read {}: not UTF-8 text (the JSON event log of oomprobe run --format json, plain or gzip-compressed)",
+            binary.display()
+        )
+    );
+}
+
 /// An event log line longer than 1 MiB (a 4 MiB field) is skipped unread and said on stderr
 /// with its count; the other lines are drawn.
 #[test]

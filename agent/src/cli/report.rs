@@ -17,7 +17,8 @@ pub struct ReportArgs {
     /// directory.
     #[arg(long)]
     pub csv: Option<PathBuf>,
-    /// The agent's JSON event log (`oomprobe run --format json > FILE`): kills, stages, verdicts.
+    /// The agent's JSON event log (`oomprobe run --format json > FILE`): kills, stages, verdicts;
+    /// plain or gzip-compressed.
     #[arg(long)]
     pub events: Option<PathBuf>,
     /// Only the last DUR (`30m`, `6h`, `2d`) before the newest sample or event.
@@ -71,12 +72,19 @@ pub enum ReportError {
     },
 }
 
+/// The event log's text, plain or gzip-compressed (a rotated `events.jsonl.gz`, told by its
+/// magic, not its name), at most [`crate::files::MAX_SERIES_BYTES`] either way.
 fn read(path: &std::path::Path) -> Result<String, ReportError> {
-    crate::files::read_to_string(path, crate::files::MAX_SERIES_BYTES).map_err(|source| {
-        ReportError::Read {
-            path: path.display().to_string(),
-            source,
-        }
+    let err = |source| ReportError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let bytes = crate::files::read_maybe_gzip(path, crate::files::MAX_SERIES_BYTES).map_err(err)?;
+    String::from_utf8(bytes).map_err(|_| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8 text (the JSON event log of oomprobe run --format json, plain or gzip-compressed)",
+        ))
     })
 }
 
