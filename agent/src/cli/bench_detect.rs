@@ -89,7 +89,9 @@ fn real_noise(
     for path in paths {
         use std::os::unix::fs::MetadataExt as _;
         let name = path.display().to_string();
-        if !path.exists() {
+        // Only a file that is not there (ENOENT, a dangling link) "does not exist"; one that
+        // cannot be looked at (a symlink loop, a permission) is read below, naming its error.
+        if matches!(path.try_exists(), Ok(false)) {
             return Err(BenchDetectError::NoRealSeries { path: name });
         }
         if let Ok(m) = std::fs::metadata(&path) {
@@ -153,6 +155,27 @@ mod tests {
             e.to_string(),
             "the real-noise corpus needs a recorded kubelet series: /nonexistent/series.bin does not exist (pass --real-series PATH: an agent's series.bin or a replay CSV)"
         );
+    }
+
+    /// A symlink loop is named with its error, not said not to exist.
+    #[test]
+    fn a_symlink_loop_is_its_io_error_not_missing() {
+        let dir = std::env::temp_dir().join(format!("oomprobe-bench-loop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        let e = real_noise(vec![a.clone()], None, None).unwrap_err();
+        let eloop = std::io::Error::from_raw_os_error(libc::ELOOP);
+        assert_eq!(
+            crate::error_chain(&e),
+            format!(
+                "the real-noise corpus's series {0}: cannot read {0}: {eloop}",
+                a.display()
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Without `--real-series`, every committed recording of `DEFAULT_SERIES`, named by its
