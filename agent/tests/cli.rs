@@ -579,6 +579,44 @@ fn report_csv_given_a_store_points_to_state_dir() {
     );
 }
 
+/// A workload verdict's text line gives the pods' growth as `workload_slope=` beside `slope=`
+/// (the kubelet's baseline slope, flat here); the JSON keeps `slope_bytes_per_day` the kubelet's
+/// and the workload finding's value is the same figure.
+#[test]
+fn replay_labels_the_workload_slope() {
+    let dir = Scratch::new("workload-slope");
+    let csv = trace(&dir, "workload", "5");
+    let o = oomprobe().args(["replay", arg(&csv)]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(last.contains(" final subject=workload "), "{last}");
+    let mb = |key: &str, line: &str| -> f64 {
+        let v = line.split(&format!(" {key}=")).nth(1).unwrap();
+        v[..v.find("MB/day").unwrap()].parse().unwrap()
+    };
+    let (kubelet, workload) = (mb("slope", last), mb("workload_slope", last));
+    assert!(kubelet.abs() < 100.0 && workload > 300.0, "{last}");
+    let o = oomprobe()
+        .args(["replay", "--format", "json", arg(&csv)])
+        .output()
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8(o.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(v["subject"], "workload");
+    let finding = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["detector"] == "workload_trend")
+        .unwrap();
+    assert_eq!((finding["value"].as_f64().unwrap() / 1e6).round(), workload);
+    assert_eq!(
+        (v["slope_bytes_per_day"].as_f64().unwrap() / 1e6).round(),
+        kubelet
+    );
+}
+
 /// The exit contract: 2 when any check is BAD (the checks are printed), and the stage of a
 /// machine without a kubelet process: `active_oom_or_down` where a kubepods cgroup tree says a
 /// kubelet set this node up, else `no_kubelet` (unknown). A --kubeconfig that is not one is
