@@ -24,6 +24,21 @@ pub fn slope_text(v: &crate::detect::Verdict) -> String {
         .map_or_else(|| "-".to_string(), |s| format!("{:.0}MB/day", s / 1e6))
 }
 
+/// For a `workload` verdict, ` workload_slope=<MB>MB/day`: the pods' working-set growth the
+/// workload detector fitted (its `workload_trend` finding), beside `slope=`, which is always the
+/// kubelet's baseline slope (the JSON `slope_bytes_per_day`); empty for other subjects.
+pub fn workload_slope_text(v: &crate::detect::Verdict) -> String {
+    if v.subject != crate::detect::Subject::Workload {
+        return String::new();
+    }
+    v.findings
+        .iter()
+        .find(|f| f.detector == "workload_trend")
+        .map_or_else(String::new, |f| {
+            format!(" workload_slope={:.0}MB/day", f.value / 1e6)
+        })
+}
+
 /// The format of the event stream on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum OutputFormat {
@@ -82,11 +97,12 @@ impl Output {
             Output::KillClassified(c) => Text::Line(c.text()),
             Output::KubeletMemory(rep) => Text::Line(rep.text()),
             Output::Verdict(v) => Text::Line(format!(
-                "{} LEAK subject={} cause={} slope={}",
+                "{} LEAK subject={} cause={} slope={}{}",
                 v.time,
                 v.subject.as_str(),
                 v.cause.as_str(),
-                slope_text(v)
+                slope_text(v),
+                workload_slope_text(v)
             )),
             Output::Stage(ev) => {
                 let mut line = format!(

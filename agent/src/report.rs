@@ -47,6 +47,9 @@ pub struct Episode {
     pub forecast: Option<Forecast>,
     /// Lines of the event log that were not JSON events (counted, not fatal).
     pub skipped_lines: usize,
+    /// Lines of the event log longer than [`MAX_EVENT_LINE_BYTES`]: skipped unparsed and
+    /// counted (not in `skipped_lines`), so one huge line cannot grow memory with its size.
+    pub long_lines: usize,
     /// Stage events that could not be placed in time (no kill record to relate the kernel's
     /// monotonic clock to UTC).
     pub unplaced_stages: usize,
@@ -114,6 +117,25 @@ fn rfc3339(t: f64) -> String {
         .unwrap_or_else(|| format!("{t} s"))
 }
 
+/// The longest event log line read: 1 MiB. The agent's longest records (a kill with its OOM
+/// domain, group and cgroup paths) are a few KiB; a longer line is skipped without being
+/// parsed (parsing it would hold a JSON tree several times its size) and counted in
+/// [`Episode::long_lines`].
+pub const MAX_EVENT_LINE_BYTES: usize = 1 << 20;
+
+/// The longest text kept from one event field (a kind, a comm, a pod UID, a stage, a cause):
+/// 256 bytes, cut at a character boundary; the agent's own values are far shorter.
+pub const MAX_FIELD_BYTES: usize = 256;
+
+/// `s` cut to at most [`MAX_FIELD_BYTES`] bytes at a character boundary.
+fn field(s: &str) -> String {
+    let mut end = s.len().min(MAX_FIELD_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 /// The earliest plausible event time: 2014-01-01T00:00:00Z, before eBPF's `bpf(2)` (Linux
 /// 3.18, December 2014); no agent can have recorded anything earlier.
 pub const EARLIEST_PLAUSIBLE: f64 = 1_388_534_400.0;
@@ -172,6 +194,10 @@ impl Episode {
         let mut offset: Option<f64> = None;
         let mut staged: Vec<(u64, String, Option<f64>)> = Vec::new();
         for line in events.lines().filter(|l| !l.trim().is_empty()) {
+            if line.len() > MAX_EVENT_LINE_BYTES {
+                ep.long_lines += 1;
+                continue;
+            }
             let Ok(v) = serde_json::from_str::<Value>(line) else {
                 ep.skipped_lines += 1;
                 continue;
@@ -191,16 +217,16 @@ impl Episode {
                     }
                     ep.kills.push(Kill {
                         t,
-                        kind: v["kind"].as_str().unwrap_or("?").to_string(),
+                        kind: field(v["kind"].as_str().unwrap_or("?")),
                         pid: v["victim"]["pid"].as_u64().unwrap_or(0),
-                        comm: v["victim"]["comm"].as_str().unwrap_or("?").to_string(),
-                        pod: v["victim"]["pod"]["pod_uid"].as_str().map(str::to_string),
+                        comm: field(v["victim"]["comm"].as_str().unwrap_or("?")),
+                        pod: v["victim"]["pod"]["pod_uid"].as_str().map(field),
                     });
                 }
                 Some("stage") => {
                     if let (Some(k), Some(s)) = (v["ktime_ns"].as_u64(), v["stage"].as_str()) {
                         let peak = v["storm"]["peak_rss_bytes"].as_f64();
-                        staged.push((k, s.to_string(), peak));
+                        staged.push((k, field(s), peak));
                     }
                 }
                 Some("verdict") => {
@@ -216,7 +242,7 @@ impl Episode {
                         earliest_seconds: f["earliest_seconds"].as_f64(),
                         expected_seconds: f["expected_seconds"].as_f64(),
                         latest_seconds: f["latest_seconds"].as_f64(),
-                        cause: v["cause"].as_str().unwrap_or("").to_string(),
+                        cause: field(v["cause"].as_str().unwrap_or("")),
                     });
                 }
                 Some(_) => {}
@@ -704,6 +730,26 @@ mod tests {
 not json
 {"event":"verdict","time":"2026-11-28T21:25:00Z","cause":"unknown","slope_bytes_per_day":2.0e9,"forecast":{"earliest_seconds":120,"expected_seconds":300,"latest_seconds":1500}}"#;
         Episode::new(&samples, events, 1_800_000_000)
+    }
+
+    /// A line longer than [`MAX_EVENT_LINE_BYTES`] is skipped unparsed and counted on its
+    /// own; a huge field in a line under it is kept cut to [`MAX_FIELD_BYTES`].
+    #[test]
+    fn huge_lines_are_skipped_and_huge_fields_cut() {
+        let kill = |comm: &str| {
+            format!(
+                r#"{{"event":"kill","time":"2026-11-28T21:20:00Z","ktime_ns":1000000000000,"kind":"oom_memcg","victim":{{"pid":42,"comm":"{comm}"}}}}"#
+            )
+        };
+        let huge = kill(&"x".repeat(MAX_EVENT_LINE_BYTES));
+        let long = kill(&"é".repeat(1000));
+        let events = format!("{huge}\n{long}\n{}\n", kill("kubelet"));
+        let ep = Episode::new(&[], &events, 1_800_000_000);
+        assert_eq!((ep.long_lines, ep.skipped_lines), (1, 0));
+        assert_eq!(ep.kills.len(), 2);
+        // 'é' is two bytes: 128 of them fill the 256.
+        assert_eq!(ep.kills[0].comm, "é".repeat(128));
+        assert_eq!(ep.kills[1].comm, "kubelet");
     }
 
     #[test]

@@ -307,6 +307,75 @@ fn report_draws_the_event_log_alone() {
     assert!(refusal(&o).contains("no series store at"), "{}", stderr(&o));
 }
 
+/// A gzip-compressed event log is read as the plain one (told by its magic, not its name);
+/// bytes that are not text are an error naming the file.
+#[test]
+fn report_reads_a_gzip_event_log() {
+    use std::io::Write as _;
+    let dir = Scratch::new("events-gz");
+    let plain = std::fs::read(golden("ring-synth.expected.jsonl")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&plain).unwrap();
+    let events = dir.path("events.jsonl.gz");
+    std::fs::write(&events, gz.finish().unwrap()).unwrap();
+    let svg = dir.path("k.svg");
+    let o = oomprobe()
+        .args(["report", "--events", arg(&events), "--state-dir"])
+        .arg(dir.path("no-state"))
+        .args(["--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(text.matches(r#"<g class="kill""#).count(), 14);
+    let binary = dir.path("b.jsonl");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00]).unwrap();
+    let o = oomprobe()
+        .args(["report", "--events", arg(&binary), "--state-dir"])
+        .arg(dir.path("no-state"))
+        .args(["--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refusal(&o),
+        format!(
+            "oomprobe: error: cannot read {}: not UTF-8 text (the JSON event log of oomprobe run --format json, plain or gzip-compressed)",
+            binary.display()
+        )
+    );
+}
+
+/// An event log line longer than 1 MiB (a 4 MiB field) is skipped unread and said on stderr
+/// with its count; the other lines are drawn.
+#[test]
+fn report_skips_a_huge_event_line_and_says_so() {
+    let dir = Scratch::new("events-huge");
+    let golden_events = std::fs::read_to_string(golden("ring-synth.expected.jsonl")).unwrap();
+    let huge = format!(
+        r#"{{"event":"kill","time":"2026-11-28T21:20:00Z","kind":"oom_memcg","victim":{{"pid":1,"comm":"{}"}}}}"#,
+        "x".repeat(4 << 20)
+    );
+    let events = dir.path("events.jsonl");
+    std::fs::write(&events, format!("{huge}\n{golden_events}")).unwrap();
+    let svg = dir.path("k.svg");
+    let o = oomprobe()
+        .args(["report", "--events", arg(&events), "--state-dir"])
+        .arg(dir.path("no-state"))
+        .args(["--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "event log lines longer than 1048576 bytes were skipped unread (no agent record is that long) lines=1"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(text.matches(r#"<g class="kill""#).count(), 14);
+}
+
 /// Kills dated 1970 and 9999 beside a generated day of 2026 are set aside, counted and said
 /// (on stderr, in the page, under the chart); the axis stays on the series' day. An event log
 /// alone whose only kill is implausible has nothing to draw, and says why.
@@ -400,6 +469,152 @@ fn report_names_a_corrupt_store_and_what_is_wrong() {
         // Read only: the store is left as it was.
         assert_eq!(std::fs::read(&store).unwrap(), bytes);
     }
+}
+
+/// A store whose every record is invalid is said to be so, with the count, by `report` (a
+/// refusal) and `diagnose` (the leak verdict's reason), not taken for an empty history.
+#[test]
+fn a_store_of_only_invalid_records_is_named_not_no_history() {
+    let dir = Scratch::new("invalid-store");
+    let store = dir.path("series.bin");
+    {
+        let mut st = oomprobe::detect::store::Store::open(&store).unwrap();
+        for i in 0..3 {
+            st.append(oomprobe::detect::Sample {
+                t: 1_790_000_000 + i * 60,
+                kubelet_rss_bytes: -1.0,
+                pods: 3.0,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+    }
+    let bytes = std::fs::read(&store).unwrap();
+    let why = "holds no valid sample: all 3 records rejected as invalid (a time or a value out of range, or a required value missing)";
+    let svg = dir.path("r.svg");
+    let o = oomprobe()
+        .args(["report", "--state-dir", arg(&dir.0), "--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refusal(&o),
+        format!("oomprobe: error: series store {} {why}", store.display())
+    );
+    let o = oomprobe()
+        .args([
+            "diagnose",
+            "--format",
+            "json",
+            "--kubelet-name",
+            "no-such-kubelet",
+        ])
+        .args(["--state-dir", arg(&dir.0)])
+        .output()
+        .unwrap();
+    let verdict = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|c| c["check"] == "leak_verdict")
+        .unwrap();
+    assert_eq!(verdict["value"], serde_json::Value::Null, "{verdict}");
+    assert_eq!(
+        verdict["detail"],
+        format!("series store {} {why}: no leak verdict", store.display()),
+        "{verdict}"
+    );
+    // Read only: the store is left as it was.
+    assert_eq!(std::fs::read(&store).unwrap(), bytes);
+}
+
+/// `report --csv` given the agent's store (or bytes that are not text) says what the file is
+/// and which flag reads a store, not a raw UTF-8 error.
+#[test]
+fn report_csv_given_a_store_points_to_state_dir() {
+    let dir = Scratch::new("store-as-csv");
+    let store = dir.path("series.bin");
+    {
+        let mut st = oomprobe::detect::store::Store::open(&store).unwrap();
+        st.append(oomprobe::detect::Sample {
+            t: 1_790_000_000,
+            kubelet_rss_bytes: 5e7,
+            pods: 3.0,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let other = dir.path("copy.bin");
+    std::fs::copy(&store, &other).unwrap();
+    let binary = dir.path("b.csv");
+    std::fs::write(&binary, [0xff, 0xfe, 0x00, 0x01]).unwrap();
+    let svg = dir.path("r.svg");
+    let run = |csv: &Path| {
+        oomprobe()
+            .args(["report", "--csv", arg(csv), "--svg", arg(&svg)])
+            .output()
+            .unwrap()
+    };
+    let is_store = "is not CSV: it is the agent's series store (OOMPSERI magic); report reads a store with --state-dir";
+    assert_eq!(
+        refusal(&run(&store)),
+        format!(
+            "oomprobe: error: {} {is_store} {} (its directory)",
+            store.display(),
+            dir.0.display()
+        )
+    );
+    assert_eq!(
+        refusal(&run(&other)),
+        format!(
+            "oomprobe: error: {} {is_store} DIR, the directory of a file named series.bin (a copy of it, uncompressed); `oomprobe replay FILE` reads it as it is",
+            other.display()
+        )
+    );
+    assert_eq!(
+        refusal(&run(&binary)),
+        format!(
+            "oomprobe: error: {} is not CSV text (not UTF-8; nor the agent's series store, no OOMPSERI magic)",
+            binary.display()
+        )
+    );
+}
+
+/// A workload verdict's text line gives the pods' growth as `workload_slope=` beside `slope=`
+/// (the kubelet's baseline slope, flat here); the JSON keeps `slope_bytes_per_day` the kubelet's
+/// and the workload finding's value is the same figure.
+#[test]
+fn replay_labels_the_workload_slope() {
+    let dir = Scratch::new("workload-slope");
+    let csv = trace(&dir, "workload", "5");
+    let o = oomprobe().args(["replay", arg(&csv)]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(last.contains(" final subject=workload "), "{last}");
+    let mb = |key: &str, line: &str| -> f64 {
+        let v = line.split(&format!(" {key}=")).nth(1).unwrap();
+        v[..v.find("MB/day").unwrap()].parse().unwrap()
+    };
+    let (kubelet, workload) = (mb("slope", last), mb("workload_slope", last));
+    assert!(kubelet.abs() < 100.0 && workload > 300.0, "{last}");
+    let o = oomprobe()
+        .args(["replay", "--format", "json", arg(&csv)])
+        .output()
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8(o.stdout).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!(v["subject"], "workload");
+    let finding = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["detector"] == "workload_trend")
+        .unwrap();
+    assert_eq!((finding["value"].as_f64().unwrap() / 1e6).round(), workload);
+    assert_eq!(
+        (v["slope_bytes_per_day"].as_f64().unwrap() / 1e6).round(),
+        kubelet
+    );
 }
 
 /// The exit contract: 2 when any check is BAD (the checks are printed), and the stage of a
@@ -865,6 +1080,52 @@ fn meaningless_diagnose_flags_are_refused() {
         (
             vec!["diagnose", "--kubepods-root", ""],
             "error: invalid value '' for '--kubepods-root <KUBEPODS_ROOT>': a cgroup path cannot be empty",
+        ),
+        (
+            vec!["diagnose", "--kube-api", ""],
+            "error: invalid value for '--kube-api': a URL cannot be empty (leave the flag out instead)",
+        ),
+        (
+            vec!["run", "--kube-api", ""],
+            "error: invalid value for '--kube-api': a URL cannot be empty (leave the flag out instead)",
+        ),
+        (
+            vec!["diagnose", "--kubelet-metrics", ""],
+            "error: invalid value for '--kubelet-metrics': a URL cannot be empty (leave the flag out instead)",
+        ),
+        (
+            vec!["run", "--kubelet-metrics", " "],
+            "error: invalid value for '--kubelet-metrics': a URL cannot be empty (leave the flag out instead)",
+        ),
+        // Not a URL: refused at parsing (diagnose used to run and exit 0), the value not
+        // echoed (it may be a token pasted into the wrong flag).
+        (
+            vec!["diagnose", "--kubelet-metrics", "not a url"],
+            "error: invalid value for '--kubelet-metrics': not a URL (relative URL without a base; the value is not shown): an http or https URL, e.g. https://10.0.0.1:10250/metrics",
+        ),
+        (
+            vec!["run", "--kube-api", "s3cr3t-token"],
+            "error: invalid value for '--kube-api': not a URL (relative URL without a base; the value is not shown): an http or https URL, e.g. https://10.0.0.1:10250/metrics",
+        ),
+        (
+            vec!["diagnose", "--kubelet-metrics", "file:///etc/passwd"],
+            "error: invalid value for '--kubelet-metrics': file:///etc/passwd: the scheme must be http or https",
+        ),
+        (
+            vec!["diagnose", "--node-name", ""],
+            "error: invalid value '' for '--node-name <NODE_NAME>': a node name cannot be empty (without --node-name: the hostname)",
+        ),
+        (
+            vec!["run", "--node-name", "../x"],
+            "error: invalid value '../x' for '--node-name <NODE_NAME>': \"../x\": not a Kubernetes node name (lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit; at most 253 bytes)",
+        ),
+        (
+            vec!["diagnose", "--kubepods-root", "../../etc"],
+            "error: invalid value '../../etc' for '--kubepods-root <KUBEPODS_ROOT>': \"../../etc\": a cgroup path is absolute in the memory hierarchy, e.g. /kubepods or /kubepods.slice",
+        ),
+        (
+            vec!["run", "--kubepods-root", "/kubepods/../../etc"],
+            "error: invalid value '/kubepods/../../etc' for '--kubepods-root <KUBEPODS_ROOT>': \"/kubepods/../../etc\": a cgroup path cannot have '.' or '..' components",
         ),
         (
             vec!["diagnose", "--eviction-hard-memory", "0"],

@@ -737,6 +737,15 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
     let (store, unusable) = match store_path.try_exists() {
         Ok(false) => (None, None),
         _ => match crate::detect::store::load(&store_path, now_unix) {
+            // Records there, none valid: the store is unusable, not an empty history.
+            Ok(l) if !l.corrupt && l.samples.is_empty() && l.invalid > 0 => {
+                let why = format!(
+                    "series store {} holds no valid sample: all {} records rejected as invalid (a time or a value out of range, or a required value missing)",
+                    store_path.display(),
+                    l.invalid
+                );
+                (None, Some(("invalid store", why)))
+            }
             Ok(l) if !l.corrupt => (Some(l), None),
             Ok(_) => {
                 let bytes = std::fs::read(&store_path).unwrap_or_default();

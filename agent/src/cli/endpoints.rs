@@ -11,7 +11,7 @@ use crate::{
 pub struct KubeletMetricsArgs {
     /// The kubelet's metrics endpoint (goroutines, PLEG relist, evictions), http or https,
     /// e.g. https://$NODE_IP:10250/metrics. Failures are reported, never fatal.
-    #[arg(long)]
+    #[arg(long, value_parser = super::UrlParser)]
     pub kubelet_metrics: Option<String>,
     /// Bearer token file for --kubelet-metrics (a regular file of at most 4 MiB, not empty;
     /// re-read before each scrape).
@@ -70,15 +70,15 @@ impl KubeletMetricsArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KubeApiArgs {
-    /// This node's name (default: the hostname).
-    #[arg(long)]
+    /// This node's name (default: the hostname): a Kubernetes node name, not empty.
+    #[arg(long, value_parser = super::parse_node_name)]
     pub node_name: Option<String>,
     /// A kubeconfig file (its current context) for the API server and credentials; before
     /// --kube-api and the in-cluster service account.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
     /// Kubernetes API base URL (default: in-cluster, from KUBERNETES_SERVICE_HOST/PORT).
-    #[arg(long)]
+    #[arg(long, value_parser = super::UrlParser)]
     pub kube_api: Option<String>,
     /// Bearer token file for the API (default: the in-cluster service account token); re-read
     /// at least once a minute, so a rotated token is picked up.

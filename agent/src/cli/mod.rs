@@ -67,11 +67,118 @@ pub fn parse_process_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// A cgroup path for `--kubepods-root`: not empty (an empty one would be the whole
-/// hierarchy).
+/// A node name for `--node-name`: a Kubernetes node name, as the API server requires it (an
+/// RFC 1123 subdomain: lowercase letters, digits, `-` and `.`, starting and ending with a letter
+/// or digit, at most 253 bytes). Not empty: an empty name would silently stand for no node.
+pub fn parse_node_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("a node name cannot be empty (without --node-name: the hostname)".into());
+    }
+    let ok = s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !ok {
+        return Err(format!(
+            "{:?}: not a Kubernetes node name (lowercase letters, digits, '-' and '.', each dot-separated part starting and ending with a letter or digit; at most 253 bytes)",
+            cut(s)
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// An endpoint URL for `--kube-api` or `--kubelet-metrics`: an absolute `http` or `https` URL
+/// with a host. The value is never echoed whole in the error (a token pasted into the wrong
+/// flag must not reach a log): a URL is shown as [`crate::redact_url`] shows it, anything else
+/// not at all.
+pub fn parse_url(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("a URL cannot be empty (leave the flag out instead)".into());
+    }
+    let hint = "an http or https URL, e.g. https://10.0.0.1:10250/metrics";
+    let url = reqwest::Url::parse(s.trim())
+        .map_err(|e| format!("not a URL ({e}; the value is not shown): {hint}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "{}: the scheme must be http or https",
+            crate::redact_url(s.trim())
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{}: no host: {hint}", crate::redact_url(s.trim())));
+    }
+    Ok(s.to_string())
+}
+
+/// [`parse_url`] as a clap parser whose error does not echo the value (clap's own error for a
+/// `fn` parser quotes it whole): `invalid value for '--FLAG': WHY`.
+#[derive(Clone, Copy, Debug)]
+pub struct UrlParser;
+
+impl clap::builder::TypedValueParser for UrlParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let flag = arg
+            .and_then(clap::Arg::get_long)
+            .map_or("the URL".to_string(), |l| format!("'--{l}'"));
+        let why = match value.to_str() {
+            Some(s) => match parse_url(s) {
+                Ok(url) => return Ok(url),
+                Err(why) => why,
+            },
+            None => "not UTF-8 (the value is not shown)".to_string(),
+        };
+        let mut cmd = cmd.clone();
+        Err(cmd.error(
+            clap::error::ErrorKind::ValueValidation,
+            format!("invalid value for {flag}: {why}"),
+        ))
+    }
+}
+
+/// `s` cut to 64 characters for an error message (`...` after a cut).
+fn cut(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// A cgroup path for `--kubepods-root`: absolute in the memory hierarchy (`/kubepods`), below
+/// its root (neither empty nor `/`: that would be the whole hierarchy), without `..` (it must
+/// not climb out of the cgroup filesystem: `/../../etc`) or `.` components.
 pub fn parse_cgroup_path(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("a cgroup path cannot be empty".into());
+    }
+    if !s.starts_with('/') {
+        return Err(format!(
+            "{:?}: a cgroup path is absolute in the memory hierarchy, e.g. /kubepods or /kubepods.slice",
+            cut(s)
+        ));
+    }
+    if s.split('/').any(|c| c == ".." || c == ".") {
+        return Err(format!(
+            "{:?}: a cgroup path cannot have '.' or '..' components",
+            cut(s)
+        ));
+    }
+    if s.split('/').all(str::is_empty) {
+        return Err(format!(
+            "{s:?}: the hierarchy's root, not where pods live (e.g. /kubepods or /kubepods.slice)"
+        ));
     }
     Ok(s.to_string())
 }
@@ -208,6 +315,79 @@ pub fn parse_eviction_hard(s: &str) -> Result<EvictionHard, String> {
 #[cfg(test)]
 mod tests {
     use super::parse_bytes;
+
+    #[test]
+    fn cgroup_paths_are_absolute_without_dot_dot() {
+        use super::parse_cgroup_path;
+        for good in [
+            "/kubepods",
+            "/kubepods.slice",
+            "/a/b..c/",
+            "/kubepods//burstable",
+        ] {
+            assert_eq!(parse_cgroup_path(good).as_deref(), Ok(good));
+        }
+        assert_eq!(
+            parse_cgroup_path("../../etc"),
+            Err("\"../../etc\": a cgroup path is absolute in the memory hierarchy, e.g. /kubepods or /kubepods.slice".into())
+        );
+        assert_eq!(
+            parse_cgroup_path("/kubepods/../../../etc"),
+            Err(
+                "\"/kubepods/../../../etc\": a cgroup path cannot have '.' or '..' components"
+                    .into()
+            )
+        );
+        for bad in ["", "kubepods", "/..", "/./kubepods", "/", "//", "/a/.."] {
+            assert!(parse_cgroup_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn node_names_and_urls_are_not_empty() {
+        use super::{parse_node_name, parse_url};
+        for good in ["node-1", "ip-10-0-0-1.ec2.internal", "a", "0"] {
+            assert_eq!(parse_node_name(good).as_deref(), Ok(good));
+        }
+        assert_eq!(
+            parse_node_name(""),
+            Err("a node name cannot be empty (without --node-name: the hostname)".into())
+        );
+        for bad in [" ", "Node", "-a", "a-", "a..b", ".a", "a/b", "../x", "a b"] {
+            assert!(parse_node_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_node_name(&"a".repeat(254)).is_err());
+        assert!(parse_node_name(&"a".repeat(64)).is_err());
+        let long = parse_node_name(&"A".repeat(300)).unwrap_err();
+        assert!(
+            long.starts_with(&format!("\"{}...\": not a", "A".repeat(64))),
+            "{long}"
+        );
+        for bad in ["", " ", "\t"] {
+            assert_eq!(
+                parse_url(bad),
+                Err("a URL cannot be empty (leave the flag out instead)".into())
+            );
+        }
+        for good in [
+            "https://10.0.0.1:10250/metrics",
+            "http://127.0.0.1:6443",
+            "https://[::1]:6443",
+        ] {
+            assert_eq!(parse_url(good).as_deref(), Ok(good));
+        }
+        assert_eq!(
+            parse_url("not a url"),
+            Err("not a URL (relative URL without a base; the value is not shown): an http or https URL, e.g. https://10.0.0.1:10250/metrics".into())
+        );
+        assert_eq!(
+            parse_url("ftp://u:secret@host/x?token=abc"),
+            Err("ftp://***@host/x?***: the scheme must be http or https".into())
+        );
+        for bad in ["http://", "10.0.0.1:10250", "file:///etc/passwd", "unix:/x"] {
+            assert!(parse_url(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn byte_quantities() {

@@ -39,7 +39,9 @@ struct Line<'a> {
 }
 
 pub fn run(args: ProbePointsArgs) -> Result<(), ProbePointsError> {
-    let bin = Binary::open(&args.binary)?;
+    // Read, not mapped: a file rewritten or truncated meanwhile must not end the command
+    // with SIGBUS (the agent maps it: see `Binary::open`).
+    let bin = Binary::read(&args.binary)?;
     let mut file = None;
     let points = match bin.probe_points() {
         // Not Go and without mmap/brk of its own: the agent probes the libc the binary
@@ -52,7 +54,7 @@ pub fn run(args: ProbePointsArgs) -> Result<(), ProbePointsError> {
                 libc = %libc.display(),
                 "not a Go binary: the points are in the libc it loads, attached for its process only"
             );
-            let points = Binary::open(&libc)?.probe_points()?;
+            let points = Binary::read(&libc)?.probe_points()?;
             file = Some(libc.display().to_string());
             points
         }

@@ -117,12 +117,13 @@ fn show(format: OutputFormat, v: &Verdict, last: bool) -> String {
         }
         OutputFormat::Text => {
             let mut s = format!(
-                "{}{} subject={} cause={} slope={}",
+                "{}{} subject={} cause={} slope={}{}",
                 v.time,
                 if last { " final" } else { "" },
                 v.subject.as_str(),
                 v.cause.as_str(),
-                crate::output::slope_text(v)
+                crate::output::slope_text(v),
+                crate::output::workload_slope_text(v)
             );
             if let Some(f) = &v.forecast {
                 s.push_str(&format!(

@@ -17,7 +17,8 @@ pub struct ReportArgs {
     /// directory.
     #[arg(long)]
     pub csv: Option<PathBuf>,
-    /// The agent's JSON event log (`oomprobe run --format json > FILE`): kills, stages, verdicts.
+    /// The agent's JSON event log (`oomprobe run --format json > FILE`): kills, stages, verdicts;
+    /// plain or gzip-compressed.
     #[arg(long)]
     pub events: Option<PathBuf>,
     /// Only the last DUR (`30m`, `6h`, `2d`) before the newest sample or event.
@@ -49,12 +50,18 @@ pub enum ReportError {
         #[source]
         source: csv::CsvError,
     },
+    #[error("{path} is not CSV: it is the agent's series store (OOMPSERI magic); report reads a store with --state-dir {hint}")]
+    StoreAsCsv { path: String, hint: String },
+    #[error("{path} is not CSV text (not UTF-8; nor the agent's series store, no OOMPSERI magic)")]
+    NotText { path: String },
     #[error("no series store at {0}: give the agent's --state-dir (default /var/lib/oomprobe), or a CSV with --csv FILE")]
     NoStore(String),
     #[error(transparent)]
     Store(crate::detect::store::StoreError),
     #[error("series store {path} is corrupt: {why}")]
     Corrupt { path: String, why: String },
+    #[error("series store {path} holds no valid sample: all {invalid} records rejected as invalid (a time or a value out of range, or a required value missing)")]
+    Invalid { path: String, invalid: u64 },
     #[error("no series samples and no kill in {from}: nothing to draw{}", if set_aside.is_empty() { String::new() } else { format!(" ({set_aside})") })]
     Empty { from: String, set_aside: String },
     #[error("cannot write {path}")]
@@ -65,13 +72,31 @@ pub enum ReportError {
     },
 }
 
+/// The event log's text, plain or gzip-compressed (a rotated `events.jsonl.gz`, told by its
+/// magic, not its name), at most [`crate::files::MAX_SERIES_BYTES`] either way.
 fn read(path: &std::path::Path) -> Result<String, ReportError> {
-    crate::files::read_to_string(path, crate::files::MAX_SERIES_BYTES).map_err(|source| {
-        ReportError::Read {
-            path: path.display().to_string(),
-            source,
-        }
+    let err = |source| ReportError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let bytes = crate::files::read_maybe_gzip(path, crate::files::MAX_SERIES_BYTES).map_err(err)?;
+    String::from_utf8(bytes).map_err(|_| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8 text (the JSON event log of oomprobe run --format json, plain or gzip-compressed)",
+        ))
     })
+}
+
+/// How to give `report` the store file `p`: its directory, when the file is that directory's
+/// `series.bin`; else any directory it is copied into as `series.bin`.
+fn store_hint(p: &std::path::Path) -> String {
+    let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+    match (p.file_name().and_then(|n| n.to_str()), dir) {
+        (Some("series.bin"), Some(d)) => format!("{} (its directory)", d.display()),
+        (Some("series.bin"), None) => ". (its directory)".to_string(),
+        _ => "DIR, the directory of a file named series.bin (a copy of it, uncompressed); `oomprobe replay FILE` reads it as it is".to_string(),
+    }
 }
 
 /// Why stage events were not drawn, when some were not: no kill record to place the kernel's
@@ -127,9 +152,18 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
     let (samples, from) = match &args.csv {
         Some(p) => {
             // Plain or gzip-compressed, read as `replay` reads it.
-            let text = super::replay::read_series(p).map_err(|source| ReportError::Read {
+            let bytes = super::replay::read_bytes(p).map_err(|source| ReportError::Read {
                 path: p.display().to_string(),
                 source,
+            })?;
+            if crate::detect::store::is_store(&bytes) {
+                return Err(ReportError::StoreAsCsv {
+                    path: p.display().to_string(),
+                    hint: store_hint(p),
+                });
+            }
+            let text = String::from_utf8(bytes).map_err(|_| ReportError::NotText {
+                path: p.display().to_string(),
             })?;
             let (s, _) = csv::parse(&text).map_err(|source| ReportError::Csv {
                 path: p.display().to_string(),
@@ -161,6 +195,12 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
                             why: crate::detect::store::corrupt_reason(&bytes),
                         });
                     }
+                    if loaded.samples.is_empty() && loaded.invalid > 0 {
+                        return Err(ReportError::Invalid {
+                            path: path.display().to_string(),
+                            invalid: loaded.invalid,
+                        });
+                    }
                     (loaded.samples, path.display().to_string())
                 }
             }
@@ -172,6 +212,14 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut ep = Episode::new(&samples, &events, now);
+    // Said before a refusal for nothing to draw, which these lines may explain.
+    if ep.long_lines > 0 {
+        tracing::warn!(
+            lines = ep.long_lines,
+            "event log lines longer than {} bytes were skipped unread (no agent record is that long)",
+            crate::report::MAX_EVENT_LINE_BYTES
+        );
+    }
     if ep.memory.is_empty() && ep.kills.is_empty() {
         return Err(ReportError::Empty {
             from,

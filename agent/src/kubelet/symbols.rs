@@ -375,16 +375,21 @@ fn go_text_start(elf: &object::File<'_>, pclntab_addr: u64, tab: &[u8]) -> Optio
     None
 }
 
-/// A binary opened for probing: mapped read-only, not read. A kubelet is ~100 MB; only the
-/// pages of the ELF headers, `.gopclntab` and the symbol tables are ever touched, and they are
-/// file pages (page cache the running kubelet usually holds already), dropped with the mapping,
-/// not anonymous memory charged to the agent's cgroup.
+/// The largest binary [`Binary::read`] reads into memory: 1 GiB (a kubelet is ~100 MB).
+pub const MAX_READ_BYTES: u64 = 1 << 30;
+
+/// A binary opened for probing. The agent maps it read-only ([`Binary::open`]), not read: a
+/// kubelet is ~100 MB; only the pages of the ELF headers, `.gopclntab` and the symbol tables are
+/// ever touched, and they are file pages (page cache the running kubelet usually holds
+/// already), dropped with the mapping, not anonymous memory charged to the agent's cgroup.
+/// `probe-points` reads it whole ([`Binary::read`]), so no truncation can fault it.
 pub struct Binary {
     pub path: String,
     data: Bytes,
 }
 
-/// A binary's bytes: the file mapped, or bytes already in memory ([`Binary::from_bytes`]).
+/// A binary's bytes: the file mapped, or bytes in memory ([`Binary::read`],
+/// [`Binary::from_bytes`]).
 enum Bytes {
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
@@ -401,7 +406,8 @@ impl std::ops::Deref for Bytes {
 }
 
 impl Binary {
-    pub fn open(path: &Path) -> Result<Binary, SymbolError> {
+    /// The file opened for reading, checked to be a regular file and not empty.
+    fn open_file(path: &Path) -> Result<(std::fs::File, u64), SymbolError> {
         let read_err = |source| SymbolError::Read {
             path: path.display().to_string(),
             source,
@@ -425,13 +431,62 @@ impl Binary {
                 path: path.display().to_string(),
             });
         }
+        Ok((file, meta.len()))
+    }
+
+    /// The binary mapped read-only (the agent: a kubelet's pages are page cache, not memory
+    /// charged to the agent's cgroup). A file truncated in place while mapped makes an access
+    /// past its new end fault (SIGBUS): for a one-shot command, [`Binary::read`].
+    pub fn open(path: &Path) -> Result<Binary, SymbolError> {
+        let (file, _) = Binary::open_file(path)?;
         // SAFETY: a private read-only mapping. Its contents change (or the access faults) only
         // if the file is modified in place while mapped; a running executable cannot be written
         // (ETXTBSY), and installers replace binaries by rename, which leaves this inode intact.
-        let data = unsafe { memmap2::Mmap::map(&file) }.map_err(read_err)?;
+        let data = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| SymbolError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Ok(Binary {
             path: path.display().to_string(),
             data: Bytes::Mapped(data),
+        })
+    }
+
+    /// The binary read into memory, at most [`MAX_READ_BYTES`]: no mapping, so a file
+    /// rewritten or truncated meanwhile is read as it was (or as far as it goes), never a
+    /// SIGBUS (`oomprobe probe-points`). Errors as [`Binary::open`], and a file larger than
+    /// the bound.
+    pub fn read(path: &Path) -> Result<Binary, SymbolError> {
+        use std::io::Read as _;
+        let read_err = |source| SymbolError::Read {
+            path: path.display().to_string(),
+            source,
+        };
+        let too_large = |len: u64| {
+            read_err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{len} bytes, more than the {MAX_READ_BYTES} read"),
+            ))
+        };
+        let (file, len) = Binary::open_file(path)?;
+        if len > MAX_READ_BYTES {
+            return Err(too_large(len));
+        }
+        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.take(MAX_READ_BYTES + 1)
+            .read_to_end(&mut data)
+            .map_err(read_err)?;
+        if data.len() as u64 > MAX_READ_BYTES {
+            return Err(too_large(data.len() as u64));
+        }
+        if data.is_empty() {
+            return Err(SymbolError::Empty {
+                path: path.display().to_string(),
+            });
+        }
+        Ok(Binary {
+            path: path.display().to_string(),
+            data: Bytes::Owned(data),
         })
     }
 
@@ -686,6 +741,45 @@ mod tests {
             e.to_string(),
             "/x/kubelet is cut short: 3000 bytes, its ELF header places the section headers up to byte 101920 (a partial copy or download?)"
         );
+    }
+
+    /// `Binary::read` holds the bytes: the same points as the mapping, and a file truncated
+    /// afterwards changes nothing (a mapping would fault with SIGBUS on the lost pages).
+    /// A directory, an empty file and a FIFO are refused as by `open`.
+    #[test]
+    fn a_read_binary_survives_its_file_being_truncated() {
+        let exe = std::env::current_exe().unwrap();
+        let dir = std::env::temp_dir().join(format!("oomprobe-read-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let copy = dir.join("bin");
+        std::fs::copy(&exe, &copy).unwrap();
+        let want = Binary::open(&exe).unwrap().needed_libc(Path::new("/"));
+        let bin = Binary::read(&copy).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&copy)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(want.is_some());
+        assert_eq!(bin.needed_libc(Path::new("/")), want);
+        assert!(matches!(
+            Binary::read(&copy),
+            Err(SymbolError::Empty { .. })
+        ));
+        assert!(matches!(
+            Binary::read(&dir),
+            Err(SymbolError::NotAFile { .. })
+        ));
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(matches!(
+            Binary::read(&fifo),
+            Err(SymbolError::NotAFile { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
