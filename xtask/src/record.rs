@@ -2,7 +2,8 @@
 //! (`series.bin`, the file `oomprobe run --state-dir` writes), at the agent's default sample
 //! interval, while the lab does what nodes do: idle, pod churn (a Deployment scaled up and down,
 //! one-off pods created and deleted every minute), a `kill -9` of the kubelet, a graceful stop
-//! (SIGTERM, as `systemctl restart kubelet`), steady pods, idle again. With `--second-kubelet`
+//! (SIGTERM, as `systemctl restart kubelet`), steady pods, idle again (`--no-restarts`: the
+//! same without the two restarts). With `--second-kubelet`
 //! the kubelet binary is then replaced by another build at the same path (an upgrade: SIGTERM,
 //! the supervisor starts the new binary) and recorded with the same pods for `--second-minutes`.
 //!
@@ -45,6 +46,10 @@ pub struct Record {
     /// leak.
     #[arg(long)]
     pub second_kubelet: Option<PathBuf>,
+    /// No kubelet restarts in the churn (no `kill -9`, no graceful stop): a healthy node's
+    /// hours, where a kubelet restarts every few days at most.
+    #[arg(long)]
+    pub no_restarts: bool,
     /// Minutes with the second kubelet.
     #[arg(long, default_value_t = 30)]
     pub second_minutes: u64,
@@ -358,7 +363,7 @@ fn record_inner(args: &Record) -> Result<()> {
                 last_once = Some(name);
                 next_once = Instant::now() + minute;
             }
-            if !killed && now >= frac(0.35) {
+            if !killed && !args.no_restarts && now >= frac(0.35) {
                 killed = true;
                 let new = restart_kubelet(&lab, libc::SIGKILL)?;
                 tl.log("kubelet_kill_9", json!({"new_pid": new}))?;
@@ -366,7 +371,7 @@ fn record_inner(args: &Record) -> Result<()> {
         } else if let Some(name) = last_once.take() {
             kubectl(&["delete", "pod", "-n", NS, &name, "--wait=false"])?;
         }
-        if !stopped && now >= frac(0.5) {
+        if !stopped && !args.no_restarts && now >= frac(0.5) {
             stopped = true;
             let new = restart_kubelet(&lab, libc::SIGTERM)?;
             tl.log("kubelet_graceful_stop", json!({"new_pid": new}))?;
@@ -426,6 +431,7 @@ fn record_inner(args: &Record) -> Result<()> {
             "k8s_version": lab::K8S_VERSION,
             "second_kubelet": args.second_kubelet,
             "minutes": args.minutes,
+            "restarts": !args.no_restarts,
             "second_minutes": args.second_minutes,
             "second_sync_frequency_seconds": args.second_sync_frequency,
             "control_minutes": args.control_minutes,
