@@ -627,9 +627,10 @@ mod tests {
             e.release_after_s = 0;
             without.push(changes(&mut e, &tr).len());
         }
-        // The flips held back are real: without the hold the verdicts change 13, 9, 15 and 17
-        // times.
-        assert_eq!(without, [13, 9, 15, 17]);
+        // The flips held back are real: without the hold the verdicts change 13, 9, 19 and 15
+        // times (15 and 17 before the per-pod margin's slope was measured against the free
+        // fit's standard error).
+        assert_eq!(without, [13, 9, 19, 15]);
     }
 
     /// Not "flat" when the baseline rises but no leak is called.
