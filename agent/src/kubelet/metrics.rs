@@ -32,7 +32,8 @@ pub struct KubeletMetrics {
     /// `kubernetes_feature_enabled{name="PodCertificateRequest"}`: 1 on, 0 off.
     pub gate_pod_certificate_request: Option<f64>,
     /// Metrics whose value no kubelet gives (NaN, negative, a fractional count, a gate other
-    /// than 0/1, a cgroup version other than 1/2, a histogram whose cumulative counts fall):
+    /// than 0/1, a cgroup version other than 1/2, a histogram whose cumulative counts fall, are
+    /// not whole or whose bucket bound is negative):
     /// set aside as not served, named here (`oomprobe_kubelet_metrics_errors_total{reason=
     /// "invalid_value"}`; `diagnose` names them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -296,10 +297,15 @@ pub fn parse(text: &str) -> Option<KubeletMetrics> {
         }
     }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let bad_histogram = buckets
-        .iter()
-        .any(|(le, c)| le.is_nan() || !c.is_finite() || *c < 0.0)
-        || buckets.windows(2).any(|w| w[1].1 < w[0].1);
+    // A bucket's bound is a duration (never negative) and its count a whole number of
+    // relists: the series the live agent derives from them (relists, slower shares, p99) are
+    // persisted, and a fractional count or a negative p99 would make the store drop the whole
+    // sample (its RSS with it) when the agent next loads it.
+    let bad_histogram = buckets.iter().any(|(le, c)| {
+        le.is_nan()
+            || *le < 0.0
+            || crate::detect::series::invalid_value("pleg_relists", *c).is_some()
+    }) || buckets.windows(2).any(|w| w[1].1 < w[0].1);
     if bad_histogram {
         buckets.clear();
         m.invalid
@@ -565,6 +571,33 @@ mod tests {
         assert!(m.pleg_relist_buckets.is_empty());
         // The recorded real kubelet has none.
         assert!(parse(RECORDED).unwrap().invalid.is_empty());
+    }
+
+    /// A PLEG histogram with a fractional count, a count past 2^53 or a negative bucket bound
+    /// is set aside: the relists and p99 the agent derives from it are persisted, and the store
+    /// drops a record with a fractional count or a negative duration when it is loaded (the
+    /// sample's RSS with it).
+    #[test]
+    fn a_pleg_histogram_the_store_would_refuse_is_set_aside() {
+        for text in [
+            "kubelet_pleg_relist_duration_seconds_bucket{le=\"1\"} 2.5\n\
+             kubelet_pleg_relist_duration_seconds_bucket{le=\"+Inf\"} 3\n",
+            "kubelet_pleg_relist_duration_seconds_bucket{le=\"-1\"} 5\n\
+             kubelet_pleg_relist_duration_seconds_bucket{le=\"+Inf\"} 5\n",
+            "kubelet_pleg_relist_duration_seconds_bucket{le=\"+Inf\"} 1e300\n",
+        ] {
+            let m = parse(text).unwrap();
+            assert_eq!(
+                m.invalid,
+                ["kubelet_pleg_relist_duration_seconds_bucket"],
+                "{text}"
+            );
+            assert_eq!(m.pleg_relist_p99_seconds, None, "{text}");
+            assert!(m.pleg_relist_buckets.is_empty(), "{text}");
+        }
+        // What the live agent would have derived, shown refused by the store's own check.
+        assert!(crate::detect::series::invalid_value("pleg_relists", 2.5).is_some());
+        assert!(crate::detect::series::invalid_value("pleg_relist_p99_seconds", -0.5).is_some());
     }
 
     #[test]
