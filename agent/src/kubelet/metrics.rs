@@ -68,6 +68,9 @@ pub enum MetricsError {
     Status(String, String),
     #[error("{0} served no kubelet metrics (garbage or another exporter)")]
     Garbage(String),
+    /// The body ran past [`MAX_BODY`] (counted as `garbage`: no kubelet serves that much).
+    #[error("{0} served more than {MAX_BODY} bytes, far more than a kubelet's metrics: not read further")]
+    TooLarge(String),
     #[error("{0} did not answer in HTTP (another protocol, or a broken answer)")]
     Protocol(String, #[source] reqwest::Error),
 }
@@ -83,7 +86,9 @@ impl MetricsError {
             | MetricsError::Http(..) => "connect",
             MetricsError::Timeout(..) => "timeout",
             MetricsError::Status(..) => "status",
-            MetricsError::Garbage(_) | MetricsError::Protocol(..) => "garbage",
+            MetricsError::Garbage(_) | MetricsError::TooLarge(_) | MetricsError::Protocol(..) => {
+                "garbage"
+            }
         }
     }
 }
@@ -389,7 +394,7 @@ pub async fn fetch(
     let mut body = Vec::new();
     while let Some(chunk) = r.chunk().await.map_err(classify)? {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(MetricsError::Garbage(shown));
+            return Err(MetricsError::TooLarge(shown));
         }
         body.extend_from_slice(&chunk);
     }
@@ -770,6 +775,20 @@ mod tests {
         assert_eq!(
             fetch(&c, &url, None, t).await.unwrap_err().reason(),
             "garbage"
+        );
+        let _ = std::fs::remove_dir_all(ca.parent().unwrap());
+        // A body past the bound is named as such, not as "no kubelet metrics".
+        let huge = "kubelet_cgroup_version 2\n".repeat(MAX_BODY / 24 + 1);
+        let (url, ca) = server(false, ok_chunked(&huge)).await;
+        let e = fetch(&c, &url, None, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.reason(), e.to_string()),
+            (
+                "garbage",
+                format!("{url} served more than {MAX_BODY} bytes, far more than a kubelet's metrics: not read further")
+            )
         );
         let _ = std::fs::remove_dir_all(ca.parent().unwrap());
         // Another protocol's greeting on the port: not "cannot reach".
