@@ -44,6 +44,10 @@ enum Command {
     GenTrace(cli::gen_trace::GenTraceArgs),
     /// Score the detectors on a generated corpus against the baselines (development).
     BenchDetect(cli::bench_detect::BenchDetectArgs),
+    /// Run a kubeconfig's exec credential plugin with a time and an output bound (internal:
+    /// what a --kubeconfig's exec users are pointed at).
+    #[command(hide = true)]
+    ExecCredential(cli::exec_credential::ExecCredentialArgs),
 }
 
 fn main() {
@@ -100,6 +104,9 @@ fn main() {
                 .map(|()| 0)
                 .map_err(anyhow::Error::from),
             Command::BenchDetect(args) => cli::bench_detect::run(args)
+                .map(|()| 0)
+                .map_err(anyhow::Error::from),
+            Command::ExecCredential(args) => cli::exec_credential::run(args)
                 .map(|()| 0)
                 .map_err(anyhow::Error::from),
         }

@@ -225,7 +225,12 @@ impl Episode {
                 }
                 Some("stage") => {
                     if let (Some(k), Some(s)) = (v["ktime_ns"].as_u64(), v["stage"].as_str()) {
-                        let peak = v["storm"]["peak_rss_bytes"].as_f64();
+                        // A byte count the agent could have written (finite, not negative,
+                        // within a u64): 1e308 made the memory axis read "inf MiB" and put
+                        // its grid at y="-inf".
+                        let peak = v["storm"]["peak_rss_bytes"].as_f64().filter(|p| {
+                            crate::detect::series::invalid_value("kubelet_rss_bytes", *p).is_none()
+                        });
                         staged.push((k, field(s), peak));
                     }
                 }
@@ -236,12 +241,15 @@ impl Episode {
                         ep.set_aside.verdicts += 1;
                         continue;
                     }
+                    // A time to OOM is never negative: -1e308 drew the band at
+                    // x="-1.3e307" and titled it with empty times.
+                    let secs = |k: &str| f[k].as_f64().filter(|s| *s >= 0.0);
                     ep.forecast = t.map(|t| Forecast {
                         t,
                         slope_bytes_per_day: v["slope_bytes_per_day"].as_f64().unwrap_or(0.0),
-                        earliest_seconds: f["earliest_seconds"].as_f64(),
-                        expected_seconds: f["expected_seconds"].as_f64(),
-                        latest_seconds: f["latest_seconds"].as_f64(),
+                        earliest_seconds: secs("earliest_seconds"),
+                        expected_seconds: secs("expected_seconds"),
+                        latest_seconds: secs("latest_seconds"),
                         cause: field(v["cause"].as_str().unwrap_or("")),
                     });
                 }
@@ -762,6 +770,39 @@ not json
         assert_eq!(ep.stages[0], (ep.kills[0].t - 10.0, "pre_oom".to_string()));
         assert_eq!(ep.storm_peak, Some((ep.kills[0].t + 10.0, 80e6)));
         assert_eq!(ep.forecast.as_ref().unwrap().expected_seconds, Some(300.0));
+    }
+
+    /// Figures the agent never writes (a storm peak of 1e308 or below zero, a negative time to
+    /// OOM) are not drawn: the axis stays on the series, every coordinate finite.
+    #[test]
+    fn impossible_figures_from_the_event_log_are_not_drawn() {
+        let samples: Vec<Sample> = (0..4)
+            .map(|i| Sample {
+                t: 1_790_000_000 + i * 3600,
+                kubelet_rss_bytes: 100e6,
+                pods: 3.0,
+                kubelet_limit_bytes: Some(200e6),
+                ..Default::default()
+            })
+            .collect();
+        for peak in ["1e308", "-5"] {
+            let events = format!(
+                r#"{{"event":"kill","time":"2026-09-21T14:00:00Z","ktime_ns":1000000000,"kind":"oom_memcg","victim":{{"pid":1,"comm":"x"}}}}
+{{"event":"stage","ktime_ns":1000000001,"stage":"reconciliation_storm","storm":{{"peak_rss_bytes":{peak}}}}}
+{{"event":"verdict","time":"2026-09-21T14:30:00Z","slope_bytes_per_day":1e6,"forecast":{{"earliest_seconds":-1e308,"expected_seconds":-1,"latest_seconds":-2}},"cause":"x"}}"#
+            );
+            let ep = Episode::new(&samples, &events, 1_800_000_000);
+            assert_eq!(ep.storm_peak, None, "{peak}");
+            let f = ep.forecast.as_ref().unwrap();
+            assert_eq!(
+                (f.earliest_seconds, f.expected_seconds, f.latest_seconds),
+                (None, None, None)
+            );
+            let svg = svg(&ep);
+            assert!(!svg.contains("inf"), "{peak}: {svg}");
+            assert!(!svg.contains("time-to-oom-band"), "{peak}");
+            assert!(!svg.contains("e+"), "{peak}");
+        }
     }
 
     /// Events dated 1970 and 9999 (a wrong clock, a hand-edited log) beside a series of

@@ -1316,3 +1316,65 @@ fn report_refuses_a_fifo_as_its_output() {
         )
     );
 }
+
+/// A kubeconfig's exec credential plugin runs bounded: one that prints without end is stopped
+/// at 1 MiB (kube-rs read it whole: `cat /dev/zero` grew diagnose to 16 GB in 20 s), and one
+/// that fails has its output, which may hold a token, never shown.
+#[test]
+fn diagnose_bounds_a_kubeconfigs_exec_plugin() {
+    let dir = Scratch::new("exec-plugin");
+    let state = dir.path("state");
+    let kc = dir.path("kubeconfig");
+    // The token is in the plugin's output only (kube-rs's error names the command line).
+    let plugin = dir.path("plugin.sh");
+    std::fs::write(&plugin, "echo s3cret-token\nexit 3\n").unwrap();
+    let failing = format!("[{:?}]", arg(&plugin));
+    for (command, args, said) in [
+        (
+            "/bin/cat",
+            r#"["/dev/zero"]"#,
+            "the kubeconfig's exec credential plugin /bin/cat printed more than 1048576 bytes",
+        ),
+        (
+            "/bin/sh",
+            failing.as_str(),
+            "the kubeconfig's exec credential plugin /bin/sh failed (exit status: 3)",
+        ),
+    ] {
+        std::fs::write(
+            &kc,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: x\n\
+                 clusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:1\n\
+                 users:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1beta1\n      command: {command}\n      args: {args}\n\
+                 contexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n"
+            ),
+        )
+        .unwrap();
+        let o = oomprobe()
+            .args([
+                "diagnose",
+                "--format",
+                "json",
+                "--state-dir",
+                arg(&state),
+                "--node-name",
+                "n1",
+                "--kubeconfig",
+                arg(&kc),
+            ])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(stderr(&o).contains(said), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        assert!(!out.contains("s3cret") && !stderr(&o).contains("s3cret"));
+        // The token's bytes as kube-rs's error printed the plugin's output: "s3cret" is
+        // [115, 51, 99, 114, 101, 116].
+        assert!(!out.contains("115, 51, 99, 114, 101, 116"), "{out}");
+        assert!(
+            out.lines().any(|l| l.contains("\"memory_pressure\"")),
+            "{out}"
+        );
+    }
+}

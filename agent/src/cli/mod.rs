@@ -2,6 +2,7 @@
 pub mod bench_detect;
 pub mod diagnose;
 pub mod endpoints;
+pub mod exec_credential;
 pub mod gen_trace;
 pub mod probe_points;
 pub mod replay;

@@ -30,6 +30,11 @@ pub const FIELD_MANAGER: &str = "oomprobe";
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long one API call may wait on a read or a write of its connection.
 pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// The largest answer body read from the API server: 64 MiB (a node object is tens of KiB; the
+/// cluster's CSR list, a few KiB each, stays far below). kube-rs reads a body whole into memory
+/// without a bound, and the read timeout restarts with every chunk: a server (or a proxy in
+/// between) streaming without end grew `diagnose` to 1.9 GB in its 5 s and `run` without bound.
+pub const MAX_BODY_BYTES: usize = 64 << 20;
 /// Strategic merge patch that marks the node unschedulable (what `kubectl cordon` sends).
 pub const CORDON_BODY: &str = r#"{"spec":{"unschedulable":true}}"#;
 
@@ -79,6 +84,20 @@ pub enum ApiError {
     },
     #[error("API request failed")]
     Request(#[source] kube::Error),
+    #[error("the API server's answer is larger than {MAX_BODY_BYTES} bytes: not read further")]
+    TooLarge,
+}
+
+/// Whether `e` or an error it wraps is the body bound of [`MAX_BODY_BYTES`].
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 impl From<kube::Error> for ApiError {
@@ -89,6 +108,7 @@ impl From<kube::Error> for ApiError {
                 reason: s.reason.clone(),
                 message: s.message.clone(),
             },
+            other if is_length_limit(&other) => ApiError::TooLarge,
             other => ApiError::Request(other),
         }
     }
@@ -121,7 +141,7 @@ impl ApiSource {
                     source,
                 }
             })?;
-            let kc = Kubeconfig::read_from(path).map_err(|e| match e {
+            let mut kc = Kubeconfig::read_from(path).map_err(|e| match e {
                 kube::config::KubeconfigError::Parse(p) => ApiError::NotKubeconfig {
                     path: path.clone(),
                     at: p.location().map_or(String::new(), |l| {
@@ -159,6 +179,14 @@ impl ApiSource {
                         source,
                     }
                 })?;
+            }
+            // Exec credential plugins run through this binary's bounded runner (time and
+            // output), not kube-rs's unbounded one; from a test binary, which has no such
+            // verb, they are left as they are.
+            if let Ok(exe) = crate::cli::exec_credential::this_binary() {
+                if exe.file_name().is_some_and(|n| n == "oomprobe") {
+                    crate::cli::exec_credential::wrap(&mut kc, &exe);
+                }
             }
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
@@ -214,7 +242,13 @@ impl ApiSource {
             (Some(_), _) | (None, None) => None,
             (None, Some(path)) => Some(token::TokenFile::new(Path::new(&path))),
         };
-        let builder = kube::client::ClientBuilder::try_from(cfg).map_err(ApiError::Client)?;
+        let builder = kube::client::ClientBuilder::try_from(cfg)
+            .map_err(ApiError::Client)?
+            .with_layer(&tower::util::MapResponseLayer::new(
+                |r: hyper::http::Response<Box<kube::client::DynBody>>| {
+                    r.map(|b| http_body_util::Limited::new(b, MAX_BODY_BYTES))
+                },
+            ));
         Ok(match token {
             Some(t) => builder
                 .with_layer(&tower::util::MapRequestLayer::new(
@@ -377,6 +411,49 @@ mod tests {
             }
         });
         (url, seen)
+    }
+
+    /// An API server streaming an answer without end is cut at [`MAX_BODY_BYTES`] and named
+    /// (kube-rs read it whole: `diagnose` grew to 1.9 GB in its 5 s, `run` without bound, as
+    /// the read timeout restarts with every chunk).
+    #[tokio::test]
+    async fn an_endless_answer_is_cut_at_the_body_bound() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = sent.clone();
+        std::thread::spawn(move || {
+            let Some(mut c) = listener.incoming().flatten().next() else {
+                return;
+            };
+            let mut req = [0u8; 4096];
+            let _ = c.read(&mut req);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n");
+            let chunk = vec![b' '; 1 << 20];
+            // Twice the bound at most, so a client without one ends too (and fails the test).
+            for _ in 0..2 * (MAX_BODY_BYTES >> 20) {
+                if c.write_all(&chunk).is_err() {
+                    break;
+                }
+                counted.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let src = ApiSource {
+            api: Some(url),
+            ..Default::default()
+        };
+        let e = node_condition(src.client().await.unwrap(), "n1", "MemoryPressure")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::TooLarge), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the API server's answer is larger than {MAX_BODY_BYTES} bytes: not read further"
+            )
+        );
+        assert!(sent.load(std::sync::atomic::Ordering::Relaxed) < 2 * MAX_BODY_BYTES);
     }
 
     /// Regression: kube-rs 5 sent a token file's trailing newline along (every request failed

@@ -32,7 +32,8 @@ pub struct KubeletMetrics {
     /// `kubernetes_feature_enabled{name="PodCertificateRequest"}`: 1 on, 0 off.
     pub gate_pod_certificate_request: Option<f64>,
     /// Metrics whose value no kubelet gives (NaN, negative, a fractional count, a gate other
-    /// than 0/1, a cgroup version other than 1/2, a histogram whose cumulative counts fall):
+    /// than 0/1, a cgroup version other than 1/2, a histogram whose cumulative counts fall, are
+    /// not whole or whose bucket bound is negative):
     /// set aside as not served, named here (`oomprobe_kubelet_metrics_errors_total{reason=
     /// "invalid_value"}`; `diagnose` names them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -67,6 +68,9 @@ pub enum MetricsError {
     Status(String, String),
     #[error("{0} served no kubelet metrics (garbage or another exporter)")]
     Garbage(String),
+    /// The body ran past [`MAX_BODY`] (counted as `garbage`: no kubelet serves that much).
+    #[error("{0} served more than {MAX_BODY} bytes, far more than a kubelet's metrics: not read further")]
+    TooLarge(String),
     #[error("{0} did not answer in HTTP (another protocol, or a broken answer)")]
     Protocol(String, #[source] reqwest::Error),
 }
@@ -82,7 +86,9 @@ impl MetricsError {
             | MetricsError::Http(..) => "connect",
             MetricsError::Timeout(..) => "timeout",
             MetricsError::Status(..) => "status",
-            MetricsError::Garbage(_) | MetricsError::Protocol(..) => "garbage",
+            MetricsError::Garbage(_) | MetricsError::TooLarge(_) | MetricsError::Protocol(..) => {
+                "garbage"
+            }
         }
     }
 }
@@ -130,7 +136,13 @@ struct SampleLine<'a> {
     value: f64,
 }
 
-/// `name{label="value",...} value [timestamp]`; None for comments, blank and malformed lines.
+/// The most labels a sample line may have (a kubelet's have at most a handful); a line with
+/// more is malformed. Without a bound, a 15 MB body of one line of 3 million empty labels took
+/// 158 MB to parse (the agent's own limit is 128 MiB).
+const MAX_LABELS: usize = 64;
+
+/// `name{label="value",...} value [timestamp]`; None for comments, blank and malformed lines
+/// (and for a line of more than [`MAX_LABELS`] labels).
 fn sample_line(line: &str) -> Option<SampleLine<'_>> {
     let line = line.trim_start();
     if line.starts_with('#') || line.is_empty() {
@@ -151,6 +163,9 @@ fn sample_line(line: &str) -> Option<SampleLine<'_>> {
             if let Some(r) = rest.strip_prefix('}') {
                 rest = r;
                 break;
+            }
+            if labels.len() == MAX_LABELS {
+                return None;
             }
             let (key, r) = rest.split_once('=')?;
             let mut chars = r.strip_prefix('"')?.char_indices();
@@ -296,10 +311,15 @@ pub fn parse(text: &str) -> Option<KubeletMetrics> {
         }
     }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let bad_histogram = buckets
-        .iter()
-        .any(|(le, c)| le.is_nan() || !c.is_finite() || *c < 0.0)
-        || buckets.windows(2).any(|w| w[1].1 < w[0].1);
+    // A bucket's bound is a duration (never negative) and its count a whole number of
+    // relists: the series the live agent derives from them (relists, slower shares, p99) are
+    // persisted, and a fractional count or a negative p99 would make the store drop the whole
+    // sample (its RSS with it) when the agent next loads it.
+    let bad_histogram = buckets.iter().any(|(le, c)| {
+        le.is_nan()
+            || *le < 0.0
+            || crate::detect::series::invalid_value("pleg_relists", *c).is_some()
+    }) || buckets.windows(2).any(|w| w[1].1 < w[0].1);
     if bad_histogram {
         buckets.clear();
         m.invalid
@@ -374,7 +394,7 @@ pub async fn fetch(
     let mut body = Vec::new();
     while let Some(chunk) = r.chunk().await.map_err(classify)? {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(MetricsError::Garbage(shown));
+            return Err(MetricsError::TooLarge(shown));
         }
         body.extend_from_slice(&chunk);
     }
@@ -567,6 +587,48 @@ mod tests {
         assert!(parse(RECORDED).unwrap().invalid.is_empty());
     }
 
+    /// A PLEG histogram with a fractional count, a count past 2^53 or a negative bucket bound
+    /// is set aside: the relists and p99 the agent derives from it are persisted, and the store
+    /// drops a record with a fractional count or a negative duration when it is loaded (the
+    /// sample's RSS with it).
+    #[test]
+    fn a_pleg_histogram_the_store_would_refuse_is_set_aside() {
+        for text in [
+            "kubelet_pleg_relist_duration_seconds_bucket{le=\"1\"} 2.5\n\
+             kubelet_pleg_relist_duration_seconds_bucket{le=\"+Inf\"} 3\n",
+            "kubelet_pleg_relist_duration_seconds_bucket{le=\"-1\"} 5\n\
+             kubelet_pleg_relist_duration_seconds_bucket{le=\"+Inf\"} 5\n",
+            "kubelet_pleg_relist_duration_seconds_bucket{le=\"+Inf\"} 1e300\n",
+        ] {
+            let m = parse(text).unwrap();
+            assert_eq!(
+                m.invalid,
+                ["kubelet_pleg_relist_duration_seconds_bucket"],
+                "{text}"
+            );
+            assert_eq!(m.pleg_relist_p99_seconds, None, "{text}");
+            assert!(m.pleg_relist_buckets.is_empty(), "{text}");
+        }
+        // What the live agent would have derived, shown refused by the store's own check.
+        assert!(crate::detect::series::invalid_value("pleg_relists", 2.5).is_some());
+        assert!(crate::detect::series::invalid_value("pleg_relist_p99_seconds", -0.5).is_some());
+    }
+
+    /// A line of more labels than any kubelet serves is malformed: skipped before its labels
+    /// pile up (3 million empty labels in a 15 MB line took 158 MB).
+    #[test]
+    fn a_line_of_too_many_labels_is_skipped() {
+        let many = |n: usize| format!("kubelet_cgroup_version{{{}}} 2\n", "a=\"\",".repeat(n));
+        assert_eq!(
+            sample_line(&many(MAX_LABELS)).unwrap().labels.len(),
+            MAX_LABELS
+        );
+        assert_eq!(sample_line(&many(MAX_LABELS + 1)), None);
+        let m = parse(&format!("{}kubelet_goroutines 7\n", many(3_000_000))).unwrap();
+        assert_eq!(m.cgroup_version, None);
+        assert_eq!(m.goroutines, Some(7.0));
+    }
+
     #[test]
     fn garbage_is_not_metrics() {
         assert_eq!(parse("<html>hello</html>"), None);
@@ -713,6 +775,20 @@ mod tests {
         assert_eq!(
             fetch(&c, &url, None, t).await.unwrap_err().reason(),
             "garbage"
+        );
+        let _ = std::fs::remove_dir_all(ca.parent().unwrap());
+        // A body past the bound is named as such, not as "no kubelet metrics".
+        let huge = "kubelet_cgroup_version 2\n".repeat(MAX_BODY / 24 + 1);
+        let (url, ca) = server(false, ok_chunked(&huge)).await;
+        let e = fetch(&c, &url, None, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.reason(), e.to_string()),
+            (
+                "garbage",
+                format!("{url} served more than {MAX_BODY} bytes, far more than a kubelet's metrics: not read further")
+            )
         );
         let _ = std::fs::remove_dir_all(ca.parent().unwrap());
         // Another protocol's greeting on the port: not "cannot reach".

@@ -61,9 +61,12 @@ fn parse_time(s: &str) -> Option<i64> {
         // `as` would turn NaN into 0 and saturate infinities: refuse them instead.
         return (n.is_finite() && (0.0..=MAX_T).contains(&n)).then_some(n as i64);
     }
+    // The same years as a number (1970-9999): a date before 1970 was read as a negative time
+    // the store's own reader refuses.
     OffsetDateTime::parse(s, &Rfc3339)
         .ok()
         .map(|t| t.unix_timestamp())
+        .filter(|t| (0..=MAX_T as i64).contains(t))
 }
 
 /// The file's line (1-based) at byte `at`, past the blank lines a record may start with: the
@@ -285,6 +288,11 @@ mod tests {
         );
         let e = parse("time,kubelet_rss_bytes,pods\nnope,1,2\n").unwrap_err();
         assert_eq!(e.to_string(), "line 2: bad time \"nope\"");
+        // Before 1970 is refused as an RFC 3339 date as it is as a number.
+        let e = parse("time,kubelet_rss_bytes,pods\n1969-01-01T00:00:00Z,1,2\n").unwrap_err();
+        assert_eq!(e.to_string(), "line 2: bad time \"1969-01-01T00:00:00Z\"");
+        let e = parse("time,kubelet_rss_bytes,pods\n-1,1,2\n").unwrap_err();
+        assert_eq!(e.to_string(), "line 2: bad time \"-1\"");
         let e = parse("time,kubelet_rss_bytes,pods\n5,1,2\n4,1,2\n").unwrap_err();
         assert_eq!(e.to_string(), "line 3: time goes backwards");
         // Blank lines are skipped but counted.
