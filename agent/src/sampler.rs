@@ -332,6 +332,9 @@ pub fn sample(
     let (avail, total) = meminfo();
     let s = Sample {
         t: now,
+        // 0 while no kubelet runs: the store's column has no "missing" (a record without it is
+        // invalid to every agent that reads it), so the detectors read 0 as "no kubelet"
+        // (`detect::kubelet_seen`), not a level.
         kubelet_rss_bytes: mem.as_ref().map_or(0.0, |m| m.rss_bytes as f64),
         pods: pods.len() as f64,
         kubelet_cgroup_bytes: state.as_ref().and_then(|s| s.usage_bytes).map(|v| v as f64),

@@ -62,6 +62,44 @@ fn trough_slope_mib_per_hour(s: &[Sample]) -> f64 {
     theil_sen(&pts).expect("enough points").mid * 3600.0 / 1048576.0
 }
 
+/// The detector counts each restart the lab made once (the kubelet down at sample time is RSS 0
+/// in the store, then the counter steps a sample later: one restart, not two), dated at the
+/// first sample of the new process, within a sample or two of the timeline's action.
+#[test]
+fn each_restart_the_lab_made_is_counted_once() {
+    let tl = timeline();
+    let made: Vec<i64> = tl
+        .iter()
+        .filter(|e| e["detail"]["new_pid"].is_i64())
+        .filter_map(|e| e["t"].as_i64())
+        .collect();
+    let healthy = samples("kubelet-v1.34.4-lab.series.bin.gz");
+    let seen = oomprobe::detect::restart_times(&healthy);
+    let made_healthy: Vec<i64> = made
+        .iter()
+        .copied()
+        .filter(|&t| t < healthy.last().unwrap().t)
+        .collect();
+    assert_eq!(made_healthy.len(), 3);
+    assert_eq!(
+        seen.len(),
+        made_healthy.len(),
+        "{seen:?} vs {made_healthy:?}"
+    );
+    for (s, m) in seen.iter().zip(&made_healthy) {
+        assert!(
+            (0..=20).contains(&(s - m)),
+            "restart seen at {s}, made at {m}"
+        );
+    }
+    // The whole recording: the upgrade too.
+    assert_eq!(
+        oomprobe::detect::restart_times(&samples(FULL)).len(),
+        made.len()
+    );
+    assert_eq!(made.len(), 4);
+}
+
 /// The whole recording loads as the agent's store: every record valid, the restarts the lab
 /// made (kill -9, graceful stop, the control's restart, the upgrade) counted by the agent.
 #[test]

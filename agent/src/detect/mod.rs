@@ -39,33 +39,68 @@ pub trait Detector {
     fn check(&self, series: &[Sample]) -> Option<Finding>;
 }
 
-/// The samples since the last kubelet restart (a step in `kubelet_restarts`, or RSS falling by
-/// more than half between two samples): a restarted kubelet starts a new baseline.
+/// The samples since the last kubelet restart (see [`restart_indices`]): a restarted kubelet
+/// starts a new baseline.
 pub fn since_restart(series: &[Sample]) -> &[Sample] {
     &series[restart_index(series)..]
 }
 
 /// Index of the first sample after the last kubelet restart (0 when none).
 pub fn restart_index(series: &[Sample]) -> usize {
-    (1..series.len())
-        .rev()
-        .find(|&i| restarted(&series[i - 1], &series[i]))
-        .unwrap_or(0)
+    restart_indices(series).last().copied().unwrap_or(0)
 }
 
 /// Times of the first sample after each kubelet restart.
 pub fn restart_times(series: &[Sample]) -> Vec<i64> {
-    series
-        .windows(2)
-        .filter(|w| restarted(&w[0], &w[1]))
-        .map(|w| w[1].t)
+    restart_indices(series)
+        .into_iter()
+        .map(|i| series[i].t)
         .collect()
 }
 
-fn restarted(a: &Sample, b: &Sample) -> bool {
-    let counter_step =
-        matches!((a.kubelet_restarts, b.kubelet_restarts), (Some(x), Some(y)) if y > x);
-    counter_step || b.kubelet_rss_bytes < a.kubelet_rss_bytes * 0.5
+/// Whether a sample saw a kubelet: the agent stores `kubelet_rss_bytes` 0 when no kubelet
+/// process ran at sample time (the store has no "missing" for that column), so 0 is "no
+/// kubelet", never a level.
+pub fn kubelet_seen(s: &Sample) -> bool {
+    s.kubelet_rss_bytes > 0.0
+}
+
+/// The first sample of each kubelet restart's new process. A restart is a step in
+/// `kubelet_restarts`, RSS falling by more than half from the last sample with a kubelet, or,
+/// for a series without the counter, the kubelet gone for a sample or more and back. A kubelet
+/// down at sample time (RSS 0, [`kubelet_seen`]) is no level: the drop to 0 and the counter's
+/// step a sample later are one restart, dated at the first sample the new process shows in
+/// (or at the counter's step when the series ends before it shows).
+pub fn restart_indices(series: &[Sample]) -> Vec<usize> {
+    let mut out = Vec::new();
+    // The last sample with a kubelet, and a restart seen since it but not yet dated.
+    let mut last: Option<&Sample> = None;
+    let mut pending: Option<usize> = None;
+    let mut gone = false;
+    for (i, w) in series.windows(2).enumerate() {
+        let (a, b) = (&w[0], &w[1]);
+        let step = matches!((a.kubelet_restarts, b.kubelet_restarts), (Some(x), Some(y)) if y > x);
+        if step && pending.is_none() {
+            pending = Some(i + 1);
+        }
+        if i == 0 && kubelet_seen(a) {
+            last = Some(a);
+        }
+        if !kubelet_seen(b) {
+            gone |= last.is_some();
+            continue;
+        }
+        let halved = last.is_some_and(|p| b.kubelet_rss_bytes < p.kubelet_rss_bytes * 0.5);
+        let back = gone && b.kubelet_restarts.is_none();
+        if pending.is_some() || halved || back {
+            out.push(i + 1);
+        }
+        pending = None;
+        gone = false;
+        last = Some(b);
+    }
+    out.extend(pending);
+    out
 }
 
 fn window(series: &[Sample], seconds: i64) -> &[Sample] {
@@ -492,6 +527,80 @@ mod tests {
         }));
         let v = Engine::default().evaluate(&s);
         assert_eq!(v.subject, Subject::None, "{:?}", v.findings);
+    }
+
+    /// `(t, rss MB, restarts counter)` samples.
+    fn rs(v: &[(i64, f64, Option<f64>)]) -> Vec<Sample> {
+        v.iter()
+            .map(|&(t, mb, c)| Sample {
+                t,
+                kubelet_rss_bytes: mb * 1e6,
+                kubelet_restarts: c,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// A kubelet down at sample time (RSS 0) is no level: the drop to 0, the counter's step a
+    /// sample later and the new process are one restart, dated when the new process shows.
+    #[test]
+    fn a_kubelet_down_at_sample_time_is_one_restart() {
+        // The lab recording's kill -9: 0, then the counter steps with RSS still 0, then back.
+        let s = rs(&[
+            (0, 80.0, Some(0.0)),
+            (10, 0.0, Some(0.0)),
+            (20, 0.0, Some(1.0)),
+            (30, 99.0, Some(1.0)),
+            (40, 100.0, Some(1.0)),
+        ]);
+        assert_eq!(restart_times(&s), [30]);
+        assert_eq!(since_restart(&s).len(), 2);
+        // Its control restart: 0, then the counter steps with the new process there.
+        let s = rs(&[
+            (0, 98.0, Some(2.0)),
+            (10, 0.0, Some(2.0)),
+            (20, 105.0, Some(3.0)),
+        ]);
+        assert_eq!(restart_times(&s), [20]);
+        // A counter step alone (a graceful restart between samples) and RSS halving alone.
+        let s = rs(&[
+            (0, 100.0, Some(1.0)),
+            (10, 96.0, Some(2.0)),
+            (20, 40.0, Some(2.0)),
+        ]);
+        assert_eq!(restart_times(&s), [10, 20]);
+        // The counter stepped and the kubelet is not back yet: dated at the step.
+        let s = rs(&[
+            (0, 100.0, Some(0.0)),
+            (10, 0.0, Some(0.0)),
+            (20, 0.0, Some(1.0)),
+        ]);
+        assert_eq!(restart_times(&s), [20]);
+        // Down and back without a counter step: the same process (a sample the agent could not
+        // read), no restart; without the counter (a CSV), gone and back is a restart.
+        let s = rs(&[
+            (0, 100.0, Some(0.0)),
+            (10, 0.0, Some(0.0)),
+            (20, 101.0, Some(0.0)),
+        ]);
+        assert!(restart_times(&s).is_empty());
+        let s = rs(&[(0, 100.0, None), (10, 0.0, None), (20, 101.0, None)]);
+        assert_eq!(restart_times(&s), [20]);
+        // No kubelet when the series starts: its start is no restart.
+        let s = rs(&[
+            (0, 0.0, Some(0.0)),
+            (10, 0.0, Some(0.0)),
+            (20, 101.0, Some(0.0)),
+        ]);
+        assert!(restart_times(&s).is_empty());
+        // A halving is measured from the last sample with a kubelet, not from 0.
+        let s = rs(&[
+            (0, 100.0, None),
+            (10, 0.0, None),
+            (20, 0.0, None),
+            (30, 45.0, None),
+        ]);
+        assert_eq!(restart_times(&s), [30]);
     }
 
     #[test]
