@@ -283,10 +283,47 @@ pub fn corrupt_reason(d: &[u8]) -> String {
     }
     match u32_at(d, 8) {
         None => "the header is cut short".into(),
+        Some(1 | 2) if header_cut_short(d) => "the header is cut short".into(),
         Some(v @ (1 | 2)) => {
             format!("its format {v} header is invalid (record size or column names)")
         }
         Some(v) => format!("unknown format version {v} (this agent reads 1 and 2)"),
+    }
+}
+
+/// Whether a format 1 or 2 header ends before its own fields say it does (a file truncated
+/// inside its header), where [`layout`] would call it invalid: the header's fields as far as
+/// they are there are read as [`layout`] reads them.
+fn header_cut_short(d: &[u8]) -> bool {
+    let Some(record) = u32_at(d, 12) else {
+        return true;
+    };
+    match u32_at(d, 8) {
+        Some(1) => d.len() < V1_HEADER,
+        Some(2) => {
+            let Some(n) = u32_at(d, 16) else {
+                return true;
+            };
+            let Ok(n) = usize::try_from(n) else {
+                return false;
+            };
+            if n == 0 || n > 4096 || usize::try_from(record).ok() != Some(8 + 8 * n) {
+                return false;
+            }
+            let mut at: usize = 20;
+            for _ in 0..n {
+                let Some(len) = d.get(at..at + 2) else {
+                    return true;
+                };
+                let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+                at += 2 + len;
+                if at > d.len() {
+                    return true;
+                }
+            }
+            false
+        }
+        _ => false,
     }
 }
 
@@ -623,6 +660,33 @@ mod tests {
             b"somebody else's file"
         );
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A store truncated anywhere inside its header says so, not "invalid"; a whole header
+    /// with fields that disagree is invalid.
+    #[test]
+    fn a_header_cut_anywhere_is_cut_short() {
+        let h = header();
+        for cut in 9..h.len() {
+            let d = &h[..cut];
+            assert!(parse(d, 0).corrupt, "cut at {cut}");
+            assert_eq!(corrupt_reason(d), "the header is cut short", "cut at {cut}");
+        }
+        assert!(!parse(&h, 0).corrupt);
+        let mut bad = h.clone();
+        bad[12] ^= 1;
+        assert_eq!(
+            corrupt_reason(&bad),
+            "its format 2 header is invalid (record size or column names)"
+        );
+        let mut v1 = MAGIC.to_vec();
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&7u32.to_le_bytes());
+        assert_eq!(
+            corrupt_reason(&v1),
+            "its format 1 header is invalid (record size or column names)"
+        );
+        assert_eq!(corrupt_reason(&v1[..14]), "the header is cut short");
     }
 
     #[test]
