@@ -1196,33 +1196,76 @@ fn diagnose_counts_pods_under_the_kubepods_root_given() {
 }
 
 /// A --kubeconfig given by name that cannot be used is refused before any check: exit 1, one
-/// line naming the file, nothing on stdout (not an unknown memory_pressure row).
+/// line naming the file, nothing on stdout (not an unknown memory_pressure row). `run` refuses
+/// it the same way before it loads anything or needs privileges (it used to log "disabled: no
+/// API client" and run on, so `--act cordon --act-confirm` with a mistyped kubeconfig silently
+/// cordoned nothing); so are its --kube-token-file and --kube-ca-file.
 #[test]
-fn diagnose_refuses_a_bad_kubeconfig_by_name() {
+fn diagnose_and_run_refuse_a_bad_kubeconfig_by_name() {
     let dir = Scratch::new("kubeconfig");
     let state = dir.path("state");
     let missing = dir.path("missing");
+    let fifo = dir.path("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // Were the refusal to fail, `run` would still stop before loading anything: the ring
+    // recording cannot be created (no such directory).
+    let ring = dir.path("no-such-dir/ring");
     for (kc, why) in [
         ("/dev/zero".to_string(), "not a regular file".to_string()),
         (arg(&dir.0).to_string(), "not a regular file".to_string()),
+        (arg(&fifo).to_string(), "not a regular file".to_string()),
         (
             arg(&missing).to_string(),
             "No such file or directory (os error 2)".to_string(),
         ),
     ] {
+        let want = format!("oomprobe: error: cannot use kubeconfig file {kc}: {why}");
         let o = oomprobe()
             .args(["diagnose", "--state-dir", arg(&state), "--kubeconfig", &kc])
             .output()
             .unwrap();
-        assert_eq!(
-            refusal(&o),
-            format!("oomprobe: error: cannot use kubeconfig file {kc}: {why}")
-        );
+        assert_eq!(refusal(&o), want);
         assert!(
             o.stdout.is_empty(),
             "{}",
             String::from_utf8_lossy(&o.stdout)
         );
+        let o = oomprobe()
+            .args(["run", "--state-dir", arg(&state), "--kubeconfig", &kc])
+            .args(["--act", "cordon", "--act-confirm", "--duration", "1"])
+            .args(["--record-ring", arg(&ring)])
+            .output()
+            .unwrap();
+        assert_eq!(refusal(&o), want, "run");
+    }
+    for (args, want) in [
+        (
+            vec![
+                "--kube-api",
+                "https://127.0.0.1:1",
+                "--kube-token-file",
+                arg(&fifo),
+            ],
+            format!("cannot use token file {}: not a regular file", arg(&fifo)),
+        ),
+        (
+            vec!["--kube-ca-file", arg(&missing)],
+            format!("CA file {} does not exist", arg(&missing)),
+        ),
+    ] {
+        for verb in ["diagnose", "run"] {
+            let o = oomprobe()
+                .args([verb, "--state-dir", arg(&state)])
+                .args(&args)
+                .args(match verb {
+                    "run" => vec!["--duration", "1", "--record-ring", arg(&ring)],
+                    _ => vec![],
+                })
+                .output()
+                .unwrap();
+            assert_eq!(refusal(&o), format!("oomprobe: error: {want}"), "{verb}");
+        }
     }
 }
 

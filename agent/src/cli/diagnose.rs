@@ -427,7 +427,8 @@ fn whole(v: f64) -> u64 {
 #[derive(Debug, thiserror::Error)]
 pub enum DiagnoseError {
     /// A --kubeconfig given that cannot be used (not a regular file, unreadable, not a
-    /// kubeconfig, a file it names missing): refused before any check, naming the file.
+    /// kubeconfig, a file it names missing), or a bad --kube-token-file or --kube-ca-file:
+    /// refused before any check, naming the file.
     #[error(transparent)]
     Kubeconfig(crate::kubeapi::ApiError),
     #[error(transparent)]
@@ -437,10 +438,10 @@ pub enum DiagnoseError {
 pub async fn run(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
     // A kubeconfig given by name is input like any other: a bad one is refused (exit 1), not
     // reported as an unknown memory_pressure. Building the configuration reads files only.
-    let source = args.api.source();
-    if source.kubeconfig.is_some() {
-        source.config().await.map_err(DiagnoseError::Kubeconfig)?;
-    }
+    args.api
+        .check_files()
+        .await
+        .map_err(DiagnoseError::Kubeconfig)?;
     let mut checks = Vec::new();
     let h = Hierarchy::detect();
     let pid = find_pid(&args.kubelet_name);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    kubeapi::ApiSource,
+    kubeapi::{ApiError, ApiSource},
     kubelet::metrics::{MetricsError, TlsOptions},
 };
 
@@ -102,6 +102,43 @@ impl KubeApiArgs {
 
     pub fn node(&self) -> String {
         crate::kubeapi::node_name(self.node_name.as_deref())
+    }
+
+    /// The files given by name, checked as the client will read them: the kubeconfig (and
+    /// the files it names), `--kube-token-file` and `--kube-ca-file`. A bad one is input like
+    /// any other, refused naming the file, not a feature quietly disabled later.
+    /// Errors: [`ApiError::BadFile`] (missing, not a regular file, too large),
+    /// [`ApiError::Missing`], or the kubeconfig's own ([`ApiSource::config`]).
+    pub async fn check_files(&self) -> Result<(), ApiError> {
+        let source = self.source();
+        if source.kubeconfig.is_some() {
+            source.config().await?;
+        }
+        if let Some(t) = &self.kube_token_file {
+            crate::files::check(t, crate::files::MAX_BYTES).map_err(|source| {
+                ApiError::BadFile {
+                    what: "token",
+                    path: t.clone(),
+                    source,
+                }
+            })?;
+        }
+        if let Some(ca) = &self.kube_ca_file {
+            if !ca.exists() {
+                return Err(ApiError::Missing {
+                    what: "CA",
+                    path: ca.clone(),
+                });
+            }
+            crate::files::check(ca, crate::files::MAX_BYTES).map_err(|source| {
+                ApiError::BadFile {
+                    what: "CA",
+                    path: ca.clone(),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// The API client, or None (logged) when there is no API server or it cannot be set up;

@@ -161,6 +161,9 @@ pub enum RunError {
     Ring(#[source] std::io::Error),
     #[error(transparent)]
     KubeletMetricsToken(#[from] crate::kubelet::metrics::MetricsError),
+    /// A --kubeconfig, --kube-token-file or --kube-ca-file given that cannot be used.
+    #[error(transparent)]
+    Kubeconfig(crate::kubeapi::ApiError),
     #[error("--eviction-hard-memory {0} needs the node's MemTotal: /proc/meminfo unreadable")]
     MemTotal(super::EvictionHard, #[source] procfs::ProcError),
 }
@@ -315,12 +318,19 @@ struct Preflight {
     eviction_hard_bytes: u64,
 }
 
-/// The refusals made before anything is loaded, as usage errors: a bearer token file for
-/// --kubelet-metrics that cannot be read now (later, each scrape re-reads it and counts a
+/// The refusals made before anything is loaded (and before any privilege is needed), as usage
+/// errors: a --kubeconfig, --kube-token-file or --kube-ca-file that cannot be used (as
+/// `diagnose` refuses them: a mistyped kubeconfig would otherwise only disable the cordon and
+/// the reports, logged), a bearer token or CA file for --kubelet-metrics that cannot be read now (later, each scrape re-reads it and counts a
 /// failure), an eviction percentage without the node's MemTotal, and a ring recording that
 /// cannot be created (returned, ready to write).
-fn preflight(args: &RunArgs) -> Result<Preflight, RunError> {
+async fn preflight(args: &RunArgs) -> Result<Preflight, RunError> {
+    args.api.check_files().await.map_err(RunError::Kubeconfig)?;
     args.kubelet_metrics.token()?;
+    if args.kubelet_metrics.kubelet_metrics.is_some() {
+        // Reads the CA file now, as each scrape would.
+        crate::kubelet::metrics::client(&args.kubelet_metrics.tls(), Duration::from_secs(1))?;
+    }
     let threshold = args.eviction_hard_memory;
     let eviction_hard_bytes = match threshold.bytes(None) {
         Some(b) => b,
@@ -353,7 +363,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let Preflight {
         recorder,
         eviction_hard_bytes,
-    } = preflight(&args)?;
+    } = preflight(&args).await?;
     if !args.no_oom_score_adj {
         protect_from_oom_killer();
     }
@@ -468,8 +478,8 @@ mod tests {
     }
 
     /// A token file that is bad at start is refused before anything is loaded.
-    #[test]
-    fn a_bad_token_file_is_refused_at_start() {
+    #[tokio::test]
+    async fn a_bad_token_file_is_refused_at_start() {
         let args = parse(&[
             "--kubelet-metrics",
             "http://127.0.0.1:1/metrics",
@@ -477,22 +487,80 @@ mod tests {
             "/dev/zero",
         ])
         .unwrap();
-        let e = preflight(&args).map(|_| ()).unwrap_err();
+        let e = preflight(&args).await.map(|_| ()).unwrap_err();
         assert_eq!(
             crate::error_chain(&e),
             "cannot read bearer token file /dev/zero: not a regular file"
         );
-        let ok = preflight(&parse(&[]).unwrap()).unwrap();
+        let ok = preflight(&parse(&[]).unwrap()).await.unwrap();
         assert!(ok.recorder.is_none());
         assert_eq!(ok.eviction_hard_bytes, 100 << 20);
+    }
+
+    /// Files for the API server and the kubelet's endpoint given by name are checked before
+    /// anything is loaded, as `diagnose` checks them: a bad one is refused naming it.
+    #[tokio::test]
+    async fn bad_api_and_ca_files_are_refused_at_start() {
+        let dir = std::env::temp_dir().join(format!("oomprobe-preflight-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing");
+        let d = dir.display().to_string();
+        let m = missing.display().to_string();
+        for (args, want) in [
+            (
+                vec!["--kubeconfig", "/dev/zero"],
+                "cannot use kubeconfig file /dev/zero: not a regular file".to_string(),
+            ),
+            (
+                vec!["--kubeconfig", &d],
+                format!("cannot use kubeconfig file {d}: not a regular file"),
+            ),
+            (
+                vec!["--kubeconfig", &m],
+                format!("cannot use kubeconfig file {m}: No such file or directory (os error 2)"),
+            ),
+            (
+                vec![
+                    "--kube-api",
+                    "https://127.0.0.1:1",
+                    "--kube-token-file",
+                    "/dev/zero",
+                ],
+                "cannot use token file /dev/zero: not a regular file".to_string(),
+            ),
+            (
+                vec!["--kube-ca-file", &m],
+                format!("CA file {m} does not exist"),
+            ),
+            (
+                vec![
+                    "--kubelet-metrics",
+                    "https://127.0.0.1:1/metrics",
+                    "--kubelet-metrics-ca-file",
+                    &d,
+                ],
+                format!("cannot read CA file {d}: not a regular file"),
+            ),
+        ] {
+            let e = preflight(&parse(&args).unwrap())
+                .await
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(crate::error_chain(&e), want, "{args:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// `--eviction-hard-memory` as the kubelet takes it: a decimal quantity, or a percentage
     /// of this node's MemTotal (both used to be refused).
     #[test]
     fn eviction_thresholds_resolve_to_bytes() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let bytes = |v: &str| {
-            preflight(&parse(&["--eviction-hard-memory", v]).unwrap())
+            rt.block_on(preflight(&parse(&["--eviction-hard-memory", v]).unwrap()))
                 .unwrap()
                 .eviction_hard_bytes
         };
