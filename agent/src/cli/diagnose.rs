@@ -224,7 +224,8 @@ fn find_pid(name: &str) -> Option<u32> {
     })
 }
 
-fn oom_kills(h: &Hierarchy, cgroup: &str) -> Option<u64> {
+/// The cgroup's `oom_kill` counter and the file it is in.
+fn oom_kills(h: &Hierarchy, cgroup: &str) -> Option<(u64, &'static str)> {
     let (file, key) = match h {
         Hierarchy::V1(_) => ("memory.oom_control", "oom_kill"),
         Hierarchy::V2(_) => ("memory.events", "oom_kill"),
@@ -233,6 +234,7 @@ fn oom_kills(h: &Hierarchy, cgroup: &str) -> Option<u64> {
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+        .map(|n| (n, file))
 }
 
 fn uptime_of(pid: u32) -> Option<f64> {
@@ -520,7 +522,7 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
                         .field("cgroup", cg.clone()),
                     ),
                 }
-                if let Some(n) = oom_kills(h, &cg) {
+                if let Some((n, counter)) = oom_kills(h, &cg) {
                     // The counter counts since the cgroup was created: the kernel log dates
                     // the kills (read only when there is one to date).
                     let log = if n == 0 {
@@ -531,8 +533,13 @@ pub async fn run(args: DiagnoseArgs) -> Result<bool, DiagnoseError> {
                             .map_err(|e| e.to_string())
                     };
                     let now = oom_kills::now_since_boot().unwrap_or(0.0);
-                    let (c, recent) =
-                        oom_kills::check_kills(&cg, n, log.as_ref().map_err(Clone::clone), now);
+                    let (c, recent) = oom_kills::check_kills(
+                        &cg,
+                        counter,
+                        n,
+                        log.as_ref().map_err(Clone::clone),
+                        now,
+                    );
                     if recent.map_or(n > 0, |r| r > 0) && uptime_of(p).is_some_and(|u| u < 300.0) {
                         stage = "reconciliation_storm";
                     }

@@ -117,10 +117,14 @@ fn within(memcg: &str, cgroup: &str) -> bool {
 }
 
 /// The check for the kubelet's `cgroup`: `total` its counter's `oom_kill` (since it was
-/// created), `log` the kernel log or why it could not be read, `now` seconds since boot.
-/// Returns the check and the recent kills (None when they cannot be told).
+/// created; `counter` the file it is in, `memory.events` or v1 `memory.oom_control`), `log`
+/// the kernel log or why it could not be read, `now` seconds since boot. With a counter of 0
+/// the counter answers (no kill ever) and the detail names it, not the kernel log (which
+/// `diagnose` then does not read). Returns the check and the recent kills (None when they
+/// cannot be told).
 pub fn check_kills(
     cgroup: &str,
+    counter: &str,
     total: u64,
     log: Result<&KernelLog, String>,
     now: f64,
@@ -154,6 +158,11 @@ pub fn check_kills(
     };
     let total_text = format!("{total} since the cgroup {cgroup} was created (information)");
     let (value, verdict, detail) = match recent {
+        Some(0) if total == 0 => (
+            "0 in 1 h (0 total)".to_string(),
+            Health::Good,
+            format!("no OOM kill in the kubelet's memory cgroup in the last hour (cgroup {counter} oom_kill: 0 since the cgroup {cgroup} was created; nothing for the kernel log to date)"),
+        ),
         Some(0) => (
             format!("0 in 1 h ({total} total)"),
             Health::Good,
@@ -228,7 +237,7 @@ mod tests {
         let now = 3.0 * 86400.0;
         let old = (86_400_000_000, "/kubelet.slice", 1);
         let log = parse_kmsg(&kmsg(&[old], 5_000_000));
-        let (c, recent) = check_kills(cg, 1, Ok(&log), now);
+        let (c, recent) = check_kills(cg, "memory.oom_control", 1, Ok(&log), now);
         assert_eq!((recent, c.verdict), (Some(0), Health::Good));
         assert_eq!(c.value, "0 in 1 h (1 total)");
         assert_eq!(
@@ -254,7 +263,7 @@ mod tests {
         let pods = ((now as u64 - 30) * 1_000_000, "/kubepods/pod1/c1", 4);
         let log = parse_kmsg(&kmsg(&[old, fresh, other, pods], 5_000_000));
         assert_eq!(log.kills.len(), 4);
-        let (c, recent) = check_kills(cg, 2, Ok(&log), now);
+        let (c, recent) = check_kills(cg, "memory.oom_control", 2, Ok(&log), now);
         assert_eq!((recent, c.verdict), (Some(1), Health::Bad), "{}", c.detail);
         assert_eq!(c.value, "1 in 1 h (2 total)");
     }
@@ -266,7 +275,7 @@ mod tests {
         let now = 3.0 * 86400.0;
         // The oldest record kept is 20 minutes old.
         let log = parse_kmsg(&kmsg(&[], (now as u64 - 1200) * 1_000_000));
-        let (c, recent) = check_kills("/kubelet.slice", 3, Ok(&log), now);
+        let (c, recent) = check_kills("/kubelet.slice", "memory.oom_control", 3, Ok(&log), now);
         assert_eq!((recent, c.verdict), (None, Health::Unknown));
         assert_eq!(
             c.detail,
@@ -276,10 +285,11 @@ mod tests {
             serde_json::to_value(&c).unwrap()["value"],
             serde_json::Value::Null
         );
-        let (c, _) = check_kills("/kubelet.slice", 0, Ok(&log), now);
+        let (c, _) = check_kills("/kubelet.slice", "memory.oom_control", 0, Ok(&log), now);
         assert_eq!(c.verdict, Health::Good);
         let (c, _) = check_kills(
             "/kubelet.slice",
+            "memory.oom_control",
             3,
             Err("Operation not permitted (os error 1)".into()),
             now,
@@ -288,11 +298,24 @@ mod tests {
         assert!(c
             .detail
             .contains("kills not dated: /dev/kmsg: Operation not permitted"));
-        let (c, _) = check_kills("/kubelet.slice", 0, Err("x".into()), now);
+        // No kill ever: the counter answers, named as the source (not "(kernel log)", which
+        // was not read, or could not be: EPERM without CAP_SYSLOG).
+        let (c, _) = check_kills(
+            "/kubelet.slice",
+            "memory.oom_control",
+            0,
+            Err("Operation not permitted (os error 1)".into()),
+            now,
+        );
         assert_eq!(c.verdict, Health::Good);
+        assert_eq!(
+            c.detail,
+            "no OOM kill in the kubelet's memory cgroup in the last hour (cgroup memory.oom_control oom_kill: 0 since the cgroup /kubelet.slice was created; nothing for the kernel log to date)"
+        );
+        assert!(!c.detail.contains("(kernel log)"));
         // Booted 10 minutes ago, the log from boot: the whole window is covered.
         let log = parse_kmsg(&kmsg(&[], 0));
-        let (c, _) = check_kills("/kubelet.slice", 0, Ok(&log), 600.0);
+        let (c, _) = check_kills("/kubelet.slice", "memory.oom_control", 0, Ok(&log), 600.0);
         assert_eq!(c.verdict, Health::Good);
     }
 
