@@ -13,9 +13,13 @@ pub struct GenTraceArgs {
     /// container_gc, pod_certs_manager, evented_pleg, pod_churn, cgroup_v1_kernel_5_15,
     /// oversubscription.
     pub scenario: String,
-    /// Days of series, 0.01 to 366 (one sample a minute).
+    /// Days of series, 0.01 to 366 (one sample a minute). A scenario with a leak needs the
+    /// leak inside the trace: leak-<MB/day> starts 0.5-2 days in, workload and the causes
+    /// 0.2-1 day in (by the seed); shorter is refused, naming the --days that covers it (3
+    /// always does for leak-<MB/day>, 2 for the others).
     #[arg(long, default_value_t = 5.0)]
     pub days: f64,
+    /// The generator's seed: the same scenario, days and seed give the same trace.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Add the healthy shapes of issue 17 (warm-up after starts, bursts returned over hours
