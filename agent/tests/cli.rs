@@ -471,6 +471,47 @@ fn report_names_a_corrupt_store_and_what_is_wrong() {
     }
 }
 
+/// `report` reading a store (`--state-dir`, default /var/lib/oomprobe) says which on stderr, one
+/// line: a report of the default directory's store is not drawn silently; `--svg` alone is a
+/// whole command (no `--html` needed).
+#[test]
+fn report_names_the_store_it_read() {
+    let dir = Scratch::new("report-store");
+    let store = dir.path("series.bin");
+    {
+        let mut st = oomprobe::detect::store::Store::open(&store).unwrap();
+        for i in 0..30 {
+            st.append(oomprobe::detect::Sample {
+                t: 1_790_000_000 + i * 60,
+                kubelet_rss_bytes: 100e6 + i as f64 * 1e5,
+                pods: 3.0,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+    }
+    let svg = dir.path("r.svg");
+    let o = oomprobe()
+        .args(["report", "--state-dir", arg(&dir.0), "--svg", arg(&svg)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let said: Vec<String> = stderr(&o)
+        .lines()
+        .filter(|l| l.starts_with("oomprobe report:"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        said,
+        [format!(
+            "oomprobe report: series from the store {} (--state-dir {}): 30 samples",
+            store.display(),
+            dir.0.display()
+        )]
+    );
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+}
+
 /// A store whose every record is invalid is said to be so, with the count, by `report` (a
 /// refusal) and `diagnose` (the leak verdict's reason), not taken for an empty history.
 #[test]

@@ -1,7 +1,7 @@
 //! `oomprobe report [--since DUR] [--html FILE] [--svg FILE]`: the picture of an episode, from
 //! the persisted series (`--state-dir`, or a replay CSV with `--csv`) and the agent's JSON event
 //! log (`--events`, the output of `oomprobe run --format json` saved to a file). Read-only.
-use std::path::PathBuf;
+use std::{io::Write as _, path::PathBuf};
 
 use crate::{
     detect::offline::csv,
@@ -201,6 +201,15 @@ pub fn run(args: ReportArgs) -> Result<(), ReportError> {
                             invalid: loaded.invalid,
                         });
                     }
+                    // Said, so a report drawn from the default directory's store (or another
+                    // than the one meant) shows where its series came from.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "oomprobe report: series from the store {} (--state-dir {}): {} samples",
+                        path.display(),
+                        args.state_dir.display(),
+                        loaded.samples.len()
+                    );
                     (loaded.samples, path.display().to_string())
                 }
             }
