@@ -30,7 +30,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install and check the toolchain (llvm-22-dev, nightly rust-src, bpf-linker on LLVM 22).
+    /// Install and check the toolchain: the pinned nightly with rust-src (rustup), llvm-22-dev,
+    /// gcc and bpftool (apt), bpf-linker on LLVM 22 and cargo-fuzz (cargo install), the arm64
+    /// cross-build (the rustup target, gcc-aarch64-linux-gnu, libc6-dev-arm64-cross,
+    /// qemu-system-arm, arm64 as a dpkg foreign architecture); checks the machine's Go (1.24 or
+    /// newer on PATH).
     Setup {
         /// Also what the Kubernetes lab needs: Debian's containerd, runc and CNI plugins, and
         /// the lab's Kubernetes, etcd and crictl builds and images (`lab up` does the same),
@@ -53,7 +57,7 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = vm::Arch::X86_64)]
         arch: vm::Arch,
     },
-    /// The field guide's story in about a minute: the Go stand-in kubelet leaks in a memory
+    /// The field guide's story in about 20 s (after the build): the Go stand-in kubelet leaks in a memory
     /// cgroup, restarted by the demo as systemd would; the agent attributes the growth, warns
     /// before the limit, records the kills, the storm, the re-OOM and the flapping, and the
     /// picture is written at the end (root; cgroups and processes removed, also on Ctrl-C).

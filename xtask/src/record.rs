@@ -42,8 +42,8 @@ pub struct Record {
     #[arg(long)]
     pub sync_frequency: Option<u64>,
     /// Another kubelet build put at the same path after the first part (an upgrade); `leak`:
-    /// the lab's kubelet v1.36.1 ([`lab::LEAK_KUBELET`]), a release with kubernetes#139823's
-    /// leak.
+    /// the lab's second kubelet build, v1.36.1 (`LEAK_KUBELET` in xtask/src/lab.rs), a release
+    /// with kubernetes#139823's leak.
     #[arg(long)]
     pub second_kubelet: Option<PathBuf>,
     /// No kubelet restarts in the churn (no `kill -9`, no graceful stop): a healthy node's

@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: idempotent. Installs what building the kernel programs needs on a fresh
 //! machine of this kind, and checks that the nightly rustc and bpf-linker agree on LLVM.
-//! Facts behind each step: shared/TOOLCHAIN.md.
+//! Facts behind each step: `shared/TOOLCHAIN.md` beside the repository (outside it, with the
+//! machine kind's other shared notes; not part of this repository).
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _, Result};
