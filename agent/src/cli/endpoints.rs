@@ -115,28 +115,10 @@ impl KubeApiArgs {
             source.config().await?;
         }
         if let Some(t) = &self.kube_token_file {
-            crate::files::check(t, crate::files::MAX_BYTES).map_err(|source| {
-                ApiError::BadFile {
-                    what: "token",
-                    path: t.clone(),
-                    source,
-                }
-            })?;
+            crate::kubeapi::check_file("token", t)?;
         }
         if let Some(ca) = &self.kube_ca_file {
-            if !ca.exists() {
-                return Err(ApiError::Missing {
-                    what: "CA",
-                    path: ca.clone(),
-                });
-            }
-            crate::files::check(ca, crate::files::MAX_BYTES).map_err(|source| {
-                ApiError::BadFile {
-                    what: "CA",
-                    path: ca.clone(),
-                    source,
-                }
-            })?;
+            crate::kubeapi::check_file("CA", ca)?;
         }
         Ok(())
     }

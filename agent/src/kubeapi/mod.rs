@@ -114,6 +114,23 @@ impl From<kube::Error> for ApiError {
     }
 }
 
+/// A file the client will read (`what`: "CA", "token"), checked first so that a bad one is
+/// refused naming it. Errors: [`ApiError::Missing`] when it does not exist, [`ApiError::BadFile`]
+/// when it is not a regular file or is larger than [`crate::files::MAX_BYTES`].
+pub fn check_file(what: &'static str, path: &std::path::Path) -> Result<(), ApiError> {
+    if !path.exists() {
+        return Err(ApiError::Missing {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    crate::files::check(path, crate::files::MAX_BYTES).map_err(|source| ApiError::BadFile {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 impl ApiSource {
     /// Whether any source is configured or the in-cluster environment is present.
     pub fn available(&self) -> bool {
@@ -208,19 +225,7 @@ impl ApiSource {
             cfg.auth_info.token_file = Some(t.display().to_string());
         }
         if let Some(ca) = &self.ca_file {
-            if !ca.exists() {
-                return Err(ApiError::Missing {
-                    what: "CA",
-                    path: ca.clone(),
-                });
-            }
-            crate::files::check(ca, crate::files::MAX_BYTES).map_err(|source| {
-                ApiError::BadFile {
-                    what: "CA",
-                    path: ca.clone(),
-                    source,
-                }
-            })?;
+            check_file("CA", ca)?;
             cfg.root_cert_file = Some(ca.clone());
         }
         // Agent calls are small; an API server that hangs or drops packets must not hold a
