@@ -616,6 +616,12 @@ fn design_shaped(
                     0.0
                 });
             }
+            // A process alive at the window's start but not born in it (the data began
+            // earlier) may carry leaked bytes from before the window that a later restart
+            // drops: its own level, so the carry is not read as the growth slowing.
+            if warm.restarts && warm.data_start.is_none() {
+                x.push(f64::from(u8::from(r.born == f64::NEG_INFINITY)));
+            }
             let from = start_h.max(r.born);
             match growth {
                 Growth::Hinge(None) => x.push((r.h - from).max(0.0)),
