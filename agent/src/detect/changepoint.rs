@@ -354,6 +354,7 @@ impl ChangePoint {
         let warm = Warmup {
             data_start,
             restarts: !restarts.is_empty(),
+            carry: !restarts.is_empty() && data_start.is_none(),
             steps: Vec::new(),
         };
         let steps: Vec<f64> = if self.steps {
@@ -402,8 +403,9 @@ impl ChangePoint {
             let start_h = row.h;
             let mut cand: Option<(Ols, Vec<Vec<f64>>, Option<f64>)> = None;
             for &tau in &taus {
-                let x = design(&rows, start_h, None, tau, &warm);
-                let Some(o) = ols(&x, &y, prior) else {
+                let Some((o, x, _)) =
+                    fit_design(&rows, &y, prior, start_h, Growth::Hinge(None), tau, &warm)
+                else {
                     continue;
                 };
                 if cand.as_ref().is_none_or(|c| o.rss < c.0.rss) {
@@ -432,8 +434,9 @@ impl ChangePoint {
         }
         let (start_h, tau, _) = best?;
         // The whole fit at the best start, then the split one for the late slope.
-        let x = design(&rows, start_h, None, tau, &warm);
-        let o = ols(&x, &y, prior)?;
+        let (o, x, carry) = fit_design(&rows, &y, prior, start_h, Growth::Hinge(None), tau, &warm)?;
+        // The split fit keeps the whole fit's choice of the carried level.
+        let warm = Warmup { carry, ..warm };
         let j = o.beta.len() - 1;
         let se = self.se(&x, &o, j);
         let t_stat = o.beta[j] / se;
@@ -462,12 +465,8 @@ impl ChangePoint {
         let decelerates = self.curvature
             && rows[self.min_before_h..=n - after].iter().any(|r| {
                 SATURATION_TAUS_H.iter().any(|&c| {
-                    ols(
-                        &design_shaped(&rows, r.h, Growth::Saturating(c), tau, &warm),
-                        &y,
-                        prior,
-                    )
-                    .is_some_and(|sat| sat.rss < SATURATION_RSS_SHARE * o.rss)
+                    fit_design(&rows, &y, prior, r.h, Growth::Saturating(c), tau, &warm)
+                        .is_some_and(|sat| sat.0.rss < SATURATION_RSS_SHARE * o.rss)
                 })
             });
         // Pod margin: when pods moved with the growth, the slope must hold with the per-pod
@@ -550,6 +549,9 @@ struct Warmup {
     data_start: Option<f64>,
     /// Whether any restart lies in the window.
     restarts: bool,
+    /// Whether the process alive at the window's start, not born in it, gets its own level
+    /// (leaked bytes carried from before the window, which a restart in it drops).
+    carry: bool,
     /// Hours (before the end) of the buckets where a burst stepped the level up.
     steps: Vec<f64>,
 }
@@ -574,6 +576,48 @@ fn design(
     warm: &Warmup,
 ) -> Vec<Vec<f64>> {
     design_shaped(rows, start_h, Growth::Hinge(split), tau, warm)
+}
+
+/// Least squares on [`design_shaped`]'s design, with the carried level (see
+/// [`Warmup::carry`]) only where it is positive: leaked bytes carried from before the window
+/// are never negative, and a first process lower than the restarted ones is not a carry (a
+/// free level there would let a restarted process's higher level pass for growth). Returns the
+/// fit, its design and whether the carried level stayed in it.
+fn fit_design(
+    rows: &[Row],
+    y: &[f64],
+    prior: Option<(usize, f64, f64)>,
+    start_h: f64,
+    growth: Growth,
+    tau: Option<f64>,
+    warm: &Warmup,
+) -> Option<(Ols, Vec<Vec<f64>>, bool)> {
+    let x = design_shaped(rows, start_h, growth, tau, warm);
+    let o = ols(&x, y, prior);
+    let hinge_cols = match growth {
+        Growth::Hinge(Some(_)) => 2,
+        _ => 1,
+    };
+    let carried = |o: &Ols| {
+        o.beta
+            .len()
+            .checked_sub(1 + hinge_cols)
+            .and_then(|i| o.beta.get(i))
+            .is_some_and(|&b| b >= 0.0)
+    };
+    match o {
+        Some(o) if !warm.carry || carried(&o) => Some((o, x, warm.carry)),
+        _ if warm.carry => {
+            let flat = Warmup {
+                carry: false,
+                steps: warm.steps.clone(),
+                ..*warm
+            };
+            let x = design_shaped(rows, start_h, growth, tau, &flat);
+            ols(&x, y, prior).map(|o| (o, x, false))
+        }
+        _ => None,
+    }
 }
 
 /// How the growth since the start is shaped in a design.
@@ -619,7 +663,7 @@ fn design_shaped(
             // A process alive at the window's start but not born in it (the data began
             // earlier) may carry leaked bytes from before the window that a later restart
             // drops: its own level, so the carry is not read as the growth slowing.
-            if warm.restarts && warm.data_start.is_none() {
+            if warm.carry {
                 x.push(f64::from(u8::from(r.born == f64::NEG_INFINITY)));
             }
             let from = start_h.max(r.born);
@@ -853,6 +897,7 @@ mod tests {
             .collect();
         let y: Vec<f64> = (0..40).map(|i| f64::from(i % 7)).collect();
         let warm = |steps: Vec<f64>| Warmup {
+            carry: false,
             data_start: None,
             restarts: false,
             steps,
