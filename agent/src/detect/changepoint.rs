@@ -16,7 +16,7 @@
 //!   start of the data when the window reaches it), `tau` chosen from [`WARMUP_TAUS_H`] by the
 //!   fit itself, so the warm-up is learned from the node's own starts;
 //! - growth that decelerates (retained burst memory, scavenger returns over hours): the slope
-//!   must persist over at least `min_after_h` (18) hours. The called fit is refitted with the
+//!   must persist over at least `min_after_h` (12) hours. The called fit is refitted with the
 //!   post-start span split in two (the late part the last half, at least `late_min_h` hours),
 //!   and the smaller part's slope must be at least `late_ratio` of the larger one, the late one
 //!   significant too: a bounded rise has a flat late part, a rise that began after the fit's
@@ -49,7 +49,7 @@ const MB: f64 = 1e6;
 /// Warm-up time constants tried (hours): caches filling over the first hours after a start.
 pub const WARMUP_TAUS_H: [f64; 3] = [2.0, 4.0, 8.0];
 /// Time constants (hours) of the saturating rises the line is compared with: a rise that
-/// plateaus within the 18 h a call needs is curved enough to tell.
+/// plateaus within the 12 h a call needs is curved enough to tell.
 pub const SATURATION_TAUS_H: [f64; 3] = [3.0, 6.0, 12.0];
 /// A saturating rise must leave less than this share of the line's residual sum of squares
 /// to count as deceleration: hour-scale wander alone lets some saturating curve edge out
@@ -147,7 +147,8 @@ pub struct ChangePoint {
     /// History needed before any call: less than a day cannot tell a leak from the daily pattern.
     pub min_history_s: i64,
     /// Hours of growth needed after the start before a leak is called: long enough for a rise
-    /// that decelerates within hours to show its curvature (18 h for the kubelet).
+    /// that decelerates within hours to show its curvature (12 h for the kubelet; 6, 8 and 10 h
+    /// raised the generator's healthy-shape false alarms at the rule's threshold, README).
     pub min_after_h: usize,
     /// Choose the start as the best-fitting one (least squares over every start with 6 h
     /// after it) rather than the most significant among those with `min_after_h` after: a
