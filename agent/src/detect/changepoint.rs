@@ -16,7 +16,7 @@
 //!   start of the data when the window reaches it), `tau` chosen from [`WARMUP_TAUS_H`] by the
 //!   fit itself, so the warm-up is learned from the node's own starts;
 //! - growth that decelerates (retained burst memory, scavenger returns over hours): the slope
-//!   must persist over at least `min_after_h` (18) hours. The called fit is refitted with the
+//!   must persist over at least `min_after_h` (12) hours. The called fit is refitted with the
 //!   post-start span split in two (the late part the last half, at least `late_min_h` hours),
 //!   and the smaller part's slope must be at least `late_ratio` of the larger one, the late one
 //!   significant too: a bounded rise has a flat late part, a rise that began after the fit's
@@ -49,7 +49,7 @@ const MB: f64 = 1e6;
 /// Warm-up time constants tried (hours): caches filling over the first hours after a start.
 pub const WARMUP_TAUS_H: [f64; 3] = [2.0, 4.0, 8.0];
 /// Time constants (hours) of the saturating rises the line is compared with: a rise that
-/// plateaus within the 18 h a call needs is curved enough to tell.
+/// plateaus within the 12 h a call needs is curved enough to tell.
 pub const SATURATION_TAUS_H: [f64; 3] = [3.0, 6.0, 12.0];
 /// A saturating rise must leave less than this share of the line's residual sum of squares
 /// to count as deceleration: hour-scale wander alone lets some saturating curve edge out
@@ -147,7 +147,8 @@ pub struct ChangePoint {
     /// History needed before any call: less than a day cannot tell a leak from the daily pattern.
     pub min_history_s: i64,
     /// Hours of growth needed after the start before a leak is called: long enough for a rise
-    /// that decelerates within hours to show its curvature (18 h for the kubelet).
+    /// that decelerates within hours to show its curvature (12 h for the kubelet; 6, 8 and 10 h
+    /// raised the generator's healthy-shape false alarms at the rule's threshold, README).
     pub min_after_h: usize,
     /// Choose the start as the best-fitting one (least squares over every start with 6 h
     /// after it) rather than the most significant among those with `min_after_h` after: a
@@ -354,6 +355,7 @@ impl ChangePoint {
         let warm = Warmup {
             data_start,
             restarts: !restarts.is_empty(),
+            carry: !restarts.is_empty() && data_start.is_none(),
             steps: Vec::new(),
         };
         let steps: Vec<f64> = if self.steps {
@@ -402,8 +404,9 @@ impl ChangePoint {
             let start_h = row.h;
             let mut cand: Option<(Ols, Vec<Vec<f64>>, Option<f64>)> = None;
             for &tau in &taus {
-                let x = design(&rows, start_h, None, tau, &warm);
-                let Some(o) = ols(&x, &y, prior) else {
+                let Some((o, x, _)) =
+                    fit_design(&rows, &y, prior, start_h, Growth::Hinge(None), tau, &warm)
+                else {
                     continue;
                 };
                 if cand.as_ref().is_none_or(|c| o.rss < c.0.rss) {
@@ -432,8 +435,9 @@ impl ChangePoint {
         }
         let (start_h, tau, _) = best?;
         // The whole fit at the best start, then the split one for the late slope.
-        let x = design(&rows, start_h, None, tau, &warm);
-        let o = ols(&x, &y, prior)?;
+        let (o, x, carry) = fit_design(&rows, &y, prior, start_h, Growth::Hinge(None), tau, &warm)?;
+        // The split fit keeps the whole fit's choice of the carried level.
+        let warm = Warmup { carry, ..warm };
         let j = o.beta.len() - 1;
         let se = self.se(&x, &o, j);
         let t_stat = o.beta[j] / se;
@@ -462,12 +466,8 @@ impl ChangePoint {
         let decelerates = self.curvature
             && rows[self.min_before_h..=n - after].iter().any(|r| {
                 SATURATION_TAUS_H.iter().any(|&c| {
-                    ols(
-                        &design_shaped(&rows, r.h, Growth::Saturating(c), tau, &warm),
-                        &y,
-                        prior,
-                    )
-                    .is_some_and(|sat| sat.rss < SATURATION_RSS_SHARE * o.rss)
+                    fit_design(&rows, &y, prior, r.h, Growth::Saturating(c), tau, &warm)
+                        .is_some_and(|sat| sat.0.rss < SATURATION_RSS_SHARE * o.rss)
                 })
             });
         // Pod margin: when pods moved with the growth, the slope must hold with the per-pod
@@ -550,6 +550,9 @@ struct Warmup {
     data_start: Option<f64>,
     /// Whether any restart lies in the window.
     restarts: bool,
+    /// Whether the process alive at the window's start, not born in it, gets its own level
+    /// (leaked bytes carried from before the window, which a restart in it drops).
+    carry: bool,
     /// Hours (before the end) of the buckets where a burst stepped the level up.
     steps: Vec<f64>,
 }
@@ -574,6 +577,48 @@ fn design(
     warm: &Warmup,
 ) -> Vec<Vec<f64>> {
     design_shaped(rows, start_h, Growth::Hinge(split), tau, warm)
+}
+
+/// Least squares on [`design_shaped`]'s design, with the carried level (see
+/// [`Warmup::carry`]) only where it is positive: leaked bytes carried from before the window
+/// are never negative, and a first process lower than the restarted ones is not a carry (a
+/// free level there would let a restarted process's higher level pass for growth). Returns the
+/// fit, its design and whether the carried level stayed in it.
+fn fit_design(
+    rows: &[Row],
+    y: &[f64],
+    prior: Option<(usize, f64, f64)>,
+    start_h: f64,
+    growth: Growth,
+    tau: Option<f64>,
+    warm: &Warmup,
+) -> Option<(Ols, Vec<Vec<f64>>, bool)> {
+    let x = design_shaped(rows, start_h, growth, tau, warm);
+    let o = ols(&x, y, prior);
+    let hinge_cols = match growth {
+        Growth::Hinge(Some(_)) => 2,
+        _ => 1,
+    };
+    let carried = |o: &Ols| {
+        o.beta
+            .len()
+            .checked_sub(1 + hinge_cols)
+            .and_then(|i| o.beta.get(i))
+            .is_some_and(|&b| b >= 0.0)
+    };
+    match o {
+        Some(o) if !warm.carry || carried(&o) => Some((o, x, warm.carry)),
+        _ if warm.carry => {
+            let flat = Warmup {
+                carry: false,
+                steps: warm.steps.clone(),
+                ..*warm
+            };
+            let x = design_shaped(rows, start_h, growth, tau, &flat);
+            ols(&x, y, prior).map(|o| (o, x, false))
+        }
+        _ => None,
+    }
 }
 
 /// How the growth since the start is shaped in a design.
@@ -615,6 +660,12 @@ fn design_shaped(
                 } else {
                     0.0
                 });
+            }
+            // A process alive at the window's start but not born in it (the data began
+            // earlier) may carry leaked bytes from before the window that a later restart
+            // drops: its own level, so the carry is not read as the growth slowing.
+            if warm.carry {
+                x.push(f64::from(u8::from(r.born == f64::NEG_INFINITY)));
             }
             let from = start_h.max(r.born);
             match growth {
@@ -847,6 +898,7 @@ mod tests {
             .collect();
         let y: Vec<f64> = (0..40).map(|i| f64::from(i % 7)).collect();
         let warm = |steps: Vec<f64>| Warmup {
+            carry: false,
             data_start: None,
             restarts: false,
             steps,

@@ -453,4 +453,35 @@ mod tests {
             assert_eq!(called.first(), Some(&first_call), "{name}: {called:?}");
         }
     }
+
+    /// `gen-trace pod_churn` and `gen-trace container_gc` (seed 1, 5 days; labelled a kubelet
+    /// leak from 9.6 h on, restarts at 20.1 h and 102.9 h, and at 45.2 h) replayed hourly as
+    /// `oomprobe replay` does: once called, the leak is held to the end, across the restart
+    /// and after the 72 h window has slid past the leak's start (the first process's leaked
+    /// bytes carried into the window, which the restart drops, read as the growth slowing
+    /// down, released `pod_churn` 13 h after its last restart and `container_gc` for 28 h).
+    #[test]
+    fn a_called_leak_is_held_across_a_restart_after_the_window_passes_its_start() {
+        use crate::detect::offline::tracegen::{generate, Scenario};
+        for cause in [classify::Cause::PodChurn, classify::Cause::ContainerGc] {
+            let (samples, label) = generate(Scenario::Cause(cause), 5.0, 1);
+            assert_eq!(label.subject, Subject::Kubelet);
+            assert_eq!(label.leak_start, Some(1_790_034_658));
+            let mut engine = Engine::default();
+            let mut subjects = Vec::new();
+            crate::cli::replay::evaluate_each(&mut engine, &samples, 3600, |v| {
+                subjects.push(v.subject)
+            });
+            let first = subjects.iter().position(|&s| s == Subject::Kubelet);
+            let first = first.unwrap_or_else(|| panic!("{cause:?}: never called"));
+            let dropped: Vec<usize> = (first..subjects.len())
+                .filter(|&i| subjects[i] != Subject::Kubelet)
+                .collect();
+            assert_eq!(
+                dropped,
+                Vec::<usize>::new(),
+                "{cause:?}: called at evaluation {first}"
+            );
+        }
+    }
 }

@@ -696,7 +696,8 @@ mod tests {
             &subjects[first..]
         );
         // The flips this holds back are real: without the hold the verdict drops the leak (once
-        // at threshold 10; twice at 9).
+        // at threshold 10; three times while the first process's carried level was fitted even
+        // when negative).
         assert_eq!(flips_without_hold, 1);
     }
 
