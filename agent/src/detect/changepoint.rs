@@ -120,7 +120,8 @@ pub struct Column {
 
 impl Column {
     pub const KUBELET: Column = Column {
-        value: |s| Some(s.kubelet_rss_bytes),
+        // A sample without a kubelet (RSS 0, [`super::kubelet_seen`]) is no level.
+        value: |s| super::kubelet_seen(s).then_some(s.kubelet_rss_bytes),
         quantile: super::BASELINE_Q,
         per_pod_prior: Some(BYTES_PER_POD),
         // 11 +- 6 MiB: per-pod costs of 4-25 MiB are within 2.3 standard deviations, and a

@@ -194,8 +194,10 @@ impl KubeletLeak {
         }
         let seg = window(seg, window_s);
         let span = seg.last()?.t - seg.first()?.t;
-        let rss: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.kubelet_rss_bytes)).collect();
-        let pods: Vec<(i64, f64)> = seg.iter().map(|s| (s.t, s.pods)).collect();
+        // Samples without a kubelet (RSS 0) are no level, for both baselines alike.
+        let seen: Vec<&Sample> = seg.iter().filter(|s| kubelet_seen(s)).collect();
+        let rss: Vec<(i64, f64)> = seen.iter().map(|s| (s.t, s.kubelet_rss_bytes)).collect();
+        let pods: Vec<(i64, f64)> = seen.iter().map(|s| (s.t, s.pods)).collect();
         let base = baseline(&rss, BUCKET_S, BASELINE_Q);
         let pods_b = baseline(&pods, BUCKET_S, 0.5);
         if base.len() < 4 || base.len() != pods_b.len() {
