@@ -169,3 +169,43 @@ fn replay_reads_the_recording() {
         assert_eq!(l.get("final"), last.then_some(&Value::Bool(true)));
     }
 }
+
+/// The later healthy recordings: every restart their timelines made is counted once, within 20 s
+/// after it (the second: `kill -9` and a graceful stop; the third, `--no-restarts`: none, the
+/// same kubelet pid from the first action to the last), and every sample is valid.
+#[test]
+fn the_later_recordings_count_the_restarts_their_timelines_made() {
+    for (name, want_samples, want_restarts) in [
+        ("kubelet-v1.34.4-lab-2", 361, 2),
+        ("kubelet-v1.34.4-lab-3", 421, 0),
+    ] {
+        let tl: Vec<Value> = std::fs::read_to_string(data(&format!("{name}.timeline.jsonl")))
+            .expect("timeline")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        let made: Vec<i64> = tl
+            .iter()
+            .filter(|e| e["detail"]["new_pid"].is_i64())
+            .filter_map(|e| e["t"].as_i64())
+            .collect();
+        assert_eq!(made.len(), want_restarts, "{name}");
+        if want_restarts == 0 {
+            let pids: std::collections::BTreeSet<i64> = tl
+                .iter()
+                .filter_map(|e| e["kubelet_pid"].as_i64())
+                .collect();
+            assert_eq!(pids.len(), 1, "{name}: {pids:?}");
+        }
+        let s = samples(&format!("{name}.series.bin.gz"));
+        assert_eq!(s.len(), want_samples, "{name}");
+        let seen = oomprobe::detect::restart_times(&s);
+        assert_eq!(seen.len(), made.len(), "{name}: {seen:?} vs {made:?}");
+        for (s, m) in seen.iter().zip(&made) {
+            assert!(
+                (0..=20).contains(&(s - m)),
+                "{name}: restart seen at {s}, made at {m}"
+            );
+        }
+    }
+}

@@ -44,6 +44,7 @@ use crate::detect::{classify::Cause, restart_times, series::quantile, Sample, Su
 pub const DEFAULT_SERIES: &[&str] = &[
     "src/detect/testdata/lab-series/kubelet-v1.34.4-lab.series.bin.gz",
     "src/detect/testdata/lab-series/kubelet-v1.34.4-lab-2.series.bin.gz",
+    "src/detect/testdata/lab-series/kubelet-v1.34.4-lab-3.series.bin.gz",
 ];
 /// Samples further apart than this end a block (the agent was down or the scrape failed).
 pub const MAX_GAP_S: i64 = 180;
