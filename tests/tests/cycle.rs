@@ -5,6 +5,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpListener,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -283,10 +284,30 @@ fn flap_cycle_stages_storm_collateral_and_one_cordon() {
     drop((ctr, pod));
 }
 
+/// A token file in a scratch directory of the test's own (the agent refuses a missing one),
+/// removed with the guard, also when the test fails.
+struct TokenDir(PathBuf);
+
+impl Drop for TokenDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn token_file(name: &str) -> (TokenDir, String) {
+    let dir = scratch_dir(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let path = token.to_str().unwrap().to_string();
+    (TokenDir(dir), path)
+}
+
 #[test]
 fn cordon_is_a_dry_run_unless_confirmed() {
     let (api, requests) = api_server("200 OK");
-    let args = agent_args(&api, "/nonexistent", false);
+    let (_dir, token) = token_file("token-dryrun");
+    let args = agent_args(&api, &token, false);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::builder().args(&args).start();
     let cg = ScratchCgroup::create(&cgroup_name("dryrun"), Some(48 * MIB)).unwrap();
@@ -302,7 +323,8 @@ fn cordon_is_a_dry_run_unless_confirmed() {
 #[test]
 fn cordon_errors_are_reported_and_not_retried_in_a_loop() {
     let (api, requests) = api_server("500 Internal Server Error");
-    let args = agent_args(&api, "/nonexistent", true);
+    let (_dir, token) = token_file("token-apierr");
+    let args = agent_args(&api, &token, true);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::builder().args(&args).start();
     let cg = ScratchCgroup::create(&cgroup_name("apierr"), Some(48 * MIB)).unwrap();
