@@ -1981,7 +1981,7 @@ const CYCLE_MAX_WAVES: usize = 4;
 /// 10 s sampled every 20 ms); then 30 more pods are created at once (one apply). Their sync pushes the
 /// kubelet over its limit and the kernel OOM-kills it (when the kubelet syncs them within its
 /// limit, the churn goes on: every 20 s without a kill, 10 more pods, up to 100; the limit is
-/// never lowered, which once left a kubelet thrashing on its own file pages instead of being
+/// never lowered, which once left a kubelet stalled at 19 MiB anon+kmem instead of being
 /// killed); the supervisor restarts it 2 s later, and
 /// the new kubelet, with 60 pods to reconcile, no longer fits either. After exactly 3 kills (the
 /// cgroup's `oom_kill` counter) the limit goes back to 1 GiB while the kubelet is down. The
@@ -2052,8 +2052,16 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
     let t = Instant::now();
     let mut waves = 0;
     let mut wave_at = Instant::now();
+    let mut first_kill = None;
     loop {
         let n = memcg_oom_kills(&dir) - kills_before;
+        if n > 0 && first_kill.is_none() {
+            first_kill = Some(t.elapsed());
+            eprintln!(
+                "first kill {:.1} s into the churn ({waves} further waves)",
+                t.elapsed().as_secs_f64()
+            );
+        }
         if n >= CYCLE_KILLS {
             // While the kubelet is down (RestartSec): the lab's kube-reserved back.
             reserved.restore();
