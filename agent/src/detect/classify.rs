@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{column_slope, pleg_slow_shares, window, Finding, Sample, Subject, HOUR};
+use super::{column_slope, pleg_slow_shares, window, Finding, Sample, Subject, BASELINE_Q, HOUR};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -173,7 +173,67 @@ struct Candidate {
     next: &'static str,
 }
 
-pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Classification {
+/// Pod creations+deletions per hour that count as heavy churn, and the least rise of churn at a
+/// leak's onset that can explain it.
+const CHURN_HEAVY_PER_H: f64 = 20.0;
+/// The baseline before an onset (since the last kubelet restart) that the churn since is
+/// compared with: at most its last day, and at least 12 h of it, or no comparison (the change
+/// point needs 6 h before its start: an onset 6 h into the window may be the window's, not the
+/// leak's).
+const CHURN_BEFORE_S: i64 = 24 * HOUR;
+const CHURN_BEFORE_MIN_S: i64 = 12 * HOUR;
+
+/// Pod churn since a leak's onset and in the baseline before it.
+struct ChurnAround {
+    /// Mean churn per hour since the onset (over the whole window without one).
+    since: f64,
+    /// Mean churn per hour before the onset, the hours it covers and the upper bound of the
+    /// kubelet baseline's slope over them (bytes/day), when the window has at least [`CHURN_BEFORE_MIN_S`] of it.
+    before: Option<(f64, f64, f64)>,
+}
+
+/// `w` is the classifier's window: the change point's history, so that the baseline before
+/// the onset is one the change point saw flat.
+fn churn_around(w: &[Sample], onset: Option<i64>) -> Option<ChurnAround> {
+    let split = onset.map_or(0, |o| w.partition_point(|s| s.t < o));
+    let (before, since) = w.split_at(split);
+    let since = if since.is_empty() { w } else { since };
+    // Since the last kubelet restart before the onset: a restart drops what a leak had grown,
+    // which reads as a flat baseline.
+    let before = window(&before[super::restart_index(before)..], CHURN_BEFORE_S);
+    let pts: Vec<(i64, f64)> = before
+        .iter()
+        .filter_map(|s| Some((s.t, s.pod_churn_per_hour?)))
+        .collect();
+    // Samples without a kubelet (RSS 0) are no level of its baseline.
+    let rss = column_slope(
+        before,
+        CHURN_BEFORE_S,
+        |s| (s.kubelet_rss_bytes > 0.0).then_some(s.kubelet_rss_bytes),
+        BASELINE_Q,
+    );
+    let before = match (pts.first(), pts.last(), rss) {
+        (Some(a), Some(b), Some(rss)) if b.0 - a.0 >= CHURN_BEFORE_MIN_S => Some((
+            pts.iter().map(|p| p.1).sum::<f64>() / pts.len() as f64,
+            (b.0 - a.0) as f64 / HOUR as f64,
+            rss.high,
+        )),
+        _ => None,
+    };
+    Some(ChurnAround {
+        since: mean(since, |s| s.pod_churn_per_hour)?,
+        before,
+    })
+}
+
+/// Names the cause of `subject`'s leak. `onset`: when the kubelet's leak began (unix
+/// seconds; the change point's start), when one is called.
+pub fn classify(
+    subject: Subject,
+    series: &[Sample],
+    findings: &[Finding],
+    onset: Option<i64>,
+) -> Classification {
     let firing = |n: &str| findings.iter().any(|f| f.detector == n && f.firing);
     let w = window(series, 72 * HOUR);
     match subject {
@@ -335,14 +395,55 @@ pub fn classify(subject: Subject, series: &[Sample], findings: &[Finding]) -> Cl
                     next: "check the EventedPLEG gate and the goroutine trend; --feature-gates=EventedPLEG=false (kubernetes#132266)",
                 });
             }
-            // Pod churn: memory rises with pod creation/deletion.
-            if let Some(churn) = mean(w, |s| s.pod_churn_per_hour) {
-                let heavy = churn > 20.0;
+            // Pod churn (kubernetes#131906): deleted pod objects retained, a per-pod leak, so
+            // memory grows with the churn of the pods that leak. Churn explains a leak's onset
+            // only if churn of that size began with it: heavy churn since the onset AND at least
+            // that much more than in the flat baseline before it (the churn added at the onset is
+            // itself heavy). Churn that was already there while the baseline was flat did not
+            // leak, and does not explain growth that began later.
+            // The baseline before the onset must have been flat for the churn there to count
+            // against: its slope's upper bound under half what a per-pod leak at the leak's
+            // slope per churned pod predicts there; otherwise the onset is just where the change point put it
+            // (a leak from a series' start is read as warm-up for its first hours).
+            let churn = churn_around(w, onset);
+            let leak = findings
+                .iter()
+                .find(|f| f.detector == "kubelet_trend")
+                .map_or(0.0, |f| f.value);
+            if let Some(ch) = churn {
+                let heavy = ch.since > CHURN_HEAVY_PER_H;
+                let flat_before = ch
+                    .before
+                    .filter(|&(b, _, slope)| slope < 0.5 * leak * b / ch.since.max(1.0));
+                let rose = flat_before.is_none_or(|b| ch.since - b.0 > CHURN_HEAVY_PER_H);
+                let since = match onset {
+                    Some(_) => format!(
+                        "{:.0} pod creations+deletions per hour since the leak's onset",
+                        ch.since
+                    ),
+                    None => format!("{:.0} pod creations+deletions per hour", ch.since),
+                };
+                let before = match (onset, ch.before) {
+                    (_, Some((b, h, slope))) => format!(
+                        ", {b:.0}/h in the {h:.0} h before it (baseline at most {:+.0} MB/day there)",
+                        slope / 1e6
+                    ),
+                    (Some(_), None) => ", less than 12 h of baseline before the onset in the 72 h window to compare with".into(),
+                    (None, None) => String::new(),
+                };
                 cands.push(Candidate {
                     cause: Cause::PodChurn,
-                    score: f64::from(u8::from(heavy)) * 2.5,
-                    supports: vec![format!("{churn:.0} pod creations+deletions per hour")],
-                    contradicts: if heavy { vec![] } else { vec!["pod churn is low".into()] },
+                    score: f64::from(u8::from(heavy && rose)) * 2.5,
+                    supports: vec![format!("{since}{before}")],
+                    contradicts: match flat_before {
+                        _ if !heavy => vec!["pod churn is low".into()],
+                        Some((b, _, slope)) if !rose => vec![format!(
+                            "churn was already {b:.0}/h before the onset with a flat baseline (at most {:+.0} MB/day there, {:.0}/h since): churn that did not leak then does not explain the growth",
+                            slope / 1e6,
+                            ch.since
+                        )],
+                        _ => vec![],
+                    },
                     next: "compare the pod creation/deletion rate with the memory slope (kubernetes#131906)",
                 });
             }
@@ -441,11 +542,11 @@ mod tests {
             s.cgroup_version = Some(1.0);
             s.kernel = Some(5.15);
         });
-        let c = classify(Subject::Kubelet, &s, &[]);
+        let c = classify(Subject::Kubelet, &s, &[], None);
         assert_eq!(c.cause, Cause::CgroupV1Kernel515, "{:?}", c.supports);
         // Nothing but the gate: unknown, with the gate's absence of symptoms in the evidence.
         let s = day(|s| s.gate_pod_certificate_request = Some(1.0));
-        let c = classify(Subject::Kubelet, &s, &[]);
+        let c = classify(Subject::Kubelet, &s, &[], None);
         assert_eq!(c.cause, Cause::Unknown);
         assert!(
             c.contradicts.iter().any(|x| x.contains("CSR queue")),
@@ -460,7 +561,86 @@ mod tests {
             s.gate_pod_certificate_request = Some(1.0);
             s.pending_csrs = Some((s.t / 600) as f64);
         });
-        let c = classify(Subject::Kubelet, &s, &[]);
+        let c = classify(Subject::Kubelet, &s, &[], None);
         assert_eq!(c.cause, Cause::PodCertsManager, "{:?}", c.contradicts);
+    }
+
+    /// The kubelet detector's call: a leak of 200 MB/day.
+    fn leak() -> Vec<Finding> {
+        vec![Finding {
+            detector: "kubelet_trend",
+            firing: true,
+            value: 200e6,
+            evidence: String::new(),
+        }]
+    }
+
+    /// Two days of 10-minute samples, the leak's onset at 24 h: `before` and `after` the pod
+    /// churn per hour on either side, on a cgroup v1 node with Linux 5.15.
+    fn churn_across_onset(before: f64, after: f64) -> (Vec<Sample>, i64) {
+        let onset = 24 * HOUR;
+        let s = (0..288)
+            .map(|i| {
+                let mut s = sample(i * 600);
+                s.pod_churn_per_hour = Some(if s.t < onset { before } else { after });
+                s.cgroup_version = Some(1.0);
+                s.kernel = Some(5.15);
+                s
+            })
+            .collect();
+        (s, onset)
+    }
+
+    /// Heavy churn that was there a day before the onset, over a flat baseline, at the same rate
+    /// since: a per-pod leak would have grown with it from the start, so it is not the cause;
+    /// the node's risk factor is, and the churn's contradiction says why.
+    #[test]
+    fn steady_churn_before_the_onset_is_not_pod_churn() {
+        let (s, onset) = churn_across_onset(300.0, 300.0);
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
+        assert_eq!(c.cause, Cause::CgroupV1Kernel515, "{:?}", c.contradicts);
+        assert!(
+            c.contradicts.iter().any(|x| x.starts_with(
+                "pod_churn: churn was already 300/h before the onset with a flat baseline (at most +0 MB/day there, 300/h since)"
+            )),
+            "{:?}",
+            c.contradicts
+        );
+        // Churn up by less than the heavy rate at the onset does not explain it either.
+        let (s, onset) = churn_across_onset(300.0, 315.0);
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
+        assert_eq!(c.cause, Cause::CgroupV1Kernel515, "{:?}", c.contradicts);
+    }
+
+    /// Heavy churn that starts with the leak is the cause, over the risk factor.
+    #[test]
+    fn churn_starting_with_the_leak_is_pod_churn() {
+        let (s, onset) = churn_across_onset(3.0, 60.0);
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
+        assert_eq!(c.cause, Cause::PodChurn, "{:?}", c.contradicts);
+        assert_eq!(
+            c.supports,
+            ["60 pod creations+deletions per hour since the leak's onset, 3/h in the 24 h before it (baseline at most +0 MB/day there)"]
+        );
+        // Heavy churn on top of heavy churn: what was added is heavy.
+        let (s, onset) = churn_across_onset(300.0, 350.0);
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
+        assert_eq!(c.cause, Cause::PodChurn, "{:?}", c.contradicts);
+        // An onset with less than 6 h of baseline before it in the window: nothing to compare
+        // with, heavy churn since the onset decides.
+        let (s, _) = churn_across_onset(60.0, 60.0);
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(3 * HOUR));
+        assert_eq!(c.cause, Cause::PodChurn, "{:?}", c.contradicts);
+        assert!(c.supports[0].ends_with(
+            "less than 12 h of baseline before the onset in the 72 h window to compare with"
+        ));
+        // Steady churn with the baseline growing before the onset as it does since: the leak
+        // tracks the churn, the onset is only where the change point put it.
+        let (mut s, onset) = churn_across_onset(60.0, 60.0);
+        for x in &mut s {
+            x.kubelet_rss_bytes += 200e6 * x.t as f64 / 86_400.0;
+        }
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
+        assert_eq!(c.cause, Cause::PodChurn, "{:?}", c.contradicts);
     }
 }

@@ -203,7 +203,12 @@ impl Engine {
             workload: firing("workload_trend"),
             workload_low_since,
         });
-        let c = classify::classify(subject, series, &findings);
+        // The called kubelet leak's onset: its change point, `span_s` before the last sample.
+        let onset = match (subject, trend, last_t) {
+            (Subject::Kubelet, Some(t), Some(last)) if t.t_stat.is_some() => Some(last - t.span_s),
+            _ => None,
+        };
+        let c = classify::classify(subject, series, &findings, onset);
         let (inputs, cannot_tell) = classify::inputs(series);
         Verdict {
             time,
@@ -483,5 +488,51 @@ mod tests {
                 "{cause:?}: called at evaluation {first}"
             );
         }
+    }
+
+    /// The classifier gets the called leak's onset from the change point: churn steady across
+    /// it is not the cause (the cgroup v1 node's risk factor is), churn that starts with it is.
+    #[test]
+    fn pod_churn_is_told_from_the_change_points_onset() {
+        use crate::detect::offline::tracegen::Rng;
+        let trace = |before: f64, after: f64| -> Vec<Sample> {
+            let mut r = Rng::new(7);
+            let onset = 60 * HOUR;
+            (0..576)
+                .map(|i| {
+                    let t = 1_790_000_000 + i * 600;
+                    let since = (t - 1_790_000_000 - onset).max(0) as f64 / DAY;
+                    Sample {
+                        t,
+                        kubelet_rss_bytes: 500e6 + 5e6 * r.normal() + 300e6 * since,
+                        pods: 30.0,
+                        pod_churn_per_hour: Some(if since > 0.0 { after } else { before }),
+                        cgroup_version: Some(1.0),
+                        kernel: Some(5.15),
+                        ..Default::default()
+                    }
+                })
+                .collect()
+        };
+        let v = Engine::default().evaluate(&trace(300.0, 300.0));
+        assert_eq!(
+            (v.subject, v.cause),
+            (Subject::Kubelet, classify::Cause::CgroupV1Kernel515),
+            "{v:#?}"
+        );
+        assert!(
+            v.contradicts
+                .iter()
+                .any(|x| x.starts_with("pod_churn: churn was already 300/h")),
+            "{:?}",
+            v.contradicts
+        );
+        assert_eq!(v.inputs["pod_churn"]["pod_churn_per_hour"], "observed");
+        let v = Engine::default().evaluate(&trace(5.0, 60.0));
+        assert_eq!(
+            (v.subject, v.cause),
+            (Subject::Kubelet, classify::Cause::PodChurn),
+            "{v:#?}"
+        );
     }
 }
