@@ -425,7 +425,11 @@ impl Cycle {
                 self.stage,
                 Stage::ReconciliationStorm | Stage::Recovery | Stage::ReOom
             ) && self.kills.len() >= 2;
-            let held = rec.memory.anon_rss_kb.unwrap_or(0) + rec.memory.file_rss_kb.unwrap_or(0);
+            let held = rec
+                .memory
+                .anon_rss_kb
+                .unwrap_or(0)
+                .saturating_add(rec.memory.file_rss_kb.unwrap_or(0));
             let limit = rec
                 .oom
                 .as_ref()
