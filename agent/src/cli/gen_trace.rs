@@ -23,7 +23,7 @@ pub struct GenTraceArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Add the healthy shapes of issue 17 (warm-up after starts, bursts returned over hours
-    /// and partly retained, hour-scale wander, per-pod costs of 4-25 MiB, weekly pod patterns).
+    /// and partly retained, hour-scale wander, per-pod costs of 4-25 MiB, weekly and working-day pod patterns).
     #[arg(long)]
     pub shapes: bool,
 }

@@ -626,7 +626,7 @@ mod tests {
         let (s, onset) = churn_across_onset(300.0, 350.0);
         let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
         assert_eq!(c.cause, Cause::PodChurn, "{:?}", c.contradicts);
-        // An onset with less than 6 h of baseline before it in the window: nothing to compare
+        // An onset with less than 12 h of baseline before it in the window: nothing to compare
         // with, heavy churn since the onset decides.
         let (s, _) = churn_across_onset(60.0, 60.0);
         let c = classify(Subject::Kubelet, &s, &leak(), Some(3 * HOUR));

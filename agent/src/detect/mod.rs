@@ -347,10 +347,10 @@ impl Detector for Goroutines {
             detector: self.name(),
             firing: last > 500.0 || climbing,
             value: last,
-            evidence: format!(
-                "{last:.0} goroutines, {:+.0}/day",
-                slope.map_or(0.0, |s| s.mid)
-            ),
+            evidence: match slope {
+                Some(s) => format!("{last:.0} goroutines, {:+.0}/day", s.mid),
+                None => format!("{last:.0} goroutines, no trend yet"),
+            },
         })
     }
 }
