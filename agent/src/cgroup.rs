@@ -173,7 +173,8 @@ impl Hierarchy {
             }
             let usage = state.usage_bytes.unwrap_or(0);
             // At the limit, give or take what the kernel already uncharged from the victim.
-            if state.oom_events.is_none() && usage + limit / 10 >= limit {
+            // Saturating: `memory.usage_in_bytes` is a file's u64 (u64::MAX overflowed).
+            if state.oom_events.is_none() && usage.saturating_add(limit / 10) >= limit {
                 return Some(state);
             }
             if first_limited.is_none() {
@@ -295,6 +296,26 @@ pub fn pod_identity(path: &str) -> Option<PodIdentity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A v1 cgroup whose `memory.usage_in_bytes` reads u64::MAX (a file's value, not the
+    /// kernel's own) is at its limit: the OOM domain, not an overflow panic (debug) or a sum
+    /// wrapped to under the limit (release) that passed it over.
+    #[test]
+    fn a_usage_of_u64_max_is_at_the_limit_not_an_overflow() {
+        let root = std::env::temp_dir().join(format!("oomprobe-usage-max-{}", std::process::id()));
+        let pod = root.join("kubepods/pod1");
+        std::fs::create_dir_all(&pod).unwrap();
+        std::fs::write(pod.join("memory.limit_in_bytes"), "1073741824\n").unwrap();
+        std::fs::write(pod.join("memory.usage_in_bytes"), format!("{}\n", u64::MAX)).unwrap();
+        let h = Hierarchy::V1(root.clone());
+        let d = h.oom_domain(Some("/kubepods/pod1"), None);
+        std::fs::remove_dir_all(&root).unwrap();
+        let d = d.expect("the limited cgroup");
+        assert_eq!(
+            (d.path.as_str(), d.usage_bytes),
+            ("/kubepods/pod1", Some(u64::MAX))
+        );
+    }
 
     #[test]
     fn finds_v1_memory_mount() {

@@ -524,9 +524,11 @@ impl Watcher {
                     .cloned()
                     .unwrap_or_else(|| format!("id:{id}"));
                 let e = by_path.entry(path).or_default();
-                e.0 += s.count - last;
-                e.1 += s.pages;
-                e.2 += s.ns;
+                // Saturating: two ids of one path (a cgroup removed and made again) add up
+                // the kernel's u64 counters.
+                e.0 = e.0.saturating_add(s.count - last);
+                e.1 = e.1.saturating_add(s.pages);
+                e.2 = e.2.saturating_add(s.ns);
             }
         }
         by_path
@@ -553,6 +555,32 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two kernel ids of one path (a cgroup removed and made again at the same path) with
+    /// counters near u64::MAX: their sums saturate, no overflow panic (debug) or wrap (release).
+    #[test]
+    fn reclaim_sums_of_one_path_saturate() {
+        let dir = std::env::temp_dir().join(format!("oomprobe-reclaim-{}", std::process::id()));
+        let mut w = Watcher::new(Hierarchy::V1(dir));
+        w.ids.insert(1, "/kubepods/pod1".into());
+        w.ids.insert(2, "/kubepods/pod1".into());
+        let big = probe_common::ReclaimStats {
+            count: u64::MAX,
+            ns: u64::MAX,
+            pages: u64::MAX,
+        };
+        let ev = w.reclaim(&[(1, big), (2, big)]);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(
+            (ev[0].cgroup.as_str(), ev[0].count),
+            ("/kubepods/pod1", u64::MAX)
+        );
+        assert!(
+            ev[0].detail.starts_with(&format!("{} pages", u64::MAX)),
+            "{}",
+            ev[0].detail
+        );
+    }
 
     fn entry(path: &str, ino: u64, depth: u32) -> TreeEntry {
         TreeEntry {

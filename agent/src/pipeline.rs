@@ -690,7 +690,7 @@ fn kubelet_now(
     let mem = crate::sampler::kubelet_memory(pid);
     let cpu = procfs::process::Process::new(pid as i32)
         .and_then(|p| p.stat())
-        .map(|s| (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64)
+        .map(|s| s.utime.saturating_add(s.stime) as f64 / procfs::ticks_per_second() as f64)
         .unwrap_or(0.0);
     KubeletNow {
         pid,

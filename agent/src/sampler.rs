@@ -159,7 +159,7 @@ pub fn kubelet_memory(pid: u32) -> Option<KubeletMemory> {
         .ok()?
         .status()
         .ok()?;
-    let kb = |v: Option<u64>| v.unwrap_or(0) * 1024;
+    let kb = kib_to_bytes;
     Some(KubeletMemory {
         pid,
         rss_bytes: kb(status.vmrss),
@@ -167,6 +167,11 @@ pub fn kubelet_memory(pid: u32) -> Option<KubeletMemory> {
         file_bytes: kb(status.rssfile),
         shmem_bytes: kb(status.rssshmem),
     })
+}
+
+/// A `/proc/<pid>/status` kB figure in bytes, saturating (a u64 of kB past 2^54 overflowed).
+fn kib_to_bytes(v: Option<u64>) -> u64 {
+    v.unwrap_or(0).saturating_mul(1024)
 }
 
 fn meminfo() -> (Option<u64>, Option<u64>) {
@@ -399,6 +404,16 @@ mod churn_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `/proc/<pid>/status` kB figure past what bytes hold in a u64 saturates (it overflowed:
+    /// a panic in debug builds, a wrapped small RSS in release).
+    #[test]
+    fn kib_figures_past_u64_bytes_saturate() {
+        assert_eq!(kib_to_bytes(Some(4)), 4096);
+        assert_eq!(kib_to_bytes(None), 0);
+        assert_eq!(kib_to_bytes(Some(u64::MAX / 1024 + 1)), u64::MAX);
+        assert_eq!(kib_to_bytes(Some(u64::MAX)), u64::MAX);
+    }
 
     #[test]
     fn counts_pods_in_a_cgroupfs_tree() {

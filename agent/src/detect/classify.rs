@@ -160,9 +160,58 @@ fn last(series: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
     series.iter().rev().find_map(f)
 }
 
+/// The mean of `f` over the samples that have it. A running mean: values as large as the
+/// readers accept (any finite number, up to f64::MAX) never sum to infinity.
 fn mean(series: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
-    let v: Vec<f64> = series.iter().filter_map(f).collect();
-    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    mean_of(series.iter().filter_map(f))
+}
+
+fn mean_of(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (mut mean, mut n) = (0.0, 0u64);
+    for v in values {
+        n += 1;
+        mean += (v - mean) / n as f64;
+    }
+    (n > 0).then_some(mean)
+}
+
+/// The time-weighted mean of `f`, and the seconds of series it covers. A sample (churn is a
+/// trailing hour's count) weighs the time since the previous sample that has it, at most an
+/// hour (a gap of days weighs an hour; a duplicate time nothing); the first weighs as the
+/// second. So the densely kept last hours do not outweigh the rest (the agent keeps every
+/// sample of the last 6 h, one a minute before them: a plain mean of samples weighs the last
+/// 6 h six times over at the default 10 s interval, 60 times at 1 s). Values as large as the
+/// readers accept never sum to infinity: a running mean, its weights at most 1.
+fn time_mean(series: &[Sample], f: impl Fn(&Sample) -> Option<f64>) -> Option<(f64, i64)> {
+    let pts: Vec<(i64, f64)> = series.iter().filter_map(|s| Some((s.t, f(s)?))).collect();
+    let gap = |i: usize| pts[i].0.saturating_sub(pts[i - 1].0).clamp(0, HOUR);
+    let (mut mean, mut covered) = (0.0, 0i64);
+    for i in 0..pts.len() {
+        let w = match i {
+            0 if pts.len() > 1 => gap(1),
+            0 => 0,
+            _ => gap(i),
+        };
+        covered = covered.saturating_add(w);
+        if w > 0 {
+            mean += (pts[i].1 - mean) * (w as f64 / covered as f64);
+        }
+    }
+    match covered {
+        // One time only (one sample, or all at one time): their plain mean.
+        0 => mean_of(pts.iter().map(|p| p.1)).map(|m| (m, 0)),
+        _ => Some((mean, covered)),
+    }
+}
+
+/// A rate per hour for a verdict's text: whole numbers, in exponent form past a billion (the
+/// readers accept any finite rate; 1e300 is not printed as 301 digits).
+fn per_hour(v: f64) -> String {
+    if v < 1e9 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2e}")
+    }
 }
 
 struct Candidate {
@@ -187,13 +236,47 @@ const CHURN_BEFORE_MIN_S: i64 = 12 * HOUR;
 struct ChurnAround {
     /// Mean churn per hour since the onset (over the whole window without one).
     since: f64,
-    /// Mean churn per hour before the onset, the hours it covers and the upper bound of the
-    /// kubelet baseline's slope over them (bytes/day), when the window has at least [`CHURN_BEFORE_MIN_S`] of it.
-    before: Option<(f64, f64, f64)>,
+    /// Mean churn per hour before the onset, the hours it covers and the upper bound of
+    /// the kubelet baseline's slope over them (bytes/day), when the window has at least
+    /// [`CHURN_BEFORE_MIN_S`] of it; else why not.
+    before: Result<(f64, f64, f64), NoBaseline>,
+}
+
+/// Why the churn since an onset has no baseline before it to compare with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoBaseline {
+    /// No onset: the whole window is compared with nothing.
+    NoOnset,
+    /// Less than [`CHURN_BEFORE_MIN_S`] of series before the onset (since the kubelet's last
+    /// restart) in the window.
+    Short,
+    /// The series is there, but pod churn was seen over less than 12 h of it.
+    ChurnUnseen,
+    /// The series and the churn are there, but not the kubelet (RSS 0) to tell its slope.
+    KubeletUnseen,
+}
+
+impl NoBaseline {
+    /// The text after the churn since the onset.
+    fn text(self) -> &'static str {
+        match self {
+            NoBaseline::NoOnset => "",
+            NoBaseline::Short => {
+                ", less than 12 h of baseline before the onset in the 72 h window to compare with"
+            }
+            NoBaseline::ChurnUnseen => {
+                ", pod churn seen in less than 12 h of the baseline before the onset: nothing to compare with"
+            }
+            NoBaseline::KubeletUnseen => {
+                ", the kubelet's RSS not seen over the baseline before the onset: its slope there unknown, nothing to compare with"
+            }
+        }
+    }
 }
 
 /// `w` is the classifier's window: the change point's history, so that the baseline before
-/// the onset is one the change point saw flat.
+/// the onset is one the change point saw flat. Churn is averaged over time ([`time_mean`]),
+/// so the densely kept last hours do not outweigh the rest.
 fn churn_around(w: &[Sample], onset: Option<i64>) -> Option<ChurnAround> {
     let split = onset.map_or(0, |o| w.partition_point(|s| s.t < o));
     let (before, since) = w.split_at(split);
@@ -201,10 +284,7 @@ fn churn_around(w: &[Sample], onset: Option<i64>) -> Option<ChurnAround> {
     // Since the last kubelet restart before the onset: a restart drops what a leak had grown,
     // which reads as a flat baseline.
     let before = window(&before[super::restart_index(before)..], CHURN_BEFORE_S);
-    let pts: Vec<(i64, f64)> = before
-        .iter()
-        .filter_map(|s| Some((s.t, s.pod_churn_per_hour?)))
-        .collect();
+    let churn = time_mean(before, |s| s.pod_churn_per_hour);
     // Samples without a kubelet (RSS 0) are no level of its baseline.
     let rss = column_slope(
         before,
@@ -212,16 +292,21 @@ fn churn_around(w: &[Sample], onset: Option<i64>) -> Option<ChurnAround> {
         |s| (s.kubelet_rss_bytes > 0.0).then_some(s.kubelet_rss_bytes),
         BASELINE_Q,
     );
-    let before = match (pts.first(), pts.last(), rss) {
-        (Some(a), Some(b), Some(rss)) if b.0 - a.0 >= CHURN_BEFORE_MIN_S => Some((
-            pts.iter().map(|p| p.1).sum::<f64>() / pts.len() as f64,
-            (b.0 - a.0) as f64 / HOUR as f64,
-            rss.high,
-        )),
-        _ => None,
+    let span = match (before.first(), before.last()) {
+        (Some(a), Some(b)) => b.t.saturating_sub(a.t),
+        _ => 0,
+    };
+    let before = match (churn, rss) {
+        _ if onset.is_none() => Err(NoBaseline::NoOnset),
+        _ if span < CHURN_BEFORE_MIN_S => Err(NoBaseline::Short),
+        (Some((b, seen)), Some(rss)) if seen >= CHURN_BEFORE_MIN_S => {
+            Ok((b, seen as f64 / HOUR as f64, rss.high))
+        }
+        (Some((_, seen)), _) if seen >= CHURN_BEFORE_MIN_S => Err(NoBaseline::KubeletUnseen),
+        _ => Err(NoBaseline::ChurnUnseen),
     };
     Some(ChurnAround {
-        since: mean(since, |s| s.pod_churn_per_hour)?,
+        since: time_mean(since, |s| s.pod_churn_per_hour)?.0,
         before,
     })
 }
@@ -414,22 +499,23 @@ pub fn classify(
                 let heavy = ch.since > CHURN_HEAVY_PER_H;
                 let flat_before = ch
                     .before
+                    .ok()
                     .filter(|&(b, _, slope)| slope < 0.5 * leak * b / ch.since.max(1.0));
                 let rose = flat_before.is_none_or(|b| ch.since - b.0 > CHURN_HEAVY_PER_H);
                 let since = match onset {
                     Some(_) => format!(
-                        "{:.0} pod creations+deletions per hour since the leak's onset",
-                        ch.since
+                        "{} pod creations+deletions per hour since the leak's onset",
+                        per_hour(ch.since)
                     ),
-                    None => format!("{:.0} pod creations+deletions per hour", ch.since),
+                    None => format!("{} pod creations+deletions per hour", per_hour(ch.since)),
                 };
-                let before = match (onset, ch.before) {
-                    (_, Some((b, h, slope))) => format!(
-                        ", {b:.0}/h in the {h:.0} h before it (baseline at most {:+.0} MB/day there)",
+                let before = match ch.before {
+                    Ok((b, h, slope)) => format!(
+                        ", {}/h in the {h:.0} h before it (baseline at most {:+.0} MB/day there)",
+                        per_hour(b),
                         slope / 1e6
                     ),
-                    (Some(_), None) => ", less than 12 h of baseline before the onset in the 72 h window to compare with".into(),
-                    (None, None) => String::new(),
+                    Err(why) => why.text().into(),
                 };
                 cands.push(Candidate {
                     cause: Cause::PodChurn,
@@ -438,9 +524,10 @@ pub fn classify(
                     contradicts: match flat_before {
                         _ if !heavy => vec!["pod churn is low".into()],
                         Some((b, _, slope)) if !rose => vec![format!(
-                            "churn was already {b:.0}/h before the onset with a flat baseline (at most {:+.0} MB/day there, {:.0}/h since): churn that did not leak then does not explain the growth",
+                            "churn was already {}/h before the onset with a flat baseline (at most {:+.0} MB/day there, {}/h since): churn that did not leak then does not explain the growth",
+                            per_hour(b),
                             slope / 1e6,
-                            ch.since
+                            per_hour(ch.since)
                         )],
                         _ => vec![],
                     },
@@ -642,5 +729,98 @@ mod tests {
         }
         let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
         assert_eq!(c.cause, Cause::PodChurn, "{:?}", c.contradicts);
+    }
+
+    /// Churn rates as large as the readers accept (any finite number) are averaged without
+    /// summing to infinity: no `inf/h` in the verdict, the contradiction's figures the input's.
+    #[test]
+    fn churn_near_f64_max_is_averaged_not_overflowed() {
+        let (s, onset) = churn_across_onset(f64::MAX, f64::MAX);
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
+        let text = format!("{:?} {:?}", c.supports, c.contradicts);
+        assert!(!text.contains("inf") && !text.contains("NaN"), "{text}");
+        assert_eq!(c.cause, Cause::CgroupV1Kernel515, "{text}");
+        assert!(
+            text.contains("churn was already 1.80e308/h before the onset")
+                && text.contains("1.80e308/h since"),
+            "{text}"
+        );
+        // A jump to 1e300 at the onset: heavy and new, said in exponent form, not 301 digits.
+        let (s, onset) = churn_across_onset(0.0, 1e300);
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
+        assert_eq!(c.cause, Cause::PodChurn, "{:?}", c.contradicts);
+        assert!(
+            c.supports[0].starts_with("1.00e300 pod creations+deletions per hour since the leak's onset, 0/h in the 24 h before it"),
+            "{:?}",
+            c.supports
+        );
+    }
+
+    /// The agent keeps every sample of the last 6 h (every 10 s by default) and one a minute
+    /// before: churn is averaged over time, so the last 6 h do not outweigh the rest. Steady
+    /// churn of 300/h that stopped 6 h ago: 223/h over the 24 h since the onset (each sample
+    /// weighs the time since the one before it), not the 14/h a plain mean of samples made of
+    /// it ("pod churn is low").
+    #[test]
+    fn densely_kept_last_hours_do_not_outweigh_the_churn_since_the_onset() {
+        let onset = 24 * HOUR;
+        let end = 48 * HOUR;
+        let mut s = Vec::new();
+        let mut t = 0;
+        while t < end {
+            let mut x = sample(t);
+            x.pod_churn_per_hour = Some(if t >= end - 6 * HOUR { 0.0 } else { 300.0 });
+            x.cgroup_version = Some(1.0);
+            x.kernel = Some(5.15);
+            s.push(x);
+            t += if t >= end - 6 * HOUR { 10 } else { 600 };
+        }
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
+        assert_eq!(c.cause, Cause::CgroupV1Kernel515, "{:?}", c.contradicts);
+        assert!(
+            c.contradicts.iter().any(|x| x.starts_with(
+                "pod_churn: churn was already 300/h before the onset with a flat baseline (at most +0 MB/day there, 223/h since)"
+            )),
+            "{:?}",
+            c.contradicts
+        );
+    }
+
+    /// Without churn or a kubelet in the baseline before the onset there is nothing to compare
+    /// with, and the verdict says which, not that the window is short of baseline; churn seen
+    /// at two instants 13 h apart is no 13 h of it.
+    #[test]
+    fn a_baseline_without_churn_or_kubelet_is_said_so() {
+        let (mut s, onset) = churn_across_onset(300.0, 60.0);
+        for x in s.iter_mut().filter(|x| x.t < onset) {
+            x.pod_churn_per_hour = None;
+        }
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
+        assert_eq!(c.cause, Cause::PodChurn, "{:?}", c.contradicts);
+        assert_eq!(
+            c.supports,
+            ["60 pod creations+deletions per hour since the leak's onset, pod churn seen in less than 12 h of the baseline before the onset: nothing to compare with"]
+        );
+        // Churn seen only 13 h and 10 min before the onset: no contradiction from two samples.
+        let (mut s, onset) = churn_across_onset(300.0, 300.0);
+        for x in s.iter_mut().filter(|x| x.t < onset) {
+            if x.t != onset - 13 * HOUR && x.t != onset - 600 {
+                x.pod_churn_per_hour = None;
+            }
+        }
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
+        assert_eq!(c.cause, Cause::PodChurn, "{:?}", c.contradicts);
+        assert!(c.supports[0].ends_with("pod churn seen in less than 12 h of the baseline before the onset: nothing to compare with"));
+        // The kubelet not running (RSS 0) before the onset: its slope there is unknown.
+        let (mut s, onset) = churn_across_onset(300.0, 300.0);
+        for x in s.iter_mut().filter(|x| x.t < onset) {
+            x.kubelet_rss_bytes = 0.0;
+        }
+        let c = classify(Subject::Kubelet, &s, &leak(), Some(onset));
+        assert!(
+            c.supports[0].ends_with("the kubelet's RSS not seen over the baseline before the onset: its slope there unknown, nothing to compare with"),
+            "{:?}",
+            c.supports
+        );
     }
 }

@@ -177,18 +177,7 @@ impl Probes {
         };
         m.iter()
             .flatten()
-            .map(|(k, per_cpu)| {
-                let sum = per_cpu
-                    .iter()
-                    .fold(probe_common::ReclaimStats::default(), |a, v| {
-                        probe_common::ReclaimStats {
-                            count: a.count + v.count,
-                            ns: a.ns + v.ns,
-                            pages: a.pages + v.pages,
-                        }
-                    });
-                (k, sum)
-            })
+            .map(|(k, per_cpu)| (k, sum_reclaim(per_cpu.iter())))
             .collect()
     }
 
@@ -203,13 +192,7 @@ impl Probes {
         stats
             .iter()
             .flatten()
-            .map(|(k, per_cpu)| {
-                let sum = per_cpu.iter().fold(AllocVal::default(), |a, v| AllocVal {
-                    bytes: a.bytes + v.bytes,
-                    calls: a.calls + v.calls,
-                });
-                (k, sum)
-            })
+            .map(|(k, per_cpu)| (k, sum_alloc(per_cpu.iter())))
             .collect()
     }
 
@@ -263,8 +246,63 @@ impl Probes {
             .filter_map(|&c| {
                 arr.get(&(c as u32), 0)
                     .ok()
-                    .map(|vals| (c, vals.iter().sum()))
+                    .map(|vals| (c, vals.iter().fold(0u64, |a, v| a.saturating_add(*v))))
             })
             .collect()
+    }
+}
+
+/// Reclaim counters summed over CPUs, saturating: the kernel's per-CPU u64s wrap silently, and
+/// a sum past u64::MAX panicked (debug) or wrapped to a small count (release).
+fn sum_reclaim<'a>(
+    per_cpu: impl Iterator<Item = &'a probe_common::ReclaimStats>,
+) -> probe_common::ReclaimStats {
+    per_cpu.fold(probe_common::ReclaimStats::default(), |a, v| {
+        probe_common::ReclaimStats {
+            count: a.count.saturating_add(v.count),
+            ns: a.ns.saturating_add(v.ns),
+            pages: a.pages.saturating_add(v.pages),
+        }
+    })
+}
+
+/// Allocator counters summed over CPUs, saturating: the syscall fallback counts the length
+/// `mmap`/`munmap` were called with at syscall entry, before the kernel refuses it, so a
+/// process calling `munmap(addr, SIZE_MAX)` puts ~2^64 bytes on a CPU's counter, and two
+/// CPUs' sum panicked (debug) or wrapped (release).
+fn sum_alloc<'a>(per_cpu: impl Iterator<Item = &'a AllocVal>) -> AllocVal {
+    per_cpu.fold(AllocVal::default(), |a, v| AllocVal {
+        bytes: a.bytes.saturating_add(v.bytes),
+        calls: a.calls.saturating_add(v.calls),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-CPU values near u64::MAX (a refused `munmap(addr, SIZE_MAX)` counted at syscall
+    /// entry on two CPUs) sum to u64::MAX, not a panic or a wrapped small number.
+    #[test]
+    fn per_cpu_sums_saturate() {
+        let big = AllocVal {
+            bytes: u64::MAX - 1,
+            calls: u64::MAX,
+        };
+        let small = AllocVal {
+            bytes: 4096,
+            calls: 1,
+        };
+        let s = sum_alloc([big, small, big].iter());
+        assert_eq!((s.bytes, s.calls), (u64::MAX, u64::MAX));
+        let s = sum_alloc([small, small].iter());
+        assert_eq!((s.bytes, s.calls), (8192, 2));
+        let r = probe_common::ReclaimStats {
+            count: u64::MAX,
+            ns: u64::MAX,
+            pages: u64::MAX,
+        };
+        let s = sum_reclaim([r, r].iter());
+        assert_eq!((s.count, s.ns, s.pages), (u64::MAX, u64::MAX, u64::MAX));
     }
 }

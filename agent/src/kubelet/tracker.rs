@@ -599,8 +599,7 @@ impl Tracker {
                 POINT_SYSCALL_MUNMAP => false,
                 i => p.points.get(i as usize).is_some_and(|pp| pp.role.grows()),
             })
-            .map(|(_, v)| v.bytes)
-            .sum()
+            .fold(0u64, |a, (_, v)| a.saturating_add(v.bytes))
     }
 
     /// A kill record: kept when it killed the last kubelet followed (the only one a restart
@@ -875,9 +874,11 @@ fn attribute(
                 None => continue,
             },
         };
-        *by_point.entry(name).or_default() += v.bytes;
+        // Saturating: the syscall fallback counts a refused `munmap(addr, SIZE_MAX)`'s length.
+        let at = by_point.entry(name).or_default();
+        *at = at.saturating_add(v.bytes);
         if grows {
-            mapped += v.bytes;
+            mapped = mapped.saturating_add(v.bytes);
             let site = call_site(
                 &stack(k.stack_id),
                 k.site,
@@ -885,10 +886,10 @@ fn attribute(
                 proc_.bias,
             );
             let e = sites.entry(site).or_default();
-            e.0 += v.bytes;
-            e.1 += v.calls;
+            e.0 = e.0.saturating_add(v.bytes);
+            e.1 = e.1.saturating_add(v.calls);
         } else {
-            released += v.bytes;
+            released = released.saturating_add(v.bytes);
         }
     }
     let mut top: Vec<CallSite> = sites
@@ -965,6 +966,57 @@ impl KubeletReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The syscall fallback counts the length `munmap`/`mmap` were called with at syscall
+    /// entry, refused or not: `munmap(addr, SIZE_MAX)` on two CPUs, two stacks of `mmap`s near
+    /// u64::MAX. The report's sums saturate: no overflow panic (debug), no wrapped small figure
+    /// (release).
+    #[test]
+    fn attribution_of_counters_near_u64_max_saturates() {
+        let key = |point: u16, stack_id: i64| AllocKey {
+            tgid: 7,
+            point: u32::from(point),
+            stack_id,
+            site: 0,
+        };
+        let big = AllocVal {
+            bytes: u64::MAX - 10,
+            calls: u64::MAX,
+        };
+        let stats = [
+            (key(POINT_SYSCALL_MMAP, 1), big),
+            (key(POINT_SYSCALL_MMAP, 2), big),
+            (key(POINT_SYSCALL_MUNMAP, -1), big),
+            (key(POINT_SYSCALL_MUNMAP, -2), big),
+        ];
+        let refs: Vec<&(AllocKey, AllocVal)> = stats.iter().collect();
+        let proc_ = Proc {
+            exe: PathBuf::from("/usr/bin/kubelet"),
+            bias: 0,
+            key: FileKey {
+                dev: 0,
+                ino: 0,
+                mtime_ns: 0,
+                pid: None,
+            },
+        };
+        let probed = Probed {
+            points: Vec::new(),
+            funcs: None,
+            reloadable: false,
+            mode: Mode::Syscalls,
+        };
+        let r = attribute(7, &proc_, &probed, &refs, |_| Vec::new());
+        assert_eq!((r.mapped_bytes, r.released_bytes), (u64::MAX, u64::MAX));
+        assert_eq!(r.by_entry_point["syscall_mmap"], u64::MAX);
+        assert_eq!(r.by_entry_point["syscall_munmap"], u64::MAX);
+        // Both stacks name the same (unknown) call site: its bytes and calls saturate too.
+        assert_eq!(r.top_call_sites.len(), 1);
+        assert_eq!(
+            (r.top_call_sites[0].bytes, r.top_call_sites[0].calls),
+            (u64::MAX, u64::MAX)
+        );
+    }
     use crate::forensics::{
         record::{Memory, Sender, Victim},
         KillKind,
