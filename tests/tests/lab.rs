@@ -1800,6 +1800,46 @@ fn memcg_oom_kills(dir: &std::path::Path) -> u64 {
 /// memory (`memory.stat` `rss`, huge pages included) and kernel memory
 /// (`memory.kmem.usage_in_bytes`). The page cache it also charges is reclaimed at the limit;
 /// these make the OOM kill.
+/// What a memory cgroup holds and does, for a failure message: usage, limit, failcnt and
+/// `memory.stat`'s rss, cache, dirty, writeback, mapped_file, pgmajfault (MiB or counts); its
+/// tasks' states and kernel wait channels.
+fn memcg_picture(dir: &std::path::Path) -> String {
+    let mib = |v: u64| v >> 20;
+    let stat: Vec<String> = ["rss", "cache", "dirty", "writeback", "mapped_file"]
+        .iter()
+        .map(|f| format!("{f} {} MiB", mib(memcg_field(dir, "memory.stat", f))))
+        .chain(
+            ["pgmajfault", "pgpgin"]
+                .iter()
+                .map(|f| format!("{f} {}", memcg_field(dir, "memory.stat", f))),
+        )
+        .collect();
+    let tasks: Vec<String> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .map(|pid| {
+            let state = proc_status_field(pid, "State").unwrap_or_default();
+            let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+            format!("{pid} {state} wchan {wchan}")
+        })
+        .collect();
+    format!(
+        "usage {} MiB, limit {} MiB, failcnt {}, kmem {} MiB; {}; tasks {tasks:?}",
+        mib(memcg_u64(dir, "memory.usage_in_bytes")),
+        mib(memcg_u64(dir, "memory.limit_in_bytes")),
+        memcg_u64(dir, "memory.failcnt"),
+        mib(memcg_u64(dir, "memory.kmem.usage_in_bytes")),
+        stat.join(", ")
+    )
+}
+
+fn proc_status_field(pid: &str, field: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| Some(l.strip_prefix(field)?.strip_prefix(':')?.trim().to_string()))
+}
+
 fn memcg_unreclaimable(dir: &std::path::Path) -> u64 {
     memcg_field(dir, "memory.stat", "rss") + memcg_u64(dir, "memory.kmem.usage_in_bytes")
 }
@@ -2038,10 +2078,11 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
     let starts_before = supervisor_starts(&lab).len();
     let reserved = KubeReserved::set(&lab, limit);
     eprintln!(
-        "kubelet cgroup anon+kmem with {CYCLE_PODS} pods: steady {} MiB (VmRSS {} MiB); kube-reserved and the cgroup's limit: {limit} B ({} MiB)",
+        "kubelet cgroup anon+kmem with {CYCLE_PODS} pods: steady {} MiB (VmRSS {} MiB); kube-reserved and the cgroup's limit: {limit} B ({} MiB); {}",
         steady >> 20,
         rss_steady >> 20,
-        limit >> 20
+        limit >> 20,
+        memcg_picture(&dir)
     );
     // The churn: more pods at once, created through the API server.
     let churn = format!("lab-cycle-{}-churn-", std::process::id());
@@ -2072,10 +2113,11 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
         if n == 0 && wave_at.elapsed() >= CYCLE_WAVE_EVERY && waves < CYCLE_MAX_WAVES {
             waves += 1;
             eprintln!(
-                "no kill {:.0} s into the churn ({} MiB anon+kmem under {} MiB): wave {waves} of {CYCLE_WAVE_PODS} pods",
+                "no kill {:.0} s into the churn ({} MiB anon+kmem under {} MiB): wave {waves} of {CYCLE_WAVE_PODS} pods; {}",
                 t.elapsed().as_secs_f64(),
                 memcg_unreclaimable(&dir) >> 20,
-                limit >> 20
+                limit >> 20,
+                memcg_picture(&dir)
             );
             pods.extend(
                 (0..CYCLE_WAVE_PODS).map(|i| {
@@ -2086,10 +2128,11 @@ fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
         }
         assert!(
             t.elapsed() < Duration::from_secs(120 * CYCLE_KILLS),
-            "{n} kernel OOM kills of the kubelet in {:?} (want {CYCLE_KILLS}; limit {} MiB, now {} MiB anon+kmem, {waves} waves); supervisor: {:?}",
+            "{n} kernel OOM kills of the kubelet in {:?} (want {CYCLE_KILLS}; limit {} MiB, now {} MiB anon+kmem, {waves} waves; {}); supervisor: {:?}",
             t.elapsed(),
             limit >> 20,
             memcg_unreclaimable(&dir) >> 20,
+            memcg_picture(&dir),
             &supervisor_starts(&lab)[starts_before..]
         );
         std::thread::sleep(Duration::from_millis(5));

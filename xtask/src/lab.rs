@@ -1180,11 +1180,29 @@ pub fn supervise() -> Result<()> {
     let p = |s: &Path| s.display().to_string();
     let mut starts = 0u64;
     while !STOP.load(Ordering::SeqCst) {
-        let log = fs::OpenOptions::new()
+        let mut log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(lab.log("kubelet"))?;
-        let mut cmd = Command::new(lab.k8s_bin("kubelet"));
+        // Page cache is charged to the memory cgroup of the task that brings a page in. On a
+        // node the kubelet's binary was written by whatever installed it and its log goes to
+        // journald, both outside kubelet.slice; here, without these two, the kubelet's own
+        // cgroup held its text pages and its log file's cache (seen: 3 MiB mapped_file under a
+        // limit a few MiB above anon+kmem), and under the OOM cycle test's tight limit the
+        // kubelet faulted its own text back in over and over (stalled 6 min, never OOM-killed)
+        // instead of growing into the limit. So the supervisor reads the binary (its pages
+        // charged to the supervisor's cgroup) and writes the log from a pipe, as journald does.
+        let kubelet_bin = lab.k8s_bin("kubelet");
+        if let Err(e) = fs::File::open(&kubelet_bin)
+            .and_then(|mut f| std::io::copy(&mut f, &mut std::io::sink()))
+        {
+            eprintln!("supervisor: cannot read {}: {e}", kubelet_bin.display());
+        }
+        let (mut reader, writer) = std::io::pipe()?;
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut reader, &mut log);
+        });
+        let mut cmd = Command::new(&kubelet_bin);
         cmd.args([
             format!("--config={}", p(&lab.run.join("kubelet/config.yaml"))),
             format!("--kubeconfig={}", p(&lab.run.join("kubelet.kubeconfig"))),
@@ -1195,8 +1213,8 @@ pub fn supervise() -> Result<()> {
             "--v=1".into(),
         ])
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+        .stdout(writer.try_clone()?)
+        .stderr(writer);
         let procs = procs.clone();
         // SAFETY: open/write/close are async-signal-safe; the paths were built before fork.
         unsafe {
@@ -1223,6 +1241,8 @@ pub fn supervise() -> Result<()> {
                 continue;
             }
         };
+        // The pipe's write ends are the kubelet's alone now: the log's reader ends with it.
+        drop(cmd);
         starts += 1;
         eprintln!(
             "supervisor: kubelet pid {} started (start {starts})",
