@@ -39,10 +39,10 @@ pub fn workload_slope_text(v: &crate::detect::Verdict) -> String {
         })
 }
 
-/// The format of the event stream on stdout.
+/// The format of what a verb writes on stdout (the event stream, probe points, verdicts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum OutputFormat {
-    /// One readable line per event.
+    /// One readable line per record (an event, a probe point, a verdict).
     #[default]
     Text,
     /// One JSON object per line.
