@@ -117,9 +117,12 @@ mod wire {
             chosen_pid: pid,
             chosen_tgid: pid,
             constraint,
-            _pad: 0,
+            flags: 0,
             totalpages: 131_072,
             chosen_points: 130_000,
+            domain_max_pages: 0,
+            domain_usage_pages: 0,
+            domain_watermark_pages: 0,
             domain,
         }
     }
@@ -139,7 +142,10 @@ fn main() {
         .nth(1)
         .expect("usage: golden_synth OUT (agent/tests/data/golden/ring-synth.hex)");
     use oomprobe::kernel::events;
-    use probe_common::{victim_fields as f, CGROUP_PATH_TRUNCATED, CGROUP_PATH_UNAVAILABLE};
+    use probe_common::{
+        victim_fields as f, CGROUP_PATH_TRUNCATED, CGROUP_PATH_UNAVAILABLE, OC_DOMAIN_COUNTERS,
+        OC_DOMAIN_WATERMARK,
+    };
     use wire::*;
     const ALL: u32 = 0xff;
     fn b<T: Copy>(v: &T) -> Vec<u8> {
@@ -296,11 +302,14 @@ fn main() {
     // 8. The kubelet, OOM-killed in its own cgroup (kprobe tier: oom_control first), restarts.
     let t = t0 + 1_000_000_000;
     let kubelet_cg = cg(7001, "/kubelet.slice", 0);
-    rec(
-        l,
-        t + 10_000,
-        b(&oom_control(t - 5_000, 5000, 3, kubelet_cg)),
-    );
+    // With the domain's page counter as oom_kill_process found it (the kubelet at its 512 MiB
+    // limit, peak 512 MiB); the node's files read 511 MiB afterwards.
+    let mut oc = oom_control(t - 5_000, 5000, 3, kubelet_cg);
+    oc.flags = OC_DOMAIN_COUNTERS | OC_DOMAIN_WATERMARK;
+    oc.domain_max_pages = 131_072;
+    oc.domain_usage_pages = 131_072;
+    oc.domain_watermark_pages = 131_072;
+    rec(l, t + 10_000, b(&oc));
     rec(
         l,
         t + 50_000,

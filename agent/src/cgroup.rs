@@ -10,6 +10,11 @@ use serde::Serialize;
 /// "No limit" on cgroup v1 is PAGE_COUNTER_MAX pages, printed as a huge byte count.
 const V1_UNLIMITED_ABOVE: u64 = 1 << 62;
 
+/// [`MemcgState::source`]: the kernel's `page_counter`, read at the kill.
+pub const SOURCE_PAGE_COUNTER: &str = "page_counter";
+/// [`MemcgState::source`]: the cgroup's files, read when the agent handled the event.
+pub const SOURCE_CGROUP_FILES: &str = "cgroup_files";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hierarchy {
     /// cgroup v1 memory controller mounted at this path.
@@ -111,6 +116,7 @@ impl Hierarchy {
                 failcnt: read_u64("memory.failcnt"),
                 oom_events: None,
                 oom_group: None,
+                source: SOURCE_CGROUP_FILES,
             },
             Hierarchy::V2(_) => MemcgState {
                 path: cgroup.to_string(),
@@ -123,6 +129,7 @@ impl Hierarchy {
                     .ok()
                     .and_then(|t| keyed_value(&t, "oom")),
                 oom_group: read_u64("memory.oom.group").map(|v| v == 1),
+                source: SOURCE_CGROUP_FILES,
             },
         };
         Some(state)
@@ -237,15 +244,59 @@ pub fn ancestors(path: &str) -> Vec<String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MemcgState {
     pub path: String,
+    /// v1 `memory.limit_in_bytes` (null above 2^62: unlimited), v2 `memory.max` (null: `max`);
+    /// or the kernel's `page_counter.max` at the kill (see `source`).
     pub limit_bytes: Option<u64>,
+    /// v1 `memory.usage_in_bytes`, v2 `memory.current`; or `page_counter.usage` at the kill.
     pub usage_bytes: Option<u64>,
+    /// v1 `memory.max_usage_in_bytes`, v2 `memory.peak`; or `page_counter.watermark` at the
+    /// kill (kprobe tier).
     pub peak_bytes: Option<u64>,
+    /// Where `limit_bytes` and `usage_bytes` come from: [`SOURCE_PAGE_COUNTER`] (the kernel's
+    /// counter of this memcg read at the kill, before the victim's memory is uncharged: the
+    /// limit as it fired) or [`SOURCE_CGROUP_FILES`] (the cgroup's files, read when the agent
+    /// handled the event: milliseconds later, so a limit changed since reads as the new one).
+    pub source: &'static str,
     #[serde(skip)]
     pub failcnt: Option<u64>,
     #[serde(skip)]
     pub oom_events: Option<u64>,
     /// v2 `memory.oom.group`: the kernel kills the whole cgroup together (Kubernetes 1.28+).
     pub oom_group: Option<bool>,
+}
+
+impl MemcgState {
+    /// `path`'s state with the kernel's `page_counter` reading (pages of `page_bytes`) over the
+    /// files' limit and usage (`files`: what the cgroup's files said, `None` when the cgroup is
+    /// gone): the limit and the charge as they were at the kill. `max_pages` at
+    /// `PAGE_COUNTER_MAX` (no limit) reads as no limit, as the files do.
+    pub fn at_kill(
+        path: &str,
+        files: Option<MemcgState>,
+        max_pages: u64,
+        usage_pages: u64,
+        watermark_pages: Option<u64>,
+        page_bytes: u64,
+    ) -> MemcgState {
+        let mut s = files.unwrap_or_else(|| MemcgState {
+            path: path.to_string(),
+            limit_bytes: None,
+            usage_bytes: None,
+            peak_bytes: None,
+            failcnt: None,
+            oom_events: None,
+            oom_group: None,
+            source: SOURCE_CGROUP_FILES,
+        });
+        let limit = max_pages.saturating_mul(page_bytes);
+        s.limit_bytes = (limit < V1_UNLIMITED_ABOVE).then_some(limit);
+        s.usage_bytes = Some(usage_pages.saturating_mul(page_bytes));
+        if let Some(w) = watermark_pages {
+            s.peak_bytes = Some(w.saturating_mul(page_bytes));
+        }
+        s.source = SOURCE_PAGE_COUNTER;
+        s
+    }
 }
 
 /// Pod identity from a kubepods cgroup path (systemd or cgroupfs driver; containerd, CRI-O,

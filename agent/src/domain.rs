@@ -17,14 +17,22 @@ pub const EVIDENCE_EVENTS_LOCAL: &str = "memory.events.local";
 /// `memory.events.local` `oom`, which v1 has no file for) rose.
 pub const EVIDENCE_OOM_EVENTS: &str = "memcg_oom_events";
 
-/// The OOM domain's path and the counter that decided, or `None` when the counters do not tell
-/// (no rise, a chain deeper than the probe reads, or lengths that do not match the path).
-/// `version`: the memory cgroup hierarchy (1 or 2).
-pub fn from_counters(
-    trigger: &str,
-    d: &DomainDeltas,
-    version: u8,
-) -> Option<(String, &'static str)> {
+/// The OOM domain as the kernel's counters decided it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CountedDomain {
+    /// The domain's memory cgroup path.
+    pub path: String,
+    /// The counter that decided (`EVIDENCE_*`).
+    pub evidence: &'static str,
+    /// Its level in the trigger's chain (0: the trigger's own cgroup), the index into
+    /// [`DomainDeltas`]' per-level vectors.
+    pub level: usize,
+}
+
+/// The OOM domain, or `None` when the counters do not tell (no rise, a chain deeper than the
+/// probe reads, or lengths that do not match the path). `version`: the memory cgroup hierarchy
+/// (1 or 2).
+pub fn from_counters(trigger: &str, d: &DomainDeltas, version: u8) -> Option<CountedDomain> {
     let paths: Vec<String> = ancestors(trigger);
     // `ancestors` ends with "/", which is not a level.
     let levels = paths.len().checked_sub(1)?;
@@ -57,7 +65,11 @@ pub fn from_counters(
     } else {
         (by_failcnt(&oom)?, EVIDENCE_EVENTS_LOCAL)
     };
-    Some((paths[level].clone(), evidence))
+    Some(CountedDomain {
+        path: paths[level].clone(),
+        evidence,
+        level,
+    })
 }
 
 #[cfg(test)]
@@ -68,7 +80,20 @@ mod tests {
         DomainDeltas {
             failcnt: failcnt.to_vec(),
             oom: oom.to_vec(),
+            counters: Vec::new(),
         }
+    }
+
+    fn pick(trigger: &str, d: &DomainDeltas, version: u8) -> Option<(String, &'static str)> {
+        from_counters(trigger, d, version).map(|c| (c.path, c.evidence))
+    }
+
+    #[test]
+    fn the_level_indexes_the_per_level_readings() {
+        let d = deltas(&[0, 56], &[0, 1]);
+        assert_eq!(from_counters("/pod/ctr", &d, 1).map(|c| c.level), Some(1));
+        let d = deltas(&[0, 0, 0], &[1, 0, 0]);
+        assert_eq!(from_counters("/a/b/c", &d, 2).map(|c| c.level), Some(0));
     }
 
     #[test]
@@ -76,7 +101,7 @@ mod tests {
         // Measured shape: pod failcnt +56, container 0 (levels leaf first: container, pod).
         let d = deltas(&[0, 56], &[0, 1]);
         assert_eq!(
-            from_counters("/pod/ctr", &d, 1),
+            pick("/pod/ctr", &d, 1),
             Some(("/pod".into(), EVIDENCE_FAILCNT))
         );
     }
@@ -85,7 +110,7 @@ mod tests {
     fn v1_container_limit_fires() {
         let d = deltas(&[17, 0], &[1, 0]);
         assert_eq!(
-            from_counters("/pod/ctr", &d, 1),
+            pick("/pod/ctr", &d, 1),
             Some(("/pod/ctr".into(), EVIDENCE_FAILCNT))
         );
     }
@@ -95,13 +120,13 @@ mod tests {
         // The container hit its limit too (and reclaimed), but the OOM was the pod's.
         let d = deltas(&[40, 3], &[0, 1]);
         assert_eq!(
-            from_counters("/pod/ctr", &d, 1),
+            pick("/pod/ctr", &d, 1),
             Some(("/pod".into(), EVIDENCE_FAILCNT))
         );
         // Only the OOM count rose (the baseline was retaken at the last reclaim).
         let d = deltas(&[0, 0], &[0, 1]);
         assert_eq!(
-            from_counters("/pod/ctr", &d, 1),
+            pick("/pod/ctr", &d, 1),
             Some(("/pod".into(), EVIDENCE_OOM_EVENTS))
         );
     }
@@ -110,17 +135,17 @@ mod tests {
     fn v2_events_local_decides() {
         let d = deltas(&[0, 0, 0], &[0, 1, 0]);
         assert_eq!(
-            from_counters("/kubepods/pod/ctr", &d, 2),
+            pick("/kubepods/pod/ctr", &d, 2),
             Some(("/kubepods/pod".into(), EVIDENCE_EVENTS_LOCAL))
         );
     }
 
     #[test]
     fn no_rise_or_mismatch_tells_nothing() {
-        assert_eq!(from_counters("/a/b", &deltas(&[0, 0], &[0, 0]), 2), None);
-        assert_eq!(from_counters("/a/b", &deltas(&[0, 0], &[0, 0]), 1), None);
+        assert_eq!(pick("/a/b", &deltas(&[0, 0], &[0, 0]), 2), None);
+        assert_eq!(pick("/a/b", &deltas(&[0, 0], &[0, 0]), 1), None);
         // A chain read deeper or shallower than the path: not this path's levels.
-        assert_eq!(from_counters("/a/b", &deltas(&[1], &[1]), 2), None);
-        assert_eq!(from_counters("/", &deltas(&[], &[]), 2), None);
+        assert_eq!(pick("/a/b", &deltas(&[1], &[1]), 2), None);
+        assert_eq!(pick("/", &deltas(&[], &[]), 2), None);
     }
 }

@@ -235,7 +235,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
     pub async fn on_ring_batch(&mut self, batch: impl Iterator<Item = ring::Item>) {
         for item in batch {
             let (decoded, seen) = match item {
-                ring::Item::Record(decoded, seen) => (decoded, seen),
+                ring::Item::Record(decoded, seen) => (*decoded, seen),
                 ring::Item::Quiet(ktime_ns) => {
                     self.correlator.on_quiet(ktime_ns);
                     continue;
@@ -542,57 +542,78 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         }
     }
 
+    /// One kill record to the metrics, the tracker, the cycle, the reports and the stream.
+    fn on_kill_record(&mut self, rec: KillRecord) {
+        self.metrics.observe_kill(&rec);
+        self.tracker.on_kill(&rec);
+        let party = Party::of(
+            &rec,
+            |pid, comm| self.tracker.is_kubelet(pid, comm),
+            self.kubelet_cgroup.as_deref(),
+        );
+        self.stage_events.extend(self.cycle.on_kill(&rec, party));
+        let dropped = self.cycle.take_dropped();
+        if dropped > 0 {
+            self.metrics
+                .dropped
+                .with_label_values(&["collateral_full", "kill"])
+                .inc_by(dropped);
+        }
+        if let Some(r) = &self.report {
+            r.send(Fact::Kill {
+                evicted: crate::cycle::is_runtime_kill(&rec),
+                rec: Box::new(rec.clone()),
+                is_kubelet: party == Party::Kubelet,
+            });
+        }
+        self.out.push(Output::Kill(Box::new(rec)));
+        self.out.flush();
+        self.kills += 1;
+    }
+
+    /// A kubelet exec to the tracker (adoption: its symbols read and probes attached) and, when
+    /// adopted, to the stream and the cycle.
+    fn on_kubelet_exec(&mut self, tgid: u32, exec_ktime: u64) {
+        // The symbol read of a new binary runs here, on the loop: a slow one is logged
+        // (the soak reports the longest).
+        let began = std::time::Instant::now();
+        let adopted = self.tracker.on_exec(tgid, &mut self.probes);
+        let took = began.elapsed();
+        if took >= std::time::Duration::from_millis(20) {
+            tracing::info!(
+                pid = tgid,
+                adoption_ms = took.as_millis() as u64,
+                "kubelet adoption held the event loop"
+            );
+        }
+        if let Some(start) = adopted {
+            let now = kubelet_now(start.pid, None, &self.tracker, &self.probes);
+            self.out.push(Output::KubeletStart(start));
+            self.stage_events
+                .extend(self.cycle.on_kubelet_start(exec_ktime, now));
+        }
+    }
+
     /// What every stage ends with: each kill to the metrics, the tracker, the cycle and the
     /// stream (written at once), and to the reports; kubelet execs to the tracker and the cycle;
     /// memcg events; stage changes to the metrics, the action and the reports; then one flush.
     /// Nothing here waits on the API server: the cordon and the reports run in tasks.
     async fn settle(&mut self) {
+        // Kills and kubelet execs in the kernel's order: a kubelet started and OOM-killed
+        // within one batch (a flapping restart under load) is a followed kubelet when its kill
+        // is seen, and a kill before an exec puts the cycle in the stage the exec's storm
+        // needs. Records come in their own order (the correlator's), execs between them.
+        let mut execs = std::mem::take(&mut self.kubelet_execs);
+        execs.sort_by_key(|&(_, ktime)| ktime);
+        let mut execs = execs.into_iter().peekable();
         for rec in std::mem::take(&mut self.records) {
-            self.metrics.observe_kill(&rec);
-            self.tracker.on_kill(&rec);
-            let party = Party::of(
-                &rec,
-                |pid, comm| self.tracker.is_kubelet(pid, comm),
-                self.kubelet_cgroup.as_deref(),
-            );
-            self.stage_events.extend(self.cycle.on_kill(&rec, party));
-            let dropped = self.cycle.take_dropped();
-            if dropped > 0 {
-                self.metrics
-                    .dropped
-                    .with_label_values(&["collateral_full", "kill"])
-                    .inc_by(dropped);
+            while let Some((tgid, exec_ktime)) = execs.next_if(|&(_, ktime)| ktime < rec.ktime_ns) {
+                self.on_kubelet_exec(tgid, exec_ktime);
             }
-            if let Some(r) = &self.report {
-                r.send(Fact::Kill {
-                    evicted: crate::cycle::is_runtime_kill(&rec),
-                    rec: Box::new(rec.clone()),
-                    is_kubelet: party == Party::Kubelet,
-                });
-            }
-            self.out.push(Output::Kill(Box::new(rec)));
-            self.out.flush();
-            self.kills += 1;
+            self.on_kill_record(rec);
         }
-        for (tgid, exec_ktime) in std::mem::take(&mut self.kubelet_execs) {
-            // The symbol read of a new binary runs here, on the loop: a slow one is logged
-            // (the soak reports the longest).
-            let began = std::time::Instant::now();
-            let adopted = self.tracker.on_exec(tgid, &mut self.probes);
-            let took = began.elapsed();
-            if took >= std::time::Duration::from_millis(20) {
-                tracing::info!(
-                    pid = tgid,
-                    adoption_ms = took.as_millis() as u64,
-                    "kubelet adoption held the event loop"
-                );
-            }
-            if let Some(start) = adopted {
-                let now = kubelet_now(start.pid, None, &self.tracker, &self.probes);
-                self.out.push(Output::KubeletStart(start));
-                self.stage_events
-                    .extend(self.cycle.on_kubelet_start(exec_ktime, now));
-            }
+        for (tgid, exec_ktime) in execs {
+            self.on_kubelet_exec(tgid, exec_ktime);
         }
         for (why, n) in self.tracker.rejected() {
             let c = self

@@ -70,6 +70,7 @@ fn domain(path: &str, limit: u64, usage: u64) -> MemcgState {
         failcnt: Some(12),
         oom_events: Some(1),
         oom_group: Some(false),
+        source: "cgroup_files",
     }
 }
 
@@ -371,7 +372,7 @@ fn pipeline_lines(name: &str, format: OutputFormat) -> String {
                 p.on_expire_at(*tick).await;
                 *tick += TICK_NS;
             }
-            let item = Item::Record(events::decode(&unhex(hex)), seen);
+            let item = Item::Record(Box::new(events::decode(&unhex(hex))), seen);
             p.on_ring_batch(std::iter::once(item)).await;
         }
         let end = last_seen + 10_000_000_000;

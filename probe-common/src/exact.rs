@@ -49,12 +49,22 @@ pub struct DomainCounters {
     pub failcnt_delta: [u32; MEMCG_LEVELS],
     /// `mem_cgroup.memory_events_local[MEMCG_OOM]` (v2's `memory.events.local` `oom`): rise.
     pub oom_delta: [u32; MEMCG_LEVELS],
+    /// `page_counter.max` of `mem_cgroup.memory` at the SIGKILL (pages; `PAGE_COUNTER_MAX`
+    /// without a limit): the limit that fired, as it was when it fired (with
+    /// [`DOMAIN_PAGE_COUNTER`]).
+    pub max_pages: [u64; MEMCG_LEVELS],
+    /// `page_counter.usage` of `mem_cgroup.memory` at the SIGKILL (pages), before the victim's
+    /// memory is uncharged (with [`DOMAIN_PAGE_COUNTER`]).
+    pub usage_pages: [u64; MEMCG_LEVELS],
 }
 
 /// The trigger had a baseline whose chain matched this one: the deltas are meaningful.
 pub const DOMAIN_BASELINE: u32 = 1;
 /// The baseline was taken at a reclaim in a different chain (the task moved): no deltas.
 pub const DOMAIN_CHAIN_CHANGED: u32 = 2;
+/// `max_pages` and `usage_pages` were read (this kernel's BTF has `page_counter`'s `max` and
+/// `usage`).
+pub const DOMAIN_PAGE_COUNTER: u32 = 4;
 
 /// A task's memory cgroup chain counters at a memcg reclaim (kernel-side map value).
 #[repr(C)]
@@ -122,6 +132,14 @@ pub struct MemLayout {
     pub css_parent: u32,
     /// `mem_cgroup.memory` + `page_counter.failcnt`
     pub memcg_failcnt: u32,
+    /// `mem_cgroup.memory` + `page_counter.usage` (`atomic_long_t`, pages)
+    pub memcg_usage: u32,
+    /// `mem_cgroup.memory` + `page_counter.max` (pages: v1's `memory.limit_in_bytes`, v2's
+    /// `memory.max`)
+    pub memcg_max: u32,
+    /// `mem_cgroup.memory` + `page_counter.watermark` (pages: v1's
+    /// `memory.max_usage_in_bytes`, v2's `memory.peak`)
+    pub memcg_watermark: u32,
     /// `mem_cgroup.memory_events_local` + 8 * `MEMCG_OOM`
     pub memcg_oom_local: u32,
     /// `mem_cgroup.oom_group` (bool)
@@ -161,6 +179,9 @@ impl MemLayout {
     pub const EMPTY: MemLayout = MemLayout {
         css_parent: crate::OFFSET_ABSENT,
         memcg_failcnt: crate::OFFSET_ABSENT,
+        memcg_usage: crate::OFFSET_ABSENT,
+        memcg_max: crate::OFFSET_ABSENT,
+        memcg_watermark: crate::OFFSET_ABSENT,
         memcg_oom_local: crate::OFFSET_ABSENT,
         memcg_oom_group: crate::OFFSET_ABSENT,
         task_mm: crate::OFFSET_ABSENT,
@@ -182,10 +203,10 @@ impl MemLayout {
     };
 }
 
-const _: () = assert!(size_of::<DomainCounters>() == 8 + 8 * MEMCG_LEVELS);
+const _: () = assert!(size_of::<DomainCounters>() == 8 + 24 * MEMCG_LEVELS);
 const _: () = assert!(size_of::<MemcgBaseline>() == 16 + 24 * MEMCG_LEVELS);
 const _: () = assert!(size_of::<VictimMmEvent>() == 16 + 16 + 48 + 8 + size_of::<CgroupPath>());
-const _: () = assert!(size_of::<MemLayout>() == 20 * 4);
+const _: () = assert!(size_of::<MemLayout>() == 23 * 4);
 
 #[cfg(feature = "user")]
 mod user {

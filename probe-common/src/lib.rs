@@ -451,12 +451,24 @@ pub struct OomControlEvent {
     pub chosen_tgid: u32,
     /// `enum oom_constraint`: 0 none, 1 cpuset, 2 memory policy, 3 memcg.
     pub constraint: u32,
-    pub _pad: u32,
+    /// `OC_*` bits: which of the domain's page counters were read.
+    pub flags: u32,
     pub totalpages: u64,
     pub chosen_points: i64,
+    /// `oc->memcg->memory`'s `page_counter` as `oom_kill_process` found it (pages): the limit
+    /// that fired (`max`), the charge at it (`usage`) and its high-water mark (`watermark`).
+    /// Read before the victim is killed, so none of its memory is uncharged yet.
+    pub domain_max_pages: u64,
+    pub domain_usage_pages: u64,
+    pub domain_watermark_pages: u64,
     /// `oc->memcg`'s cgroup (the OOM domain); unavailable for a global OOM.
     pub domain: CgroupPath,
 }
+
+/// [`OomControlEvent::flags`]: `domain_max_pages` and `domain_usage_pages` were read.
+pub const OC_DOMAIN_COUNTERS: u32 = 1;
+/// [`OomControlEvent::flags`]: `domain_watermark_pages` was read.
+pub const OC_DOMAIN_WATERMARK: u32 = 2;
 
 /// Load-time configuration: tracepoint field offsets from the format files and kernel struct
 /// member offsets from BTF, so no kernel's layout is hard-coded.
@@ -730,7 +742,7 @@ const _: () = assert!(
 const _: () = assert!(size_of::<OomVictimEvent>() == 16 + 8 + 40 + 16 + 16);
 const _: () = assert!(size_of::<ExitEvent>() == 16 + 16 + 8 + 16 + size_of::<CgroupPath>());
 const _: () = assert!(size_of::<Config>() == 35 * 4 + TASK_COMM_LEN);
-const _: () = assert!(size_of::<OomControlEvent>() == 16 + 16 + 16 + size_of::<CgroupPath>());
+const _: () = assert!(size_of::<OomControlEvent>() == 16 + 16 + 16 + 24 + size_of::<CgroupPath>());
 const _: () = assert!(size_of::<AllocKey>() == 24);
 const _: () = assert!(size_of::<KubeletText>() == 16);
 const _: () = assert!(size_of::<WalkedStack>() == 8 + 8 * WALKED_STACK_DEPTH);

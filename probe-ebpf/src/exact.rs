@@ -10,7 +10,7 @@ use aya_ebpf::helpers::{
 use probe_common::{
     exact::{
         mm_flags, MemcgBaseline, BASELINE_REFRESH_NS, DOMAIN_BASELINE, DOMAIN_CHAIN_CHANGED,
-        MAX_CPUS, MEMCG_LEVELS, RSS_LAYOUT_ATOMIC, RSS_LAYOUT_PERCPU,
+        DOMAIN_PAGE_COUNTER, MAX_CPUS, MEMCG_LEVELS, RSS_LAYOUT_ATOMIC, RSS_LAYOUT_PERCPU,
     },
     Config, DomainCounters, MemLayout, VictimMmEvent,
 };
@@ -115,6 +115,8 @@ pub fn domain_counters(cfg: &Config, tid: u32, out: *mut DomainCounters) {
         (*out).depth = 0;
         (*out).failcnt_delta = [0; MEMCG_LEVELS];
         (*out).oom_delta = [0; MEMCG_LEVELS];
+        (*out).max_pages = [0; MEMCG_LEVELS];
+        (*out).usage_pages = [0; MEMCG_LEVELS];
     }
     let Some(lay) = layout() else { return };
     if !counters_present(cfg, lay) {
@@ -128,6 +130,10 @@ pub fn domain_counters(cfg: &Config, tid: u32, out: *mut DomainCounters) {
         return;
     };
     let mut flags = DOMAIN_BASELINE;
+    let page_counter = present(lay.memcg_max) && present(lay.memcg_usage);
+    if page_counter {
+        flags |= DOMAIN_PAGE_COUNTER;
+    }
     let mut depth = 0u32;
     for i in 0..MEMCG_LEVELS {
         if css.is_null() {
@@ -150,6 +156,14 @@ pub fn domain_counters(cfg: &Config, tid: u32, out: *mut DomainCounters) {
             (*out).failcnt_delta[i] = fd;
             (*out).oom_delta[i] = od;
         }
+        if page_counter {
+            // The limit as it fired: read after the kill, a limit changed within milliseconds
+            // of it (an operator, the kubelet's restart) would be read instead.
+            unsafe {
+                (*out).max_pages[i] = read_u64(memcg, lay.memcg_max).unwrap_or(0);
+                (*out).usage_pages[i] = read_u64(memcg, lay.memcg_usage).unwrap_or(0);
+            }
+        }
         depth = i as u32 + 1;
         css = parent;
     }
@@ -157,6 +171,36 @@ pub fn domain_counters(cfg: &Config, tid: u32, out: *mut DomainCounters) {
         (*out).flags = flags;
         (*out).depth = depth;
     }
+}
+
+/// The OOM domain's `page_counter` (`memcg->memory`) into `ev`, at `oom_kill_process`: the
+/// limit that fired and the charge at it, before the victim's memory is uncharged. Returns
+/// `OC_DOMAIN_*` bits for what was read.
+#[inline(always)]
+pub unsafe fn domain_page_counter(memcg: *const u8, ev: *mut probe_common::OomControlEvent) -> u32 {
+    let Some(lay) = layout() else { return 0 };
+    let mut flags = 0;
+    if present(lay.memcg_max) && present(lay.memcg_usage) {
+        if let (Ok(max), Ok(usage)) = unsafe {
+            (
+                read_u64(memcg, lay.memcg_max),
+                read_u64(memcg, lay.memcg_usage),
+            )
+        } {
+            unsafe {
+                (*ev).domain_max_pages = max;
+                (*ev).domain_usage_pages = usage;
+            }
+            flags |= probe_common::OC_DOMAIN_COUNTERS;
+        }
+    }
+    if present(lay.memcg_watermark) {
+        if let Ok(w) = unsafe { read_u64(memcg, lay.memcg_watermark) } {
+            unsafe { (*ev).domain_watermark_pages = w };
+            flags |= probe_common::OC_DOMAIN_WATERMARK;
+        }
+    }
+    flags
 }
 
 /// Reads a pointer-typed value through memory, so the verifier sees a plain number (privileged
@@ -368,5 +412,7 @@ pub fn domain_counters_none(out: *mut DomainCounters) {
         (*out).depth = 0;
         (*out).failcnt_delta = [0; MEMCG_LEVELS];
         (*out).oom_delta = [0; MEMCG_LEVELS];
+        (*out).max_pages = [0; MEMCG_LEVELS];
+        (*out).usage_pages = [0; MEMCG_LEVELS];
     }
 }

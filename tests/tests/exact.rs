@@ -62,6 +62,11 @@ impl Pod {
     }
 }
 
+fn page_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}
+
 /// The kill record of `victim`, checked to be a memcg OOM kill whose domain the kernel's
 /// `memory.failcnt` decided.
 fn oom_record(agent: &Agent, victim: u64, trigger: u64, domain: &ScratchCgroup) -> Value {
@@ -72,6 +77,23 @@ fn oom_record(agent: &Agent, victim: u64, trigger: u64, domain: &ScratchCgroup) 
         .domain_path(domain.path.as_str());
     let rec = kill.0;
     assert_eq!(rec["oom"]["evidence"], "memory.failcnt", "{rec}");
+    // The domain's limit and charge as the kernel had them at the SIGKILL, before the victim's
+    // memory was uncharged: the charge that failed left less than a charge batch
+    // (MEMCG_CHARGE_BATCH, 64 pages) below the limit.
+    let d = &rec["oom"]["domain"];
+    assert_eq!(d["source"], "page_counter", "{rec}");
+    let (limit, usage) = (
+        d["limit_bytes"].as_u64().unwrap(),
+        d["usage_bytes"].as_u64().unwrap(),
+    );
+    eprintln!(
+        "domain {} at the kill: usage {usage} of {limit} B",
+        domain.path
+    );
+    assert!(
+        limit.saturating_sub(usage) <= 64 * page_bytes(),
+        "usage {usage} of {limit}: {rec}"
+    );
     rec
 }
 

@@ -64,9 +64,13 @@ domain_check() {
     name=$1; pid=$2; dom=$3
     l=$(wait_line /tmp/agent.out 60 "\"victim\":\\{\"pid\":$pid,")
     k=$(wait_line /tmp/agentk.out 60 "\"victim\":\\{\"pid\":$pid,")
+    # The limit that fired, as the kernel's page_counter had it at the kill (memory.max).
+    lim=$(cat $CG$dom/memory.max)
+    at_kill="\"limit_bytes\":$lim,.*\"source\":\"page_counter\""
     if echo "$l" | grep -q "\"domain\":{\"path\":\"$dom\"" && echo "$l" | grep -q '"evidence":"memory.events.local"' \
-       && echo "$k" | grep -q "\"domain\":{\"path\":\"$dom\"" && echo "$k" | grep -q '"evidence":"oom_control"'; then
-        result $name PASS "domain $dom (memory.events.local oom $(keyed $CG$dom/memory.events.local oom)), both tiers"
+       && echo "$k" | grep -q "\"domain\":{\"path\":\"$dom\"" && echo "$k" | grep -q '"evidence":"oom_control"' \
+       && echo "$l" | grep -q "$at_kill" && echo "$k" | grep -q "$at_kill"; then
+        result $name PASS "domain $dom (memory.events.local oom $(keyed $CG$dom/memory.events.local oom)), limit $lim B from page_counter, both tiers"
     else
         result $name FAIL "tracepoint: $(echo "$l" | cut -c1-900) kprobe: $(echo "$k" | cut -c1-900)"
     fi

@@ -278,11 +278,16 @@ impl<N: Node> Correlator<N> {
         self.cache_cleared += bound_cache(&mut self.oc_by_trigger);
         let key = trigger.clone().or(victim_cg.clone()).unwrap_or_default();
         // The kernel's counters (tracepoint tier): the level of the trigger's chain whose
-        // failcnt / OOM count rose is the domain.
+        // failcnt / OOM count rose is the domain, and its page counter at the SIGKILL.
         let counted = match (&oc, p.signal.as_ref(), self.node.hierarchy_version()) {
             (None, Some(s), Some(version)) if !s.sender_memcg.truncated => {
                 match (s.sender_memcg.path.as_deref(), s.domain_counters.as_ref()) {
-                    (Some(path), Some(d)) => crate::domain::from_counters(path, d, version),
+                    (Some(path), Some(d)) => {
+                        crate::domain::from_counters(path, d, version).map(|c| {
+                            let at_kill = d.counters.get(c.level).copied();
+                            (c, at_kill)
+                        })
+                    }
                     _ => None,
                 }
             }
@@ -290,17 +295,43 @@ impl<N: Node> Correlator<N> {
         };
         p.domain_evidence = None;
         p.domain = match &oc {
-            // The kernel said which cgroup's limit fired: read that one.
+            // The kernel said which cgroup's limit fired: that one, its limit and charge as
+            // `oom_kill_process` found them (the files for the rest).
             Some(oc) => oc
                 .domain
                 .path
                 .as_deref()
                 .filter(|_| oc.constraint == Ok(OomConstraint::Memcg))
-                .and_then(|path| self.node.memcg_state(path)),
+                .and_then(|path| {
+                    let files = self.node.memcg_state(path);
+                    match oc.domain_counter {
+                        Some(c) => Some(MemcgState::at_kill(
+                            path,
+                            files,
+                            c.max_pages,
+                            c.usage_pages,
+                            c.watermark_pages,
+                            page_bytes(),
+                        )),
+                        None => files,
+                    }
+                }),
             None if counted.is_some() => {
-                let (path, evidence) = counted.clone().unwrap_or_default();
-                p.domain_evidence = Some(evidence);
-                self.node.memcg_state(&path)
+                let (c, at_kill) = counted.clone().unwrap_or_default();
+                p.domain_evidence = Some(c.evidence);
+                let files = self.node.memcg_state(&c.path);
+                match at_kill {
+                    // A failed read leaves 0 pages: no limit of 0 is taken from it.
+                    Some(k) if k.max_pages > 0 => Some(MemcgState::at_kill(
+                        &c.path,
+                        files,
+                        k.max_pages,
+                        k.usage_pages,
+                        None,
+                        page_bytes(),
+                    )),
+                    _ => files,
+                }
             }
             None => match self.domain_cache.get(&key) {
                 Some((at, d)) if v.ktime_ns.saturating_sub(*at) < DOMAIN_CACHE_NS => d.clone(),
@@ -638,14 +669,20 @@ fn event_ktime(ev: &Event) -> u64 {
     }
 }
 
+/// The kernel's page size in bytes (`sysconf(_SC_PAGESIZE)`; 4096 if it fails).
+pub(crate) fn page_bytes() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(size).ok().filter(|&b| b > 0).unwrap_or(4096)
+    })
+}
+
 /// Pages (a kernel RSS counter, which a per-CPU sum can leave briefly negative) to KiB.
 pub(crate) fn pages_kb(pages: i64) -> u64 {
     static PAGE_KB: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let page_kb = *PAGE_KB.get_or_init(|| {
-        // SAFETY: sysconf has no preconditions.
-        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        u64::try_from(size).map_or(4, |b| (b / 1024).max(1))
-    });
+    let page_kb = *PAGE_KB.get_or_init(|| (page_bytes() / 1024).max(1));
     u64::try_from(pages).unwrap_or(0).saturating_mul(page_kb)
 }
 

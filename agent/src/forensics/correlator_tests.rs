@@ -47,6 +47,7 @@ fn state(path: &str, limit_mib: u64) -> MemcgState {
         failcnt: None,
         oom_events: None,
         oom_group: Some(false),
+        source: "cgroup_files",
     }
 }
 
@@ -115,6 +116,7 @@ fn domain_decided_by_the_kernels_counters_not_usage() {
     s.domain_counters = Some(crate::kernel::events::DomainDeltas {
         failcnt: vec![0, 56],
         oom: vec![0, 1],
+        counters: Vec::new(),
     });
     c.on_event(Event::Signal(s));
     c.on_event(Event::OomVictim(victim(7, 7, 20_000)));
@@ -125,6 +127,85 @@ fn domain_decided_by_the_kernels_counters_not_usage() {
     assert_eq!(oom.domain.map(|d| d.path), Some("/pod".to_string()));
     assert_eq!(oom.evidence, "memory.failcnt");
     assert_eq!(oom.group, None);
+}
+
+#[test]
+fn the_domains_limit_is_the_kernels_at_the_kill_not_the_files_after() {
+    // The kubelet's cgroup: the limit fired at 38 MiB, then (within milliseconds, before the
+    // agent read the files) it was raised to 1 GiB and the victim's memory uncharged.
+    let raised = MemcgState {
+        limit_bytes: Some(1 << 30),
+        usage_bytes: Some(2 << 20),
+        ..state("/kubelet", 1024)
+    };
+    let at_kill = |max_pages: u64| {
+        let mut s = signal(7, SiCode::KERNEL, 7, ReclaimKind::Memcg, 10_000);
+        s.sender_memcg = cg("/kubelet");
+        s.domain_counters = Some(crate::kernel::events::DomainDeltas {
+            failcnt: vec![99],
+            oom: vec![1],
+            counters: vec![crate::kernel::events::PageCounterReading {
+                max_pages,
+                usage_pages: (38 << 20) / page_bytes(),
+                watermark_pages: None,
+            }],
+        });
+        s
+    };
+    for (files, max_pages, limit, usage, source) in [
+        // Read in the kernel: the limit that fired, the charge at it.
+        (
+            Some(raised.clone()),
+            (38 << 20) / page_bytes(),
+            Some(38 << 20),
+            Some(38 << 20),
+            "page_counter",
+        ),
+        // The cgroup already gone: the kernel's reading alone.
+        (
+            None,
+            (38 << 20) / page_bytes(),
+            Some(38 << 20),
+            Some(38 << 20),
+            "page_counter",
+        ),
+        // No limit (PAGE_COUNTER_MAX) reads as none, as the files say.
+        (
+            Some(raised.clone()),
+            (i64::MAX as u64) / page_bytes(),
+            None,
+            Some(38 << 20),
+            "page_counter",
+        ),
+        // A failed read (0 pages): the files.
+        (
+            Some(raised.clone()),
+            0,
+            Some(1 << 30),
+            Some(2 << 20),
+            "cgroup_files",
+        ),
+    ] {
+        let node = Recorded {
+            cgroups: files.into_iter().collect(),
+            version: Some(1),
+            ..Default::default()
+        };
+        let mut c = Correlator::new(node, Clock::with_offset(0));
+        c.on_event(Event::Signal(at_kill(max_pages)));
+        c.on_event(Event::OomVictim(victim(7, 7, 20_000)));
+        let r = c
+            .on_event(Event::Exit(exit(7, 10_000, 30_000, "/kubelet")))
+            .unwrap();
+        let oom = r.oom.unwrap();
+        assert_eq!(oom.evidence, "memory.failcnt");
+        let d = oom.domain.expect("domain");
+        assert_eq!(d.path, "/kubelet");
+        assert_eq!(
+            (d.limit_bytes, d.usage_bytes, d.source),
+            (limit, usage, source)
+        );
+    }
 }
 
 #[test]
@@ -145,6 +226,7 @@ fn group_kill_records_name_the_group_and_the_chosen_victim() {
         s.domain_counters = Some(crate::kernel::events::DomainDeltas {
             failcnt: vec![0, 40],
             oom: vec![0, 1],
+            counters: Vec::new(),
         });
         c.on_event(Event::Signal(s));
         c.on_event(Event::VictimMm(mm(pid, t + dt, "/pod/ctr", 0b01)));
@@ -327,6 +409,7 @@ fn memcg_oom_without_reclaim_mark_uses_limits() {
         failcnt: Some(3),
         oom_events: None,
         oom_group: None,
+        source: "cgroup_files",
     };
     let node = Recorded {
         domain: Some(domain.clone()),

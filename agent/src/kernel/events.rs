@@ -113,6 +113,10 @@ pub struct SignalRecord {
 pub struct DomainDeltas {
     pub failcnt: Vec<u32>,
     pub oom: Vec<u32>,
+    /// Per level, `page_counter.max` and `.usage` of `mem_cgroup.memory` at the SIGKILL (the
+    /// limit as it fired, the charge before the victim's memory is uncharged); empty where
+    /// the kernel's BTF lacks them.
+    pub counters: Vec<PageCounterReading>,
 }
 
 impl DomainDeltas {
@@ -121,9 +125,21 @@ impl DomainDeltas {
             return None;
         }
         let depth = (raw.depth as usize).min(probe_common::exact::MEMCG_LEVELS);
+        let counters = if raw.flags & probe_common::exact::DOMAIN_PAGE_COUNTER != 0 {
+            (0..depth)
+                .map(|i| PageCounterReading {
+                    max_pages: raw.max_pages[i],
+                    usage_pages: raw.usage_pages[i],
+                    watermark_pages: None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Some(DomainDeltas {
             failcnt: raw.failcnt_delta[..depth].to_vec(),
             oom: raw.oom_delta[..depth].to_vec(),
+            counters,
         })
     }
 }
@@ -203,6 +219,21 @@ pub struct OomControlRecord {
     pub totalpages: u64,
     pub chosen_points: i64,
     pub domain: KernelCgroup,
+    /// The domain's `page_counter` (`oc->memcg->memory`) read in the kernel at
+    /// `oom_kill_process`, before the victim's memory is uncharged; `None` where BTF lacks the
+    /// offsets or the read failed.
+    pub domain_counter: Option<PageCounterReading>,
+}
+
+/// A memory cgroup's `page_counter` in pages, as the kernel held it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCounterReading {
+    /// `page_counter.max`: the limit (`PAGE_COUNTER_MAX` when there is none).
+    pub max_pages: u64,
+    /// `page_counter.usage`: what is charged.
+    pub usage_pages: u64,
+    /// `page_counter.watermark`: the highest usage since it was last reset.
+    pub watermark_pages: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,6 +382,14 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 totalpages: e.totalpages,
                 chosen_points: e.chosen_points,
                 domain: KernelCgroup::from_raw(&e.domain),
+                domain_counter: (e.flags & probe_common::OC_DOMAIN_COUNTERS != 0).then(|| {
+                    PageCounterReading {
+                        max_pages: e.domain_max_pages,
+                        usage_pages: e.domain_usage_pages,
+                        watermark_pages: (e.flags & probe_common::OC_DOMAIN_WATERMARK != 0)
+                            .then_some(e.domain_watermark_pages),
+                    }
+                }),
             }))
         }
         EventKind::VictimMm => {

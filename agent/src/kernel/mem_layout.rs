@@ -47,6 +47,16 @@ pub fn mem_layout(btf: &Btf, nr_cpus: u32) -> MemLayout {
         or_absent(btf.member_offset("mem_cgroup", "memory")),
         or_absent(btf.member_offset("page_counter", "failcnt")),
     );
+    let memory = or_absent(btf.member_offset("mem_cgroup", "memory"));
+    l.memcg_usage = add(
+        memory,
+        or_absent(btf.member_offset("page_counter", "usage")),
+    );
+    l.memcg_max = add(memory, or_absent(btf.member_offset("page_counter", "max")));
+    l.memcg_watermark = add(
+        memory,
+        or_absent(btf.member_offset("page_counter", "watermark")),
+    );
     let oom_event = index(btf.enum_value("MEMCG_OOM"));
     l.memcg_oom_local = add(
         or_absent(btf.member_offset("mem_cgroup", "memory_events_local")),
@@ -106,6 +116,9 @@ mod tests {
         for (name, v) in [
             ("css_parent", l.css_parent),
             ("memcg_failcnt", l.memcg_failcnt),
+            ("memcg_usage", l.memcg_usage),
+            ("memcg_max", l.memcg_max),
+            ("memcg_watermark", l.memcg_watermark),
             ("memcg_oom_local", l.memcg_oom_local),
             ("memcg_oom_group", l.memcg_oom_group),
             ("task_mm", l.task_mm),

@@ -46,8 +46,9 @@ use crate::{
 /// What the readers hand to the agent's loop, in the order they read it.
 #[derive(Debug)]
 pub enum Item {
-    /// One decoded record and when userspace read it (CLOCK_MONOTONIC ns).
-    Record(Result<Event, DecodeError>, u64),
+    /// One decoded record and when userspace read it (CLOCK_MONOTONIC ns). Boxed: a record is
+    /// a few hundred bytes, a quiet mark 8.
+    Record(Box<Result<Event, DecodeError>>, u64),
     /// The ring was drained: every record whose kernel timestamp (CLOCK_MONOTONIC ns) is below
     /// this came before this mark.
     Quiet(u64),
@@ -214,7 +215,7 @@ fn read_loop(
                     tracing::warn!(error = %e, "cannot record a ring record");
                 }
             }
-            let msg = Item::Record(events::decode(&item), seen);
+            let msg = Item::Record(Box::new(events::decode(&item)), seen);
             drop(item);
             // A full channel blocks this reader (the others wait on the lock), so records
             // wait in the ring, not in memory, and none is dropped here.

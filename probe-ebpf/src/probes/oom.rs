@@ -134,7 +134,10 @@ fn try_kprobe_oom_kill_process(ctx: &aya_ebpf::programs::ProbeContext) -> Result
         } else {
             0
         };
-        (*ev)._pad = 0;
+        (*ev).flags = 0;
+        (*ev).domain_max_pages = 0;
+        (*ev).domain_usage_pages = 0;
+        (*ev).domain_watermark_pages = 0;
         (*ev).totalpages = if present(cfg.oc_totalpages) {
             aya_ebpf::helpers::bpf_probe_read_kernel(
                 oc.add(cfg.oc_totalpages as usize) as *const u64
@@ -160,6 +163,9 @@ fn try_kprobe_oom_kill_process(ctx: &aya_ebpf::programs::ProbeContext) -> Result
             if css_path(cfg, memcg.add(cfg.memcg_css as usize), domain).is_err() {
                 count(Counter::ReadFailed);
             }
+        }
+        if !memcg.is_null() {
+            (*ev).flags = crate::exact::domain_page_counter(memcg, ev);
         }
     }
     entry.submit(BPF_RB_FORCE_WAKEUP);
