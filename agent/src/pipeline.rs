@@ -128,6 +128,8 @@ pub struct Pipeline<K: Kernel = Probes, N: Node = LiveNode> {
     records: Vec<KillRecord>,
     kubelet_execs: Vec<(u32, u64)>,
     memcg_events: Vec<MemcgEvent>,
+    /// The kubelet thrashing at its cgroup's limit (no kill coming), from each sample.
+    thrash: crate::memcg_events::KubeletThrash,
     stage_events: Vec<StageEvent>,
     kills: u64,
     /// A sample's blocking task is running, since (CLOCK_MONOTONIC ns).
@@ -208,6 +210,7 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
             records: Vec::new(),
             kubelet_execs: Vec::new(),
             memcg_events: Vec::new(),
+            thrash: Default::default(),
             stage_events: Vec::new(),
             kills: 0,
             sampling: None,
@@ -341,8 +344,19 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
         }
         if let Some(pid) = pid {
             let now = kubelet_now(pid, Some(&ev), &self.tracker, &self.probes);
-            self.stage_events
-                .extend(self.cycle.on_sample(monotonic_ns(), now));
+            let ktime = monotonic_ns();
+            if let (Some(cgroup), Some(faults)) = (ev.kubelet_cgroup.as_deref(), major_faults(pid))
+            {
+                self.memcg_events.extend(self.thrash.observe(
+                    cgroup,
+                    pid,
+                    ktime,
+                    faults,
+                    ev.kubelet_cgroup_bytes,
+                    ev.kubelet_limit_bytes,
+                ));
+            }
+            self.stage_events.extend(self.cycle.on_sample(ktime, now));
         }
         if self.emit_samples {
             self.out.push(Output::Sample(ev));
@@ -702,6 +716,14 @@ impl LiveInputs {
 }
 
 /// What the cycle stage machine needs of the kubelet now.
+/// `/proc/<pid>/stat` majflt: the process's major page faults since it started.
+fn major_faults(pid: u32) -> Option<u64> {
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .and_then(|p| p.stat())
+        .ok()?;
+    Some(stat.majflt)
+}
+
 fn kubelet_now(
     pid: u32,
     sample: Option<&SampleEvent>,

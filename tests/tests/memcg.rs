@@ -49,3 +49,61 @@ fn kubelet_cgroup_reclaim_pressure_and_oom_are_events() {
                 .is_some_and(|k| k.starts_with("pressure_"))
     });
 }
+
+/// The kubelet thrashing at its cgroup's limit: the C stand-in reads a 64 MiB file through a
+/// mapping, one page at a time, over and over, under a 16 MiB limit. The kernel reclaims the
+/// pages it charged and the next pass reads them back (major faults); nothing is OOM-killed.
+/// The agent names it (`thrashing`) from the kubelet's own major-fault count and its cgroup at
+/// the limit, without a kill record; the count is the kernel's (`/proc/<pid>/stat` majflt).
+#[test]
+fn kubelet_thrashing_at_its_limit_is_named_without_a_kill() {
+    let agent = Agent::builder().args(&["--sample-interval", "1"]).start();
+    let cg = ScratchCgroup::create(&cgroup_name("thrash"), Some(16 * MIB)).unwrap();
+    // On disk (not /tmp, which may be tmpfs: shmem pages cannot be reclaimed without swap).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("thrash-{}.bin", std::process::id()));
+    oomprobe_tests::remove_at_exit(file.clone());
+    std::fs::write(&file, vec![0xa5u8; 64 * MIB as usize]).unwrap();
+    let mut k = spawn_path_in(
+        &cg,
+        &standin_kubelet("c"),
+        &["-thrash-file", file.to_str().unwrap()],
+    );
+    let first = k.read_until("{");
+    assert!(
+        first.iter().any(|l| l.contains("thrash_bytes")),
+        "{first:?}"
+    );
+    let pid = k.pid();
+    let path = cg.path.clone();
+    let ev = agent.wait_for_event(Duration::from_secs(30), "thrashing", |v| {
+        v["event"] == "memcg" && v["cgroup"] == path.as_str() && v["kind"] == "thrashing"
+    });
+    let majflt: u64 = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(9)?.parse().ok())
+        .expect("majflt");
+    let count = ev["count"].as_u64().unwrap();
+    eprintln!("{ev}; the kernel's majflt now {majflt}");
+    // At least the threshold's rate over the 1 s between samples, at most what the kernel
+    // counted for the process by now.
+    assert!(
+        count >= 50 && count <= majflt,
+        "count {count}, majflt {majflt}: {ev}"
+    );
+    assert!(
+        ev["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("kubelet pid {pid}: ")),
+        "{ev}"
+    );
+    // No kill: the kernel's own count, the process alive, no kill record.
+    assert_eq!(cg.oom_kills(), 0);
+    assert!(k.0.try_wait().unwrap().is_none(), "the stand-in runs on");
+    let kills = agent.kills(|k| k.0["victim"]["pid"].as_u64() == Some(u64::from(pid)));
+    assert!(kills.is_empty(), "a kill record of the stand-in");
+}
