@@ -2034,7 +2034,6 @@ const CYCLE_MAX_WAVES: usize = 4;
 /// --act-confirm` and deploy/'s RBAC the agent cordons the real node exactly once, after the
 /// flapping (second) kill, as a watch of the node on the API server sees it.
 #[test]
-#[ignore = "not yet deterministic: since the lab keeps the kubelet's binary and log cache out of its cgroup, 17 of 20 runs passed (CI's included); two failures were the limit read after the test raised it (fixed: the raise waits for the agent's record; 11 of 12 runs since), one the survivor's recovery not seen in 120 s (undiagnosed; the failure now prints what the agent and supervisor saw); run with --ignored"]
 fn lab_kubelet_oom_cycle_storm_reoom_and_recovery() {
     let lab = lab();
     let dir = kubelet_memcg(&lab);
