@@ -19,9 +19,13 @@ use crate::cgroup::Hierarchy;
 /// A memory cgroup event (`Output::Memcg` in the JSON stream).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MemcgEvent {
+    /// When the agent had it: UTC, RFC 3339 with nanoseconds (the wall clock).
+    pub time: String,
     /// Cgroup path, or `/` with `scope` node for node-wide PSI.
     pub cgroup: String,
-    /// `oom`, `oom_kill`, `max`, `high`, `pressure_low|medium|critical`, `psi`, `reclaim`.
+    /// `oom`, `oom_kill`, `max`, `high`, `oom_group_kill` (v2 `memory.events`),
+    /// `pressure_medium`, `pressure_critical` (v1 `memory.pressure_level`), `psi`, `reclaim`,
+    /// `thrashing`.
     pub kind: String,
     /// How many since the last event of this kind (or the kernel's counter where it has one).
     pub count: u64,
@@ -30,6 +34,7 @@ pub struct MemcgEvent {
 
 fn event(cgroup: &str, kind: &str, count: u64, detail: String) -> MemcgEvent {
     MemcgEvent {
+        time: crate::clock::rfc3339(time::OffsetDateTime::now_utc()),
         cgroup: cgroup.to_string(),
         kind: kind.to_string(),
         count,

@@ -215,6 +215,7 @@ mod tests {
     #[test]
     fn the_tag_comes_first_then_the_record() {
         let memcg = Output::Memcg(MemcgEvent {
+            time: "2026-11-30T07:29:28.719774736Z".into(),
             cgroup: "/kubepods".into(),
             kind: "oom_kill".into(),
             count: 2,
@@ -222,7 +223,7 @@ mod tests {
         });
         assert_eq!(
             memcg.json(),
-            r#"{"event":"memcg","cgroup":"/kubepods","kind":"oom_kill","count":2,"detail":"2 OOM kills"}"#
+            r#"{"event":"memcg","time":"2026-11-30T07:29:28.719774736Z","cgroup":"/kubepods","kind":"oom_kill","count":2,"detail":"2 OOM kills"}"#
         );
         let action = Output::Action(ActionEvent {
             action: "cordon",
@@ -236,6 +237,7 @@ mod tests {
             r#"{"event":"action","action":"cordon","node":"n1","dry_run":true,"ok":true,"detail":"would PATCH"}"#
         );
         let start = Output::KubeletStart(KubeletStart {
+            time: "2026-11-30T07:29:30.000000001Z".into(),
             pid: 7,
             exe: "/usr/bin/kubelet".into(),
             previous_pid: Some(6),
@@ -244,7 +246,7 @@ mod tests {
         });
         assert_eq!(
             start.json(),
-            r#"{"event":"kubelet_start","pid":7,"exe":"/usr/bin/kubelet","previous_pid":6,"previous_end":"oom_memcg","restarts":1}"#
+            r#"{"event":"kubelet_start","time":"2026-11-30T07:29:30.000000001Z","pid":7,"exe":"/usr/bin/kubelet","previous_pid":6,"previous_end":"oom_memcg","restarts":1}"#
         );
         assert!(matches!(memcg.text(), Text::Log));
         assert!(matches!(start.text(), Text::Log));

@@ -17,6 +17,7 @@ mod oom_kills;
 
 #[derive(Debug, clap::Args)]
 pub struct DiagnoseArgs {
+    /// Output format: one line per check, text or a JSON object.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
     /// The kubelet's process name; as the kernel keeps process names, only its first 15

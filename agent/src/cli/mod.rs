@@ -102,7 +102,7 @@ pub fn parse_url(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         return Err("a URL cannot be empty (leave the flag out instead)".into());
     }
-    let hint = "an http or https URL, e.g. https://10.0.0.1:10250/metrics";
+    let hint = "an http or https URL, e.g. https://10.0.0.1:6443 (--kube-api) or https://10.0.0.1:10250/metrics (--kubelet-metrics)";
     let url = reqwest::Url::parse(s.trim())
         .map_err(|e| format!("not a URL ({e}; the value is not shown): {hint}"))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -379,7 +379,7 @@ mod tests {
         }
         assert_eq!(
             parse_url("not a url"),
-            Err("not a URL (relative URL without a base; the value is not shown): an http or https URL, e.g. https://10.0.0.1:10250/metrics".into())
+            Err("not a URL (relative URL without a base; the value is not shown): an http or https URL, e.g. https://10.0.0.1:6443 (--kube-api) or https://10.0.0.1:10250/metrics (--kubelet-metrics)".into())
         );
         assert_eq!(
             parse_url("ftp://u:secret@host/x?token=abc"),

@@ -11,6 +11,7 @@ use crate::kubelet::symbols::{Binary, ProbePoint, SymbolError};
 pub struct ProbePointsArgs {
     /// The kubelet (or any) binary to inspect.
     pub binary: PathBuf,
+    /// Output format: one line per probe point (text) or one JSON object per line.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
 }

@@ -14,6 +14,7 @@ pub struct ReplayArgs {
     /// `time,kubelet_rss_bytes,pods` (see the README for optional columns), plain or
     /// gzip-compressed; told apart by content.
     pub file: PathBuf,
+    /// Output format: one line per verdict (text) or one JSON object per line.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
     /// Seconds of series between evaluations, 60 to 31622400 (366 days).

@@ -228,6 +228,8 @@ pub struct KubeletReport {
 /// A kubelet (re)start (`Output::KubeletStart` in the JSON stream).
 #[derive(Debug, Clone, Serialize)]
 pub struct KubeletStart {
+    /// When the agent adopted it: UTC, RFC 3339 with nanoseconds (the wall clock).
+    pub time: String,
     pub pid: u32,
     pub exe: String,
     pub previous_pid: Option<u32>,
@@ -682,6 +684,7 @@ impl Tracker {
         }
         tracing::info!(pid, exe = %exe.display(), restarts = self.restarts, "following kubelet");
         Some(KubeletStart {
+            time: crate::clock::rfc3339(time::OffsetDateTime::now_utc()),
             pid,
             exe: exe.display().to_string(),
             previous_pid,
