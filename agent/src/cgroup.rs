@@ -269,7 +269,8 @@ impl MemcgState {
     /// `path`'s state with the kernel's `page_counter` reading (pages of `page_bytes`) over the
     /// files' limit and usage (`files`: what the cgroup's files said, `None` when the cgroup is
     /// gone): the limit and the charge as they were at the kill. `max_pages` at
-    /// `PAGE_COUNTER_MAX` (no limit) reads as no limit, as the files do.
+    /// `PAGE_COUNTER_MAX` (no limit) reads as no limit, as the files do; a negative
+    /// `usage_pages` (the kernel's signed counter read mid-underflow) as no usage known.
     pub fn at_kill(
         path: &str,
         files: Option<MemcgState>,
@@ -290,7 +291,9 @@ impl MemcgState {
         });
         let limit = max_pages.saturating_mul(page_bytes);
         s.limit_bytes = (limit < V1_UNLIMITED_ABOVE).then_some(limit);
-        s.usage_bytes = Some(usage_pages.saturating_mul(page_bytes));
+        // `usage` is an `atomic_long_t`: read negative (an uncharge underflow), it is unknown.
+        s.usage_bytes =
+            (usage_pages <= i64::MAX as u64).then(|| usage_pages.saturating_mul(page_bytes));
         if let Some(w) = watermark_pages {
             s.peak_bytes = Some(w.saturating_mul(page_bytes));
         }
@@ -366,6 +369,29 @@ mod tests {
             (d.path.as_str(), d.usage_bytes),
             ("/kubepods/pod1", Some(u64::MAX))
         );
+    }
+
+    /// `page_counter.usage` is an `atomic_long_t`: a kernel that uncharges more than it charged
+    /// (its "page_counter underflow" warning) leaves it briefly negative, and a read in that
+    /// window is a huge u64. That is no usage of 16 EiB: unknown. The limit (`unsigned long`
+    /// `max`) at PAGE_COUNTER_MAX reads as none on every page size; u64::MAX pages too.
+    #[test]
+    fn a_negative_page_counter_usage_is_unknown_not_16_eib() {
+        let s = MemcgState::at_kill("/k", None, 8192, (-3i64) as u64, Some(8192), 4096);
+        assert_eq!(s.limit_bytes, Some(32 << 20));
+        assert_eq!(s.usage_bytes, None);
+        assert_eq!(s.peak_bytes, Some(32 << 20));
+        assert_eq!(s.source, SOURCE_PAGE_COUNTER);
+        for page in [4096u64, 16384, 65536] {
+            let max = i64::MAX as u64 / page;
+            let s = MemcgState::at_kill("/k", None, max, 1, None, page);
+            assert_eq!((s.limit_bytes, s.usage_bytes), (None, Some(page)), "{page}");
+            // One page under PAGE_COUNTER_MAX is still no limit a cgroup can be given.
+            let s = MemcgState::at_kill("/k", None, max - 1, 1, None, page);
+            assert_eq!(s.limit_bytes, None, "{page}");
+            let s = MemcgState::at_kill("/k", None, u64::MAX, 0, None, page);
+            assert_eq!((s.limit_bytes, s.usage_bytes), (None, Some(0)));
+        }
     }
 
     #[test]

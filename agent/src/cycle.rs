@@ -434,12 +434,9 @@ impl Cycle {
                 .oom
                 .as_ref()
                 .and_then(|o| o.domain.as_ref())
-                .map(|d| {
-                    format!(
-                        "{} ({} MiB limit)",
-                        d.path,
-                        d.limit_bytes.unwrap_or(0) >> 20
-                    )
+                .map(|d| match d.limit_bytes {
+                    Some(l) => format!("{} ({} MiB limit)", d.path, l >> 20),
+                    None => format!("{} (its limit not read)", d.path),
                 })
                 .unwrap_or_else(|| "node memory".into());
             let stage = if reoom {

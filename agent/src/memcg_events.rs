@@ -563,8 +563,11 @@ impl Watcher {
 pub const THRASH_FAULTS_PER_S: f64 = 50.0;
 /// Usage over limit at or above which the kubelet's cgroup counts as at its limit.
 pub const THRASH_AT_LIMIT: f64 = 0.95;
-/// While thrashing goes on, one event at most this often (ns).
+/// While thrashing goes on, one event at most this often (ns), whatever the kubelet's pid.
 pub const THRASH_EVERY_NS: u64 = 60_000_000_000;
+/// The shortest time the fault rate is taken over (ns; the shortest `--sample-interval`): a
+/// sample sooner than this after the last keeps the last as the baseline.
+pub const THRASH_MIN_WINDOW_NS: u64 = 1_000_000_000;
 
 /// The kubelet thrashing in its own memory cgroup: at its limit, it takes major page faults
 /// (its binary's text and the files it reads, reclaimed from its cgroup and read back from
@@ -576,8 +579,8 @@ pub const THRASH_EVERY_NS: u64 = 60_000_000_000;
 pub struct KubeletThrash {
     /// The last sample: (pid, CLOCK_MONOTONIC ns, `/proc/<pid>/stat` majflt).
     last: Option<(u32, u64, u64)>,
-    /// The last event's time and the kubelet's majflt then.
-    reported: Option<(u64, u64)>,
+    /// The last event's time, and the kubelet's pid and majflt then.
+    reported: Option<(u64, u32, u64)>,
 }
 
 impl KubeletThrash {
@@ -585,9 +588,11 @@ impl KubeletThrash {
     /// process's major page faults since it started) and its memory cgroup (`usage_bytes`,
     /// `limit_bytes`: v1 `memory.usage_in_bytes`/`memory.limit_in_bytes`, v2
     /// `memory.current`/`memory.max`). An event of kind `thrashing` when, since the previous
-    /// sample of the same process, it took at least [`THRASH_FAULTS_PER_S`] major faults a
-    /// second with its cgroup at [`THRASH_AT_LIMIT`] of its limit or above; `count` is the
-    /// major faults since the last event (or since the previous sample for the first).
+    /// sample of the same process (at least [`THRASH_MIN_WINDOW_NS`] before), it took at least
+    /// [`THRASH_FAULTS_PER_S`] major faults a second with its cgroup at [`THRASH_AT_LIMIT`] of
+    /// its limit or above, and no event came in the last [`THRASH_EVERY_NS`] (a restarted
+    /// kubelet included); `count` is the major faults since the last event (since the previous
+    /// sample for the first of a process).
     pub fn observe(
         &mut self,
         cgroup: &str,
@@ -597,10 +602,14 @@ impl KubeletThrash {
         usage_bytes: Option<u64>,
         limit_bytes: Option<u64>,
     ) -> Option<MemcgEvent> {
+        if let Some((lpid, lt, _)) = self.last {
+            if lpid == pid && (lt..lt.saturating_add(THRASH_MIN_WINDOW_NS)).contains(&ktime_ns) {
+                return None;
+            }
+        }
         let last = self.last.replace((pid, ktime_ns, major_faults));
         let (lpid, lt, lf) = last?;
         if lpid != pid {
-            self.reported = None;
             return None;
         }
         let secs = ktime_ns.checked_sub(lt)? as f64 / 1e9;
@@ -614,11 +623,11 @@ impl KubeletThrash {
             return None;
         }
         let since = match self.reported {
-            Some((t, _)) if ktime_ns.saturating_sub(t) < THRASH_EVERY_NS => return None,
-            Some((_, f)) => major_faults.saturating_sub(f),
-            None => major_faults.saturating_sub(lf),
+            Some((t, _, _)) if ktime_ns.saturating_sub(t) < THRASH_EVERY_NS => return None,
+            Some((_, rpid, f)) if rpid == pid => major_faults.saturating_sub(f),
+            _ => major_faults.saturating_sub(lf),
         };
-        self.reported = Some((ktime_ns, major_faults));
+        self.reported = Some((ktime_ns, pid, major_faults));
         Some(event(
             cgroup,
             "thrashing",
@@ -679,6 +688,45 @@ mod tests {
         assert_eq!(t.observe("/k", 8, 4 * s, 10, at, lim), None);
         assert_eq!(t.observe("/k", 8, 4 * s, u64::MAX, at, lim), None);
         assert_eq!(t.observe("/k", 8, 3 * s, u64::MAX, at, lim), None);
+    }
+
+    /// Two samples close together (a tick burst after the loop was held, a walk that outlived
+    /// the minute and finished with the next): one major fault in 10 ms is not 100 a second of
+    /// thrashing. The rate is taken over a second at least.
+    #[test]
+    fn one_fault_between_close_samples_is_not_thrashing() {
+        let mut t = KubeletThrash::default();
+        let (lim, at) = (Some(16u64 << 20), Some(16u64 << 20));
+        let s = 1_000_000_000u64;
+        t.observe("/k", 7, 10 * s, 500, at, lim);
+        assert_eq!(t.observe("/k", 7, 10 * s + 10_000_000, 501, at, lim), None);
+        assert_eq!(t.observe("/k", 7, 10 * s + 20_000_000, 502, at, lim), None);
+        // The second after the first sample: 2 faults in it, still nothing.
+        assert_eq!(t.observe("/k", 7, 11 * s, 502, at, lim), None);
+        // Real thrashing over close samples is still named once the second has passed.
+        let e = t
+            .observe("/k", 7, 12 * s, 20_502, at, lim)
+            .expect("thrashing");
+        assert_eq!(e.count, 20_000);
+    }
+
+    /// A kubelet that restarts while thrashing (the OOM flap cycle restarts it every few
+    /// seconds) is still named once a minute at most, as the README says, not once a process.
+    #[test]
+    fn a_restarting_kubelet_thrashing_is_named_once_a_minute() {
+        let mut t = KubeletThrash::default();
+        let (lim, at) = (Some(16u64 << 20), Some(16u64 << 20));
+        let s = 1_000_000_000u64;
+        let mut events = Vec::new();
+        // A new pid every 20 s, each sampled every 10 s while faulting 10,000/s.
+        for (i, at_s) in (0..12u64).map(|i| (i, i * 10)) {
+            let pid = 100 + (i / 2) as u32;
+            let faults = (at_s % 20) * 10_000;
+            events.extend(t.observe("/k", pid, at_s * s, faults, at, lim));
+        }
+        assert_eq!(events.len(), 2, "{events:?}");
+        // The first counts the faults of that process since its previous sample.
+        assert_eq!(events[0].count, 100_000);
     }
 
     /// Two kernel ids of one path (a cgroup removed and made again at the same path) with

@@ -715,7 +715,6 @@ impl LiveInputs {
     }
 }
 
-/// What the cycle stage machine needs of the kubelet now.
 /// `/proc/<pid>/stat` majflt: the process's major page faults since it started.
 fn major_faults(pid: u32) -> Option<u64> {
     let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
@@ -724,6 +723,7 @@ fn major_faults(pid: u32) -> Option<u64> {
     Some(stat.majflt)
 }
 
+/// What the cycle stage machine needs of the kubelet now.
 fn kubelet_now(
     pid: u32,
     sample: Option<&SampleEvent>,

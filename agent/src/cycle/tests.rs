@@ -352,6 +352,31 @@ fn kubelet_limit_ending_when_its_limit_comes_first() {
     assert_eq!(ev.recommendations, [CORDON, DRAIN]);
 }
 
+/// The kubelet's kill whose domain came without a limit (the cgroup's files read `max` after
+/// the kill, or the kernel's counter at PAGE_COUNTER_MAX): no "0 MiB limit" in the stage.
+#[test]
+fn a_domain_without_a_limit_read_is_no_limit_of_0_mib() {
+    let mut c = Cycle::new(CycleConfig::default());
+    let mut rec = kill(
+        3 * S,
+        KillKind::OomMemcg,
+        (KUBELET, "kubelet", "/kubelet.slice"),
+        (KUBELET, "kubelet"),
+        Some(("/kubelet.slice", 512 * MIB)),
+        -999,
+    );
+    if let Some(d) = rec.oom.as_mut().and_then(|o| o.domain.as_mut()) {
+        d.limit_bytes = None;
+    }
+    let ev = c.on_kill(&rec, Party::Kubelet).unwrap();
+    assert!(
+        ev.detail
+            .ends_with("limit that fired: /kubelet.slice (its limit not read)"),
+        "{}",
+        ev.detail
+    );
+}
+
 const CORDON: &str = "cordon the node to stop new scheduling during recovery";
 const DRAIN: &str =
     "drain it if the workloads tolerate migration: less to reconcile when the kubelet restarts";

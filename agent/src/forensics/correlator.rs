@@ -296,13 +296,16 @@ impl<N: Node> Correlator<N> {
         p.domain_evidence = None;
         p.domain = match &oc {
             // The kernel said which cgroup's limit fired: that one, its limit and charge as
-            // `oom_kill_process` found them (the files for the rest).
-            Some(oc) => oc
-                .domain
-                .path
-                .as_deref()
-                .filter(|_| oc.constraint == Ok(OomConstraint::Memcg))
+            // `oom_kill_process` found them (the files for the rest). A path deeper than the
+            // probe keeps is found by its id, or there is none to name.
+            Some(oc) => (oc.constraint == Ok(OomConstraint::Memcg))
+                .then(|| match oc.domain.truncated {
+                    true => self.node.cgroup_by_id(oc.domain.id),
+                    false => oc.domain.path.clone(),
+                })
+                .flatten()
                 .and_then(|path| {
+                    let path = path.as_str();
                     let files = self.node.memcg_state(path);
                     match oc.domain_counter {
                         Some(c) => Some(MemcgState::at_kill(

@@ -11,6 +11,8 @@ struct Recorded {
     cgroups: Vec<MemcgState>,
     version: Option<u8>,
     group_kills: Option<u64>,
+    /// Cgroup paths by kernfs id (what `cgroup_by_id` finds).
+    ids: HashMap<u64, String>,
 }
 
 impl Node for Recorded {
@@ -20,8 +22,8 @@ impl Node for Recorded {
     fn oom_domain(&self, _t: Option<&str>, _v: Option<&str>) -> Option<MemcgState> {
         self.domain.clone()
     }
-    fn cgroup_by_id(&self, _id: u64) -> Option<String> {
-        None
+    fn cgroup_by_id(&self, id: u64) -> Option<String> {
+        self.ids.get(&id).cloned()
     }
     fn memcg_state(&self, path: &str) -> Option<MemcgState> {
         self.domain
@@ -205,6 +207,63 @@ fn the_domains_limit_is_the_kernels_at_the_kill_not_the_files_after() {
             (d.limit_bytes, d.usage_bytes, d.source),
             (limit, usage, source)
         );
+    }
+}
+
+/// The kprobe tier's domain deeper than the probe keeps (`CGROUP_PATH_TRUNCATED`: only its
+/// deepest components): its page counter is still the limit that fired, but the path is not a
+/// path; it is found by the cgroup's id, and without that there is no domain to name (a
+/// "/c/d/..." that looks absolute and is not, with the kernel's limit under it, is wrong).
+#[test]
+fn a_truncated_oom_control_domain_is_found_by_its_id_not_printed() {
+    let full = "/a/b/c/d/e/f/g/h/i";
+    let truncated = KernelCgroup {
+        id: 4242,
+        path: Some("/b/c/d/e/f/g/h/i".into()),
+        truncated: true,
+    };
+    for (ids, want) in [
+        (HashMap::new(), None),
+        (HashMap::from([(4242, full.to_string())]), Some(full)),
+    ] {
+        let node = Recorded {
+            ids,
+            version: Some(2),
+            ..Default::default()
+        };
+        let mut c = Correlator::new(node, Clock::with_offset(0));
+        c.on_event(Event::OomControl(crate::kernel::events::OomControlRecord {
+            ktime_ns: 9_000,
+            chosen_pid: 7,
+            chosen_tgid: 7,
+            constraint: Ok(OomConstraint::Memcg),
+            totalpages: 8192,
+            chosen_points: 8000,
+            domain: truncated.clone(),
+            domain_counter: Some(crate::kernel::events::PageCounterReading {
+                max_pages: (32 << 20) / page_bytes(),
+                usage_pages: (32 << 20) / page_bytes(),
+                watermark_pages: None,
+            }),
+        }));
+        c.on_event(Event::Signal(signal(
+            7,
+            SiCode::KERNEL,
+            7,
+            ReclaimKind::Memcg,
+            10_000,
+        )));
+        c.on_event(Event::OomVictim(victim(7, 7, 20_000)));
+        let r = c
+            .on_event(Event::Exit(exit(7, 10_000, 30_000, "/t")))
+            .unwrap();
+        let oom = r.oom.unwrap();
+        assert_eq!(oom.evidence, "oom_control");
+        let d = oom.domain.as_ref();
+        assert_eq!(d.map(|d| d.path.as_str()), want);
+        if let Some(d) = d {
+            assert_eq!((d.limit_bytes, d.source), (Some(32 << 20), "page_counter"));
+        }
     }
 }
 
