@@ -435,6 +435,7 @@ impl Metrics {
                 Counter::KubeletTgidsFull => (&self.dropped, ["kubelet_tgids_full", "exec"]),
                 Counter::StackCaptureFailed => (&self.dropped, ["stack_capture_failed", "alloc"]),
                 Counter::ReclaimStatsFull => (&self.dropped, ["reclaim_stats_full", "reclaim"]),
+                Counter::ImplausibleLength => (&self.dropped, ["implausible_length", "alloc"]),
                 Counter::SigkillSeen => {
                     self.kernel_events
                         .with_label_values(&["sigkill_seen"])

@@ -266,12 +266,15 @@ pub enum Counter {
     StackCaptureFailed = 10,
     /// `RECLAIM_STATS` refused a watched memory cgroup (full): its reclaim is not counted.
     ReclaimStatsFull = 11,
+    /// An allocation or syscall length past any user address space (2^57 bytes): not counted
+    /// (the call maps nothing; `munmap(p, SIZE_MAX)` fails with EINVAL).
+    ImplausibleLength = 12,
 }
 
 pub const COUNTERS_LEN: u32 = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Counter::RingbufFullSignal,
         Counter::RingbufFullVictim,
         Counter::RingbufFullExit,
@@ -284,6 +287,7 @@ impl Counter {
         Counter::KubeletTgidsFull,
         Counter::StackCaptureFailed,
         Counter::ReclaimStatsFull,
+        Counter::ImplausibleLength,
     ];
 }
 

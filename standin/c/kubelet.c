@@ -26,6 +26,7 @@ int main(int argc, char **argv) {
     int interval_ms = 10, n = 0, delay_ms = 0;
     long mmap_loop = 0;
     const char *thrash = NULL;
+    int bad_munmap = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "-chunk-kib")) chunk = (size_t)atol(argv[i + 1]) << 10;
         if (!strcmp(argv[i], "-total-mib")) total = (size_t)atol(argv[i + 1]) << 20;
@@ -33,6 +34,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "-delay-ms")) delay_ms = atoi(argv[i + 1]);
         if (!strcmp(argv[i], "-mmap-loop")) mmap_loop = atol(argv[i + 1]);
         if (!strcmp(argv[i], "-thrash-file")) thrash = argv[i + 1];
+        if (!strcmp(argv[i], "-bad-munmap")) bad_munmap = atoi(argv[i + 1]);
     }
     /* Start-up before the leak, as a kubelet initializes before it grows. */
     usleep(delay_ms * 1000);
@@ -81,6 +83,8 @@ int main(int argc, char **argv) {
         leaked += chunk;
         usleep(interval_ms * 1000);
     }
+    /* Hostile lengths: munmap of SIZE_MAX bytes fails with EINVAL and unmaps nothing. */
+    for (int i = 0; i < bad_munmap; i++) munmap(retained[0], (size_t)-1);
     printf("{\"pid\":%d,\"leaked\":%zu,\"done\":true}\n", getpid(), leaked);
     fflush(stdout);
     for (;;) pause();

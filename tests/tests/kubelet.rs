@@ -267,6 +267,48 @@ fn static_kubelet_falls_back_to_syscalls_and_agent_keeps_running() {
     assert_eq!(rep["mode"], "syscalls", "{rep}");
 }
 
+/// `munmap(p, SIZE_MAX)` from the kubelet (it fails with EINVAL and unmaps nothing) is counted
+/// as an implausible length and left out of the bytes: 3 such calls, exactly 3 counted, the
+/// mapped bytes still the leak's (before, the kernel's per-CPU sum wrapped by 2^64 - 1 each).
+#[test]
+fn implausible_munmap_lengths_are_counted_not_attributed() {
+    let kubelet = standin_kubelet("static");
+    let agent = Agent::builder()
+        .metrics(19477)
+        .args(&["--attribution-interval", "1"])
+        .start();
+    let cg = ScratchCgroup::create(&cgroup_name("badmunmap"), Some(512 * MIB)).unwrap();
+    let mut k = spawn_path_in(
+        &cg,
+        &kubelet,
+        &["-total-mib", "16", "-interval-ms", "2", "-bad-munmap", "3"],
+    );
+    let pid = u64::from(k.pid());
+    let done = read_done(&mut k);
+    let leaked = done["leaked"].as_f64().unwrap();
+    let series = r#"oomprobe_events_dropped_total{kind="alloc",reason="implausible_length"}"#;
+    let t = std::time::Instant::now();
+    let mut counted = None;
+    while t.elapsed() < WAIT {
+        counted = oomprobe_tests::metric(&agent.scrape(), series);
+        if counted == Some(3.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(counted, Some(3.0), "{series}");
+    let rep = agent.wait_for_event(WAIT, "kubelet_memory with the whole leak", |v| {
+        v["event"] == "kubelet_memory"
+            && v["pid"].as_u64() == Some(pid)
+            && v["mapped_bytes"].as_f64().unwrap_or(0.0) >= leaked * 0.95
+    });
+    let mapped = rep["mapped_bytes"].as_f64().unwrap();
+    assert!(
+        mapped <= leaked * 1.05 + 4.0 * MIB as f64,
+        "mapped {mapped} vs leaked {leaked}: {rep}"
+    );
+}
+
 #[test]
 fn kubelet_restart_is_followed_within_a_second() {
     let kubelet = standin_kubelet("go");

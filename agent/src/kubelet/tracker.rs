@@ -877,7 +877,8 @@ fn attribute(
                 None => continue,
             },
         };
-        // Saturating: the syscall fallback counts a refused `munmap(addr, SIZE_MAX)`'s length.
+        // Saturating: per-CPU sums near u64::MAX (the kernel drops lengths past 2^57 bytes, but
+        // the map's values come from outside all the same).
         let at = by_point.entry(name).or_default();
         *at = at.saturating_add(v.bytes);
         if grows {
@@ -970,9 +971,8 @@ impl KubeletReport {
 mod tests {
     use super::*;
 
-    /// The syscall fallback counts the length `munmap`/`mmap` were called with at syscall
-    /// entry, refused or not: `munmap(addr, SIZE_MAX)` on two CPUs, two stacks of `mmap`s near
-    /// u64::MAX. The report's sums saturate: no overflow panic (debug), no wrapped small figure
+    /// Map values near u64::MAX (the kernel side drops lengths past 2^57 bytes and saturates,
+    /// but the values are read from outside): two CPUs, two stacks of `mmap`s near u64::MAX. The report's sums saturate: no overflow panic (debug), no wrapped small figure
     /// (release).
     #[test]
     fn attribution_of_counters_near_u64_max_saturates() {

@@ -329,10 +329,19 @@ fn stack_id(r: Result<i64, i32>) -> i64 {
 }
 
 const MAP_ANONYMOUS: u64 = 0x20;
+/// The largest user address space of any kernel this runs on (x86-64 with 5-level paging).
+const MAX_USER_BYTES: u64 = 1 << 57;
 const PROT_NONE: u64 = 0;
 
 #[inline(always)]
 fn add(tgid: u32, point: u32, stack_id: i64, site: u64, bytes: u64) {
+    // A length past any user address space (2^57 bytes: x86-64's 5-level paging; arm64 has
+    // less) maps or unmaps nothing: the syscall fails with EINVAL or ENOMEM, a runtime never
+    // asks for it (`munmap(p, SIZE_MAX)` would otherwise add 2^64 - 1 to the counts).
+    if bytes > MAX_USER_BYTES {
+        count(Counter::ImplausibleLength);
+        return;
+    }
     let key = AllocKey {
         tgid,
         point,
@@ -341,9 +350,10 @@ fn add(tgid: u32, point: u32, stack_id: i64, site: u64, bytes: u64) {
     };
     // Per-CPU values: no other writer while this program runs on this CPU.
     if let Some(v) = ALLOC_STATS.get_ptr_mut(&key) {
+        // Saturating: a per-CPU sum that wrapped would read as a small number.
         unsafe {
-            (*v).bytes += bytes;
-            (*v).calls += 1;
+            (*v).bytes = (*v).bytes.saturating_add(bytes);
+            (*v).calls = (*v).calls.saturating_add(1);
         }
         return;
     }

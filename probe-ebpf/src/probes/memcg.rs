@@ -51,10 +51,11 @@ pub fn tp_memcg_reclaim_end(ctx: TracePointContext) -> u32 {
     let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(flight.begin_ns);
     if let Some(s) = RECLAIM_STATS.get_ptr_mut(flight.memcg) {
         // Per-CPU value: no other writer on this CPU while we run.
+        // Saturating: a per-CPU sum that wrapped would read as a small number.
         unsafe {
-            (*s).count += 1;
-            (*s).ns += ns;
-            (*s).pages += pages;
+            (*s).count = (*s).count.saturating_add(1);
+            (*s).ns = (*s).ns.saturating_add(ns);
+            (*s).pages = (*s).pages.saturating_add(pages);
         }
     } else if RECLAIM_STATS
         .insert(
