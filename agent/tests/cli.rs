@@ -1142,11 +1142,11 @@ fn meaningless_diagnose_flags_are_refused() {
         // echoed (it may be a token pasted into the wrong flag).
         (
             vec!["diagnose", "--kubelet-metrics", "not a url"],
-            "error: invalid value for '--kubelet-metrics': not a URL (relative URL without a base; the value is not shown): an http or https URL, e.g. https://10.0.0.1:10250/metrics",
+            "error: invalid value for '--kubelet-metrics': not a URL (relative URL without a base; the value is not shown): an http or https URL, e.g. https://10.0.0.1:6443 (--kube-api) or https://10.0.0.1:10250/metrics (--kubelet-metrics)",
         ),
         (
             vec!["run", "--kube-api", "s3cr3t-token"],
-            "error: invalid value for '--kube-api': not a URL (relative URL without a base; the value is not shown): an http or https URL, e.g. https://10.0.0.1:10250/metrics",
+            "error: invalid value for '--kube-api': not a URL (relative URL without a base; the value is not shown): an http or https URL, e.g. https://10.0.0.1:6443 (--kube-api) or https://10.0.0.1:10250/metrics (--kubelet-metrics)",
         ),
         (
             vec!["diagnose", "--kubelet-metrics", "file:///etc/passwd"],
