@@ -272,17 +272,13 @@ fn static_kubelet_falls_back_to_syscalls_and_agent_keeps_running() {
 /// mapped bytes still the leak's (before, the kernel's per-CPU sum wrapped by 2^64 - 1 each).
 #[test]
 fn implausible_munmap_lengths_are_counted_not_attributed() {
-    let kubelet = standin_kubelet("static");
+    let kubelet = standin_kubelet("pressure");
     let agent = Agent::builder()
         .metrics(19477)
         .args(&["--attribution-interval", "1"])
         .start();
     let cg = ScratchCgroup::create(&cgroup_name("badmunmap"), Some(512 * MIB)).unwrap();
-    let mut k = spawn_path_in(
-        &cg,
-        &kubelet,
-        &["-total-mib", "16", "-interval-ms", "2", "-bad-munmap", "3"],
-    );
+    let mut k = spawn_path_in(&cg, &kubelet, &["-total-mib", "16", "-bad-munmap", "3"]);
     let pid = u64::from(k.pid());
     let done = read_done(&mut k);
     let leaked = done["leaked"].as_f64().unwrap();

@@ -50,7 +50,7 @@ fn kubelet_cgroup_reclaim_pressure_and_oom_are_events() {
     });
 }
 
-/// The kubelet thrashing at its cgroup's limit: the C stand-in reads a 64 MiB file through a
+/// The kubelet thrashing at its cgroup's limit: the pressure stand-in reads a 64 MiB file through a
 /// mapping, one page at a time, over and over, under a 16 MiB limit. The kernel reclaims the
 /// pages it charged and the next pass reads them back (major faults); nothing is OOM-killed.
 /// The agent names it (`thrashing`) from the kubelet's own major-fault count and its cgroup at
@@ -67,7 +67,7 @@ fn kubelet_thrashing_at_its_limit_is_named_without_a_kill() {
     std::fs::write(&file, vec![0xa5u8; 64 * MIB as usize]).unwrap();
     let mut k = spawn_path_in(
         &cg,
-        &standin_kubelet("c"),
+        &standin_kubelet("pressure"),
         &["-thrash-file", file.to_str().unwrap()],
     );
     let first = k.read_until("{");

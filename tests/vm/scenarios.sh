@@ -236,7 +236,7 @@ sleep 2
 spawn kubepods/pod1234-abcd /memhog 64 > /dev/null
 ppid=$!
 wait $ppid
-l=$(wait_line /tmp/agent.out 30 "\"event\":\"memcg\",\"cgroup\":\"/kubepods/pod1234-abcd\",\"kind\":\"oom_kill\"")
+l=$(wait_line /tmp/agent.out 30 "\"event\":\"memcg\",\"time\":\"[^\"]*\",\"cgroup\":\"/kubepods/pod1234-abcd\",\"kind\":\"oom_kill\"")
 r=$(grep "\"victim\":{\"pid\":$ppid," /tmp/agent.out | head -n 1)
 if [ -n "$l" ] && echo "$r" | grep -q '"pod_uid":"1234-abcd"'; then
     result v2_memory_events PASS "oom_kill delta for the pod cgroup, kill record names the pod"

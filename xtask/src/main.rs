@@ -227,7 +227,7 @@ pub fn build_standins_for(arch: vm::Arch) -> Result<()> {
     let root = workspace_root();
     let out = root.join(arch.standin_dir());
     let rel = arch.standin_dir();
-    for dir in ["go", "go-stripped", "c", "static"] {
+    for dir in ["go", "go-stripped", "c", "static", "pressure"] {
         std::fs::create_dir_all(out.join(dir))?;
     }
     let go = |args: &[&str], dest: &str| -> Result<()> {
@@ -269,6 +269,15 @@ pub fn build_standins_for(arch: vm::Arch) -> Result<()> {
         "-o",
         &format!("{rel}/static/kubelet"),
         "standin/c/kubelet.c",
+    ]))?;
+    // Pressures without a leak: thrashing at a limit, implausible munmap lengths (static).
+    run(Command::new(arch.cc()).args([
+        "-O2",
+        "-static",
+        "-s",
+        "-o",
+        &format!("{rel}/pressure/kubelet"),
+        "standin/c/pressure.c",
     ]))
 }
 
