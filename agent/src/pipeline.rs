@@ -613,10 +613,10 @@ impl<K: Kernel, N: Node> Pipeline<K, N> {
     /// memcg events; stage changes to the metrics, the action and the reports; then one flush.
     /// Nothing here waits on the API server: the cordon and the reports run in tasks.
     async fn settle(&mut self) {
-        // Kills and kubelet execs in the kernel's order: a kubelet started and OOM-killed
-        // within one batch (a flapping restart under load) is a followed kubelet when its kill
-        // is seen, and a kill before an exec puts the cycle in the stage the exec's storm
-        // needs. Records come in their own order (the correlator's), execs between them.
+        // Kills and kubelet execs in the kernel's order: a new kubelet is adopted before a
+        // later kill in the batch that it sent (collateral of its storm), and a kubelet's kill
+        // before the next one's exec puts the cycle in the stage that exec's storm needs.
+        // Records come in their own order (the correlator's), execs between them.
         let mut execs = std::mem::take(&mut self.kubelet_execs);
         execs.sort_by_key(|&(_, ktime)| ktime);
         let mut execs = execs.into_iter().peekable();

@@ -261,24 +261,13 @@ pub fn build_standins_for(arch: vm::Arch) -> Result<()> {
         &format!("{rel}/c/kubelet"),
         "standin/c/kubelet.c",
     ]))?;
+    let static_stripped = |dest: &str, source: &str| {
+        run(Command::new(arch.cc()).args(["-O2", "-static", "-s", "-o", dest, source]))
+    };
     // Static and stripped: neither Go nor a libc to probe (the syscall fallback's case).
-    run(Command::new(arch.cc()).args([
-        "-O2",
-        "-static",
-        "-s",
-        "-o",
-        &format!("{rel}/static/kubelet"),
-        "standin/c/kubelet.c",
-    ]))?;
-    // Pressures without a leak: thrashing at a limit, implausible munmap lengths (static).
-    run(Command::new(arch.cc()).args([
-        "-O2",
-        "-static",
-        "-s",
-        "-o",
-        &format!("{rel}/pressure/kubelet"),
-        "standin/c/pressure.c",
-    ]))
+    static_stripped(&format!("{rel}/static/kubelet"), "standin/c/kubelet.c")?;
+    // Pressures without a leak: thrashing at a limit, implausible munmap lengths.
+    static_stripped(&format!("{rel}/pressure/kubelet"), "standin/c/pressure.c")
 }
 
 /// Seconds per fuzz target in `cargo xtask test`.
